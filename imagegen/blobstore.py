@@ -1,0 +1,234 @@
+"""The claim-check blob store: bytes go to object storage, messages carry key, size and sha256."""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import AsyncExitStack
+from typing import Any, Protocol
+
+import aioboto3
+from botocore.client import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from imagegen.errors import NotFoundError, PermanentError, RetryableError
+from imagegen.settings import S3Settings
+from schemas.images import BlobRef
+
+STAGING_PREFIX = "staging/"
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+def staging_key(sha256: str, content_type: str) -> str:
+    """Content-addressed: the same bytes always land under the same key."""
+    ext = _EXTENSIONS.get(content_type, "bin")
+    return f"{STAGING_PREFIX}{sha256[:2]}/{sha256}.{ext}"
+
+
+def blob_ref(data: bytes, content_type: str) -> BlobRef:
+    digest = hashlib.sha256(data).hexdigest()
+    return BlobRef(
+        key=staging_key(digest, content_type),
+        size=len(data),
+        sha256=digest,
+        content_type=content_type,
+    )
+
+
+class BlobIntegrityError(PermanentError):
+    """The bytes under a key are not the bytes the message promised."""
+
+
+class BlobStore(Protocol):
+    """Object storage as the services need it."""
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Write bytes under a key (overwrites)."""
+        ...
+
+    async def get(self, key: str) -> bytes:
+        """Read the bytes under a key; NotFoundError when there are none."""
+        ...
+
+    async def exists(self, key: str) -> bool:
+        """Whether the key holds an object."""
+        ...
+
+    async def copy(self, source: str, dest: str) -> None:
+        """Server-side copy."""
+        ...
+
+    async def delete(self, keys: list[str]) -> None:
+        """Remove keys; absent keys are fine."""
+        ...
+
+    async def list(self, prefix: str) -> list[str]:
+        """Every key under a prefix."""
+        ...
+
+    async def presign_get(self, key: str, expires_in: int) -> str:
+        """A URL that reads the object without credentials until it expires."""
+        ...
+
+
+async def put_staging(store: BlobStore, data: bytes, content_type: str) -> BlobRef:
+    """Stage bytes under their content address (idempotent) and return the claim check."""
+    ref = blob_ref(data, content_type)
+    await store.put(ref.key, data, content_type)
+    return ref
+
+
+async def get_verified(store: BlobStore, ref: BlobRef) -> bytes:
+    """Fetch a claim check's bytes and check they are the promised ones."""
+    data = await store.get(ref.key)
+    if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise BlobIntegrityError(f"object {ref.key} does not match its sha256/size")
+    return data
+
+
+def _s3_error(exc: Exception, key: str) -> Exception:
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in {"NoSuchKey", "404", "NotFound"}:
+            return NotFoundError(f"no object at {key}")
+        if code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket"}:
+            return PermanentError(f"s3 refused {key}: {code}")
+    return RetryableError(f"s3 unavailable for {key}: {exc}")
+
+
+class S3BlobStore:
+    """aioboto3 implementation; open it with `async with`."""
+
+    def __init__(self, settings: S3Settings) -> None:
+        self._settings = settings
+        self._bucket = settings.bucket
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+        self._signer: Any = None
+
+    def _client_kwargs(self, endpoint: str | None) -> dict[str, Any]:
+        return {
+            "endpoint_url": endpoint,
+            "region_name": self._settings.region,
+            "aws_access_key_id": self._settings.access_key.get_secret_value(),
+            "aws_secret_access_key": self._settings.secret_key.get_secret_value(),
+            "config": Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=30,
+            ),
+        }
+
+    async def __aenter__(self) -> S3BlobStore:
+        session = aioboto3.Session()
+        self._client = await self._stack.enter_async_context(
+            session.client("s3", **self._client_kwargs(self._settings.endpoint))
+        )
+        public = self._settings.public_endpoint
+        self._signer = (
+            await self._stack.enter_async_context(
+                session.client("s3", **self._client_kwargs(public))
+            )
+            if public and public != self._settings.endpoint
+            else self._client
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        try:
+            await self._client.put_object(
+                Bucket=self._bucket, Key=key, Body=data, ContentType=content_type
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error(exc, key) from exc
+
+    async def get(self, key: str) -> bytes:
+        try:
+            response = await self._client.get_object(Bucket=self._bucket, Key=key)
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+                return data
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error(exc, key) from exc
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self._client.head_object(Bucket=self._bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if isinstance(_s3_error(exc, key), NotFoundError):
+                return False
+            raise _s3_error(exc, key) from exc
+        except BotoCoreError as exc:
+            raise _s3_error(exc, key) from exc
+
+    async def copy(self, source: str, dest: str) -> None:
+        try:
+            await self._client.copy_object(
+                Bucket=self._bucket, Key=dest, CopySource={"Bucket": self._bucket, "Key": source}
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error(exc, source) from exc
+
+    async def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            try:
+                await self._client.delete_objects(
+                    Bucket=self._bucket,
+                    Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise _s3_error(exc, chunk[0]) from exc
+
+    async def list(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
+                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error(exc, prefix) from exc
+        return keys
+
+    async def presign_get(self, key: str, expires_in: int) -> str:
+        url: str = await self._signer.generate_presigned_url(
+            "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=expires_in
+        )
+        return url
+
+
+class InMemoryBlobStore:
+    """The fake: same interface, a dict behind it; presigned URLs are opaque tokens."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, str]] = {}
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.objects[key] = (data, content_type)
+
+    async def get(self, key: str) -> bytes:
+        try:
+            return self.objects[key][0]
+        except KeyError:
+            raise NotFoundError(f"no object at {key}") from None
+
+    async def exists(self, key: str) -> bool:
+        return key in self.objects
+
+    async def copy(self, source: str, dest: str) -> None:
+        self.objects[dest] = self.objects[source]
+
+    async def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self.objects.pop(key, None)
+
+    async def list(self, prefix: str) -> list[str]:
+        return sorted(k for k in self.objects if k.startswith(prefix))
+
+    async def presign_get(self, key: str, expires_in: int) -> str:
+        return f"memory://{key}?expires_in={expires_in}"

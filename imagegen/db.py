@@ -1,0 +1,89 @@
+"""PostgreSQL plumbing: one schema per service, versioned migrations, retryable error mapping."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+from imagegen.errors import ConfigurationError, RetryableError
+
+log = logging.getLogger(__name__)
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+# Errors that say "the database is not reachable right now", not "your query is wrong".
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+)
+
+
+@asynccontextmanager
+async def transient_as_retryable() -> AsyncIterator[None]:
+    """Map lost connections and similar to RetryableError so the consumer loop retries."""
+    try:
+        yield
+    except _TRANSIENT as exc:
+        raise RetryableError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
+
+
+def check_identifier(name: str) -> str:
+    if not _IDENT.match(name):
+        raise ConfigurationError(f"not a safe SQL identifier: {name!r}")
+    return name
+
+
+async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
+    """A pool whose connections see only this service's schema."""
+    check_identifier(schema)
+    async with transient_as_retryable():
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            server_settings={"search_path": schema, "application_name": f"imagegen-{schema}"},
+            command_timeout=30,
+        )
+    assert pool is not None
+    return pool
+
+
+async def migrate(pool: asyncpg.Pool, schema: str, migrations: Sequence[tuple[int, str]]) -> int:
+    """Apply numbered migrations in order, once each; returns the schema's version.
+
+    An advisory lock keyed on the schema lets several replicas start at once.
+    """
+    check_identifier(schema)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}")
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ("
+            " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        applied = {
+            row["version"]
+            for row in await conn.fetch(f"SELECT version FROM {schema}.schema_migrations")
+        }
+        for version, sql in sorted(migrations):
+            if version in applied:
+                continue
+            await conn.execute(f"SET LOCAL search_path TO {schema}")
+            await conn.execute(sql)
+            await conn.execute(
+                f"INSERT INTO {schema}.schema_migrations (version) VALUES ($1)", version
+            )
+            log.info("event=migration_applied schema=%s version=%d", schema, version)
+        latest = max((v for v, _ in migrations), default=0)
+    return latest

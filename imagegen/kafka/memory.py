@@ -1,0 +1,112 @@
+"""An in-memory broker with the same interfaces as the real one, for unit tests.
+
+It keeps Kafka's semantics that handlers depend on: per-key partition order,
+consumer groups that resume from their committed offsets, redelivery of what was
+not committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections import defaultdict
+
+from pydantic import BaseModel
+
+from imagegen.kafka.codec import encode
+from imagegen.kafka.ports import Record
+from imagegen.telemetry import inject_trace_headers
+
+
+class InMemoryBroker:
+    def __init__(self, partitions: int = 4) -> None:
+        self.partitions = partitions
+        self.topics: dict[str, list[list[Record]]] = {}
+        self.committed: dict[tuple[str, str, int], int] = defaultdict(int)
+        self._changed = asyncio.Condition()
+
+    def _topic(self, name: str) -> list[list[Record]]:
+        return self.topics.setdefault(name, [[] for _ in range(self.partitions)])
+
+    async def append(
+        self, topic: str, key: str | None, value: bytes, headers: dict[str, str]
+    ) -> None:
+        parts = self._topic(topic)
+        index = zlib.crc32(key.encode()) % len(parts) if key is not None else 0
+        part = parts[index]
+        part.append(Record(topic, index, len(part), key, value, headers))
+        async with self._changed:
+            self._changed.notify_all()
+
+    def records(self, topic: str) -> list[Record]:
+        """Every record of a topic, partition by partition (for assertions)."""
+        return [r for part in self._topic(topic) for r in part]
+
+    def publisher(self) -> InMemoryPublisher:
+        return InMemoryPublisher(self)
+
+    def consumer(self, group_id: str, topics: list[str]) -> InMemoryConsumer:
+        return InMemoryConsumer(self, group_id, topics)
+
+    async def wait_for_change(self, timeout: float) -> None:
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout)
+            except TimeoutError:
+                pass
+
+
+class InMemoryPublisher:
+    def __init__(self, broker: InMemoryBroker) -> None:
+        self._broker = broker
+        self.closed = False
+
+    async def publish(
+        self,
+        topic: str,
+        key: str | None,
+        value: BaseModel | bytes,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if self.closed:
+            raise RuntimeError("publisher is closed")
+        all_headers = inject_trace_headers(dict(headers or {}))
+        await self._broker.append(topic, key, encode(value), all_headers)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class InMemoryConsumer:
+    """One member per group is enough for unit tests: it is assigned every partition."""
+
+    def __init__(self, broker: InMemoryBroker, group_id: str, topics: list[str]) -> None:
+        self._broker = broker
+        self._group = group_id
+        self._topics = topics
+        self._positions: dict[tuple[str, int], int] = {}
+
+    def _next(self) -> Record | None:
+        for topic in self._topics:
+            for index, part in enumerate(self._broker._topic(topic)):
+                pos = self._positions.get(
+                    (topic, index), self._broker.committed[(self._group, topic, index)]
+                )
+                if pos < len(part):
+                    self._positions[(topic, index)] = pos + 1
+                    return part[pos]
+        return None
+
+    async def poll(self, timeout: float) -> Record | None:
+        record = self._next()
+        if record is None:
+            await self._broker.wait_for_change(timeout)
+            record = self._next()
+        return record
+
+    async def commit(self, record: Record) -> None:
+        key = (self._group, record.topic, record.partition)
+        self._broker.committed[key] = max(self._broker.committed[key], record.offset + 1)
+
+    async def close(self) -> None:
+        self._positions.clear()

@@ -1,0 +1,60 @@
+"""The interfaces every service codes against; the real broker and the fake both implement them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    # The adapter's own message object, kept for committing; opaque to handlers.
+    native: Any = field(default=None, compare=False, repr=False)
+
+
+Handler = Callable[[Record], Awaitable[None]]
+
+
+class Publisher(Protocol):
+    """Publishes messages; `publish` returns once the broker has the message durably."""
+
+    async def publish(
+        self,
+        topic: str,
+        key: str | None,
+        value: BaseModel | bytes,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Send one message and wait for its acknowledgement."""
+        ...
+
+    async def close(self) -> None:
+        """Flush what is pending and release the client."""
+        ...
+
+
+class Consumer(Protocol):
+    """A consumer-group member that never commits on its own."""
+
+    async def poll(self, timeout: float) -> Record | None:
+        """The next record, or None when none arrived within `timeout` seconds."""
+        ...
+
+    async def commit(self, record: Record) -> None:
+        """Durably mark `record` (and everything before it in its partition) as handled."""
+        ...
+
+    async def close(self) -> None:
+        """Leave the group without committing anything further."""
+        ...

@@ -1,0 +1,160 @@
+"""The consumer loop every service runs: handle, then commit; dead-letter what cannot be handled.
+
+Guarantees:
+- an offset is committed only after its handler returned, i.e. after its effects are durable;
+- a `RetryableError` is retried with backoff for as long as the loop runs (never dead-lettered:
+  a database that is down is not the message's fault);
+- a `PermanentError` (poison included) goes to the dead-letter topic with the error in headers;
+- any other exception is retried `max_attempts` times, then dead-lettered;
+- `stop()` stops fetching, lets the in-flight handler finish, commits it, and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from imagegen.errors import PermanentError, RetryableError
+from imagegen.kafka.ports import Consumer, Handler, Publisher, Record
+from imagegen.telemetry import consume_span
+from schemas.deadletter import DeadLetterHeaders
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerLoop:
+    def __init__(
+        self,
+        *,
+        name: str,
+        consumer: Consumer,
+        handlers: dict[str, Handler],
+        dead_letters: Publisher,
+        dead_letter_topic: str,
+        max_attempts: int = 5,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 10.0,
+        poll_timeout: float = 0.5,
+    ) -> None:
+        self.name = name
+        self._consumer = consumer
+        self._handlers = handlers
+        self._dead_letters = dead_letters
+        self._dead_letter_topic = dead_letter_topic
+        self._max_attempts = max_attempts
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._poll_timeout = poll_timeout
+        self._stopping = asyncio.Event()
+        self.handled = 0
+        self.dead_lettered = 0
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the message in flight."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> None:
+        log.info("event=consumer_started name=%s", self.name)
+        try:
+            while not self._stopping.is_set():
+                record = await self._consumer.poll(self._poll_timeout)
+                if record is None:
+                    continue
+                if await self._process(record):
+                    await self._commit(record)
+        finally:
+            await self._consumer.close()
+            log.info(
+                "event=consumer_stopped name=%s handled=%d dead_lettered=%d",
+                self.name,
+                self.handled,
+                self.dead_lettered,
+            )
+
+    async def _commit(self, record: Record) -> None:
+        delay = self._backoff_initial
+        while True:
+            try:
+                await self._consumer.commit(record)
+                return
+            except RetryableError as exc:
+                log.warning("event=commit_retry name=%s error=%s", self.name, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff_max)
+
+    async def _process(self, record: Record) -> bool:
+        """Handle one record; True when it may be committed."""
+        handler = self._handlers.get(record.topic)
+        if handler is None:
+            await self._dead_letter(record, PermanentError(f"no handler for {record.topic}"), 1)
+            return True
+        attempt = 0
+        delay = self._backoff_initial
+        while True:
+            attempt += 1
+            try:
+                with consume_span(
+                    f"{record.topic} process",
+                    record.headers,
+                    offset=record.offset,
+                    consumer=self.name,
+                ):
+                    await handler(record)
+                self.handled += 1
+                return True
+            except PermanentError as exc:
+                await self._dead_letter(record, exc, attempt)
+                return True
+            except RetryableError as exc:
+                log.warning(
+                    "event=handler_retry name=%s topic=%s offset=%d attempt=%d error=%r",
+                    self.name, record.topic, record.offset, attempt, exc,
+                )
+            except Exception as exc:
+                log.exception(
+                    "event=handler_error name=%s topic=%s offset=%d attempt=%d",
+                    self.name, record.topic, record.offset, attempt,
+                )
+                if attempt >= self._max_attempts:
+                    await self._dead_letter(record, exc, attempt)
+                    return True
+            if self._stopping.is_set():
+                # Not committed: the message is redelivered to whoever owns it next.
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._backoff_max)
+
+    async def _dead_letter(self, record: Record, exc: BaseException, attempts: int) -> None:
+        headers = dict(record.headers)
+        headers.update(
+            DeadLetterHeaders(
+                error_type=type(exc).__name__,
+                error_message=str(exc),
+                original_topic=record.topic,
+                original_partition=record.partition,
+                original_offset=record.offset,
+                failed_by=self.name,
+                failed_at=datetime.now(UTC).isoformat(),
+                attempts=attempts,
+            ).to_headers()
+        )
+        delay = self._backoff_initial
+        while True:
+            try:
+                await self._dead_letters.publish(
+                    self._dead_letter_topic, record.key, record.value, headers
+                )
+                break
+            except RetryableError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff_max)
+        self.dead_lettered += 1
+        log.error(
+            "event=dead_lettered name=%s topic=%s partition=%d offset=%d error_type=%s error=%r",
+            self.name, record.topic, record.partition, record.offset, type(exc).__name__, str(exc),
+        )

@@ -1,0 +1,45 @@
+"""What every worker service does the same way: clients from settings, signals, the run loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from imagegen.kafka.confluent import KafkaConsumer, KafkaPublisher
+from imagegen.kafka.worker import ConsumerLoop
+from imagegen.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def kafka_publisher(settings: KafkaSettings, service: str) -> KafkaPublisher:
+    return KafkaPublisher(settings.bootstrap, client_id=f"{settings.client_id}-{service}")
+
+
+def kafka_consumer(settings: KafkaSettings, group: str, topics: list[str]) -> KafkaConsumer:
+    return KafkaConsumer(
+        settings.bootstrap,
+        group_id=f"{settings.namespace}.{group}",
+        topics=topics,
+        client_id=f"{settings.client_id}-{group}",
+        session_timeout_ms=settings.session_timeout_ms,
+    )
+
+
+async def run_until_signalled(loops: list[ConsumerLoop]) -> None:
+    """Run consumer loops until SIGTERM/SIGINT; then each drains its in-flight message and commits."""
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        log.info("event=stop_requested loops=%d", len(loops))
+        for consumer_loop in loops:
+            consumer_loop.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    try:
+        await asyncio.gather(*(consumer_loop.run() for consumer_loop in loops))
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,92 @@
+"""Loopback port helpers: find free ports, and wait for a server's port to open."""
+
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from imagegen.stack import StackError
+
+LOOPBACK = "127.0.0.1"
+
+# Ports handed out by this process: two servers started back to back must not be
+# offered the same port before either has bound it.
+_handed_out: set[int] = set()
+
+
+def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    """True when something already listens on host:port (or it cannot be bound)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        if probe.connect_ex((host, port)) == 0:
+            return True
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A loopback port nothing listens on now, never returned before by this process."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise StackError("no free loopback port found")
+
+
+def free_port_with_offset(offset: int, host: str = LOOPBACK) -> int:
+    """A free port p whose p + offset is free too (SeaweedFS derives gRPC ports that way)."""
+    for _ in range(200):
+        # Stay below the kernel's ephemeral range so clients' outgoing ports don't collide.
+        port = random.randint(20000, 32000 - offset if offset < 12000 else 65535 - offset)
+        pair = (port, port + offset)
+        if any(p in _handed_out for p in pair) or any(port_in_use(p, host) for p in pair):
+            continue
+        _handed_out.update(pair)
+        return port
+    raise StackError(f"no pair of free loopback ports {offset} apart found")
+
+
+def wait_for_port(
+    host: str,
+    port: int,
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None = None,
+    *,
+    name: str = "server",
+    log_file: Path | None = None,
+) -> None:
+    """Block until host:port accepts TCP connections; fail fast if `proc` exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise StackError(
+                f"{name} exited with code {proc.returncode} before listening on "
+                f"{host}:{port}{log_hint(log_file)}"
+            )
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        if time.monotonic() >= deadline:
+            raise StackError(
+                f"{name} did not listen on {host}:{port} within {timeout:.0f}s{log_hint(log_file)}"
+            )
+        time.sleep(0.05)
+
+
+def log_hint(log_file: Path | None, lines: int = 20) -> str:
+    """The tail of a server's log, for error messages."""
+    if log_file is None or not log_file.exists():
+        return ""
+    tail = log_file.read_text(errors="replace").splitlines()[-lines:]
+    return f"; see {log_file}:\n" + "\n".join(tail)

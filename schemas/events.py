@@ -1,0 +1,219 @@
+"""The `events` topic: one CloudEvents-style envelope for everything (key: job id).
+
+Event ids are deterministic (see `event_id`): a redelivered handler that emits the
+same event again emits the same id, and readers deduplicate on it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter
+
+from schemas.base import Contract, Message, utcnow
+
+_EVENT_NAMESPACE = uuid.UUID("6f1c2b1e-3c7a-4f7e-9a51-6f3d2f0c9e11")
+
+
+def event_id(event_type: str, *parts: object) -> str:
+    """A stable id for an event that is identified by its type and parts."""
+    return str(uuid.uuid5(_EVENT_NAMESPACE, "|".join([event_type, *map(str, parts)])))
+
+
+class JobStatus(StrEnum):
+    ACCEPTED = "accepted"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    PARTIALLY_COMPLETED = "partially_completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.COMPLETED, JobStatus.PARTIALLY_COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+
+
+# --- payloads ---------------------------------------------------------------------------
+
+
+class GenerationQueuedData(Contract):
+    image_id: str
+    image_index: int
+    image_count: int
+    character_id: str
+    tier: str
+    attempt: int = 1
+
+
+class GenerationStartedData(Contract):
+    image_id: str
+    image_index: int
+    attempt: int = 1
+    backend: str
+    model: str
+    queue_wait_ms: int = 0
+
+
+class GenerationProgressData(Contract):
+    image_id: str
+    image_index: int
+    step: int
+    total_steps: int
+
+
+class GenerationCompletedData(Contract):
+    image_id: str
+    image_index: int
+    duration_ms: int
+    backend: str
+    model: str
+    seed: int
+    cost_usd: float
+
+
+class GenerationFailedData(Contract):
+    image_id: str
+    image_index: int
+    attempt: int
+    error_type: str
+    error: str
+    retryable: bool
+    final: bool = Field(description="True when no further attempt will be made.")
+
+
+class StoredRendition(Contract):
+    name: str
+    key: str
+    size_bytes: int
+    width: int
+    height: int
+    format: str
+    content_type: str
+
+
+class ImageStoredData(Contract):
+    image_id: str
+    image_index: int
+    character_id: str
+    kind: str
+    version: int
+    size_bytes: int
+    width: int
+    height: int
+    renditions: list[StoredRendition]
+    seed: int
+    model: str
+    backend: str
+    provider: str
+    demo: bool
+    cost_usd: float
+    consistency_score: float | None = None
+
+
+class PackCompletedData(Contract):
+    status: JobStatus
+    image_count: int
+    completed_count: int
+    failed_count: int
+    total_duration_ms: int
+
+
+class JobCancelledData(Contract):
+    reason: str = "cancelled by user"
+
+
+class BudgetAlertData(Contract):
+    scope: str
+    threshold_percent: int
+    spent_usd: float
+    budget_usd: float
+
+
+# --- envelopes --------------------------------------------------------------------------
+
+
+class EventBase(Message):
+    """CloudEvents attributes plus job id, user id and a per-job sequence number.
+
+    `seq` is assigned by the gateway's projection, the one reader that sees a job's
+    events in partition order; producers leave it empty.
+    """
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: str
+    time: datetime = Field(default_factory=utcnow)
+    subject: str
+    job_id: str | None = None
+    user_id: str | None = None
+    seq: int | None = None
+    traceparent: str | None = None
+
+
+class GenerationQueued(EventBase):
+    type: Literal["generation_queued"] = "generation_queued"
+    data: GenerationQueuedData
+
+
+class GenerationStarted(EventBase):
+    type: Literal["generation_started"] = "generation_started"
+    data: GenerationStartedData
+
+
+class GenerationProgress(EventBase):
+    type: Literal["generation_progress"] = "generation_progress"
+    data: GenerationProgressData
+
+
+class GenerationCompleted(EventBase):
+    type: Literal["generation_completed"] = "generation_completed"
+    data: GenerationCompletedData
+
+
+class GenerationFailed(EventBase):
+    type: Literal["generation_failed"] = "generation_failed"
+    data: GenerationFailedData
+
+
+class ImageStored(EventBase):
+    type: Literal["image_stored"] = "image_stored"
+    data: ImageStoredData
+
+
+class PackCompleted(EventBase):
+    type: Literal["pack_completed"] = "pack_completed"
+    data: PackCompletedData
+
+
+class JobCancelled(EventBase):
+    type: Literal["job_cancelled"] = "job_cancelled"
+    data: JobCancelledData
+
+
+class BudgetAlert(EventBase):
+    type: Literal["budget_alert"] = "budget_alert"
+    data: BudgetAlertData
+
+
+Event = Annotated[
+    GenerationQueued
+    | GenerationStarted
+    | GenerationProgress
+    | GenerationCompleted
+    | GenerationFailed
+    | ImageStored
+    | PackCompleted
+    | JobCancelled
+    | BudgetAlert,
+    Field(discriminator="type"),
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

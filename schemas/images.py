@@ -1,0 +1,78 @@
+"""Claim-check references on `images.raw` and `images.processed` (key: job id)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.base import Contract, Message
+from schemas.jobs import ImageIdentity
+
+
+class BlobRef(Contract):
+    """Where the bytes are: the message carries the key, size and sha256, never the bytes."""
+
+    key: str
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    content_type: str
+
+
+class GenerationRecord(Contract):
+    """Everything needed to reproduce an image."""
+
+    backend: str
+    model: str
+    seed: int
+    steps: int
+    guidance: float
+    prompt: str
+    negative_prompt: str = ""
+    width: int
+    height: int
+    reference_keys: list[str] = Field(default_factory=list)
+    versions: dict[str, str] = Field(default_factory=dict)
+    device: str = "cpu"
+    demo: bool = Field(default=False, description="True when produced by the offline demo model.")
+
+
+class Timings(Contract):
+    queue_wait_ms: int = Field(default=0, ge=0)
+    generation_ms: int = Field(default=0, ge=0)
+    postprocess_ms: int = Field(default=0, ge=0)
+
+
+class RawImage(Message):
+    """A generated image, staged in object storage."""
+
+    type: Literal["raw_image"] = "raw_image"
+    image: ImageIdentity
+    blob: BlobRef
+    width: int
+    height: int
+    record: GenerationRecord
+    provider: str
+    cost_usd: float = Field(ge=0)
+    timings: Timings = Field(default_factory=Timings)
+
+
+class Rendition(Contract):
+    name: Literal["original", "display", "thumbnail", "print"]
+    blob: BlobRef
+    width: int
+    height: int
+    format: str
+
+
+class ProcessedImage(Message):
+    """An image with its renditions, staged in object storage."""
+
+    type: Literal["processed_image"] = "processed_image"
+    image: ImageIdentity
+    renditions: list[Rendition]
+    record: GenerationRecord
+    provider: str
+    cost_usd: float = Field(ge=0)
+    consistency_score: float | None = None
+    timings: Timings = Field(default_factory=Timings)

@@ -1,0 +1,80 @@
+"""The topic registry: every topic's name, partitions and configs, declared once.
+
+Local start-up, tests and `deploy/k8s` all read this declaration.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+DEFAULT_NAMESPACE = "imagegen"
+
+
+class Tier(StrEnum):
+    """Priority tiers; one jobs topic each."""
+
+    REALTIME = "realtime"  # paid, interactive
+    STANDARD = "standard"  # paid, batch
+    ECONOMY = "economy"  # free
+
+
+class TopicSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    role: str
+    name: str
+    partitions: int
+    configs: dict[str, str]
+    key: str
+    description: str
+
+
+_WEEK_MS = str(7 * 24 * 3600 * 1000)
+_CONFIGS = {"retention.ms": _WEEK_MS, "max.message.bytes": "1048576"}
+
+
+def _spec(namespace: str, role: str, partitions: int, key: str, description: str) -> TopicSpec:
+    return TopicSpec(
+        role=role,
+        name=f"{namespace}.{role}.v1",
+        partitions=partitions,
+        configs=dict(_CONFIGS),
+        key=key,
+        description=description,
+    )
+
+
+class TopicNames:
+    """Resolved topic names for one namespace (tests use a fresh namespace each)."""
+
+    def __init__(self, namespace: str = DEFAULT_NAMESPACE) -> None:
+        self.namespace = namespace
+        self.requests = f"{namespace}.requests.v1"
+        self.images_raw = f"{namespace}.images.raw.v1"
+        self.images_processed = f"{namespace}.images.processed.v1"
+        self.events = f"{namespace}.events.v1"
+        self.dead_letter = f"{namespace}.deadletter.v1"
+
+    def jobs(self, tier: Tier) -> str:
+        return f"{self.namespace}.jobs.{tier.value}.v1"
+
+    def all_jobs(self) -> list[str]:
+        return [self.jobs(t) for t in Tier]
+
+
+def registry(namespace: str = DEFAULT_NAMESPACE) -> list[TopicSpec]:
+    """Every topic of the system, in one list."""
+    specs = [
+        _spec(namespace, "requests", 8, "user id", "Commands from the gateway."),
+        *(
+            _spec(namespace, f"jobs.{t.value}", 8, "job id", f"Per-image jobs, {t.value} tier.")
+            for t in Tier
+        ),
+        _spec(namespace, "images.raw", 8, "job id", "Generated images (claim-check)."),
+        _spec(namespace, "images.processed", 8, "job id", "Renditions (claim-check)."),
+        _spec(namespace, "events", 8, "job id", "Everything clients and analysts see."),
+        _spec(namespace, "deadletter", 4, "original key", "Messages that could not be handled."),
+    ]
+    return specs

@@ -1,0 +1,108 @@
+"""The generator's model-backend port: requests in, PNG bytes out, progress and cancel.
+
+Backends are blocking (torch); the worker runs `generate` in a thread and talks to it
+only through the progress callback and the cancel token.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from imagegen.errors import ConfigurationError, PermanentError
+
+ProgressCallback = Callable[[int, int], None]
+"""(step, total_steps), 1-based; called from the thread that runs `generate`."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One image to make. `identity_seed` is the character's locked seed."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    identity_seed: int
+    reference_images: tuple[bytes, ...] = ()
+    img2img_strength: float | None = None
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """A finished image and everything needed to record how it was made."""
+
+    png: bytes
+    width: int
+    height: int
+    backend: str
+    model: str
+    device: str
+    versions: dict[str, str] = field(hash=False)
+    demo: bool
+    steps_run: int
+    seconds: float
+
+
+class CancelToken:
+    """A thread-safe, set-once flag the worker sets and the backend polls between steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+class GenerationCancelled(PermanentError):
+    """Generation stopped because its job was cancelled; retrying would be wrong."""
+
+
+class ModelNotFoundError(ConfigurationError):
+    """The configured model is neither a local path nor in the local model cache."""
+
+    def __init__(self, model: str, detail: str = "") -> None:
+        self.model = model
+        message = f"model not found locally: {model!r}"
+        super().__init__(f"{message} ({detail})" if detail else message)
+
+
+class InvalidGenerationRequest(PermanentError):
+    """A request the backend can never satisfy (bad size, unreadable reference image)."""
+
+
+@runtime_checkable
+class ImageBackend(Protocol):
+    """Turns a `GenerationRequest` into a `GeneratedImage`, blocking the calling thread."""
+
+    name: str
+    model: str
+
+    def load(self) -> None:
+        """Load weights once; later calls are no-ops."""
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback,
+        cancel: CancelToken,
+    ) -> GeneratedImage:
+        """Make one image; raise `GenerationCancelled` if `cancel` is set meanwhile."""
+        ...
+
+    def cost_usd(self, seconds: float) -> float:
+        """What `seconds` of this backend's compute cost."""
+        ...
+
+
+def hourly_cost(seconds: float, price_per_hour: float) -> float:
+    """Compute time priced at an hourly rate (what a GPU pod costs while busy)."""
+    return max(seconds, 0.0) * price_per_hour / 3600.0
