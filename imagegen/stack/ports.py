@@ -24,6 +24,8 @@ def port_in_use(port: int, host: str = LOOPBACK) -> bool:
         if probe.connect_ex((host, port)) == 0:
             return True
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do: connections of a stopped server left in TIME_WAIT don't count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -45,9 +47,11 @@ def free_port(host: str = LOOPBACK) -> int:
 
 def free_port_with_offset(offset: int, host: str = LOOPBACK) -> int:
     """A free port p whose p + offset is free too (SeaweedFS derives gRPC ports that way)."""
+    if not 0 < offset < 12000:
+        raise ValueError("offset must be between 1 and 11999")
     for _ in range(200):
-        # Stay below the kernel's ephemeral range so clients' outgoing ports don't collide.
-        port = random.randint(20000, 32000 - offset if offset < 12000 else 65535 - offset)
+        # Below Linux's ephemeral range (32768+), where clients' outgoing ports live.
+        port = random.randint(20000, 32767 - offset)
         pair = (port, port + offset)
         if any(p in _handed_out for p in pair) or any(port_in_use(p, host) for p in pair):
             continue

@@ -37,7 +37,9 @@ def ensure_bucket(endpoint: str, bucket: str, key: str, secret: str, region: str
         client.head_bucket(Bucket=bucket)
         return
     except ClientError as err:
-        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        status = _status(err)
+        if status >= 500:
+            raise  # the server is still starting: callers may retry
         if status != 404:
             raise StackError(f"cannot reach bucket {bucket!r} at {endpoint}: {err}") from err
     kwargs: dict[str, Any] = {"Bucket": bucket}
@@ -47,5 +49,11 @@ def ensure_bucket(endpoint: str, bucket: str, key: str, secret: str, region: str
         client.create_bucket(**kwargs)
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code")
+        if _status(err) >= 500:
+            raise
         if code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
             raise StackError(f"cannot create bucket {bucket!r} at {endpoint}: {err}") from err
+
+
+def _status(err: Any) -> int:
+    return int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)

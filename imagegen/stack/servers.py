@@ -9,9 +9,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from imagegen.stack import StackError
-from imagegen.stack.ports import LOOPBACK, free_port_with_offset, wait_for_port
+from imagegen.stack.ports import (
+    LOOPBACK,
+    free_port,
+    free_port_with_offset,
+    port_in_use,
+    wait_for_port,
+)
 from imagegen.stack.process import ServerProcess, find_binary
-from imagegen.stack.s3 import ensure_bucket
+from imagegen.stack.s3 import ensure_bucket, s3_client
 
 # SeaweedFS serves gRPC on the HTTP port + 10000 by convention, and some of its parts
 # (the mini worker dialling the admin server) assume it whatever the flags say.
@@ -73,8 +79,10 @@ class SeaweedFS(ServerProcess):
             "-s3.port.lance=0",
             "-master.telemetry=false",
         ]
-        if self.port + _GRPC_OFFSET <= 65535:
-            args.append(f"-s3.port.grpc={self.port + _GRPC_OFFSET}")
+        s3_grpc = self.port + _GRPC_OFFSET
+        if s3_grpc > 65535 or port_in_use(s3_grpc):
+            s3_grpc = free_port()  # nothing else dials it by convention, unlike admin's
+        args.append(f"-s3.port.grpc={s3_grpc}")
         for part, port in ports.items():
             args += [f"-{part}.port={port}", f"-{part}.port.grpc={port + _GRPC_OFFSET}"]
         return args
@@ -104,6 +112,8 @@ class SeaweedFS(ServerProcess):
                 if not self.buckets:
                     self._probe()
                 return
+            except StackError:
+                raise  # refused for good (a bad bucket name, wrong credentials)
             except Exception as err:
                 if not self.running:
                     raise StackError(
@@ -117,8 +127,6 @@ class SeaweedFS(ServerProcess):
                 time.sleep(0.2)
 
     def _probe(self) -> None:
-        from imagegen.stack.s3 import s3_client  # noqa: PLC0415
-
         s3_client(self.endpoint, self.access_key, self.secret_key, self.region).list_buckets()
 
 

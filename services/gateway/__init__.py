@@ -1,0 +1,1 @@
+"""The gateway: HTTP API, auth, characters, the job/image read model and SSE fan-out."""

@@ -6,10 +6,13 @@ only through the progress callback and the cancel token.
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from PIL import Image
 
 from imagegen.errors import ConfigurationError, PermanentError
 
@@ -106,3 +109,19 @@ class ImageBackend(Protocol):
 def hourly_cost(seconds: float, price_per_hour: float) -> float:
     """Compute time priced at an hourly rate (what a GPU pod costs while busy)."""
     return max(seconds, 0.0) * price_per_hour / 3600.0
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG with no timestamp or other varying chunk, so equal pixels give equal bytes."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Reference-image bytes (PNG/JPEG/WebP) to RGB; unreadable bytes are a permanent error."""
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            return opened.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidGenerationRequest(f"reference image is not a readable image: {exc}") from exc

@@ -1,0 +1,43 @@
+"""Create the topics of `schemas.topics.registry` on a Kafka-protocol broker."""
+
+from __future__ import annotations
+
+from imagegen.stack import StackError
+from schemas.topics import DEFAULT_NAMESPACE, TopicSpec, registry
+
+
+def create_topics(
+    bootstrap: str,
+    namespace: str = DEFAULT_NAMESPACE,
+    timeout: float = 30.0,
+    specs: list[TopicSpec] | None = None,
+) -> list[str]:
+    """Create every topic of the namespace with its partitions and configs; idempotent.
+
+    Returns the names of the topics that were created now (existing ones are left as
+    they are). Topics must exist before clients touch them: brokers that create topics
+    on first use (Tansu always does) would give them the wrong partitions and configs.
+    """
+    # Imported here: the C library loads on import, and nothing else in this module needs it.
+    from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415
+    from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+    from confluent_kafka.cimpl import NewTopic  # noqa: PLC0415 - where its stubs declare it
+
+    specs = registry(namespace) if specs is None else specs
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000)})
+    futures = admin.create_topics(
+        [NewTopic(s.name, num_partitions=s.partitions, config=dict(s.configs)) for s in specs],
+        request_timeout=timeout,
+        operation_timeout=timeout,
+    )
+    created: list[str] = []
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout)
+            created.append(name)
+        except KafkaException as err:
+            if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise StackError(f"cannot create topic {name} on {bootstrap}: {err}") from err
+        except TimeoutError as err:
+            raise StackError(f"broker {bootstrap} did not create {name} in {timeout}s") from err
+    return created

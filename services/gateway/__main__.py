@@ -1,0 +1,30 @@
+"""`python -m services.gateway`: build settings, configure logging and tracing, serve."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from imagegen.telemetry import configure_logging, configure_tracing
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    configure_logging("gateway", settings.log_level)
+    configure_tracing("gateway")
+    config = uvicorn.Config(
+        lambda: create_app(settings),
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep the key=value logging configured above
+        proxy_headers=True,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+    )
+    # uvicorn maps SIGTERM/SIGINT to a graceful stop; the lifespan then drains the consumer.
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

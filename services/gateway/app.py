@@ -1,0 +1,113 @@
+"""The gateway's app factory: resources opened in the lifespan, injectable for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from imagegen import db
+from imagegen.blobstore import BlobStore, S3BlobStore
+from imagegen.kafka import Consumer, ConsumerLoop, Publisher
+from imagegen.runtime import kafka_consumer, kafka_publisher
+from services.gateway.migrations import MIGRATIONS, SCHEMA
+from services.gateway.notify import EventSignal, LocalEventSignal
+from services.gateway.projection import Projection
+from services.gateway.routes import characters, health, jobs, streams, tokens
+from services.gateway.settings import GatewaySettings
+from services.gateway.state import GatewayState
+
+log = logging.getLogger(__name__)
+
+CONSUMER_GROUP = "gateway"
+
+ConsumerFactory = Callable[[str, list[str]], Consumer]
+
+
+def create_app(
+    settings: GatewaySettings,
+    *,
+    publisher: Publisher | None = None,
+    consumer_factory: ConsumerFactory | None = None,
+    blob_store: BlobStore | None = None,
+    signal: EventSignal | None = None,
+) -> FastAPI:
+    """Build the app; nothing is opened until its lifespan starts.
+
+    Injected resources belong to the caller and are not closed here.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            pool = await db.create_pool(settings.database_url, SCHEMA)
+            stack.push_async_callback(pool.close)
+            await db.migrate(pool, SCHEMA, MIGRATIONS)
+
+            blobs = blob_store
+            if blobs is None:
+                blobs = await stack.enter_async_context(S3BlobStore(settings.s3))
+            pub = publisher
+            if pub is None:
+                pub = kafka_publisher(settings.kafka, "gateway")
+                stack.push_async_callback(pub.close)
+
+            topics = settings.kafka.topics
+            make_consumer = consumer_factory or (
+                lambda group, names: kafka_consumer(settings.kafka, group, names)
+            )
+            wakeups = signal or LocalEventSignal()
+            loop = ConsumerLoop(
+                name=CONSUMER_GROUP,
+                consumer=make_consumer(CONSUMER_GROUP, [topics.events]),
+                handlers={topics.events: Projection(pool, wakeups).handle},
+                dead_letters=pub,
+                dead_letter_topic=topics.dead_letter,
+                poll_timeout=settings.consumer_poll_s,
+            )
+            task = asyncio.create_task(loop.run(), name="gateway-events-consumer")
+            stack.push_async_callback(_stop_consumer, loop, task, settings.shutdown_timeout_s)
+
+            app.state.gateway = GatewayState(
+                settings=settings,
+                pool=pool,
+                blobs=blobs,
+                publisher=pub,
+                signal=wakeups,
+                consumer_loop=loop,
+                consumer_task=task,
+            )
+            log.info("event=gateway_started port=%d env=%s", settings.port, settings.env)
+            yield
+            log.info("event=gateway_stopping")
+
+    app = FastAPI(title="imagegen gateway", version="1", lifespan=lifespan)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )
+    for module in (characters, jobs, streams, tokens, health):
+        app.include_router(module.router)
+    return app
+
+
+async def _stop_consumer(loop: ConsumerLoop, task: asyncio.Task[None], grace_s: float) -> None:
+    """Stop fetching, let the in-flight event finish and commit, then return."""
+    loop.stop()
+    try:
+        await asyncio.wait_for(asyncio.shield(task), grace_s)
+    except TimeoutError:
+        log.warning("event=consumer_stop_timeout grace_s=%.1f", grace_s)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    except Exception:
+        log.exception("event=consumer_failed")

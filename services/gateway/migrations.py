@@ -1,0 +1,77 @@
+"""The gateway's schema (`gateway`), as numbered migrations applied once each at start-up."""
+
+from __future__ import annotations
+
+SCHEMA = "gateway"
+
+_V1 = """
+CREATE TABLE characters (
+    id              text PRIMARY KEY,
+    user_id         text NOT NULL,
+    name            text NOT NULL,
+    description     text NOT NULL DEFAULT '',
+    attributes      jsonb NOT NULL DEFAULT '{}',
+    style_modifiers jsonb NOT NULL DEFAULT '[]',
+    art_style       text NOT NULL,
+    seed            bigint NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX characters_user_created ON characters (user_id, created_at DESC);
+
+CREATE TABLE jobs (
+    id           text PRIMARY KEY,
+    user_id      text NOT NULL,
+    kind         text NOT NULL,
+    status       text NOT NULL,
+    character_id text,
+    total        integer NOT NULL DEFAULT 0,
+    completed    integer NOT NULL DEFAULT 0,
+    failed       integer NOT NULL DEFAULT 0,
+    last_seq     integer NOT NULL DEFAULT 0,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz
+);
+CREATE INDEX jobs_user_created ON jobs (user_id, created_at DESC);
+
+CREATE TABLE images (
+    id           text PRIMARY KEY,
+    job_id       text NOT NULL,
+    user_id      text NOT NULL,
+    index        integer NOT NULL,
+    character_id text NOT NULL,
+    version      integer NOT NULL DEFAULT 1,
+    renditions   jsonb NOT NULL,
+    width        integer NOT NULL,
+    height       integer NOT NULL,
+    size_bytes   bigint NOT NULL,
+    seed         bigint NOT NULL,
+    model        text NOT NULL,
+    demo         boolean NOT NULL DEFAULT false,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX images_job_index ON images (job_id, index);
+
+-- Final failures counted once per image, however often the event is re-emitted.
+CREATE TABLE image_failures (
+    job_id      text NOT NULL,
+    image_index integer NOT NULL,
+    PRIMARY KEY (job_id, image_index)
+);
+
+-- The event log: `id` is the SSE id, `event_id` dedupes redeliveries.
+CREATE TABLE events (
+    id         bigserial PRIMARY KEY,
+    event_id   text NOT NULL UNIQUE,
+    job_id     text,
+    user_id    text,
+    type       text NOT NULL,
+    seq        integer,
+    payload    jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX events_job_id ON events (job_id, id);
+CREATE INDEX events_user_id ON events (user_id, id);
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1)]

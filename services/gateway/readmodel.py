@@ -1,0 +1,127 @@
+"""Queries over the projection: a user's jobs, their images (with signed URLs) and events."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import asyncpg
+
+from imagegen.blobstore import BlobStore
+from schemas.events import JobStatus
+from schemas.requests import JobKind
+from services.gateway.models import Image, Job
+
+TERMINAL_EVENT_TYPES = frozenset({"pack_completed", "job_cancelled"})
+_DISPLAY_ORDER = ("display", "original", "print")
+_THUMBNAIL_ORDER = ("thumbnail", *_DISPLAY_ORDER)
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    id: int
+    type: str
+    payload: str
+
+
+async def insert_job(
+    conn: asyncpg.Connection, job_id: str, user_id: str, character_id: str, total: int
+) -> None:
+    await conn.execute(
+        "INSERT INTO jobs (id, user_id, kind, status, character_id, total)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        job_id,
+        user_id,
+        JobKind.PACK.value,
+        JobStatus.QUEUED.value,
+        character_id,
+        total,
+    )
+
+
+async def job_status(pool: asyncpg.Pool, user_id: str, job_id: str) -> JobStatus | None:
+    """The job's status, or None when the user has no such job."""
+    status = await pool.fetchval(
+        "SELECT status FROM jobs WHERE id = $1 AND user_id = $2", job_id, user_id
+    )
+    return JobStatus(status) if status is not None else None
+
+
+def _progress(status: JobStatus, done: int, total: int) -> float:
+    if status.terminal:
+        return 1.0
+    return min(done / total, 1.0) if total > 0 else 0.0
+
+
+async def _signed(
+    blobs: BlobStore, renditions: dict[str, dict[str, object]], order: tuple[str, ...], ttl: int
+) -> str | None:
+    for name in order:
+        if name in renditions:
+            return await blobs.presign_get(str(renditions[name]["key"]), ttl)
+    return None
+
+
+async def get_job(
+    pool: asyncpg.Pool, blobs: BlobStore, user_id: str, job_id: str, url_ttl: int
+) -> Job | None:
+    job = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1 AND user_id = $2", job_id, user_id)
+    if job is None:
+        return None
+    rows = await pool.fetch("SELECT * FROM images WHERE job_id = $1 ORDER BY index, id", job_id)
+    images = []
+    for row in rows:
+        renditions = json.loads(row["renditions"])
+        images.append(
+            Image(
+                id=row["id"],
+                index=row["index"],
+                url=await _signed(blobs, renditions, _DISPLAY_ORDER, url_ttl),
+                thumbnail_url=await _signed(blobs, renditions, _THUMBNAIL_ORDER, url_ttl),
+                width=row["width"],
+                height=row["height"],
+                size_bytes=row["size_bytes"],
+                seed=row["seed"],
+                model=row["model"],
+                demo=row["demo"],
+                created_at=row["created_at"],
+            )
+        )
+    status = JobStatus(job["status"])
+    return Job(
+        job_id=job["id"],
+        kind=job["kind"],
+        status=status,
+        character_id=job["character_id"],
+        progress=_progress(status, job["completed"] + job["failed"], job["total"]),
+        completed=job["completed"],
+        failed=job["failed"],
+        total=job["total"],
+        created_at=job["created_at"],
+        finished_at=job["finished_at"],
+        images=images,
+    )
+
+
+async def events_after(
+    pool: asyncpg.Pool, user_id: str, job_id: str | None, after: int, limit: int = 200
+) -> list[LoggedEvent]:
+    """The user's logged events (one job's, or all) with ids above `after`, in id order."""
+    if job_id is None:
+        rows = await pool.fetch(
+            "SELECT id, type, payload FROM events WHERE user_id = $1 AND id > $2"
+            " ORDER BY id LIMIT $3",
+            user_id,
+            after,
+            limit,
+        )
+    else:
+        rows = await pool.fetch(
+            "SELECT id, type, payload FROM events WHERE job_id = $1 AND user_id = $2"
+            " AND id > $3 ORDER BY id LIMIT $4",
+            job_id,
+            user_id,
+            after,
+            limit,
+        )
+    return [LoggedEvent(id=r["id"], type=r["type"], payload=r["payload"]) for r in rows]

@@ -1,0 +1,48 @@
+"""`python -m services.storage`: final object layout, metadata, image_stored events."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+
+from imagegen.blobstore import S3BlobStore
+from imagegen.db import create_pool, migrate
+from imagegen.kafka import ConsumerLoop
+from imagegen.runtime import kafka_consumer, kafka_publisher, run_until_signalled
+from imagegen.telemetry import configure_logging, configure_tracing
+from services.storage.handlers import StorageService
+from services.storage.migrations import MIGRATIONS
+from services.storage.settings import StorageSettings
+
+SCHEMA = "storage"
+
+
+async def serve(settings: StorageSettings) -> None:
+    topics = settings.kafka.topics
+    async with AsyncExitStack() as stack:
+        pool = await create_pool(settings.database_url, SCHEMA)
+        stack.push_async_callback(pool.close)
+        await migrate(pool, SCHEMA, MIGRATIONS)
+        blobs = await stack.enter_async_context(S3BlobStore(settings.s3))
+        publisher = kafka_publisher(settings.kafka, "storage")
+        stack.push_async_callback(publisher.close)
+        service = StorageService(pool, blobs, publisher, topics)
+        loop = ConsumerLoop(
+            name="storage",
+            consumer=kafka_consumer(settings.kafka, "storage", [topics.images_processed]),
+            handlers={topics.images_processed: service.on_processed_image},
+            dead_letters=publisher,
+            dead_letter_topic=topics.dead_letter,
+        )
+        await run_until_signalled([loop])
+
+
+def main() -> None:
+    settings = StorageSettings()
+    configure_logging("storage", settings.log_level)
+    configure_tracing("storage")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""One behaviour suite for the Kafka plumbing, run on the in-memory fake and on real Tansu."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import pytest
+from pydantic import BaseModel
+
+from imagegen.errors import PermanentError, RetryableError
+from imagegen.kafka import Consumer, ConsumerLoop, Publisher, Record, decode
+from imagegen.kafka.confluent import KafkaConsumer, KafkaPublisher
+from imagegen.kafka.memory import InMemoryBroker
+from imagegen.telemetry import configure_tracing, tracer
+from schemas.deadletter import DeadLetterHeaders
+from schemas.topics import TopicNames
+
+
+class Ping(BaseModel):
+    n: int
+
+
+@dataclass
+class Bus:
+    publisher: Publisher
+    consumer: Callable[[str, list[str]], Consumer]
+    topics: TopicNames
+
+
+@pytest.fixture(params=["memory", "kafka"])
+async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
+    if request.param == "memory":
+        broker = InMemoryBroker()
+        yield Bus(broker.publisher(), broker.consumer, TopicNames(f"m{uuid.uuid4().hex[:8]}"))
+        return
+    bootstrap: str = request.getfixturevalue("kafka_bootstrap")
+    namespace: str = request.getfixturevalue("topic_namespace")
+    publisher = KafkaPublisher(bootstrap, "test")
+
+    def consumer(group: str, topics: list[str]) -> Consumer:
+        return KafkaConsumer(bootstrap, f"{namespace}.{group}", topics)
+
+    yield Bus(publisher, consumer, TopicNames(namespace))
+    await publisher.close()
+
+
+async def run_until(loop: ConsumerLoop, done: Callable[[], bool], timeout: float = 30) -> None:
+    task = asyncio.create_task(loop.run())
+    try:
+        async with asyncio.timeout(timeout):
+            while not done():
+                await asyncio.sleep(0.02)
+    finally:
+        loop.stop()
+        await task
+
+
+def make_loop(bus: Bus, group: str, handler: Callable[[Record], object], **kw: object) -> ConsumerLoop:
+    async def handle(record: Record) -> None:
+        result = handler(record)
+        if asyncio.iscoroutine(result):
+            await result
+
+    return ConsumerLoop(
+        name=group,
+        consumer=bus.consumer(group, [bus.topics.requests]),
+        handlers={bus.topics.requests: handle},
+        dead_letters=bus.publisher,
+        dead_letter_topic=bus.topics.dead_letter,
+        backoff_initial=0.01,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def dead_letters(bus: Bus, expect: int) -> list[Record]:
+    got: list[Record] = []
+    loop = ConsumerLoop(
+        name="dlq-reader",
+        consumer=bus.consumer("dlq-reader", [bus.topics.dead_letter]),
+        handlers={bus.topics.dead_letter: lambda r: _append(got, r)},
+        dead_letters=bus.publisher,
+        dead_letter_topic=bus.topics.dead_letter + ".unused",
+    )
+    await run_until(loop, lambda: len(got) >= expect)
+    return got
+
+
+async def _append(into: list[Record], record: Record) -> None:
+    into.append(record)
+
+
+async def test_round_trip_keeps_key_value_headers_and_trace(bus: Bus) -> None:
+    configure_tracing("test")
+    seen: list[Record] = []
+    with tracer().start_as_current_span("producer") as span:
+        await bus.publisher.publish(bus.topics.requests, "user-1", Ping(n=1), {"x-extra": "yes"})
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    await run_until(make_loop(bus, "g", seen.append), lambda: len(seen) == 1)
+    record = seen[0]
+    assert record.key == "user-1"
+    assert decode(record, Ping) == Ping(n=1)
+    assert record.headers["x-extra"] == "yes"
+    assert trace_id in record.headers["traceparent"]
+
+
+async def test_same_key_keeps_order(bus: Bus) -> None:
+    for n in range(20):
+        await bus.publisher.publish(bus.topics.requests, "k", Ping(n=n))
+    seen: list[int] = []
+    await run_until(
+        make_loop(bus, "g", lambda r: seen.append(decode(r, Ping).n)), lambda: len(seen) == 20
+    )
+    assert seen == list(range(20))
+
+
+async def test_uncommitted_message_is_redelivered_committed_is_not(bus: Bus) -> None:
+    await bus.publisher.publish(bus.topics.requests, "k", Ping(n=1))
+    consumer = bus.consumer("g", [bus.topics.requests])
+    first = None
+    async with asyncio.timeout(30):
+        while first is None:
+            first = await consumer.poll(0.5)
+    await consumer.close()  # crashed before committing
+
+    seen: list[Record] = []
+    await run_until(make_loop(bus, "g", seen.append), lambda: len(seen) == 1)
+    assert decode(seen[0], Ping).n == 1
+
+    await bus.publisher.publish(bus.topics.requests, "k", Ping(n=2))
+    later: list[Record] = []
+    await run_until(make_loop(bus, "g", later.append), lambda: len(later) == 1)
+    assert [decode(r, Ping).n for r in later] == [2]
+
+
+async def test_poison_and_permanent_errors_go_to_dead_letter_and_consumer_moves_on(bus: Bus) -> None:
+    await bus.publisher.publish(bus.topics.requests, "k", b"{not json")
+    await bus.publisher.publish(bus.topics.requests, "k", Ping(n=13))
+    await bus.publisher.publish(bus.topics.requests, "k", Ping(n=2))
+    ok: list[int] = []
+
+    def handle(record: Record) -> None:
+        ping = decode(record, Ping)
+        if ping.n == 13:
+            raise PermanentError("unlucky number")
+        ok.append(ping.n)
+
+    await run_until(make_loop(bus, "g", handle), lambda: ok == [2])
+    letters = await dead_letters(bus, 2)
+    headers = [DeadLetterHeaders.from_headers(r.headers) for r in letters]
+    assert {h.error_type for h in headers} == {"PoisonMessageError", "PermanentError"}
+    assert all(h.original_topic == bus.topics.requests for h in headers)
+    assert letters[0].value == b"{not json"
+    assert "unlucky number" in headers[1].error_message
+
+
+async def test_retryable_error_is_retried_until_it_succeeds(bus: Bus) -> None:
+    await bus.publisher.publish(bus.topics.requests, "k", Ping(n=1))
+    attempts: list[int] = []
+
+    def handle(record: Record) -> None:
+        attempts.append(1)
+        if len(attempts) < 4:
+            raise RetryableError("database down")
+
+    loop = make_loop(bus, "g", handle, max_attempts=2)
+    await run_until(loop, lambda: loop.handled == 1)
+    assert len(attempts) == 4 and loop.dead_lettered == 0
+
+
+async def test_unexpected_error_is_dead_lettered_after_max_attempts(bus: Bus) -> None:
+    await bus.publisher.publish(bus.topics.requests, "k", Ping(n=1))
+    await bus.publisher.publish(bus.topics.requests, "k", Ping(n=2))
+    ok: list[int] = []
+
+    def handle(record: Record) -> None:
+        if decode(record, Ping).n == 1:
+            raise ValueError("bug")
+        ok.append(2)
+
+    loop = make_loop(bus, "g", handle, max_attempts=3)
+    await run_until(loop, lambda: ok == [2])
+    assert loop.dead_lettered == 1
+    [letter] = await dead_letters(bus, 1)
+    assert DeadLetterHeaders.from_headers(letter.headers).attempts == 3
+
+
+async def test_stop_drains_the_in_flight_message_and_commits_it(bus: Bus) -> None:
+    await bus.publisher.publish(bus.topics.requests, "k", Ping(n=1))
+    started = asyncio.Event()
+    finished: list[int] = []
+
+    async def slow(record: Record) -> None:
+        started.set()
+        await asyncio.sleep(0.3)
+        finished.append(decode(record, Ping).n)
+
+    loop = make_loop(bus, "g", slow)
+    task = asyncio.create_task(loop.run())
+    await asyncio.wait_for(started.wait(), 30)
+    loop.stop()
+    await asyncio.wait_for(task, 30)
+    assert finished == [1]
+
+    # Committed: a new member of the group sees only what came after.
+    await bus.publisher.publish(bus.topics.requests, "k", Ping(n=2))
+    later: list[int] = []
+    await run_until(make_loop(bus, "g", lambda r: later.append(decode(r, Ping).n)),
+                    lambda: len(later) == 1)
+    assert later == [2]
