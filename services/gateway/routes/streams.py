@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
@@ -36,9 +36,10 @@ def _resume_from(
 ResumeFrom = Annotated[int, Depends(_resume_from)]
 
 
-async def _follow(
+async def follow(
     state: GatewayState, user_id: str, job_id: str | None, after: int
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncGenerator[ServerSentEvent, None]:
+    """The user's events (one job's, or all) after id `after`, then live as they arrive."""
     pool = state.pool
     while True:
         # Listen before reading: an event committed after the read still wakes us.
@@ -64,7 +65,7 @@ def _response(
     state: GatewayState, user_id: str, job_id: str | None, after: int
 ) -> EventSourceResponse:
     return EventSourceResponse(
-        _follow(state, user_id, job_id, after),
+        follow(state, user_id, job_id, after),
         ping=state.settings.sse_ping_s,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from services.gateway.routes.streams import _follow
+from services.gateway.routes.streams import follow
 from tests.unit.gateway import factories as ev
 from tests.unit.gateway.conftest import Gateway
 
@@ -100,7 +100,7 @@ async def test_user_stream_spans_jobs_and_resumes(gateway: Gateway, user: str) -
     other = await gateway.generate("someone-else", 1)
     await gateway.feed(ev.queued(first, user, 0, 1), ev.queued(other, "someone-else", 0, 1))
 
-    stream = _follow(gateway.state, user, None, 0)
+    stream = follow(gateway.state, user, None, 0)
     try:
         one = await asyncio.wait_for(anext(stream), 2)
         assert one.event == "generation_queued"
@@ -113,7 +113,7 @@ async def test_user_stream_spans_jobs_and_resumes(gateway: Gateway, user: str) -
     finally:
         await stream.aclose()
 
-    resumed = _follow(gateway.state, user, None, int(str(one.id)))
+    resumed = follow(gateway.state, user, None, int(str(one.id)))
     try:
         again = await asyncio.wait_for(anext(resumed), 2)
         assert again.id == two.id
