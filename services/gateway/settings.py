@@ -16,7 +16,9 @@ class GatewaySettings(ServiceSettings):
     stream_token_ttl_s: int = Field(default=300, ge=10, le=3600)
     public_base_url: str = "http://127.0.0.1:8000"
     cors_origins: list[str] = Field(default_factory=list)
-    publish_timeout_s: float = Field(default=10.0, gt=0)
+    # Longer than the producer's delivery.timeout.ms (30 s): a 503 must mean the broker
+    # never got the command, not that it may still arrive after we rolled back.
+    publish_timeout_s: float = Field(default=35.0, gt=0)
     sse_ping_s: float = Field(default=15.0, gt=0)
     # Safety net under the wake-ups: a stream re-reads the log at least this often, which
     # also delivers events projected by another replica until LISTEN/NOTIFY is wired in.

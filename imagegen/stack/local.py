@@ -1,0 +1,179 @@
+"""`imagegen up`: the whole system on one machine with embedded, persistent defaults."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from imagegen.stack import StackError
+from imagegen.stack.ports import LOOPBACK, port_in_use
+from imagegen.stack.postgres import ensure_database, find_or_start_postgres
+from imagegen.stack.servers import SeaweedFS, Tansu, tansu_s3_env
+from imagegen.stack.services import Supervisor
+from imagegen.stack.topics import create_topics
+
+IMAGE_BUCKET = "imagegen"
+BROKER_BUCKET = "tansu"
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    data_dir: Path
+    gateway_port: int = 8000
+    kafka_port: int = 9092
+    s3_port: int = 8333
+    pg_port: int = 5432
+    database: str = "imagegen"
+    namespace: str = "imagegen"
+    backend: str = "demo"
+    model: str | None = None
+    restart: bool = True
+
+
+@dataclass(frozen=True)
+class StackSecrets:
+    jwt_secret: str
+    s3_access_key: str
+    s3_secret_key: str
+
+    @classmethod
+    def load_or_create(cls, data_dir: Path) -> StackSecrets:
+        """Kept beside the data so a restarted stack (and `imagegen token`) use the same ones."""
+        path = data_dir / "secrets.json"
+        if path.exists():
+            return cls(**json.loads(path.read_text()))
+        created = cls(
+            jwt_secret=secrets.token_urlsafe(48),
+            s3_access_key=f"imagegen-{secrets.token_hex(4)}",
+            s3_secret_key=secrets.token_urlsafe(32),
+        )
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(created.__dict__))
+        path.chmod(0o600)
+        return created
+
+
+def _check_ports(options: StackOptions) -> None:
+    for port, what, flag in (
+        (options.gateway_port, "gateway", "--gateway-port"),
+        (options.kafka_port, "Kafka broker", "--kafka-port"),
+        (options.s3_port, "SeaweedFS S3", "--s3-port"),
+    ):
+        if port_in_use(port):
+            raise StackError(f"port {port} is already in use ({what}); pass {flag} to choose another")
+
+
+def _wait_ready(url: str, supervisor: Supervisor, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dead = supervisor.dead()
+        if dead and not supervisor._restart:
+            raise StackError(f"service(s) {', '.join(dead)} exited during start-up; see logs")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise StackError(f"gateway at {url} not ready after {timeout:.0f}s; see the logs folder")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    # A second Ctrl-C must not interrupt the orderly stop that this one starts.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise _Stop(signal.Signals(signum).name)
+
+
+def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) -> int:
+    """Start everything, print `gateway:` and `token:`, run until SIGINT/SIGTERM, stop cleanly."""
+    from services.gateway.auth import issue_token  # the CLI is the gateway's dev-token client
+
+    data = options.data_dir.resolve()
+    logs = data / "logs"
+    _check_ports(options)
+    creds = StackSecrets.load_or_create(data)
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with ExitStack() as stack:
+            print(f"data: {data}", flush=True)
+            s3 = stack.enter_context(
+                SeaweedFS(data / "s3", options.s3_port, creds.s3_access_key, creds.s3_secret_key,
+                          buckets=[IMAGE_BUCKET, BROKER_BUCKET], log_dir=logs)
+            )
+            env_s3 = tansu_s3_env(s3.endpoint, creds.s3_access_key, creds.s3_secret_key, s3.region)
+            broker = stack.enter_context(
+                Tansu(options.kafka_port, f"s3://{BROKER_BUCKET}/", env=env_s3, log_dir=logs)
+            )
+            dsn_base, pg = find_or_start_postgres(data / "pg", port=options.pg_port)
+            if pg is not None:
+                stack.callback(pg.stop)
+            database_url = ensure_database(dsn_base, options.database)
+            create_topics(broker.bootstrap, options.namespace)
+            gateway_url = f"http://{LOOPBACK}:{options.gateway_port}"
+            common = {
+                "IMAGEGEN_ENV": "dev",
+                "IMAGEGEN_DATABASE_URL": database_url,
+                "IMAGEGEN_KAFKA_BOOTSTRAP": broker.bootstrap,
+                "IMAGEGEN_KAFKA_NAMESPACE": options.namespace,
+                "IMAGEGEN_S3_ENDPOINT": s3.endpoint,
+                "IMAGEGEN_S3_BUCKET": IMAGE_BUCKET,
+                "IMAGEGEN_S3_REGION": s3.region,
+                "IMAGEGEN_S3_ACCESS_KEY": creds.s3_access_key,
+                "IMAGEGEN_S3_SECRET_KEY": creds.s3_secret_key,
+                "HF_HUB_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+            envs = {
+                "storage": common,
+                "postprocess": common,
+                "generator": {
+                    **common,
+                    "IMAGEGEN_GENERATOR_BACKEND": options.backend,
+                    **({"IMAGEGEN_GENERATOR_MODEL": options.model} if options.model else {}),
+                },
+                "scheduler": common,
+                "gateway": {
+                    **common,
+                    "IMAGEGEN_HOST": LOOPBACK,
+                    "IMAGEGEN_PORT": str(options.gateway_port),
+                    "IMAGEGEN_PUBLIC_BASE_URL": gateway_url,
+                    "IMAGEGEN_JWT_SECRET": creds.jwt_secret,
+                },
+            }
+            supervisor = Supervisor(envs, logs, data / "services.json", restart=options.restart)
+            stack.callback(supervisor.stop)
+            supervisor.start()
+            _wait_ready(gateway_url, supervisor, timeout=120)
+            token = issue_token(creds.jwt_secret, "demo-user", "paid", ttl=7 * 24 * 3600)
+            print(f"gateway: {gateway_url}", flush=True)
+            print(f"token: {token}", flush=True)
+            print(f"web page: {gateway_url}/?token={token}", flush=True)
+            for hook in on_ready or []:
+                hook(gateway_url, token)  # type: ignore[operator]
+            print("ready; Ctrl-C stops everything", flush=True)
+            while True:
+                time.sleep(1)
+    except _Stop as stop:
+        print(f"stopping ({stop})…", flush=True)
+        return 0
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("stopped", flush=True)

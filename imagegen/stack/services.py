@@ -1,0 +1,121 @@
+"""The five services as supervised child processes: restarted if they die, stopped in order."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("storage", "postprocess", "generator", "scheduler", "gateway")
+
+
+class ServiceProcess:
+    """One `python -m services.<name>` child with its own log file."""
+
+    def __init__(self, name: str, env: Mapping[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.env = dict(env)
+        self.log_file = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", f"services.{self.name}"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self) -> None:
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("event=service_kill name=%s reason=drain_timeout", self.name)
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class Supervisor:
+    """Keeps every service running; writes their PIDs to a file operators and tests can read."""
+
+    def __init__(
+        self, envs: Mapping[str, Mapping[str, str]], log_dir: Path, pid_file: Path,
+        *, restart: bool = True,
+    ) -> None:
+        self.services = {name: ServiceProcess(name, envs[name], log_dir) for name in envs}
+        self._pid_file = pid_file
+        self._restart = restart
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        for service in self.services.values():
+            service.start()
+        self._write_pids()
+        self._thread.start()
+
+    def _write_pids(self) -> None:
+        pids = {n: s.proc.pid for n, s in self.services.items() if s.proc is not None}
+        tmp = self._pid_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(pids))
+        tmp.replace(self._pid_file)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                for service in self.services.values():
+                    if self._stopping.is_set() or service.alive:
+                        continue
+                    code = service.proc.returncode if service.proc else None
+                    print(f"service {service.name} exited (code {code})", flush=True)
+                    if not self._restart:
+                        continue
+                    # Back off a little on a crash loop, but never give up on a service.
+                    time.sleep(min(0.5 * 2**min(service.restarts, 4), 8))
+                    if self._stopping.is_set():
+                        return
+                    service.restarts += 1
+                    service.start()
+                    self._write_pids()
+                    print(f"service {service.name} restarted", flush=True)
+
+    def dead(self) -> list[str]:
+        return [n for n, s in self.services.items() if not s.alive]
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Gateway first (no new work), then the workers; each drains its in-flight message."""
+        self._stopping.set()
+        with self._lock:
+            for name in reversed(SERVICES):
+                if name in self.services:
+                    self.services[name].terminate()
+            for name in reversed(SERVICES):
+                if name in self.services:
+                    self.services[name].wait(timeout)
+        self._pid_file.unlink(missing_ok=True)
