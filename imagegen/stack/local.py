@@ -122,6 +122,7 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
             if pg is not None:
                 stack.callback(pg.stop)
             database_url = ensure_database(dsn_base, options.database)
+            print(f"database: {database_url}", flush=True)
             create_topics(broker.bootstrap, options.namespace)
             gateway_url = f"http://{LOOPBACK}:{options.gateway_port}"
             common = {

@@ -1,0 +1,139 @@
+"""Runs `imagegen up` as a real process for end-to-end tests and talks to it over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from imagegen.stack.ports import free_port
+
+
+@dataclass
+class RunningStack:
+    proc: subprocess.Popen[str]
+    data_dir: Path
+    gateway: str
+    token: str
+    database: str
+    s3_port: int
+    output: list[str] = field(default_factory=list)
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.gateway,
+            headers={"Authorization": f"Bearer {token or self.token}"},
+            timeout=30,
+        )
+
+    def token_for(self, user: str, tier: str = "free") -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "imagegen.cli", "token", "--user", user, "--tier", tier,
+             "--data-dir", str(self.data_dir)],
+            capture_output=True, text=True, check=True, timeout=60,
+        )
+        return out.stdout.strip()
+
+    def service_pids(self) -> dict[str, int]:
+        pids: dict[str, int] = json.loads((self.data_dir / "services.json").read_text())
+        return pids
+
+    def secrets(self) -> dict[str, str]:
+        secrets: dict[str, str] = json.loads((self.data_dir / "secrets.json").read_text())
+        return secrets
+
+
+def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str], sink: list[str]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sink.append(line)
+        lines.put(line)
+
+
+@contextmanager
+def imagegen_up(tmp: Path, extra_args: list[str], env: Mapping[str, str] | None = None,
+                ) -> Iterator[RunningStack]:
+    database = f"e2e_{uuid.uuid4().hex[:8]}"
+    gateway_port, kafka_port, s3_port = free_port(), free_port(), free_port()
+    data_dir = tmp / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagegen.cli", "up", "--data-dir", str(data_dir),
+         "--gateway-port", str(gateway_port), "--kafka-port", str(kafka_port),
+         "--s3-port", str(s3_port), "--database", database, *extra_args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **(env or {})},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    output: list[str] = []
+    threading.Thread(target=_pump, args=(proc, lines, output), daemon=True).start()
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + 180
+    try:
+        while "token" not in found:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise AssertionError("stack did not come up:\n" + "".join(output))
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            for key in ("gateway", "token", "database"):
+                if line.startswith(f"{key}: "):
+                    found[key] = line.split(": ", 1)[1].strip()
+        yield RunningStack(proc, data_dir, found["gateway"], found["token"], found["database"],
+                           s3_port, output)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+
+
+def wait_for_job(stack: RunningStack, client: httpx.Client, job_id: str, timeout: float = 180,
+                 ) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/api/generate/{job_id}").raise_for_status().json()
+        if job["status"] in ("completed", "partially_completed", "failed", "cancelled"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} not finished in {timeout}s:\n" + "".join(stack.output[-40:]))
+
+
+def read_sse(client: httpx.Client, path: str, headers: dict[str, str] | None = None,
+             stop_after: int | None = None) -> list[dict[str, Any]]:
+    """SSE messages (id, event, data) until the server ends the stream or `stop_after`."""
+    messages: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
+    with client.stream("GET", path, headers=headers, timeout=120) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line:
+                if "data" in current:
+                    messages.append(current)
+                    if stop_after is not None and len(messages) >= stop_after:
+                        break
+                current = {}
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                current["data"] = json.loads(value)
+            elif name in ("id", "event"):
+                current[name] = value
+    return messages
