@@ -36,8 +36,10 @@ def _cmd_token(args: argparse.Namespace) -> int:
     if not secret:
         path = Path(args.data_dir) / "secrets.json"
         if not path.exists():
-            print(f"error: no IMAGEGEN_JWT_SECRET and no {path}; run `imagegen up` first",
-                  file=sys.stderr)
+            print(
+                f"error: no IMAGEGEN_JWT_SECRET and no {path}; run `imagegen up` first",
+                file=sys.stderr,
+            )
             return 2
         secret = StackSecrets.load_or_create(Path(args.data_dir)).jwt_secret
     print(issue_token(secret, args.user, args.tier, ttl=args.ttl))
@@ -53,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--gateway-port", type=int, default=8000)
     up.add_argument("--kafka-port", type=int, default=9092)
     up.add_argument("--s3-port", type=int, default=8333)
-    up.add_argument("--pg-port", type=int, default=5432,
-                    help="use PostgreSQL on this port if one answers, else start an embedded one")
+    up.add_argument(
+        "--pg-port",
+        type=int,
+        default=5432,
+        help="use PostgreSQL on this port if one answers, else start an embedded one",
+    )
     up.add_argument("--database", default="imagegen")
     up.add_argument("--namespace", default="imagegen", help="topic name prefix")
     up.add_argument("--backend", default="demo", choices=["demo", "diffusers"])

@@ -44,7 +44,9 @@ def check_identifier(name: str) -> str:
     return name
 
 
-async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 5
+) -> asyncpg.Pool:
     """A pool whose connections see only this service's schema."""
     check_identifier(schema)
     async with transient_as_retryable():

@@ -28,7 +28,7 @@ def kafka_consumer(settings: KafkaSettings, group: str, topics: list[str]) -> Ka
 
 
 async def run_until_signalled(loops: list[ConsumerLoop]) -> None:
-    """Run consumer loops until SIGTERM/SIGINT; then each drains its in-flight message and commits."""
+    """Run consumer loops until SIGTERM/SIGINT; each then drains its in-flight message, commits."""
     loop = asyncio.get_running_loop()
 
     def stop() -> None:

@@ -42,7 +42,9 @@ class KafkaPublisher:
         config.update(extra or {})
         self._producer = _Producer(config)
         self._running = True
-        self._poller = threading.Thread(target=self._poll_forever, name="kafka-producer", daemon=True)
+        self._poller = threading.Thread(
+            target=self._poll_forever, name="kafka-producer", daemon=True
+        )
         self._poller.start()
 
     def _poll_forever(self) -> None:

@@ -8,6 +8,7 @@ not committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import zlib
 from collections import defaultdict
 
@@ -50,10 +51,8 @@ class InMemoryBroker:
 
     async def wait_for_change(self, timeout: float) -> None:
         async with self._changed:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
-            except TimeoutError:
-                pass
 
 
 class InMemoryPublisher:

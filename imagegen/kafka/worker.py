@@ -113,12 +113,19 @@ class ConsumerLoop:
             except RetryableError as exc:
                 log.warning(
                     "event=handler_retry name=%s topic=%s offset=%d attempt=%d error=%r",
-                    self.name, record.topic, record.offset, attempt, exc,
+                    self.name,
+                    record.topic,
+                    record.offset,
+                    attempt,
+                    exc,
                 )
             except Exception as exc:
                 log.exception(
                     "event=handler_error name=%s topic=%s offset=%d attempt=%d",
-                    self.name, record.topic, record.offset, attempt,
+                    self.name,
+                    record.topic,
+                    record.offset,
+                    attempt,
                 )
                 if attempt >= self._max_attempts:
                     await self._dead_letter(record, exc, attempt)
@@ -156,5 +163,10 @@ class ConsumerLoop:
         self.dead_lettered += 1
         log.error(
             "event=dead_lettered name=%s topic=%s partition=%d offset=%d error_type=%s error=%r",
-            self.name, record.topic, record.partition, record.offset, type(exc).__name__, str(exc),
+            self.name,
+            record.topic,
+            record.partition,
+            record.offset,
+            type(exc).__name__,
+            str(exc),
         )

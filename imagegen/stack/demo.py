@@ -10,19 +10,31 @@ import httpx
 def run_demo(gateway_url: str, token: str, image_count: int = 5) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=gateway_url, headers=headers, timeout=30) as client:
-        character = client.post(
-            "/api/v1/characters",
-            json={
-                "name": "Mira",
-                "description": "a cheerful explorer",
-                "attributes": {"ageRange": "30s", "hairColour": "dark brown", "eyeColour": "green"},
-                "artStyle": "realistic",
-            },
-        ).raise_for_status().json()
+        character = (
+            client.post(
+                "/api/v1/characters",
+                json={
+                    "name": "Mira",
+                    "description": "a cheerful explorer",
+                    "attributes": {
+                        "ageRange": "30s",
+                        "hairColour": "dark brown",
+                        "eyeColour": "green",
+                    },
+                    "artStyle": "realistic",
+                },
+            )
+            .raise_for_status()
+            .json()
+        )
         print(f"demo: character {character['id']} (seed {character['seed']})", flush=True)
-        job = client.post(
-            "/api/generate", json={"character_id": character["id"], "image_count": image_count}
-        ).raise_for_status().json()
+        job = (
+            client.post(
+                "/api/generate", json={"character_id": character["id"], "image_count": image_count}
+            )
+            .raise_for_status()
+            .json()
+        )
         job_id = job["job_id"]
         print(f"demo: job {job_id} queued ({image_count} images)", flush=True)
         with client.stream("GET", f"/api/v1/jobs/{job_id}/events", timeout=None) as stream:

@@ -69,7 +69,9 @@ def _check_ports(options: StackOptions) -> None:
         (options.s3_port, "SeaweedFS S3", "--s3-port"),
     ):
         if port_in_use(port):
-            raise StackError(f"port {port} is already in use ({what}); pass {flag} to choose another")
+            raise StackError(
+                f"port {port} is already in use ({what}); pass {flag} to choose another"
+            )
 
 
 def _wait_ready(url: str, supervisor: Supervisor, timeout: float) -> None:
@@ -111,8 +113,14 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
         with ExitStack() as stack:
             print(f"data: {data}", flush=True)
             s3 = stack.enter_context(
-                SeaweedFS(data / "s3", options.s3_port, creds.s3_access_key, creds.s3_secret_key,
-                          buckets=[IMAGE_BUCKET, BROKER_BUCKET], log_dir=logs)
+                SeaweedFS(
+                    data / "s3",
+                    options.s3_port,
+                    creds.s3_access_key,
+                    creds.s3_secret_key,
+                    buckets=[IMAGE_BUCKET, BROKER_BUCKET],
+                    log_dir=logs,
+                )
             )
             env_s3 = tansu_s3_env(s3.endpoint, creds.s3_access_key, creds.s3_secret_key, s3.region)
             broker = stack.enter_context(

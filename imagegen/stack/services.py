@@ -64,8 +64,12 @@ class Supervisor:
     """Keeps every service running; writes their PIDs to a file operators and tests can read."""
 
     def __init__(
-        self, envs: Mapping[str, Mapping[str, str]], log_dir: Path, pid_file: Path,
-        *, restart: bool = True,
+        self,
+        envs: Mapping[str, Mapping[str, str]],
+        log_dir: Path,
+        pid_file: Path,
+        *,
+        restart: bool = True,
     ) -> None:
         self.services = {name: ServiceProcess(name, envs[name], log_dir) for name in envs}
         self._pid_file = pid_file
@@ -97,7 +101,7 @@ class Supervisor:
                     if not self._restart:
                         continue
                     # Back off a little on a crash loop, but never give up on a service.
-                    time.sleep(min(0.5 * 2**min(service.restarts, 4), 8))
+                    time.sleep(min(0.5 * 2 ** min(service.restarts, 4), 8))
                     if self._stopping.is_set():
                         return
                     service.restarts += 1

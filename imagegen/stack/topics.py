@@ -19,9 +19,9 @@ def create_topics(
     on first use (Tansu always does) would give them the wrong partitions and configs.
     """
     # Imported here: the C library loads on import, and nothing else in this module needs it.
-    from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415
-    from confluent_kafka.admin import AdminClient  # noqa: PLC0415
-    from confluent_kafka.cimpl import NewTopic  # noqa: PLC0415 - where its stubs declare it
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
 
     specs = registry(namespace) if specs is None else specs
     admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000)})

@@ -38,14 +38,20 @@ class Postprocessor:
             thumbnail_size=self._settings.thumbnail_size,
         )
         renditions = [
-            Rendition(name="original", blob=raw.blob, width=raw.width, height=raw.height,
-                      format="png"),
+            Rendition(
+                name="original", blob=raw.blob, width=raw.width, height=raw.height, format="png"
+            ),
         ]
         for item in rendered:
             ref = await put_staging(self._blobs, item.data, item.content_type)
             renditions.append(
-                Rendition(name=item.name, blob=ref, width=item.width, height=item.height,
-                          format=item.format)
+                Rendition(
+                    name=item.name,
+                    blob=ref,
+                    width=item.width,
+                    height=item.height,
+                    format=item.format,
+                )
             )
         elapsed_ms = int((time.monotonic() - started) * 1000)
         processed = ProcessedImage(

@@ -66,8 +66,12 @@ class Scheduler:
             await conn.execute(
                 "INSERT INTO jobs (job_id, user_id, tier, kind, image_count, status, request)"
                 " VALUES ($1, $2, $3, $4, $5, 'queued', $6) ON CONFLICT (job_id) DO NOTHING",
-                request.job_id, request.user_id, request.tier.value, request.kind.value,
-                request.image_count, request.model_dump_json(),
+                request.job_id,
+                request.user_id,
+                request.tier.value,
+                request.kind.value,
+                request.image_count,
+                request.model_dump_json(),
             )
             row = await conn.fetchrow(
                 "SELECT expanded, user_id FROM jobs WHERE job_id = $1 FOR UPDATE", request.job_id
@@ -77,8 +81,10 @@ class Scheduler:
             await conn.executemany(
                 "INSERT INTO job_images (job_id, image_index, image_id, status, message)"
                 " VALUES ($1, $2, $3, 'queued', $4) ON CONFLICT DO NOTHING",
-                [(j.image.job_id, j.image.image_index, j.image.image_id, j.model_dump_json())
-                 for j in jobs],
+                [
+                    (j.image.job_id, j.image.image_index, j.image.image_id, j.model_dump_json())
+                    for j in jobs
+                ],
             )
             # Publish inside the transaction: if any send fails nothing is marked expanded
             # and the redelivered request sends the same (idempotent) messages again.
@@ -154,7 +160,8 @@ class Scheduler:
             row = await conn.fetchrow(
                 "SELECT status, attempt, message FROM job_images"
                 " WHERE job_id = $1 AND image_index = $2 FOR UPDATE",
-                job_id, index,
+                job_id,
+                index,
             )
             if row is None or row["status"] != "queued" or row["attempt"] != failed_attempt:
                 return  # settled already, or this retry was issued before
@@ -165,7 +172,10 @@ class Scheduler:
             await conn.execute(
                 "UPDATE job_images SET attempt = $3, message = $4, updated_at = now()"
                 " WHERE job_id = $1 AND image_index = $2",
-                job_id, index, failed_attempt + 1, retry.model_dump_json(),
+                job_id,
+                index,
+                failed_attempt + 1,
+                retry.model_dump_json(),
             )
             await self._enqueue(retry)
 
@@ -182,7 +192,10 @@ class Scheduler:
             await conn.execute(
                 "UPDATE job_images SET status = $3, error = $4, updated_at = now()"
                 " WHERE job_id = $1 AND image_index = $2 AND status IN ('queued', 'cancelled')",
-                job_id, index, status, error,
+                job_id,
+                index,
+                status,
+                error,
             )
             counts = await conn.fetchrow(
                 "SELECT count(*) FILTER (WHERE status = 'stored') AS stored,"
@@ -195,8 +208,10 @@ class Scheduler:
                 return
             stored, failed = counts["stored"], counts["failed"]
             final = (
-                JobStatus.COMPLETED if failed == 0
-                else JobStatus.FAILED if stored == 0
+                JobStatus.COMPLETED
+                if failed == 0
+                else JobStatus.FAILED
+                if stored == 0
                 else JobStatus.PARTIALLY_COMPLETED
             )
             duration = datetime.now(UTC) - job["created_at"]
@@ -218,7 +233,13 @@ class Scheduler:
             )
             await conn.execute(
                 "UPDATE jobs SET status = $2, finished_at = now() WHERE job_id = $1",
-                job_id, final.value,
+                job_id,
+                final.value,
             )
-            log.info("event=pack_completed job_id=%s status=%s stored=%d failed=%d",
-                     job_id, final.value, stored, failed)
+            log.info(
+                "event=pack_completed job_id=%s status=%s stored=%d failed=%d",
+                job_id,
+                final.value,
+                stored,
+                failed,
+            )

@@ -46,7 +46,10 @@ class StorageService:
         ]
         # Copies are idempotent (same source, same destination), so a redelivery may redo them.
         await asyncio.gather(
-            *(self._blobs.copy(r.blob.key, s.key) for r, s in zip(msg.renditions, stored, strict=True))
+            *(
+                self._blobs.copy(r.blob.key, s.key)
+                for r, s in zip(msg.renditions, stored, strict=True)
+            )
         )
         original = next(s for s in stored if s.name == "original")
         async with transient_as_retryable(), self._pool.acquire() as conn:
@@ -56,14 +59,26 @@ class StorageService:
                 " consistency_score)"
                 " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)"
                 " ON CONFLICT (image_id, version) DO NOTHING RETURNING true",
-                image.image_id, image.version, image.job_id, image.image_index, image.user_id,
-                image.character_id, image.kind.value, original.width, original.height,
-                original.size_bytes, json.dumps([s.model_dump() for s in stored]),
-                msg.record.model_dump_json(), msg.provider, msg.cost_usd, msg.consistency_score,
+                image.image_id,
+                image.version,
+                image.job_id,
+                image.image_index,
+                image.user_id,
+                image.character_id,
+                image.kind.value,
+                original.width,
+                original.height,
+                original.size_bytes,
+                json.dumps([s.model_dump() for s in stored]),
+                msg.record.model_dump_json(),
+                msg.provider,
+                msg.cost_usd,
+                msg.consistency_score,
             )
         if not inserted:
-            log.info("event=image_already_stored image_id=%s version=%d", image.image_id,
-                     image.version)
+            log.info(
+                "event=image_already_stored image_id=%s version=%d", image.image_id, image.version
+            )
         # Emitted on every delivery: its id is stable, so readers see it once.
         await self._events.emit(
             ImageStored(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import TypeAdapter
@@ -21,13 +22,13 @@ from schemas.topics import registry
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 
-CONTRACTS: dict[str, TypeAdapter[object]] = {
-    "requests": REQUEST_ADAPTER,  # type: ignore[dict-item]
-    "jobs": TypeAdapter(GenerateImage),  # type: ignore[dict-item]
-    "images_raw": TypeAdapter(RawImage),  # type: ignore[dict-item]
-    "images_processed": TypeAdapter(ProcessedImage),  # type: ignore[dict-item]
-    "events": EVENT_ADAPTER,  # type: ignore[dict-item]
-    "deadletter_headers": TypeAdapter(DeadLetterHeaders),  # type: ignore[dict-item]
+CONTRACTS: dict[str, TypeAdapter[Any]] = {
+    "requests": REQUEST_ADAPTER,
+    "jobs": TypeAdapter(GenerateImage),
+    "images_raw": TypeAdapter(RawImage),
+    "images_processed": TypeAdapter(ProcessedImage),
+    "events": EVENT_ADAPTER,
+    "deadletter_headers": TypeAdapter(DeadLetterHeaders),
 }
 
 
@@ -63,9 +64,19 @@ def test_topic_registry_is_versioned_and_complete() -> None:
 
 def test_every_event_type_named_by_the_architecture_exists() -> None:
     schema = EVENT_ADAPTER.json_schema()
-    types = {d["properties"]["type"]["const"] for d in schema["$defs"].values()
-             if "type" in d.get("properties", {}) and "const" in d["properties"]["type"]}
+    types = {
+        d["properties"]["type"]["const"]
+        for d in schema["$defs"].values()
+        if "type" in d.get("properties", {}) and "const" in d["properties"]["type"]
+    }
     assert {
-        "generation_queued", "generation_started", "generation_progress", "generation_completed",
-        "generation_failed", "image_stored", "pack_completed", "job_cancelled", "budget_alert",
+        "generation_queued",
+        "generation_started",
+        "generation_progress",
+        "generation_completed",
+        "generation_failed",
+        "image_stored",
+        "pack_completed",
+        "job_cancelled",
+        "budget_alert",
     } <= types

@@ -41,9 +41,22 @@ class RunningStack:
 
     def token_for(self, user: str, tier: str = "free") -> str:
         out = subprocess.run(
-            [sys.executable, "-m", "imagegen.cli", "token", "--user", user, "--tier", tier,
-             "--data-dir", str(self.data_dir)],
-            capture_output=True, text=True, check=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "imagegen.cli",
+                "token",
+                "--user",
+                user,
+                "--tier",
+                tier,
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
         )
         return out.stdout.strip()
 
@@ -64,16 +77,35 @@ def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str], sink: list[str])
 
 
 @contextmanager
-def imagegen_up(tmp: Path, extra_args: list[str], env: Mapping[str, str] | None = None,
-                ) -> Iterator[RunningStack]:
+def imagegen_up(
+    tmp: Path,
+    extra_args: list[str],
+    env: Mapping[str, str] | None = None,
+) -> Iterator[RunningStack]:
     database = f"e2e_{uuid.uuid4().hex[:8]}"
     gateway_port, kafka_port, s3_port = free_port(), free_port(), free_port()
     data_dir = tmp / "data"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "imagegen.cli", "up", "--data-dir", str(data_dir),
-         "--gateway-port", str(gateway_port), "--kafka-port", str(kafka_port),
-         "--s3-port", str(s3_port), "--database", database, *extra_args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "imagegen.cli",
+            "up",
+            "--data-dir",
+            str(data_dir),
+            "--gateway-port",
+            str(gateway_port),
+            "--kafka-port",
+            str(kafka_port),
+            "--s3-port",
+            str(s3_port),
+            "--database",
+            database,
+            *extra_args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, **(env or {})},
     )
     lines: queue.Queue[str] = queue.Queue()
@@ -92,8 +124,9 @@ def imagegen_up(tmp: Path, extra_args: list[str], env: Mapping[str, str] | None 
             for key in ("gateway", "token", "database"):
                 if line.startswith(f"{key}: "):
                     found[key] = line.split(": ", 1)[1].strip()
-        yield RunningStack(proc, data_dir, found["gateway"], found["token"], found["database"],
-                           s3_port, output)
+        yield RunningStack(
+            proc, data_dir, found["gateway"], found["token"], found["database"], s3_port, output
+        )
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -104,19 +137,29 @@ def imagegen_up(tmp: Path, extra_args: list[str], env: Mapping[str, str] | None 
                 raise
 
 
-def wait_for_job(stack: RunningStack, client: httpx.Client, job_id: str, timeout: float = 180,
-                 ) -> dict[str, Any]:
+def wait_for_job(
+    stack: RunningStack,
+    client: httpx.Client,
+    job_id: str,
+    timeout: float = 180,
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job: dict[str, Any] = client.get(f"/api/generate/{job_id}").raise_for_status().json()
         if job["status"] in ("completed", "partially_completed", "failed", "cancelled"):
             return job
         time.sleep(0.5)
-    raise AssertionError(f"job {job_id} not finished in {timeout}s:\n" + "".join(stack.output[-40:]))
+    raise AssertionError(
+        f"job {job_id} not finished in {timeout}s:\n" + "".join(stack.output[-40:])
+    )
 
 
-def read_sse(client: httpx.Client, path: str, headers: dict[str, str] | None = None,
-             stop_after: int | None = None) -> list[dict[str, Any]]:
+def read_sse(
+    client: httpx.Client,
+    path: str,
+    headers: dict[str, str] | None = None,
+    stop_after: int | None = None,
+) -> list[dict[str, Any]]:
     """SSE messages (id, event, data) until the server ends the stream or `stop_after`."""
     messages: list[dict[str, Any]] = []
     current: dict[str, Any] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
@@ -29,10 +30,14 @@ def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStac
 
 
 def create_character(client: httpx.Client, name: str = "Mira") -> dict[str, object]:
-    response = client.post("/api/v1/characters", json={
-        "name": name, "attributes": {"hairColour": "red", "eyeColour": "green"},
-        "artStyle": "realistic",
-    })
+    response = client.post(
+        "/api/v1/characters",
+        json={
+            "name": name,
+            "attributes": {"hairColour": "red", "eyeColour": "green"},
+            "artStyle": "realistic",
+        },
+    )
     assert response.status_code == 201, response.text
     return response.json()  # type: ignore[no-any-return]
 
@@ -40,8 +45,9 @@ def create_character(client: httpx.Client, name: str = "Mira") -> dict[str, obje
 def test_five_image_pack_completes_streams_progress_and_downloads(demo_stack: RunningStack) -> None:
     with demo_stack.client() as client:
         character = create_character(client)
-        accepted = client.post("/api/generate",
-                               json={"character_id": character["id"], "image_count": 5})
+        accepted = client.post(
+            "/api/generate", json={"character_id": character["id"], "image_count": 5}
+        )
         assert accepted.status_code == 202, accepted.text
         job_id = accepted.json()["job_id"]
 
@@ -73,8 +79,9 @@ def test_five_image_pack_completes_streams_progress_and_downloads(demo_stack: Ru
 def test_another_user_cannot_see_the_job(demo_stack: RunningStack) -> None:
     with demo_stack.client() as client:
         character = create_character(client, "Owner's")
-        job_id = client.post("/api/generate", json={
-            "character_id": character["id"], "image_count": 1}).json()["job_id"]
+        job_id = client.post(
+            "/api/generate", json={"character_id": character["id"], "image_count": 1}
+        ).json()["job_id"]
         wait_for_job(demo_stack, client, job_id)
     other = demo_stack.token_for("mallory")
     with demo_stack.client(other) as client:
@@ -82,8 +89,12 @@ def test_another_user_cannot_see_the_job(demo_stack: RunningStack) -> None:
         assert client.get(f"/api/v1/jobs/{job_id}/events").status_code == 404
         assert client.get(f"/api/v1/characters/{character['id']}").status_code == 404
         # Nor can it generate with someone else's character.
-        assert client.post("/api/generate", json={
-            "character_id": character["id"], "image_count": 1}).status_code == 404
+        assert (
+            client.post(
+                "/api/generate", json={"character_id": character["id"], "image_count": 1}
+            ).status_code
+            == 404
+        )
     with httpx.Client(base_url=demo_stack.gateway) as anonymous:
         assert anonymous.get(f"/api/generate/{job_id}").status_code == 401
 
@@ -97,34 +108,41 @@ async def _stored_rows(stack: RunningStack, job_id: str) -> list[asyncpg.Record]
     conn = await asyncpg.connect(stack.database)
     try:
         rows: list[asyncpg.Record] = await conn.fetch(
-            "SELECT image_id, image_index FROM storage.images WHERE job_id = $1", job_id)
+            "SELECT image_id, image_index FROM storage.images WHERE job_id = $1", job_id
+        )
         return rows
     finally:
         await conn.close()
 
 
 @pytest.fixture(scope="module")
-def slow_stack(tmp_path_factory: pytest.TempPathFactory, tiny_sd_path: Path,
-               ) -> Iterator[RunningStack]:
-    """The real diffusers path (tiny random pipeline, 512², 12 steps): slow enough to kill mid-pack."""
-    with imagegen_up(tmp_path_factory.mktemp("slow-stack"),
-                     ["--backend", "diffusers", "--model", str(tiny_sd_path)],
-                     env={"IMAGEGEN_DEFAULT_STEPS": "12"}) as stack:
+def slow_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_sd_path: Path,
+) -> Iterator[RunningStack]:
+    """The real diffusers path (tiny random pipeline, 512², 12 steps): slow enough to kill."""
+    with imagegen_up(
+        tmp_path_factory.mktemp("slow-stack"),
+        ["--backend", "diffusers", "--model", str(tiny_sd_path)],
+        env={"IMAGEGEN_DEFAULT_STEPS": "12"},
+    ) as stack:
         yield stack
 
 
 @pytest.mark.parametrize("victim", ["generator", "scheduler", "postprocess", "storage"])
 async def test_killing_a_worker_mid_pack_still_stores_every_image_once(
-    slow_stack: RunningStack, victim: str,
+    slow_stack: RunningStack,
+    victim: str,
 ) -> None:
     with slow_stack.client() as client:
         character = create_character(client, f"victim-{victim}")
-        job_id = client.post("/api/generate", json={
-            "character_id": character["id"], "image_count": 5}).json()["job_id"]
+        job_id = client.post(
+            "/api/generate", json={"character_id": character["id"], "image_count": 5}
+        ).json()["job_id"]
         deadline = time.monotonic() + 120
         while client.get(f"/api/generate/{job_id}").json()["status"] in ("accepted", "queued"):
             assert time.monotonic() < deadline, "pack never started"
-            time.sleep(0.2)
+            await asyncio.sleep(0.2)
         pid = slow_stack.service_pids()[victim]
         os.kill(pid, signal.SIGKILL)
 

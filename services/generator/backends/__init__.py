@@ -50,14 +50,14 @@ def build_backend(
 ) -> ImageBackend:
     """A backend of `kind`, not yet loaded (call `load()` in the worker's start-up)."""
     if kind == "demo":
-        from services.generator.backends.demo_faces import DemoFaceBackend  # noqa: PLC0415
+        from services.generator.backends.demo_faces import DemoFaceBackend
 
         # Priced like any backend (busy seconds x rate): a few ms per face, so ~$0.00001.
         return DemoFaceBackend(price_per_hour=gpu_price_per_hour, device=device)
     if kind == "diffusers":
         if not model:
             raise ConfigurationError("the diffusers backend needs a model (a path or hub id)")
-        from services.generator.backends.diffusers_backend import (  # noqa: PLC0415
+        from services.generator.backends.diffusers_backend import (
             DiffusersBackend,
         )
 

@@ -90,7 +90,7 @@ class DemoFaceBackend:
     def _build(self) -> torch.nn.Module:
         weights = locate_weights()  # first, so a missing package is a ModelNotFoundError
         # Only `models`: it needs torch alone, unlike the package's CLI (torchvision).
-        from gan_face_generate.models import Generator  # noqa: PLC0415
+        from gan_face_generate.models import Generator
 
         state = torch.load(weights, map_location="cpu", weights_only=True)
         net: Any = Generator(0, 3, _LATENT, _FEATURES)

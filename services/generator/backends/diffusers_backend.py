@@ -73,7 +73,7 @@ class DiffusersBackend:
 
     def _load_pipeline(self) -> Any:
         # Imported here, not at module level: diffusers costs seconds to import.
-        from diffusers import AutoPipelineForText2Image  # noqa: PLC0415
+        from diffusers import AutoPipelineForText2Image
 
         auto: Any = AutoPipelineForText2Image  # diffusers' own annotations are partial
         try:
@@ -92,7 +92,7 @@ class DiffusersBackend:
     def _image_to_image(self) -> Any:
         """The img2img twin shares every weight with the text-to-image pipeline."""
         if self._img2img is None:
-            from diffusers import AutoPipelineForImage2Image  # noqa: PLC0415
+            from diffusers import AutoPipelineForImage2Image
 
             self._img2img = AutoPipelineForImage2Image.from_pipe(self._pipe)
             self._img2img.set_progress_bar_config(disable=True)

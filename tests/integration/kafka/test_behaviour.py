@@ -58,7 +58,9 @@ async def run_until(loop: ConsumerLoop, done: Callable[[], bool], timeout: float
         await task
 
 
-def make_loop(bus: Bus, group: str, handler: Callable[[Record], object], **kw: object) -> ConsumerLoop:
+def make_loop(
+    bus: Bus, group: str, handler: Callable[[Record], object], **kw: object
+) -> ConsumerLoop:
     async def handle(record: Record) -> None:
         result = handler(record)
         if asyncio.iscoroutine(result):
@@ -135,7 +137,9 @@ async def test_uncommitted_message_is_redelivered_committed_is_not(bus: Bus) -> 
     assert [decode(r, Ping).n for r in later] == [2]
 
 
-async def test_poison_and_permanent_errors_go_to_dead_letter_and_consumer_moves_on(bus: Bus) -> None:
+async def test_poison_and_permanent_errors_go_to_dead_letter_and_consumer_moves_on(
+    bus: Bus,
+) -> None:
     await bus.publisher.publish(bus.topics.requests, "k", b"{not json")
     await bus.publisher.publish(bus.topics.requests, "k", Ping(n=13))
     await bus.publisher.publish(bus.topics.requests, "k", Ping(n=2))
@@ -207,6 +211,7 @@ async def test_stop_drains_the_in_flight_message_and_commits_it(bus: Bus) -> Non
     # Committed: a new member of the group sees only what came after.
     await bus.publisher.publish(bus.topics.requests, "k", Ping(n=2))
     later: list[int] = []
-    await run_until(make_loop(bus, "g", lambda r: later.append(decode(r, Ping).n)),
-                    lambda: len(later) == 1)
+    await run_until(
+        make_loop(bus, "g", lambda r: later.append(decode(r, Ping).n)), lambda: len(later) == 1
+    )
     assert later == [2]

@@ -58,9 +58,16 @@ class FakeBackend:
         buf = io.BytesIO()
         Image.new("RGB", (request.width, request.height), colour).save(buf, "PNG")
         return GeneratedImage(
-            png=buf.getvalue(), width=request.width, height=request.height, backend=self.name,
-            model=self.model, device="cpu", versions={}, demo=False,
-            steps_run=request.steps, seconds=0.01,
+            png=buf.getvalue(),
+            width=request.width,
+            height=request.height,
+            backend=self.name,
+            model=self.model,
+            device="cpu",
+            versions={},
+            demo=False,
+            steps_run=request.steps,
+            seconds=0.01,
         )
 
     def cost_usd(self, seconds: float) -> float:
@@ -110,16 +117,24 @@ async def running_pipeline(
 
         scheduler = Scheduler(SchedulerSettings(default_steps=4), sched_pool, publisher, topics)
         generator = Generator(
-            GeneratorSettings(progress_interval_s=0), backend, blobs, publisher, topics  # type: ignore[arg-type]
+            GeneratorSettings(progress_interval_s=0),
+            backend,
+            blobs,
+            publisher,
+            topics,
         )
         post = Postprocessor(PostprocessSettings(), blobs, publisher, topics)
         storage = StorageService(store_pool, blobs, publisher, topics)
 
         def loop(name: str, topic_handlers: dict[str, Handler]) -> ConsumerLoop:
             return ConsumerLoop(
-                name=name, consumer=broker.consumer(name, list(topic_handlers)),
-                handlers=topic_handlers, dead_letters=publisher,
-                dead_letter_topic=topics.dead_letter, backoff_initial=0.01, poll_timeout=0.05,
+                name=name,
+                consumer=broker.consumer(name, list(topic_handlers)),
+                handlers=topic_handlers,
+                dead_letters=publisher,
+                dead_letter_topic=topics.dead_letter,
+                backoff_initial=0.01,
+                poll_timeout=0.05,
             )
 
         loops = [

@@ -44,7 +44,7 @@ async def test_pack_of_five_completes_with_every_image_stored_once(database_url:
             names = {r.name for r in event.data.renditions}
             assert names == {"original", "display", "thumbnail"}
             for rendition in event.data.renditions:
-                assert rendition.key.startswith(f"users/alice/characters/char-1/images/")
+                assert rendition.key.startswith("users/alice/characters/char-1/images/")
                 assert await p.blobs.exists(rendition.key)
         # Paid work goes to the realtime tier; per-image seeds differ.
         jobs = p.broker.records(p.topics.jobs(expand(request, steps=1, guidance=1)[0].tier))
