@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -18,6 +16,7 @@ from imagegen.blobstore import InMemoryBlobStore
 from imagegen.kafka import Publisher
 from imagegen.kafka.memory import InMemoryBroker
 from imagegen.settings import KafkaSettings
+from imagegen.stack.postgres import drop_database, ensure_database
 from schemas.events import EventBase
 from schemas.requests import UserTier
 from schemas.topics import TopicNames
@@ -26,26 +25,16 @@ from services.gateway.auth import issue_token
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GatewayState
 
-ADMIN_URL = os.environ.get(
-    "IMAGEGEN_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-
 
 @pytest.fixture(scope="session")
-async def gateway_db_url() -> AsyncIterator[str]:
+def gateway_db_url(pg_dsn_base: str) -> Iterator[str]:
     """One fresh database for the session; tests isolate themselves by user id."""
     name = f"gateway_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(ADMIN_URL)
+    url = ensure_database(pg_dsn_base, name)
     try:
-        await conn.execute(f"CREATE DATABASE {name}")
+        yield url
     finally:
-        await conn.close()
-    yield f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    conn = await asyncpg.connect(ADMIN_URL)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await conn.close()
+        drop_database(pg_dsn_base, name)
 
 
 @dataclass
