@@ -106,10 +106,10 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
 
     data = options.data_dir.resolve()
     logs = data / "logs"
-    _check_ports(options)
-    creds = StackSecrets.load_or_create(data)
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        _check_ports(options)
+        creds = StackSecrets.load_or_create(data)
         with ExitStack() as stack:
             print(f"data: {data}", flush=True)
             s3 = stack.enter_context(

@@ -81,8 +81,10 @@ def imagegen_up(
     tmp: Path,
     extra_args: list[str],
     env: Mapping[str, str] | None = None,
+    database: str | None = None,
 ) -> Iterator[RunningStack]:
-    database = f"e2e_{uuid.uuid4().hex[:8]}"
+    """`imagegen up` on fresh ports; the same `tmp` and `database` restart an earlier stack."""
+    database = database or f"e2e_{uuid.uuid4().hex[:8]}"
     gateway_port, kafka_port, s3_port = free_port(), free_port(), free_port()
     data_dir = tmp / "data"
     proc = subprocess.Popen(
