@@ -46,6 +46,13 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_k8s_topics(args: argparse.Namespace) -> int:
+    from imagegen.k8s import kafka_topics_yaml
+
+    print(kafka_topics_yaml(), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagegen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds")
     token.add_argument("--data-dir", default=".data")
     token.set_defaults(func=_cmd_token)
+
+    topics = sub.add_parser("k8s-topics", help="print Strimzi KafkaTopic resources")
+    topics.set_defaults(func=_cmd_k8s_topics)
     return parser
 
 
