@@ -7,6 +7,7 @@ import logging
 import signal
 
 from imagegen.kafka.confluent import KafkaConsumer, KafkaPublisher
+from imagegen.kafka.ports import Handler, Publisher
 from imagegen.kafka.worker import ConsumerLoop
 from imagegen.settings import KafkaSettings
 
@@ -24,6 +25,22 @@ def kafka_consumer(settings: KafkaSettings, group: str, topics: list[str]) -> Ka
         topics=topics,
         client_id=f"{settings.client_id}-{group}",
         session_timeout_ms=settings.session_timeout_ms,
+    )
+
+
+def consumer_loop(
+    settings: KafkaSettings,
+    group: str,
+    handlers: dict[str, Handler],
+    publisher: Publisher,
+) -> ConsumerLoop:
+    """A consumer loop on the real broker that dead-letters to the namespace's topic."""
+    return ConsumerLoop(
+        name=group,
+        consumer=kafka_consumer(settings, group, list(handlers)),
+        handlers=handlers,
+        dead_letters=publisher,
+        dead_letter_topic=settings.topics.dead_letter,
     )
 
 

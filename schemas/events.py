@@ -9,11 +9,12 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter
 
 from schemas.base import Contract, Message, utcnow
+from schemas.jobs import ImageIdentity
 
 _EVENT_NAMESPACE = uuid.UUID("6f1c2b1e-3c7a-4f7e-9a51-6f3d2f0c9e11")
 
@@ -21,6 +22,17 @@ _EVENT_NAMESPACE = uuid.UUID("6f1c2b1e-3c7a-4f7e-9a51-6f3d2f0c9e11")
 def event_id(event_type: str, *parts: object) -> str:
     """A stable id for an event that is identified by its type and parts."""
     return str(uuid.uuid5(_EVENT_NAMESPACE, "|".join([event_type, *map(str, parts)])))
+
+
+def image_envelope(image: ImageIdentity, event_type: str, *parts: object) -> dict[str, Any]:
+    """The envelope fields of an event about one image (the emitter stamps the source)."""
+    return {
+        "id": event_id(event_type, image.job_id, image.image_index, *parts),
+        "source": "",
+        "subject": f"jobs/{image.job_id}/images/{image.image_index}",
+        "job_id": image.job_id,
+        "user_id": image.user_id,
+    }
 
 
 class JobStatus(StrEnum):

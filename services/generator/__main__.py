@@ -6,8 +6,7 @@ import asyncio
 from contextlib import AsyncExitStack
 
 from imagegen.blobstore import S3BlobStore
-from imagegen.kafka import ConsumerLoop
-from imagegen.runtime import kafka_consumer, kafka_publisher, run_until_signalled
+from imagegen.runtime import consumer_loop, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_logging, configure_tracing
 from services.generator.backends import build_backend
 from services.generator.settings import GeneratorSettings
@@ -31,12 +30,8 @@ async def serve(settings: GeneratorSettings) -> None:
         stack.push_async_callback(publisher.close)
         generator = Generator(settings, backend, blobs, publisher, topics)
         job_topics = topics.all_jobs()
-        loop = ConsumerLoop(
-            name="generator",
-            consumer=kafka_consumer(settings.kafka, "generator", job_topics),
-            handlers={t: generator.on_job for t in job_topics},
-            dead_letters=publisher,
-            dead_letter_topic=topics.dead_letter,
+        loop = consumer_loop(
+            settings.kafka, "generator", {t: generator.on_job for t in job_topics}, publisher
         )
         await run_until_signalled([loop])
 

@@ -21,7 +21,7 @@ from schemas.events import (
     GenerationProgressData,
     GenerationStarted,
     GenerationStartedData,
-    event_id,
+    image_envelope,
 )
 from schemas.images import GenerationRecord, RawImage, Timings
 from schemas.jobs import GenerateImage
@@ -60,11 +60,7 @@ class ProgressReporter:
         self._last = now
         img = self._job.image
         event = GenerationProgress(
-            id=event_id("generation_progress", img.job_id, img.image_index, img.attempt, step),
-            source=SOURCE,
-            subject=f"jobs/{img.job_id}/images/{img.image_index}",
-            job_id=img.job_id,
-            user_id=img.user_id,
+            **image_envelope(img, "generation_progress", img.attempt, step),
             data=GenerationProgressData(
                 image_id=img.image_id, image_index=img.image_index, step=step, total_steps=total
             ),
@@ -100,11 +96,7 @@ class Generator:
         queue_wait_ms = max(0, int((datetime.now(UTC) - job.enqueued_at).total_seconds() * 1000))
         await self._events.emit(
             GenerationStarted(
-                id=event_id("generation_started", img.job_id, img.image_index, img.attempt),
-                source=SOURCE,
-                subject=f"jobs/{img.job_id}/images/{img.image_index}",
-                job_id=img.job_id,
-                user_id=img.user_id,
+                **image_envelope(img, "generation_started", img.attempt),
                 data=GenerationStartedData(
                     image_id=img.image_id,
                     image_index=img.image_index,
@@ -191,11 +183,7 @@ class Generator:
         await self._publisher.publish(self._topics.images_raw, img.job_id, raw)
         await self._events.emit(
             GenerationCompleted(
-                id=event_id("generation_completed", img.job_id, img.image_index, img.attempt),
-                source=SOURCE,
-                subject=f"jobs/{img.job_id}/images/{img.image_index}",
-                job_id=img.job_id,
-                user_id=img.user_id,
+                **image_envelope(img, "generation_completed", img.attempt),
                 data=GenerationCompletedData(
                     image_id=img.image_id,
                     image_index=img.image_index,
@@ -221,11 +209,7 @@ class Generator:
         )
         await self._events.emit(
             GenerationFailed(
-                id=event_id("generation_failed", img.job_id, img.image_index, img.attempt),
-                source=SOURCE,
-                subject=f"jobs/{img.job_id}/images/{img.image_index}",
-                job_id=img.job_id,
-                user_id=img.user_id,
+                **image_envelope(img, "generation_failed", img.attempt),
                 data=GenerationFailedData(
                     image_id=img.image_id,
                     image_index=img.image_index,

@@ -6,8 +6,7 @@ import asyncio
 from contextlib import AsyncExitStack
 
 from imagegen.blobstore import S3BlobStore
-from imagegen.kafka import ConsumerLoop
-from imagegen.runtime import kafka_consumer, kafka_publisher, run_until_signalled
+from imagegen.runtime import consumer_loop, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_logging, configure_tracing
 from services.postprocess.handlers import Postprocessor
 from services.postprocess.settings import PostprocessSettings
@@ -20,12 +19,8 @@ async def serve(settings: PostprocessSettings) -> None:
         publisher = kafka_publisher(settings.kafka, "postprocess")
         stack.push_async_callback(publisher.close)
         worker = Postprocessor(settings, blobs, publisher, topics)
-        loop = ConsumerLoop(
-            name="postprocess",
-            consumer=kafka_consumer(settings.kafka, "postprocess", [topics.images_raw]),
-            handlers={topics.images_raw: worker.on_raw_image},
-            dead_letters=publisher,
-            dead_letter_topic=topics.dead_letter,
+        loop = consumer_loop(
+            settings.kafka, "postprocess", {topics.images_raw: worker.on_raw_image}, publisher
         )
         await run_until_signalled([loop])
 

@@ -6,8 +6,7 @@ import asyncio
 from contextlib import AsyncExitStack
 
 from imagegen.db import create_pool, migrate
-from imagegen.kafka import ConsumerLoop
-from imagegen.runtime import kafka_consumer, kafka_publisher, run_until_signalled
+from imagegen.runtime import consumer_loop, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_logging, configure_tracing
 from services.scheduler.handlers import Scheduler
 from services.scheduler.migrations import MIGRATIONS
@@ -26,19 +25,11 @@ async def serve(settings: SchedulerSettings) -> None:
         stack.push_async_callback(publisher.close)
         scheduler = Scheduler(settings, pool, publisher, topics)
         loops = [
-            ConsumerLoop(
-                name="scheduler-requests",
-                consumer=kafka_consumer(settings.kafka, "scheduler", [topics.requests]),
-                handlers={topics.requests: scheduler.on_request},
-                dead_letters=publisher,
-                dead_letter_topic=topics.dead_letter,
+            consumer_loop(
+                settings.kafka, "scheduler", {topics.requests: scheduler.on_request}, publisher
             ),
-            ConsumerLoop(
-                name="scheduler-outcomes",
-                consumer=kafka_consumer(settings.kafka, "scheduler-outcomes", [topics.events]),
-                handlers={topics.events: scheduler.on_event},
-                dead_letters=publisher,
-                dead_letter_topic=topics.dead_letter,
+            consumer_loop(
+                settings.kafka, "scheduler-outcomes", {topics.events: scheduler.on_event}, publisher
             ),
         ]
         await run_until_signalled(loops)

@@ -23,6 +23,7 @@ from schemas.events import (
     PackCompleted,
     PackCompletedData,
     event_id,
+    image_envelope,
 )
 from schemas.jobs import GenerateImage
 from schemas.requests import REQUEST_ADAPTER, CancelJob, GenerateImages
@@ -97,11 +98,7 @@ class Scheduler:
         img = job.image
         await self._events.emit(
             GenerationQueued(
-                id=event_id("generation_queued", img.job_id, img.image_index, img.attempt),
-                source=SOURCE,
-                subject=f"jobs/{img.job_id}/images/{img.image_index}",
-                job_id=img.job_id,
-                user_id=img.user_id,
+                **image_envelope(img, "generation_queued", img.attempt),
                 data=GenerationQueuedData(
                     image_id=img.image_id,
                     image_index=img.image_index,

@@ -7,8 +7,7 @@ from contextlib import AsyncExitStack
 
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
-from imagegen.kafka import ConsumerLoop
-from imagegen.runtime import kafka_consumer, kafka_publisher, run_until_signalled
+from imagegen.runtime import consumer_loop, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_logging, configure_tracing
 from services.storage.handlers import StorageService
 from services.storage.migrations import MIGRATIONS
@@ -27,12 +26,11 @@ async def serve(settings: StorageSettings) -> None:
         publisher = kafka_publisher(settings.kafka, "storage")
         stack.push_async_callback(publisher.close)
         service = StorageService(pool, blobs, publisher, topics)
-        loop = ConsumerLoop(
-            name="storage",
-            consumer=kafka_consumer(settings.kafka, "storage", [topics.images_processed]),
-            handlers={topics.images_processed: service.on_processed_image},
-            dead_letters=publisher,
-            dead_letter_topic=topics.dead_letter,
+        loop = consumer_loop(
+            settings.kafka,
+            "storage",
+            {topics.images_processed: service.on_processed_image},
+            publisher,
         )
         await run_until_signalled([loop])
 
