@@ -24,12 +24,12 @@ def test_issued_token_round_trips() -> None:
     [
         (issue_token(SECRET, "alice", "paid", -30), "expired"),
         (
-            issue_token("another-secret-entirely-of-32-bytes-or-so", "alice", "paid", 60),
+            issue_token("another-secret-entirely-of-32-bytes-or-so", "alice", "paid", 3600),
             "signature",
         ),
         ("not-a-jwt", "invalid"),
         (jwt.encode({"sub": "alice", "tier": "gold", "exp": 2**40}, SECRET), "tier"),
-        (issue_token(SECRET, "alice", "paid", 60, scope="stream"), "stream tokens"),
+        (issue_token(SECRET, "alice", "paid", 3600, scope="stream"), "stream tokens"),
     ],
 )
 def test_bad_tokens_are_refused_with_a_reason(token: str, message: str) -> None:
