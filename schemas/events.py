@@ -64,6 +64,13 @@ class GenerationQueuedData(Contract):
     character_id: str
     tier: str
     attempt: int = 1
+    kind: str = "pack"
+    version: int = 1
+    provider: str | None = None
+    model: str | None = None
+    estimated_cost_usd: float = 0.0
+    story_id: str | None = None
+    page_number: int | None = None
 
 
 class GenerationStartedData(Contract):
@@ -90,6 +97,8 @@ class GenerationCompletedData(Contract):
     model: str
     seed: int
     cost_usd: float
+    provider: str = ""
+    gpu_seconds: float | None = None
 
 
 class GenerationFailedData(Contract):
@@ -100,6 +109,7 @@ class GenerationFailedData(Contract):
     error: str
     retryable: bool
     final: bool = Field(description="True when no further attempt will be made.")
+    provider: str = ""
 
 
 class StoredRendition(Contract):
@@ -129,6 +139,46 @@ class ImageStoredData(Contract):
     demo: bool
     cost_usd: float
     consistency_score: float | None = None
+    flagged: bool = False
+    """True when no variation reached the consistency threshold (the best one is kept)."""
+    story_id: str | None = None
+    page_number: int | None = None
+    style: str = ""
+    prompt: str = ""
+
+
+class ConsistencyFlaggedData(Contract):
+    """Postprocess found an image unlike its character; `final` means no variation is left."""
+
+    image_id: str
+    image_index: int
+    version: int = 1
+    variation: int
+    score: float
+    threshold: float
+    final: bool
+
+
+class ImageDeletedData(Contract):
+    image_id: str
+    versions: list[int]
+
+
+class ImageReviewedData(Contract):
+    image_id: str
+    version: int
+    decision: str
+
+
+class JobProgressData(Contract):
+    """Overall progress of a multi-image job (pack or story)."""
+
+    total: int
+    completed: int
+    failed: int
+    running: int = 0
+    phase: str = ""
+    """For stories: "portraits" or "scenes"."""
 
 
 class PackCompletedData(Contract):
@@ -137,10 +187,15 @@ class PackCompletedData(Contract):
     completed_count: int
     failed_count: int
     total_duration_ms: int
+    reason_code: str | None = None
+    """Why a job ended short, for example "budget_exceeded" or "user_limit"."""
+    reason: str | None = None
+    cost_usd: float = 0.0
 
 
 class JobCancelledData(Contract):
     reason: str = "cancelled by user"
+    released_usd: float = 0.0
 
 
 class BudgetAlertData(Contract):
@@ -216,6 +271,26 @@ class BudgetAlert(EventBase):
     data: BudgetAlertData
 
 
+class ConsistencyFlagged(EventBase):
+    type: Literal["consistency_flagged"] = "consistency_flagged"
+    data: ConsistencyFlaggedData
+
+
+class ImageDeleted(EventBase):
+    type: Literal["image_deleted"] = "image_deleted"
+    data: ImageDeletedData
+
+
+class ImageReviewed(EventBase):
+    type: Literal["image_reviewed"] = "image_reviewed"
+    data: ImageReviewedData
+
+
+class JobProgress(EventBase):
+    type: Literal["job_progress"] = "job_progress"
+    data: JobProgressData
+
+
 Event = Annotated[
     GenerationQueued
     | GenerationStarted
@@ -225,7 +300,11 @@ Event = Annotated[
     | ImageStored
     | PackCompleted
     | JobCancelled
-    | BudgetAlert,
+    | BudgetAlert
+    | ConsistencyFlagged
+    | ImageDeleted
+    | ImageReviewed
+    | JobProgress,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

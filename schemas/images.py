@@ -55,6 +55,12 @@ class RawImage(Message):
     provider: str
     cost_usd: float = Field(ge=0)
     timings: Timings = Field(default_factory=Timings)
+    style: str = ""
+    overlay_text: str | None = None
+    identity_keys: list[str] = Field(default_factory=list)
+    """Images of the character to score consistency against (uploads, reference set)."""
+    max_variations: int = Field(default=0, ge=0)
+    """How many new-seed variations the scheduler may still ask for when inconsistent."""
 
 
 class Rendition(Contract):
@@ -75,4 +81,6 @@ class ProcessedImage(Message):
     provider: str
     cost_usd: float = Field(ge=0)
     consistency_score: float | None = None
+    flagged: bool = False
     timings: Timings = Field(default_factory=Timings)
+    style: str = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Literal
 
@@ -9,8 +10,16 @@ from pydantic import Field
 
 from schemas.base import Contract, Message, utcnow
 from schemas.characters import CharacterSpec
-from schemas.requests import JobKind
+from schemas.requests import JobKind, Quality
 from schemas.topics import Tier
+
+_IMAGE_NAMESPACE = uuid.UUID("0b8f6a2c-5d1e-4c3b-8f7a-2e9d1c4b6a50")
+
+
+def image_id_for(job_id: str, index: int) -> str:
+    """The id of image `index` of a job: stable, so the gateway can name it before it exists
+    and a redelivered request yields the same ids."""
+    return str(uuid.uuid5(_IMAGE_NAMESPACE, f"{job_id}:{index}"))
 
 
 class ImageIdentity(Contract):
@@ -25,10 +34,14 @@ class ImageIdentity(Contract):
     kind: JobKind = JobKind.PACK
     version: int = Field(default=1, ge=1)
     attempt: int = Field(default=1, ge=1)
+    variation: int = Field(default=0, ge=0)
+    """Consistency re-tries: 0 for the first image, n for the n-th new seed variation."""
+    story_id: str | None = None
+    page_number: int | None = None
 
     @property
     def idempotency_key(self) -> str:
-        return f"{self.job_id}:{self.image_index}:{self.attempt}"
+        return f"{self.job_id}:{self.image_index}:{self.attempt}:{self.variation}"
 
 
 class GenerateImage(Message):
@@ -48,5 +61,16 @@ class GenerateImage(Message):
     steps: int = Field(default=20, ge=1, le=150)
     guidance: float = Field(default=7.0, ge=0.0, le=30.0)
     model: str | None = None
+    provider: str | None = Field(default=None, description="None: the generator's default.")
+    quality: Quality = Quality.STANDARD
+    estimated_cost_usd: float = Field(default=0.0, ge=0)
     reference_keys: list[str] = Field(default_factory=list)
+    characters: list[CharacterSpec] = Field(default_factory=list, max_length=4)
+    """Other characters in the picture (scenes); `character` is the main one."""
+    scene_description: str = Field(default="", max_length=2000)
+    extra_prompt: str = Field(default="", max_length=1000)
+    max_variations: int = Field(default=0, ge=0, le=5)
+    """Consistency loop: new-seed variations allowed if postprocess flags this image."""
+    overlay_text: str | None = Field(default=None, max_length=4000)
+    """Text postprocess sets onto the image (story pages with includeText)."""
     enqueued_at: datetime = Field(default_factory=utcnow)

@@ -8,10 +8,14 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
-from schemas.base import Message, utcnow
-from schemas.characters import CharacterSpec
+from schemas.base import Contract, Message, utcnow
+from schemas.characters import MAX_SEED, CharacterSpec
 
 MAX_PACK_SIZE = 23
+MAX_REGENERATIONS = 5
+"""Regenerations allowed per image (the original is version 1, so at most version 6)."""
+MAX_STORY_PAGES = 100
+MAX_IMAGES_PER_PAGE = 4
 
 
 class UserTier(StrEnum):
@@ -25,6 +29,22 @@ class JobKind(StrEnum):
     SCENE = "scene"
     STORY = "story"
     REGENERATE = "regenerate"
+    REFERENCE = "reference"
+    """Per image only: one image of a character's reference set (front, side, expressions)."""
+
+
+class Quality(StrEnum):
+    """What a request needs from a model; the scheduler picks the cheapest that meets it."""
+
+    DRAFT = "draft"
+    STANDARD = "standard"
+    HIGH = "high"
+
+
+class AspectRatio(StrEnum):
+    WIDE = "16:9"
+    CLASSIC = "4:3"
+    SQUARE = "1:1"
 
 
 class ReviewDecision(StrEnum):
@@ -45,6 +65,86 @@ class GenerateImages(Message):
     style: str = "standard"
     width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
     height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    quality: Quality = Quality.STANDARD
+    model: str | None = Field(
+        default=None, description="Pin a model; None lets the scheduler pick."
+    )
+    story_id: str | None = None
+    requested_at: datetime = Field(default_factory=utcnow)
+
+
+class StoryPage(Contract):
+    page_number: int = Field(ge=1, le=MAX_STORY_PAGES)
+    text: str = Field(default="", max_length=4000)
+    scene_description: str | None = Field(default=None, max_length=2000)
+    character_ids: list[str] = Field(default_factory=list, max_length=5)
+    """Characters on this page; empty means every character of the story."""
+
+
+class StorySpec(Contract):
+    id: str
+    title: str = Field(min_length=1, max_length=200)
+    pages: list[StoryPage] = Field(min_length=1, max_length=MAX_STORY_PAGES)
+    characters: list[CharacterSpec] = Field(min_length=1, max_length=10)
+
+
+class GenerateScene(Message):
+    """Illustrate one story page with its characters in it."""
+
+    type: Literal["generate_scene"] = "generate_scene"
+    job_id: str
+    user_id: str
+    tier: UserTier
+    story_id: str
+    page_number: int = Field(ge=1, le=MAX_STORY_PAGES)
+    characters: list[CharacterSpec] = Field(min_length=1, max_length=5)
+    scene_description: str = Field(default="", max_length=2000)
+    page_text: str = Field(default="", max_length=4000)
+    include_text: bool = False
+    aspect_ratio: AspectRatio = AspectRatio.WIDE
+    style: str = "standard"
+    quality: Quality = Quality.STANDARD
+    model: str | None = None
+    requested_at: datetime = Field(default_factory=utcnow)
+
+
+class GenerateStory(Message):
+    """Illustrate a whole story: portraits first, then scenes that depend on them."""
+
+    type: Literal["generate_story"] = "generate_story"
+    job_id: str
+    user_id: str
+    tier: UserTier
+    story: StorySpec
+    style: str = "standard"
+    include_character_portraits: bool = True
+    include_scene_images: bool = True
+    images_per_page: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_PAGE)
+    include_text: bool = False
+    aspect_ratio: AspectRatio = AspectRatio.WIDE
+    quality: Quality = Quality.STANDARD
+    model: str | None = None
+    requested_at: datetime = Field(default_factory=utcnow)
+
+
+class ImageModifications(Contract):
+    style: str | None = None
+    prompt: str | None = Field(default=None, max_length=1000)
+    """Appended to the original prompt."""
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+
+
+class RegenerateImage(Message):
+    """Make a new version of an existing image; the original is kept."""
+
+    type: Literal["regenerate_image"] = "regenerate_image"
+    job_id: str
+    user_id: str
+    tier: UserTier
+    image_id: str
+    version: int = Field(ge=2, le=MAX_REGENERATIONS + 1)
+    """The version this regeneration creates (the gateway assigns it from its read model)."""
+    modifications: ImageModifications = Field(default_factory=ImageModifications)
     requested_at: datetime = Field(default_factory=utcnow)
 
 
@@ -71,6 +171,13 @@ class ReviewImage(Message):
 
 
 Request = Annotated[
-    GenerateImages | CancelJob | DeleteImage | ReviewImage, Field(discriminator="type")
+    GenerateImages
+    | GenerateScene
+    | GenerateStory
+    | RegenerateImage
+    | CancelJob
+    | DeleteImage
+    | ReviewImage,
+    Field(discriminator="type"),
 ]
 REQUEST_ADAPTER: TypeAdapter[Request] = TypeAdapter(Request)

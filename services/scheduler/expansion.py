@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
-
 from schemas.characters import MAX_SEED
-from schemas.jobs import GenerateImage, ImageIdentity
+from schemas.jobs import GenerateImage, ImageIdentity, image_id_for
 from schemas.requests import GenerateImages, UserTier
 from schemas.topics import Tier
 from services.scheduler.poses import pose_for
 
-_IMAGE_NAMESPACE = uuid.UUID("0b8f6a2c-5d1e-4c3b-8f7a-2e9d1c4b6a50")
 # A prime stride keeps per-image seeds of one character far apart yet reproducible.
 _SEED_STRIDE = 7919
-
-
-def image_id(job_id: str, index: int) -> str:
-    """Stable: redelivering a request yields the same image ids."""
-    return str(uuid.uuid5(_IMAGE_NAMESPACE, f"{job_id}:{index}"))
 
 
 def tier_for(request: GenerateImages) -> Tier:
@@ -32,7 +24,7 @@ def expand(request: GenerateImages, *, steps: int, guidance: float) -> list[Gene
             GenerateImage(
                 image=ImageIdentity(
                     job_id=request.job_id,
-                    image_id=image_id(request.job_id, index),
+                    image_id=image_id_for(request.job_id, index),
                     image_index=index,
                     image_count=request.image_count,
                     user_id=request.user_id,
