@@ -5,6 +5,8 @@ Jobs are self-contained: a generator never looks a character up, it gets everyth
 
 from __future__ import annotations
 
+import hashlib
+
 from pydantic import Field
 
 from schemas.base import Contract
@@ -38,3 +40,14 @@ class CharacterSpec(Contract):
     art_style: str = "standard"
     seed: int = Field(ge=0, le=MAX_SEED)
     reference_keys: list[str] = Field(default_factory=list, max_length=8)
+
+    def appearance_fingerprint(self) -> str:
+        """Identifies how the character looks: a changed appearance needs a new reference set.
+
+        Uploaded reference photos and the name do not change the look the prompt asks for,
+        so they are left out.
+        """
+        look = self.model_dump_json(
+            include={"description", "attributes", "style_modifiers", "art_style", "seed"}
+        )
+        return hashlib.sha256(look.encode()).hexdigest()[:16]
