@@ -7,9 +7,11 @@ from contextlib import AsyncExitStack
 
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
+from imagegen.events import EventEmitter
 from imagegen.runtime import consumer_loop, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_logging, configure_tracing
-from services.storage.handlers import StorageService
+from services.storage.handlers import SOURCE, StorageService
+from services.storage.lifecycle import ImageLifecycle
 from services.storage.migrations import MIGRATIONS
 from services.storage.settings import StorageSettings
 
@@ -26,13 +28,22 @@ async def serve(settings: StorageSettings) -> None:
         publisher = kafka_publisher(settings.kafka, "storage")
         stack.push_async_callback(publisher.close)
         service = StorageService(pool, blobs, publisher, topics)
-        loop = consumer_loop(
-            settings.kafka,
-            "storage",
-            {topics.images_processed: service.on_processed_image},
-            publisher,
-        )
-        await run_until_signalled([loop])
+        lifecycle = ImageLifecycle(pool, blobs, EventEmitter(publisher, topics.events, SOURCE))
+        loops = [
+            consumer_loop(
+                settings.kafka,
+                "storage",
+                {topics.images_processed: service.on_processed_image},
+                publisher,
+            ),
+            consumer_loop(
+                settings.kafka,
+                "storage-requests",
+                {topics.requests: lifecycle.on_request},
+                publisher,
+            ),
+        ]
+        await run_until_signalled(loops)
 
 
 def main() -> None:

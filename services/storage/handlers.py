@@ -16,6 +16,7 @@ from schemas.events import ImageStored, ImageStoredData, StoredRendition, event_
 from schemas.images import ProcessedImage
 from schemas.topics import TopicNames
 from services.storage.layout import rendition_key
+from services.storage.lifecycle import deleted_event
 
 log = logging.getLogger(__name__)
 SOURCE = "imagegen/storage"
@@ -29,9 +30,21 @@ class StorageService:
         self._blobs = blobs
         self._events = EventEmitter(publisher, topics.events, SOURCE)
 
+    async def _is_deleted(self, image_id: str) -> bool:
+        async with transient_as_retryable(), self._pool.acquire() as conn:
+            return bool(
+                await conn.fetchval("SELECT true FROM deleted_images WHERE image_id = $1", image_id)
+            )
+
     async def on_processed_image(self, record: Record) -> None:
         msg = decode(record, ProcessedImage)
         image = msg.image
+        if await self._is_deleted(image.image_id):
+            await self._events.emit(deleted_event(image.image_id, image.user_id, [image.version]))
+            log.info(
+                "event=skip_deleted_image image_id=%s version=%d", image.image_id, image.version
+            )
+            return
         stored = [
             StoredRendition(
                 name=r.name,
@@ -56,8 +69,8 @@ class StorageService:
             inserted = await conn.fetchval(
                 "INSERT INTO images (image_id, version, job_id, image_index, user_id, character_id,"
                 " kind, width, height, size_bytes, renditions, generation, provider, cost_usd,"
-                " consistency_score)"
-                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)"
+                " consistency_score, flagged, story_id, page_number, style)"
+                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)"
                 " ON CONFLICT (image_id, version) DO NOTHING RETURNING true",
                 image.image_id,
                 image.version,
@@ -74,6 +87,10 @@ class StorageService:
                 msg.provider,
                 msg.cost_usd,
                 msg.consistency_score,
+                msg.flagged,
+                image.story_id,
+                image.page_number,
+                msg.style,
             )
         if not inserted:
             log.info(
@@ -104,6 +121,11 @@ class StorageService:
                     demo=msg.record.demo,
                     cost_usd=msg.cost_usd,
                     consistency_score=msg.consistency_score,
+                    flagged=msg.flagged,
+                    story_id=image.story_id,
+                    page_number=image.page_number,
+                    style=msg.style,
+                    prompt=msg.record.prompt,
                 ),
             )
         )

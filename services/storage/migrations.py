@@ -28,4 +28,24 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX images_job ON images (job_id);
         """,
     ),
+    (
+        2,
+        """
+        ALTER TABLE images
+            ADD COLUMN flagged boolean NOT NULL DEFAULT false,
+            ADD COLUMN story_id text,
+            ADD COLUMN page_number integer,
+            ADD COLUMN style text NOT NULL DEFAULT '',
+            ADD COLUMN review_status text NOT NULL DEFAULT 'pending',
+            ADD COLUMN reviewed_at timestamptz;
+        -- A deleted image stays deleted: a late or redelivered processed image for it is not
+        -- stored again (its objects would otherwise be orphans nobody can see).
+        CREATE TABLE deleted_images (
+            image_id text PRIMARY KEY,
+            user_id text NOT NULL,
+            versions integer[] NOT NULL,
+            deleted_at timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 ]

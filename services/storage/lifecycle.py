@@ -1,0 +1,123 @@
+"""Deleting and reviewing stored images (commands on `requests`, keyed by user id).
+
+A delete removes every version's objects and rows and leaves a tombstone, so a processed
+image that arrives later for the same id is not stored again. A review records the
+decision on the image's latest version. Both are idempotent: a redelivered command finds
+the work done and emits the same event (same id) again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import asyncpg
+
+from imagegen.blobstore import BlobStore
+from imagegen.db import transient_as_retryable
+from imagegen.events import EventEmitter
+from imagegen.kafka import Record, decode
+from schemas.events import (
+    ImageDeleted,
+    ImageDeletedData,
+    ImageReviewed,
+    ImageReviewedData,
+    event_id,
+)
+from schemas.requests import REQUEST_ADAPTER, DeleteImage, ReviewImage
+
+log = logging.getLogger(__name__)
+
+
+def deleted_event(image_id: str, user_id: str, versions: list[int]) -> ImageDeleted:
+    return ImageDeleted(
+        id=event_id("image_deleted", image_id, *versions),
+        source="",
+        subject=f"images/{image_id}",
+        user_id=user_id,
+        data=ImageDeletedData(image_id=image_id, versions=versions),
+    )
+
+
+class ImageLifecycle:
+    def __init__(self, pool: asyncpg.Pool, blobs: BlobStore, events: EventEmitter) -> None:
+        self._pool = pool
+        self._blobs = blobs
+        self._events = events
+
+    async def on_request(self, record: Record) -> None:
+        request = decode(record, REQUEST_ADAPTER)
+        if isinstance(request, DeleteImage):
+            await self._delete(request)
+        elif isinstance(request, ReviewImage):
+            await self._review(request)
+        # Generation commands and cancellations belong to the scheduler.
+
+    async def _delete(self, request: DeleteImage) -> None:
+        async with transient_as_retryable(), self._pool.acquire() as conn:
+            tomb = await conn.fetchrow(
+                "SELECT user_id, versions FROM deleted_images WHERE image_id = $1",
+                request.image_id,
+            )
+            if tomb is None:
+                rows = await conn.fetch(
+                    "SELECT version, user_id, renditions FROM images WHERE image_id = $1",
+                    request.image_id,
+                )
+                if not rows or any(r["user_id"] != request.user_id for r in rows):
+                    log.info("event=delete_unknown_image image_id=%s", request.image_id)
+                    return
+                keys = [rend["key"] for r in rows for rend in json.loads(r["renditions"])]
+                # Objects first: if this fails the rows still point at them and a
+                # redelivery retries; a tombstone is only written once nothing is left.
+                await self._blobs.delete(keys)
+                versions = sorted(r["version"] for r in rows)
+                async with conn.transaction():
+                    await conn.execute(
+                        "INSERT INTO deleted_images (image_id, user_id, versions)"
+                        " VALUES ($1, $2, $3) ON CONFLICT (image_id) DO NOTHING",
+                        request.image_id,
+                        request.user_id,
+                        versions,
+                    )
+                    await conn.execute("DELETE FROM images WHERE image_id = $1", request.image_id)
+                log.info(
+                    "event=image_deleted image_id=%s versions=%s objects=%d",
+                    request.image_id,
+                    versions,
+                    len(keys),
+                )
+            elif tomb["user_id"] != request.user_id:
+                return
+            else:
+                versions = list(tomb["versions"])
+        await self._events.emit(deleted_event(request.image_id, request.user_id, versions))
+
+    async def _review(self, request: ReviewImage) -> None:
+        async with transient_as_retryable(), self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "UPDATE images SET review_status = $3, reviewed_at = now()"
+                " WHERE image_id = $1 AND user_id = $2 AND version = ("
+                "   SELECT max(version) FROM images WHERE image_id = $1)"
+                " RETURNING version, job_id",
+                request.image_id,
+                request.user_id,
+                request.decision.value,
+            )
+        if row is None:
+            log.info("event=review_unknown_image image_id=%s", request.image_id)
+            return
+        await self._events.emit(
+            ImageReviewed(
+                id=event_id("image_reviewed", request.image_id, row["version"], request.decision),
+                source="",
+                subject=f"images/{request.image_id}",
+                job_id=row["job_id"],
+                user_id=request.user_id,
+                data=ImageReviewedData(
+                    image_id=request.image_id,
+                    version=row["version"],
+                    decision=request.decision.value,
+                ),
+            )
+        )
