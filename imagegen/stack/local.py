@@ -100,6 +100,15 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
+def _catalogue_json(options: StackOptions) -> str:
+    """The scheduler's offers: exactly the one backend this stack's generator runs."""
+    # The stack is the scheduler's deployer here, as it is the gateway's token client.
+    from services.scheduler.catalogue import DEMO_MODEL, single_backend_catalogue
+
+    model = DEMO_MODEL if options.backend == "demo" else (options.model or "default")
+    return single_backend_catalogue(options.backend, model).to_json()
+
+
 def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) -> int:
     """Start everything, print `gateway:` and `token:`, run until SIGINT/SIGTERM, stop cleanly."""
     from services.gateway.auth import issue_token  # the CLI is the gateway's dev-token client
@@ -154,7 +163,7 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
                     "IMAGEGEN_GENERATOR_BACKEND": options.backend,
                     **({"IMAGEGEN_GENERATOR_MODEL": options.model} if options.model else {}),
                 },
-                "scheduler": common,
+                "scheduler": {**common, "IMAGEGEN_CATALOGUE": _catalogue_json(options)},
                 "gateway": {
                     **common,
                     "IMAGEGEN_HOST": LOOPBACK,

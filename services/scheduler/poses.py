@@ -31,3 +31,32 @@ PACK_POSES: tuple[str, ...] = (
 
 def pose_for(index: int) -> str:
     return PACK_POSES[index % len(PACK_POSES)]
+
+
+REFERENCE_POSES: tuple[str, ...] = (
+    "front view, neutral expression, head and shoulders, plain background, even light",
+    "side profile facing left, neutral expression, head and shoulders, plain background",
+    "front view, smiling, head and shoulders, plain background",
+    "front view, surprised expression, head and shoulders, plain background",
+    "front view, sad expression, head and shoulders, plain background",
+)
+"""A character's reference set: front, side and three expressions, on a plain background so
+the identity (not the scene) is what later images are conditioned on."""
+
+PORTRAIT_POSE = "front view, head and shoulders, soft smile, looking at the viewer"
+
+SCENE_FRAMINGS: tuple[str, ...] = (
+    "wide establishing shot",
+    "medium shot",
+    "close-up on the characters",
+    "over-the-shoulder view",
+)
+"""Framing for the images of one story page, so several images per page differ."""
+
+
+def reference_pose(index: int) -> str:
+    return REFERENCE_POSES[index]
+
+
+def scene_framing(index: int) -> str:
+    return SCENE_FRAMINGS[index % len(SCENE_FRAMINGS)]
