@@ -1,21 +1,49 @@
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imagegen.settings import ServiceSettings
+from services.generator.tiers import (
+    DEFAULT_MIN_SHARE,
+    DEFAULT_TIER_WEIGHTS,
+    parse_weights,
+    with_min_share,
+)
 
 
 class BackendSettings(BaseSettings):
-    """`IMAGEGEN_GENERATOR_*`: which model runs here and what its compute costs."""
+    """`IMAGEGEN_GENERATOR_*`: models held here, their compute price, how tiers share the GPU."""
 
     model_config = SettingsConfigDict(env_prefix="IMAGEGEN_GENERATOR_", extra="ignore")
 
-    backend: str = "demo"
+    backend: str = Field(default="demo", description="The default provider (jobs naming none).")
+    providers: str = Field(
+        default="", description='Comma-separated provider names held here, e.g. "demo,diffusers".'
+    )
     model: str | None = None
     device: str | None = None
-    gpu_price_per_hour: float = 2.50
-    provider: str = "self-hosted"
+    gpu_price_per_hour: float = Field(default=2.50, ge=0)
+    provider: str = Field(
+        default="self-hosted", description="Deprecated: RawImage.provider is the provider name."
+    )
+    tier_weights: str = DEFAULT_TIER_WEIGHTS
+    tier_min_share: float = DEFAULT_MIN_SHARE
+    cancel_poll_s: float = Field(default=0.5, gt=0)
+
+    def provider_names(self) -> list[str]:
+        """The providers held here, the default one first."""
+        names = [self.backend]
+        for name in (n.strip() for n in self.providers.split(",")):
+            if name and name not in names:
+                names.append(name)
+        return names
+
+    @model_validator(mode="after")
+    def _valid_tiers(self) -> BackendSettings:
+        # Fail at start-up, naming the setting, not at the first poll.
+        with_min_share(parse_weights(self.tier_weights), self.tier_min_share)
+        return self
 
 
 class GeneratorSettings(ServiceSettings):

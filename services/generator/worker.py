@@ -1,15 +1,19 @@
-"""jobs.<tier> -> one image -> staged PNG -> images.raw, with started/progress/completed events."""
+"""jobs.<tier> -> one image -> staged PNG -> images.raw, with started/progress/completed events.
+
+Each attempt ends in exactly one outcome event: `generation_completed` (with the actual
+cost and the provider) or `generation_failed` with final=false - retries, failover and the
+final verdict belong to the scheduler (DECISIONS.md #2). Failures of this pod's own
+plumbing (S3, Kafka) are raised instead, so the consumer loop retries the message.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import time
 from datetime import UTC, datetime
 
 from imagegen.blobstore import BlobStore, put_staging
-from imagegen.errors import PermanentError, RetryableError
+from imagegen.errors import PermanentError
 from imagegen.events import EventEmitter
 from imagegen.kafka import Publisher, Record, decode
 from schemas.events import (
@@ -17,8 +21,6 @@ from schemas.events import (
     GenerationCompletedData,
     GenerationFailed,
     GenerationFailedData,
-    GenerationProgress,
-    GenerationProgressData,
     GenerationStarted,
     GenerationStartedData,
     image_envelope,
@@ -26,73 +28,59 @@ from schemas.events import (
 from schemas.images import GenerationRecord, RawImage, Timings
 from schemas.jobs import GenerateImage
 from schemas.topics import TopicNames
-from services.generator.backends import CancelToken, GeneratedImage, GenerationRequest, ImageBackend
+from services.generator.backends import (
+    GeneratedImage,
+    GenerationCancelled,
+    GenerationRequest,
+    ImageBackend,
+)
+from services.generator.cancellation import CancelWatch, InMemoryCancellationStore
+from services.generator.progress import ProgressReporter
 from services.generator.prompts import build_prompt
+from services.generator.providers import Providers, ProviderUnavailable
 from services.generator.settings import GeneratorSettings
 
 log = logging.getLogger(__name__)
 SOURCE = "imagegen/generator"
-
-
-class ProgressReporter:
-    """Turns backend step callbacks (worker thread) into throttled progress events (loop)."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        emitter: EventEmitter,
-        job: GenerateImage,
-        interval_s: float,
-    ) -> None:
-        self._loop = loop
-        self._emitter = emitter
-        self._job = job
-        self._interval = interval_s
-        self._last = 0.0
-        self.sent: list[concurrent.futures.Future[None]] = []
-        self.steps_seen = 0
-
-    def __call__(self, step: int, total: int) -> None:
-        self.steps_seen += 1
-        now = time.monotonic()
-        if step != total and now - self._last < self._interval:
-            return
-        self._last = now
-        img = self._job.image
-        event = GenerationProgress(
-            **image_envelope(img, "generation_progress", img.attempt, step),
-            data=GenerationProgressData(
-                image_id=img.image_id, image_index=img.image_index, step=step, total_steps=total
-            ),
-        )
-        self.sent.append(asyncio.run_coroutine_threadsafe(self._emitter.emit(event), self._loop))
-
-    async def flush(self) -> None:
-        for future in self.sent:
-            await asyncio.wrap_future(future)
+CANCELLED = "Cancelled"
 
 
 class Generator:
     def __init__(
         self,
         settings: GeneratorSettings,
-        backend: ImageBackend,
+        providers: Providers | ImageBackend,
         blobs: BlobStore,
         publisher: Publisher,
         topics: TopicNames,
+        cancels: CancelWatch | None = None,
     ) -> None:
         self._settings = settings
-        self._backend = backend
+        self._providers = (
+            providers if isinstance(providers, Providers) else Providers.single(providers)
+        )
         self._blobs = blobs
         self._publisher = publisher
         self._topics = topics
         self._events = EventEmitter(publisher, topics.events, SOURCE)
+        self.cancels = cancels or CancelWatch(
+            InMemoryCancellationStore(), settings.generator.cancel_poll_s
+        )
         # One image at a time per pod: the GPU is the unit of concurrency.
         self._gpu = asyncio.Lock()
 
     async def on_job(self, record: Record) -> None:
         job = decode(record, GenerateImage)
         img = job.image
+        provider = job.provider or self._providers.default
+        if await self.cancels.store.is_cancelled(img.job_id):
+            await self._failed(job, provider, CANCELLED, "job cancelled before it started")
+            return
+        try:
+            provider, backend = self._providers.resolve(job.provider)
+        except ProviderUnavailable as exc:
+            await self._failed(job, provider, type(exc).__name__, str(exc))
+            return
         queue_wait_ms = max(0, int((datetime.now(UTC) - job.enqueued_at).total_seconds() * 1000))
         await self._events.emit(
             GenerationStarted(
@@ -101,8 +89,8 @@ class Generator:
                     image_id=img.image_id,
                     image_index=img.image_index,
                     attempt=img.attempt,
-                    backend=self._backend.name,
-                    model=self._backend.model,
+                    backend=backend.name,
+                    model=backend.model,
                     queue_wait_ms=queue_wait_ms,
                 ),
             )
@@ -126,27 +114,36 @@ class Generator:
             asyncio.get_running_loop(), self._events, job, self._settings.progress_interval_s
         )
         try:
-            async with self._gpu:
-                result = await asyncio.to_thread(
-                    self._backend.generate, request, reporter, CancelToken()
-                )
+            async with self._gpu, self.cancels.watching(img.job_id) as token:
+                result = await asyncio.to_thread(backend.generate, request, reporter, token)
+                cancelled_late = token.is_set()
+        except GenerationCancelled as exc:
+            await reporter.flush()
+            await self._failed(job, provider, CANCELLED, str(exc))
+            return
         except PermanentError as exc:
             await reporter.flush()
-            await self._failed(job, exc, retryable=False)
+            await self._failed(job, provider, type(exc).__name__, str(exc), retryable=False)
             return
-        except RetryableError:
-            raise
-        except Exception as exc:  # a backend crash (OOM, driver): this image, not the message
+        except Exception as exc:  # a backend crash (OOM, driver): this attempt, not the message
             log.exception("event=generation_error job_id=%s index=%d", img.job_id, img.image_index)
             await reporter.flush()
-            await self._failed(job, exc, retryable=True)
+            await self._failed(job, provider, type(exc).__name__, str(exc), retryable=True)
             return
         await reporter.flush()
-        await self._publish_result(job, request, result, prompt, negative, queue_wait_ms)
+        if cancelled_late:
+            # Finished before the backend saw the cancel: the user asked for no image.
+            await self._failed(job, provider, CANCELLED, "job cancelled during generation")
+            return
+        await self._publish_result(
+            job, provider, backend, request, result, prompt, negative, queue_wait_ms
+        )
 
     async def _publish_result(
         self,
         job: GenerateImage,
+        provider: str,
+        backend: ImageBackend,
         request: GenerationRequest,
         result: GeneratedImage,
         prompt: str,
@@ -155,7 +152,10 @@ class Generator:
     ) -> None:
         img = job.image
         blob = await put_staging(self._blobs, result.png, "image/png")
-        cost = self._backend.cost_usd(result.seconds)
+        # Self-hosted backends price their busy GPU seconds; API backends (no GPU of ours)
+        # report their own price and no GPU seconds.
+        cost = backend.cost_usd(result.seconds)
+        gpu_seconds = result.seconds if getattr(backend, "self_hosted", True) else None
         raw = RawImage(
             image=img,
             blob=blob,
@@ -176,9 +176,13 @@ class Generator:
                 device=result.device,
                 demo=result.demo,
             ),
-            provider=self._settings.generator.provider,
+            provider=provider,
             cost_usd=cost,
             timings=Timings(queue_wait_ms=queue_wait_ms, generation_ms=int(result.seconds * 1000)),
+            style=job.style,
+            overlay_text=job.overlay_text,
+            identity_keys=_identity_keys(job),
+            max_variations=job.max_variations,
         )
         await self._publisher.publish(self._topics.images_raw, img.job_id, raw)
         await self._events.emit(
@@ -192,20 +196,33 @@ class Generator:
                     model=result.model,
                     seed=request.seed,
                     cost_usd=cost,
+                    provider=provider,
+                    gpu_seconds=gpu_seconds,
                 ),
             )
         )
 
-    async def _failed(self, job: GenerateImage, exc: BaseException, *, retryable: bool) -> None:
+    async def _failed(
+        self,
+        job: GenerateImage,
+        provider: str,
+        error_type: str,
+        error: str,
+        *,
+        retryable: bool = False,
+    ) -> None:
+        """One failed attempt; never final here - the scheduler decides what happens next."""
         img = job.image
-        final = not retryable or img.attempt >= self._settings.max_attempts
         log.warning(
-            "event=generation_failed job_id=%s index=%d attempt=%d final=%s error=%r",
+            "event=generation_failed job_id=%s index=%d attempt=%d provider=%s "
+            "error_type=%s retryable=%s error=%r",
             img.job_id,
             img.image_index,
             img.attempt,
-            final,
-            str(exc),
+            provider,
+            error_type,
+            retryable,
+            error[:200],
         )
         await self._events.emit(
             GenerationFailed(
@@ -214,10 +231,17 @@ class Generator:
                     image_id=img.image_id,
                     image_index=img.image_index,
                     attempt=img.attempt,
-                    error_type=type(exc).__name__,
-                    error=str(exc)[:500],
+                    error_type=error_type,
+                    error=error[:500],
                     retryable=retryable,
-                    final=final,
+                    final=False,
+                    provider=provider,
                 ),
             )
         )
+
+
+def _identity_keys(job: GenerateImage) -> list[str]:
+    """What postprocess scores identity against: the job's references, then the character's."""
+    keys = [*job.reference_keys, *job.character.reference_keys]
+    return list(dict.fromkeys(keys))

@@ -1,0 +1,165 @@
+"""Weighted polling of the tier topics: paid work overtakes a free backlog, free work still moves.
+
+Policy (DECISIONS.md #6)
+- One consumer per tier topic (`jobs.realtime`, `jobs.standard`, `jobs.economy`), each in
+  its own consumer group (`<namespace>.generator-<tier>`), so KEDA can scale on each tier's
+  lag and a rebalance of one tier never disturbs the others.
+- `WeightedTierConsumer` holds at most ONE message per tier (the tier's head) - the least
+  that tells which tiers have work ready - and never buffers a backlog in Python. A GPU
+  makes one image at a time, so the consumer loop asks for the next record only when the
+  previous one is done.
+- Among the tiers whose head is ready, a smooth weighted round-robin (nginx's algorithm)
+  picks the next one. With the default weights realtime=6, standard=3, economy=1 and all
+  three busy, every 10 picks go 6/3/1, interleaved (R S R E R R S R S R ...), never in
+  bursts. A tier with nothing ready is skipped and its share goes to the others, so an idle
+  GPU never waits for a weight.
+- A guaranteed minimum share (`IMAGEGEN_GENERATOR_TIER_MIN_SHARE`, default 5%) lifts any
+  tier configured below it (a weight of 0 included), so free work never starves: under
+  constant paid load economy still gets max(its weight share, the minimum share).
+- Offsets: the `ConsumerLoop` that drives this consumer commits a record only after its
+  handler returned (its outputs are durable), through the consumer that delivered it.
+  Heads not yet picked are never committed: on stop or crash they are redelivered.
+
+Limits: a head waits while other tiers are picked (at most sum(weights)/weight picks
+for its tier); if its partition is reassigned meanwhile (a pod joined), the new owner
+may run it too - a duplicate that the idempotent handlers downstream absorb.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from imagegen.errors import ConfigurationError
+from imagegen.kafka.ports import Consumer, Record
+from schemas.topics import Tier
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIER_WEIGHTS = "realtime=6,standard=3,economy=1"
+DEFAULT_MIN_SHARE = 0.05
+
+
+def parse_weights(text: str) -> dict[Tier, float]:
+    """`realtime=6,standard=3,economy=1` -> weights; a tier left out gets 0 (then the min share)."""
+    weights: dict[Tier, float] = dict.fromkeys(Tier, 0.0)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            tier = Tier(name.strip())
+            weight = float(value)
+        except ValueError:
+            raise ConfigurationError(
+                f"IMAGEGEN_GENERATOR_TIER_WEIGHTS: bad entry {part!r}; expected tier=weight "
+                f"with tier one of {[t.value for t in Tier]}"
+            ) from None
+        if not sep or weight < 0:
+            raise ConfigurationError(
+                f"IMAGEGEN_GENERATOR_TIER_WEIGHTS: bad entry {part!r}; weights are numbers >= 0"
+            )
+        weights[tier] = weight
+    if not any(weights.values()):
+        raise ConfigurationError("IMAGEGEN_GENERATOR_TIER_WEIGHTS: at least one weight must be > 0")
+    return weights
+
+
+def with_min_share(weights: Mapping[Tier, float], min_share: float) -> dict[Tier, float]:
+    """Raise the weights below `min_share` of the total until every tier has at least that share."""
+    if not 0.0 <= min_share * len(weights) < 1.0:
+        raise ConfigurationError(
+            f"IMAGEGEN_GENERATOR_TIER_MIN_SHARE must be in [0, 1/{len(weights)}), got {min_share}"
+        )
+    lifted = dict(weights)
+    # Lifting one tier grows the total, which can push another just below: iterate to rest.
+    for _ in range(len(lifted) + 1):
+        total = sum(lifted.values())
+        low = [t for t, w in lifted.items() if w < min_share * total - 1e-12]
+        if not low:
+            break
+        rest = sum(w for t, w in lifted.items() if t not in low)
+        floor = min_share * rest / (1.0 - min_share * len(low))
+        for tier in low:
+            lifted[tier] = floor
+    return lifted
+
+
+class TierPicker:
+    """Smooth weighted round-robin over the tiers that are ready (deterministic, O(tiers))."""
+
+    def __init__(self, weights: Mapping[Tier, float]) -> None:
+        if any(w <= 0 for w in weights.values()):
+            raise ConfigurationError("tier weights must be > 0 (apply with_min_share first)")
+        self.weights = dict(weights)
+        self._current: dict[Tier, float] = dict.fromkeys(weights, 0.0)
+
+    @classmethod
+    def from_settings(cls, text: str, min_share: float) -> TierPicker:
+        return cls(with_min_share(parse_weights(text), min_share))
+
+    def shares(self) -> dict[Tier, float]:
+        total = sum(self.weights.values())
+        return {t: w / total for t, w in self.weights.items()}
+
+    def pick(self, ready: set[Tier]) -> Tier:
+        """The tier to serve next among `ready` (non-empty)."""
+        candidates = [t for t in self.weights if t in ready]
+        if not candidates:
+            raise ValueError("pick() needs at least one ready tier")
+        total = 0.0
+        for tier in candidates:
+            self._current[tier] += self.weights[tier]
+            total += self.weights[tier]
+        chosen = max(candidates, key=lambda t: self._current[t])
+        self._current[chosen] -= total
+        return chosen
+
+
+class WeightedTierConsumer:
+    """A `Consumer` over one consumer per tier that yields records in weighted tier order."""
+
+    def __init__(
+        self,
+        consumers: Mapping[Tier, Consumer],
+        topics: Mapping[Tier, str],
+        picker: TierPicker,
+        *,
+        idle_poll_s: float = 0.1,
+    ) -> None:
+        self._consumers = dict(consumers)
+        self._tier_of = {topics[t]: t for t in consumers}
+        self._picker = picker
+        self._idle_poll_s = idle_poll_s
+        self._heads: dict[Tier, Record] = {}
+        self.picked: dict[Tier, int] = dict.fromkeys(consumers, 0)
+
+    async def _fill(self, timeout: float) -> None:
+        """Poll every tier that has no head yet, all at once; keep what arrives."""
+        empty = [t for t in self._consumers if t not in self._heads]
+        if not empty:
+            return
+        records = await asyncio.gather(*(self._consumers[t].poll(timeout) for t in empty))
+        for tier, record in zip(empty, records, strict=True):
+            if record is not None:
+                self._heads[tier] = record
+
+    async def poll(self, timeout: float) -> Record | None:
+        # Heads that arrived meanwhile count (a realtime job published during a long image).
+        await self._fill(0.0)
+        if not self._heads:
+            await self._fill(min(timeout, self._idle_poll_s))
+        if not self._heads:
+            return None
+        tier = self._picker.pick(set(self._heads))
+        self.picked[tier] += 1
+        record = self._heads.pop(tier)
+        log.debug("event=tier_picked tier=%s waiting=%s", tier.value, sorted(self._heads))
+        return record
+
+    async def commit(self, record: Record) -> None:
+        await self._consumers[self._tier_of[record.topic]].commit(record)
+
+    async def close(self) -> None:
+        """Close every tier consumer; unpicked heads stay uncommitted and are redelivered."""
+        self._heads.clear()
+        await asyncio.gather(*(c.close() for c in self._consumers.values()))

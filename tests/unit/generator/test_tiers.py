@@ -1,0 +1,139 @@
+"""The weighted tier picker and the one-head-per-tier consumer."""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import pairwise
+
+import pytest
+
+from imagegen.errors import ConfigurationError
+from imagegen.kafka.memory import InMemoryBroker
+from schemas.topics import Tier, TopicNames
+from services.generator.settings import BackendSettings
+from services.generator.tiers import (
+    TierPicker,
+    WeightedTierConsumer,
+    parse_weights,
+    with_min_share,
+)
+
+R, S, E = Tier.REALTIME, Tier.STANDARD, Tier.ECONOMY
+ALL = {R, S, E}
+
+
+def test_default_weights_give_6_3_1_shares_over_1000_picks() -> None:
+    picker = TierPicker.from_settings("realtime=6,standard=3,economy=1", 0.05)
+    counts = Counter(picker.pick(ALL) for _ in range(1000))
+    assert counts == {R: 600, S: 300, E: 100}
+
+
+def test_picks_are_interleaved_not_bursts() -> None:
+    picker = TierPicker.from_settings("realtime=6,standard=3,economy=1", 0.05)
+    picks = [picker.pick(ALL) for _ in range(1000)]
+    # Economy's 1-in-10 share comes as one pick in every window of 10, never later.
+    economy_at = [i for i, t in enumerate(picks) if t is E]
+    gaps = [b - a for a, b in pairwise(economy_at)]
+    assert set(gaps) == {10}
+    longest_realtime_run = max(len(run) for run in "".join(t.value[0] for t in picks).split("e"))
+    assert longest_realtime_run < 10
+
+
+def test_tier_without_work_gives_its_share_to_the_others() -> None:
+    picker = TierPicker.from_settings("realtime=6,standard=3,economy=1", 0.05)
+    counts = Counter(picker.pick({R, E}) for _ in range(700))
+    assert counts == {R: 600, E: 100}
+    assert {picker.pick({S}) for _ in range(5)} == {S}
+
+
+def test_economy_never_starves_even_with_weight_zero() -> None:
+    weights = with_min_share(parse_weights("realtime=10,standard=5,economy=0"), 0.05)
+    picker = TierPicker(weights)
+    counts = Counter(picker.pick(ALL) for _ in range(1000))
+    assert 45 <= counts[E] <= 55  # the 5% floor
+    assert counts[R] > counts[S] > counts[E]
+    assert picker.shares()[E] == pytest.approx(0.05)
+
+
+def test_min_share_lifts_every_low_tier_and_keeps_the_rest_proportional() -> None:
+    weights = with_min_share(parse_weights("realtime=100,standard=1,economy=1"), 0.1)
+    total = sum(weights.values())
+    assert weights[S] / total == pytest.approx(0.1)
+    assert weights[E] / total == pytest.approx(0.1)
+    assert weights[R] == 100
+
+
+def test_unchanged_when_every_tier_is_above_the_floor() -> None:
+    weights = parse_weights("realtime=6,standard=3,economy=1")
+    assert with_min_share(weights, 0.05) == weights
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["realtime=x", "gold=3", "realtime", "realtime=-1", "realtime=0,standard=0,economy=0"],
+)
+def test_bad_weights_are_refused_naming_the_setting(text: str) -> None:
+    with pytest.raises(ConfigurationError, match="IMAGEGEN_GENERATOR_TIER_WEIGHTS"):
+        parse_weights(text)
+
+
+def test_settings_refuse_bad_weights_and_impossible_min_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IMAGEGEN_GENERATOR_TIER_WEIGHTS", "vip=1")
+    with pytest.raises(ConfigurationError, match="TIER_WEIGHTS"):
+        BackendSettings()
+    monkeypatch.setenv("IMAGEGEN_GENERATOR_TIER_WEIGHTS", "realtime=1")
+    monkeypatch.setenv("IMAGEGEN_GENERATOR_TIER_MIN_SHARE", "0.5")
+    with pytest.raises(ConfigurationError, match="TIER_MIN_SHARE"):
+        BackendSettings()
+
+
+def _consumer(broker: InMemoryBroker, topics: TopicNames) -> WeightedTierConsumer:
+    return WeightedTierConsumer(
+        {t: broker.consumer(f"g-{t.value}", [topics.jobs(t)]) for t in Tier},
+        {t: topics.jobs(t) for t in Tier},
+        TierPicker.from_settings("realtime=6,standard=3,economy=1", 0.05),
+        idle_poll_s=0.01,
+    )
+
+
+async def test_realtime_overtakes_an_economy_backlog_and_economy_still_moves() -> None:
+    broker, topics = InMemoryBroker(partitions=1), TopicNames("u")
+    publisher = broker.publisher()
+    for i in range(30):
+        await publisher.publish(topics.jobs(E), f"e{i}", b"{}")
+    consumer = _consumer(broker, topics)
+    first = await consumer.poll(0.1)
+    assert first is not None and first.topic == topics.jobs(E)
+    await consumer.commit(first)
+    for i in range(12):
+        await publisher.publish(topics.jobs(R), f"r{i}", b"{}")
+    order = []
+    while (record := await consumer.poll(0.01)) is not None:
+        order.append(record.topic)
+        await consumer.commit(record)
+    assert order[0] == topics.jobs(R)
+    assert order.count(topics.jobs(R)) == 12 and order.count(topics.jobs(E)) == 29
+    # While realtime work waited, economy still got picks (not only after the backlog).
+    last_realtime = max(i for i, t in enumerate(order) if t == topics.jobs(R))
+    assert order[:last_realtime].count(topics.jobs(E)) >= 1
+    # Offsets were committed through each tier's own consumer group.
+    assert broker.committed[("g-economy", topics.jobs(E), 0)] == 30
+    assert broker.committed[("g-realtime", topics.jobs(R), 0)] == 12
+
+
+async def test_unpicked_heads_are_not_committed_and_come_back_after_close() -> None:
+    broker, topics = InMemoryBroker(partitions=1), TopicNames("u")
+    publisher = broker.publisher()
+    await publisher.publish(topics.jobs(E), "e", b"{}")
+    await publisher.publish(topics.jobs(R), "r", b"{}")
+    consumer = _consumer(broker, topics)
+    record = await consumer.poll(0.1)
+    assert record is not None and record.topic == topics.jobs(R)
+    await consumer.commit(record)
+    await consumer.close()  # the economy head was held, never handled
+    again = _consumer(broker, topics)
+    redelivered = await again.poll(0.1)
+    assert redelivered is not None and redelivered.key == "e"
+    assert await again.poll(0.01) is None
