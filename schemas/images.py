@@ -60,7 +60,7 @@ class RawImage(Message):
     identity_keys: list[str] = Field(default_factory=list)
     """Images of the character to score consistency against (uploads, reference set)."""
     max_variations: int = Field(default=0, ge=0)
-    """How many new-seed variations the scheduler may still ask for when inconsistent."""
+    """New-seed variations allowed in all (the job's); `image.variation` is this one's number."""
 
 
 class Rendition(Contract):

@@ -6,10 +6,15 @@ import asyncio
 from contextlib import AsyncExitStack
 
 from imagegen.blobstore import S3BlobStore
+from imagegen.db import create_pool, migrate
 from imagegen.runtime import consumer_loop, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_logging, configure_tracing
-from services.postprocess.handlers import Postprocessor
+from services.postprocess.consistency import ConsistencyScorer, DlibFaceEncoder
+from services.postprocess.handlers import ConsistencyCheck, Postprocessor
 from services.postprocess.settings import PostprocessSettings
+from services.postprocess.variations import MIGRATIONS, PostgresVariationStore
+
+SCHEMA = "postprocess"
 
 
 async def serve(settings: PostprocessSettings) -> None:
@@ -18,7 +23,16 @@ async def serve(settings: PostprocessSettings) -> None:
         blobs = await stack.enter_async_context(S3BlobStore(settings.s3))
         publisher = kafka_publisher(settings.kafka, "postprocess")
         stack.push_async_callback(publisher.close)
-        worker = Postprocessor(settings, blobs, publisher, topics)
+        consistency = None
+        if settings.consistency_enabled:
+            pool = await create_pool(settings.database_url, SCHEMA)
+            stack.push_async_callback(pool.close)
+            await migrate(pool, SCHEMA, MIGRATIONS)
+            scorer = ConsistencyScorer(
+                await asyncio.to_thread(DlibFaceEncoder), threshold=settings.consistency_threshold
+            )
+            consistency = ConsistencyCheck(scorer, PostgresVariationStore(pool))
+        worker = Postprocessor(settings, blobs, publisher, topics, consistency=consistency)
         loop = consumer_loop(
             settings.kafka, "postprocess", {topics.images_raw: worker.on_raw_image}, publisher
         )

@@ -1,16 +1,37 @@
-"""images.raw -> renditions staged in object storage -> images.processed."""
+"""images.raw -> renditions staged in object storage -> consistency check -> images.processed."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import time
+from dataclasses import dataclass
+
+from PIL import Image
 
 from imagegen.blobstore import BlobStore, get_verified, put_staging
+from imagegen.errors import NotFoundError
+from imagegen.events import EventEmitter
 from imagegen.kafka import Publisher, Record, decode
+from schemas.events import ConsistencyFlagged, ConsistencyFlaggedData, image_envelope
 from schemas.images import ProcessedImage, RawImage, Rendition
 from schemas.topics import TopicNames
+from services.postprocess.consistency import ConsistencyScorer, Embedding
 from services.postprocess.renditions import render
 from services.postprocess.settings import PostprocessSettings
+from services.postprocess.variations import VariationStore
+
+log = logging.getLogger(__name__)
+SOURCE = "imagegen/postprocess"
+
+
+@dataclass(frozen=True)
+class ConsistencyCheck:
+    """Scoring plus the memory of scored variations that the consistency loop needs."""
+
+    scorer: ConsistencyScorer
+    variations: VariationStore
 
 
 class Postprocessor:
@@ -20,11 +41,15 @@ class Postprocessor:
         blobs: BlobStore,
         publisher: Publisher,
         topics: TopicNames,
+        *,
+        consistency: ConsistencyCheck | None = None,
     ) -> None:
         self._settings = settings
         self._blobs = blobs
         self._publisher = publisher
         self._topics = topics
+        self._consistency = consistency
+        self._events = EventEmitter(publisher, topics.events, SOURCE)
 
     async def on_raw_image(self, record: Record) -> None:
         raw = decode(record, RawImage)
@@ -53,6 +78,7 @@ class Postprocessor:
                     format=item.format,
                 )
             )
+        score = await self._score(raw, data)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         processed = ProcessedImage(
             image=raw.image,
@@ -60,6 +86,66 @@ class Postprocessor:
             record=raw.record,
             provider=raw.provider,
             cost_usd=raw.cost_usd,
+            consistency_score=score,
             timings=raw.timings.model_copy(update={"postprocess_ms": elapsed_ms}),
+            style=raw.style,
         )
+        if self._consistency and score is not None and score < self._settings.consistency_threshold:
+            chosen = await self._consistency_loop(raw, processed, score)
+            if chosen is None:
+                return
+            processed = chosen
         await self._publisher.publish(self._topics.images_processed, raw.image.job_id, processed)
+
+    async def _score(self, raw: RawImage, data: bytes) -> float | None:
+        if self._consistency is None or not raw.identity_keys:
+            return None
+        scorer = self._consistency.scorer
+        loaded = {}
+        for key in raw.identity_keys:
+            if not scorer.known(key):
+                try:
+                    loaded[key] = Image.open(io.BytesIO(await self._blobs.get(key)))
+                except NotFoundError:
+                    log.warning("event=identity_image_missing key=%s", key)
+        reference: Embedding | None = await asyncio.to_thread(
+            scorer.identity_embedding, raw.identity_keys, loaded
+        )
+        return await asyncio.to_thread(scorer.score, Image.open(io.BytesIO(data)), reference)
+
+    async def _consistency_loop(
+        self, raw: RawImage, processed: ProcessedImage, score: float
+    ) -> ProcessedImage | None:
+        """Hold an inconsistent image back while variations are left; then keep the best."""
+        assert self._consistency is not None
+        image = raw.image
+        final = image.variation >= raw.max_variations
+        await self._consistency.variations.record(processed, score)
+        await self._events.emit(
+            ConsistencyFlagged(
+                **image_envelope(
+                    image, "consistency_flagged", image.version, image.variation, image.attempt
+                ),
+                data=ConsistencyFlaggedData(
+                    image_id=image.image_id,
+                    image_index=image.image_index,
+                    version=image.version,
+                    variation=image.variation,
+                    score=score,
+                    threshold=self._settings.consistency_threshold,
+                    final=final,
+                ),
+            )
+        )
+        log.info(
+            "event=consistency_flagged job_id=%s index=%d variation=%d score=%.3f final=%s",
+            image.job_id,
+            image.image_index,
+            image.variation,
+            score,
+            final,
+        )
+        if not final:
+            return None
+        best = await self._consistency.variations.best(image)
+        return best.model_copy(update={"flagged": True})

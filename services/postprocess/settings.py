@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from imagegen.settings import ServiceSettings
@@ -11,3 +12,10 @@ class PostprocessSettings(ServiceSettings):
     display_quality: int = 95
     display_max_bytes: int = 5 * 1024 * 1024
     thumbnail_size: int = 256
+    consistency_enabled: bool = True
+    consistency_threshold: float = Field(
+        default=0.45,
+        ge=0.0,
+        le=1.0,
+        description="Scores below this flag an image (see services/postprocess/consistency.py).",
+    )
