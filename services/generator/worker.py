@@ -98,7 +98,11 @@ class Generator:
         prompt, negative = build_prompt(job.character, job.style, job.pose, job.prompt)
         if job.negative_prompt:
             negative = f"{negative}, {job.negative_prompt}"
-        references = tuple([await self._blobs.get(key) for key in job.reference_keys])
+        try:
+            references = tuple([await self._blobs.get(key) for key in job.reference_keys])
+        except PermanentError as exc:  # a reference deleted meanwhile: no attempt can succeed
+            await self._failed(job, provider, type(exc).__name__, str(exc))
+            return
         request = GenerationRequest(
             prompt=prompt,
             negative_prompt=negative,
