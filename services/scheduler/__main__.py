@@ -1,24 +1,27 @@
-"""`python -m services.scheduler`: turn requests into jobs and close packs."""
+"""`python -m services.scheduler`: turn requests into jobs, retry, fail over and close jobs."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
 from contextlib import AsyncExitStack
 
 from imagegen.db import create_pool, migrate
-from imagegen.runtime import consumer_loop, kafka_publisher, run_until_signalled
+from imagegen.runtime import consumer_loop, kafka_publisher
 from imagegen.telemetry import configure_logging, configure_tracing
 from services.scheduler.handlers import Scheduler
 from services.scheduler.migrations import MIGRATIONS
 from services.scheduler.settings import SchedulerSettings
 
 SCHEMA = "scheduler"
+log = logging.getLogger(__name__)
 
 
 async def serve(settings: SchedulerSettings) -> None:
     topics = settings.kafka.topics
     async with AsyncExitStack() as stack:
-        pool = await create_pool(settings.database_url, SCHEMA)
+        pool = await create_pool(settings.database_url, SCHEMA, max_size=10)
         stack.push_async_callback(pool.close)
         await migrate(pool, SCHEMA, MIGRATIONS)
         publisher = kafka_publisher(settings.kafka, "scheduler")
@@ -32,7 +35,24 @@ async def serve(settings: SchedulerSettings) -> None:
                 settings.kafka, "scheduler-outcomes", {topics.events: scheduler.on_event}, publisher
             ),
         ]
-        await run_until_signalled(loops)
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            log.info("event=stop_requested")
+            for consumer in loops:
+                consumer.stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop)
+        background = asyncio.create_task(scheduler.run_background())
+        try:
+            await asyncio.gather(*(consumer.run() for consumer in loops))
+        finally:
+            # Consumers drained first; then the relay publishes what they staged, and stops.
+            scheduler.stop_background()
+            await background
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
 
 
 def main() -> None:

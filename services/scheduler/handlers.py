@@ -1,38 +1,62 @@
-"""Handlers: requests become jobs; image outcomes close packs."""
+"""Handlers: requests become admitted jobs; image outcomes move them on.
+
+Each handler is one PostgreSQL transaction that locks the job's row first, changes state
+and stages the messages it causes in the outbox (see `outbox.py`); a redelivered message
+finds its effects already there and changes nothing. Money rules are in `ledger.py`,
+dispatch rules in `dispatch.py`, retries and failover in `retries.py`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from datetime import UTC, datetime
 
 import asyncpg
 
 from imagegen.db import transient_as_retryable
-from imagegen.events import EventEmitter
+from imagegen.errors import NotFoundError, PermanentError
 from imagegen.kafka import Publisher, Record, decode
 from schemas.events import (
     EVENT_ADAPTER,
+    ConsistencyFlagged,
+    GenerationCompleted,
     GenerationFailed,
-    GenerationQueued,
-    GenerationQueuedData,
     ImageStored,
-    JobCancelled,
-    JobCancelledData,
     JobStatus,
-    PackCompleted,
-    PackCompletedData,
-    event_id,
-    image_envelope,
 )
 from schemas.jobs import GenerateImage
-from schemas.requests import REQUEST_ADAPTER, CancelJob, GenerateImages
+from schemas.requests import (
+    MAX_REGENERATIONS,
+    REQUEST_ADAPTER,
+    CancelJob,
+    GenerateImages,
+    GenerateScene,
+    GenerateStory,
+    JobKind,
+    RegenerateImage,
+)
 from schemas.topics import TopicNames
-from services.scheduler.expansion import expand
+from services.scheduler.catalogue import Catalogue
+from services.scheduler.dispatch import Dispatcher
+from services.scheduler.expansion import regenerate
+from services.scheduler.jobs import JobBook
+from services.scheduler.ledger import Ledger, usd
+from services.scheduler.outbox import SOURCE, OutboxRelay
+from services.scheduler.planning import (
+    JobPlan,
+    characters_of,
+    kind_of,
+    plan_request,
+    story_of,
+    with_chain,
+)
+from services.scheduler.references import load_reference_sets, record_reference_set
+from services.scheduler.retries import Retries, Ticker
 from services.scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
-SOURCE = "imagegen/scheduler"
+MAX_VERSION = MAX_REGENERATIONS + 1
 
 
 class Scheduler:
@@ -42,201 +66,230 @@ class Scheduler:
         pool: asyncpg.Pool,
         publisher: Publisher,
         topics: TopicNames,
+        catalogue: Catalogue | None = None,
     ) -> None:
         self._settings = settings
         self._pool = pool
-        self._publisher = publisher
         self._topics = topics
-        self._events = EventEmitter(publisher, topics.events, SOURCE)
+        self._catalogue = catalogue or Catalogue.from_json(settings.catalogue)
+        self.ledger = Ledger(settings, topics.events)
+        self._dispatcher = Dispatcher(settings, topics)
+        self._book = JobBook(topics, self.ledger, self._dispatcher)
+        self._retries = Retries(settings, topics, self.ledger, self._dispatcher, self._book)
+        self.relay = OutboxRelay(pool, publisher, interval_s=settings.relay_interval_s)
+        self.ticker = Ticker(
+            pool, self._dispatcher, interval_s=settings.tick_interval_s, on_staged=self.relay.wake
+        )
+
+    async def run_background(self) -> None:
+        """The outbox relay and the retry ticker, until `stop_background()`."""
+        await asyncio.gather(self.relay.run(), self.ticker.run())
+
+    def stop_background(self) -> None:
+        self.ticker.stop()
+        self.relay.stop()
 
     # --- requests ---------------------------------------------------------------------
 
     async def on_request(self, record: Record) -> None:
         request = decode(record, REQUEST_ADAPTER)
-        if isinstance(request, GenerateImages):
-            await self._schedule(request)
-        elif isinstance(request, CancelJob):
-            await self._cancel(request)
-        # Deletes and reviews belong to storage; nothing to do here.
-
-    async def _schedule(self, request: GenerateImages) -> None:
-        jobs = expand(
-            request, steps=self._settings.default_steps, guidance=self._settings.default_guidance
-        )
         async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO jobs (job_id, user_id, tier, kind, image_count, status, request)"
-                " VALUES ($1, $2, $3, $4, $5, 'queued', $6) ON CONFLICT (job_id) DO NOTHING",
-                request.job_id,
-                request.user_id,
-                request.tier.value,
-                request.kind.value,
-                request.image_count,
-                request.model_dump_json(),
-            )
-            row = await conn.fetchrow(
-                "SELECT expanded, user_id FROM jobs WHERE job_id = $1 FOR UPDATE", request.job_id
-            )
-            if row["user_id"] != request.user_id or row["expanded"]:
-                return  # a redelivery (or a forged id): the job was scheduled already
-            await conn.executemany(
-                "INSERT INTO job_images (job_id, image_index, image_id, status, message)"
-                " VALUES ($1, $2, $3, 'queued', $4) ON CONFLICT DO NOTHING",
-                [
-                    (j.image.job_id, j.image.image_index, j.image.image_id, j.model_dump_json())
-                    for j in jobs
-                ],
-            )
-            # Publish inside the transaction: if any send fails nothing is marked expanded
-            # and the redelivered request sends the same (idempotent) messages again.
-            await asyncio.gather(*(self._enqueue(job) for job in jobs))
-            await conn.execute("UPDATE jobs SET expanded = true WHERE job_id = $1", request.job_id)
-        log.info("event=job_scheduled job_id=%s images=%d", request.job_id, len(jobs))
+            if isinstance(request, GenerateImages | GenerateScene | GenerateStory):
+                await self._schedule(conn, request)
+            elif isinstance(request, RegenerateImage):
+                await self._regenerate(conn, request)
+            elif isinstance(request, CancelJob):
+                await self._cancel(conn, request)
+            # Deletes and reviews belong to storage; nothing to do here.
+        self.relay.wake()
 
-    async def _enqueue(self, job: GenerateImage) -> None:
-        await self._publisher.publish(self._topics.jobs(job.tier), job.image.job_id, job)
-        img = job.image
-        await self._events.emit(
-            GenerationQueued(
-                **image_envelope(img, "generation_queued", img.attempt),
-                data=GenerationQueuedData(
-                    image_id=img.image_id,
-                    image_index=img.image_index,
-                    image_count=img.image_count,
-                    character_id=img.character_id,
-                    tier=job.tier.value,
-                    attempt=img.attempt,
-                ),
+    async def _schedule(
+        self, conn: asyncpg.Connection, request: GenerateImages | GenerateScene | GenerateStory
+    ) -> None:
+        if not await self._book.insert(
+            conn,
+            job_id=request.job_id,
+            user_id=request.user_id,
+            tier=request.tier,
+            kind=kind_of(request),
+            request_json=request.model_dump_json(),
+            story_id=story_of(request),
+        ):
+            return  # a redelivery: the job was handled already
+        try:
+            references = await load_reference_sets(conn, request.user_id, characters_of(request))
+            plan = plan_request(request, self._settings, self._catalogue, references)
+        except PermanentError as exc:
+            await self._book.end(
+                conn, request.job_id, JobStatus.FAILED, "invalid_request", str(exc)
             )
+            return
+        await self._book.admit(conn, plan)
+
+    async def _regenerate(self, conn: asyncpg.Connection, request: RegenerateImage) -> None:
+        if not await self._book.insert(
+            conn,
+            job_id=request.job_id,
+            user_id=request.user_id,
+            tier=request.tier,
+            kind=JobKind.REGENERATE,
+            request_json=request.model_dump_json(),
+        ):
+            return
+        rows = await conn.fetch(
+            "SELECT i.message, i.version, i.status FROM job_images i JOIN jobs j USING (job_id)"
+            " WHERE i.image_id = $1 AND j.user_id = $2 AND i.job_id <> $3"
+            " ORDER BY i.version, j.created_at",
+            request.image_id,
+            request.user_id,
+            request.job_id,
+        )
+        if not rows:
+            await self._book.end(
+                conn,
+                request.job_id,
+                JobStatus.FAILED,
+                "image_not_found",
+                f"image_id: no image {request.image_id!r} of yours",
+            )
+            return
+        live = {r["version"] for r in rows if r["status"] not in ("failed", "cancelled")}
+        if request.version > MAX_VERSION or len(live) >= MAX_VERSION:
+            await self._book.end(
+                conn,
+                request.job_id,
+                JobStatus.FAILED,
+                "regeneration_limit",
+                f"image {request.image_id} has had its {MAX_REGENERATIONS} regenerations",
+            )
+            return
+        if request.version in live:
+            await self._book.end(
+                conn,
+                request.job_id,
+                JobStatus.FAILED,
+                "invalid_request",
+                f"version: version {request.version} of image {request.image_id} exists",
+            )
+            return
+        original = GenerateImage.model_validate_json(rows[0]["message"])
+        try:
+            job = regenerate(original, request)
+            chosen = with_chain(job, self._catalogue, None)
+        except NotFoundError as exc:
+            await self._book.end(
+                conn, request.job_id, JobStatus.FAILED, "image_not_found", str(exc)
+            )
+            return
+        except PermanentError as exc:
+            await self._book.end(
+                conn, request.job_id, JobStatus.FAILED, "invalid_request", str(exc)
+            )
+            return
+        await self._book.admit(
+            conn,
+            JobPlan(
+                job_id=request.job_id,
+                user_id=request.user_id,
+                user_tier=request.tier,
+                kind=JobKind.REGENERATE,
+                story_id=job.image.story_id,
+                images=(chosen,),
+            ),
         )
 
-    async def _cancel(self, request: CancelJob) -> None:
-        async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT status, user_id FROM jobs WHERE job_id = $1 FOR UPDATE", request.job_id
-            )
-            if row is None or row["user_id"] != request.user_id:
-                return
-            if JobStatus(row["status"]).terminal and row["status"] != JobStatus.CANCELLED:
-                return
-            await conn.execute(
-                "UPDATE job_images SET status = 'cancelled', updated_at = now()"
-                " WHERE job_id = $1 AND status = 'queued'",
-                request.job_id,
-            )
-            await conn.execute(
-                "UPDATE jobs SET status = 'cancelled', finished_at = coalesce(finished_at, now())"
-                " WHERE job_id = $1",
-                request.job_id,
-            )
-            await self._events.emit(
-                JobCancelled(
-                    id=event_id("job_cancelled", request.job_id),
-                    source=SOURCE,
-                    subject=f"jobs/{request.job_id}",
-                    job_id=request.job_id,
-                    user_id=request.user_id,
-                    data=JobCancelledData(),
-                )
-            )
+    async def _cancel(self, conn: asyncpg.Connection, request: CancelJob) -> None:
+        job = await self._dispatcher.lock_job(conn, request.job_id)
+        if job is None or job["user_id"] != request.user_id:
+            log.info("event=cancel_unknown_job job_id=%s", request.job_id)
+            return
+        if JobStatus(job["status"]).terminal:
+            return
+        await self._book.cancel(conn, job, "cancelled by user")
 
     # --- outcomes ---------------------------------------------------------------------
 
     async def on_event(self, record: Record) -> None:
         event = decode(record, EVENT_ADAPTER)
-        if isinstance(event, ImageStored) and event.job_id:
-            await self._settle(event.job_id, event.data.image_index, "stored", None)
-        elif isinstance(event, GenerationFailed) and event.job_id:
-            if event.data.final:
-                await self._settle(event.job_id, event.data.image_index, "failed", event.data.error)
-            else:
-                await self._retry(event.job_id, event.data.image_index, event.data.attempt)
-
-    async def _retry(self, job_id: str, index: int, failed_attempt: int) -> None:
+        if event.source == SOURCE or not event.job_id:
+            return  # our own events (final failures, progress) need nothing more
         async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT status, attempt, message FROM job_images"
-                " WHERE job_id = $1 AND image_index = $2 FOR UPDATE",
-                job_id,
-                index,
-            )
-            if row is None or row["status"] != "queued" or row["attempt"] != failed_attempt:
-                return  # settled already, or this retry was issued before
-            job = GenerateImage.model_validate_json(row["message"])
-            retry = job.model_copy(
-                update={"image": job.image.model_copy(update={"attempt": failed_attempt + 1})}
-            )
-            await conn.execute(
-                "UPDATE job_images SET attempt = $3, message = $4, updated_at = now()"
-                " WHERE job_id = $1 AND image_index = $2",
-                job_id,
-                index,
-                failed_attempt + 1,
-                retry.model_dump_json(),
-            )
-            await self._enqueue(retry)
-
-    async def _settle(self, job_id: str, index: int, status: str, error: str | None) -> None:
-        async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
-            job = await conn.fetchrow(
-                "SELECT user_id, status, image_count, created_at FROM jobs"
-                " WHERE job_id = $1 FOR UPDATE",
-                job_id,
-            )
-            if job is None:
-                log.warning("event=outcome_for_unknown_job job_id=%s", job_id)
-                return
-            await conn.execute(
-                "UPDATE job_images SET status = $3, error = $4, updated_at = now()"
-                " WHERE job_id = $1 AND image_index = $2 AND status IN ('queued', 'cancelled')",
-                job_id,
-                index,
-                status,
-                error,
-            )
-            counts = await conn.fetchrow(
-                "SELECT count(*) FILTER (WHERE status = 'stored') AS stored,"
-                " count(*) FILTER (WHERE status = 'failed') AS failed,"
-                " count(*) FILTER (WHERE status = 'queued') AS pending"
-                " FROM job_images WHERE job_id = $1",
-                job_id,
-            )
-            if counts["pending"] > 0 or JobStatus(job["status"]).terminal:
-                return
-            stored, failed = counts["stored"], counts["failed"]
-            final = (
-                JobStatus.COMPLETED
-                if failed == 0
-                else JobStatus.FAILED
-                if stored == 0
-                else JobStatus.PARTIALLY_COMPLETED
-            )
-            duration = datetime.now(UTC) - job["created_at"]
-            await self._events.emit(
-                PackCompleted(
-                    id=event_id("pack_completed", job_id),
-                    source=SOURCE,
-                    subject=f"jobs/{job_id}",
-                    job_id=job_id,
-                    user_id=job["user_id"],
-                    data=PackCompletedData(
-                        status=final,
-                        image_count=job["image_count"],
-                        completed_count=stored,
-                        failed_count=failed,
-                        total_duration_ms=int(duration.total_seconds() * 1000),
-                    ),
+            if isinstance(event, GenerationCompleted):
+                await self.ledger.settle(
+                    conn,
+                    event.job_id,
+                    event.data.image_index,
+                    event.data.seed,
+                    usd(event.data.cost_usd),
+                    event.data.provider or event.data.backend,
                 )
-            )
-            await conn.execute(
-                "UPDATE jobs SET status = $2, finished_at = now() WHERE job_id = $1",
-                job_id,
-                final.value,
-            )
-            log.info(
-                "event=pack_completed job_id=%s status=%s stored=%d failed=%d",
-                job_id,
-                final.value,
-                stored,
-                failed,
-            )
+            elif isinstance(event, ImageStored):
+                await self._stored(conn, event)
+            elif isinstance(event, GenerationFailed):
+                await self._failed(conn, event)
+            elif isinstance(event, ConsistencyFlagged) and not event.data.final:
+                await self._flagged(conn, event)
+        self.relay.wake()
+
+    async def _current(
+        self, conn: asyncpg.Connection, job_id: str, index: int
+    ) -> tuple[asyncpg.Record, asyncpg.Record] | None:
+        """The running job and its dispatched image, locked; None if the outcome is stale."""
+        job = await self._dispatcher.lock_job(conn, job_id)
+        if job is None or job["status"] != "running":
+            return None  # unknown, cancelled or ended: late outcomes change nothing
+        row = await conn.fetchrow(
+            "SELECT * FROM job_images WHERE job_id = $1 AND image_index = $2 FOR UPDATE",
+            job_id,
+            index,
+        )
+        if row is None or row["status"] != "dispatched":
+            return None
+        return job, row
+
+    async def _stored(self, conn: asyncpg.Connection, event: ImageStored) -> None:
+        assert event.job_id is not None
+        data = event.data
+        # The cost is booked even when the job is gone (cancelled): the money was spent.
+        await self.ledger.settle(
+            conn, event.job_id, data.image_index, data.seed, usd(data.cost_usd), data.provider
+        )
+        current = await self._current(conn, event.job_id, data.image_index)
+        if current is None:
+            return
+        job, row = current
+        keys = {r.name: r.key for r in data.renditions}
+        await conn.execute(
+            "UPDATE job_images SET status = 'stored', stored_keys = $3, updated_at = now()"
+            " WHERE job_id = $1 AND image_index = $2",
+            event.job_id,
+            data.image_index,
+            json.dumps(keys),
+        )
+        msg = GenerateImage.model_validate_json(row["message"])
+        if msg.image.kind is JobKind.REFERENCE:
+            await record_reference_set(conn, job["job_id"], msg.character)
+        await self._book.image_settled(conn, job, row["phase"])
+
+    async def _failed(self, conn: asyncpg.Connection, event: GenerationFailed) -> None:
+        assert event.job_id is not None
+        current = await self._current(conn, event.job_id, event.data.image_index)
+        if current is None:
+            return
+        job, row = current
+        msg = GenerateImage.model_validate_json(row["message"])
+        if msg.image.attempt != event.data.attempt:
+            return  # an earlier attempt's failure, redelivered
+        await self._retries.failed(conn, job, row, event.data)
+
+    async def _flagged(self, conn: asyncpg.Connection, event: ConsistencyFlagged) -> None:
+        assert event.job_id is not None
+        current = await self._current(conn, event.job_id, event.data.image_index)
+        if current is None:
+            return
+        job, row = current
+        msg = GenerateImage.model_validate_json(row["message"])
+        variation = event.data.variation + 1
+        if msg.image.variation != event.data.variation or variation > msg.max_variations:
+            return  # a redelivery, or postprocess forwards this one flagged
+        await self._retries.vary(conn, job, row, variation)

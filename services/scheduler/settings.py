@@ -1,8 +1,15 @@
+"""The scheduler's settings (`IMAGEGEN_*`); the policy they drive is described in `ledger.py`."""
+
 from __future__ import annotations
 
+from decimal import Decimal
+
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from imagegen.errors import ConfigurationError
 from imagegen.settings import ServiceSettings
+from schemas.requests import UserTier
 
 
 class SchedulerSettings(ServiceSettings):
@@ -10,4 +17,43 @@ class SchedulerSettings(ServiceSettings):
 
     default_steps: int = 20
     default_guidance: float = 7.0
-    max_attempts: int = 3
+    max_attempts: int = Field(default=3, ge=1, description="Attempts per provider.")
+    retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay.")
+    retry_backoff_max_s: float = Field(default=60.0, gt=0)
+    tick_interval_s: float = Field(default=0.5, gt=0, description="Retry ticker period.")
+    relay_interval_s: float = Field(default=0.2, gt=0, description="Outbox poll period.")
+
+    daily_budget_usd: Decimal = Field(default=Decimal("500"), ge=0)
+    user_daily_limit_paid_usd: Decimal = Field(default=Decimal("50"), ge=0)
+    user_daily_limit_free_usd: Decimal = Field(default=Decimal("2"), ge=0)
+    budget_timezone: str = Field(
+        default="UTC", description="Day boundary: an IANA zone name or an offset like +05:30."
+    )
+    max_jobs_in_flight_paid: int = Field(default=4, ge=1)
+    max_jobs_in_flight_free: int = Field(default=1, ge=1)
+    story_max_in_flight: int = Field(default=5, ge=1)
+    max_variations: int = Field(default=2, ge=0, le=5)
+    catalogue: str | None = Field(default=None, description="JSON price catalogue.")
+
+    @field_validator("budget_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from services.scheduler.ledger import parse_timezone
+
+        try:
+            parse_timezone(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    def user_daily_limit(self, tier: UserTier) -> Decimal:
+        return (
+            self.user_daily_limit_paid_usd
+            if tier is UserTier.PAID
+            else self.user_daily_limit_free_usd
+        )
+
+    def max_jobs_in_flight(self, tier: UserTier) -> int:
+        return (
+            self.max_jobs_in_flight_paid if tier is UserTier.PAID else self.max_jobs_in_flight_free
+        )

@@ -32,6 +32,12 @@ from services.scheduler.settings import SchedulerSettings
 from services.storage.handlers import StorageService
 from services.storage.migrations import MIGRATIONS as STORAGE_MIGRATIONS
 
+# The scheduler's one offer is the fake backend, so its jobs name a provider the generator runs.
+FAKE_CATALOGUE = (
+    '[{"provider": "fake", "model": "solid-colour", "quality": "high",'
+    ' "gpu_price_per_hour_usd": "2.50", "overhead_seconds": "0.01"}]'
+)
+
 
 @dataclass
 class FakeBackend:
@@ -115,7 +121,18 @@ async def running_pipeline(
         stack.push_async_callback(store_pool.close)
         await migrate(store_pool, "storage", STORAGE_MIGRATIONS)
 
-        scheduler = Scheduler(SchedulerSettings(default_steps=4), sched_pool, publisher, topics)
+        scheduler = Scheduler(
+            SchedulerSettings(
+                default_steps=4,
+                retry_backoff_s=0.01,
+                tick_interval_s=0.02,
+                relay_interval_s=0.05,
+                catalogue=FAKE_CATALOGUE,
+            ),
+            sched_pool,
+            publisher,
+            topics,
+        )
         generator = Generator(
             GeneratorSettings(progress_interval_s=0),
             backend,
@@ -145,9 +162,11 @@ async def running_pipeline(
             loop("storage", {topics.images_processed: storage.on_processed_image}),
         ]
         tasks = [asyncio.create_task(lp.run()) for lp in loops]
+        tasks.append(asyncio.create_task(scheduler.run_background()))
         try:
             yield Pipeline(broker, blobs, topics, sched_pool, store_pool, backend)
         finally:
             for lp in loops:
                 lp.stop()
+            scheduler.stop_background()
             await asyncio.gather(*tasks)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from schemas.characters import CharacterSpec
-from schemas.events import ImageStored, JobStatus, PackCompleted
+from schemas.events import GenerationFailed, ImageStored, JobStatus, PackCompleted
 from schemas.requests import GenerateImages, UserTier
 from services.scheduler.expansion import expand
 from tests.unit.pipeline.harness import FakeBackend, Pipeline, running_pipeline
@@ -88,9 +88,15 @@ async def test_failing_image_is_retried_then_pack_completes_partially(database_u
         assert done.data.status is JobStatus.PARTIALLY_COMPLETED
         assert (done.data.completed_count, done.data.failed_count) == (2, 1)
         assert backend.calls.count(failing_seed) == 3  # max_attempts
-        failures = [e for e in p.events() if e.type == "generation_failed"]  # type: ignore[attr-defined]
-        assert [e.data.final for e in failures] == [False, False, True]  # type: ignore[attr-defined]
-        assert "exploded" in failures[-1].data.error  # type: ignore[attr-defined]
+        failures = [e for e in p.events() if isinstance(e, GenerationFailed)]
+        # Every attempt fails non-final at the generator; the scheduler alone says final.
+        assert [(e.source, e.data.final) for e in failures] == [
+            ("imagegen/generator", False),
+            ("imagegen/generator", False),
+            ("imagegen/generator", False),
+            ("imagegen/scheduler", True),
+        ]
+        assert "exploded" in failures[-1].data.error
 
 
 async def test_transient_failure_recovers_on_retry(database_url: str) -> None:

@@ -1,0 +1,211 @@
+"""Deciding which images go to `jobs.<tier>` now, and staging them.
+
+An image of a job is dispatched when
+- its job holds a slot of the user's in-flight cap (status `running`; others wait `queued`,
+  oldest first, never rejected);
+- every image it depends on is settled (stored or failed: a scene whose portrait failed is
+  still drawn, from the keys that exist); it gets the stored keys of those it waited for as
+  `reference_keys` (the display rendition when there is one);
+- for story work, fewer than `story_max_in_flight` images of that story are in flight
+  (dispatched or waiting for a retry), counted across jobs under a per-story lock.
+
+Every function runs inside the caller's transaction, which holds the job's row lock; the
+staged messages leave through the outbox only when that transaction commits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import asyncpg
+
+from schemas.base import utcnow
+from schemas.events import GenerationQueued, GenerationQueuedData, event_id
+from schemas.jobs import GenerateImage
+from schemas.requests import UserTier
+from schemas.topics import TopicNames
+from services.scheduler.outbox import SOURCE, stage, stage_event
+from services.scheduler.settings import SchedulerSettings
+
+log = logging.getLogger(__name__)
+
+SETTLED = ("stored", "failed", "cancelled")
+IN_FLIGHT = ("dispatched", "retry_wait")
+_PREFERRED_RENDITIONS = ("display", "original", "print", "thumbnail")
+
+
+def best_key(stored_keys: Any) -> str | None:
+    """The key a dependent image should be conditioned on: the display rendition first."""
+    keys = json.loads(stored_keys) if isinstance(stored_keys, str) else stored_keys
+    if not keys:
+        return None
+    for name in _PREFERRED_RENDITIONS:
+        if name in keys:
+            return str(keys[name])
+    return str(next(iter(keys.values())))
+
+
+class Dispatcher:
+    def __init__(self, settings: SchedulerSettings, topics: TopicNames) -> None:
+        self._settings = settings
+        self._topics = topics
+
+    async def lock_job(
+        self, conn: asyncpg.Connection, job_id: str, *, skip_locked: bool = False
+    ) -> asyncpg.Record | None:
+        skip = " SKIP LOCKED" if skip_locked else ""
+        row: asyncpg.Record | None = await conn.fetchrow(
+            "SELECT job_id, user_id, tier, kind, image_count, status, story_id, created_at"
+            f" FROM jobs WHERE job_id = $1 FOR UPDATE{skip}",
+            job_id,
+        )
+        return row
+
+    async def pump(self, conn: asyncpg.Connection, job: asyncpg.Record) -> int:
+        """Dispatch every image of a running job that may go now; how many went."""
+        if job["status"] != "running":
+            return 0
+        rows = await conn.fetch(
+            "SELECT image_index, status, depends_on, stored_keys, story_id, message"
+            " FROM job_images WHERE job_id = $1 ORDER BY image_index",
+            job["job_id"],
+        )
+        waiting = [r for r in rows if r["status"] == "waiting"]
+        if not waiting:
+            return 0
+        by_index = {r["image_index"]: r for r in rows}
+        room = await self._story_room(conn, job["story_id"])
+        sent = 0
+        for row in waiting:
+            deps = [by_index[d] for d in row["depends_on"] if d in by_index]
+            if any(d["status"] not in SETTLED for d in deps):
+                continue
+            if room is not None and room <= 0:
+                break
+            refs = [
+                k for d in deps if d["status"] == "stored" and (k := best_key(d["stored_keys"]))
+            ]
+            job_msg = GenerateImage.model_validate_json(row["message"])
+            keys = list(dict.fromkeys([*job_msg.reference_keys, *refs]))
+            await self.dispatch(conn, job_msg.model_copy(update={"reference_keys": keys}))
+            sent += 1
+            if room is not None:
+                room -= 1
+        return sent
+
+    async def _story_room(self, conn: asyncpg.Connection, story_id: str | None) -> int | None:
+        """How many more images of this story may start (None: not story work)."""
+        if story_id is None:
+            return None
+        # Held to the end of the transaction: two jobs of one story never both take the last place.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"story:{story_id}")
+        in_flight = await conn.fetchval(
+            "SELECT count(*) FROM job_images WHERE story_id = $1 AND status = ANY($2)",
+            story_id,
+            list(IN_FLIGHT),
+        )
+        return int(self._settings.story_max_in_flight - in_flight)
+
+    async def dispatch(self, conn: asyncpg.Connection, job: GenerateImage) -> None:
+        """Stage one attempt of one image on its tier's topic, with its queued event."""
+        job = job.model_copy(update={"enqueued_at": utcnow()})
+        img = job.image
+        await conn.execute(
+            "UPDATE job_images SET status = 'dispatched', message = $3, attempt = $4,"
+            " variation = $5, due_at = NULL, updated_at = now()"
+            " WHERE job_id = $1 AND image_index = $2",
+            img.job_id,
+            img.image_index,
+            job.model_dump_json(),
+            img.attempt,
+            img.variation,
+        )
+        await stage(conn, self._topics.jobs(job.tier), img.job_id, job)
+        await stage_event(
+            conn,
+            self._topics.events,
+            GenerationQueued(
+                id=event_id(
+                    "generation_queued",
+                    img.job_id,
+                    img.image_index,
+                    img.attempt,
+                    img.variation,
+                    job.provider,
+                ),
+                source=SOURCE,
+                subject=f"jobs/{img.job_id}/images/{img.image_index}",
+                job_id=img.job_id,
+                user_id=img.user_id,
+                data=GenerationQueuedData(
+                    image_id=img.image_id,
+                    image_index=img.image_index,
+                    image_count=img.image_count,
+                    character_id=img.character_id,
+                    tier=job.tier.value,
+                    attempt=img.attempt,
+                    kind=img.kind.value,
+                    version=img.version,
+                    provider=job.provider,
+                    model=job.model,
+                    estimated_cost_usd=job.estimated_cost_usd,
+                    story_id=img.story_id,
+                    page_number=img.page_number,
+                ),
+            ),
+        )
+        log.info(
+            "event=image_dispatched job_id=%s index=%d attempt=%d variation=%d provider=%s",
+            img.job_id,
+            img.image_index,
+            img.attempt,
+            img.variation,
+            job.provider,
+        )
+
+    async def activate_waiting(self, conn: asyncpg.Connection, user_id: str, tier: str) -> None:
+        """Give free slots of the user's in-flight cap to their oldest queued jobs."""
+        await conn.execute(
+            "INSERT INTO users (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user_id
+        )
+        await conn.execute("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id)
+        running = await conn.fetchval(
+            "SELECT count(*) FROM jobs WHERE user_id = $1 AND tier = $2 AND status = 'running'",
+            user_id,
+            tier,
+        )
+        free = self._settings.max_jobs_in_flight(UserTier(tier)) - running
+        if free <= 0:
+            return
+        # SKIP LOCKED: a queued job another transaction holds is activated by it or the sweep.
+        queued = await conn.fetch(
+            "SELECT job_id FROM jobs WHERE user_id = $1 AND tier = $2 AND status = 'queued'"
+            " ORDER BY created_at, job_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+            user_id,
+            tier,
+            free,
+        )
+        for row in queued:
+            await conn.execute(
+                "UPDATE jobs SET status = 'running', activated_at = now() WHERE job_id = $1",
+                row["job_id"],
+            )
+            job = await self.lock_job(conn, row["job_id"])
+            assert job is not None
+            await self.pump(conn, job)
+            log.info("event=job_activated job_id=%s user_id=%s", row["job_id"], user_id)
+
+    async def pump_story(self, conn: asyncpg.Connection, story_id: str, but: str) -> None:
+        """A place of the story freed: let its other running jobs use it."""
+        rows = await conn.fetch(
+            "SELECT DISTINCT job_id FROM job_images WHERE story_id = $1 AND status = 'waiting'"
+            " AND job_id <> $2",
+            story_id,
+            but,
+        )
+        for row in rows:
+            job = await self.lock_job(conn, row["job_id"], skip_locked=True)
+            if job is not None:
+                await self.pump(conn, job)

@@ -1,0 +1,251 @@
+"""A job's life in the scheduler's tables: admitted (budget reserved, slot or queue), progress,
+and its one terminal `pack_completed` (plus `job_cancelled` for a cancellation).
+
+Statuses: `accepted` (row written, not yet admitted) -> `queued` (waiting for a slot of the
+user's in-flight cap) -> `running` -> completed | partially_completed | failed | cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import asyncpg
+
+from schemas.events import (
+    JobCancelled,
+    JobCancelledData,
+    JobProgress,
+    JobProgressData,
+    JobStatus,
+    PackCompleted,
+    PackCompletedData,
+    event_id,
+)
+from schemas.requests import JobKind, UserTier
+from schemas.topics import TopicNames
+from services.scheduler.dispatch import Dispatcher
+from services.scheduler.ledger import Hold, Ledger, Slot
+from services.scheduler.outbox import SOURCE, stage_event
+from services.scheduler.planning import JobPlan
+
+log = logging.getLogger(__name__)
+
+
+class JobBook:
+    def __init__(self, topics: TopicNames, ledger: Ledger, dispatcher: Dispatcher) -> None:
+        self._topics = topics
+        self._ledger = ledger
+        self._dispatcher = dispatcher
+
+    async def insert(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        job_id: str,
+        user_id: str,
+        tier: UserTier,
+        kind: JobKind,
+        request_json: str,
+        story_id: str | None = None,
+    ) -> bool:
+        """Write the job row; False when it exists already (a redelivered request)."""
+        inserted = await conn.fetchval(
+            "INSERT INTO jobs (job_id, user_id, tier, kind, image_count, status, request, story_id)"
+            " VALUES ($1, $2, $3, $4, 0, 'accepted', $5, $6)"
+            " ON CONFLICT (job_id) DO NOTHING RETURNING true",
+            job_id,
+            user_id,
+            tier.value,
+            kind.value,
+            request_json,
+            story_id,
+        )
+        return bool(inserted)
+
+    async def admit(self, conn: asyncpg.Connection, plan: JobPlan) -> None:
+        """Reserve the plan's whole estimate (or end the job), store its images, take a slot."""
+        day = self._ledger.today()
+        await conn.execute(
+            "UPDATE jobs SET image_count = $2, topic_tier = $3, budget_day = $4 WHERE job_id = $1",
+            plan.job_id,
+            len(plan.images),
+            plan.topic_tier.value,
+            day,
+        )
+        holds = [
+            Hold(
+                Slot(plan.job_id, i.index, 0),
+                i.job.seed,
+                i.chain[0].provider,
+                i.chain[0].model,
+                i.estimate,
+            )
+            for i in plan.images
+        ]
+        refusal = await self._ledger.reserve(conn, day, plan.user_id, plan.user_tier, holds)
+        if refusal is not None:
+            await self.end(conn, plan.job_id, JobStatus.FAILED, refusal.reason_code, refusal.reason)
+            return
+        await conn.executemany(
+            "INSERT INTO job_images (job_id, image_index, image_id, status, message, version,"
+            " offers, depends_on, phase, story_id)"
+            " VALUES ($1, $2, $3, 'waiting', $4, $5, $6, $7, $8, $9)",
+            [
+                (
+                    plan.job_id,
+                    i.index,
+                    i.job.image.image_id,
+                    i.job.model_dump_json(),
+                    i.job.image.version,
+                    json.dumps([o.to_json() for o in i.chain]),
+                    list(i.depends_on),
+                    i.phase,
+                    i.job.image.story_id,
+                )
+                for i in plan.images
+            ],
+        )
+        await conn.execute("UPDATE jobs SET status = 'queued' WHERE job_id = $1", plan.job_id)
+        await self._dispatcher.activate_waiting(conn, plan.user_id, plan.user_tier.value)
+        log.info(
+            "event=job_admitted job_id=%s user_id=%s images=%d estimate_usd=%s",
+            plan.job_id,
+            plan.user_id,
+            len(plan.images),
+            plan.estimate,
+        )
+
+    async def image_settled(
+        self, conn: asyncpg.Connection, job: asyncpg.Record, phase: str
+    ) -> None:
+        """After an image is stored or failed: progress, dependents, maybe the job's end."""
+        counts = await self._counts(conn, job["job_id"])
+        if job["image_count"] > 1:
+            await stage_event(
+                conn,
+                self._topics.events,
+                JobProgress(
+                    id=event_id("job_progress", job["job_id"], counts["stored"], counts["failed"]),
+                    source=SOURCE,
+                    subject=f"jobs/{job['job_id']}",
+                    job_id=job["job_id"],
+                    user_id=job["user_id"],
+                    data=JobProgressData(
+                        total=job["image_count"],
+                        completed=counts["stored"],
+                        failed=counts["failed"],
+                        running=counts["in_flight"],
+                        phase=phase,
+                    ),
+                ),
+            )
+        if counts["pending"] == 0:
+            final = (
+                JobStatus.COMPLETED
+                if counts["failed"] == 0
+                else JobStatus.FAILED
+                if counts["stored"] == 0
+                else JobStatus.PARTIALLY_COMPLETED
+            )
+            await self.end(conn, job["job_id"], final)
+            return
+        await self._dispatcher.pump(conn, job)
+        if job["story_id"]:
+            await self._dispatcher.pump_story(conn, job["story_id"], job["job_id"])
+
+    async def cancel(self, conn: asyncpg.Connection, job: asyncpg.Record, reason: str) -> None:
+        """Stop what has not started, release every reservation, end the job cancelled."""
+        await conn.execute(
+            "UPDATE job_images SET status = 'cancelled', due_at = NULL, updated_at = now()"
+            " WHERE job_id = $1 AND status IN ('waiting', 'retry_wait', 'dispatched')",
+            job["job_id"],
+        )
+        released = await self._ledger.release(conn, job["job_id"])
+        await stage_event(
+            conn,
+            self._topics.events,
+            JobCancelled(
+                id=event_id("job_cancelled", job["job_id"]),
+                source=SOURCE,
+                subject=f"jobs/{job['job_id']}",
+                job_id=job["job_id"],
+                user_id=job["user_id"],
+                data=JobCancelledData(reason=reason, released_usd=float(released)),
+            ),
+        )
+        await self.end(conn, job["job_id"], JobStatus.CANCELLED, reason=reason)
+        if job["story_id"]:
+            await self._dispatcher.pump_story(conn, job["story_id"], job["job_id"])
+        log.info("event=job_cancelled job_id=%s released_usd=%s", job["job_id"], released)
+
+    async def end(
+        self,
+        conn: asyncpg.Connection,
+        job_id: str,
+        status: JobStatus,
+        reason_code: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """The job's one terminal event; frees its slot for the user's next queued job."""
+        was = await conn.fetchval("SELECT status FROM jobs WHERE job_id = $1", job_id)
+        job = await conn.fetchrow(
+            "UPDATE jobs SET status = $2, reason_code = $3, reason = $4,"
+            " finished_at = coalesce(finished_at, now())"
+            " WHERE job_id = $1 RETURNING user_id, tier, image_count, created_at",
+            job_id,
+            status.value,
+            reason_code,
+            reason,
+        )
+        counts = await self._counts(conn, job_id)
+        cost = await conn.fetchval(
+            "SELECT coalesce(sum(actual_usd), 0) FROM generations WHERE job_id = $1", job_id
+        )
+        duration = datetime.now(UTC) - job["created_at"]
+        await stage_event(
+            conn,
+            self._topics.events,
+            PackCompleted(
+                id=event_id("pack_completed", job_id),
+                source=SOURCE,
+                subject=f"jobs/{job_id}",
+                job_id=job_id,
+                user_id=job["user_id"],
+                data=PackCompletedData(
+                    status=status,
+                    image_count=job["image_count"],
+                    completed_count=counts["stored"],
+                    failed_count=counts["failed"],
+                    total_duration_ms=int(duration.total_seconds() * 1000),
+                    reason_code=reason_code,
+                    reason=reason,
+                    cost_usd=float(Decimal(cost)),
+                ),
+            ),
+        )
+        log.info(
+            "event=job_ended job_id=%s status=%s reason_code=%s stored=%d failed=%d cost_usd=%s",
+            job_id,
+            status.value,
+            reason_code,
+            counts["stored"],
+            counts["failed"],
+            cost,
+        )
+        if was == "running":
+            await self._dispatcher.activate_waiting(conn, job["user_id"], job["tier"])
+
+    async def _counts(self, conn: asyncpg.Connection, job_id: str) -> asyncpg.Record:
+        row: asyncpg.Record = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE status = 'stored') AS stored,"
+            " count(*) FILTER (WHERE status = 'failed') AS failed,"
+            " count(*) FILTER (WHERE status IN ('dispatched', 'retry_wait')) AS in_flight,"
+            " count(*) FILTER (WHERE status IN ('waiting', 'dispatched', 'retry_wait'))"
+            "   AS pending"
+            " FROM job_images WHERE job_id = $1",
+            job_id,
+        )
+        return row

@@ -1,0 +1,297 @@
+"""Failed attempts: retry with backoff, fail over to the next offer, or give the image up.
+
+Per DECISIONS.md #2: up to `max_attempts` attempts per provider, the delay doubling from
+`retry_backoff_s` (capped); the due time lives in `job_images.due_at` and the `Ticker`
+dispatches due retries (`FOR UPDATE SKIP LOCKED`, so instances share the work and nothing
+waits on a busy job). A permanent failure (retryable=false, a provider the generator does
+not run) skips the remaining attempts of that provider. When the chain is exhausted the
+image fails alone with one `generation_failed` final=true; its job then ends partially
+(or failed when nothing was stored). `attempt` grows across providers and variations, so
+every attempt of an image has its own ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from datetime import date, timedelta
+
+import asyncpg
+
+from imagegen.errors import RetryableError
+from schemas.events import GenerationFailed, GenerationFailedData, event_id
+from schemas.jobs import GenerateImage
+from schemas.requests import UserTier
+from schemas.topics import TopicNames
+from services.scheduler.dispatch import Dispatcher
+from services.scheduler.expansion import vary as vary_job
+from services.scheduler.jobs import JobBook
+from services.scheduler.ledger import Hold, Ledger, Slot
+from services.scheduler.outbox import SOURCE, stage_event
+from services.scheduler.planning import OfferChoice, on_offer
+from services.scheduler.settings import SchedulerSettings
+
+log = logging.getLogger(__name__)
+CANCELLED = "Cancelled"
+
+
+def backoff(settings: SchedulerSettings, provider_attempt: int) -> float:
+    """Seconds before attempt `provider_attempt + 1` on the same provider."""
+    delay = settings.retry_backoff_s * 2 ** (provider_attempt - 1)
+    return float(min(delay, settings.retry_backoff_max_s))
+
+
+def next_attempt(job: GenerateImage) -> GenerateImage:
+    return job.model_copy(
+        update={"image": job.image.model_copy(update={"attempt": job.image.attempt + 1})}
+    )
+
+
+class Retries:
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        topics: TopicNames,
+        ledger: Ledger,
+        dispatcher: Dispatcher,
+        book: JobBook,
+    ) -> None:
+        self._settings = settings
+        self._topics = topics
+        self._ledger = ledger
+        self._dispatcher = dispatcher
+        self._book = book
+
+    async def failed(
+        self,
+        conn: asyncpg.Connection,
+        job: asyncpg.Record,
+        row: asyncpg.Record,
+        data: GenerationFailedData,
+    ) -> None:
+        """One attempt of a dispatched image failed (the caller checked it is the current one)."""
+        msg = GenerateImage.model_validate_json(row["message"])
+        retryable = data.retryable and data.error_type != CANCELLED
+        if retryable and row["provider_attempt"] < self._settings.max_attempts:
+            delay = backoff(self._settings, row["provider_attempt"])
+            await conn.execute(
+                "UPDATE job_images SET status = 'retry_wait', due_at = now() + $3,"
+                " provider_attempt = provider_attempt + 1, attempt = $4, message = $5,"
+                " error = $6, updated_at = now() WHERE job_id = $1 AND image_index = $2",
+                job["job_id"],
+                row["image_index"],
+                timedelta(seconds=delay),
+                msg.image.attempt + 1,
+                next_attempt(msg).model_dump_json(),
+                data.error,
+            )
+            log.info(
+                "event=retry_scheduled job_id=%s index=%d attempt=%d delay_s=%.3f",
+                job["job_id"],
+                row["image_index"],
+                msg.image.attempt + 1,
+                delay,
+            )
+            return
+        chain = [OfferChoice.from_json(o) for o in _json_list(row["offers"])]
+        nxt = row["offer_index"] + 1
+        if nxt < len(chain):
+            offer = chain[nxt]
+            slot = Slot(job["job_id"], row["image_index"], msg.image.variation)
+            refusal = await self._ledger.adjust(
+                conn, slot, UserTier(job["tier"]), offer.provider, offer.model, offer.estimate
+            )
+            if refusal is None:
+                await conn.execute(
+                    "UPDATE job_images SET offer_index = $3, provider_attempt = 1, error = $4"
+                    " WHERE job_id = $1 AND image_index = $2",
+                    job["job_id"],
+                    row["image_index"],
+                    nxt,
+                    data.error,
+                )
+                log.info(
+                    "event=failover job_id=%s index=%d from=%s to=%s",
+                    job["job_id"],
+                    row["image_index"],
+                    msg.provider,
+                    offer.provider,
+                )
+                await self._dispatcher.dispatch(conn, next_attempt(on_offer(msg, offer)))
+                return
+            data = data.model_copy(update={"error": f"{data.error}; failover: {refusal.reason}"})
+        await self.give_up(conn, job, row, msg, data.error_type, data.error)
+
+    async def give_up(
+        self,
+        conn: asyncpg.Connection,
+        job: asyncpg.Record,
+        row: asyncpg.Record,
+        msg: GenerateImage,
+        error_type: str,
+        error: str,
+    ) -> None:
+        """The image fails alone: release its reservation, say so once, move the job on."""
+        img = msg.image
+        await self._ledger.release(conn, job["job_id"], row["image_index"])
+        await conn.execute(
+            "UPDATE job_images SET status = 'failed', error = $3, due_at = NULL,"
+            " updated_at = now() WHERE job_id = $1 AND image_index = $2",
+            job["job_id"],
+            row["image_index"],
+            error,
+        )
+        await stage_event(
+            conn,
+            self._topics.events,
+            GenerationFailed(
+                id=event_id("generation_failed", img.job_id, img.image_index, "final"),
+                source=SOURCE,
+                subject=f"jobs/{img.job_id}/images/{img.image_index}",
+                job_id=img.job_id,
+                user_id=img.user_id,
+                data=GenerationFailedData(
+                    image_id=img.image_id,
+                    image_index=img.image_index,
+                    attempt=img.attempt,
+                    error_type=error_type,
+                    error=error[:500],
+                    retryable=False,
+                    final=True,
+                    provider=msg.provider or "",
+                ),
+            ),
+        )
+        log.warning(
+            "event=image_failed job_id=%s index=%d attempts=%d error=%r",
+            img.job_id,
+            img.image_index,
+            img.attempt,
+            error,
+        )
+        await self._book.image_settled(conn, job, row["phase"])
+
+    async def vary(
+        self, conn: asyncpg.Connection, job: asyncpg.Record, row: asyncpg.Record, variation: int
+    ) -> None:
+        """Consistency loop: draw the image again with a new seed (DECISIONS.md #9)."""
+        msg = GenerateImage.model_validate_json(row["message"])
+        varied = vary_job(msg, variation)
+        # Attempts keep counting up so the new draw's ids never meet an earlier attempt's.
+        varied = varied.model_copy(
+            update={"image": varied.image.model_copy(update={"attempt": msg.image.attempt + 1})}
+        )
+        chain = [OfferChoice.from_json(o) for o in _json_list(row["offers"])]
+        offer = chain[row["offer_index"]]
+        refusal = await self._ledger.reserve(
+            conn,
+            await _job_day(conn, job["job_id"]),
+            job["user_id"],
+            UserTier(job["tier"]),
+            [
+                Hold(
+                    Slot(job["job_id"], row["image_index"], variation),
+                    varied.seed,
+                    offer.provider,
+                    offer.model,
+                    offer.estimate,
+                )
+            ],
+        )
+        if refusal is not None:
+            await self.give_up(conn, job, row, msg, refusal.reason_code, refusal.reason)
+            return
+        await conn.execute(
+            "UPDATE job_images SET provider_attempt = 1 WHERE job_id = $1 AND image_index = $2",
+            job["job_id"],
+            row["image_index"],
+        )
+        await self._dispatcher.dispatch(conn, varied)
+
+
+async def _job_day(conn: asyncpg.Connection, job_id: str) -> date:
+    day: date = await conn.fetchval("SELECT budget_day FROM jobs WHERE job_id = $1", job_id)
+    return day
+
+
+def _json_list(raw: object) -> list[dict[str, str]]:
+    value = json.loads(raw) if isinstance(raw, str) else raw
+    assert isinstance(value, list)
+    return value
+
+
+class Ticker:
+    """Dispatches due retries; every instance runs one, sharing rows with SKIP LOCKED."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        dispatcher: Dispatcher,
+        *,
+        interval_s: float,
+        on_staged: Callable[[], None],
+        batch: int = 100,
+        sweep_every: int = 10,
+    ) -> None:
+        self._sweep_every = sweep_every
+        self._pool = pool
+        self._dispatcher = dispatcher
+        self._interval = interval_s
+        self._on_staged = on_staged
+        self._batch = batch
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        rounds = 0
+        while not self._stopping.is_set():
+            try:
+                while await self.tick() >= self._batch:
+                    pass
+                rounds += 1
+                if rounds % self._sweep_every == 0:
+                    await self.sweep()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RetryableError) as exc:
+                log.warning("event=ticker_retry error=%r", str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+
+    async def tick(self) -> int:
+        """Dispatch the retries that are due now; how many went."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT i.message FROM job_images i JOIN jobs j USING (job_id)"
+                " WHERE i.status = 'retry_wait' AND i.due_at <= now() AND j.status = 'running'"
+                " ORDER BY i.due_at LIMIT $1 FOR UPDATE OF i, j SKIP LOCKED",
+                self._batch,
+            )
+            for row in rows:
+                await self._dispatcher.dispatch(
+                    conn, GenerateImage.model_validate_json(row["message"])
+                )
+        if rows:
+            self._on_staged()
+        return len(rows)
+
+    async def sweep(self) -> None:
+        """Safety net: slots and story places that a skipped lock left unused are used now."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            users = await conn.fetch(
+                "SELECT DISTINCT user_id, tier FROM jobs WHERE status = 'queued' LIMIT 100"
+            )
+            for u in users:
+                await self._dispatcher.activate_waiting(conn, u["user_id"], u["tier"])
+            running = await conn.fetch(
+                "SELECT DISTINCT i.job_id FROM job_images i JOIN jobs j USING (job_id)"
+                " WHERE i.status = 'waiting' AND j.status = 'running' LIMIT 100"
+            )
+            for r in running:
+                job = await self._dispatcher.lock_job(conn, r["job_id"], skip_locked=True)
+                if job is not None:
+                    await self._dispatcher.pump(conn, job)
+        self._on_staged()
