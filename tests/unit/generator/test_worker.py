@@ -1,4 +1,4 @@
-"""The generator's job handler: provider routing, outcome events, actual cost, postprocess fields."""
+"""The job handler: provider routing, outcome events, actual cost, fields for postprocess."""
 
 from __future__ import annotations
 
