@@ -18,9 +18,18 @@ from imagegen.runtime import kafka_consumer, kafka_publisher
 from services.gateway.migrations import MIGRATIONS, SCHEMA
 from services.gateway.notify import EventSignal, LocalEventSignal
 from services.gateway.projection import Projection
-from services.gateway.routes import characters, health, jobs, streams, tokens
+from services.gateway.routes import (
+    characters,
+    health,
+    jobs,
+    references,
+    stories,
+    streams,
+    tokens,
+)
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GatewayState
+from services.gateway.wiring import install
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,7 @@ def create_app(
             pool = await db.create_pool(settings.database_url, SCHEMA)
             stack.push_async_callback(pool.close)
             await db.migrate(pool, SCHEMA, MIGRATIONS)
+            stack.push_async_callback(app.state.moderator.aclose)
 
             blobs = blob_store
             if blobs is None:
@@ -87,6 +97,7 @@ def create_app(
             log.info("event=gateway_stopping")
 
     app = FastAPI(title="imagegen gateway", version="1", lifespan=lifespan)
+    install(app, settings)  # authenticator, moderator, idempotency middleware
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -94,7 +105,7 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
-    for module in (characters, jobs, streams, tokens, health):
+    for module in (characters, references, stories, jobs, streams, tokens, health):
         app.include_router(module.router)
     return app
 

@@ -74,4 +74,65 @@ CREATE INDEX events_job_id ON events (job_id, id);
 CREATE INDEX events_user_id ON events (user_id, id);
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1)]
+# Characters gain a reference set and photos; stories; idempotency keys; rate-limit windows.
+_V2 = """
+ALTER TABLE characters
+    ADD COLUMN updated_at            timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN reference_job_id      text,
+    ADD COLUMN reference_fingerprint text;
+CREATE INDEX characters_user_page ON characters (user_id, created_at DESC, id DESC);
+
+CREATE TABLE reference_photos (
+    id           text PRIMARY KEY,
+    user_id      text NOT NULL,
+    character_id text NOT NULL REFERENCES characters (id) ON DELETE CASCADE,
+    key          text NOT NULL,
+    sha256       text NOT NULL,
+    content_type text NOT NULL,
+    size_bytes   bigint NOT NULL,
+    width        integer NOT NULL,
+    height       integer NOT NULL,
+    faces        integer,
+    created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    UNIQUE (character_id, sha256)
+);
+
+CREATE TABLE stories (
+    id            text PRIMARY KEY,
+    user_id       text NOT NULL,
+    title         text NOT NULL,
+    pages         jsonb NOT NULL,
+    character_ids jsonb NOT NULL DEFAULT '[]',
+    created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at    timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX stories_user_page ON stories (user_id, created_at DESC, id DESC);
+CREATE INDEX stories_character_ids ON stories USING gin (character_ids);
+
+-- One row per (user, key): the primary key makes concurrent duplicates claim it once.
+CREATE TABLE idempotency_keys (
+    user_id      text NOT NULL,
+    key          text NOT NULL,
+    request_hash text NOT NULL,
+    claim        text NOT NULL,
+    state        text NOT NULL DEFAULT 'pending',
+    status_code  integer,
+    headers      jsonb,
+    body         bytea,
+    created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    expires_at   timestamptz NOT NULL,
+    PRIMARY KEY (user_id, key)
+);
+CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at);
+
+-- Sliding-window counters: one row per user, bucket and fixed window.
+CREATE TABLE rate_limit_windows (
+    user_id      text NOT NULL,
+    bucket       text NOT NULL,
+    window_index bigint NOT NULL,
+    count        integer NOT NULL,
+    PRIMARY KEY (user_id, bucket, window_index)
+);
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]

@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from schemas.characters import MAX_SEED, CharacterAttributes
 from schemas.events import JobStatus
-from schemas.requests import MAX_PACK_SIZE
+from schemas.requests import MAX_PACK_SIZE, MAX_STORY_PAGES
+from schemas.styles import STYLE_NAMES, known_style
 
 _CAMEL = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+def check_style(style: str) -> str:
+    """The canonical style name; a ValueError (422 naming the field) for an unknown one."""
+    name = known_style(style)
+    if name is None:
+        raise ValueError(f"unknown style {style!r}; known styles: {', '.join(STYLE_NAMES)}")
+    return name
+
+
+ArtStyle = Annotated[
+    str,
+    Field(min_length=1, max_length=60, examples=["storybook"], description="One of STYLE_NAMES."),
+    AfterValidator(check_style),
+]
+ResourceId = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$", examples=["3f1c9a52-..."])
+]
+Modifier = Annotated[str, Field(min_length=1, max_length=100)]
 
 
 class Attributes(CharacterAttributes):
@@ -20,17 +42,135 @@ class Attributes(CharacterAttributes):
     model_config = ConfigDict(**_CAMEL, frozen=True, extra="forbid")
 
 
-class CharacterCreate(BaseModel):
+class AttributesPatch(BaseModel):
+    """Attributes to change: a given key replaces, null clears, an absent key is kept."""
+
     model_config = ConfigDict(**_CAMEL, extra="forbid")
 
+    age_range: str | None = Field(default=None, max_length=40)
+    gender: str | None = Field(default=None, max_length=40)
+    ethnicity: str | None = Field(default=None, max_length=60)
+    hair_colour: str | None = Field(default=None, max_length=40)
+    hair_style: str | None = Field(default=None, max_length=60)
+    eye_colour: str | None = Field(default=None, max_length=40)
+    body_type: str | None = Field(default=None, max_length=40)
+    outfit: str | None = Field(default=None, max_length=200)
+    distinctive_features: list[str] | None = Field(default=None, max_length=10)
+    personality_traits: list[str] | None = Field(default=None, max_length=10)
+
+
+_CHARACTER_EXAMPLE: dict[str, Any] = {
+    "name": "Mia",
+    "description": "A curious eight-year-old explorer with a big laugh",
+    "attributes": {
+        "ageRange": "8-10",
+        "gender": "girl",
+        "hairColour": "red",
+        "hairStyle": "two braids",
+        "eyeColour": "green",
+        "outfit": "yellow raincoat and wellies",
+        "distinctiveFeatures": ["freckles", "gap-toothed smile"],
+        "personalityTraits": ["curious", "brave"],
+    },
+    "styleModifiers": ["soft light"],
+    "artStyle": "storybook",
+}
+
+
+class CharacterCreate(BaseModel):
+    model_config = ConfigDict(
+        **_CAMEL, extra="forbid", json_schema_extra={"examples": [_CHARACTER_EXAMPLE]}
+    )
+
     name: str = Field(min_length=1, max_length=100)
-    description: str = Field(default="", max_length=2000)
+    description: str = Field(default="", max_length=2000, description="Free base description.")
     attributes: Attributes = Field(default_factory=Attributes)
-    style_modifiers: list[str] = Field(default_factory=list, max_length=10)
-    art_style: str = Field(default="standard", min_length=1, max_length=60)
+    style_modifiers: list[Modifier] = Field(default_factory=list, max_length=10)
+    art_style: ArtStyle = "standard"
     seed: int | None = Field(
         default=None, ge=0, le=MAX_SEED, description="Locked seed; random when absent."
     )
+
+
+class CharacterUpdate(BaseModel):
+    """A partial update: only the fields sent change. Changing the look (description,
+    attributes, style modifiers, art style, seed) marks the reference set stale."""
+
+    model_config = ConfigDict(
+        **_CAMEL,
+        extra="forbid",
+        json_schema_extra={"examples": [{"attributes": {"hairColour": "black"}, "seed": 7}]},
+    )
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    description: str | None = Field(default=None, max_length=2000)
+    attributes: AttributesPatch | None = None
+    style_modifiers: list[Modifier] | None = Field(default=None, max_length=10)
+    art_style: ArtStyle | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+
+    @field_validator(
+        "name", "description", "attributes", "style_modifiers", "art_style", "seed", mode="before"
+    )
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        # Validators skip defaults, so this runs only for fields the client sent.
+        if value is None:
+            raise ValueError("may not be null; omit the field to keep its value")
+        return value
+
+
+class ReferenceSetStatus(StrEnum):
+    NONE = "none"
+    """No reference set yet: the first portrait (or POST .../reference-set) builds one."""
+    BUILDING = "building"
+    READY = "ready"
+    STALE = "stale"
+    """Built for an older look, or its build failed: rebuild with POST .../reference-set."""
+
+
+class ReferenceSet(BaseModel):
+    model_config = _CAMEL
+
+    status: ReferenceSetStatus
+    job_id: str | None = Field(default=None, description="The job building (or that built) it.")
+    fingerprint: str | None = Field(default=None, description="The look it was built for.")
+    image_count: int = Field(default=0, description="Generated reference images stored.")
+
+
+class ReferencePhoto(BaseModel):
+    model_config = ConfigDict(
+        **_CAMEL,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "5b0f2c1e-8c7a-4b8e-9f31-2d4e6a7b8c90",
+                    "contentType": "image/jpeg",
+                    "sizeBytes": 482113,
+                    "width": 1200,
+                    "height": 1600,
+                    "faces": 1,
+                    "url": "https://s3.example/references/...",
+                    "createdAt": "2026-11-21T10:00:00Z",
+                }
+            ]
+        },
+    )
+
+    id: str
+    content_type: str
+    size_bytes: int
+    width: int
+    height: int
+    faces: int | None = Field(description="Faces found; null when no detector was available.")
+    url: str = Field(description="Signed, short-lived download URL.")
+    created_at: datetime
+
+
+class ReferencePhotoList(BaseModel):
+    model_config = _CAMEL
+
+    items: list[ReferencePhoto]
 
 
 class Character(BaseModel):
@@ -43,13 +183,129 @@ class Character(BaseModel):
     style_modifiers: list[str]
     art_style: str
     seed: int
+    reference_set: ReferenceSet
+    reference_photos: list[ReferencePhoto]
     created_at: datetime
+    updated_at: datetime
 
 
 class CharacterList(BaseModel):
     model_config = _CAMEL
 
     items: list[Character]
+    next_cursor: str | None = Field(default=None, description="Pass as ?cursor= for more.")
+
+
+class ReferenceSetAccepted(BaseModel):
+    model_config = _CAMEL
+
+    job_id: str
+    status: JobStatus
+    reference_set: ReferenceSet
+
+
+# --- stories ------------------------------------------------------------------------------
+
+
+class StoryPageIn(BaseModel):
+    model_config = ConfigDict(**_CAMEL, extra="forbid")
+
+    page_number: int = Field(ge=1, le=MAX_STORY_PAGES)
+    text: str = Field(default="", max_length=4000)
+    scene_description: str | None = Field(default=None, max_length=2000)
+    character_ids: list[ResourceId] = Field(
+        default_factory=list,
+        max_length=5,
+        description="Characters on this page, from the story's characterIds; empty: all.",
+    )
+
+
+_STORY_EXAMPLE: dict[str, Any] = {
+    "title": "Mia and the Lighthouse",
+    "characterIds": ["8d1e0c7a-3f51-4a8e-9d0b-7b1c2a3e4f50"],
+    "pages": [
+        {
+            "pageNumber": 1,
+            "text": "Mia found a map in the attic.",
+            "sceneDescription": "a dusty attic, afternoon light through a round window",
+            "characterIds": ["8d1e0c7a-3f51-4a8e-9d0b-7b1c2a3e4f50"],
+        }
+    ],
+}
+
+
+class StoryCreate(BaseModel):
+    model_config = ConfigDict(
+        **_CAMEL, extra="forbid", json_schema_extra={"examples": [_STORY_EXAMPLE]}
+    )
+
+    title: str = Field(min_length=1, max_length=200)
+    pages: list[StoryPageIn] = Field(min_length=1, max_length=MAX_STORY_PAGES)
+    character_ids: list[ResourceId] = Field(
+        min_length=1, max_length=10, description="The story's cast: your characters."
+    )
+
+
+class StoryUpdate(BaseModel):
+    """A partial update: `pages` and `characterIds` are replaced whole when sent."""
+
+    model_config = ConfigDict(
+        **_CAMEL, extra="forbid", json_schema_extra={"examples": [{"title": "A new title"}]}
+    )
+
+    title: str | None = Field(default=None, min_length=1, max_length=200)
+    pages: list[StoryPageIn] | None = Field(default=None, min_length=1, max_length=MAX_STORY_PAGES)
+    character_ids: list[ResourceId] | None = Field(default=None, min_length=1, max_length=10)
+
+    @field_validator("title", "pages", "character_ids", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("may not be null; omit the field to keep its value")
+        return value
+
+
+class StoryPageOut(BaseModel):
+    model_config = _CAMEL
+
+    page_number: int
+    text: str
+    scene_description: str | None
+    character_ids: list[str]
+
+
+class Story(BaseModel):
+    model_config = _CAMEL
+
+    id: str
+    title: str
+    pages: list[StoryPageOut]
+    character_ids: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class StoryList(BaseModel):
+    model_config = _CAMEL
+
+    items: list[Story]
+    next_cursor: str | None = None
+
+
+# --- errors (for the OpenAPI document) ----------------------------------------------------
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int] = Field(examples=[["body", "name"]])
+    msg: str
+    type: str = Field(examples=["moderation", "value_error"])
+    category: str | None = Field(default=None, description="Moderation category, if any.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error: `detail` is a message, or a list of problems each naming its field."""
+
+    detail: str | list[FieldProblem]
 
 
 class GenerateRequest(BaseModel):

@@ -26,6 +26,37 @@ class GatewaySettings(ServiceSettings):
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     consumer_poll_s: float = Field(default=0.5, gt=0)
 
+    # --- auth: HS256 with jwt_secret always; RS256/ES256 via a JWKS URL when set.
+    jwks_url: str | None = None
+    jwt_jwks_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwks_cache_s: float = Field(default=300.0, gt=0)
+    # --- rate limits: requests per window per user, by tier then bucket ("api" counts
+    # every authenticated call; "generate" only calls that queue work).
+    rate_limit_window_s: int = Field(default=60, ge=1, le=3600)
+    rate_limits: dict[str, dict[str, int]] = Field(
+        default_factory=lambda: {
+            "paid": {"api": 1200, "generate": 120},
+            "free": {"api": 300, "generate": 20},
+        }
+    )
+    # --- idempotency: keys live this long; a claim left pending this long (a replica
+    # died mid-request) may be taken over.
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    idempotency_pending_s: float = Field(default=60.0, gt=0)
+    # --- moderation: the built-in list always; OpenAI's endpoint too when a key is set.
+    moderation_extra_terms: list[str] = Field(default_factory=list)
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    moderation_model: str = "omni-moderation-latest"
+    moderation_timeout_s: float = Field(default=10.0, gt=0)
+    # --- reference photos
+    reference_max_photos: int = Field(default=8, ge=1, le=8)
+    reference_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    reference_max_pixels: int = Field(default=40_000_000, ge=10_000)
+    reference_require_face: bool = True
+
     @model_validator(mode="after")
     def _no_dev_jwt_secret_outside_dev(self) -> GatewaySettings:
         if self.env not in ("dev", "test") and self.jwt_secret.get_secret_value() == DEV_JWT_SECRET:

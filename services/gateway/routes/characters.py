@@ -1,34 +1,266 @@
-"""`/api/v1/characters`: create, read and list the caller's own characters."""
+"""`/api/v1/characters`: the caller's own characters (create, read, update, list, delete)
+and their reference set.
+
+Changing a character's look (description, attributes, style modifiers, art style, seed:
+what `CharacterSpec.appearance_fingerprint()` covers) marks an existing reference set
+stale and queues a new one (a `reference` job the user can follow). A character without
+a reference set gets one with its first portrait, or on POST .../reference-set.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import logging
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Body, HTTPException, Path, Response, status
 
-from services.gateway import characters
-from services.gateway.auth import CurrentUser
-from services.gateway.deps import PoolDep
-from services.gateway.models import Character, CharacterCreate, CharacterList
+from imagegen.errors import ImagegenError
+from schemas.events import JobStatus
+from services.gateway import characters, paging
+from services.gateway.auth import CurrentUser, Principal
+from services.gateway.characters import CharacterRecord
+from services.gateway.deps import BlobsDep, PoolDep, PublisherDep, SettingsDep
+from services.gateway.idempotency import IdempotencyKey
+from services.gateway.models import (
+    _CHARACTER_EXAMPLE,
+    Character,
+    CharacterCreate,
+    CharacterList,
+    CharacterUpdate,
+    ReferenceSetAccepted,
+    ReferenceSetStatus,
+)
+from services.gateway.moderation import ModeratorDep, texts_of
+from services.gateway.problems import not_found, responses
+from services.gateway.ratelimit import GenerateLimit
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/characters", tags=["characters"])
 
+CharacterId = Annotated[
+    str,
+    Path(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$",
+        description="A character id returned by POST /api/v1/characters.",
+    ),
+]
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=Character)
-async def create_character(body: CharacterCreate, user: CurrentUser, pool: PoolDep) -> Character:
-    return await characters.create(pool, user.user_id, body)
+
+def _unavailable(exc: BaseException) -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        "the job queue is unavailable; nothing was changed, please retry",
+        headers={"Retry-After": "5"},
+    )
 
 
-@router.get("", response_model=CharacterList)
+async def moderate_character(
+    moderator: ModeratorDep, body: CharacterCreate | CharacterUpdate
+) -> None:
+    """Every text the character would carry, each named by its field."""
+    fields = body.model_dump(by_alias=True, exclude_unset=True, exclude={"seed"})
+    await moderator.require_allowed(texts_of(fields, ("body",)))
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Character,
+    dependencies=[IdempotencyKey],
+    responses=responses(401, 409, 422, 429),
+    summary="Create a character",
+)
+async def create_character(
+    body: Annotated[
+        CharacterCreate, Body(openapi_examples={"storybook": {"value": _CHARACTER_EXAMPLE}})
+    ],
+    user: CurrentUser,
+    pool: PoolDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+    moderator: ModeratorDep,
+) -> Character:
+    await moderate_character(moderator, body)
+    record = await characters.create(pool, user.user_id, body)
+    log.info("event=character_created user_id=%s character_id=%s", user.user_id, record.id)
+    return await characters.view(blobs, record, settings.signed_url_ttl_s)
+
+
+@router.get(
+    "", response_model=CharacterList, responses=responses(401, 422, 429), summary="List characters"
+)
 async def list_characters(
-    user: CurrentUser, pool: PoolDep, limit: Annotated[int, Query(ge=1, le=200)] = 50
+    user: CurrentUser,
+    pool: PoolDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+    limit: paging.LimitQuery = 50,
+    cursor: paging.CursorQuery = None,
 ) -> CharacterList:
-    return CharacterList(items=await characters.list_for(pool, user.user_id, limit))
+    """Newest first; follow `nextCursor` for the next page (null on the last one)."""
+    records = await characters.list_for(pool, user.user_id, limit + 1, paging.decode(cursor))
+    page = records[:limit]
+    next_cursor = None
+    if len(records) > limit:
+        next_cursor = paging.encode(page[-1].created_at, page[-1].id)
+    return CharacterList(
+        items=[await characters.view(blobs, r, settings.signed_url_ttl_s) for r in page],
+        next_cursor=next_cursor,
+    )
 
 
-@router.get("/{character_id}", response_model=Character)
-async def get_character(character_id: str, user: CurrentUser, pool: PoolDep) -> Character:
-    character = await characters.get(pool, user.user_id, character_id)
-    if character is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"character {character_id} not found")
-    return character
+@router.get(
+    "/{character_id}",
+    response_model=Character,
+    responses=responses(401, 404, 422, 429),
+    summary="Get a character",
+)
+async def get_character(
+    character_id: CharacterId,
+    user: CurrentUser,
+    pool: PoolDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+) -> Character:
+    record = await characters.get(pool, user.user_id, character_id)
+    if record is None:
+        raise not_found("character", character_id)
+    return await characters.view(blobs, record, settings.signed_url_ttl_s)
+
+
+async def _rebuild(
+    conn: Any,
+    publisher: PublisherDep,
+    settings: GatewaySettings,
+    user: Principal,
+    record: CharacterRecord,
+) -> str:
+    try:
+        return await characters.start_reference_set(
+            conn,
+            publisher,
+            settings.kafka.topics.requests,
+            settings.publish_timeout_s,
+            user.user_id,
+            user.tier,
+            record,
+        )
+    except (ImagegenError, OSError, TimeoutError) as exc:
+        log.warning(
+            "event=publish_failed user_id=%s character_id=%s error=%r", user.user_id, record.id, exc
+        )
+        raise _unavailable(exc) from exc
+
+
+@router.patch(
+    "/{character_id}",
+    response_model=Character,
+    responses=responses(401, 404, 422, 429, 503),
+    summary="Update a character (partial)",
+)
+async def update_character(
+    character_id: CharacterId,
+    body: Annotated[
+        CharacterUpdate,
+        Body(
+            openapi_examples={
+                "new hair": {"value": {"attributes": {"hairColour": "black"}}},
+                "rename": {"value": {"name": "Mia Rose"}},
+            }
+        ),
+    ],
+    user: CurrentUser,
+    pool: PoolDep,
+    blobs: BlobsDep,
+    publisher: PublisherDep,
+    settings: SettingsDep,
+    moderator: ModeratorDep,
+) -> Character:
+    """Only the fields sent change (`attributes` merges key by key; null clears one).
+    A changed look makes an existing reference set stale and queues its rebuild."""
+    await moderate_character(moderator, body)
+    async with pool.acquire() as conn, conn.transaction():
+        if not await characters.lock(conn, user.user_id, character_id):
+            raise not_found("character", character_id)
+        before = await characters.get(conn, user.user_id, character_id)
+        assert before is not None
+        after = characters.apply_update(before, body)
+        await characters.save(conn, user.user_id, after)
+        look_changed = after.fingerprint != before.fingerprint
+        if look_changed and before.reference_status is not ReferenceSetStatus.NONE:
+            job_id = await _rebuild(conn, publisher, settings, user, after)
+            log.info("event=reference_set_stale character_id=%s job_id=%s", character_id, job_id)
+        record = await characters.get(conn, user.user_id, character_id)
+    assert record is not None
+    return await characters.view(blobs, record, settings.signed_url_ttl_s)
+
+
+@router.delete(
+    "/{character_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=responses(401, 404, 409, 422, 429),
+    summary="Delete a character",
+)
+async def delete_character(
+    character_id: CharacterId, user: CurrentUser, pool: PoolDep, blobs: BlobsDep
+) -> Response:
+    """Refused (409) while a story casts the character. Its uploaded reference photos are
+    deleted; its generated images and running jobs (which carry a snapshot) are kept."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await characters.lock(conn, user.user_id, character_id):
+            raise not_found("character", character_id)
+        cast_in = await characters.stories_casting(conn, user.user_id, character_id)
+        if cast_in:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"character {character_id} is in stories {', '.join(cast_in)}:"
+                " remove it from their characterIds first",
+            )
+        keys = await characters.delete(conn, user.user_id, character_id)
+    if keys:
+        try:
+            await blobs.delete(keys)
+        except ImagegenError as exc:
+            # The rows are gone; leftover objects are unreachable, not inconsistent.
+            log.warning("event=orphan_reference_objects count=%d error=%r", len(keys), exc)
+    log.info("event=character_deleted user_id=%s character_id=%s", user.user_id, character_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{character_id}/reference-set",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ReferenceSetAccepted,
+    dependencies=[IdempotencyKey, GenerateLimit],
+    responses=responses(401, 404, 409, 422, 429, 503),
+    summary="Build (or rebuild) the character's reference set",
+)
+async def build_reference_set(
+    character_id: CharacterId,
+    user: CurrentUser,
+    pool: PoolDep,
+    publisher: PublisherDep,
+    settings: SettingsDep,
+) -> ReferenceSetAccepted:
+    """Queues a `reference` job (front, side and three expressions) for the current look.
+    Refused (409) while one is already building for this look."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await characters.lock(conn, user.user_id, character_id):
+            raise not_found("character", character_id)
+        record = await characters.get(conn, user.user_id, character_id)
+        assert record is not None
+        if record.reference_status is ReferenceSetStatus.BUILDING:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"the reference set is already building (job {record.reference_job_id})",
+            )
+        job_id = await _rebuild(conn, publisher, settings, user, record)
+        record = await characters.get(conn, user.user_id, character_id)
+    assert record is not None
+    return ReferenceSetAccepted(
+        job_id=job_id,
+        status=JobStatus.QUEUED,
+        reference_set=characters.reference_set_view(record),
+    )
