@@ -20,7 +20,9 @@ from services.gateway.notify import EventSignal, LocalEventSignal
 from services.gateway.projection import Projection
 from services.gateway.routes import (
     characters,
+    generation,
     health,
+    images,
     jobs,
     references,
     stories,
@@ -105,7 +107,9 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
-    for module in (characters, references, stories, jobs, streams, tokens, health):
+    for module in (
+        characters, references, stories, generation, images, jobs, streams, tokens, health
+    ):
         app.include_router(module.router)
     return app
 

@@ -135,4 +135,53 @@ CREATE TABLE rate_limit_windows (
 );
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
+
+# Images keyed (image_id, version) with a lifecycle status, jobs of every kind.
+_V3 = """
+ALTER TABLE jobs
+    ADD COLUMN story_id    text,
+    ADD COLUMN page_number integer,
+    ADD COLUMN image_id    text,
+    ADD COLUMN style       text,
+    ADD COLUMN running     integer NOT NULL DEFAULT 0,
+    ADD COLUMN phase       text,
+    ADD COLUMN reason_code text,
+    ADD COLUMN reason      text,
+    ADD COLUMN cost_usd    numeric(14, 6) NOT NULL DEFAULT 0;
+CREATE INDEX jobs_user_status_created ON jobs (user_id, status, created_at DESC);
+
+-- Rows exist from the moment a version is asked for (status queued), so an image id
+-- the API hands out is visible at once; stored metadata arrives with image_stored.
+ALTER TABLE images DROP CONSTRAINT images_pkey;
+ALTER TABLE images ADD PRIMARY KEY (id, version);
+ALTER TABLE images
+    ALTER COLUMN renditions SET DEFAULT '{}',
+    ALTER COLUMN character_id DROP NOT NULL,
+    ALTER COLUMN width DROP NOT NULL,
+    ALTER COLUMN height DROP NOT NULL,
+    ALTER COLUMN size_bytes DROP NOT NULL,
+    ALTER COLUMN seed DROP NOT NULL,
+    ALTER COLUMN model DROP NOT NULL,
+    ADD COLUMN kind              text NOT NULL DEFAULT 'pack',
+    ADD COLUMN status            text NOT NULL DEFAULT 'ready',
+    ADD COLUMN story_id          text,
+    ADD COLUMN page_number       integer,
+    ADD COLUMN style             text NOT NULL DEFAULT '',
+    ADD COLUMN prompt            text NOT NULL DEFAULT '',
+    ADD COLUMN parent_version    integer,
+    ADD COLUMN consistency_score double precision,
+    ADD COLUMN flagged           boolean NOT NULL DEFAULT false,
+    ADD COLUMN variations        integer NOT NULL DEFAULT 0,
+    ADD COLUMN review_status     text NOT NULL DEFAULT 'unreviewed',
+    ADD COLUMN pending_review    text,
+    ADD COLUMN provider          text,
+    ADD COLUMN cost_usd          numeric(14, 6) NOT NULL DEFAULT 0,
+    ADD COLUMN stored_at         timestamptz;
+CREATE INDEX images_user_created ON images (user_id, created_at DESC);
+CREATE INDEX images_user_story ON images (user_id, story_id);
+
+-- Recent generation durations for completion estimates.
+CREATE INDEX events_type_id ON events (type, id);
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3)]

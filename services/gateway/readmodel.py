@@ -10,7 +10,9 @@ import asyncpg
 from imagegen.blobstore import BlobStore
 from schemas.events import JobStatus
 from schemas.requests import JobKind
+from services.gateway import gallery, paging
 from services.gateway.models import Image, Job
+from services.gateway.models_images import JobDetail, JobOut
 
 TERMINAL_EVENT_TYPES = frozenset({"pack_completed", "job_cancelled"})
 _DISPLAY_ORDER = ("display", "original", "print")
@@ -25,17 +27,31 @@ class LoggedEvent:
 
 
 async def insert_job(
-    conn: asyncpg.Connection, job_id: str, user_id: str, character_id: str, total: int
+    conn: asyncpg.Connection,
+    job_id: str,
+    user_id: str,
+    *,
+    kind: JobKind,
+    total: int,
+    character_id: str | None = None,
+    story_id: str | None = None,
+    page_number: int | None = None,
+    image_id: str | None = None,
+    style: str | None = None,
 ) -> None:
     await conn.execute(
-        "INSERT INTO jobs (id, user_id, kind, status, character_id, total)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO jobs (id, user_id, kind, status, character_id, total, story_id,"
+        " page_number, image_id, style) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         job_id,
         user_id,
-        JobKind.PACK.value,
+        kind.value,
         JobStatus.QUEUED.value,
         character_id,
         total,
+        story_id,
+        page_number,
+        image_id,
+        style,
     )
 
 
@@ -68,7 +84,10 @@ async def get_job(
     job = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1 AND user_id = $2", job_id, user_id)
     if job is None:
         return None
-    rows = await pool.fetch("SELECT * FROM images WHERE job_id = $1 ORDER BY index, id", job_id)
+    rows = await pool.fetch(
+        "SELECT * FROM images WHERE job_id = $1 AND status = 'ready' ORDER BY index, id, version",
+        job_id,
+    )
     images = []
     for row in rows:
         renditions = json.loads(row["renditions"])
@@ -101,6 +120,77 @@ async def get_job(
         finished_at=job["finished_at"],
         images=images,
     )
+
+
+_JOB_COLUMNS = (
+    "id, kind, status, total, completed, failed, running, phase, reason_code, reason,"
+    " cost_usd, character_id, story_id, page_number, image_id, created_at, updated_at,"
+    " finished_at"
+)
+
+
+def _job_out(row: asyncpg.Record) -> JobOut:
+    status = JobStatus(row["status"])
+    return JobOut(
+        job_id=row["id"],
+        kind=row["kind"],
+        status=status,
+        progress=_progress(status, row["completed"] + row["failed"], row["total"]),
+        total=row["total"],
+        completed=row["completed"],
+        failed=row["failed"],
+        running=row["running"],
+        phase=row["phase"],
+        reason_code=row["reason_code"],
+        reason=row["reason"],
+        cost_usd=row["cost_usd"],
+        character_id=row["character_id"],
+        story_id=row["story_id"],
+        page_number=row["page_number"],
+        image_id=row["image_id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+async def job_detail(
+    pool: asyncpg.Pool, links: gallery.Links, user_id: str, job_id: str
+) -> JobDetail | None:
+    """Any kind of job of the user's, with the images it made (or is making)."""
+    row = await pool.fetchrow(
+        f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1 AND user_id = $2", job_id, user_id
+    )
+    if row is None:
+        return None
+    images = await gallery.images_of_job(pool, links, job_id)
+    return JobDetail(**_job_out(row).model_dump(), images=images)
+
+
+async def list_jobs(
+    pool: asyncpg.Pool,
+    user_id: str,
+    status: JobStatus | None,
+    kind: JobKind | None,
+    limit: int,
+    after: paging.Cursor | None,
+) -> tuple[list[JobOut], str | None]:
+    """One page of the user's jobs, newest first."""
+    rows = await pool.fetch(
+        f"SELECT {_JOB_COLUMNS} FROM jobs WHERE user_id = $1"
+        " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR kind = $3)"
+        " AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))"
+        " ORDER BY created_at DESC, id DESC LIMIT $6",
+        user_id,
+        status.value if status else None,
+        kind.value if kind else None,
+        after[0] if after else None,
+        after[1] if after else "",
+        limit + 1,
+    )
+    more = len(rows) > limit
+    cursor = paging.encode(rows[limit - 1]["created_at"], rows[limit - 1]["id"]) if more else None
+    return [_job_out(row) for row in rows[:limit]], cursor
 
 
 async def events_after(

@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 from schemas.events import JobStatus
-from services.gateway.projection import next_status
+from services.gateway.folding import next_status
 from tests.unit.gateway import factories as ev
 from tests.unit.gateway.conftest import Gateway
 

@@ -1,0 +1,297 @@
+"""How each event changes the job and image rows (inside the projection's transaction).
+
+Counts move only on transitions (an image becoming ready, a final failure recorded
+once), so a re-emitted event with a new id still cannot count twice. Money arrives as
+float in the contracts and is turned into Decimal before PostgreSQL sums it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from schemas.events import (
+    ConsistencyFlagged,
+    Event,
+    GenerationFailed,
+    GenerationQueued,
+    GenerationStarted,
+    ImageDeleted,
+    ImageReviewed,
+    ImageStored,
+    JobCancelled,
+    JobProgress,
+    JobStatus,
+    PackCompleted,
+)
+from schemas.requests import JobKind
+from services.gateway.gallery import PENDING_STATUSES
+from services.gateway.models_images import ImageStatus
+
+log = logging.getLogger(__name__)
+
+_PROGRESS_RANK = {JobStatus.ACCEPTED: 0, JobStatus.QUEUED: 1, JobStatus.RUNNING: 2}
+_IMPLIED_STATUS = {
+    "generation_queued": JobStatus.QUEUED,
+    "generation_started": JobStatus.RUNNING,
+    "generation_progress": JobStatus.RUNNING,
+    "generation_completed": JobStatus.RUNNING,
+    "image_stored": JobStatus.RUNNING,
+    "job_progress": JobStatus.RUNNING,
+}
+
+
+def next_status(current: JobStatus, event: Event) -> JobStatus:
+    """Statuses only move forward; a cancelled job stays cancelled."""
+    if current is JobStatus.CANCELLED:
+        return current
+    if isinstance(event, JobCancelled):
+        return JobStatus.CANCELLED
+    if isinstance(event, PackCompleted):
+        return event.data.status
+    implied = _IMPLIED_STATUS.get(event.type)
+    if current.terminal or implied is None:
+        return current
+    return implied if _PROGRESS_RANK[implied] > _PROGRESS_RANK[current] else current
+
+
+@dataclass
+class _Delta:
+    """What one event adds to or sets on its job row."""
+
+    completed: int = 0
+    failed: int = 0
+    total: int = 0
+    exact_total: bool = False
+    character_id: str | None = None
+    story_id: str | None = None
+    running: int | None = None
+    phase: str | None = None
+    reason_code: str | None = None
+    reason: str | None = None
+    cost: Decimal = Decimal(0)
+    exact_cost: bool = False
+
+
+def _money(value: float) -> Decimal:
+    return Decimal(str(value))
+
+
+async def fold_job(
+    conn: asyncpg.Connection, job_id: str, user_id: str, status: JobStatus, event: Event
+) -> JobStatus:
+    """Apply a job's event to its rows; returns the job's new status."""
+    delta = _Delta()
+    if isinstance(event, GenerationQueued):
+        queued = event.data
+        delta.total, delta.character_id = queued.image_count, queued.character_id
+        delta.story_id = queued.story_id
+        await _queue_image(conn, job_id, user_id, event)
+    elif isinstance(event, GenerationStarted):
+        await conn.execute(
+            "UPDATE images SET status = $3 WHERE id = $1 AND job_id = $2 AND status = $4",
+            event.data.image_id,
+            job_id,
+            ImageStatus.GENERATING.value,
+            ImageStatus.QUEUED.value,
+        )
+    elif isinstance(event, ImageStored):
+        delta.completed = await _store_image(conn, job_id, user_id, event)
+        delta.cost = _money(event.data.cost_usd)
+    elif isinstance(event, GenerationFailed) and event.data.final:
+        delta.failed = await _fail_image(conn, job_id, event)
+    elif isinstance(event, ConsistencyFlagged):
+        flag = event.data
+        await conn.execute(
+            "UPDATE images SET consistency_score = $3, variations = GREATEST(variations, $4),"
+            " flagged = flagged OR $5 WHERE id = $1 AND version = $2",
+            flag.image_id,
+            flag.version,
+            flag.score,
+            flag.variation + 1,
+            flag.final,
+        )
+    elif isinstance(event, JobProgress):
+        delta.total, delta.exact_total = event.data.total, True
+        delta.running, delta.phase = event.data.running, event.data.phase or None
+    elif isinstance(event, PackCompleted):
+        done = event.data
+        delta.total, delta.exact_total = done.image_count, done.image_count > 0
+        delta.reason_code, delta.reason = done.reason_code, done.reason
+        delta.cost, delta.exact_cost = _money(done.cost_usd), done.cost_usd > 0
+    new_status = next_status(status, event)
+    if new_status.terminal:
+        delta.running = 0
+    await conn.execute(
+        "UPDATE jobs SET status = $2,"
+        " total = CASE WHEN $3 THEN $4 ELSE GREATEST(total, $4) END,"
+        " completed = completed + $5, failed = failed + $6,"
+        " character_id = COALESCE(character_id, $7), story_id = COALESCE(story_id, $8),"
+        " running = COALESCE($9, running), phase = COALESCE($10, phase),"
+        " reason_code = COALESCE($11, reason_code), reason = COALESCE($12, reason),"
+        " cost_usd = CASE WHEN $13 THEN $14 ELSE cost_usd + $14 END,"
+        " finished_at = CASE WHEN $15 THEN COALESCE(finished_at, now()) ELSE finished_at END"
+        " WHERE id = $1",
+        job_id,
+        new_status.value,
+        delta.exact_total,
+        delta.total,
+        delta.completed,
+        delta.failed,
+        delta.character_id,
+        delta.story_id,
+        delta.running,
+        delta.phase,
+        delta.reason_code,
+        delta.reason,
+        delta.exact_cost,
+        delta.cost,
+        new_status.terminal,
+    )
+    if new_status.terminal and (isinstance(event, (PackCompleted, JobCancelled))):
+        # Whatever was still pending will not come now.
+        ended = ImageStatus.CANCELLED if new_status is JobStatus.CANCELLED else ImageStatus.FAILED
+        await conn.execute(
+            "UPDATE images SET status = $2 WHERE job_id = $1 AND status = ANY($3::text[])",
+            job_id,
+            ended.value,
+            list(PENDING_STATUSES),
+        )
+    return new_status
+
+
+async def fold_image(conn: asyncpg.Connection, owner: str | None, event: Event) -> None:
+    """Image events that need no job: deletions and reviews confirmed by storage."""
+    if isinstance(event, ImageDeleted):
+        # The listed versions are gone from storage; versions asked for after the delete
+        # was requested were hidden (deleting) with it and go too.
+        await conn.execute(
+            "DELETE FROM images WHERE id = $1 AND ($3::text IS NULL OR user_id = $3)"
+            " AND (version = ANY($2::int[]) OR status = $4)",
+            event.data.image_id,
+            event.data.versions,
+            owner,
+            ImageStatus.DELETING.value,
+        )
+    elif isinstance(event, ImageReviewed):
+        await conn.execute(
+            "UPDATE images SET pending_review = NULL, review_status = CASE WHEN version = $2"
+            " THEN $3 ELSE review_status END WHERE id = $1 AND ($4::text IS NULL OR user_id = $4)",
+            event.data.image_id,
+            event.data.version,
+            event.data.decision,
+            owner,
+        )
+
+
+async def _kind(conn: asyncpg.Connection, image_id: str, kind: str) -> str:
+    """A regeneration shows as what it regenerates (a portrait stays a portrait)."""
+    if kind != JobKind.REGENERATE.value:
+        return kind
+    first = await conn.fetchval(
+        "SELECT kind FROM images WHERE id = $1 ORDER BY version LIMIT 1", image_id
+    )
+    return str(first) if first is not None else JobKind.PORTRAIT.value
+
+
+async def _queue_image(
+    conn: asyncpg.Connection, job_id: str, user_id: str, event: GenerationQueued
+) -> None:
+    data = event.data
+    await conn.execute(
+        "INSERT INTO images (id, version, job_id, user_id, index, kind, status, character_id,"
+        " story_id, page_number, parent_version)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " ON CONFLICT (id, version) DO NOTHING",
+        data.image_id,
+        data.version,
+        job_id,
+        user_id,
+        data.image_index,
+        await _kind(conn, data.image_id, data.kind),
+        ImageStatus.QUEUED.value,
+        data.character_id,
+        data.story_id,
+        data.page_number,
+        data.version - 1 if data.version > 1 else None,
+    )
+
+
+async def _store_image(
+    conn: asyncpg.Connection, job_id: str, user_id: str, event: ImageStored
+) -> int:
+    """Make the version ready with its stored metadata; 1 when it was not ready before."""
+    data = event.data
+    before = await conn.fetchval(
+        "SELECT status FROM images WHERE id = $1 AND version = $2 FOR UPDATE",
+        data.image_id,
+        data.version,
+    )
+    if before is None:
+        await conn.execute(
+            "INSERT INTO images (id, version, job_id, user_id, index, kind, status,"
+            " character_id, parent_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            data.image_id,
+            data.version,
+            job_id,
+            user_id,
+            data.image_index,
+            await _kind(conn, data.image_id, data.kind),
+            ImageStatus.QUEUED.value,
+            data.character_id,
+            data.version - 1 if data.version > 1 else None,
+        )
+    renditions: dict[str, Any] = {r.name: r.model_dump(exclude={"name"}) for r in data.renditions}
+    await conn.execute(
+        "UPDATE images SET status = CASE WHEN status = $3 THEN status ELSE $4 END,"
+        " renditions = $5::jsonb, width = $6, height = $7, size_bytes = $8, seed = $9,"
+        " model = $10, provider = $11, demo = $12, consistency_score = $13, flagged = $14,"
+        " style = CASE WHEN $15 = '' THEN style ELSE $15 END, prompt = $16,"
+        " story_id = COALESCE(story_id, $17), page_number = COALESCE(page_number, $18),"
+        " character_id = COALESCE(character_id, $19), cost_usd = $20, stored_at = now()"
+        " WHERE id = $1 AND version = $2",
+        data.image_id,
+        data.version,
+        ImageStatus.DELETING.value,
+        ImageStatus.READY.value,
+        json.dumps(renditions),
+        data.width,
+        data.height,
+        data.size_bytes,
+        data.seed,
+        data.model,
+        data.provider,
+        data.demo,
+        data.consistency_score,
+        data.flagged,
+        data.style,
+        data.prompt,
+        data.story_id,
+        data.page_number,
+        data.character_id,
+        _money(data.cost_usd),
+    )
+    return 0 if before == ImageStatus.READY.value else 1
+
+
+async def _fail_image(conn: asyncpg.Connection, job_id: str, event: GenerationFailed) -> int:
+    """Record the image's final failure once; 1 when it is new."""
+    inserted = await conn.fetchval(
+        "INSERT INTO image_failures (job_id, image_index) VALUES ($1, $2)"
+        " ON CONFLICT DO NOTHING RETURNING 1",
+        job_id,
+        event.data.image_index,
+    )
+    await conn.execute(
+        "UPDATE images SET status = $3 WHERE id = $1 AND job_id = $2 AND status = ANY($4::text[])",
+        event.data.image_id,
+        job_id,
+        ImageStatus.FAILED.value,
+        list(PENDING_STATUSES),
+    )
+    return 1 if inserted else 0

@@ -1,0 +1,298 @@
+"""Generation requests: a character portrait, a story scene, or a whole story.
+
+Each request writes its job row (and, where the image id is known up front, a queued
+image row) and publishes its command in one transaction: all of it or nothing (503).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated
+
+import asyncpg
+from fastapi import APIRouter, HTTPException, Path, status
+from pydantic import ValidationError
+
+from schemas.jobs import image_id_for
+from schemas.requests import GenerateImages, GenerateScene, GenerateStory, JobKind
+from services.gateway import characters, estimates, gallery, publishing, readmodel, stories
+from services.gateway.auth import CurrentUser
+from services.gateway.deps import PoolDep, PublisherDep, SettingsDep
+from services.gateway.models import Story
+from services.gateway.models_images import (
+    ID_PATTERN,
+    ImageJobAccepted,
+    PortraitRequest,
+    SceneRequest,
+    StoryGenerateRequest,
+    StoryJobAccepted,
+    parse_size,
+)
+from services.gateway.problems import field_error
+from services.gateway.routes.jobs import errors, urls
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1/images", tags=["generation"])
+
+StoryId = Annotated[str, Path(pattern=ID_PATTERN, description="The story's id.")]
+
+_ESTIMATE_DOC = (
+    " estimatedCompletionTime: now + (images still outstanding in your unfinished jobs +"
+    " this job's images) x the median generation time of recent images (plus a small"
+    " allowance for post-processing), assuming your images run one at a time."
+)
+
+
+def _accepted(
+    settings: SettingsDep, job_id: str, image_id: str, estimate: estimates.Estimate
+) -> ImageJobAccepted:
+    status_url, events_url = urls(settings, job_id)
+    return ImageJobAccepted(
+        job_id=job_id,
+        image_id=image_id,
+        estimated_completion_time=estimate.completion(),
+        status_url=status_url,
+        events_url=events_url,
+    )
+
+
+async def _story_or_404(conn: asyncpg.Connection, user_id: str, story_id: str) -> Story:
+    story = await stories.get(conn, user_id, story_id)
+    if story is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"story {story_id} not found")
+    return story
+
+
+@router.post(
+    "/characters",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ImageJobAccepted,
+    responses=errors(401, 404, 422, 429, 503),
+    summary="Generate a portrait of a character",
+    description="Also builds the character's reference set on first use." + _ESTIMATE_DOC,
+)
+async def generate_portrait(
+    body: PortraitRequest,
+    user: CurrentUser,
+    pool: PoolDep,
+    publisher: PublisherDep,
+    settings: SettingsDep,
+) -> ImageJobAccepted:
+    job_id = str(uuid.uuid4())
+    image_id = image_id_for(job_id, 0)
+    width, height = parse_size(body.options.size)
+    async with pool.acquire() as conn:
+        character = await characters.get(conn, user.user_id, body.character_id)
+        if character is None:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, f"character {body.character_id} not found"
+            )
+        if body.story_id is not None:
+            await _story_or_404(conn, user.user_id, body.story_id)
+        command = GenerateImages(
+            job_id=job_id,
+            user_id=user.user_id,
+            tier=user.tier,
+            kind=JobKind.PORTRAIT,
+            character=characters.to_spec(character),
+            image_count=1,
+            style=body.style,
+            width=width,
+            height=height,
+            quality=body.options.quality,
+            model=body.options.model,
+            story_id=body.story_id,
+        )
+        estimate = await estimates.estimate(conn, user.user_id, 1)
+        async with conn.transaction():
+            await readmodel.insert_job(
+                conn,
+                job_id,
+                user.user_id,
+                kind=JobKind.PORTRAIT,
+                total=1,
+                character_id=character.id,
+                story_id=body.story_id,
+                image_id=image_id,
+                style=body.style,
+            )
+            await gallery.insert_pending(
+                conn,
+                image_id=image_id,
+                version=1,
+                job_id=job_id,
+                user_id=user.user_id,
+                kind=JobKind.PORTRAIT.value,
+                style=body.style,
+                character_id=character.id,
+                story_id=body.story_id,
+            )
+            await publishing.send(publisher, settings, user.user_id, command)
+    log.info("event=portrait_accepted job_id=%s user_id=%s", job_id, user.user_id)
+    return _accepted(settings, job_id, image_id, estimate)
+
+
+@router.post(
+    "/scenes",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ImageJobAccepted,
+    responses=errors(401, 404, 422, 429, 503),
+    summary="Illustrate one page of a story with its characters",
+    description="sceneDescription defaults to the page's own, then its text." + _ESTIMATE_DOC,
+)
+async def generate_scene(
+    body: SceneRequest,
+    user: CurrentUser,
+    pool: PoolDep,
+    publisher: PublisherDep,
+    settings: SettingsDep,
+) -> ImageJobAccepted:
+    job_id = str(uuid.uuid4())
+    image_id = image_id_for(job_id, 0)
+    async with pool.acquire() as conn:
+        story = await _story_or_404(conn, user.user_id, body.story_id)
+        page = next((p for p in story.pages if p.page_number == body.page_number), None)
+        if page is None:
+            numbers = ", ".join(str(p.page_number) for p in story.pages) or "none"
+            raise field_error(
+                ("body", "pageNumber"),
+                f"story {story.id} has no page {body.page_number} (its pages: {numbers})",
+            )
+        if len(set(body.character_ids)) != len(body.character_ids):
+            raise field_error(("body", "characterIds"), "a character is listed twice")
+        cast = await characters.get_many(conn, user.user_id, body.character_ids)
+        for i, ident in enumerate(body.character_ids):
+            if ident not in cast:
+                raise HTTPException(
+                    status.HTTP_404_NOT_FOUND, f"characterIds[{i}]: character {ident} not found"
+                )
+            if ident not in story.character_ids:
+                raise field_error(
+                    ("body", "characterIds", i),
+                    f"character {ident} is not one of story {story.id}'s characters",
+                )
+        options = body.options
+        command = GenerateScene(
+            job_id=job_id,
+            user_id=user.user_id,
+            tier=user.tier,
+            story_id=story.id,
+            page_number=page.page_number,
+            characters=[characters.to_spec(cast[i]) for i in body.character_ids],
+            scene_description=body.scene_description or page.scene_description or "",
+            page_text=page.text,
+            include_text=options.include_text,
+            aspect_ratio=options.aspect_ratio,
+            style=body.style,
+            quality=options.quality,
+            model=options.model,
+        )
+        estimate = await estimates.estimate(conn, user.user_id, 1)
+        async with conn.transaction():
+            await readmodel.insert_job(
+                conn,
+                job_id,
+                user.user_id,
+                kind=JobKind.SCENE,
+                total=1,
+                character_id=body.character_ids[0],
+                story_id=story.id,
+                page_number=page.page_number,
+                image_id=image_id,
+                style=body.style,
+            )
+            await gallery.insert_pending(
+                conn,
+                image_id=image_id,
+                version=1,
+                job_id=job_id,
+                user_id=user.user_id,
+                kind=JobKind.SCENE.value,
+                style=body.style,
+                character_id=body.character_ids[0],
+                story_id=story.id,
+                page_number=page.page_number,
+            )
+            await publishing.send(publisher, settings, user.user_id, command)
+    log.info("event=scene_accepted job_id=%s story_id=%s", job_id, story.id)
+    return _accepted(settings, job_id, image_id, estimate)
+
+
+@router.post(
+    "/stories/{story_id}/generate-all",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=StoryJobAccepted,
+    responses=errors(401, 404, 422, 429, 503),
+    summary="Illustrate a whole story: portraits of its characters, then every page",
+    description=(
+        "totalImages = characters (if includeCharacterPortraits) + pages x imagesPerPage"
+        " (if includeSceneImages). Paid users' stories run on the standard tier, free users'"
+        " on economy." + _ESTIMATE_DOC
+    ),
+)
+async def generate_story(
+    story_id: StoryId,
+    body: StoryGenerateRequest,
+    user: CurrentUser,
+    pool: PoolDep,
+    publisher: PublisherDep,
+    settings: SettingsDep,
+) -> StoryJobAccepted:
+    if not (body.include_character_portraits or body.include_scene_images):
+        raise field_error(
+            ("body", "includeSceneImages"),
+            "nothing to generate: includeCharacterPortraits and includeSceneImages are both false",
+        )
+    job_id = str(uuid.uuid4())
+    async with pool.acquire() as conn:
+        await _story_or_404(conn, user.user_id, story_id)
+        try:
+            spec = await stories.load_spec(conn, user.user_id, story_id)
+        except ValidationError as exc:
+            raise field_error(
+                ("path", "story_id"),
+                f"story {story_id} cannot be illustrated as it is: {exc.errors()[0]['msg']}",
+            ) from exc
+        if spec is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"story {story_id} not found")
+        total = (len(spec.characters) if body.include_character_portraits else 0) + (
+            len(spec.pages) * body.images_per_page if body.include_scene_images else 0
+        )
+        options = body.options
+        command = GenerateStory(
+            job_id=job_id,
+            user_id=user.user_id,
+            tier=user.tier,
+            story=spec,
+            style=body.style,
+            include_character_portraits=body.include_character_portraits,
+            include_scene_images=body.include_scene_images,
+            images_per_page=body.images_per_page,
+            include_text=options.include_text,
+            aspect_ratio=options.aspect_ratio,
+            quality=options.quality,
+            model=options.model,
+        )
+        estimate = await estimates.estimate(conn, user.user_id, total)
+        async with conn.transaction():
+            await readmodel.insert_job(
+                conn,
+                job_id,
+                user.user_id,
+                kind=JobKind.STORY,
+                total=total,
+                story_id=story_id,
+                style=body.style,
+            )
+            await publishing.send(publisher, settings, user.user_id, command)
+    log.info("event=story_accepted job_id=%s story_id=%s images=%d", job_id, story_id, total)
+    status_url, events_url = urls(settings, job_id)
+    return StoryJobAccepted(
+        batch_job_id=job_id,
+        total_images=total,
+        estimated_completion_time=estimate.completion(),
+        status_url=status_url,
+        events_url=events_url,
+    )
