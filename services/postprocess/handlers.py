@@ -14,11 +14,17 @@ from imagegen.blobstore import BlobStore, get_verified, put_staging
 from imagegen.errors import NotFoundError
 from imagegen.events import EventEmitter
 from imagegen.kafka import Publisher, Record, decode
-from schemas.events import ConsistencyFlagged, ConsistencyFlaggedData, image_envelope
+from schemas.events import (
+    ConsistencyFlagged,
+    ConsistencyFlaggedData,
+    GenerationFailed,
+    GenerationFailedData,
+    image_envelope,
+)
 from schemas.images import ProcessedImage, RawImage, Rendition
 from schemas.topics import TopicNames
 from services.postprocess.consistency import ConsistencyScorer, Embedding
-from services.postprocess.renditions import render
+from services.postprocess.renditions import InvalidImageError, QualityCheckError, render
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.variations import VariationStore
 
@@ -55,13 +61,18 @@ class Postprocessor:
         raw = decode(record, RawImage)
         started = time.monotonic()
         data = await get_verified(self._blobs, raw.blob)
-        rendered = await asyncio.to_thread(
-            render,
-            data,
-            display_quality=self._settings.display_quality,
-            display_max_bytes=self._settings.display_max_bytes,
-            thumbnail_size=self._settings.thumbnail_size,
-        )
+        try:
+            rendered = await asyncio.to_thread(
+                render,
+                data,
+                display_quality=self._settings.display_quality,
+                display_max_bytes=self._settings.display_max_bytes,
+                thumbnail_size=self._settings.thumbnail_size,
+                text=raw.overlay_text,
+            )
+        except (InvalidImageError, QualityCheckError) as exc:
+            await self._report_unusable(raw, exc)
+            return
         renditions = [
             Rendition(
                 name="original", blob=raw.blob, width=raw.width, height=raw.height, format="png"
@@ -96,6 +107,30 @@ class Postprocessor:
                 return
             processed = chosen
         await self._publisher.publish(self._topics.images_processed, raw.image.job_id, processed)
+
+    async def _report_unusable(self, raw: RawImage, exc: Exception) -> None:
+        """An image that fails the output spec is reported as a failed attempt, not stored."""
+        image = raw.image
+        log.warning(
+            "event=image_rejected job_id=%s index=%d error=%s", image.job_id, image.image_index, exc
+        )
+        await self._events.emit(
+            GenerationFailed(
+                **image_envelope(
+                    image, "generation_failed", image.attempt, image.variation, "postprocess"
+                ),
+                data=GenerationFailedData(
+                    image_id=image.image_id,
+                    image_index=image.image_index,
+                    attempt=image.attempt,
+                    error_type=type(exc).__name__,
+                    error=str(exc),
+                    retryable=True,
+                    final=False,
+                    provider=raw.provider,
+                ),
+            )
+        )
 
     async def _score(self, raw: RawImage, data: bytes) -> float | None:
         if self._consistency is None or not raw.identity_keys:

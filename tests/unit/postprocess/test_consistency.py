@@ -119,7 +119,7 @@ class ColourEncoder:
 
 def _png(red: int) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (32, 32), (red, 10, 10)).save(buf, "PNG")
+    Image.new("RGB", (64, 64), (red, 10, 10)).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -164,8 +164,8 @@ async def test_inconsistent_image_is_held_back_then_best_variation_kept(
                 variation=variation,
             ),
             blob=blob,
-            width=32,
-            height=32,
+            width=64,
+            height=64,
             record=GenerationRecord(
                 backend="fake",
                 model="m",
@@ -173,8 +173,8 @@ async def test_inconsistent_image_is_held_back_then_best_variation_kept(
                 steps=1,
                 guidance=1.0,
                 prompt="p",
-                width=32,
-                height=32,
+                width=64,
+                height=64,
             ),
             provider="fake",
             cost_usd=0.0,
@@ -230,8 +230,8 @@ async def test_consistent_image_goes_straight_through() -> None:
             job_id="j", image_id="i", image_index=0, image_count=1, user_id="u", character_id="c"
         ),
         blob=blob,
-        width=32,
-        height=32,
+        width=64,
+        height=64,
         record=GenerationRecord(
             backend="fake",
             model="m",
@@ -239,8 +239,8 @@ async def test_consistent_image_goes_straight_through() -> None:
             steps=1,
             guidance=1.0,
             prompt="p",
-            width=32,
-            height=32,
+            width=64,
+            height=64,
         ),
         provider="fake",
         cost_usd=0.0,
