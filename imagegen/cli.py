@@ -1,11 +1,18 @@
-"""`imagegen`: the entry point for people (`imagegen up`, `imagegen token …`)."""
+"""`imagegen`: the entry point for people (`imagegen up`, `imagegen token …`, `imagegen dlq …`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from schemas.topics import TopicNames
+
+if TYPE_CHECKING:
+    from imagegen.kafka.redrive import DeadLetter, RedriveResult
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -53,6 +60,89 @@ def _cmd_k8s_topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dlq_where(args: argparse.Namespace) -> tuple[str, str]:
+    """Bootstrap and dead-letter topic: flags first, then `IMAGEGEN_KAFKA_*`."""
+    from imagegen.settings import KafkaSettings
+
+    kafka = KafkaSettings()
+    topics = TopicNames(args.namespace or kafka.namespace)
+    return args.bootstrap or kafka.bootstrap, topics.dead_letter
+
+
+def _cmd_dlq_list(args: argparse.Namespace) -> int:
+    from imagegen.kafka.redrive import load
+
+    bootstrap, topic = _dlq_where(args)
+    letters = [
+        d
+        for d in load(bootstrap, topic, idle_timeout=args.idle_timeout)
+        if args.topic is None or d.original_topic == args.topic
+    ]
+    if args.json:
+        for d in letters:
+            print(json.dumps(_dlq_row(d)))
+        return 0
+    print(f"{len(letters)} dead letter(s) in {topic}")
+    for d in letters:
+        row = _dlq_row(d)
+        status = f"redriven {row['redriven_at']}" if row["redriven_at"] else "pending"
+        message = (row["error_message"] or "")[:200]
+        print(
+            f"{row['id']:>8}  {row['original'] or '?'}  key={row['key']}  {status}\n"
+            f"          {row['failed_at']} {row['error_type']}: {message}"
+        )
+    return 0
+
+
+def _dlq_row(letter: DeadLetter) -> dict[str, str | None]:
+    info = letter.info
+    return {
+        "id": letter.id,
+        "original": letter.origin,
+        "original_topic": letter.original_topic,
+        "key": letter.record.key,
+        "error_type": info.error_type if info else None,
+        "error_message": info.error_message if info else "(no dead-letter headers)",
+        "failed_by": info.failed_by if info else None,
+        "failed_at": info.failed_at if info else None,
+        "redriven_at": letter.redriven_at,
+    }
+
+
+def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    import asyncio
+    import getpass
+
+    from imagegen.errors import PermanentError
+    from imagegen.kafka.confluent import KafkaPublisher
+    from imagegen.kafka.redrive import load, redrive, select
+
+    bootstrap, topic = _dlq_where(args)
+    letters = load(bootstrap, topic, idle_timeout=args.idle_timeout)
+    try:
+        chosen = select(letters, ids=args.id or (), topic=args.topic, everything=args.all)
+    except PermanentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def republish() -> RedriveResult:
+        publisher = KafkaPublisher(bootstrap, "imagegen-dlq")
+        try:
+            return await redrive(
+                publisher, topic, chosen, by=f"{getpass.getuser()}@cli", force=args.force
+            )
+        finally:
+            await publisher.close()
+
+    result = asyncio.run(republish())
+    for d in result.redriven:
+        print(f"redriven {d.id} -> {d.original_topic} (was {d.origin})")
+    for d, reason in result.refused:
+        print(f"refused {d.id}: {reason}", file=sys.stderr)
+    print(f"{len(result.redriven)} redriven, {len(result.refused)} refused")
+    return 1 if result.refused and not result.redriven else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagegen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +175,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics = sub.add_parser("k8s-topics", help="print Strimzi KafkaTopic resources")
     topics.set_defaults(func=_cmd_k8s_topics)
+
+    dlq = sub.add_parser("dlq", help="list and re-drive dead-lettered messages")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    for name, helptext, func in (
+        ("list", "show dead letters: origin, key, error, time, re-drive status", _cmd_dlq_list),
+        ("redrive", "republish dead letters to the topic they failed on", _cmd_dlq_redrive),
+    ):
+        cmd = dlq_sub.add_parser(name, help=helptext)
+        cmd.add_argument("--bootstrap", help="broker (default: IMAGEGEN_KAFKA_BOOTSTRAP)")
+        cmd.add_argument("--namespace", help="topic prefix (default: IMAGEGEN_KAFKA_NAMESPACE)")
+        cmd.add_argument("--topic", help="only dead letters from this original topic")
+        cmd.add_argument(
+            "--idle-timeout",
+            type=float,
+            default=3.0,
+            help="stop reading after this many seconds without a message",
+        )
+        cmd.set_defaults(func=func)
+        if name == "list":
+            cmd.add_argument("--json", action="store_true", help="one JSON object per line")
+        else:
+            which = cmd.add_mutually_exclusive_group(required=True)
+            which.add_argument("--id", action="append", help="dead letter id (repeatable)")
+            which.add_argument("--all", action="store_true", help="every pending dead letter")
+            cmd.add_argument("--force", action="store_true", help="re-drive again if done before")
     return parser
 
 

@@ -13,6 +13,15 @@ HEADER_FAILED_BY = "x-failed-by"
 HEADER_FAILED_AT = "x-failed-at"
 HEADER_ATTEMPTS = "x-attempts"
 
+# Re-drive markers (`imagegen dlq redrive`): records in the dead-letter topic itself that say
+# a message was republished; readers of the topic tell them from dead letters by this header.
+HEADER_REDRIVE_OF = "x-redrive-of"
+"""On a marker: `topic:partition:offset` of the original message that was re-driven."""
+HEADER_REDRIVEN_AT = "x-redriven-at"
+HEADER_REDRIVEN_BY = "x-redriven-by"
+HEADER_REDRIVEN_FROM = "x-redriven-from"
+"""On a republished message: `deadletter-topic:partition:offset` it was re-driven from."""
+
 
 class DeadLetterHeaders(Contract):
     """What a dead-lettered message's headers say (documentation and parsing)."""
