@@ -312,8 +312,6 @@ def _scene(
 def _plan_scene(
     request: GenerateScene, max_variations: int, reference_keys_of: ReferenceKeysOf
 ) -> list[_Draft]:
-    if len(request.characters) > MAX_SCENE_CHARACTERS:
-        raise PermanentError(f"characters: at most {MAX_SCENE_CHARACTERS} in one scene")
     return [
         _scene(
             request.characters,

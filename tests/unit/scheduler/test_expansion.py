@@ -142,6 +142,12 @@ def test_reference_request_is_just_the_reference_set() -> None:
     assert {p.phase for p in planned} == {"reference"}
 
 
+@pytest.mark.parametrize("kind", [JobKind.SCENE, JobKind.STORY, JobKind.REGENERATE])
+def test_image_set_request_of_another_kind_is_refused_naming_the_field(kind: JobKind) -> None:
+    with pytest.raises(PermanentError, match=f"kind: '{kind.value}'"):
+        _plan(_images(kind, count=1))
+
+
 # --- scenes -----------------------------------------------------------------------------
 
 
