@@ -8,37 +8,16 @@ from contextlib import AsyncExitStack
 
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
-from imagegen.kafka import ConsumerLoop
-from imagegen.kafka.confluent import KafkaConsumer
-from imagegen.runtime import consumer_loop, kafka_publisher, run_until_signalled
-from imagegen.settings import KafkaSettings
+from imagegen.runtime import kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_logging, configure_tracing
-from schemas.topics import Tier
-from services.generator.cancellation import CancelListener, CancelWatch, PgCancellationStore
+from services.generator.cancellation import CancelWatch, PgCancellationStore
+from services.generator.loops import control_loop, jobs_loop
 from services.generator.migrations import MIGRATIONS, SCHEMA
 from services.generator.providers import build_providers
 from services.generator.settings import GeneratorSettings
-from services.generator.tiers import TierPicker, WeightedTierConsumer
 from services.generator.worker import Generator
 
 log = logging.getLogger(__name__)
-
-# librdkafka prefetches up to 100k messages per partition by default; a GPU pod needs only
-# the next one, and a smaller local queue leaves the rest for pods that KEDA adds.
-_SMALL_PREFETCH = {"queued.min.messages": 10, "queued.max.messages.kbytes": 2048}
-
-
-def tier_consumer(settings: KafkaSettings, tier: Tier) -> KafkaConsumer:
-    """The consumer of one tier topic, in that tier's own group."""
-    group = f"generator-{tier.value}"
-    return KafkaConsumer(
-        settings.bootstrap,
-        group_id=f"{settings.namespace}.{group}",
-        topics=[settings.topics.jobs(tier)],
-        client_id=f"{settings.client_id}-{group}",
-        session_timeout_ms=settings.session_timeout_ms,
-        extra=_SMALL_PREFETCH,
-    )
 
 
 async def serve(settings: GeneratorSettings) -> None:
@@ -58,23 +37,8 @@ async def serve(settings: GeneratorSettings) -> None:
         publisher = kafka_publisher(settings.kafka, "generator")
         stack.push_async_callback(publisher.close)
         generator = Generator(settings, providers, blobs, publisher, topics, watch)
-        jobs = ConsumerLoop(
-            name="generator",
-            consumer=WeightedTierConsumer(
-                {tier: tier_consumer(settings.kafka, tier) for tier in Tier},
-                {tier: topics.jobs(tier) for tier in Tier},
-                TierPicker.from_settings(config.tier_weights, config.tier_min_share),
-            ),
-            handlers={topics.jobs(tier): generator.on_job for tier in Tier},
-            dead_letters=publisher,
-            dead_letter_topic=topics.dead_letter,
-        )
-        control = consumer_loop(
-            settings.kafka,
-            "generator-control",
-            {topics.events: CancelListener(watch).on_event},
-            publisher,
-        )
+        jobs = jobs_loop(settings.kafka, config, generator, publisher)
+        control = control_loop(settings.kafka, watch, publisher)
         await run_until_signalled([jobs, control])
 
 

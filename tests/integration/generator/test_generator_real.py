@@ -1,0 +1,182 @@
+"""Generator loops on the real broker (Tansu) and PostgreSQL: tiers by weight, cancel control."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from imagegen.blobstore import InMemoryBlobStore
+from imagegen.db import create_pool, migrate
+from imagegen.events import EventEmitter
+from imagegen.kafka.confluent import KafkaConsumer, KafkaPublisher
+from imagegen.settings import KafkaSettings
+from schemas.events import EVENT_ADAPTER, EventBase, JobCancelled, JobCancelledData, event_id
+from schemas.jobs import GenerateImage
+from schemas.topics import Tier, registry
+from services.generator.backends import CancelToken, GeneratedImage, GenerationRequest
+from services.generator.cancellation import CancelWatch, PgCancellationStore
+from services.generator.loops import control_loop, jobs_loop
+from services.generator.migrations import MIGRATIONS, SCHEMA
+from services.generator.settings import GeneratorSettings
+from services.generator.worker import Generator
+from tests.unit.generator.support import ScriptedBackend, make_job
+
+pytestmark = pytest.mark.integration
+
+ECONOMY_BACKLOG = 16
+
+
+@dataclass
+class SlowBackend(ScriptedBackend):
+    """Takes a while per image, like a GPU, and remembers which job it ran in which order."""
+
+    busy_s: float = 0.25
+
+    def generate(
+        self, request: GenerationRequest, on_progress: object, cancel: CancelToken
+    ) -> GeneratedImage:
+        time.sleep(self.busy_s)
+        return super().generate(request, on_progress, cancel)
+
+
+@dataclass
+class Running:
+    settings: KafkaSettings
+    publisher: KafkaPublisher
+    backend: SlowBackend
+    generator: Generator
+
+    async def publish(self, job: GenerateImage) -> None:
+        await self.publisher.publish(self.settings.topics.jobs(job.tier), job.image.job_id, job)
+
+    def started_jobs(self) -> list[str]:
+        # The scripted backend sees prompts; the seed identifies the job in these tests.
+        return [str(request.seed) for request in self.backend.calls]
+
+
+@asynccontextmanager
+async def generator_on_broker(
+    bootstrap: str, namespace: str, database_url: str
+) -> AsyncIterator[Running]:
+    kafka = KafkaSettings(bootstrap=bootstrap, namespace=namespace)
+    publisher = KafkaPublisher(bootstrap, "test-generator")
+    pool: asyncpg.Pool = await create_pool(database_url, SCHEMA)
+    await migrate(pool, SCHEMA, MIGRATIONS)
+    watch = CancelWatch(PgCancellationStore(pool), poll_s=0.1)
+    backend = SlowBackend("demo")
+    settings = GeneratorSettings(progress_interval_s=0)
+    generator = Generator(settings, backend, InMemoryBlobStore(), publisher, kafka.topics, watch)
+    loops = [
+        jobs_loop(kafka, settings.generator, generator, publisher, backoff_initial=0.05),
+        control_loop(kafka, watch, publisher),
+    ]
+    tasks = [asyncio.create_task(loop.run()) for loop in loops]
+    try:
+        yield Running(kafka, publisher, backend, generator)
+    finally:
+        for loop in loops:
+            loop.stop()
+        await asyncio.gather(*tasks)
+        await publisher.close()
+        await pool.close()
+
+
+async def read_events(kafka: KafkaSettings, want: int, timeout: float = 60) -> list[EventBase]:
+    """Generation outcome events from the real events topic until `want` have arrived."""
+    consumer = KafkaConsumer(kafka.bootstrap, f"{kafka.namespace}.reader", [kafka.topics.events])
+    found: list[EventBase] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < want and time.monotonic() < deadline:
+            record = await consumer.poll(0.5)
+            if record is None:
+                continue
+            event = EVENT_ADAPTER.validate_json(record.value)
+            if event.type in ("generation_completed", "generation_failed"):  # type: ignore[attr-defined]
+                found.append(event)
+    finally:
+        await consumer.close()
+    return found
+
+
+async def wait_until(condition: object, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_realtime_job_overtakes_an_economy_backlog_and_every_economy_job_completes(
+    kafka_bootstrap: str, topic_namespace: str, database_url: str
+) -> None:
+    economy = [make_job(Tier.ECONOMY, seed=1000 + i) for i in range(ECONOMY_BACKLOG)]
+    realtime = make_job(Tier.REALTIME, seed=1)
+    async with generator_on_broker(kafka_bootstrap, topic_namespace, database_url) as gen:
+        for job in economy:
+            await gen.publish(job)
+        # The backlog is queued and being worked on before the paid job arrives.
+        await wait_until(lambda: len(gen.backend.calls) >= 1)
+        await gen.publish(realtime)
+        await wait_until(lambda: len(gen.backend.calls) >= ECONOMY_BACKLOG + 1)
+        outcomes = await read_events(gen.settings, ECONOMY_BACKLOG + 1)
+    order = gen.started_jobs()
+    assert sorted(order) == sorted(str(j.seed) for j in [*economy, realtime]), "each ran once"
+    economy_after_realtime = len(order) - 1 - order.index("1")
+    assert economy_after_realtime >= 1, f"the paid job ran after every free one: {order}"
+    completed = {e.job_id for e in outcomes if e.type == "generation_completed"}  # type: ignore[attr-defined]
+    assert len(completed & {j.image.job_id for j in economy}) == ECONOMY_BACKLOG
+    assert realtime.image.job_id in completed
+    # Every offset was committed after its image, in each tier's own group.
+    assert committed_total(gen.settings, Tier.ECONOMY) == ECONOMY_BACKLOG
+    assert committed_total(gen.settings, Tier.REALTIME) == 1
+
+
+def committed_total(kafka: KafkaSettings, tier: Tier) -> int:
+    """Sum of a tier group's committed offsets over the topic's partitions (= messages handled)."""
+    topic = kafka.topics.jobs(tier)
+    spec = next(s for s in registry(kafka.namespace) if s.name == topic)
+    client = Consumer(
+        {"bootstrap.servers": kafka.bootstrap, "group.id": f"{kafka.namespace}.generator-{tier}"}
+    )
+    try:
+        parts = client.committed([TopicPartition(topic, p) for p in range(spec.partitions)], 10)
+    finally:
+        client.close()
+    return sum(max(p.offset, 0) for p in parts)
+
+
+async def test_a_cancel_on_the_events_topic_keeps_a_queued_job_from_starting(
+    kafka_bootstrap: str, topic_namespace: str, database_url: str
+) -> None:
+    doomed, kept = make_job(Tier.STANDARD, seed=5), make_job(Tier.STANDARD, seed=6)
+    async with generator_on_broker(kafka_bootstrap, topic_namespace, database_url) as gen:
+        emitter = EventEmitter(gen.publisher, gen.settings.topics.events, "imagegen/scheduler")
+        await emitter.emit(
+            JobCancelled(
+                id=event_id("job_cancelled", doomed.image.job_id),
+                source="",
+                subject=f"jobs/{doomed.image.job_id}",
+                job_id=doomed.image.job_id,
+                data=JobCancelledData(),
+            )
+        )
+        store = gen.generator.cancels.store
+        deadline = time.monotonic() + 60
+        while not await store.is_cancelled(doomed.image.job_id):
+            assert time.monotonic() < deadline, "the control consumer never recorded the cancel"
+            await asyncio.sleep(0.05)
+        await gen.publish(doomed)
+        await gen.publish(kept)
+        outcomes = await read_events(gen.settings, 2)
+    by_job = {e.job_id: e for e in outcomes}
+    assert by_job[doomed.image.job_id].type == "generation_failed"  # type: ignore[attr-defined]
+    assert by_job[doomed.image.job_id].data.error_type == "Cancelled"  # type: ignore[attr-defined]
+    assert by_job[kept.image.job_id].type == "generation_completed"  # type: ignore[attr-defined]
+    assert gen.started_jobs() == ["6"]
