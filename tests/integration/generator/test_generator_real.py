@@ -99,7 +99,7 @@ async def read_events(kafka: KafkaSettings, want: int, timeout: float = 60) -> l
             if record is None:
                 continue
             event = EVENT_ADAPTER.validate_json(record.value)
-            if event.type in ("generation_completed", "generation_failed"):  # type: ignore[attr-defined]
+            if event.type in ("generation_completed", "generation_failed"):
                 found.append(event)
     finally:
         await consumer.close()
