@@ -19,6 +19,7 @@ from schemas.requests import GenerateImages, GenerateScene, GenerateStory, JobKi
 from services.gateway import characters, estimates, gallery, publishing, readmodel, stories
 from services.gateway.auth import CurrentUser
 from services.gateway.deps import PoolDep, PublisherDep, SettingsDep
+from services.gateway.idempotency import IdempotencyKey
 from services.gateway.models import Story
 from services.gateway.models_images import (
     ID_PATTERN,
@@ -29,7 +30,9 @@ from services.gateway.models_images import (
     StoryJobAccepted,
     parse_size,
 )
+from services.gateway.moderation import ModeratorDep
 from services.gateway.problems import field_error
+from services.gateway.ratelimit import GenerateLimit
 from services.gateway.routes.jobs import errors, urls
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,8 @@ async def _story_or_404(conn: asyncpg.Connection, user_id: str, story_id: str) -
     "/characters",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ImageJobAccepted,
-    responses=errors(401, 404, 422, 429, 503),
+    responses=errors(401, 404, 409, 422, 429, 503),
+    dependencies=[IdempotencyKey, GenerateLimit],
     summary="Generate a portrait of a character",
     description="Also builds the character's reference set on first use." + _ESTIMATE_DOC,
 )
@@ -138,7 +142,8 @@ async def generate_portrait(
     "/scenes",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ImageJobAccepted,
-    responses=errors(401, 404, 422, 429, 503),
+    responses=errors(401, 404, 409, 422, 429, 503),
+    dependencies=[IdempotencyKey, GenerateLimit],
     summary="Illustrate one page of a story with its characters",
     description="sceneDescription defaults to the page's own, then its text." + _ESTIMATE_DOC,
 )
@@ -148,7 +153,9 @@ async def generate_scene(
     pool: PoolDep,
     publisher: PublisherDep,
     settings: SettingsDep,
+    moderator: ModeratorDep,
 ) -> ImageJobAccepted:
+    await moderator.require_allowed({("body", "sceneDescription"): body.scene_description})
     job_id = str(uuid.uuid4())
     image_id = image_id_for(job_id, 0)
     async with pool.acquire() as conn:
@@ -224,7 +231,8 @@ async def generate_scene(
     "/stories/{story_id}/generate-all",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=StoryJobAccepted,
-    responses=errors(401, 404, 422, 429, 503),
+    responses=errors(401, 404, 409, 422, 429, 503),
+    dependencies=[IdempotencyKey, GenerateLimit],
     summary="Illustrate a whole story: portraits of its characters, then every page",
     description=(
         "totalImages = characters (if includeCharacterPortraits) + pages x imagesPerPage"

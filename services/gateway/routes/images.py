@@ -27,6 +27,7 @@ from schemas.requests import (
 from services.gateway import estimates, gallery, paging, publishing, readmodel
 from services.gateway.auth import CurrentUser
 from services.gateway.deps import BlobsDep, PoolDep, PublisherDep, SettingsDep
+from services.gateway.idempotency import IdempotencyKey
 from services.gateway.models_images import (
     ID_PATTERN,
     DeleteAccepted,
@@ -39,6 +40,8 @@ from services.gateway.models_images import (
     ReviewAccepted,
     ReviewRequest,
 )
+from services.gateway.moderation import ModeratorDep
+from services.gateway.ratelimit import GenerateLimit
 from services.gateway.routes.jobs import errors, links, urls
 
 log = logging.getLogger(__name__)
@@ -103,6 +106,7 @@ async def get_image(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=RegenerateAccepted,
     responses=errors(401, 404, 409, 422, 429, 503),
+    dependencies=[IdempotencyKey, GenerateLimit],
     summary="Make a new version of an image; the original is kept",
     description=(
         f"The new version is the latest + 1, linked to the version on show (its parent)."
@@ -116,7 +120,11 @@ async def regenerate(
     pool: PoolDep,
     publisher: PublisherDep,
     settings: SettingsDep,
+    moderator: ModeratorDep,
 ) -> RegenerateAccepted:
+    await moderator.require_allowed(
+        {("body", "modifications", "prompt"): body.modifications.prompt}
+    )
     job_id = str(uuid.uuid4())
     mods = body.modifications
     async with pool.acquire() as conn, conn.transaction():
@@ -228,6 +236,7 @@ async def delete_image(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ReviewAccepted,
     responses=errors(401, 404, 409, 422, 503),
+    dependencies=[IdempotencyKey],
     summary="Approve or reject the image's current version",
     description="reviewStatus is `pending` until storage confirms (image_reviewed).",
 )

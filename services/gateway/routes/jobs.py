@@ -13,6 +13,7 @@ from schemas.requests import CancelJob, GenerateImages, JobKind
 from services.gateway import characters, gallery, paging, publishing, readmodel
 from services.gateway.auth import CurrentUser, Principal
 from services.gateway.deps import BlobsDep, PoolDep, PublisherDep, SettingsDep
+from services.gateway.idempotency import IdempotencyKey
 from services.gateway.models import GenerateAccepted, GenerateRequest, Job
 from services.gateway.models_images import (
     ID_PATTERN,
@@ -21,6 +22,7 @@ from services.gateway.models_images import (
     JobDetail,
     JobList,
 )
+from services.gateway.ratelimit import GenerateLimit
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,8 @@ def urls(settings: GatewaySettings, job_id: str) -> tuple[str, str]:
     "/api/generate",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=GenerateAccepted,
-    responses=errors(401, 404, 422, 429, 503),
+    responses=errors(401, 404, 409, 422, 429, 503),
+    dependencies=[IdempotencyKey, GenerateLimit],
     summary="Generate a pack of 1-23 images of a character in varied poses",
 )
 async def generate(
@@ -152,6 +155,7 @@ _CANCEL_DOC = (
     response_model=CancelAccepted,
     status_code=status.HTTP_202_ACCEPTED,
     responses=errors(401, 404, 409, 422, 503),
+    dependencies=[IdempotencyKey],
     summary="Cancel a pack",
     description=_CANCEL_DOC,
 )
@@ -166,6 +170,7 @@ async def cancel_pack(
     response_model=CancelAccepted,
     status_code=status.HTTP_202_ACCEPTED,
     responses=errors(401, 404, 409, 422, 503),
+    dependencies=[IdempotencyKey],
     summary="Cancel any job",
     description=_CANCEL_DOC,
 )
