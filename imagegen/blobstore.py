@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aioboto3
@@ -38,6 +41,13 @@ class BlobIntegrityError(PermanentError):
     """The bytes under a key are not the bytes the message promised."""
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    last_modified: datetime
+
+
 class BlobStore(Protocol):
     """Object storage as the services need it."""
 
@@ -63,6 +73,10 @@ class BlobStore(Protocol):
 
     async def list(self, prefix: str) -> list[str]:
         """Every key under a prefix."""
+        ...
+
+    async def list_info(self, prefix: str) -> builtins.list[ObjectInfo]:
+        """Keys under `prefix` with their size and last-modified time."""
         ...
 
     async def presign_get(self, key: str, expires_in: int) -> str:
@@ -195,6 +209,19 @@ class S3BlobStore:
             raise _s3_error(exc, prefix) from exc
         return keys
 
+    async def list_info(self, prefix: str) -> builtins.list[ObjectInfo]:
+        found: builtins.list[ObjectInfo] = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
+                found.extend(
+                    ObjectInfo(obj["Key"], obj["Size"], obj["LastModified"])
+                    for obj in page.get("Contents", [])
+                )
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error(exc, prefix) from exc
+        return found
+
     async def presign_get(self, key: str, expires_in: int) -> str:
         url: str = await self._signer.generate_presigned_url(
             "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=expires_in
@@ -207,9 +234,11 @@ class InMemoryBlobStore:
 
     def __init__(self) -> None:
         self.objects: dict[str, tuple[bytes, str]] = {}
+        self.modified: dict[str, datetime] = {}
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         self.objects[key] = (data, content_type)
+        self.modified[key] = datetime.now(UTC)
 
     async def get(self, key: str) -> bytes:
         try:
@@ -222,10 +251,19 @@ class InMemoryBlobStore:
 
     async def copy(self, source: str, dest: str) -> None:
         self.objects[dest] = self.objects[source]
+        self.modified[dest] = datetime.now(UTC)
 
     async def delete(self, keys: list[str]) -> None:
         for key in keys:
             self.objects.pop(key, None)
+            self.modified.pop(key, None)
+
+    async def list_info(self, prefix: str) -> builtins.list[ObjectInfo]:
+        return [
+            ObjectInfo(k, len(self.objects[k][0]), self.modified.get(k, datetime.now(UTC)))
+            for k in sorted(self.objects)
+            if k.startswith(prefix)
+        ]
 
     async def list(self, prefix: str) -> list[str]:
         return sorted(k for k in self.objects if k.startswith(prefix))

@@ -143,6 +143,35 @@ def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
     return 1 if result.refused and not result.redriven else 0
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from imagegen.operations import MIGRATION_MODULES, migrate_all
+    from imagegen.settings import ServiceSettings
+
+    schemas = args.schema or list(MIGRATION_MODULES)
+    versions = asyncio.run(migrate_all(ServiceSettings(), schemas))
+    for schema, version in versions.items():
+        print(f"{schema}: version {version}")
+    return 0
+
+
+def _cmd_storage_cleanup(args: argparse.Namespace) -> int:
+    import asyncio
+    from datetime import timedelta
+
+    from imagegen.operations import storage_cleanup
+    from imagegen.settings import ServiceSettings
+
+    lines = asyncio.run(
+        storage_cleanup(
+            ServiceSettings(), older_than=timedelta(hours=args.older_than), dry_run=args.dry_run
+        )
+    )
+    print("\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagegen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,6 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
             which.add_argument("--id", action="append", help="dead letter id (repeatable)")
             which.add_argument("--all", action="store_true", help="every pending dead letter")
             cmd.add_argument("--force", action="store_true", help="re-drive again if done before")
+
+    mig = sub.add_parser("migrate", help="apply every service's database migrations")
+    mig.add_argument(
+        "--schema",
+        action="append",
+        choices=["gateway", "scheduler", "generator", "postprocess", "storage"],
+        help="only this service's schema (repeatable; default: all)",
+    )
+    mig.set_defaults(func=_cmd_migrate)
+
+    storage = sub.add_parser("storage", help="storage maintenance")
+    storage_sub = storage.add_subparsers(dest="storage_command", required=True)
+    clean = storage_sub.add_parser(
+        "cleanup", help="remove old staging objects and final objects no image row points at"
+    )
+    clean.add_argument("--dry-run", action="store_true", help="only report what would go")
+    clean.add_argument("--older-than", type=float, default=24.0, help="hours (default 24)")
+    clean.set_defaults(func=_cmd_storage_cleanup)
     return parser
 
 

@@ -17,6 +17,7 @@ import httpx
 from imagegen.stack import StackError
 from imagegen.stack.ports import LOOPBACK, port_in_use
 from imagegen.stack.postgres import ensure_database, find_or_start_postgres
+from imagegen.stack.s3 import expire_staging
 from imagegen.stack.servers import SeaweedFS, Tansu, tansu_s3_env
 from imagegen.stack.services import Supervisor
 from imagegen.stack.topics import create_topics
@@ -130,6 +131,9 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
                     buckets=[IMAGE_BUCKET, BROKER_BUCKET],
                     log_dir=logs,
                 )
+            )
+            expire_staging(
+                s3.endpoint, IMAGE_BUCKET, creds.s3_access_key, creds.s3_secret_key, s3.region
             )
             env_s3 = tansu_s3_env(s3.endpoint, creds.s3_access_key, creds.s3_secret_key, s3.region)
             broker = stack.enter_context(

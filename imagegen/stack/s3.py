@@ -55,5 +55,26 @@ def ensure_bucket(endpoint: str, bucket: str, key: str, secret: str, region: str
             raise StackError(f"cannot create bucket {bucket!r} at {endpoint}: {err}") from err
 
 
+def expire_staging(
+    endpoint: str, bucket: str, key: str, secret: str, region: str, *, days: int = 1
+) -> None:
+    """A lifecycle rule that expires staged (claim-check) objects; finished images live
+    under their final keys, so nothing finished depends on staging."""
+    client = s3_client(endpoint, key, secret, region)
+    client.put_bucket_lifecycle_configuration(
+        Bucket=bucket,
+        LifecycleConfiguration={
+            "Rules": [
+                {
+                    "ID": "expire-staging",
+                    "Filter": {"Prefix": "staging/"},
+                    "Status": "Enabled",
+                    "Expiration": {"Days": days},
+                }
+            ]
+        },
+    )
+
+
 def _status(err: Any) -> int:
     return int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)

@@ -1,4 +1,12 @@
-"""The final object layout in S3, organised by owner."""
+"""The final object layout in S3, organised by owner.
+
+    users/{user}/characters/{character}/images/{image}/v{version}/{rendition}.{ext}
+    users/{user}/stories/{story}/pages/{page}/images/{image}/v{version}/{rendition}.{ext}
+
+Story scenes live under their page; portraits, reference sets and packs under their
+character. Keys are a pure function of the message, so finalising again writes the same
+objects (idempotent).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +16,11 @@ _EXT = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 
 def image_prefix(image: ImageIdentity) -> str:
-    return (
-        f"users/{image.user_id}/characters/{image.character_id}/images/{image.image_id}"
-        f"/v{image.version}/"
-    )
+    if image.story_id is not None and image.page_number is not None:
+        owner = f"stories/{image.story_id}/pages/{image.page_number}"
+    else:
+        owner = f"characters/{image.character_id}"
+    return f"users/{image.user_id}/{owner}/images/{image.image_id}/v{image.version}/"
 
 
 def rendition_key(image: ImageIdentity, name: str, fmt: str) -> str:
