@@ -74,9 +74,12 @@ def enhance(image: Image.Image) -> Image.Image:
 
 def _jpeg(image: Image.Image, quality: int, max_bytes: int) -> bytes:
     rgb = image.convert("RGB")
+    # Huffman optimisation and progressive scans pay off for images sent to browsers; on a
+    # print-size image they cost several times the encode itself.
+    web = rgb.width * rgb.height <= 2_000_000
     while True:
         buf = io.BytesIO()
-        rgb.save(buf, "JPEG", quality=quality, optimize=True, progressive=True, dpi=(300, 300))
+        rgb.save(buf, "JPEG", quality=quality, optimize=web, progressive=web, dpi=(300, 300))
         if buf.tell() <= max_bytes or quality <= 60:
             return buf.getvalue()
         quality -= 5  # stay under the size limit rather than fail
