@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import schemathesis
@@ -98,7 +99,9 @@ def live_gateway(pg_dsn_base: str) -> Iterator[LiveGateway]:
     suppress_health_check=list(HealthCheck),
     derandomize=True,
 )
-def test_no_input_causes_a_server_error(case: schemathesis.Case, live_gateway: LiveGateway) -> None:
+def test_no_input_causes_a_server_error(
+    case: schemathesis.Case[Any], live_gateway: LiveGateway
+) -> None:
     response = case.call(
         base_url=live_gateway.url, headers=live_gateway.auth("fuzz-user"), timeout=15
     )
