@@ -50,6 +50,11 @@ class KafkaRig:
     topics: TopicNames
     publisher: KafkaPublisher
 
+    @property
+    def sched(self) -> SchedulerRig:
+        assert self.rig is not None, "this rig runs no in-process scheduler"
+        return self.rig
+
 
 def consumer_factory(bootstrap: str, namespace: str):  # type: ignore[no-untyped-def]
     def make(group: str, topics: list[str]) -> KafkaConsumer:

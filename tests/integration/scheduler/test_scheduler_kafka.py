@@ -28,17 +28,16 @@ async def test_fifty_concurrent_requests_run_exactly_what_the_budget_fits(
     async with kafka_rig(
         kafka_bootstrap, topic_namespace, database_url, settings, lambda _j: "ok", instances=3
     ) as k:
-        assert k.rig is not None
         k.generator.cost = Decimal("0.731")
         requests = [pack(1, user=f"user-{n:02d}") for n in range(50)]
-        await asyncio.gather(*(k.rig.submit(r, r.user_id) for r in requests))
+        await asyncio.gather(*(k.sched.submit(r, r.user_id) for r in requests))
 
         async def all_ended() -> bool:
-            ended = {e.job_id for e in await k.rig.events() if e.type == "pack_completed"}
+            ended = {e.job_id for e in await k.sched.events() if e.type == "pack_completed"}
             return ended >= {r.job_id for r in requests}
 
-        await k.rig.wait(all_ended, "50 terminal events", timeout=90)
-        ends = {e.job_id: e for e in await k.rig.events() if e.type == "pack_completed"}
+        await k.sched.wait(all_ended, "50 terminal events", timeout=90)
+        ends = {e.job_id: e for e in await k.sched.events() if e.type == "pack_completed"}
         outcome = Counter((e.data.status, e.data.reason_code) for e in ends.values())
         assert outcome == {
             (JobStatus.COMPLETED, None): 20,
@@ -46,17 +45,17 @@ async def test_fifty_concurrent_requests_run_exactly_what_the_budget_fits(
         }
         refused = [e for e in ends.values() if e.data.reason_code]
         assert all("$14.62" in (e.data.reason or "") for e in refused)
-        jobs = await k.rig.jobs()
+        jobs = await k.sched.jobs()
         assert len(jobs) == 20, "none beyond the budget was sent to a generator"
         assert {j.image.job_id for j in jobs} == {
             j for j, e in ends.items() if e.data.status is JobStatus.COMPLETED
         }
-        async with k.rig.pool.acquire() as conn:
-            b = await balance(conn, k.rig.scheduler.ledger.today())
+        async with k.sched.pool.acquire() as conn:
+            b = await balance(conn, k.sched.scheduler.ledger.today())
         assert b["reserved_usd"] == Decimal(0) == b["outstanding"] == b["entries_reserved"]
         assert b["spent_usd"] == Decimal("14.62") == b["entries_spent"] == b["actual"]
         assert b["ever_reserved"] == Decimal("14.62") == b["settled_reservations"] + b["released"]
-        alerts = [e for e in await k.rig.events() if e.type == "budget_alert"]
+        alerts = [e for e in await k.sched.events() if e.type == "budget_alert"]
         assert sorted(a.data.threshold_percent for a in alerts) == [80, 100]
 
 
@@ -80,13 +79,12 @@ async def test_failing_provider_retries_fails_over_and_completes_partially(
         settings,
         policy,  # type: ignore[arg-type]
     ) as k:
-        assert k.rig is not None
         request = pack(4)
-        await k.rig.submit(request, request.user_id)
-        done = await k.rig.wait_event("pack_completed", request.job_id, timeout=60)
+        await k.sched.submit(request, request.user_id)
+        done = await k.sched.wait_event("pack_completed", request.job_id, timeout=60)
         assert done.data.status is JobStatus.PARTIALLY_COMPLETED
         assert (done.data.completed_count, done.data.failed_count) == (3, 1)
-        tried = Counter((j.image.image_index, j.provider) for j in await k.rig.jobs())
+        tried = Counter((j.image.image_index, j.provider) for j in await k.sched.jobs())
         assert tried == {
             (0, "flaky"): 1,
             (1, "flaky"): 3,
@@ -95,13 +93,15 @@ async def test_failing_provider_retries_fails_over_and_completes_partially(
             (2, "steady"): 3,
             (3, "flaky"): 1,
         }
-        finals = [e for e in await k.rig.events() if e.type == "generation_failed" and e.data.final]
+        finals = [
+            e for e in await k.sched.events() if e.type == "generation_failed" and e.data.final
+        ]
         assert [(f.data.image_index, f.data.error) for f in finals] == [(2, "steady exploded")]
-        async with k.rig.pool.acquire() as conn:
+        async with k.sched.pool.acquire() as conn:
             hanging = await conn.fetchval(
                 "SELECT count(*) FROM job_images WHERE status NOT IN ('stored', 'failed')"
             )
-            b = await balance(conn, k.rig.scheduler.ledger.today())
+            b = await balance(conn, k.sched.scheduler.ledger.today())
         assert hanging == 0
         assert b["reserved_usd"] == 0 and b["spent_usd"] == Decimal("1.5")
 
@@ -122,12 +122,11 @@ async def test_cancel_mid_pack_stops_dispatch_releases_budget_and_ends_cancelled
         settings,
         policy,  # type: ignore[arg-type]
     ) as k:
-        assert k.rig is not None
         request = pack(6)
-        await k.rig.submit(request, request.user_id)
+        await k.sched.submit(request, request.user_id)
 
         async def midway() -> bool:
-            async with k.rig.pool.acquire() as conn:  # type: ignore[union-attr]
+            async with k.sched.pool.acquire() as conn:
                 rows = dict(
                     await conn.fetch(
                         "SELECT image_index, status FROM job_images WHERE job_id = $1",
@@ -136,24 +135,24 @@ async def test_cancel_mid_pack_stops_dispatch_releases_budget_and_ends_cancelled
                 )
             return rows.get(0) == rows.get(1) == "stored" and rows.get(2) == "retry_wait"
 
-        await k.rig.wait(midway, "two stored, one waiting for a retry", timeout=30)
-        await k.rig.submit(CancelJob(job_id=request.job_id, user_id="alice"), "alice")
-        cancelled = await k.rig.wait_event("job_cancelled", request.job_id)
-        done = await k.rig.wait_event("pack_completed", request.job_id)
+        await k.sched.wait(midway, "two stored, one waiting for a retry", timeout=30)
+        await k.sched.submit(CancelJob(job_id=request.job_id, user_id="alice"), "alice")
+        cancelled = await k.sched.wait_event("job_cancelled", request.job_id)
+        done = await k.sched.wait_event("pack_completed", request.job_id)
         assert done.data.status is JobStatus.CANCELLED
         assert cancelled.data.released_usd == 4.0  # images 2..5 at $1 each
-        sent_at_cancel = len(await k.rig.jobs())
+        sent_at_cancel = len(await k.sched.jobs())
         assert sent_at_cancel == 6
 
         # A held image finishes late: its cost is booked, the job stays cancelled.
         late = [j for j in k.generator.held if j.image.image_index == 3]
         await k.generator.answer(late[0], "ok")
         await asyncio.sleep(2.0)  # past the retry's due time: it must not be sent
-        assert len(await k.rig.jobs()) == sent_at_cancel
-        ends = [e for e in await k.rig.events() if e.type == "pack_completed"]
+        assert len(await k.sched.jobs()) == sent_at_cancel
+        ends = [e for e in await k.sched.events() if e.type == "pack_completed"]
         assert len({e.id for e in ends}) == 1
-        async with k.rig.pool.acquire() as conn:
-            b = await balance(conn, k.rig.scheduler.ledger.today())
+        async with k.sched.pool.acquire() as conn:
+            b = await balance(conn, k.sched.scheduler.ledger.today())
             status = await conn.fetchval(
                 "SELECT status FROM jobs WHERE job_id = $1", request.job_id
             )
