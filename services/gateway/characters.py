@@ -17,6 +17,7 @@ import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeAlias
 
 import asyncpg
 
@@ -48,7 +49,7 @@ _COLUMNS = (
 )
 _FROM = "FROM characters c LEFT JOIN jobs j ON j.id = c.reference_job_id"
 
-Db = asyncpg.Pool | asyncpg.Connection
+Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ def _retry_after(previous: int, current: int, elapsed: float, limit: int, window
         needed = 1.0 - (limit - current - 1) / previous
     else:
         needed = elapsed
-    return max(1, math.ceil((needed - elapsed) * window_s))
+    return max(1, math.ceil((needed - elapsed) * window_s - 1e-9))  # float noise
 
 
 async def enforce(request: Request, user: Principal, bucket: str) -> None:

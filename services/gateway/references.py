@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import asyncpg
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from imagegen.blobstore import BlobStore
 from services.gateway.characters import PhotoRecord
@@ -128,8 +128,10 @@ def check_photo(
                 faces = detector.count(probe) if detector is not None else None
     except PhotoRefusedError:
         raise
+    except UnidentifiedImageError as exc:
+        raise PhotoRefusedError(index, "not a JPEG, PNG or WebP image") from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as exc:
-        raise PhotoRefusedError(index, f"not a readable image: {exc}") from exc
+        raise PhotoRefusedError(index, f"not a readable image ({type(exc).__name__})") from exc
     except Image.DecompressionBombError as exc:
         raise PhotoRefusedError(index, "too many pixels") from exc
     if faces == 0 and require_face:

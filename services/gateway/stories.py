@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
+from typing import TypeAlias
 
 import asyncpg
 
@@ -21,7 +22,7 @@ from services.gateway.problems import field_error
 
 _COLUMNS = "id, title, pages, character_ids, created_at, updated_at"
 
-Db = asyncpg.Pool | asyncpg.Connection
+Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
 
 
 def _story(row: asyncpg.Record) -> Story:
