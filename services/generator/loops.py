@@ -12,6 +12,7 @@ from services.generator.settings import BackendSettings
 from services.generator.tiers import TierPicker, WeightedTierConsumer
 from services.generator.worker import Generator
 
+JOBS_GROUP = "generator"
 CONTROL_GROUP = "generator-control"
 
 # librdkafka prefetches up to 100k messages per partition by default; a GPU pod needs only
@@ -20,13 +21,12 @@ _SMALL_PREFETCH = {"queued.min.messages": 10, "queued.max.messages.kbytes": 2048
 
 
 def tier_consumer(settings: KafkaSettings, tier: Tier) -> KafkaConsumer:
-    """The consumer of one tier topic, in that tier's own group (`<ns>.generator-<tier>`)."""
-    group = f"generator-{tier.value}"
+    """The consumer of one tier topic; every tier's consumer is a member of `<ns>.generator`."""
     return KafkaConsumer(
         settings.bootstrap,
-        group_id=f"{settings.namespace}.{group}",
+        group_id=f"{settings.namespace}.{JOBS_GROUP}",
         topics=[settings.topics.jobs(tier)],
-        client_id=f"{settings.client_id}-{group}",
+        client_id=f"{settings.client_id}-{JOBS_GROUP}-{tier.value}",
         session_timeout_ms=settings.session_timeout_ms,
         extra=_SMALL_PREFETCH,
     )

@@ -1,9 +1,12 @@
 """Weighted polling of the tier topics: paid work overtakes a free backlog, free work still moves.
 
 Policy (DECISIONS.md #6)
-- One consumer per tier topic (`jobs.realtime`, `jobs.standard`, `jobs.economy`), each in
-  its own consumer group (`<namespace>.generator-<tier>`), so KEDA can scale on each tier's
-  lag and a rebalance of one tier never disturbs the others.
+- One consumer per tier topic (`jobs.realtime`, `jobs.standard`, `jobs.economy`). All are
+  members of the group the generator always used (`<namespace>.generator`): Kafka assigns
+  each topic's partitions among the members subscribed to it, so N pods split every tier,
+  committed offsets carry over from the single-consumer generator, and KEDA reads one
+  group's lag per topic. (One consumer with pause/resume would need pause/resume in the
+  `Consumer` port; separate consumers need nothing new and keep each tier's fetch apart.)
 - `WeightedTierConsumer` holds at most ONE message per tier (the tier's head) - the least
   that tells which tiers have work ready - and never buffers a backlog in Python. A GPU
   makes one image at a time, so the consumer loop asks for the next record only when the
@@ -20,9 +23,11 @@ Policy (DECISIONS.md #6)
   handler returned (its outputs are durable), through the consumer that delivered it.
   Heads not yet picked are never committed: on stop or crash they are redelivered.
 
-Limits: a head waits while other tiers are picked (at most sum(weights)/weight picks
-for its tier); if its partition is reassigned meanwhile (a pod joined), the new owner
-may run it too - a duplicate that the idempotent handlers downstream absorb.
+Limits: a held head's consumer is not polled while other tiers are picked - at most
+about sum(weights)/weight picks for its tier (10 images for economy by default), well
+inside `max.poll.interval.ms` (10 min) for images of seconds. If its partition is
+reassigned meanwhile (a pod joined), the new owner may run it too: a duplicate that the
+idempotent handlers downstream absorb (deterministic event ids, content-addressed blobs).
 """
 
 from __future__ import annotations

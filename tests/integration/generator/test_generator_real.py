@@ -143,7 +143,7 @@ def committed_total(kafka: KafkaSettings, tier: Tier) -> int:
     topic = kafka.topics.jobs(tier)
     spec = next(s for s in registry(kafka.namespace) if s.name == topic)
     client = Consumer(
-        {"bootstrap.servers": kafka.bootstrap, "group.id": f"{kafka.namespace}.generator-{tier}"}
+        {"bootstrap.servers": kafka.bootstrap, "group.id": f"{kafka.namespace}.generator"}
     )
     try:
         parts = client.committed([TopicPartition(topic, p) for p in range(spec.partitions)], 10)
