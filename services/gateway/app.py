@@ -16,7 +16,7 @@ from imagegen.blobstore import BlobStore, S3BlobStore
 from imagegen.kafka import Consumer, ConsumerLoop, Publisher
 from imagegen.runtime import kafka_consumer, kafka_publisher
 from services.gateway.migrations import MIGRATIONS, SCHEMA
-from services.gateway.notify import EventSignal, LocalEventSignal
+from services.gateway.notify import EventSignal, PgEventSignal
 from services.gateway.projection import Projection
 from services.gateway.routes import (
     characters,
@@ -73,7 +73,10 @@ def create_app(
             make_consumer = consumer_factory or (
                 lambda group, names: kafka_consumer(settings.kafka, group, names)
             )
-            wakeups = signal or LocalEventSignal()
+            wakeups = signal
+            if wakeups is None:
+                # One LISTEN connection per process, fanned out in memory to its streams.
+                wakeups = await stack.enter_async_context(PgEventSignal(settings.database_url))
             loop = ConsumerLoop(
                 name=CONSUMER_GROUP,
                 consumer=make_consumer(CONSUMER_GROUP, [topics.events]),

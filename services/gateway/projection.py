@@ -17,7 +17,7 @@ from imagegen.kafka import Record, decode
 from schemas.events import EVENT_ADAPTER, Event, GenerationQueued, ImageStored, JobStatus
 from schemas.requests import JobKind
 from services.gateway.folding import fold_image, fold_job
-from services.gateway.notify import EventSignal
+from services.gateway.notify import EventSignal, announce
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ class Projection:
                 owner,
                 payload.model_dump_json(),
             )
+            if owner is not None:
+                await announce(conn, owner)  # sent at commit: wakes streams on every replica
         return owner
 
 

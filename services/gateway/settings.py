@@ -19,10 +19,16 @@ class GatewaySettings(ServiceSettings):
     # Longer than the producer's delivery.timeout.ms (30 s): a 503 must mean the broker
     # never got the command, not that it may still arrive after we rolled back.
     publish_timeout_s: float = Field(default=35.0, gt=0)
+    # Heartbeat: an SSE comment this often keeps proxies from closing idle streams.
     sse_ping_s: float = Field(default=15.0, gt=0)
-    # Safety net under the wake-ups: a stream re-reads the log at least this often, which
-    # also delivers events projected by another replica until LISTEN/NOTIFY is wired in.
+    # Safety net under LISTEN/NOTIFY: a stream re-reads the log at least this often, so a
+    # lost listening connection delays events by this much at worst.
     sse_poll_s: float = Field(default=2.0, gt=0)
+    # A cancelled job's stream waits this long for its closing pack_completed (and the
+    # outcomes of images that were running) before it ends.
+    sse_cancel_grace_s: float = Field(default=10.0, ge=0)
+    # Browsers reconnect a dropped EventSource after this many milliseconds.
+    sse_retry_ms: int = Field(default=1000, ge=100, le=60_000)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     consumer_poll_s: float = Field(default=0.5, gt=0)
 

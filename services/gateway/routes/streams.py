@@ -1,8 +1,11 @@
 """Server-Sent Events from the event log, resumable with `Last-Event-ID`.
 
-Each message's id is the event's row id in the log, so a client that reconnects with
-the last id it saw gets exactly what follows, in order. A job's stream ends after its
-terminal event; the user-wide stream runs until the client leaves.
+Each message's id is the event's row id in the log (appended in id order, see the
+projection), so a client that reconnects with the last id it saw gets exactly what
+follows, in order, from any replica and after any restart. Streams wake on the
+projection's NOTIFY (see notify.py) and re-read the log every `sse_poll_s` as a safety
+net. A job's stream ends after the job's closing `pack_completed`; the user-wide stream
+runs until the client leaves. Heartbeats are SSE comments every `sse_ping_s`.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from schemas.events import JobStatus
 from services.gateway import readmodel
 from services.gateway.auth import StreamUser
 from services.gateway.deps import StateDep
@@ -22,12 +26,26 @@ from services.gateway.state import GatewayState
 
 router = APIRouter(tags=["events"])
 
+# Every job kind ends with one pack_completed (cancelled jobs too, after job_cancelled).
+JOB_END_EVENT = "pack_completed"
+
+_LAST_EVENT_ID_DOC = "The id of the last event received; the stream resumes after it."
+
 
 def _resume_from(
-    header: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
-    query: Annotated[int | None, Query(alias="lastEventId", ge=0)] = None,
+    header: Annotated[
+        int | None, Header(alias="Last-Event-ID", ge=0, description=_LAST_EVENT_ID_DOC)
+    ] = None,
+    query: Annotated[
+        int | None,
+        Query(
+            alias="lastEventId",
+            ge=0,
+            description=_LAST_EVENT_ID_DOC + " For clients that cannot set the header.",
+        ),
+    ] = None,
 ) -> int:
-    """The last id the client saw (header first, as browsers send it on reconnect)."""
+    """The last id the client saw (header first: a browser's EventSource sends it on reconnect)."""
     if header is not None:
         return header
     return query or 0
@@ -36,29 +54,56 @@ def _resume_from(
 ResumeFrom = Annotated[int, Depends(_resume_from)]
 
 
+async def _job_is_over(state: GatewayState, user_id: str, job_id: str) -> bool:
+    """True when nothing more will be logged for the job's stream.
+
+    A finished job's closing event is logged in the transaction that sets its status,
+    so a terminal status followed by a read with nothing left means the client has it.
+    Only a cancelled job may still get events (its running images' outcomes, then
+    pack_completed): its stream waits `sse_cancel_grace_s` after the cancellation.
+    """
+    row = await state.pool.fetchrow(
+        "SELECT status, now() - finished_at > make_interval(secs => $3) AS settled"
+        " FROM jobs WHERE id = $1 AND user_id = $2",
+        job_id,
+        user_id,
+        state.settings.sse_cancel_grace_s,
+    )
+    if row is None:
+        return True
+    job_status = JobStatus(row["status"])
+    if job_status is JobStatus.CANCELLED:
+        return bool(row["settled"])
+    return job_status.terminal
+
+
 async def follow(
     state: GatewayState, user_id: str, job_id: str | None, after: int
 ) -> AsyncGenerator[ServerSentEvent, None]:
     """The user's events (one job's, or all) after id `after`, then live as they arrive."""
-    pool = state.pool
+    settings = state.settings
+    retry: int | None = settings.sse_retry_ms
     while True:
         # Listen before reading: an event committed after the read still wakes us.
         woken = state.signal.listen(user_id)
-        batch = await readmodel.events_after(pool, user_id, job_id, after)
+        # Ask whether the job is over BEFORE reading: its closing event commits together
+        # with its status, so a job found over here has all its events in the read below.
+        over = job_id is not None and await _job_is_over(state, user_id, job_id)
+        batch = await readmodel.events_after(state.pool, user_id, job_id, after)
         for event in batch:
-            yield ServerSentEvent(data=event.payload, event=event.type, id=str(event.id))
+            yield ServerSentEvent(
+                data=event.payload, event=event.type, id=str(event.id), retry=retry
+            )
+            retry = None  # said once per connection
             after = event.id
-            if job_id is not None and event.type in readmodel.TERMINAL_EVENT_TYPES:
+            if job_id is not None and event.type == JOB_END_EVENT:
                 return
         if batch:
             continue
-        if job_id is not None:
-            job_status = await readmodel.job_status(pool, user_id, job_id)
-            # Terminal with nothing left to read: the client already has the last event.
-            if job_status is None or job_status.terminal:
-                return
+        if over:
+            return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(woken.wait(), state.settings.sse_poll_s)
+            await asyncio.wait_for(woken.wait(), settings.sse_poll_s)
 
 
 def _response(
@@ -71,15 +116,40 @@ def _response(
     )
 
 
-@router.get("/api/v1/jobs/{job_id}/events")
+_SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "`text/event-stream`: one message per event, `id:` = the log id,"
+        " `event:` = its type, `data:` = the event envelope (JSON); `: ping` comments"
+        " as heartbeats.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get(
+    "/api/v1/jobs/{job_id}/events",
+    summary="Follow one job's events (SSE)",
+    responses=_SSE_RESPONSE,
+    response_class=EventSourceResponse,
+)
 async def job_events(
     job_id: str, user: StreamUser, state: StateDep, after: ResumeFrom
 ) -> EventSourceResponse:
+    """The job's events so far, then live; ends after the job's `pack_completed`.
+
+    Authenticate with a bearer token or `?stream_token=` (from `POST /api/v1/stream-tokens`).
+    """
     if await readmodel.job_status(state.pool, user.user_id, job_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     return _response(state, user.user_id, job_id, after)
 
 
-@router.get("/api/v1/events")
+@router.get(
+    "/api/v1/events",
+    summary="Follow all of the caller's events (SSE)",
+    responses=_SSE_RESPONSE,
+    response_class=EventSourceResponse,
+)
 async def user_events(user: StreamUser, state: StateDep, after: ResumeFrom) -> EventSourceResponse:
+    """Every event of every job of the caller, live; runs until the client disconnects."""
     return _response(state, user.user_id, None, after)
