@@ -221,14 +221,16 @@ def _plan_images(
         return _reference_set(character, request.width, request.height, story_id=request.story_id)
     if request.kind is JobKind.PORTRAIT:
         built = reference_keys_of(character)
-        drafts = (
+        references = (
             []
             if built is not None
             else _reference_set(character, request.width, request.height, story_id=request.story_id)
         )
-        waits = frozenset(range(len(drafts)))
+        # The requested portraits come first, so image 0 is the portrait the gateway names
+        # in its 202; the reference set they wait for follows.
+        waits = frozenset(range(request.image_count, request.image_count + len(references)))
         keys = _known_keys(character, reference_keys_of)
-        drafts += [
+        portraits = [
             _Draft(
                 character=character,
                 kind=JobKind.PORTRAIT,
@@ -244,7 +246,7 @@ def _plan_images(
             )
             for i in range(request.image_count)
         ]
-        return drafts
+        return portraits + references
     if request.kind is not JobKind.PACK:
         raise PermanentError(f"kind: {request.kind.value!r} is not an image-set kind")
     keys = _known_keys(character, reference_keys_of)

@@ -113,14 +113,16 @@ def test_free_user_work_goes_to_economy_and_plans_are_deterministic() -> None:
 
 def test_portrait_without_a_reference_set_builds_it_first() -> None:
     planned = _plan(_images(JobKind.PORTRAIT, count=1), max_variations=2)
-    assert [p.phase for p in planned] == ["reference"] * 5 + ["portraits"]
-    refs, portrait = planned[:5], planned[5]
+    # The portrait is image 0 (the id the gateway hands out); its reference set follows.
+    assert [p.phase for p in planned] == ["portraits"] + ["reference"] * 5
+    portrait, refs = planned[0], planned[1:]
     assert [p.job.image.kind for p in refs] == [JobKind.REFERENCE] * 5
     assert [p.job.pose for p in refs] == list(REFERENCE_POSES)
     assert all(not p.depends_on for p in refs)
     assert {p.job.max_variations for p in refs} == {0}  # identity images are not re-rolled
-    assert portrait.depends_on == frozenset(range(5))
+    assert portrait.depends_on == frozenset(range(1, 6))
     assert portrait.job.image.kind is JobKind.PORTRAIT
+    assert portrait.job.image.image_index == 0
     assert portrait.job.max_variations == 2
     assert {p.job.image.image_count for p in planned} == {6}
     assert len({p.job.seed for p in planned}) == 6
