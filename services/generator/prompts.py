@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from imagegen.errors import PermanentError
 from schemas.characters import CharacterSpec
+from schemas.jobs import GenerateImage
 
 
 class UnknownStyleError(PermanentError):
@@ -192,6 +193,31 @@ def build_prompt(
     subject = f"{template.lead} {identity_block(character)}"
     prompt = _join([subject, pose or _DEFAULT_POSE, extra, template.finish])
     return prompt, _join([_BASE_NEGATIVE, template.negative])
+
+
+def prompt_for_job(job: GenerateImage) -> tuple[str, str]:
+    """The (prompt, negative prompt) for a job: one character's image, or a scene with its
+    whole cast, each described by the same identity block as in their portraits."""
+    extra = _join([job.prompt, job.extra_prompt])
+    if not job.scene_description and not job.characters:
+        prompt, negative = build_prompt(job.character, job.style, job.pose, extra)
+    else:
+        template = style_template(job.style)
+        cast = [job.character, *job.characters]
+        featuring = " and ".join(f"({identity_block(c)})" for c in cast)
+        prompt = _join(
+            [
+                f"{template.lead} {job.scene_description or 'a scene'}",
+                f"featuring {featuring}",
+                job.pose,
+                extra,
+                template.finish,
+            ]
+        )
+        negative = _join([_BASE_NEGATIVE, template.negative])
+    if job.negative_prompt:
+        negative = _join([negative, job.negative_prompt])
+    return prompt, negative
 
 
 def _join(parts: list[str]) -> str:

@@ -36,7 +36,7 @@ from services.generator.backends import (
 )
 from services.generator.cancellation import CancelWatch, InMemoryCancellationStore
 from services.generator.progress import ProgressReporter
-from services.generator.prompts import build_prompt
+from services.generator.prompts import prompt_for_job
 from services.generator.providers import Providers, ProviderUnavailable
 from services.generator.settings import GeneratorSettings
 
@@ -95,9 +95,7 @@ class Generator:
                 ),
             )
         )
-        prompt, negative = build_prompt(job.character, job.style, job.pose, job.prompt)
-        if job.negative_prompt:
-            negative = f"{negative}, {job.negative_prompt}"
+        prompt, negative = prompt_for_job(job)
         try:
             references = tuple([await self._blobs.get(key) for key in job.reference_keys])
         except PermanentError as exc:  # a reference deleted meanwhile: no attempt can succeed

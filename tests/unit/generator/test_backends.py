@@ -221,3 +221,39 @@ def test_unknown_style_refused_by_name() -> None:
 
 def test_pack_poses_are_many_and_distinct() -> None:
     assert len(PACK_POSES) >= 23 and len(set(PACK_POSES)) == len(PACK_POSES)
+
+
+def test_scene_prompt_has_the_scene_and_every_character() -> None:
+    from schemas.jobs import GenerateImage, ImageIdentity
+    from schemas.topics import Tier
+    from services.generator.prompts import prompt_for_job
+
+    tom = MIRA.model_copy(update={"id": "tom", "name": "Tom", "description": "a tall baker"})
+    job = GenerateImage(
+        image=ImageIdentity(
+            job_id="j",
+            image_id="i",
+            image_index=0,
+            image_count=1,
+            user_id="u",
+            character_id=MIRA.id,
+        ),
+        tier=Tier.REALTIME,
+        character=MIRA,
+        characters=[tom],
+        prompt="",
+        scene_description="two friends sharing bread on a pier",
+        extra_prompt="golden hour",
+        negative_prompt="rain",
+        seed=1,
+        style="watercolor",
+        width=512,
+        height=512,
+    )
+    prompt, negative = prompt_for_job(job)
+    assert "two friends sharing bread on a pier" in prompt and "golden hour" in prompt
+    assert identity_block(MIRA) in prompt and identity_block(tom) in prompt
+    assert negative.endswith("rain")
+    portrait = job.model_copy(update={"characters": [], "scene_description": "", "pose": "waving"})
+    prompt, _ = prompt_for_job(portrait)
+    assert "waving" in prompt and "golden hour" in prompt and "Tom" not in prompt

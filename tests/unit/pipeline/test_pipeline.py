@@ -42,7 +42,7 @@ async def test_pack_of_five_completes_with_every_image_stored_once(database_url:
             assert await conn.fetchval("SELECT count(*) FROM images") == 5
         for event in stored:
             names = {r.name for r in event.data.renditions}
-            assert names == {"original", "display", "thumbnail"}
+            assert names == {"original", "display", "print", "thumbnail"}
             for rendition in event.data.renditions:
                 assert rendition.key.startswith("users/alice/characters/char-1/images/")
                 assert await p.blobs.exists(rendition.key)
