@@ -88,7 +88,7 @@ def _principal(claims: dict[str, Any], scope: str | None) -> Principal:
             )
         raise InvalidTokenError(f"token scope {token_scope!r} is not valid here")
     subject = claims["sub"]
-    if not isinstance(subject, str) or not subject or len(subject) > 200:
+    if not isinstance(subject, str) or not subject.isprintable() or not 0 < len(subject) <= 200:
         raise InvalidTokenError("token has no valid 'sub' claim")
     try:
         tier = UserTier(str(claims.get("tier")))

@@ -36,13 +36,41 @@ ResourceId = Annotated[
 Modifier = Annotated[str, Field(min_length=1, max_length=100)]
 
 
+def check_text(value: Any) -> Any:
+    """Refuse text PostgreSQL cannot store (NUL, lone surrogates) with a 422, not a 500."""
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("may not contain NUL characters")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError("is not valid Unicode text") from exc
+    return value
+
+
+class CleanInput(BaseModel):
+    """Request bodies: every string field (and list of strings) passes `check_text`."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _clean_text(cls, value: Any) -> Any:
+        return check_text(value)
+
+
 class Attributes(CharacterAttributes):
     """The contract's attributes, spelled in camelCase; unknown names are refused."""
 
     model_config = ConfigDict(**_CAMEL, frozen=True, extra="forbid")
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _clean_text(cls, value: Any) -> Any:
+        return check_text(value)
 
-class AttributesPatch(BaseModel):
+
+class AttributesPatch(CleanInput):
     """Attributes to change: a given key replaces, null clears, an absent key is kept."""
 
     model_config = ConfigDict(**_CAMEL, extra="forbid")
@@ -77,7 +105,7 @@ _CHARACTER_EXAMPLE: dict[str, Any] = {
 }
 
 
-class CharacterCreate(BaseModel):
+class CharacterCreate(CleanInput):
     model_config = ConfigDict(
         **_CAMEL, extra="forbid", json_schema_extra={"examples": [_CHARACTER_EXAMPLE]}
     )
@@ -92,7 +120,7 @@ class CharacterCreate(BaseModel):
     )
 
 
-class CharacterUpdate(BaseModel):
+class CharacterUpdate(CleanInput):
     """A partial update: only the fields sent change. Changing the look (description,
     attributes, style modifiers, art style, seed) marks the reference set stale."""
 
@@ -173,8 +201,24 @@ class ReferencePhotoList(BaseModel):
     items: list[ReferencePhoto]
 
 
+_CHARACTER_OUT_EXAMPLE: dict[str, Any] = {
+    "id": "8d1e0c7a-3f51-4a8e-9d0b-7b1c2a3e4f50",
+    **_CHARACTER_EXAMPLE,
+    "seed": 2718281828,
+    "referenceSet": {
+        "status": "ready",
+        "jobId": "1f0e2d3c-4b5a-4978-8695-a4b3c2d1e0f9",
+        "fingerprint": "9b2e61c4d0a7f3e8",
+        "imageCount": 5,
+    },
+    "referencePhotos": [],
+    "createdAt": "2026-11-21T10:00:00Z",
+    "updatedAt": "2026-11-21T10:05:00Z",
+}
+
+
 class Character(BaseModel):
-    model_config = _CAMEL
+    model_config = ConfigDict(**_CAMEL, json_schema_extra={"examples": [_CHARACTER_OUT_EXAMPLE]})
 
     id: str
     name: str
@@ -197,7 +241,23 @@ class CharacterList(BaseModel):
 
 
 class ReferenceSetAccepted(BaseModel):
-    model_config = _CAMEL
+    model_config = ConfigDict(
+        **_CAMEL,
+        json_schema_extra={
+            "examples": [
+                {
+                    "jobId": "1f0e2d3c-4b5a-4978-8695-a4b3c2d1e0f9",
+                    "status": "queued",
+                    "referenceSet": {
+                        "status": "building",
+                        "jobId": "1f0e2d3c-4b5a-4978-8695-a4b3c2d1e0f9",
+                        "fingerprint": "9b2e61c4d0a7f3e8",
+                        "imageCount": 0,
+                    },
+                }
+            ]
+        },
+    )
 
     job_id: str
     status: JobStatus
@@ -207,7 +267,7 @@ class ReferenceSetAccepted(BaseModel):
 # --- stories ------------------------------------------------------------------------------
 
 
-class StoryPageIn(BaseModel):
+class StoryPageIn(CleanInput):
     model_config = ConfigDict(**_CAMEL, extra="forbid")
 
     page_number: int = Field(ge=1, le=MAX_STORY_PAGES)
@@ -234,7 +294,7 @@ _STORY_EXAMPLE: dict[str, Any] = {
 }
 
 
-class StoryCreate(BaseModel):
+class StoryCreate(CleanInput):
     model_config = ConfigDict(
         **_CAMEL, extra="forbid", json_schema_extra={"examples": [_STORY_EXAMPLE]}
     )
@@ -246,7 +306,7 @@ class StoryCreate(BaseModel):
     )
 
 
-class StoryUpdate(BaseModel):
+class StoryUpdate(CleanInput):
     """A partial update: `pages` and `characterIds` are replaced whole when sent."""
 
     model_config = ConfigDict(
@@ -275,7 +335,19 @@ class StoryPageOut(BaseModel):
 
 
 class Story(BaseModel):
-    model_config = _CAMEL
+    model_config = ConfigDict(
+        **_CAMEL,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "c5a1e2f3-0b4d-4e6f-8a9b-0c1d2e3f4a5b",
+                    **_STORY_EXAMPLE,
+                    "createdAt": "2026-11-21T10:00:00Z",
+                    "updatedAt": "2026-11-21T10:00:00Z",
+                }
+            ]
+        },
+    )
 
     id: str
     title: str

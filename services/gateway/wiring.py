@@ -1,18 +1,102 @@
-"""Cross-cutting pieces the app factory installs: token verification, moderation and the
-idempotency middleware. Nothing here does I/O; the moderator is closed by the lifespan."""
+"""Cross-cutting pieces the app factory installs: token verification, moderation, request
+size limits and the idempotency middleware. Nothing here does I/O; the lifespan closes the
+moderator."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import json
+
+from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.auth import Authenticator
 from services.gateway.idempotency import IdempotencyMiddleware
 from services.gateway.moderation import Moderator, build_moderator
 from services.gateway.settings import GatewaySettings
 
+MAX_JSON_BYTES = 2 * 1024 * 1024
+"""A 100-page story of long pages is well under this; nothing JSON needs more."""
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the limit before anyone buffers or parses them: multipart
+    uploads get `upload_bytes`, everything else `MAX_JSON_BYTES`."""
+
+    def __init__(self, app: ASGIApp, upload_bytes: int) -> None:
+        self.app = app
+        self.upload_bytes = upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        multipart = headers.get("content-type", "").startswith("multipart/")
+        limit = self.upload_bytes if multipart else MAX_JSON_BYTES
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) <= limit:
+            await self.app(scope, receive, send)
+            return
+        if declared is not None and declared.isdigit():
+            await _too_large(send, limit)
+            return
+        # No (usable) length: read up to the limit here, then hand the body on.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _too_large(send, limit)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    problem = {
+        "loc": ["body"],
+        "msg": f"request body larger than {limit} bytes",
+        "type": "too_large",
+    }
+    body = json.dumps({"detail": [problem]}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422, rendered ASCII-safe: an echoed input holding a lone surrogate must
+    not turn a refusal into a 500."""
+    assert isinstance(exc, RequestValidationError)
+    detail = jsonable_encoder(exc.errors(), custom_encoder={BaseException: str})
+    body = json.dumps({"detail": detail}, ensure_ascii=True, default=str)
+    return Response(body, status_code=422, media_type="application/json")
+
 
 def install(app: FastAPI, settings: GatewaySettings, moderator: Moderator | None = None) -> None:
     """Attach the authenticator and moderator to `app.state`, add the middleware."""
     app.state.authenticator = Authenticator(settings)
     app.state.moderator = moderator or build_moderator(settings)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(IdempotencyMiddleware)
+    # Added last, so it runs first: nothing is buffered before the size is known.
+    upload = settings.reference_max_photos * settings.reference_max_bytes + 1024 * 1024
+    app.add_middleware(BodyLimitMiddleware, upload_bytes=upload)

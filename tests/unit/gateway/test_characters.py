@@ -299,3 +299,24 @@ async def test_reference_set_of_someone_else_is_404(gateway: Gateway, user: str)
     )
     assert response.status_code == 404
     assert published(gateway) == []
+
+
+async def test_text_postgres_cannot_store_is_a_422_not_a_500(gateway: Gateway, user: str) -> None:
+    cases = [
+        ({"name": "Mi\u0000a"}, ["body", "name"]),
+        ({"name": "Mia", "attributes": {"outfit": "\u0000"}}, ["body", "attributes", "outfit"]),
+        ({"name": "Mia", "styleModifiers": ["ok", "b\u0000d"]}, ["body", "styleModifiers"]),
+    ]
+    for body, loc in cases:
+        response = await gateway.client.post(
+            "/api/v1/characters", json=body, headers=gateway.auth(user)
+        )
+        assert response.status_code == 422, body
+        assert response.json()["detail"][0]["loc"][: len(loc)] == loc
+    response = await gateway.client.post(
+        "/api/v1/characters",
+        content=b'{"name": "\\ud800"}',
+        headers={**gateway.auth(user), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "name"]

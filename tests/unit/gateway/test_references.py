@@ -227,3 +227,31 @@ def test_dlib_detector_finds_the_face_and_not_a_blank() -> None:
 def test_missing_dlib_means_no_detector(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "dlib", None)  # what an uninstalled package looks like
     assert references.load_face_detector() is None
+
+
+async def test_oversized_requests_are_refused_before_parsing(
+    gateway_db_url: str, user: str
+) -> None:
+    async with custom_gateway(gateway_db_url, reference_max_bytes=1024) as gw:
+        character = await gw.create_character(user)
+        path = f"/api/v1/characters/{character['id']}/reference-photos"
+        big = b"\xff" * (9 * 1024 + 1024 * 1024)
+        response = await gw.client.post(path, files=_files(big), headers=gw.auth(user))
+        assert response.status_code == 413
+        assert response.json()["detail"][0]["loc"] == ["body"]
+
+        # A chunked body (no Content-Length) is counted as it arrives.
+        async def chunks() -> Any:
+            for _ in range(3):
+                yield b"{" + b" " * (1024 * 1024)
+
+        response = await gw.client.post(
+            "/api/v1/characters",
+            content=chunks(),
+            headers={**gw.auth(user), "Content-Type": "application/json"},
+        )
+        assert response.status_code == 413
+        huge_json = {"name": "Mia", "description": "x" * (3 * 1024 * 1024)}
+        response = await gw.client.post("/api/v1/characters", json=huge_json, headers=gw.auth(user))
+        assert response.status_code == 413
+        assert await _photo_rows(gw, character["id"]) == 0
