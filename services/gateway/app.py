@@ -7,9 +7,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 from imagegen import db
 from imagegen.blobstore import BlobStore, S3BlobStore
@@ -36,6 +38,7 @@ from services.gateway.wiring import install
 log = logging.getLogger(__name__)
 
 CONSUMER_GROUP = "gateway"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 ConsumerFactory = Callable[[str, list[str]], Consumer]
 
@@ -114,6 +117,8 @@ def create_app(
         characters, references, stories, generation, images, jobs, streams, tokens, health
     ):
         app.include_router(module.router)
+    # The web page's scripts and styles (the page itself is `/`): plain files, no build step.
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
 

@@ -1,0 +1,318 @@
+// The imagegen web page: sign in, characters, packs and scenes with live progress, images.
+
+import { api, ApiError, claims, getToken, newKey, setToken, STYLES } from "./api.js";
+import { JobCard } from "./jobs.js";
+import { ImageDialog } from "./image.js";
+
+const $ = (id) => document.getElementById(id);
+
+const state = { characters: [], jobs: new Map() };
+
+// --- messages -------------------------------------------------------------------------
+
+export function showError(error) {
+  const message = error instanceof Error ? error.message : error || "";
+  $("error").textContent = message;
+  if (error instanceof ApiError && error.status === 401) showSignIn(true);
+}
+
+export function notice(text) {
+  $("notice").textContent = text || "";
+}
+
+function clearFieldErrors(form) {
+  for (const el of form.querySelectorAll("[aria-invalid]")) {
+    el.removeAttribute("aria-invalid");
+    el.removeAttribute("aria-describedby");
+  }
+  for (const el of form.querySelectorAll(".field-error")) el.remove();
+}
+
+/** Mark the inputs the API named (`attributes.hairColour`, `image_count`, …). */
+export function markFields(form, error) {
+  clearFieldErrors(form);
+  if (!(error instanceof ApiError)) return;
+  for (const [path, message] of Object.entries(error.fields)) {
+    const input = form.elements.namedItem(path) || form.elements.namedItem(path.split(".")[0]);
+    if (!(input instanceof HTMLElement) || !input.closest("label")) continue;
+    const note = document.createElement("span");
+    note.className = "field-error";
+    note.id = `${form.id}-${path.replace(/\W/g, "-")}-error`;
+    note.textContent = message;
+    input.closest("label").append(note);
+    input.setAttribute("aria-invalid", "true");
+    input.setAttribute("aria-describedby", note.id);
+  }
+}
+
+/** Run a form action with its submit button disabled and errors shown. */
+async function submitting(form, action) {
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  showError();
+  clearFieldErrors(form);
+  try {
+    await action();
+  } catch (error) {
+    showError(error);
+    markFields(form, error);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// --- sign in --------------------------------------------------------------------------
+
+function showSignIn(expired) {
+  $("signin").hidden = false;
+  if (expired) $("token").focus();
+}
+
+async function signIn(token) {
+  setToken(token);
+  const who = claims(token);
+  $("who").textContent = who ? `Signed in as ${who.sub} (${who.tier || "?"} tier)` : "";
+  $("signout").hidden = false;
+  await loadCharacters();
+  $("app").hidden = false;
+  // Only once the gateway has accepted the token.
+  $("signin").hidden = true;
+}
+
+$("signin-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const token = $("token").value.trim();
+  if (!token) return;
+  showError();
+  signIn(token).catch(showError);
+});
+
+$("signout").addEventListener("click", () => {
+  setToken("");
+  for (const job of state.jobs.values()) job.close();
+  location.replace(location.pathname);
+});
+
+// --- characters -----------------------------------------------------------------------
+
+function selectedCharacter() {
+  return state.characters.find((c) => c.id === $("character").value) || null;
+}
+
+function describeCharacter(character) {
+  if (!character) return "";
+  const a = character.attributes || {};
+  const look = [a.ageRange, a.gender, a.hairColour && `${a.hairColour} hair`, a.outfit]
+    .filter(Boolean)
+    .join(", ");
+  return `${character.artStyle}, locked seed ${character.seed}${look ? ` — ${look}` : ""}`;
+}
+
+async function loadCharacters(selectId) {
+  const { items } = await api("GET", "api/v1/characters?limit=100");
+  state.characters = items;
+  const select = $("character");
+  const keep = selectId || select.value;
+  select.replaceChildren(
+    ...items.map((c) => {
+      const option = new Option(c.name, c.id);
+      option.selected = c.id === keep;
+      return option;
+    }),
+  );
+  $("new-character").open = items.length === 0;
+  onCharacterChange();
+}
+
+function onCharacterChange() {
+  $("character-info").textContent = describeCharacter(selectedCharacter());
+  loadGallery().catch(showError);
+}
+
+$("character").addEventListener("change", onCharacterChange);
+
+function listOf(value) {
+  return String(value || "")
+    .split(",")
+    .map((item) => item.trim())
+    .filter(Boolean);
+}
+
+function characterBody(form) {
+  const body = { attributes: {} };
+  for (const el of form.elements) {
+    if (!el.name || el.value === "") continue;
+    const value = el.hasAttribute("data-list") ? listOf(el.value) : el.value.trim();
+    if (Array.isArray(value) && value.length === 0) continue;
+    if (el.name === "seed") body.seed = Number(el.value);
+    else if (el.name.startsWith("attributes.")) body.attributes[el.name.slice(11)] = value;
+    else body[el.name] = value;
+  }
+  return body;
+}
+
+$("character-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const form = event.target;
+  submitting(form, async () => {
+    const character = await api("POST", "api/v1/characters", characterBody(form), { key: newKey() });
+    notice(`Created ${character.name} with locked seed ${character.seed}.`);
+    await loadCharacters(character.id);
+    $("new-character").open = false;
+  });
+});
+
+// --- generation -----------------------------------------------------------------------
+
+function requireCharacter() {
+  const character = selectedCharacter();
+  if (!character) throw new Error("Create or pick a character first.");
+  return character;
+}
+
+function track(card) {
+  state.jobs.set(card.jobId, card);
+  $("no-jobs").hidden = true;
+  $("jobs").prepend(card.element);
+  card.follow();
+  return card;
+}
+
+$("pack-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const form = event.target;
+  submitting(form, async () => {
+    const character = requireCharacter();
+    const count = Number(form.elements.image_count.value);
+    const job = await api(
+      "POST",
+      "api/generate",
+      { character_id: character.id, image_count: count },
+      { key: newKey() },
+    );
+    track(new JobCard(job.job_id, { kind: "pack", count, title: `Pack of ${count}: ${character.name}`, hooks }));
+  });
+});
+
+$("scene-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const form = event.target;
+  submitting(form, async () => {
+    const character = requireCharacter();
+    const f = form.elements;
+    const description = f.sceneDescription.value.trim();
+    // A scene illustrates a story page: make a one-page story for it.
+    const story = await api(
+      "POST",
+      "api/v1/stories",
+      {
+        title: `${character.name}: ${description.slice(0, 60) || "a scene"}`,
+        characterIds: [character.id],
+        pages: [{ pageNumber: 1, text: f.text.value.trim(), sceneDescription: description || null }],
+      },
+      { key: newKey() },
+    );
+    const job = await api(
+      "POST",
+      "api/v1/images/scenes",
+      {
+        storyId: story.id,
+        pageNumber: 1,
+        characterIds: [character.id],
+        sceneDescription: description || null,
+        style: f.style.value,
+        options: { aspectRatio: f.aspectRatio.value, includeText: f.includeText.checked },
+      },
+      { key: newKey() },
+    );
+    track(new JobCard(job.jobId, { kind: "scene", count: 1, title: `Scene: ${story.title}`, hooks }));
+  });
+});
+
+// --- gallery and the image dialog -----------------------------------------------------
+
+const dialog = new ImageDialog({
+  onChange: () => loadGallery().catch(showError),
+  onRegenerate: (accepted, title) =>
+    track(new JobCard(accepted.jobId, { kind: "regenerate", count: 1, title, hooks })),
+});
+
+const hooks = {
+  openImage: (imageId) => dialog.open(imageId),
+  finished: () => loadGallery().catch(showError),
+  error: showError,
+};
+
+async function loadGallery() {
+  const character = selectedCharacter();
+  const gallery = $("gallery");
+  if (!character) {
+    gallery.replaceChildren();
+    return;
+  }
+  const query = new URLSearchParams({ characterId: character.id, limit: "100" });
+  const { items } = await api("GET", `api/v1/images?${query}`);
+  gallery.replaceChildren(
+    ...items.map((image) => {
+      const tile = document.createElement("button");
+      tile.type = "button";
+      tile.className = "tile";
+      tile.dataset.imageId = image.id;
+      tile.setAttribute("aria-label", `Open ${image.type} image, version ${image.version}`);
+      const pic = document.createElement("div");
+      pic.className = "pic";
+      if (image.thumbnailUrl) {
+        const img = document.createElement("img");
+        img.src = image.thumbnailUrl;
+        img.alt = "";
+        pic.append(img);
+      }
+      const meta = document.createElement("span");
+      meta.textContent = `${image.type} · v${image.version} `;
+      const badge = document.createElement("span");
+      badge.className = `badge ${image.reviewStatus}`;
+      badge.textContent = image.reviewStatus;
+      meta.append(badge);
+      tile.append(pic, meta);
+      tile.addEventListener("click", () => dialog.open(image.id));
+      return tile;
+    }),
+  );
+  if (items.length === 0) {
+    const empty = document.createElement("p");
+    empty.className = "muted";
+    empty.textContent = "No images of this character yet.";
+    gallery.append(empty);
+  }
+}
+
+$("refresh-gallery").addEventListener("click", () => loadGallery().catch(showError));
+
+// --- start ----------------------------------------------------------------------------
+
+function fillStyleSelects() {
+  for (const select of document.querySelectorAll("select[data-styles]")) {
+    const options = STYLES.map((name) => new Option(name.replace(/_/g, " "), name));
+    if (select.dataset.blank) options.unshift(new Option(select.dataset.blank, ""));
+    select.replaceChildren(...options);
+    if (select.dataset.default) select.value = select.dataset.default;
+  }
+}
+
+function start() {
+  fillStyleSelects();
+  // `imagegen up` prints a link that carries the token: keep it, then drop it from the URL.
+  const params = new URLSearchParams(location.search);
+  const fromLink = params.get("token");
+  if (fromLink) {
+    params.delete("token");
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
+  }
+  const token = fromLink || getToken();
+  $("token").value = token;
+  if (token) signIn(token).catch(showError);
+  else showSignIn(false);
+}
+
+start();

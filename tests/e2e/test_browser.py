@@ -1,0 +1,170 @@
+"""The web page in real headless Chromium against the real stack (demo backend).
+
+Uses the system's Chromium (Debian's `chromium`; `./dev setup` installs it when it can)
+driven by playwright; playwright never downloads a browser here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.stack import RunningStack, imagegen_up
+
+pytestmark = pytest.mark.e2e
+
+PACK = 6
+TIMEOUT_MS = 180_000  # a whole pack on a busy CI machine
+EXPECT_MS = 60_000  # one step: a review confirmed, thumbnails fetched
+
+
+def _chromium() -> str:
+    for candidate in (os.environ.get("IMAGEGEN_CHROMIUM"), "/usr/bin/chromium"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.skip(
+            "Chromium is not installed and could not be installed (./dev setup installs"
+            " Debian's chromium when run as root with apt); set IMAGEGEN_CHROMIUM to a binary"
+        )
+    return found
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    with imagegen_up(tmp_path_factory.mktemp("browser-stack"), ["--backend", "demo"]) as stack:
+        yield stack
+
+
+@pytest.fixture
+def page(stack: RunningStack, tmp_path: Path) -> Iterator[Any]:
+    executable = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        # Chromium's sandbox refuses to run as root (CI containers); it isolates nothing
+        # we need for a page on loopback.
+        args = ["--no-sandbox"] if os.geteuid() == 0 else []
+        browser = playwright.chromium.launch(executable_path=executable, args=args)
+        sync_api.expect.set_options(timeout=EXPECT_MS)
+        try:
+            context = browser.new_context()
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            failures: list[str] = []
+            page.on("pageerror", lambda error: failures.append(str(error)))
+            page.on(
+                "console",
+                lambda message: failures.append(message.text) if message.type == "error" else None,
+            )
+            try:
+                yield page
+            finally:
+                # What the page looked like at the end (or at the failure), for the CI log.
+                page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            assert not [f for f in failures if "Failed to load resource" not in f], failures
+        finally:
+            browser.close()
+
+
+_WATCH_SLOTS = """() => {
+  window.__seen = new Set();
+  const record = () => document.querySelectorAll('#jobs .slot .state')
+    .forEach((el) => window.__seen.add(el.textContent.replace(/ · v\\d+$/, '')));
+  new MutationObserver(record).observe(document.body,
+    { subtree: true, childList: true, characterData: true });
+}"""
+
+
+def test_page_generates_a_pack_live_then_reviews_and_regenerates(
+    stack: RunningStack, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    # The link `imagegen up` prints signs in, and the token leaves the address bar.
+    page.goto(f"{stack.gateway}/?token={stack.token}")
+    expect(page.get_by_text("Signed in as demo-user (paid tier)")).to_be_visible()
+    assert "token=" not in page.url
+
+    # A character with every appearance field.
+    if not page.locator("#new-character").evaluate("el => el.open"):
+        page.get_by_text("New character").click()
+    form = page.locator("#character-form")
+    form.get_by_label("Name", exact=True).fill("Ada")
+    form.get_by_label("Base description").fill("A retired lighthouse keeper")
+    fields = {
+        "Age range": "60-70",
+        "Gender": "woman",
+        "Ethnicity": "Scottish",
+        "Hair colour": "grey",
+        "Hair style": "bun",
+        "Eye colour": "blue",
+        "Body type": "wiry",
+        "Outfit": "oilskin coat",
+        "Distinctive features (comma-separated)": "weathered hands, a scar on the chin",
+        "Personality traits (comma-separated)": "stubborn, kind",
+        "Style modifiers (comma-separated)": "soft light",
+    }
+    for label, value in fields.items():
+        form.get_by_label(label).fill(value)
+    form.get_by_label("Preferred art style").select_option("realistic")
+    form.get_by_role("button", name="Create character").click()
+    expect(page.get_by_role("status").filter(has_text="Created Ada")).to_be_visible()
+    expect(page.locator("#character option:checked")).to_have_text("Ada")
+
+    # The API's refusal is shown in words, and the field it names is marked.
+    pack = page.locator("#pack-form")
+    pack.get_by_label("Images (1 to 23)").fill("30")
+    pack.get_by_role("button", name="Generate pack").click()
+    expect(page.locator("#error")).to_contain_text("image_count")
+    expect(pack.get_by_label("Images (1 to 23)")).to_have_attribute("aria-invalid", "true")
+
+    # A pack: per-image progress live, then every thumbnail.
+    page.evaluate(_WATCH_SLOTS)
+    pack.get_by_label("Images (1 to 23)").fill(str(PACK))
+    pack.get_by_role("button", name="Generate pack").click()
+    job = page.locator("#jobs article.job").first
+    expect(job.locator(".slot")).to_have_count(PACK)
+    expect(job.locator(".job-status")).to_have_text(
+        f"completed ({PACK} of {PACK} images)", timeout=TIMEOUT_MS
+    )
+    expect(job.locator(".slot img")).to_have_count(PACK)
+    for image in job.locator(".slot img").all():
+        expect(image).to_have_js_property("complete", True)
+        assert image.evaluate("img => img.naturalWidth") > 0, "thumbnail loaded"
+    assert job.locator("progress").first.evaluate("bar => bar.value") == 1
+    seen = set(page.evaluate("() => [...window.__seen]"))
+    assert {"generating", "done"} <= seen, f"progress shown as it happened: {seen}"
+    expect(page.locator("#gallery .tile")).to_have_count(PACK)
+
+    # Approve one image; the store confirms the review.
+    job.get_by_role("button", name="Open image 1").click()
+    dialog = page.locator("#image-dialog")
+    expect(dialog).to_be_visible()
+    dialog.get_by_role("button", name="Approve").click()
+    expect(dialog.locator("dd[data-review]")).to_have_text("approved")
+    dialog.get_by_role("button", name="Close").click()
+    expect(page.locator("#gallery .badge.approved")).to_have_count(1)
+
+    # Regenerate another with a modification: a second version appears next to the first.
+    job.get_by_role("button", name="Open image 2").click()
+    expect(dialog).to_be_visible()
+    dialog.get_by_label("Prompt addition").fill("smiling, wearing a red scarf")
+    dialog.get_by_role("button", name="Regenerate").click()
+    expect(dialog.locator("#regen-status")).to_have_text("Version 2 is ready.", timeout=TIMEOUT_MS)
+    expect(dialog.locator("#versions button")).to_have_count(2)
+    expect(dialog.locator('#versions button[data-version="2"]')).to_have_attribute(
+        "aria-pressed", "true"
+    )
+    expect(dialog.locator("#image-title")).to_contain_text("version 2 of 2")
+    big = dialog.locator("#detail-image")
+    expect(big).to_have_js_property("complete", True)
+    assert big.evaluate("img => img.naturalWidth") > 0
+    # The first version is kept and can still be viewed.
+    dialog.locator('#versions button[data-version="1"]').click()
+    expect(dialog.locator("#image-title")).to_contain_text("version 1 of 2")
