@@ -168,3 +168,40 @@ def test_page_generates_a_pack_live_then_reviews_and_regenerates(
     # The first version is kept and can still be viewed.
     dialog.locator('#versions button[data-version="1"]').click()
     expect(dialog.locator("#image-title")).to_contain_text("version 1 of 2")
+
+
+def test_page_signs_in_by_hand_and_generates_a_scene(stack: RunningStack, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    user = "scene-painter"
+    token = stack.token_for(user, "paid")
+    with stack.client(token) as client:
+        created = client.post("/api/v1/characters", json={"name": "Fox", "artStyle": "watercolor"})
+        assert created.status_code == 201, created.text
+
+    page.goto(stack.gateway + "/")
+    signin = page.locator("#signin-form")
+    # A bad token is refused with the gateway's reason, and the page stays signed out.
+    signin.get_by_label("Access token").fill("not-a-token")
+    signin.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#error")).to_contain_text("Not signed in")
+    expect(page.locator("#app")).to_be_hidden()
+
+    signin.get_by_label("Access token").fill(token)
+    signin.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_text(f"Signed in as {user} (paid tier)")).to_be_visible()
+    expect(page.locator("#error")).to_be_empty()
+    expect(page.locator("#character option:checked")).to_have_text("Fox")
+
+    scene = page.locator("#scene-form")
+    scene.get_by_label("Scene description").fill("crossing a moonlit bridge")
+    scene.get_by_label("Page text (optional)").fill("The fox knew the way.")
+    scene.get_by_label("Style").select_option("watercolor")
+    scene.get_by_label("Aspect ratio").select_option("4:3")
+    scene.get_by_role("button", name="Generate scene").click()
+    job = page.locator("#jobs article.job").first
+    expect(job).to_have_attribute("aria-label", "Scene: Fox: crossing a moonlit bridge")
+    expect(job.locator(".job-status")).to_have_text("completed (1 of 1 images)", timeout=TIMEOUT_MS)
+    expect(job.locator(".slot img")).to_have_count(1)
+    expect(page.locator("#gallery .tile")).to_have_count(1)
+    expect(page.locator("#gallery .tile")).to_contain_text("scene")

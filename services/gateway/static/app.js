@@ -70,12 +70,17 @@ function showSignIn(expired) {
 
 async function signIn(token) {
   setToken(token);
+  try {
+    await loadCharacters();
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) setToken("");
+    throw error;
+  }
+  // Only once the gateway has accepted the token.
   const who = claims(token);
   $("who").textContent = who ? `Signed in as ${who.sub} (${who.tier || "?"} tier)` : "";
   $("signout").hidden = false;
-  await loadCharacters();
   $("app").hidden = false;
-  // Only once the gateway has accepted the token.
   $("signin").hidden = true;
 }
 
