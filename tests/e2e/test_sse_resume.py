@@ -119,6 +119,18 @@ async def _logged_ids(database: str, column: str, value: str) -> list[int]:
     return [row["id"] for row in rows]
 
 
+async def _listening_connections(database: str) -> int:
+    conn = await asyncpg.connect(database)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'imagegen-gateway-listen'"
+        )
+    finally:
+        await conn.close()
+    return count
+
+
 def test_resume_on_another_replica_and_after_a_restart_misses_nothing(
     stack: RunningStack, replica: Replica
 ) -> None:
@@ -161,6 +173,8 @@ def test_resume_on_another_replica_and_after_a_restart_misses_nothing(
 
         # The whole job, read in one go at the end, is exactly the three parts joined.
         full = read_sse(first, path)
+        # One LISTEN connection per gateway process, however many streams it serves.
+        assert asyncio.run(_listening_connections(stack.database)) == 2
         job = wait_for_job(stack, first, job_id)
 
     resumed = [_key(m) for m in part1 + part2 + part3]
