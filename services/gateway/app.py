@@ -110,11 +110,20 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
+            expose_headers=["Retry-After", "Idempotent-Replayed"],
         )
     for module in (
-        characters, references, stories, generation, images, jobs, streams, tokens, health
+        characters,
+        references,
+        stories,
+        generation,
+        images,
+        jobs,
+        streams,
+        tokens,
+        health,
     ):
         app.include_router(module.router)
     # The web page's scripts and styles (the page itself is `/`): plain files, no build step.
