@@ -46,8 +46,9 @@ def errors(*codes: int) -> dict[int | str, dict[str, object]]:
 
 
 def links(blobs: BlobsDep, settings: SettingsDep) -> gallery.Links:
-    cdn = getattr(settings, "cdn_base_url", None)
-    return gallery.Links(blobs=blobs, ttl_s=settings.signed_url_ttl_s, cdn_base_url=cdn)
+    return gallery.Links(
+        blobs=blobs, ttl_s=settings.signed_url_ttl_s, cdn_base_url=settings.s3.cdn_base_url
+    )
 
 
 def urls(settings: GatewaySettings, job_id: str) -> tuple[str, str]:

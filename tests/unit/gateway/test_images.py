@@ -324,3 +324,18 @@ async def test_another_users_image_is_404_everywhere(gateway: Gateway, user: str
 async def test_unauthenticated_is_401(gateway: Gateway) -> None:
     response = await gateway.client.get("/api/v1/images")
     assert response.status_code == 401
+
+
+def test_cdn_url_uses_the_configured_base_and_the_display_key() -> None:
+    from imagegen.blobstore import InMemoryBlobStore
+    from services.gateway.gallery import Links
+
+    renditions = {
+        "original": {"key": "users/u/characters/c/images/i/v1/original.png"},
+        "display": {"key": "users/u/characters/c/images/i/v1/display.jpg"},
+    }
+    links = Links(InMemoryBlobStore(), 3600, cdn_base_url="https://cdn.example.test/media/")
+    assert links.cdn(renditions) == (
+        "https://cdn.example.test/media/users/u/characters/c/images/i/v1/display.jpg"
+    )
+    assert Links(InMemoryBlobStore(), 3600).cdn(renditions) is None
