@@ -38,10 +38,17 @@ async def test_user_cap_queues_excess_jobs_and_frees_the_slot_when_one_ends(
             return [j for j in await m.rig.jobs() if j.image.job_id == job_id]
 
         await m.rig.wait(lambda: _len_is(jobs_of(first.job_id), 2), "first job dispatched")
-        # The second job was admitted (budget reserved) but waits for the user's only slot.
-        async with m.rig.pool.acquire() as conn:
-            status = await conn.fetchval("SELECT status FROM jobs WHERE job_id = $1", second.job_id)
-        assert status == "queued"
+
+        # The second job is admitted (budget reserved) but waits for the user's only slot.
+        async def second_status() -> str | None:
+            async with m.rig.pool.acquire() as conn:
+                status: str | None = await conn.fetchval(
+                    "SELECT status FROM jobs WHERE job_id = $1", second.job_id
+                )
+            return status
+
+        await m.rig.wait(lambda: _is_not_none(second_status()), "second job admitted")
+        assert await second_status() == "queued"
         await asyncio.sleep(0.3)
         assert await jobs_of(second.job_id) == []
         assert all(j.tier.value == "economy" for j in await m.rig.jobs())
@@ -56,6 +63,10 @@ async def test_user_cap_queues_excess_jobs_and_frees_the_slot_when_one_ends(
         done = await m.rig.wait_event("pack_completed", second.job_id)
         assert done.data.status is JobStatus.COMPLETED
         assert done.data.cost_usd == 0.5
+
+
+async def _is_not_none(value: Awaitable[object]) -> bool:
+    return await value is not None
 
 
 async def _len_is(items: Awaitable[Sized], n: int) -> bool:
