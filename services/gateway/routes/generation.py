@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Annotated
 
 import asyncpg
 from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import ValidationError
 
+from imagegen.kafka import Publisher
 from schemas.jobs import image_id_for
 from schemas.requests import GenerateImages, GenerateScene, GenerateStory, JobKind
 from services.gateway import characters, estimates, gallery, publishing, readmodel, stories
@@ -34,6 +36,7 @@ from services.gateway.moderation import ModeratorDep
 from services.gateway.problems import field_error
 from services.gateway.ratelimit import GenerateLimit
 from services.gateway.routes.jobs import errors, urls
+from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,57 @@ async def _story_or_404(conn: asyncpg.Connection, user_id: str, story_id: str) -
     if story is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"story {story_id} not found")
     return story
+
+
+@dataclass(frozen=True)
+class _OneImage:
+    """What the read model records for a job of one image before the scheduler sees it."""
+
+    kind: JobKind
+    image_id: str
+    style: str
+    character_id: str
+    story_id: str | None
+    page_number: int | None = None
+
+
+async def _record_and_send(
+    conn: asyncpg.Connection,
+    publisher: Publisher,
+    settings: GatewaySettings,
+    command: GenerateImages | GenerateScene,
+    image: _OneImage,
+) -> estimates.Estimate:
+    """Job row, pending image row and the command in one transaction: if the publish fails,
+    nothing is recorded (a 503), so a retry starts clean. Returns the completion estimate."""
+    estimate = await estimates.estimate(conn, command.user_id, 1)
+    async with conn.transaction():
+        await readmodel.insert_job(
+            conn,
+            command.job_id,
+            command.user_id,
+            kind=image.kind,
+            total=1,
+            character_id=image.character_id,
+            story_id=image.story_id,
+            page_number=image.page_number,
+            image_id=image.image_id,
+            style=image.style,
+        )
+        await gallery.insert_pending(
+            conn,
+            image_id=image.image_id,
+            version=1,
+            job_id=command.job_id,
+            user_id=command.user_id,
+            kind=image.kind.value,
+            style=image.style,
+            character_id=image.character_id,
+            story_id=image.story_id,
+            page_number=image.page_number,
+        )
+        await publishing.send(publisher, settings, command.user_id, command)
+    return estimate
 
 
 @router.post(
@@ -109,31 +163,13 @@ async def generate_portrait(
             model=body.options.model,
             story_id=body.story_id,
         )
-        estimate = await estimates.estimate(conn, user.user_id, 1)
-        async with conn.transaction():
-            await readmodel.insert_job(
-                conn,
-                job_id,
-                user.user_id,
-                kind=JobKind.PORTRAIT,
-                total=1,
-                character_id=character.id,
-                story_id=body.story_id,
-                image_id=image_id,
-                style=body.style,
-            )
-            await gallery.insert_pending(
-                conn,
-                image_id=image_id,
-                version=1,
-                job_id=job_id,
-                user_id=user.user_id,
-                kind=JobKind.PORTRAIT.value,
-                style=body.style,
-                character_id=character.id,
-                story_id=body.story_id,
-            )
-            await publishing.send(publisher, settings, user.user_id, command)
+        estimate = await _record_and_send(
+            conn,
+            publisher,
+            settings,
+            command,
+            _OneImage(JobKind.PORTRAIT, image_id, body.style, character.id, body.story_id),
+        )
     log.info("event=portrait_accepted job_id=%s user_id=%s", job_id, user.user_id)
     return _accepted(settings, job_id, image_id, estimate)
 
@@ -196,33 +232,20 @@ async def generate_scene(
             quality=options.quality,
             model=options.model,
         )
-        estimate = await estimates.estimate(conn, user.user_id, 1)
-        async with conn.transaction():
-            await readmodel.insert_job(
-                conn,
-                job_id,
-                user.user_id,
-                kind=JobKind.SCENE,
-                total=1,
-                character_id=body.character_ids[0],
-                story_id=story.id,
-                page_number=page.page_number,
-                image_id=image_id,
-                style=body.style,
-            )
-            await gallery.insert_pending(
-                conn,
-                image_id=image_id,
-                version=1,
-                job_id=job_id,
-                user_id=user.user_id,
-                kind=JobKind.SCENE.value,
-                style=body.style,
-                character_id=body.character_ids[0],
-                story_id=story.id,
-                page_number=page.page_number,
-            )
-            await publishing.send(publisher, settings, user.user_id, command)
+        estimate = await _record_and_send(
+            conn,
+            publisher,
+            settings,
+            command,
+            _OneImage(
+                JobKind.SCENE,
+                image_id,
+                body.style,
+                body.character_ids[0],
+                story.id,
+                page.page_number,
+            ),
+        )
     log.info("event=scene_accepted job_id=%s story_id=%s", job_id, story.id)
     return _accepted(settings, job_id, image_id, estimate)
 
