@@ -49,6 +49,15 @@ class ServiceSettings(BaseSettings):
     env: Literal["dev", "test", "prod"] = "dev"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/imagegen"
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        default="text", description="json: one JSON object per line (production)."
+    )
+    health_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Workers: serve /healthz, /readyz and /metrics on this port (0: any free).",
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
 

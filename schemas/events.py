@@ -145,6 +145,9 @@ class ImageStoredData(Contract):
     page_number: int | None = None
     style: str = ""
     prompt: str = ""
+    negative_prompt: str = ""
+    scene_description: str = ""
+    scene_source: str = ""
 
 
 class ConsistencyFlaggedData(Contract):

@@ -35,6 +35,19 @@ class GenerationRecord(Contract):
     versions: dict[str, str] = Field(default_factory=dict)
     device: str = "cpu"
     demo: bool = Field(default=False, description="True when produced by the offline demo model.")
+    conditioning: str = Field(
+        default="", description='How references steered it: "", "ip_adapter", "img2img", "edit".'
+    )
+    conditioning_strength: float | None = None
+    """IP-Adapter scale or img2img strength, when `conditioning` is set."""
+    quality: str = ""
+    """The provider's own quality/size setting where it has one (API backends)."""
+    batch_size: int = Field(default=1, ge=1)
+    """How many images shared the batch this one was generated in."""
+    scene_description: str = ""
+    scene_source: str = Field(
+        default="", description='Where the scene came from: "request", "llm" or "extractor".'
+    )
 
 
 class Timings(Contract):
@@ -84,3 +97,7 @@ class ProcessedImage(Message):
     flagged: bool = False
     timings: Timings = Field(default_factory=Timings)
     style: str = ""
+    face_embedding: list[float] | None = None
+    """The face embedding the consistency scorer computed (None: no face, or not scored)."""
+    face_encoder: str = ""
+    """Which encoder made `face_embedding` (embeddings of different encoders don't compare)."""

@@ -68,6 +68,9 @@ class GenerateImage(Message):
     characters: list[CharacterSpec] = Field(default_factory=list, max_length=4)
     """Other characters in the picture (scenes); `character` is the main one."""
     scene_description: str = Field(default="", max_length=2000)
+    scene_source: str = Field(
+        default="", description='"request", "llm" or "extractor": where the scene came from.'
+    )
     extra_prompt: str = Field(default="", max_length=1000)
     max_variations: int = Field(default=0, ge=0, le=5)
     """Consistency loop: new-seed variations allowed if postprocess flags this image."""

@@ -162,6 +162,24 @@ class DeleteImage(Message):
     requested_at: datetime = Field(default_factory=utcnow)
 
 
+class DeleteCharacter(Message):
+    """Remove every image of a character (all versions and renditions) and its references."""
+
+    type: Literal["delete_character"] = "delete_character"
+    character_id: str
+    user_id: str
+    requested_at: datetime = Field(default_factory=utcnow)
+
+
+class DeleteStory(Message):
+    """Remove every image of a story's pages."""
+
+    type: Literal["delete_story"] = "delete_story"
+    story_id: str
+    user_id: str
+    requested_at: datetime = Field(default_factory=utcnow)
+
+
 class ReviewImage(Message):
     type: Literal["review_image"] = "review_image"
     image_id: str
@@ -177,6 +195,8 @@ Request = Annotated[
     | RegenerateImage
     | CancelJob
     | DeleteImage
+    | DeleteCharacter
+    | DeleteStory
     | ReviewImage,
     Field(discriminator="type"),
 ]

@@ -111,6 +111,9 @@ class Generator:
             guidance=job.guidance,
             identity_seed=job.character.seed,
             reference_images=references,
+            model=job.model,
+            quality=job.quality.value,
+            request_id=f"{img.image_id}-a{img.attempt}-v{img.variation}",
         )
         reporter = ProgressReporter(
             asyncio.get_running_loop(), self._events, job, self._settings.progress_interval_s
@@ -156,7 +159,7 @@ class Generator:
         blob = await put_staging(self._blobs, result.png, "image/png")
         # Self-hosted backends price their busy GPU seconds; API backends (no GPU of ours)
         # report their own price and no GPU seconds.
-        cost = backend.cost_usd(result.seconds)
+        cost = result.cost_usd if result.cost_usd is not None else backend.cost_usd(result.seconds)
         gpu_seconds = result.seconds if getattr(backend, "self_hosted", True) else None
         raw = RawImage(
             image=img,
@@ -177,6 +180,12 @@ class Generator:
                 versions=result.versions,
                 device=result.device,
                 demo=result.demo,
+                conditioning=result.conditioning,
+                conditioning_strength=result.conditioning_strength,
+                quality=result.quality,
+                batch_size=result.batch_size,
+                scene_description=job.scene_description,
+                scene_source=job.scene_source,
             ),
             provider=provider,
             cost_usd=cost,

@@ -6,6 +6,7 @@ importing the port costs neither torch nor diffusers.
 
 from __future__ import annotations
 
+import importlib
 from typing import Literal
 
 from imagegen.errors import ConfigurationError
@@ -20,8 +21,24 @@ from services.generator.backends.base import (
     ProgressCallback,
 )
 
-BackendKind = Literal["demo", "diffusers"]
-BACKEND_KINDS: tuple[BackendKind, ...] = ("demo", "diffusers")
+BackendKind = Literal["demo", "diffusers", "openai", "replicate", "fal", "runpod"]
+BACKEND_KINDS: tuple[BackendKind, ...] = (
+    "demo",
+    "diffusers",
+    "openai",
+    "replicate",
+    "fal",
+    "runpod",
+)
+# Hosted providers: each module has `build() -> ImageBackend`, reading its own
+# `IMAGEGEN_<KIND>_*` settings (endpoint, key, default model, prices), so adding one
+# touches no other. `model` (IMAGEGEN_GENERATOR_MODEL) is the self-hosted model only.
+_HOSTED: dict[str, str] = {
+    "openai": "services.generator.backends.openai_backend",
+    "replicate": "services.generator.backends.replicate_backend",
+    "fal": "services.generator.backends.fal_backend",
+    "runpod": "services.generator.backends.runpod_backend",
+}
 # An on-demand single-GPU hour, roughly what an A100/H100 pod costs; override per deployment.
 DEFAULT_GPU_PRICE_PER_HOUR = 2.50
 
@@ -62,4 +79,8 @@ def build_backend(
         )
 
         return DiffusersBackend(model, device=device, price_per_hour=gpu_price_per_hour)
+    if kind in _HOSTED:
+        module = importlib.import_module(_HOSTED[kind])
+        backend: ImageBackend = module.build()
+        return backend
     raise ConfigurationError(f"unknown backend kind {kind!r}; expected one of {BACKEND_KINDS}")

@@ -34,6 +34,12 @@ class GenerationRequest:
     identity_seed: int
     reference_images: tuple[bytes, ...] = ()
     img2img_strength: float | None = None
+    model: str | None = None
+    """The model the job names; None means the backend's configured one."""
+    quality: str = "standard"
+    """The job's quality tier (draft / standard / high); API backends map it to theirs."""
+    request_id: str = ""
+    """Unique per attempt (image id + attempt): an idempotency key for hosted providers."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,14 @@ class GeneratedImage:
     demo: bool
     steps_run: int
     seconds: float
+    cost_usd: float | None = None
+    """What the provider charged for this image; None: price the busy seconds (`cost_usd`)."""
+    conditioning: str = ""
+    """How the references steered it: "", "ip_adapter", "img2img" or "edit"."""
+    conditioning_strength: float | None = None
+    quality: str = ""
+    """The provider's own quality/size setting, when it has one."""
+    batch_size: int = 1
 
 
 class CancelToken:

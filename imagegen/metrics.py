@@ -1,0 +1,62 @@
+"""The project's metric instruments, one place for every name (OpenTelemetry metrics API).
+
+Code records through `instruments()`; until a service installs a MeterProvider
+(`imagegen.telemetry`), the API's no-op provider makes every call free. Names follow
+Prometheus conventions (`_total` counters, `_seconds` histograms) so the scrape output
+reads naturally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from opentelemetry import metrics
+from opentelemetry.metrics import Counter, Histogram, UpDownCounter
+
+METER_NAME = "imagegen"
+
+
+@dataclass(frozen=True)
+class Instruments:
+    requests: Counter
+    """HTTP requests served by the gateway (route, method, status)."""
+    jobs: Counter
+    """Jobs by status (queued, completed, partially_completed, failed, cancelled) and tier."""
+    images: Counter
+    """Images by outcome (completed, failed) and provider."""
+    queue_wait: Histogram
+    """Seconds an image job waited on its tier topic (tier)."""
+    generation_seconds: Histogram
+    """Seconds a backend spent generating one image (provider, model)."""
+    cost: Counter
+    """USD charged per image (provider, model)."""
+    budget_consumed: Counter
+    """USD committed against budgets (tier)."""
+    consistency_score: Histogram
+    """Face distance of each scored image to its character (lower is closer)."""
+    sse_connections: UpDownCounter
+    """Open Server-Sent-Events streams on this gateway."""
+    provider_unavailable: Counter
+    """Times a provider was taken out of rotation for a cool-down (provider)."""
+    webhook_deliveries: Counter
+    """Webhook delivery attempts (outcome: delivered, failed, refused)."""
+
+
+@cache
+def instruments() -> Instruments:
+    """The instruments of this process (created once, on first use)."""
+    meter = metrics.get_meter(METER_NAME)
+    return Instruments(
+        requests=meter.create_counter("imagegen_http_requests", unit="1"),
+        jobs=meter.create_counter("imagegen_jobs", unit="1"),
+        images=meter.create_counter("imagegen_images", unit="1"),
+        queue_wait=meter.create_histogram("imagegen_queue_wait_seconds", unit="s"),
+        generation_seconds=meter.create_histogram("imagegen_generation_seconds", unit="s"),
+        cost=meter.create_counter("imagegen_cost_usd", unit="USD"),
+        budget_consumed=meter.create_counter("imagegen_budget_consumed_usd", unit="USD"),
+        consistency_score=meter.create_histogram("imagegen_consistency_distance", unit="1"),
+        sse_connections=meter.create_up_down_counter("imagegen_sse_connections", unit="1"),
+        provider_unavailable=meter.create_counter("imagegen_provider_cooldowns", unit="1"),
+        webhook_deliveries=meter.create_counter("imagegen_webhook_deliveries", unit="1"),
+    )
