@@ -141,3 +141,15 @@ MIGRATIONS.append(
         """,
     )
 )
+
+MIGRATIONS.append(
+    (
+        3,
+        """
+        -- The trace of the request that created the job: work for the job that starts
+        -- outside that request (retries from the ticker, activation when another job ends)
+        -- still joins the request's trace.
+        ALTER TABLE jobs ADD COLUMN traceparent text;
+        """,
+    )
+)
