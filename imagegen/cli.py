@@ -242,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     storage = sub.add_parser("storage", help="storage maintenance")
     storage_sub = storage.add_subparsers(dest="storage_command", required=True)
     clean = storage_sub.add_parser(
-        "cleanup", help="remove old staging objects and final objects no image row points at"
+        "cleanup",
+        help="remove old staging objects, final objects no image row points at, and images"
+        " of deleted characters/stories",
     )
     clean.add_argument("--dry-run", action="store_true", help="only report what would go")
     clean.add_argument("--older-than", type=float, default=24.0, help="hours (default 24)")

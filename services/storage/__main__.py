@@ -8,9 +8,11 @@ from contextlib import AsyncExitStack
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
 from imagegen.events import EventEmitter
-from imagegen.runtime import consumer_loop, kafka_publisher, run_until_signalled
-from imagegen.telemetry import configure_logging, configure_tracing
+from imagegen.health import broker_check, database_check, loops_check
+from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher, run_until_signalled
+from imagegen.telemetry import configure_telemetry
 from services.storage.handlers import SOURCE, StorageService
+from services.storage.jobs import JobTracker
 from services.storage.lifecycle import ImageLifecycle
 from services.storage.migrations import MIGRATIONS
 from services.storage.settings import StorageSettings
@@ -21,6 +23,7 @@ SCHEMA = "storage"
 async def serve(settings: StorageSettings) -> None:
     topics = settings.kafka.topics
     async with AsyncExitStack() as stack:
+        health = await stack.enter_async_context(health_endpoint(settings.health_port))
         pool = await create_pool(settings.database_url, SCHEMA)
         stack.push_async_callback(pool.close)
         await migrate(pool, SCHEMA, MIGRATIONS)
@@ -42,14 +45,22 @@ async def serve(settings: StorageSettings) -> None:
                 {topics.requests: lifecycle.on_request},
                 publisher,
             ),
+            consumer_loop(
+                settings.kafka,
+                "storage-jobs",
+                {topics.events: JobTracker(pool).on_event},
+                publisher,
+            ),
         ]
+        health.watch("database", database_check(pool))
+        health.watch("broker", broker_check(publisher))
+        health.watch("consumers", loops_check(loops))
         await run_until_signalled(loops)
 
 
 def main() -> None:
     settings = StorageSettings()
-    configure_logging("storage", settings.log_level)
-    configure_tracing("storage")
+    configure_telemetry("storage", settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
 
 

@@ -5,6 +5,9 @@
   the cut-off (24 h by default) is far beyond any job's life. A bucket lifecycle rule on
   the staging prefix (set by `imagegen up` and in deploy/k8s) does the same job
   unattended; this command reports and catches up.
+- Images of deleted characters and stories still present (one stored in the moment
+  between the owner's tombstone and its deletion, say): their rows and every object under
+  the owner's prefix, whatever their age, since nothing there is wanted any more.
 - Final objects under `users/` that no image row points at (a crash between the copy
   and the insert leaves them behind), older than the cut-off so in-flight finalisation
   is never raced.
@@ -20,23 +23,63 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from imagegen.blobstore import STAGING_PREFIX, BlobStore, ObjectInfo
+from imagegen.events import EventEmitter
+from services.storage.owners import OWNED_BY, emit_deleted, remove_images
 
 FINAL_PREFIX = "users/"
+_OWNER_DIRS = {"characters": "character", "stories": "story"}
+
+Owner = tuple[str, str, str]
+"""(user id, owner kind, owner id)"""
 
 
 @dataclass(frozen=True)
 class CleanupReport:
     staging: list[ObjectInfo] = field(default_factory=list)
     orphans: list[ObjectInfo] = field(default_factory=list)
+    deleted_owner_objects: list[ObjectInfo] = field(default_factory=list)
+    deleted_owner_images: list[tuple[str, int]] = field(default_factory=list)
+    """(image id, version) rows of deleted characters and stories."""
     removed: bool = False
 
     @property
+    def objects(self) -> list[ObjectInfo]:
+        return [*self.staging, *self.orphans, *self.deleted_owner_objects]
+
+    @property
     def keys(self) -> list[str]:
-        return [o.key for o in (*self.staging, *self.orphans)]
+        return [o.key for o in self.objects]
 
     @property
     def bytes(self) -> int:
-        return sum(o.size for o in (*self.staging, *self.orphans))
+        return sum(o.size for o in self.objects)
+
+
+def _owner_of_key(key: str) -> Owner | None:
+    parts = key.split("/")
+    if len(parts) < 5 or parts[0] != "users" or parts[2] not in _OWNER_DIRS:
+        return None
+    return parts[1], _OWNER_DIRS[parts[2]], parts[3]
+
+
+async def _deleted_owners(pool: asyncpg.Pool) -> set[Owner]:
+    rows = await pool.fetch("SELECT user_id, owner_kind, owner_id FROM deleted_owners")
+    return {(r["user_id"], r["owner_kind"], r["owner_id"]) for r in rows}
+
+
+async def _owner_rows(pool: asyncpg.Pool, owners: set[Owner]) -> dict[Owner, list[tuple[str, int]]]:
+    found: dict[Owner, list[tuple[str, int]]] = {}
+    for owner in sorted(owners):
+        user_id, kind, owner_id = owner
+        rows = await pool.fetch(
+            f"SELECT image_id, version FROM images WHERE user_id = $1 AND {OWNED_BY[kind]}"
+            " ORDER BY image_id, version",
+            user_id,
+            owner_id,
+        )
+        if rows:
+            found[owner] = [(r["image_id"], r["version"]) for r in rows]
+    return found
 
 
 async def _known_keys(pool: asyncpg.Pool) -> set[str]:
@@ -51,16 +94,34 @@ async def cleanup(
     older_than: timedelta,
     dry_run: bool,
     now: datetime | None = None,
+    events: EventEmitter | None = None,
 ) -> CleanupReport:
+    """Report (dry run) or remove; `events` gets image_deleted for deleted owners' images."""
     cutoff = (now or datetime.now(UTC)) - older_than
     staging = [o for o in await blobs.list_info(STAGING_PREFIX) if o.last_modified < cutoff]
+    deleted = await _deleted_owners(pool)
+    owner_rows = await _owner_rows(pool, deleted) if deleted else {}
     known = await _known_keys(pool)
-    orphans = [
-        o
-        for o in await blobs.list_info(FINAL_PREFIX)
-        if o.last_modified < cutoff and o.key not in known
-    ]
-    report = CleanupReport(staging, orphans, removed=not dry_run)
-    if not dry_run and report.keys:
+    orphans, owner_objects = [], []
+    for o in await blobs.list_info(FINAL_PREFIX):
+        if _owner_of_key(o.key) in deleted:
+            owner_objects.append(o)
+        elif o.last_modified < cutoff and o.key not in known:
+            orphans.append(o)
+    report = CleanupReport(
+        staging,
+        orphans,
+        owner_objects,
+        [image for rows in owner_rows.values() for image in rows],
+        removed=not dry_run,
+    )
+    if dry_run:
+        return report
+    if report.keys:
         await blobs.delete(report.keys)
+    async with pool.acquire() as conn:
+        for user_id, kind, owner_id in owner_rows:
+            await remove_images(conn, blobs, user_id, kind, owner_id, with_prefix=False)
+            if events is not None:
+                await emit_deleted(conn, events, user_id, kind, owner_id)
     return report

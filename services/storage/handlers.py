@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 import asyncpg
@@ -15,8 +14,9 @@ from imagegen.kafka import Publisher, Record, decode
 from schemas.events import ImageStored, ImageStoredData, StoredRendition, event_id
 from schemas.images import ProcessedImage
 from schemas.topics import TopicNames
-from services.storage.layout import rendition_key
-from services.storage.lifecycle import deleted_event
+from services.storage.layout import owner_of, rendition_key
+from services.storage.owners import deleted_event
+from services.storage.records import insert_image
 
 log = logging.getLogger(__name__)
 SOURCE = "imagegen/storage"
@@ -30,19 +30,40 @@ class StorageService:
         self._blobs = blobs
         self._events = EventEmitter(publisher, topics.events, SOURCE)
 
-    async def _is_deleted(self, image_id: str) -> bool:
+    async def _deleted(self, msg: ProcessedImage) -> str | None:
+        """Why the image must not be stored: it, or its character or story, was deleted."""
+        image = msg.image
+        owner_kind, owner_id = owner_of(image)
         async with transient_as_retryable(), self._pool.acquire() as conn:
-            return bool(
-                await conn.fetchval("SELECT true FROM deleted_images WHERE image_id = $1", image_id)
+            row = await conn.fetchrow(
+                "SELECT EXISTS (SELECT 1 FROM deleted_images WHERE image_id = $1) AS image,"
+                " EXISTS (SELECT 1 FROM deleted_owners WHERE user_id = $2"
+                "   AND owner_kind = $3 AND owner_id = $4) AS owner",
+                image.image_id,
+                image.user_id,
+                owner_kind,
+                owner_id,
             )
+        if row["image"]:
+            return "image"
+        return owner_kind if row["owner"] else None
 
     async def on_processed_image(self, record: Record) -> None:
         msg = decode(record, ProcessedImage)
         image = msg.image
-        if await self._is_deleted(image.image_id):
+        deleted = await self._deleted(msg)
+        if deleted is not None:
+            if deleted != "image":
+                # Nothing else will ever finalise these staged bytes: don't wait for the
+                # lifecycle rule. (Keys are content-addressed; an identical image of another
+                # owner in flight at this moment would need its bytes staged again.)
+                await self._blobs.delete([r.blob.key for r in msg.renditions])
             await self._events.emit(deleted_event(image.image_id, image.user_id, [image.version]))
             log.info(
-                "event=skip_deleted_image image_id=%s version=%d", image.image_id, image.version
+                "event=skip_deleted_image image_id=%s version=%d deleted=%s",
+                image.image_id,
+                image.version,
+                deleted,
             )
             return
         stored = [
@@ -66,32 +87,7 @@ class StorageService:
         )
         original = next(s for s in stored if s.name == "original")
         async with transient_as_retryable(), self._pool.acquire() as conn:
-            inserted = await conn.fetchval(
-                "INSERT INTO images (image_id, version, job_id, image_index, user_id, character_id,"
-                " kind, width, height, size_bytes, renditions, generation, provider, cost_usd,"
-                " consistency_score, flagged, story_id, page_number, style)"
-                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)"
-                " ON CONFLICT (image_id, version) DO NOTHING RETURNING true",
-                image.image_id,
-                image.version,
-                image.job_id,
-                image.image_index,
-                image.user_id,
-                image.character_id,
-                image.kind.value,
-                original.width,
-                original.height,
-                original.size_bytes,
-                json.dumps([s.model_dump() for s in stored]),
-                msg.record.model_dump_json(),
-                msg.provider,
-                msg.cost_usd,
-                msg.consistency_score,
-                msg.flagged,
-                image.story_id,
-                image.page_number,
-                msg.style,
-            )
+            inserted = await insert_image(conn, msg, stored)
         if not inserted:
             log.info(
                 "event=image_already_stored image_id=%s version=%d", image.image_id, image.version
@@ -126,6 +122,9 @@ class StorageService:
                     page_number=image.page_number,
                     style=msg.style,
                     prompt=msg.record.prompt,
+                    negative_prompt=msg.record.negative_prompt,
+                    scene_description=msg.record.scene_description,
+                    scene_source=msg.record.scene_source,
                 ),
             )
         )

@@ -15,6 +15,18 @@ from schemas.jobs import ImageIdentity
 _EXT = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 
+def owner_of(image: ImageIdentity) -> tuple[str, str]:
+    """("story", id) for a story page's images, else ("character", id): whose prefix holds
+    the image, and whose deletion deletes it."""
+    if image.story_id is not None and image.page_number is not None:
+        return "story", image.story_id
+    return "character", image.character_id
+
+
+def owner_prefix(user_id: str, owner_kind: str, owner_id: str) -> str:
+    return f"users/{user_id}/{'stories' if owner_kind == 'story' else 'characters'}/{owner_id}/"
+
+
 def image_prefix(image: ImageIdentity) -> str:
     if image.story_id is not None and image.page_number is not None:
         owner = f"stories/{image.story_id}/pages/{image.page_number}"

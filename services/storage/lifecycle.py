@@ -1,6 +1,7 @@
 """Deleting and reviewing stored images (commands on `requests`, keyed by user id).
 
-A delete removes every version's objects and rows and leaves a tombstone, so a processed
+Deleting a whole character or story is in `owners.py`. A delete of one image removes
+every version's objects and rows and leaves a tombstone, so a processed
 image that arrives later for the same id is not stored again. A review records the
 decision on the image's latest version. Both are idempotent: a redelivered command finds
 the work done and emits the same event (same id) again.
@@ -17,26 +18,17 @@ from imagegen.blobstore import BlobStore
 from imagegen.db import transient_as_retryable
 from imagegen.events import EventEmitter
 from imagegen.kafka import Record, decode
-from schemas.events import (
-    ImageDeleted,
-    ImageDeletedData,
-    ImageReviewed,
-    ImageReviewedData,
-    event_id,
+from schemas.events import ImageReviewed, ImageReviewedData, event_id
+from schemas.requests import (
+    REQUEST_ADAPTER,
+    DeleteCharacter,
+    DeleteImage,
+    DeleteStory,
+    ReviewImage,
 )
-from schemas.requests import REQUEST_ADAPTER, DeleteImage, ReviewImage
+from services.storage.owners import delete_owner, deleted_event
 
 log = logging.getLogger(__name__)
-
-
-def deleted_event(image_id: str, user_id: str, versions: list[int]) -> ImageDeleted:
-    return ImageDeleted(
-        id=event_id("image_deleted", image_id, *versions),
-        source="",
-        subject=f"images/{image_id}",
-        user_id=user_id,
-        data=ImageDeletedData(image_id=image_id, versions=versions),
-    )
 
 
 class ImageLifecycle:
@@ -51,6 +43,19 @@ class ImageLifecycle:
             await self._delete(request)
         elif isinstance(request, ReviewImage):
             await self._review(request)
+        elif isinstance(request, DeleteCharacter):
+            await delete_owner(
+                self._pool,
+                self._blobs,
+                self._events,
+                request.user_id,
+                "character",
+                request.character_id,
+            )
+        elif isinstance(request, DeleteStory):
+            await delete_owner(
+                self._pool, self._blobs, self._events, request.user_id, "story", request.story_id
+            )
         # Generation commands and cancellations belong to the scheduler.
 
     async def _delete(self, request: DeleteImage) -> None:

@@ -16,7 +16,8 @@ from fastapi import APIRouter, Body, HTTPException, Path, Response, status
 
 from imagegen.errors import ImagegenError
 from schemas.events import JobStatus
-from services.gateway import characters, paging
+from schemas.requests import DeleteCharacter
+from services.gateway import characters, paging, publishing
 from services.gateway.auth import CurrentUser, Principal
 from services.gateway.characters import CharacterRecord
 from services.gateway.deps import BlobsDep, PoolDep, PublisherDep, SettingsDep
@@ -200,14 +201,21 @@ async def update_character(
 @router.delete(
     "/{character_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=responses(401, 404, 409, 422, 429),
+    responses=responses(401, 404, 409, 422, 429, 503),
     summary="Delete a character",
 )
 async def delete_character(
-    character_id: CharacterId, user: CurrentUser, pool: PoolDep, blobs: BlobsDep
+    character_id: CharacterId,
+    user: CurrentUser,
+    pool: PoolDep,
+    blobs: BlobsDep,
+    publisher: PublisherDep,
+    settings: SettingsDep,
 ) -> Response:
     """Refused (409) while a story casts the character. Its uploaded reference photos are
-    deleted; its generated images and running jobs (which carry a snapshot) are kept."""
+    deleted; storage then deletes its generated images (portraits, reference set, packs:
+    every version and rendition) and confirms each with image_deleted. Story scenes stay
+    with their story."""
     async with pool.acquire() as conn, conn.transaction():
         if not await characters.lock(conn, user.user_id, character_id):
             raise not_found("character", character_id)
@@ -219,6 +227,8 @@ async def delete_character(
                 " remove it from their characterIds first",
             )
         keys = await characters.delete(conn, user.user_id, character_id)
+        command = DeleteCharacter(character_id=character_id, user_id=user.user_id)
+        await publishing.send(publisher, settings, user.user_id, command)
     if keys:
         try:
             await blobs.delete(keys)

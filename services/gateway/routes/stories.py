@@ -10,9 +10,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Response, status
 
-from services.gateway import paging, stories
+from schemas.requests import DeleteStory
+from services.gateway import paging, publishing, stories
 from services.gateway.auth import CurrentUser
-from services.gateway.deps import PoolDep
+from services.gateway.deps import PoolDep, PublisherDep, SettingsDep
 from services.gateway.idempotency import IdempotencyKey
 from services.gateway.models import _STORY_EXAMPLE, Story, StoryCreate, StoryList, StoryUpdate
 from services.gateway.moderation import ModeratorDep, texts_of
@@ -126,11 +127,22 @@ async def update_story(
 @router.delete(
     "/{story_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=responses(401, 404, 422, 429),
+    responses=responses(401, 404, 422, 429, 503),
     summary="Delete a story",
 )
-async def delete_story(story_id: StoryId, user: CurrentUser, pool: PoolDep) -> Response:
-    """The story's images and jobs are kept."""
-    if not await stories.delete(pool, user.user_id, story_id):
-        raise not_found("story", story_id)
+async def delete_story(
+    story_id: StoryId,
+    user: CurrentUser,
+    pool: PoolDep,
+    publisher: PublisherDep,
+    settings: SettingsDep,
+) -> Response:
+    """Storage then deletes the images of its pages (every version and rendition) and
+    confirms each with image_deleted; its jobs' records are kept."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await stories.delete(conn, user.user_id, story_id):
+            raise not_found("story", story_id)
+        command = DeleteStory(story_id=story_id, user_id=user.user_id)
+        await publishing.send(publisher, settings, user.user_id, command)
+    log.info("event=story_deleted user_id=%s story_id=%s", user.user_id, story_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
