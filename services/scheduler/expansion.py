@@ -19,7 +19,7 @@ passes the catalogue here), and owns all I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,12 +45,15 @@ from services.scheduler.poses import (
     pose_for,
     scene_framing,
 )
+from services.scheduler.scenes import PageScene, SceneFacts, page_scene
 
 Phase = Literal["reference", "portraits", "scenes", "images"]
 ReferenceKeysOf = Callable[[CharacterSpec], Sequence[str] | None]
 """The stored keys of a character's reference set for its current appearance, or None
 when no complete set is built yet (the caller knows; planning stays pure)."""
 PlannableRequest = GenerateImages | GenerateScene | GenerateStory
+SceneReadings = Mapping[int, SceneFacts]
+"""Page number -> an LLM's reading of that page (pages left out: the extractor reads)."""
 
 # A prime stride keeps per-image seeds of one character far apart yet reproducible.
 _SEED_STRIDE = 7919
@@ -140,6 +143,7 @@ class _Draft:
     reference_keys: tuple[str, ...] = ()
     others: tuple[CharacterSpec, ...] = ()
     scene_description: str = ""
+    scene_source: str = ""
     overlay_text: str | None = None
     story_id: str | None = None
     page_number: int | None = None
@@ -176,6 +180,7 @@ def _build(common: _Common, drafts: list[_Draft]) -> list[PlannedImage]:
                 quality=common.quality,
                 reference_keys=list(d.reference_keys),
                 scene_description=d.scene_description,
+                scene_source=d.scene_source,
                 overlay_text=d.overlay_text,
                 max_variations=d.max_variations,
             ),
@@ -277,11 +282,10 @@ def _clip(text: str, limit: int) -> str:
 
 
 def _scene(
-    characters: Sequence[CharacterSpec],
+    scene: PageScene,
     *,
     story_id: str,
     page_number: int,
-    description: str,
     page_text: str,
     include_text: bool,
     size: tuple[int, int],
@@ -290,6 +294,7 @@ def _scene(
     max_variations: int,
     reference_keys_of: ReferenceKeysOf,
 ) -> _Draft:
+    characters = scene.characters
     main, others = characters[0], tuple(characters[1:])
     keys = tuple(dict.fromkeys(k for c in characters for k in _known_keys(c, reference_keys_of)))
     return _Draft(
@@ -304,7 +309,8 @@ def _scene(
         max_variations=max_variations,
         reference_keys=keys,
         others=others,
-        scene_description=_clip(description or page_text, 2000),
+        scene_description=_clip(scene.description, 2000),
+        scene_source=scene.source,
         overlay_text=(page_text.strip() or None) if include_text else None,
         story_id=story_id,
         page_number=page_number,
@@ -312,14 +318,23 @@ def _scene(
 
 
 def _plan_scene(
-    request: GenerateScene, max_variations: int, reference_keys_of: ReferenceKeysOf
+    request: GenerateScene,
+    max_variations: int,
+    reference_keys_of: ReferenceKeysOf,
+    readings: SceneReadings,
 ) -> list[_Draft]:
+    # The caller chose these characters: the page text describes them, never drops one.
+    scene = page_scene(
+        description=request.scene_description,
+        text=request.page_text,
+        candidates=request.characters,
+        derived=readings.get(request.page_number),
+    )
     return [
         _scene(
-            request.characters,
+            scene,
             story_id=request.story_id,
             page_number=request.page_number,
-            description=request.scene_description,
             page_text=request.page_text,
             include_text=request.include_text,
             size=scene_size(request.aspect_ratio, request.quality),
@@ -357,7 +372,10 @@ def validate_story(story: StorySpec) -> None:
 
 
 def _plan_story(
-    request: GenerateStory, max_variations: int, reference_keys_of: ReferenceKeysOf
+    request: GenerateStory,
+    max_variations: int,
+    reference_keys_of: ReferenceKeysOf,
+    readings: SceneReadings,
 ) -> list[_Draft]:
     story = request.story
     validate_story(story)
@@ -387,15 +405,22 @@ def _plan_story(
         by_id = {c.id: c for c in story.characters}
         size = scene_size(request.aspect_ratio, request.quality)
         for page in sorted(story.pages, key=lambda p: p.page_number):
-            ids = list(dict.fromkeys(page.character_ids)) or list(by_id)
-            waits = frozenset(portrait_of[i] for i in ids if i in portrait_of)
+            listed = list(dict.fromkeys(page.character_ids))
+            # A page that lists no one shows the characters its text names (all if none).
+            scene = page_scene(
+                description=page.scene_description or "",
+                text=page.text,
+                candidates=[by_id[i] for i in listed] if listed else story.characters,
+                derived=readings.get(page.page_number),
+                narrow=not listed,
+            )
+            waits = frozenset(portrait_of[c.id] for c in scene.characters if c.id in portrait_of)
             for shot in range(request.images_per_page):
                 drafts.append(
                     _scene(
-                        [by_id[i] for i in ids],
+                        scene,
                         story_id=story.id,
                         page_number=page.page_number,
-                        description=page.scene_description or "",
                         page_text=page.text,
                         include_text=request.include_text,
                         size=size,
@@ -416,23 +441,27 @@ def plan(
     max_variations: int = 0,
     reference_keys_of: ReferenceKeysOf | None = None,
     catalogue: Catalogue | None = None,
+    scenes: SceneReadings | None = None,
 ) -> list[PlannedImage]:
     """Every image `request` needs, in index order, with dependencies and phases.
 
     `reference_keys_of` tells whether a character's reference set is built (None: none is).
     With `catalogue`, each job gets the first offer of its chain (provider, model and
     estimated cost); a request nothing in the catalogue meets raises `NoOfferError`
-    before anything is planned. Raises PermanentError for a request that cannot work.
+    before anything is planned. `scenes` holds an LLM's readings of pages without a scene
+    description; other such pages are read by the deterministic extractor (`scenes.py`).
+    Raises PermanentError for a request that cannot work.
     """
     keys_of = reference_keys_of or _no_reference_set
+    readings = scenes or {}
     if isinstance(request, GenerateImages):
         drafts = _plan_images(request, max_variations, keys_of)
         style = request.style
     elif isinstance(request, GenerateScene):
-        drafts = _plan_scene(request, max_variations, keys_of)
+        drafts = _plan_scene(request, max_variations, keys_of, readings)
         style = request.style
     else:
-        drafts = _plan_story(request, max_variations, keys_of)
+        drafts = _plan_story(request, max_variations, keys_of, readings)
         style = request.style
     common = _Common(
         job_id=request.job_id,

@@ -53,6 +53,8 @@ from services.scheduler.planning import (
 )
 from services.scheduler.references import load_reference_sets, record_reference_set
 from services.scheduler.retries import Retries, Ticker
+from services.scheduler.scenes import SceneFacts
+from services.scheduler.scenes_llm import SceneResolver, build_scene_resolver
 from services.scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,10 @@ class Scheduler:
         publisher: Publisher,
         topics: TopicNames,
         catalogue: Catalogue | None = None,
+        scenes: SceneResolver | None = None,
     ) -> None:
         self._settings = settings
+        self.scenes = scenes or build_scene_resolver(settings)
         self._pool = pool
         self._topics = topics
         self._catalogue = catalogue or Catalogue.from_json(settings.catalogue)
@@ -93,9 +97,10 @@ class Scheduler:
 
     async def on_request(self, record: Record) -> None:
         request = decode(record, REQUEST_ADAPTER)
+        readings = await self._read_scenes(request)
         async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
             if isinstance(request, GenerateImages | GenerateScene | GenerateStory):
-                await self._schedule(conn, request)
+                await self._schedule(conn, request, readings)
             elif isinstance(request, RegenerateImage):
                 await self._regenerate(conn, request)
             elif isinstance(request, CancelJob):
@@ -103,8 +108,21 @@ class Scheduler:
             # Deletes and reviews belong to storage; nothing to do here.
         self.relay.wake()
 
+    async def _read_scenes(self, request: object) -> dict[int, SceneFacts]:
+        """An LLM's readings of the request's pages that lack a scene description, taken
+        before the transaction (no row is locked while it waits; bounded by its budget)."""
+        if not isinstance(request, GenerateScene | GenerateStory) or not self.scenes.enabled:
+            return {}
+        async with transient_as_retryable():
+            if await self._pool.fetchval("SELECT 1 FROM jobs WHERE job_id = $1", request.job_id):
+                return {}  # a redelivery: planned already
+        return await self.scenes.resolve(request)
+
     async def _schedule(
-        self, conn: asyncpg.Connection, request: GenerateImages | GenerateScene | GenerateStory
+        self,
+        conn: asyncpg.Connection,
+        request: GenerateImages | GenerateScene | GenerateStory,
+        readings: dict[int, SceneFacts] | None = None,
     ) -> None:
         if not await self._book.insert(
             conn,
@@ -118,7 +136,9 @@ class Scheduler:
             return  # a redelivery: the job was handled already
         try:
             references = await load_reference_sets(conn, request.user_id, characters_of(request))
-            plan = plan_request(request, self._settings, self._catalogue, references)
+            plan = plan_request(
+                request, self._settings, self._catalogue, references, scenes=readings
+            )
         except PermanentError as exc:
             await self._book.end(
                 conn, request.job_id, JobStatus.FAILED, "invalid_request", str(exc)

@@ -15,7 +15,7 @@ from schemas.jobs import GenerateImage
 from schemas.requests import GenerateImages, GenerateScene, GenerateStory, JobKind, UserTier
 from schemas.topics import Tier
 from services.scheduler.catalogue import Catalogue, estimate
-from services.scheduler.expansion import PlannableRequest, plan
+from services.scheduler.expansion import PlannableRequest, SceneReadings, plan
 from services.scheduler.settings import SchedulerSettings
 
 
@@ -116,14 +116,19 @@ def plan_request(
     settings: SchedulerSettings,
     catalogue: Catalogue,
     reference_sets: Mapping[str, Sequence[str]],
+    scenes: SceneReadings | None = None,
 ) -> JobPlan:
-    """Raises PermanentError (NoOfferError included) for a request that cannot work."""
+    """Raises PermanentError (NoOfferError included) for a request that cannot work.
+
+    `scenes`: an LLM's readings of pages without a scene description (see `scenes_llm`).
+    """
     planned = plan(
         request,
         steps=settings.default_steps,
         guidance=settings.default_guidance,
         max_variations=settings.max_variations,
         reference_keys_of=lambda c: reference_sets.get(c.appearance_fingerprint()),
+        scenes=scenes,
     )
     model = request.model
     images = []

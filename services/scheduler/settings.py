@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from imagegen.errors import ConfigurationError
@@ -34,6 +34,19 @@ class SchedulerSettings(ServiceSettings):
     story_max_in_flight: int = Field(default=5, ge=1)
     max_variations: int = Field(default=2, ge=0, le=5)
     catalogue: str | None = Field(default=None, description="JSON price catalogue.")
+    # --- scene extraction: pages without a scene description are read by an LLM (any
+    # OpenAI-compatible endpoint) when a base URL or key is set, else by the extractor.
+    scene_llm_base_url: str | None = None
+    scene_llm_api_key: SecretStr | None = None
+    scene_llm_model: str = "gpt-4o-mini"
+    scene_llm_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    scene_llm_concurrency: int = Field(default=4, ge=1, le=32)
+    scene_llm_budget_s: float = Field(
+        default=15.0, gt=0, description="At most this long reading one request's pages."
+    )
+    scene_llm_cooldown_s: float = Field(
+        default=30.0, ge=0, description="After a failure, the extractor alone this long."
+    )
 
     @field_validator("budget_timezone")
     @classmethod
