@@ -22,6 +22,7 @@ from imagegen.kafka.memory import InMemoryBroker
 from schemas.events import EVENT_ADAPTER, EventBase
 from schemas.topics import TopicNames
 from services.generator.backends import CancelToken, GeneratedImage, GenerationRequest
+from services.generator.providers import Providers
 from services.generator.settings import GeneratorSettings
 from services.generator.worker import Generator
 from services.postprocess.handlers import Postprocessor
@@ -106,8 +107,13 @@ class Pipeline:
 
 @asynccontextmanager
 async def running_pipeline(
-    database_url: str, backend: FakeBackend | None = None
+    database_url: str,
+    backend: FakeBackend | None = None,
+    *,
+    providers: Providers | None = None,
+    catalogue: str = FAKE_CATALOGUE,
 ) -> AsyncIterator[Pipeline]:
+    """The pipeline; `providers` (several backends by name) replaces the one fake backend."""
     broker = InMemoryBroker()
     blobs = InMemoryBlobStore()
     topics = TopicNames("unit")
@@ -127,7 +133,7 @@ async def running_pipeline(
                 retry_backoff_s=0.01,
                 tick_interval_s=0.02,
                 relay_interval_s=0.05,
-                catalogue=FAKE_CATALOGUE,
+                catalogue=catalogue,
             ),
             sched_pool,
             publisher,
@@ -135,7 +141,7 @@ async def running_pipeline(
         )
         generator = Generator(
             GeneratorSettings(progress_interval_s=0),
-            backend,
+            providers or backend,
             blobs,
             publisher,
             topics,
