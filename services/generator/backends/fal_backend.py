@@ -37,6 +37,7 @@ from services.generator.backends.hosted import (
 PROVIDER = "fal"
 KEY_SETTING = "IMAGEGEN_FAL_API_KEY"
 DEFAULT_QUEUE_URL = QUEUE_URL_FORMAT.rstrip("/")
+_RETRYABLE_ERROR_TYPES = ("timeout", "internal", "unavailable", "server_error")
 
 
 class FalSettings(HostedSettings):
@@ -115,8 +116,14 @@ class _Request:
             return Snapshot("running", progress=_log_progress(status.logs))
         assert isinstance(status, Completed)
         if status.error:
-            kind = f" ({status.error_type})" if status.error_type else ""
-            return Snapshot("failed", error=f"{status.error}{kind}")
+            kind = status.error_type or ""
+            return Snapshot(
+                "failed",
+                error=f"{status.error} ({kind})" if kind else status.error,
+                # A timeout or an infrastructure fault may pass on a new attempt; a runner
+                # or validation error will not.
+                retryable=any(word in kind for word in _RETRYABLE_ERROR_TYPES),
+            )
         return result_snapshot(self._handle.get(), _log_progress(status.logs))
 
     def cancel(self) -> None:

@@ -385,6 +385,7 @@ class HostedBackend:
         if snap.output is None:
             raise ProviderRetryableError(self.name, f"job {job.id} succeeded without an output")
         png = fit_png(self.name, self._api.fetch(snap.output), request.width, request.height)
+        progress.report(snap.progress)
         progress.done()
         return GeneratedImage(
             png=png,
