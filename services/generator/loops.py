@@ -1,13 +1,15 @@
-"""The generator's two consumer loops on the real broker: weighted jobs, and cancel control."""
+"""The generator's consumer loops on the real broker: weighted jobs (on lanes), cancel control."""
 
 from __future__ import annotations
 
 from imagegen.kafka import ConsumerLoop, Publisher
 from imagegen.kafka.confluent import KafkaConsumer
+from imagegen.kafka.ports import Handler
 from imagegen.runtime import consumer_loop
 from imagegen.settings import KafkaSettings
 from schemas.topics import Tier
 from services.generator.cancellation import CancelListener, CancelWatch
+from services.generator.lanes import LaneGroup, SharedConsumer
 from services.generator.settings import BackendSettings
 from services.generator.tiers import TierPicker, WeightedTierConsumer
 from services.generator.worker import Generator
@@ -40,20 +42,42 @@ def jobs_loop(
     *,
     backoff_initial: float = 0.2,
 ) -> ConsumerLoop:
-    """Images from every tier topic, one at a time, in weighted tier order."""
+    """Images from every tier topic in weighted tier order, on `lanes_for(config)` lanes."""
     topics = settings.topics
-    return ConsumerLoop(
+    weighted = WeightedTierConsumer(
+        {tier: tier_consumer(settings, tier) for tier in Tier},
+        {tier: topics.jobs(tier) for tier in Tier},
+        TierPicker.from_settings(config.tier_weights, config.tier_min_share),
+    )
+    lanes = lanes_for(config)
+    generator.batcher.capacity = lanes
+    shared = SharedConsumer(weighted, lanes)
+    handlers: dict[str, Handler] = {topics.jobs(tier): generator.on_job for tier in Tier}
+    others = [
+        ConsumerLoop(
+            name=f"generator-lane{index}",
+            consumer=shared.lane(),
+            handlers=handlers,
+            dead_letters=publisher,
+            dead_letter_topic=topics.dead_letter,
+            backoff_initial=backoff_initial,
+        )
+        for index in range(1, lanes)
+    ]
+    return LaneGroup(
+        others,
         name="generator",
-        consumer=WeightedTierConsumer(
-            {tier: tier_consumer(settings, tier) for tier in Tier},
-            {tier: topics.jobs(tier) for tier in Tier},
-            TierPicker.from_settings(config.tier_weights, config.tier_min_share),
-        ),
-        handlers={topics.jobs(tier): generator.on_job for tier in Tier},
+        consumer=shared.lane(),
+        handlers=handlers,
         dead_letters=publisher,
         dead_letter_topic=topics.dead_letter,
         backoff_initial=backoff_initial,
     )
+
+
+def lanes_for(config: BackendSettings) -> int:
+    """Images handled at once: one batch on the GPU and the next one gathering."""
+    return 1 if config.batch_max_size <= 1 else 2 * config.batch_max_size
 
 
 def control_loop(settings: KafkaSettings, watch: CancelWatch, publisher: Publisher) -> ConsumerLoop:

@@ -30,6 +30,12 @@ class BackendSettings(BaseSettings):
     tier_weights: str = DEFAULT_TIER_WEIGHTS
     tier_min_share: float = DEFAULT_MIN_SHARE
     cancel_poll_s: float = Field(default=0.5, gt=0)
+    batch_max_size: int = Field(
+        default=4, ge=1, le=64, description="Most jobs of one model and shape per pipeline call."
+    )
+    batch_max_wait_ms: float = Field(
+        default=50.0, ge=0, description="Longest a job waits for others to batch with."
+    )
 
     def provider_names(self) -> list[str]:
         """The providers held here, the default one first."""
@@ -44,6 +50,34 @@ class BackendSettings(BaseSettings):
         # Fail at start-up, naming the setting, not at the first poll.
         with_min_share(parse_weights(self.tier_weights), self.tier_min_share)
         return self
+
+
+class DiffusersSettings(BaseSettings):
+    """`IMAGEGEN_GENERATOR_*` options of the self-hosted diffusers backend."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEGEN_GENERATOR_", extra="ignore")
+
+    compile: bool = Field(
+        default=False, description="torch.compile the UNet/transformer (slow first batch)."
+    )
+    compile_mode: str = "max-autotune-no-cudagraphs"
+    channels_last: bool = Field(default=False, description="channels-last memory format (GPU).")
+    ip_adapter: str | None = Field(
+        default=None, description="IP-Adapter repo id or local folder; unset: no IP-Adapter."
+    )
+    ip_adapter_subfolder: str = "models"
+    ip_adapter_weight_name: str = "ip-adapter_sd15.safetensors"
+    ip_adapter_image_encoder: str = Field(
+        default="image_encoder",
+        description="Image-encoder folder inside the subfolder, or a path inside the repo.",
+    )
+    ip_adapter_scale: float = Field(default=0.6, ge=0, le=2)
+    reference_strength: float = Field(
+        default=0.6,
+        ge=0,
+        le=1,
+        description="img2img strength for references when no IP-Adapter is set; 0: ignore them.",
+    )
 
 
 class GeneratorSettings(ServiceSettings):

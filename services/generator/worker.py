@@ -16,6 +16,8 @@ from imagegen.blobstore import BlobStore, put_staging
 from imagegen.errors import PermanentError
 from imagegen.events import EventEmitter
 from imagegen.kafka import Publisher, Record, decode
+from imagegen.metrics import instruments
+from imagegen.telemetry import tracer
 from schemas.events import (
     GenerationCompleted,
     GenerationCompletedData,
@@ -34,6 +36,7 @@ from services.generator.backends import (
     GenerationRequest,
     ImageBackend,
 )
+from services.generator.batching import MicroBatcher
 from services.generator.cancellation import CancelWatch, InMemoryCancellationStore
 from services.generator.progress import ProgressReporter
 from services.generator.prompts import prompt_for_job
@@ -66,8 +69,10 @@ class Generator:
         self.cancels = cancels or CancelWatch(
             InMemoryCancellationStore(), settings.generator.cancel_poll_s
         )
-        # One image at a time per pod: the GPU is the unit of concurrency.
-        self._gpu = asyncio.Lock()
+        # The GPU is the unit of concurrency: one call at a time, compatible images batched.
+        self.batcher = MicroBatcher(
+            settings.generator.batch_max_size, settings.generator.batch_max_wait_ms / 1000
+        )
 
     async def on_job(self, record: Record) -> None:
         job = decode(record, GenerateImage)
@@ -82,6 +87,7 @@ class Generator:
             await self._failed(job, provider, type(exc).__name__, str(exc))
             return
         queue_wait_ms = max(0, int((datetime.now(UTC) - job.enqueued_at).total_seconds() * 1000))
+        instruments().queue_wait.record(queue_wait_ms / 1000, {"tier": job.tier.value})
         await self._events.emit(
             GenerationStarted(
                 **image_envelope(img, "generation_started", img.attempt),
@@ -119,9 +125,22 @@ class Generator:
             asyncio.get_running_loop(), self._events, job, self._settings.progress_interval_s
         )
         try:
-            async with self._gpu, self.cancels.watching(img.job_id) as token:
-                result = await asyncio.to_thread(backend.generate, request, reporter, token)
-                cancelled_late = token.is_set()
+            with tracer().start_as_current_span(
+                "generate",
+                attributes={
+                    "job_id": img.job_id,
+                    "image_index": img.image_index,
+                    "provider": provider,
+                    "model": request.model or backend.model,
+                    "steps": request.steps,
+                },
+            ) as span:
+                async with self.cancels.watching(img.job_id) as token:
+                    result = await self.batcher.generate(
+                        provider, backend, request, reporter, token
+                    )
+                    cancelled_late = token.is_set()
+                span.set_attribute("batch_size", result.batch_size)
         except GenerationCancelled as exc:
             await reporter.flush()
             await self._failed(job, provider, CANCELLED, str(exc))
@@ -196,6 +215,12 @@ class Generator:
             max_variations=job.max_variations,
         )
         await self._publisher.publish(self._topics.images_raw, img.job_id, raw)
+        metrics = instruments()
+        metrics.generation_seconds.record(
+            result.seconds, {"provider": provider, "model": result.model}
+        )
+        metrics.images.add(1, {"outcome": "completed", "provider": provider})
+        metrics.cost.add(cost, {"provider": provider, "model": result.model})
         await self._events.emit(
             GenerationCompleted(
                 **image_envelope(img, "generation_completed", img.attempt),
@@ -235,6 +260,7 @@ class Generator:
             retryable,
             error[:200],
         )
+        instruments().images.add(1, {"outcome": "failed", "provider": provider})
         await self._events.emit(
             GenerationFailed(
                 **image_envelope(img, "generation_failed", img.attempt),

@@ -1,0 +1,126 @@
+"""Several consumer lanes over one consumer, so that several images can wait to be batched.
+
+`ConsumerLoop` handles one record at a time and commits it when its handler returns. The
+generator runs N such loops ("lanes") over one shared consumer: each lane keeps the loop's
+guarantees for its record (retry, dead-letter, commit after the effects are durable), and
+their concurrent `Generator.on_job` calls meet in the `MicroBatcher`.
+
+Offsets: Kafka commits a position, i.e. everything before it in the partition. Lanes
+finish out of order, so `SharedConsumer` commits a record only once every record before it
+in its partition (delivered to any lane) is done - never past an image still in flight.
+A record a lane gives up on (stopping mid-retry) is never committed, nor is anything after
+it in that partition: all of it is redelivered, and the idempotent consumers downstream
+absorb the duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from imagegen.kafka import ConsumerLoop
+from imagegen.kafka.ports import Consumer, Handler, Publisher, Record
+
+_Partition = tuple[str, int]
+
+
+class SharedConsumer:
+    """One consumer behind several lanes: polls one at a time, commits in order, closes once."""
+
+    def __init__(self, inner: Consumer, lanes: int) -> None:
+        self._inner = inner
+        self._open = lanes
+        self._poll_lock = asyncio.Lock()
+        self._commit_lock = asyncio.Lock()
+        self._in_flight: dict[_Partition, deque[int]] = {}
+        self._done: dict[_Partition, dict[int, Record]] = {}
+        self._to_commit: dict[_Partition, Record] = {}
+
+    def lane(self) -> Consumer:
+        return _Lane(self)
+
+    async def poll(self, timeout: float) -> Record | None:
+        async with self._poll_lock:
+            record = await self._inner.poll(timeout)
+            if record is not None:
+                # Noted under the lock: delivery order is partition order.
+                where = (record.topic, record.partition)
+                self._in_flight.setdefault(where, deque()).append(record.offset)
+            return record
+
+    async def commit(self, record: Record) -> None:
+        where = (record.topic, record.partition)
+        done = self._done.setdefault(where, {})
+        done[record.offset] = record
+        in_flight = self._in_flight.get(where, deque())
+        while in_flight and in_flight[0] in done:
+            self._to_commit[where] = done.pop(in_flight.popleft())
+        async with self._commit_lock:
+            target = self._to_commit.get(where)
+            if target is None:
+                return
+            # A failure leaves `target` pending: the loop retries this commit, which resends it.
+            await self._inner.commit(target)
+            if self._to_commit.get(where) is target:
+                del self._to_commit[where]
+
+    async def close(self) -> None:
+        self._open -= 1
+        if self._open == 0:
+            await self._inner.close()
+
+
+class _Lane:
+    """What one lane's `ConsumerLoop` sees of the shared consumer."""
+
+    def __init__(self, shared: SharedConsumer) -> None:
+        self._shared = shared
+        self._closed = False
+
+    async def poll(self, timeout: float) -> Record | None:
+        return await self._shared.poll(timeout)
+
+    async def commit(self, record: Record) -> None:
+        await self._shared.commit(record)
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._shared.close()
+
+
+class LaneGroup(ConsumerLoop):
+    """The first lane, which also runs (and stops) the other lanes beside itself."""
+
+    def __init__(
+        self,
+        others: list[ConsumerLoop],
+        *,
+        name: str,
+        consumer: Consumer,
+        handlers: dict[str, Handler],
+        dead_letters: Publisher,
+        dead_letter_topic: str,
+        backoff_initial: float,
+    ) -> None:
+        super().__init__(
+            name=name,
+            consumer=consumer,
+            handlers=handlers,
+            dead_letters=dead_letters,
+            dead_letter_topic=dead_letter_topic,
+            backoff_initial=backoff_initial,
+        )
+        self.others = others
+
+    def stop(self) -> None:
+        super().stop()
+        for lane in self.others:
+            lane.stop()
+
+    async def run(self) -> None:
+        await asyncio.gather(super().run(), *(lane.run() for lane in self.others))
+
+    @property
+    def lanes(self) -> list[ConsumerLoop]:
+        return [self, *self.others]
