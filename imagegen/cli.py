@@ -60,6 +60,33 @@ def _cmd_k8s_topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_k8s(args: argparse.Namespace) -> int:
+    from imagegen import k8s
+    from imagegen.kustomize import build, to_yaml
+
+    root = Path(args.root)
+    if args.k8s_command == "generate":
+        for path, generate in k8s.GENERATED_FILES.items():
+            (root / path).write_text(generate())
+            print(f"wrote {path}")
+        return 0
+    if args.k8s_command == "build":
+        print(to_yaml(build(root / k8s.OVERLAYS_DIR / args.overlay)), end="")
+        return 0
+    failed = False
+    for path in k8s.drifted_files(root):
+        print(f"DRIFT {path}: run `imagegen k8s generate`")
+        failed = True
+    overlays = args.overlay or sorted(p.name for p in (root / k8s.OVERLAYS_DIR).iterdir())
+    for overlay in overlays:
+        problems = k8s.check_overlay(root, overlay)
+        for problem in problems:
+            print(f"ERROR {overlay}: {problem}")
+        print(f"{overlay}: {'FAILED' if problems else 'ok'}")
+        failed = failed or bool(problems)
+    return 1 if failed else 0
+
+
 def _dlq_where(args: argparse.Namespace) -> tuple[str, str]:
     """Bootstrap and dead-letter topic: flags first, then `IMAGEGEN_KAFKA_*`."""
     from imagegen.settings import KafkaSettings
@@ -204,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics = sub.add_parser("k8s-topics", help="print Strimzi KafkaTopic resources")
     topics.set_defaults(func=_cmd_k8s_topics)
+
+    kube = sub.add_parser("k8s", help="Kubernetes manifests: generate, build an overlay, check")
+    kube.add_argument("--root", default=".", help="repository root (default: .)")
+    kube_sub = kube.add_subparsers(dest="k8s_command", required=True)
+    kube_sub.add_parser("generate", help="rewrite the files generated from the topic registry")
+    kube_build = kube_sub.add_parser("build", help="print an overlay, as `kustomize build` does")
+    kube_build.add_argument("overlay", help="dev or prod")
+    kube_check = kube_sub.add_parser(
+        "check", help="drift, Kubernetes/CRD schemas and deployment policy of every overlay"
+    )
+    kube_check.add_argument("overlay", nargs="*", help="only these overlays")
+    kube.set_defaults(func=_cmd_k8s)
 
     dlq = sub.add_parser("dlq", help="list and re-drive dead-lettered messages")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
