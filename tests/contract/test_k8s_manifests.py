@@ -1,0 +1,228 @@
+"""Every overlay builds, validates against the Kubernetes and CRD schemas, and keeps the
+deployment contract; each check is also shown to catch what it is for."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagegen import k8s_policy
+from imagegen.k8s import GENERATOR_GROUP, OVERLAYS_DIR, check_overlay, generator_max_replicas
+from imagegen.k8s_validate import crd_schemas, validate_resources
+from imagegen.kustomize import Resource, build
+from schemas.topics import TopicNames
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERLAYS = sorted(p.name for p in (ROOT / OVERLAYS_DIR).iterdir() if p.is_dir())
+SERVICES = {"gateway", "scheduler", "generator", "postprocess", "storage"}
+GROUP = f"imagegen.{GENERATOR_GROUP}"
+
+
+@cache
+def _built(overlay: str) -> tuple[Resource, ...]:
+    return tuple(build(ROOT / OVERLAYS_DIR / overlay))
+
+
+def built(overlay: str) -> list[Resource]:
+    return deepcopy(list(_built(overlay)))
+
+
+def one(resources: list[Resource], kind: str, name: str) -> Resource:
+    [found] = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
+    return found
+
+
+def container(resources: list[Resource], name: str) -> dict[str, Any]:
+    c: dict[str, Any] = one(resources, "Deployment", name)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    return c
+
+
+def test_both_overlays_exist() -> None:
+    assert OVERLAYS == ["dev", "prod"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_builds_and_passes_every_check(overlay: str) -> None:
+    assert check_overlay(ROOT, overlay) == []
+    resources = built(overlay)
+    deployments = {r["metadata"]["name"] for r in resources if r["kind"] == "Deployment"}
+    assert deployments == SERVICES
+    assert {r["metadata"]["namespace"] for r in resources} == {
+        "dev": {"imagegen-dev"},
+        "prod": {"imagegen"},
+    }[overlay]
+    topics = {r["spec"]["topicName"] for r in resources if r["kind"] == "KafkaTopic"}
+    assert set(TopicNames().all_jobs()) <= topics
+    for name in SERVICES:
+        assert container(resources, name)["args"] == [f"services.{name}"]
+
+
+def test_services_start_as_the_manifests_say() -> None:
+    import importlib.util
+
+    for name in SERVICES:
+        assert importlib.util.find_spec(f"services.{name}.__main__") is not None
+
+
+def test_prod_runs_released_images_on_gpus_with_keda_and_hpa() -> None:
+    resources = built("prod")
+    assert k8s_policy.generator_gpu_problems(resources) == []
+    assert container(resources, "generator")["image"].endswith("imagegen-cuda:0.1.0")
+    assert container(resources, "gateway")["image"].endswith("/imagegen:0.1.0")
+    so = one(resources, "ScaledObject", "generator")
+    assert so["spec"]["maxReplicaCount"] == generator_max_replicas()
+    assert one(resources, "HorizontalPodAutoscaler", "gateway")["spec"]["minReplicas"] == 3
+    config = one(resources, "ConfigMap", "imagegen-config")["data"]
+    assert config["IMAGEGEN_ENV"] == "prod"
+    assert config["IMAGEGEN_LOG_FORMAT"] == "json"
+    for name in ("scheduler", "postprocess", "storage"):
+        assert one(resources, "Deployment", name)["spec"]["replicas"] == 3
+
+
+def test_dev_is_one_cpu_replica_each_without_autoscalers() -> None:
+    resources = built("dev")
+    assert not [r for r in resources if r["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")]
+    for name in SERVICES:
+        assert one(resources, "Deployment", name)["spec"]["replicas"] == 1
+        assert container(resources, name)["image"] == "imagegen:dev"
+    gen = one(resources, "Deployment", "generator")["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in str(gen)
+    assert [v["name"] for v in gen["volumes"]] == ["tmp", "dshm"]
+    assert k8s_policy.generator_gpu_problems(resources) != []
+    assert one(resources, "ConfigMap", "imagegen-config")["data"]["IMAGEGEN_ENV"] == "dev"
+    assert one(resources, "ConfigMap", "imagegen-generator")["data"] == {
+        "IMAGEGEN_GENERATOR_BACKEND": "demo",
+        "IMAGEGEN_GENERATOR_PROVIDERS": "demo",
+        "IMAGEGEN_GENERATOR_DEVICE": "cpu",
+        "IMAGEGEN_GENERATOR_GPU_PRICE_PER_HOUR": "2.50",
+        "IMAGEGEN_GENERATOR_TIER_WEIGHTS": "realtime=6,standard=3,economy=1",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_scheduler_offers_only_what_the_generator_holds(overlay: str) -> None:
+    import json
+
+    resources = built(overlay)
+    gen = one(resources, "ConfigMap", "imagegen-generator")["data"]
+    held = set(gen["IMAGEGEN_GENERATOR_PROVIDERS"].split(",")) | {gen["IMAGEGEN_GENERATOR_BACKEND"]}
+    offers = json.loads(
+        one(resources, "ConfigMap", "imagegen-scheduler")["data"]["IMAGEGEN_CATALOGUE"]
+    )
+    assert offers and {o["provider"] for o in offers} <= held
+    for offer in offers:
+        if offer["provider"] == "diffusers":  # the job's model must be the one loaded
+            assert offer["model"] == gen["IMAGEGEN_GENERATOR_MODEL"]
+
+
+def test_grace_periods_outlast_the_drain() -> None:
+    resources = built("prod")
+    grace = {
+        r["metadata"]["name"]: r["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        for r in resources
+        if r["kind"] == "Deployment"
+    }
+    assert grace["generator"] == 120 > k8s_policy.DRAIN_SECONDS["generator"]
+    assert all(grace[n] == 60 for n in SERVICES - {"generator"})
+    shorter = deepcopy(resources)
+    one(shorter, "Deployment", "generator")["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"
+    ] = 45
+    assert any("terminationGracePeriodSeconds" in p for p in k8s_policy.check_workloads(shorter))
+    gateway_cm = one(shorter, "ConfigMap", "imagegen-gateway")
+    gateway_cm["data"]["IMAGEGEN_SHUTDOWN_TIMEOUT_S"] = "58"  # + 5 s preStop > 60 s
+    assert any("gateway" in p and "drain 63" in p for p in k8s_policy.check_workloads(shorter))
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda c, p: c.pop("readinessProbe"), "no HTTP readinessProbe"),
+        (lambda c, p: c["resources"].pop("requests"), "cpu and memory requests"),
+        (lambda c, p: c["securityContext"].update(readOnlyRootFilesystem=False), "read-only"),
+        (lambda c, p: c["securityContext"]["capabilities"].update(drop=[]), "drop ALL"),
+        (lambda c, p: p["securityContext"].pop("runAsNonRoot"), "non-root"),
+        (lambda c, p: p.update(automountServiceAccountToken=True), "automount"),
+        (
+            lambda c, p: c["env"].append({"name": "IMAGEGEN_JWT_SECRET", "value": "x" * 32}),
+            "must come from a Secret",
+        ),
+        (lambda c, p: c.update(image="imagegen:latest"), "latest"),
+    ],
+)
+def test_workload_checks_catch_violations(edit: Any, expected: str) -> None:
+    resources = built("prod")
+    deployment = one(resources, "Deployment", "gateway")
+    pod = deployment["spec"]["template"]["spec"]
+    edit(pod["containers"][0], pod)
+    assert any(expected in p for p in k8s_policy.check_workloads(resources)), expected
+
+
+def test_every_deployment_has_a_pdb() -> None:
+    resources = [r for r in built("prod") if r["metadata"]["name"] != "storage"]
+    resources.append(one(built("prod"), "Deployment", "storage"))
+    assert k8s_policy.check_workloads(resources) == [
+        "Deployment/storage: no PodDisruptionBudget selects its pods"
+    ]
+
+
+def test_only_the_gateway_takes_ingress() -> None:
+    resources = built("prod")
+    ingress = {
+        r["metadata"]["name"]: r["spec"]
+        for r in resources
+        if r["kind"] == "NetworkPolicy" and r["spec"].get("ingress")
+    }
+    assert (
+        ingress["gateway-ingress"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        == "gateway"
+    )
+    worker_rule = ingress["workers-metrics-ingress"]["ingress"][0]
+    assert [p["port"] for p in worker_rule["ports"]] == [8081]
+    # Opening the workers' rule to everyone, or to another port, is refused.
+    open_rule = deepcopy(resources)
+    one(open_rule, "NetworkPolicy", "workers-metrics-ingress")["spec"]["ingress"][0].pop("from")
+    assert k8s_policy.check_network_policies(open_rule)
+    other_port = deepcopy(resources)
+    rule = one(other_port, "NetworkPolicy", "workers-metrics-ingress")["spec"]["ingress"][0]
+    rule["ports"][0]["port"] = 9090
+    assert k8s_policy.check_network_policies(other_port)
+    no_deny = [r for r in resources if r["metadata"]["name"] != "imagegen-default-deny"]
+    assert any("default-deny" in p for p in k8s_policy.check_network_policies(no_deny))
+
+
+def test_keda_checks_catch_a_ceiling_above_partitions_and_a_wrong_group() -> None:
+    resources = built("prod")
+    assert k8s_policy.check_autoscaling(resources, GROUP) == []
+    one(resources, "ScaledObject", "generator")["spec"]["maxReplicaCount"] = 9
+    trigger = one(resources, "ScaledObject", "generator")["spec"]["triggers"][0]
+    trigger["metadata"]["consumerGroup"] = "imagegen.other"
+    problems = k8s_policy.check_autoscaling(resources, GROUP)
+    assert any("maxReplicaCount 9 > 8 partitions" in p for p in problems)
+    assert any("consumerGroup 'imagegen.other'" in p for p in problems)
+
+
+def test_schema_validation_catches_unknown_fields_and_wrong_types() -> None:
+    resources = built("prod")
+    crds = crd_schemas()
+    assert {kind for _, kind in crds} == {"ScaledObject", "KafkaTopic"}
+    container(resources, "gateway")["livenessprobe"] = {}
+    one(resources, "ScaledObject", "generator")["spec"]["triggers"][0]["metadata"][
+        "lagThreshold"
+    ] = 4
+    one(resources, "ScaledObject", "generator")["spec"]["maxReplicas"] = 8
+    topic = next(r for r in resources if r["kind"] == "KafkaTopic")
+    topic["spec"]["partitions"] = 0
+    problems = validate_resources(resources, versions=["1.31"], crds=crds)
+    assert any("'livenessprobe' was unexpected" in p for p in problems)
+    assert any("lagThreshold: 4 is not of type 'string'" in p for p in problems)
+    assert any("'maxReplicas' was unexpected" in p for p in problems)
+    assert any("partitions: 0 is less than the minimum of 1" in p for p in problems)
+    assert len(problems) == 4, problems
