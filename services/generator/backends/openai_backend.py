@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import threading
 import time
 from typing import Any
 
 import openai
-from PIL import Image, ImageOps
 
 from imagegen.errors import ConfigurationError
 from services.generator.backends.base import (
@@ -38,10 +36,10 @@ from services.generator.backends.base import (
     decode_image,
     encode_png,
 )
+from services.generator.backends.hosted import ProviderRetryableError, fit_png
 from services.generator.backends.openai_errors import (
     API_KEY_SETTING,
     PROVIDER,
-    ProviderRetryableError,
     map_openai_error,
 )
 from services.generator.backends.openai_models import MODELS, ModelSpec, PriceTable
@@ -128,11 +126,9 @@ class OpenAIImageBackend:
             raise map_openai_error(exc) from exc
         if cancel.is_set():
             raise GenerationCancelled("job cancelled while the openai request was in flight")
-        image, revised_prompt = _first_image(response)
+        raw, revised_prompt = _first_image(response)
         width, height = request.width, request.height
-        if image.size != (width, height):
-            image = ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
-        png = encode_png(image)
+        png = fit_png(PROVIDER, raw, width, height)
         on_progress(1, 1)
         versions = {
             "openai": openai.__version__,
@@ -200,17 +196,13 @@ def edit_files(references: tuple[bytes, ...]) -> list[tuple[str, bytes, str]]:
     ]
 
 
-def _first_image(response: openai.types.ImagesResponse) -> tuple[Image.Image, str]:
-    """The answer's image, decoded; a missing or unreadable one is the provider's fault."""
+def _first_image(response: openai.types.ImagesResponse) -> tuple[bytes, str]:
+    """The answer's image bytes and revised prompt; a missing image is the provider's fault."""
     if not response.data or not response.data[0].b64_json:
-        raise ProviderRetryableError(f"{PROVIDER}: the response has no b64_json image")
+        raise ProviderRetryableError(PROVIDER, "the response has no b64_json image")
     item = response.data[0]
     try:
         raw = base64.b64decode(item.b64_json or "", validate=True)
-        with Image.open(io.BytesIO(raw)) as opened:
-            image = opened.convert("RGB")
-    except (binascii.Error, OSError, ValueError) as exc:
-        raise ProviderRetryableError(
-            f"{PROVIDER}: the response image is unreadable: {exc}"
-        ) from exc
-    return image, item.revised_prompt or ""
+    except (binascii.Error, ValueError) as exc:
+        raise ProviderRetryableError(PROVIDER, f"b64_json is not base64: {exc}") from exc
+    return raw, item.revised_prompt or ""

@@ -18,12 +18,9 @@ from services.generator.backends.base import (
     GenerationRequest,
     InvalidGenerationRequest,
 )
+from services.generator.backends.hosted import ProviderRateLimited, ProviderRetryableError
 from services.generator.backends.openai_backend import OpenAIImageBackend
-from services.generator.backends.openai_errors import (
-    ProviderAuthError,
-    ProviderContentPolicyError,
-    ProviderRetryableError,
-)
+from services.generator.backends.openai_errors import ProviderAuthError, ProviderContentPolicyError
 from services.generator.backends.openai_settings import OpenAISettings
 from tests.fixtures.http_server import free_port
 from tests.fixtures.openai_server import OpenAIImagesServer, running_openai_server
@@ -258,7 +255,7 @@ def test_server_errors_and_rate_limits_are_retryable(server: OpenAIImagesServer)
     server.rate_limit_next(1, retry_after_s=3)
     with pytest.raises(ProviderRetryableError, match=r"openai: HTTP 503: The server had an error"):
         run(backend, request())
-    with pytest.raises(ProviderRetryableError) as limited:
+    with pytest.raises(ProviderRateLimited) as limited:
         run(backend, request())
     assert (limited.value.status, limited.value.retry_after_s) == (429, 3.0)
     assert "rate_limit_exceeded" in str(limited.value)
