@@ -51,6 +51,7 @@ from services.scheduler.planning import (
     story_of,
     with_chain,
 )
+from services.scheduler.provider_health import ProviderHealth
 from services.scheduler.references import load_reference_sets, record_reference_set
 from services.scheduler.retries import Retries, Ticker
 from services.scheduler.scenes import SceneFacts
@@ -79,7 +80,12 @@ class Scheduler:
         self.ledger = Ledger(settings, topics.events)
         self._dispatcher = Dispatcher(settings, topics)
         self._book = JobBook(topics, self.ledger, self._dispatcher)
-        self._retries = Retries(settings, topics, self.ledger, self._dispatcher, self._book)
+        self.health = ProviderHealth(
+            settings.provider_failure_threshold, settings.provider_cooldown_s
+        )
+        self._retries = Retries(
+            settings, topics, self.ledger, self._dispatcher, self._book, self.health
+        )
         self.relay = OutboxRelay(pool, publisher, interval_s=settings.relay_interval_s)
         self.ticker = Ticker(
             pool, self._dispatcher, interval_s=settings.tick_interval_s, on_staged=self.relay.wake
@@ -137,7 +143,12 @@ class Scheduler:
         try:
             references = await load_reference_sets(conn, request.user_id, characters_of(request))
             plan = plan_request(
-                request, self._settings, self._catalogue, references, scenes=readings
+                request,
+                self._settings,
+                self._catalogue,
+                references,
+                scenes=readings,
+                avoid=self.health.cooling_down(),
             )
         except PermanentError as exc:
             await self._book.end(
@@ -195,7 +206,7 @@ class Scheduler:
         original = GenerateImage.model_validate_json(rows[0]["message"])
         try:
             job = regenerate(original, request)
-            chosen = with_chain(job, self._catalogue, None)
+            chosen = with_chain(job, self._catalogue, None, self.health.cooling_down())
         except NotFoundError as exc:
             await self._book.end(
                 conn, request.job_id, JobStatus.FAILED, "image_not_found", str(exc)
@@ -233,6 +244,7 @@ class Scheduler:
         event = decode(record, EVENT_ADAPTER)
         if event.source == SOURCE or not event.job_id:
             return  # our own events (final failures, progress) need nothing more
+        self._track_health(event)
         async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
             if isinstance(event, GenerationCompleted):
                 await self.ledger.settle(
@@ -250,6 +262,17 @@ class Scheduler:
             elif isinstance(event, ConsistencyFlagged) and not event.data.final:
                 await self._flagged(conn, event)
         self.relay.wake()
+
+    def _track_health(self, event: object) -> None:
+        """Attempt outcomes feed provider health (counted once per event id)."""
+        if isinstance(event, GenerationFailed) and not event.data.final:
+            self.health.failure(
+                event.data.provider,
+                retryable=event.data.retryable and event.data.error_type != "Cancelled",
+                event_id=event.id,
+            )
+        elif isinstance(event, GenerationCompleted):
+            self.health.success(event.data.provider or event.data.backend, event_id=event.id)
 
     async def _current(
         self, conn: asyncpg.Connection, job_id: str, index: int

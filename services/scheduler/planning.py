@@ -16,6 +16,7 @@ from schemas.requests import GenerateImages, GenerateScene, GenerateStory, JobKi
 from schemas.topics import Tier
 from services.scheduler.catalogue import Catalogue, estimate
 from services.scheduler.expansion import PlannableRequest, SceneReadings, plan
+from services.scheduler.provider_health import reorder
 from services.scheduler.settings import SchedulerSettings
 
 
@@ -89,10 +90,20 @@ def characters_of(request: PlannableRequest) -> Sequence[CharacterSpec]:
     return request.story.characters
 
 
-def with_chain(job: GenerateImage, catalogue: Catalogue, model: str | None) -> ImagePlan:
-    """`job` on the first offer of its chain, with the chain kept for failover."""
-    offers = catalogue.chain(
-        job.quality, model, width=job.width, height=job.height, steps=job.steps
+def with_chain(
+    job: GenerateImage,
+    catalogue: Catalogue,
+    model: str | None,
+    avoid: frozenset[str] = frozenset(),
+) -> ImagePlan:
+    """`job` on the first offer of its chain, with the chain kept for failover.
+
+    Offers of the `avoid`ed providers (cooling down, see `provider_health`) go last.
+    """
+    offers = reorder(
+        catalogue.chain(job.quality, model, width=job.width, height=job.height, steps=job.steps),
+        lambda o: o.provider,
+        avoid,
     )
     chain = tuple(
         OfferChoice(o.provider, o.model, estimate(o, job.width, job.height, job.steps))
@@ -117,6 +128,7 @@ def plan_request(
     catalogue: Catalogue,
     reference_sets: Mapping[str, Sequence[str]],
     scenes: SceneReadings | None = None,
+    avoid: frozenset[str] = frozenset(),
 ) -> JobPlan:
     """Raises PermanentError (NoOfferError included) for a request that cannot work.
 
@@ -133,7 +145,7 @@ def plan_request(
     model = request.model
     images = []
     for p in planned:
-        chosen = with_chain(p.job, catalogue, model)
+        chosen = with_chain(p.job, catalogue, model, avoid)
         images.append(
             ImagePlan(
                 job=chosen.job,

@@ -32,6 +32,7 @@ from services.scheduler.jobs import JobBook
 from services.scheduler.ledger import Hold, Ledger, Slot
 from services.scheduler.outbox import SOURCE, stage_event
 from services.scheduler.planning import OfferChoice, on_offer
+from services.scheduler.provider_health import ProviderHealth
 from services.scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,14 @@ class Retries:
         ledger: Ledger,
         dispatcher: Dispatcher,
         book: JobBook,
+        health: ProviderHealth | None = None,
     ) -> None:
         self._settings = settings
         self._topics = topics
         self._ledger = ledger
         self._dispatcher = dispatcher
         self._book = book
+        self._health = health or ProviderHealth(0, 0)
 
     async def failed(
         self,
@@ -75,7 +78,15 @@ class Retries:
         """One attempt of a dispatched image failed (the caller checked it is the current one)."""
         msg = GenerateImage.model_validate_json(row["message"])
         retryable = data.retryable and data.error_type != CANCELLED
-        if retryable and row["provider_attempt"] < self._settings.max_attempts:
+        chain = [OfferChoice.from_json(o) for o in _json_list(row["offers"])]
+        nxt = row["offer_index"] + 1
+        # The rest of the chain, providers in cool-down last; a cooling provider gets no
+        # more attempts of its own while a healthy one is left to fail over to.
+        rest = self._health.order(chain[nxt:], lambda o: o.provider)
+        leave = self._health.cooling(msg.provider or "") and any(
+            not self._health.cooling(o.provider) for o in rest
+        )
+        if retryable and row["provider_attempt"] < self._settings.max_attempts and not leave:
             delay = backoff(self._settings, row["provider_attempt"])
             await conn.execute(
                 "UPDATE job_images SET status = 'retry_wait', due_at = now() + $3,"
@@ -96,10 +107,15 @@ class Retries:
                 delay,
             )
             return
-        chain = [OfferChoice.from_json(o) for o in _json_list(row["offers"])]
-        nxt = row["offer_index"] + 1
         if nxt < len(chain):
-            offer = chain[nxt]
+            offer = rest[0]
+            if rest != chain[nxt:]:
+                await conn.execute(
+                    "UPDATE job_images SET offers = $3 WHERE job_id = $1 AND image_index = $2",
+                    job["job_id"],
+                    row["image_index"],
+                    json.dumps([o.to_json() for o in [*chain[:nxt], *rest]]),
+                )
             slot = Slot(job["job_id"], row["image_index"], msg.image.variation)
             refusal = await self._ledger.adjust(
                 conn, slot, UserTier(job["tier"]), offer.provider, offer.model, offer.estimate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from imagegen.errors import ConfigurationError
@@ -34,6 +34,24 @@ class SchedulerSettings(ServiceSettings):
     story_max_in_flight: int = Field(default=5, ge=1)
     max_variations: int = Field(default=2, ge=0, le=5)
     catalogue: str | None = Field(default=None, description="JSON price catalogue.")
+    # Provider health (provider_health.py); named IMAGEGEN_SCHEDULER_PROVIDER_* in the
+    # environment, 0 turns the breaker off.
+    provider_failure_threshold: int = Field(
+        default=5,
+        ge=0,
+        validation_alias=AliasChoices(
+            "IMAGEGEN_SCHEDULER_PROVIDER_FAILURE_THRESHOLD", "provider_failure_threshold"
+        ),
+        description="Retryable failures in a row that take a provider out of the rotation.",
+    )
+    provider_cooldown_s: float = Field(
+        default=60.0,
+        ge=0,
+        validation_alias=AliasChoices(
+            "IMAGEGEN_SCHEDULER_PROVIDER_COOLDOWN_S", "provider_cooldown_s"
+        ),
+        description="How long a failing provider stays out of the rotation.",
+    )
     # --- scene extraction: pages without a scene description are read by an LLM (any
     # OpenAI-compatible endpoint) when a base URL or key is set, else by the extractor.
     scene_llm_base_url: str | None = None
