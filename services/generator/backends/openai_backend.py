@@ -109,8 +109,13 @@ class OpenAIImageBackend:
         if cancel.is_set():
             raise GenerationCancelled("job cancelled before the openai request was sent")
         on_progress(0, 1)
-        options: dict[str, Any] = {"model": spec.name, "prompt": prompt, "n": 1, "size": size}
-        options["quality"] = quality
+        options: dict[str, Any] = {
+            "model": spec.name,
+            "prompt": prompt,
+            "n": 1,
+            "size": size,
+            "quality": quality,
+        }
         if request.request_id:
             options["extra_headers"] = {"X-Client-Request-Id": request.request_id}
         try:
