@@ -77,7 +77,9 @@ class RawImage(Message):
 
 
 class Rendition(Contract):
-    name: Literal["original", "display", "thumbnail", "print"]
+    name: Literal["original", "display", "thumbnail", "print", "cutout"]
+    """"cutout": the portrait on a transparent background (PNG), when a background model
+    is configured."""
     blob: BlobRef
     width: int
     height: int

@@ -9,6 +9,7 @@ from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
 from imagegen.runtime import consumer_loop, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_logging, configure_tracing
+from services.postprocess.background import load_background_remover
 from services.postprocess.consistency import ConsistencyScorer, DlibFaceEncoder
 from services.postprocess.handlers import ConsistencyCheck, Postprocessor
 from services.postprocess.settings import PostprocessSettings
@@ -32,7 +33,14 @@ async def serve(settings: PostprocessSettings) -> None:
                 await asyncio.to_thread(DlibFaceEncoder), threshold=settings.consistency_threshold
             )
             consistency = ConsistencyCheck(scorer, PostgresVariationStore(pool))
-        worker = Postprocessor(settings, blobs, publisher, topics, consistency=consistency)
+        background = await asyncio.to_thread(
+            load_background_remover,
+            settings.postprocess_background_model,
+            settings.postprocess_background_input_size,
+        )
+        worker = Postprocessor(
+            settings, blobs, publisher, topics, consistency=consistency, background=background
+        )
         loop = consumer_loop(
             settings.kafka, "postprocess", {topics.images_raw: worker.on_raw_image}, publisher
         )

@@ -19,6 +19,7 @@ import importlib.util
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -89,6 +90,18 @@ class DlibFaceEncoder:
         return np.asarray(vector, dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class Assessment:
+    """An image's face embedding (None: no face found) and its score (None: not scored)."""
+
+    score: float | None
+    embedding: Embedding | None
+    encoder: str
+
+    def embedding_list(self) -> list[float] | None:
+        return None if self.embedding is None else [float(v) for v in self.embedding]
+
+
 def score(embedding: Embedding, reference: Embedding) -> float:
     distance = float(np.linalg.norm(embedding - reference))
     return round(min(1.0, max(0.0, 1.0 - distance)), 4)
@@ -140,7 +153,11 @@ class ConsistencyScorer:
         """None when there is nothing to compare: no identity face, or no face in `image`."""
         if reference is None:
             return None
+        return self.assess(image, reference).score
+
+    def assess(self, image: Image.Image, reference: Embedding | None) -> Assessment:
+        """The image's embedding (kept with the image: reference images become identity
+        images) and its score against `reference` when both have a face."""
         embedding = self.encoder.embed(image)
-        if embedding is None:
-            return None
-        return score(embedding, reference)
+        value = None if embedding is None or reference is None else score(embedding, reference)
+        return Assessment(value, embedding, self.encoder.name)

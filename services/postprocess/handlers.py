@@ -23,7 +23,8 @@ from schemas.events import (
 )
 from schemas.images import ProcessedImage, RawImage, Rendition
 from schemas.topics import TopicNames
-from services.postprocess.consistency import ConsistencyScorer, Embedding
+from services.postprocess.background import PORTRAIT_KINDS, BackgroundRemover, render_cutout
+from services.postprocess.consistency import Assessment, ConsistencyScorer, Embedding
 from services.postprocess.renditions import InvalidImageError, QualityCheckError, render
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.variations import VariationStore
@@ -49,12 +50,14 @@ class Postprocessor:
         topics: TopicNames,
         *,
         consistency: ConsistencyCheck | None = None,
+        background: BackgroundRemover | None = None,
     ) -> None:
         self._settings = settings
         self._blobs = blobs
         self._publisher = publisher
         self._topics = topics
         self._consistency = consistency
+        self._background = background
         self._events = EventEmitter(publisher, topics.events, SOURCE)
 
     async def on_raw_image(self, record: Record) -> None:
@@ -73,6 +76,10 @@ class Postprocessor:
         except (InvalidImageError, QualityCheckError) as exc:
             await self._report_unusable(raw, exc)
             return
+        if self._background is not None and raw.image.kind in PORTRAIT_KINDS:
+            cutout = await asyncio.to_thread(render_cutout, data, self._background)
+            if cutout is not None:
+                rendered.append(cutout)
         renditions = [
             Rendition(
                 name="original", blob=raw.blob, width=raw.width, height=raw.height, format="png"
@@ -89,7 +96,8 @@ class Postprocessor:
                     format=item.format,
                 )
             )
-        score = await self._score(raw, data)
+        assessment = await self._assess(raw, data)
+        score = assessment.score
         elapsed_ms = int((time.monotonic() - started) * 1000)
         processed = ProcessedImage(
             image=raw.image,
@@ -100,6 +108,8 @@ class Postprocessor:
             consistency_score=score,
             timings=raw.timings.model_copy(update={"postprocess_ms": elapsed_ms}),
             style=raw.style,
+            face_embedding=assessment.embedding_list(),
+            face_encoder=assessment.encoder if assessment.embedding is not None else "",
         )
         if self._consistency and score is not None and score < self._settings.consistency_threshold:
             chosen = await self._consistency_loop(raw, processed, score)
@@ -132,9 +142,11 @@ class Postprocessor:
             )
         )
 
-    async def _score(self, raw: RawImage, data: bytes) -> float | None:
-        if self._consistency is None or not raw.identity_keys:
-            return None
+    async def _assess(self, raw: RawImage, data: bytes) -> Assessment:
+        """Score against the identity images; portraits and reference images are embedded
+        even without any (storage keeps their embedding as the character's reference)."""
+        if self._consistency is None or not (raw.identity_keys or raw.image.kind in PORTRAIT_KINDS):
+            return Assessment(None, None, "")
         scorer = self._consistency.scorer
         loaded = {}
         for key in raw.identity_keys:
@@ -146,7 +158,7 @@ class Postprocessor:
         reference: Embedding | None = await asyncio.to_thread(
             scorer.identity_embedding, raw.identity_keys, loaded
         )
-        return await asyncio.to_thread(scorer.score, Image.open(io.BytesIO(data)), reference)
+        return await asyncio.to_thread(scorer.assess, Image.open(io.BytesIO(data)), reference)
 
     async def _consistency_loop(
         self, raw: RawImage, processed: ProcessedImage, score: float

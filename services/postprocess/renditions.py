@@ -39,7 +39,7 @@ class RenderedImage:
     content_type: str
 
 
-def _open(data: bytes) -> Image.Image:
+def open_image(data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
@@ -85,7 +85,7 @@ def _jpeg(image: Image.Image, quality: int, max_bytes: int) -> bytes:
         quality -= 5  # stay under the size limit rather than fail
 
 
-def _png(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "PNG", optimize=False, dpi=(300, 300))
     return buf.getvalue()
@@ -93,7 +93,7 @@ def _png(image: Image.Image) -> bytes:
 
 def _encoded(name: str, image: Image.Image, *, quality: int, max_bytes: int) -> RenderedImage:
     if has_alpha(image):
-        return RenderedImage(name, _png(image), image.width, image.height, "png", "image/png")
+        return RenderedImage(name, png_bytes(image), image.width, image.height, "png", "image/png")
     data = _jpeg(image, quality, max_bytes)
     return RenderedImage(name, data, image.width, image.height, "jpeg", "image/jpeg")
 
@@ -109,7 +109,7 @@ def render(
     upscaler: Upscaler | None = None,
 ) -> list[RenderedImage]:
     """Display, print and thumbnail renditions; the original PNG is kept as it was staged."""
-    image = _open(data)
+    image = open_image(data)
     validate(image)
     enhanced = enhance(image)
     display = overlay_text(enhanced, text) if text else enhanced

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -19,3 +21,9 @@ class PostprocessSettings(ServiceSettings):
         le=1.0,
         description="Scores below this flag an image (see services/postprocess/consistency.py).",
     )
+    postprocess_background_model: Path | None = Field(
+        default=None,
+        description="TorchScript segmentation model for portrait cut-outs (contract in"
+        " services/postprocess/background.py); unset: no background removal.",
+    )
+    postprocess_background_input_size: int = Field(default=320, ge=32, le=2048)
