@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 from PIL import Image
@@ -112,6 +113,7 @@ async def running_pipeline(
     *,
     providers: Providers | None = None,
     catalogue: str = FAKE_CATALOGUE,
+    scheduler_overrides: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Pipeline]:
     """The pipeline; `providers` (several backends by name) replaces the one fake backend."""
     broker = InMemoryBroker()
@@ -134,6 +136,7 @@ async def running_pipeline(
                 tick_interval_s=0.02,
                 relay_interval_s=0.05,
                 catalogue=catalogue,
+                **(scheduler_overrides or {}),
             ),
             sched_pool,
             publisher,
