@@ -33,6 +33,7 @@ from services.gateway.routes import (
 )
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GatewayState
+from services.gateway.webhooks.wiring import build_dispatcher
 from services.gateway.wiring import install
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,13 @@ def create_app(
             if wakeups is None:
                 # One LISTEN connection per process, fanned out in memory to its streams.
                 wakeups = await stack.enter_async_context(PgEventSignal(settings.database_url))
+            webhooks = build_dispatcher(pool, settings)
+            webhooks.start()
+            stack.push_async_callback(webhooks.aclose, settings.shutdown_timeout_s)
             loop = ConsumerLoop(
                 name=CONSUMER_GROUP,
                 consumer=make_consumer(CONSUMER_GROUP, [topics.events]),
-                handlers={topics.events: Projection(pool, wakeups).handle},
+                handlers={topics.events: Projection(pool, wakeups, webhooks).handle},
                 dead_letters=pub,
                 dead_letter_topic=topics.dead_letter,
                 poll_timeout=settings.consumer_poll_s,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from services.gateway.webhooks.store import MIGRATION as WEBHOOKS_V4
+
 SCHEMA = "gateway"
 
 _V1 = """
@@ -184,4 +186,4 @@ CREATE INDEX images_user_story ON images (user_id, story_id);
 CREATE INDEX events_type_id ON events (type, id);
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3)]
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, WEBHOOKS_V4)]

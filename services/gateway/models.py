@@ -13,6 +13,7 @@ from schemas.characters import MAX_SEED, CharacterAttributes
 from schemas.events import JobStatus
 from schemas.requests import MAX_PACK_SIZE, MAX_STORY_PAGES
 from schemas.styles import STYLE_NAMES, known_style
+from services.gateway.webhooks.models import WebhookIn
 
 _CAMEL = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
@@ -385,6 +386,7 @@ class GenerateRequest(BaseModel):
 
     character_id: str = Field(min_length=1, max_length=100)
     image_count: int = Field(ge=1, le=MAX_PACK_SIZE)
+    webhook: WebhookIn | None = None
 
 
 class GenerateAccepted(BaseModel):

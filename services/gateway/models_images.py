@@ -24,6 +24,7 @@ from schemas.requests import (
     ReviewDecision,
 )
 from schemas.styles import STYLE_NAMES, known_style
+from services.gateway.webhooks.models import WebhookIn, WebhookStatus
 
 
 def check_style(style: str) -> str:
@@ -111,6 +112,7 @@ class PortraitRequest(BaseModel):
     story_id: Id | None = None
     style: Style
     options: PortraitOptions = Field(default_factory=PortraitOptions)
+    webhook: WebhookIn | None = Field(default=None, description="Signed POSTs as it runs.")
 
 
 class SceneOptions(BaseModel):
@@ -145,6 +147,7 @@ class SceneRequest(BaseModel):
     scene_description: str | None = Field(default=None, max_length=2000)
     style: Style
     options: SceneOptions = Field(default_factory=SceneOptions)
+    webhook: WebhookIn | None = Field(default=None, description="Signed POSTs as it runs.")
 
 
 class StoryGenerateRequest(BaseModel):
@@ -167,6 +170,7 @@ class StoryGenerateRequest(BaseModel):
     include_scene_images: bool = True
     images_per_page: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_PAGE)
     options: SceneOptions = Field(default_factory=SceneOptions)
+    webhook: WebhookIn | None = Field(default=None, description="Signed POSTs as it runs.")
 
 
 class Modifications(BaseModel):
@@ -323,6 +327,9 @@ class JobOut(BaseModel):
 
 class JobDetail(JobOut):
     images: list[ImageOut]
+    webhook: WebhookStatus | None = Field(
+        default=None, description="The job's webhook and every delivery attempt (no secret)."
+    )
 
 
 class JobList(BaseModel):

@@ -18,6 +18,8 @@ from schemas.events import EVENT_ADAPTER, Event, GenerationQueued, ImageStored, 
 from schemas.requests import JobKind
 from services.gateway.folding import fold_image, fold_job
 from services.gateway.notify import EventSignal, announce
+from services.gateway.webhooks import store as webhook_store
+from services.gateway.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +36,12 @@ class _Job:
 
 
 class Projection:
-    def __init__(self, pool: asyncpg.Pool, signal: EventSignal) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, signal: EventSignal, webhooks: WebhookDispatcher | None = None
+    ) -> None:
         self._pool = pool
         self._signal = signal
+        self._webhooks = webhooks
 
     async def handle(self, record: Record) -> None:
         """The consumer loop's handler for the events topic."""
@@ -68,6 +73,8 @@ class Projection:
                     owner, seq = job.user_id, job.seq
                     await fold_job(conn, event.job_id, job.user_id, job.status, event)
             await fold_image(conn, owner, event)
+            # The delivery commits with the projection (or neither does); sent later.
+            hooked = await webhook_store.enqueue(conn, event) if seq is not None else None
             payload = event.model_copy(update={"seq": seq, "user_id": owner})
             await conn.execute(
                 "UPDATE events SET seq = $2, user_id = $3, payload = $4::jsonb WHERE id = $1",
@@ -78,6 +85,8 @@ class Projection:
             )
             if owner is not None:
                 await announce(conn, owner)  # sent at commit: wakes streams on every replica
+        if hooked is not None and self._webhooks is not None:
+            self._webhooks.wake()
         return owner
 
 

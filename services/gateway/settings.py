@@ -62,6 +62,17 @@ class GatewaySettings(ServiceSettings):
     reference_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     reference_max_pixels: int = Field(default=40_000_000, ge=10_000)
     reference_require_face: bool = True
+    # --- webhooks (see services/gateway/webhooks): http only to these hosts, which also
+    # skip the production refusal of private addresses; the default signing secret.
+    webhook_allowed_hosts: list[str] = Field(default_factory=list)
+    webhook_secret: SecretStr | None = None
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    webhook_max_attempts: int = Field(default=6, ge=1, le=20)
+    # Attempt n+1 waits backoff * 2^(n-1), capped: 2, 4, 8, 16, 30 min -> 6 tries in ~1 h.
+    webhook_backoff_s: float = Field(default=120.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=1800.0, gt=0)
+    webhook_concurrency: int = Field(default=8, ge=1, le=256)
+    webhook_poll_s: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
     def _no_dev_jwt_secret_outside_dev(self) -> GatewaySettings:

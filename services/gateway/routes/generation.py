@@ -37,6 +37,9 @@ from services.gateway.problems import field_error
 from services.gateway.ratelimit import GenerateLimit
 from services.gateway.routes.jobs import errors, urls
 from services.gateway.settings import GatewaySettings
+from services.gateway.webhooks import store as webhook_store
+from services.gateway.webhooks.models import WebhookIn
+from services.gateway.webhooks.wiring import require_acceptable
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,7 @@ async def _record_and_send(
     settings: GatewaySettings,
     command: GenerateImages | GenerateScene,
     image: _OneImage,
+    webhook: WebhookIn | None = None,
 ) -> estimates.Estimate:
     """Job row, pending image row and the command in one transaction: if the publish fails,
     nothing is recorded (a 503), so a retry starts clean. Returns the completion estimate."""
@@ -118,6 +122,8 @@ async def _record_and_send(
             story_id=image.story_id,
             page_number=image.page_number,
         )
+        if webhook is not None:
+            await webhook_store.register(conn, command.job_id, command.user_id, webhook)
         await publishing.send(publisher, settings, command.user_id, command)
     return estimate
 
@@ -138,6 +144,7 @@ async def generate_portrait(
     publisher: PublisherDep,
     settings: SettingsDep,
 ) -> ImageJobAccepted:
+    require_acceptable(body.webhook, settings)
     job_id = str(uuid.uuid4())
     image_id = image_id_for(job_id, 0)
     width, height = parse_size(body.options.size)
@@ -169,6 +176,7 @@ async def generate_portrait(
             settings,
             command,
             _OneImage(JobKind.PORTRAIT, image_id, body.style, character.id, body.story_id),
+            body.webhook,
         )
     log.info("event=portrait_accepted job_id=%s user_id=%s", job_id, user.user_id)
     return _accepted(settings, job_id, image_id, estimate)
@@ -192,6 +200,7 @@ async def generate_scene(
     moderator: ModeratorDep,
 ) -> ImageJobAccepted:
     await moderator.require_allowed({("body", "sceneDescription"): body.scene_description})
+    require_acceptable(body.webhook, settings)
     job_id = str(uuid.uuid4())
     image_id = image_id_for(job_id, 0)
     async with pool.acquire() as conn:
@@ -245,6 +254,7 @@ async def generate_scene(
                 story.id,
                 page.page_number,
             ),
+            body.webhook,
         )
     log.info("event=scene_accepted job_id=%s story_id=%s", job_id, story.id)
     return _accepted(settings, job_id, image_id, estimate)
@@ -276,6 +286,7 @@ async def generate_story(
             ("body", "includeSceneImages"),
             "nothing to generate: includeCharacterPortraits and includeSceneImages are both false",
         )
+    require_acceptable(body.webhook, settings)
     job_id = str(uuid.uuid4())
     async with pool.acquire() as conn:
         await _story_or_404(conn, user.user_id, story_id)
@@ -317,6 +328,8 @@ async def generate_story(
                 story_id=story_id,
                 style=body.style,
             )
+            if body.webhook is not None:
+                await webhook_store.register(conn, job_id, user.user_id, body.webhook)
             await publishing.send(publisher, settings, user.user_id, command)
     log.info("event=story_accepted job_id=%s story_id=%s images=%d", job_id, story_id, total)
     status_url, events_url = urls(settings, job_id)

@@ -24,6 +24,8 @@ from services.gateway.models_images import (
 )
 from services.gateway.ratelimit import GenerateLimit
 from services.gateway.settings import GatewaySettings
+from services.gateway.webhooks import store as webhook_store
+from services.gateway.webhooks.wiring import require_acceptable
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ async def generate(
     publisher: PublisherDep,
     settings: SettingsDep,
 ) -> GenerateAccepted:
+    require_acceptable(body.webhook, settings)
     job_id = str(uuid.uuid4())
     async with pool.acquire() as conn:
         character = await characters.get(conn, user.user_id, body.character_id)
@@ -98,6 +101,8 @@ async def generate(
                 character_id=character.id,
                 style=character.art_style,
             )
+            if body.webhook is not None:
+                await webhook_store.register(conn, job_id, user.user_id, body.webhook)
             await publishing.send(publisher, settings, user.user_id, command)
     log.info(
         "event=job_accepted job_id=%s user_id=%s images=%d", job_id, user.user_id, body.image_count
@@ -213,4 +218,5 @@ async def get_job(
     job = await readmodel.job_detail(pool, links(blobs, settings), user.user_id, job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
-    return job
+    hook = await webhook_store.job_webhook(pool, job_id)
+    return job if hook is None else job.model_copy(update={"webhook": hook})
