@@ -22,17 +22,18 @@ class Instruments:
     requests: Counter
     """HTTP requests served by the gateway (route, method, status)."""
     jobs: Counter
-    """Jobs by status (queued, completed, partially_completed, failed, cancelled) and tier."""
+    """Jobs by status (queued, completed, partially_completed, failed, cancelled) and the
+    user's tier (free, paid)."""
     images: Counter
     """Images by outcome (completed, failed) and provider."""
     queue_wait: Histogram
-    """Seconds an image job waited on its tier topic (tier)."""
+    """Seconds a message waited on its topic, enqueue to consume (topic; tier for jobs)."""
     generation_seconds: Histogram
     """Seconds a backend spent generating one image (provider, model)."""
     cost: Counter
     """USD charged per image (provider, model)."""
     budget_consumed: Counter
-    """USD committed against budgets (tier)."""
+    """USD of actual cost booked against the budgets, at settlement (provider)."""
     consistency_score: Histogram
     """Face distance of each scored image to its character (lower is closer)."""
     sse_connections: UpDownCounter

@@ -5,13 +5,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+from imagegen.health import HealthServer
 from imagegen.kafka.confluent import KafkaConsumer, KafkaPublisher
 from imagegen.kafka.ports import Handler, Publisher
 from imagegen.kafka.worker import ConsumerLoop
 from imagegen.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def health_endpoint(port: int | None) -> AsyncIterator[HealthServer]:
+    """The worker's /healthz, /readyz, /metrics on `port`; not served when `port` is None
+    (checks may still be added: nobody asks them)."""
+    server = HealthServer(port or 0, {})
+    if port is None:
+        yield server
+        return
+    async with server:
+        yield server
 
 
 def kafka_publisher(settings: KafkaSettings, service: str) -> KafkaPublisher:

@@ -1,45 +1,120 @@
-"""Tracing and logging set-up shared by every service.
+"""Tracing and metrics set-up shared by every service (logs: `imagegen.logging_setup`).
 
-Trace context travels in Kafka headers as W3C `traceparent`; each consumer continues it.
-Nothing is exported unless an OTLP endpoint is configured.
+Trace context travels in Kafka headers as W3C `traceparent`; each consumer continues it,
+so one request is one trace across the five services. Spans carry `imagegen.service`
+(the service whose code opened them) besides the resource's `service.name`, which lets
+one process that runs several services (the tests) tell them apart.
+
+Export: OTLP over HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the signal's own
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `..._METRICS_ENDPOINT`) is set, nothing otherwise.
+Metrics are always readable by Prometheus from the process's `/metrics`.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Iterator
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+from imagegen.logging_setup import LogFormat, current_service, set_process_service
+from imagegen.logging_setup import configure_logging as _configure_logging
+from imagegen.metrics import instruments
 
 _TRACER_NAME = "imagegen"
+SERVICE_ATTRIBUTE = "imagegen.service"
+ENQUEUED_AT_HEADER = "imagegen-enqueued-at"
+"""Epoch seconds at which a message was put on its way (staged in an outbox, or produced)."""
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_JOBS_TOPIC = re.compile(r"\.jobs\.([a-z0-9_]+)\.v\d+$")
+log = logging.getLogger(__name__)
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    """Log lines in key=value form, one per event, to stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(
-            f"ts=%(asctime)s level=%(levelname)s service={service} logger=%(name)s %(message)s"
-        )
+def configure_logging(service: str, level: str = "INFO", fmt: LogFormat = "text") -> None:
+    """Log lines of the process to stderr: key=value text, or one JSON object per line."""
+    _configure_logging(service, level, fmt)
+
+
+def _otlp(signal: str) -> bool:
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
     )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("botocore", "aiobotocore", "urllib3", "httpx", "httpcore", "uvicorn.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class ServiceAttribution(SpanProcessor):
+    """Stamps each span with the service whose code started it (see module docstring)."""
+
+    def on_start(self, span: SdkSpan, parent_context: Context | None = None) -> None:
+        service = current_service()
+        if service:
+            span.set_attribute(SERVICE_ATTRIBUTE, service)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
 
 
 def configure_tracing(service: str) -> TracerProvider:
-    """Install a tracer provider for this process (no exporter unless one is added)."""
+    """Install this process's tracer provider (once); OTLP export only when configured."""
+    set_process_service(service)
+    installed = trace.get_tracer_provider()
+    if isinstance(installed, TracerProvider):
+        return installed
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(ServiceAttribution())
+    if _otlp("TRACES"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        log.info("event=otlp_traces_enabled service=%s", service)
     trace.set_tracer_provider(provider)
     return provider
+
+
+def configure_metrics(service: str, registry: CollectorRegistry = REGISTRY) -> MeterProvider:
+    """Install this process's meter provider (once): Prometheus always, OTLP when configured."""
+    installed = metrics.get_meter_provider()
+    if isinstance(installed, MeterProvider):
+        return installed
+    readers: list[MetricReader] = [PrometheusMetricReader(registry=registry)]
+    if _otlp("METRICS"):
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        log.info("event=otlp_metrics_enabled service=%s", service)
+    provider = MeterProvider(
+        resource=Resource.create({"service.name": service}), metric_readers=readers
+    )
+    metrics.set_meter_provider(provider)
+    return provider
+
+
+def configure_telemetry(service: str, level: str = "INFO", fmt: LogFormat = "text") -> None:
+    """Logs, traces and metrics for one service process: what every `__main__` calls."""
+    configure_logging(service, level, fmt)
+    configure_tracing(service)
+    configure_metrics(service)
+
+
+def metrics_exposition(registry: CollectorRegistry = REGISTRY) -> bytes:
+    """The Prometheus text exposition of every metric of this process."""
+    return generate_latest(registry)
 
 
 def tracer() -> trace.Tracer:
@@ -47,8 +122,13 @@ def tracer() -> trace.Tracer:
 
 
 def inject_trace_headers(headers: dict[str, str]) -> dict[str, str]:
-    """Add the current span's `traceparent` (if any) to message headers."""
-    propagate.inject(headers)
+    """Add the current span's `traceparent` to message headers, unless they carry one.
+
+    A `traceparent` already there was put by someone who knows whose trace the message
+    belongs to (an outbox row staged in its request's span, a re-driven dead letter).
+    """
+    if "traceparent" not in headers:
+        propagate.inject(headers)
     return headers
 
 
@@ -58,15 +138,80 @@ def current_traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
+def same_trace(traceparent: str, other: str) -> bool:
+    """True when two `traceparent` values name the same trace."""
+    return traceparent.split("-")[1:2] == other.split("-")[1:2]
+
+
 @contextmanager
-def consume_span(name: str, headers: dict[str, str], **attributes: str | int) -> Iterator[Span]:
-    """A consumer span that continues the trace carried in `headers`."""
-    parent = propagate.extract(headers)
-    token = otel_context.attach(parent)
+def trace_context(traceparent: str | None) -> Iterator[None]:
+    """Make `traceparent` the current context (what is published now joins its trace)."""
+    if not traceparent:
+        yield
+        return
+    token = otel_context.attach(propagate.extract({"traceparent": traceparent}))
     try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def tier_of(topic: str) -> str | None:
+    """The tier of a `<ns>.jobs.<tier>.v1` topic, None for other topics."""
+    match = _JOBS_TOPIC.search(topic)
+    return match.group(1) if match else None
+
+
+def enqueued_at(headers: Mapping[str, str], timestamp: float | None) -> float | None:
+    """When the message was put on its way: our header first, else the broker's timestamp."""
+    raw = headers.get(ENQUEUED_AT_HEADER)
+    if raw:
+        try:
+            return float(raw)
+        except ValueError:
+            pass
+    return timestamp
+
+
+def _record_queue_wait(topic: str, since: float, now_ns: int) -> float:
+    """A span from enqueue to consume (child of the producer's span), and the histogram."""
+    start_ns = min(int(since * 1e9), now_ns)
+    waited = (now_ns - start_ns) / 1e9
+    tracer().start_span(
+        f"{topic} wait", start_time=start_ns, attributes={"messaging.destination.name": topic}
+    ).end(end_time=now_ns)
+    tier = tier_of(topic)
+    attributes = {"topic": topic, **({"tier": tier} if tier else {})}
+    instruments().queue_wait.record(waited, attributes)
+    return waited
+
+
+@contextmanager
+def consume_span(
+    name: str,
+    headers: Mapping[str, str],
+    *,
+    topic: str | None = None,
+    enqueued: float | None = None,
+    **attributes: str | int | float,
+) -> Iterator[Span]:
+    """A consumer span that continues the trace carried in `headers`.
+
+    With `enqueued` (epoch seconds) a `<topic> wait` span covers the time on the topic.
+    """
+    token = otel_context.attach(propagate.extract(dict(headers)))
+    try:
+        if enqueued is not None and topic is not None:
+            waited = _record_queue_wait(topic, enqueued, time.time_ns())
+            attributes["messaging.queue_wait_ms"] = round(waited * 1000, 3)
         with tracer().start_as_current_span(
             name, kind=SpanKind.CONSUMER, attributes=attributes
         ) as span:
             yield span
     finally:
         otel_context.detach(token)
+
+
+def metrics_response() -> tuple[bytes, str]:
+    """Body and content type for a `/metrics` endpoint."""
+    return metrics_exposition(), METRICS_CONTENT_TYPE

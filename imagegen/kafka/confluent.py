@@ -8,8 +8,8 @@ import logging
 import threading
 from typing import Any
 
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException, Message
 from confluent_kafka import Consumer as _Consumer
-from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka import Producer as _Producer
 from pydantic import BaseModel
 
@@ -91,6 +91,13 @@ class KafkaPublisher:
                 raise _error(exc.args[0]) from exc
         await done
 
+    async def ping(self, timeout: float) -> None:
+        """Raise unless the cluster answers a metadata request within `timeout` s."""
+        try:
+            await asyncio.to_thread(self._producer.list_topics, None, timeout)
+        except KafkaException as exc:
+            raise _error(exc.args[0]) from exc
+
     async def close(self) -> None:
         remaining = await asyncio.to_thread(self._producer.flush, 10.0)
         self._running = False
@@ -122,7 +129,13 @@ def _record(msg: Message) -> Record:
         value=value.encode() if isinstance(value, str) else (value or b""),
         headers=_headers(msg),
         native=msg,
+        timestamp=_timestamp(msg),
     )
+
+
+def _timestamp(msg: Message) -> float | None:
+    kind, millis = msg.timestamp()
+    return millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and millis > 0 else None
 
 
 class KafkaConsumer:

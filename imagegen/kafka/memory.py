@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import zlib
 from collections import defaultdict
 
@@ -24,6 +25,8 @@ class InMemoryBroker:
         self.partitions = partitions
         self.topics: dict[str, list[list[Record]]] = {}
         self.committed: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.reachable = True
+        """Tests set False to play a broker that does not answer."""
         self._changed = asyncio.Condition()
 
     def _topic(self, name: str) -> list[list[Record]]:
@@ -35,7 +38,7 @@ class InMemoryBroker:
         parts = self._topic(topic)
         index = zlib.crc32(key.encode()) % len(parts) if key is not None else 0
         part = parts[index]
-        part.append(Record(topic, index, len(part), key, value, headers))
+        part.append(Record(topic, index, len(part), key, value, headers, timestamp=time.time()))
         async with self._changed:
             self._changed.notify_all()
 
@@ -71,6 +74,10 @@ class InMemoryPublisher:
             raise RuntimeError("publisher is closed")
         all_headers = inject_trace_headers(dict(headers or {}))
         await self._broker.append(topic, key, encode(value), all_headers)
+
+    async def ping(self, timeout: float) -> None:
+        if not self._broker.reachable:
+            raise ConnectionError("in-memory broker marked unreachable")
 
     async def close(self) -> None:
         self.closed = True

@@ -21,6 +21,8 @@ class Record:
     headers: dict[str, str] = field(default_factory=dict)
     # The adapter's own message object, kept for committing; opaque to handlers.
     native: Any = field(default=None, compare=False, repr=False)
+    timestamp: float | None = field(default=None, compare=False)
+    """Epoch seconds the broker recorded for the message (producer create time), if any."""
 
 
 Handler = Callable[[Record], Awaitable[None]]

@@ -12,15 +12,35 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import UTC, datetime
 
 from imagegen.errors import PermanentError, RetryableError
 from imagegen.kafka.ports import Consumer, Handler, Publisher, Record
-from imagegen.telemetry import consume_span
+from imagegen.logging_setup import log_context
+from imagegen.telemetry import consume_span, enqueued_at
 from schemas.deadletter import DeadLetterHeaders
 
 log = logging.getLogger(__name__)
+
+
+def ids_of(value: bytes) -> tuple[str | None, str | None]:
+    """The job and user a message is about, for log lines: top-level fields of every
+    contract (requests, events), or its `image` identity (jobs, images)."""
+    try:
+        body = json.loads(value)
+    except ValueError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    image = body.get("image")
+    source = image if isinstance(image, dict) and "job_id" not in body else body
+    job_id, user_id = source.get("job_id"), source.get("user_id")
+    return (
+        job_id if isinstance(job_id, str) else None,
+        user_id if isinstance(user_id, str) else None,
+    )
 
 
 class ConsumerLoop:
@@ -36,8 +56,11 @@ class ConsumerLoop:
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
         poll_timeout: float = 0.5,
+        service: str | None = None,
     ) -> None:
         self.name = name
+        # Loops are named `<service>` or `<service>-<role>` (scheduler-outcomes, ...).
+        self.service = service or name.split("-", maxsplit=1)[0]
         self._consumer = consumer
         self._handlers = handlers
         self._dead_letters = dead_letters
@@ -93,16 +116,26 @@ class ConsumerLoop:
         if handler is None:
             await self._dead_letter(record, PermanentError(f"no handler for {record.topic}"), 1)
             return True
+        job_id, user_id = ids_of(record.value)
+        with log_context(service=self.service, job_id=job_id, user_id=user_id):
+            return await self._attempts(record, handler)
+
+    async def _attempts(self, record: Record, handler: Handler) -> bool:
         attempt = 0
         delay = self._backoff_initial
+        # Time on the topic is measured once, not again on each retry.
+        enqueued = enqueued_at(record.headers, record.timestamp)
         while True:
             attempt += 1
             try:
                 with consume_span(
                     f"{record.topic} process",
                     record.headers,
+                    topic=record.topic,
+                    enqueued=enqueued if attempt == 1 else None,
                     offset=record.offset,
                     consumer=self.name,
+                    attempt=attempt,
                 ):
                     await handler(record)
                 self.handled += 1

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import uvicorn
 
-from imagegen.telemetry import configure_logging, configure_tracing
+from imagegen.telemetry import configure_telemetry
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 
 
 def main() -> None:
     settings = GatewaySettings()
-    configure_logging("gateway", settings.log_level)
-    configure_tracing("gateway")
+    configure_telemetry("gateway", settings.log_level, settings.log_format)
     config = uvicorn.Config(
         lambda: create_app(settings),
         factory=True,

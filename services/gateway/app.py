@@ -17,6 +17,7 @@ from imagegen import db
 from imagegen.blobstore import BlobStore, S3BlobStore
 from imagegen.kafka import Consumer, ConsumerLoop, Publisher
 from imagegen.runtime import kafka_consumer, kafka_publisher
+from imagegen.telemetry_asgi import TelemetryMiddleware
 from services.gateway.migrations import MIGRATIONS, SCHEMA
 from services.gateway.notify import EventSignal, PgEventSignal
 from services.gateway.projection import Projection
@@ -118,6 +119,8 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
             expose_headers=["Retry-After", "Idempotent-Replayed"],
         )
+    # Outermost: the request's span and log context cover every other middleware.
+    app.add_middleware(TelemetryMiddleware, service="gateway")
     for module in (
         characters,
         references,

@@ -11,7 +11,8 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway.auth import Authenticator
+from imagegen.logging_setup import annotate
+from services.gateway.auth import Authenticator, Principal
 from services.gateway.idempotency import IdempotencyMiddleware
 from services.gateway.moderation import Moderator, build_moderator
 from services.gateway.settings import GatewaySettings
@@ -91,9 +92,18 @@ async def validation_error(request: Request, exc: Exception) -> Response:
     return Response(body, status_code=422, media_type="application/json")
 
 
+class _NamingAuthenticator(Authenticator):
+    """Puts the verified caller's id in the request's log context."""
+
+    async def verify(self, token: str) -> Principal:
+        principal = await super().verify(token)
+        annotate(user_id=principal.user_id)
+        return principal
+
+
 def install(app: FastAPI, settings: GatewaySettings, moderator: Moderator | None = None) -> None:
     """Attach the authenticator and moderator to `app.state`, add the middleware."""
-    app.state.authenticator = Authenticator(settings)
+    app.state.authenticator = _NamingAuthenticator(settings)
     app.state.moderator = moderator or build_moderator(settings)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(IdempotencyMiddleware)

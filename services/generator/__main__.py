@@ -8,8 +8,9 @@ from contextlib import AsyncExitStack
 
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
-from imagegen.runtime import kafka_publisher, run_until_signalled
-from imagegen.telemetry import configure_logging, configure_tracing
+from imagegen.health import ReadyFlag, broker_check, database_check, loops_check
+from imagegen.runtime import health_endpoint, kafka_publisher, run_until_signalled
+from imagegen.telemetry import configure_telemetry
 from services.generator.cancellation import CancelWatch, PgCancellationStore
 from services.generator.loops import control_loop, jobs_loop
 from services.generator.migrations import MIGRATIONS, SCHEMA
@@ -24,11 +25,18 @@ async def serve(settings: GeneratorSettings) -> None:
     topics = settings.kafka.topics
     config = settings.generator
     providers = build_providers(config)
-    # Load before joining the group: a pod that cannot load its models takes no work.
-    for backend in providers.backends():
-        await asyncio.to_thread(backend.load)
-    log.info("event=providers_loaded providers=%s default=%s", providers.names, providers.default)
     async with AsyncExitStack() as stack:
+        # Served while the models load: alive, not ready until they are.
+        health = await stack.enter_async_context(health_endpoint(settings.health_port))
+        model = ReadyFlag("loading")
+        health.watch("model", model)
+        # Load before joining the group: a pod that cannot load its models takes no work.
+        for backend in providers.backends():
+            await asyncio.to_thread(backend.load)
+        model.set()
+        log.info(
+            "event=providers_loaded providers=%s default=%s", providers.names, providers.default
+        )
         pool = await create_pool(settings.database_url, SCHEMA)
         stack.push_async_callback(pool.close)
         await migrate(pool, SCHEMA, MIGRATIONS)
@@ -39,13 +47,15 @@ async def serve(settings: GeneratorSettings) -> None:
         generator = Generator(settings, providers, blobs, publisher, topics, watch)
         jobs = jobs_loop(settings.kafka, config, generator, publisher)
         control = control_loop(settings.kafka, watch, publisher)
+        health.watch("database", database_check(pool))
+        health.watch("broker", broker_check(publisher))
+        health.watch("consumers", loops_check([jobs, control]))
         await run_until_signalled([jobs, control])
 
 
 def main() -> None:
     settings = GeneratorSettings()
-    configure_logging("generator", settings.log_level)
-    configure_tracing("generator")
+    configure_telemetry("generator", settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
 
 

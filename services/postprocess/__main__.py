@@ -7,8 +7,9 @@ from contextlib import AsyncExitStack
 
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
-from imagegen.runtime import consumer_loop, kafka_publisher, run_until_signalled
-from imagegen.telemetry import configure_logging, configure_tracing
+from imagegen.health import broker_check, database_check, loops_check
+from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher, run_until_signalled
+from imagegen.telemetry import configure_telemetry
 from services.postprocess.background import load_background_remover
 from services.postprocess.consistency import ConsistencyScorer, DlibFaceEncoder
 from services.postprocess.handlers import ConsistencyCheck, Postprocessor
@@ -21,6 +22,7 @@ SCHEMA = "postprocess"
 async def serve(settings: PostprocessSettings) -> None:
     topics = settings.kafka.topics
     async with AsyncExitStack() as stack:
+        health = await stack.enter_async_context(health_endpoint(settings.health_port))
         blobs = await stack.enter_async_context(S3BlobStore(settings.s3))
         publisher = kafka_publisher(settings.kafka, "postprocess")
         stack.push_async_callback(publisher.close)
@@ -29,6 +31,7 @@ async def serve(settings: PostprocessSettings) -> None:
             pool = await create_pool(settings.database_url, SCHEMA)
             stack.push_async_callback(pool.close)
             await migrate(pool, SCHEMA, MIGRATIONS)
+            health.watch("database", database_check(pool))
             scorer = ConsistencyScorer(
                 await asyncio.to_thread(DlibFaceEncoder), threshold=settings.consistency_threshold
             )
@@ -44,13 +47,14 @@ async def serve(settings: PostprocessSettings) -> None:
         loop = consumer_loop(
             settings.kafka, "postprocess", {topics.images_raw: worker.on_raw_image}, publisher
         )
+        health.watch("broker", broker_check(publisher))
+        health.watch("consumers", loops_check([loop]))
         await run_until_signalled([loop])
 
 
 def main() -> None:
     settings = PostprocessSettings()
-    configure_logging("postprocess", settings.log_level)
-    configure_tracing("postprocess")
+    configure_telemetry("postprocess", settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
 
 

@@ -14,6 +14,8 @@ from imagegen.blobstore import BlobStore, get_verified, put_staging
 from imagegen.errors import NotFoundError
 from imagegen.events import EventEmitter
 from imagegen.kafka import Publisher, Record, decode
+from imagegen.metrics import instruments
+from imagegen.telemetry import tracer
 from schemas.events import (
     ConsistencyFlagged,
     ConsistencyFlaggedData,
@@ -65,14 +67,15 @@ class Postprocessor:
         started = time.monotonic()
         data = await get_verified(self._blobs, raw.blob)
         try:
-            rendered = await asyncio.to_thread(
-                render,
-                data,
-                display_quality=self._settings.display_quality,
-                display_max_bytes=self._settings.display_max_bytes,
-                thumbnail_size=self._settings.thumbnail_size,
-                text=raw.overlay_text,
-            )
+            with tracer().start_as_current_span("renditions"):
+                rendered = await asyncio.to_thread(
+                    render,
+                    data,
+                    display_quality=self._settings.display_quality,
+                    display_max_bytes=self._settings.display_max_bytes,
+                    thumbnail_size=self._settings.thumbnail_size,
+                    text=raw.overlay_text,
+                )
         except (InvalidImageError, QualityCheckError) as exc:
             await self._report_unusable(raw, exc)
             return
@@ -96,8 +99,12 @@ class Postprocessor:
                     format=item.format,
                 )
             )
-        assessment = await self._assess(raw, data)
-        score = assessment.score
+        with tracer().start_as_current_span("consistency") as span:
+            assessment = await self._assess(raw, data)
+            score = assessment.score
+            if score is not None:
+                span.set_attribute("imagegen.consistency_distance", score)
+                instruments().consistency_score.record(score)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         processed = ProcessedImage(
             image=raw.image,

@@ -8,8 +8,9 @@ import signal
 from contextlib import AsyncExitStack
 
 from imagegen.db import create_pool, migrate
-from imagegen.runtime import consumer_loop, kafka_publisher
-from imagegen.telemetry import configure_logging, configure_tracing
+from imagegen.health import broker_check, database_check, loops_check
+from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher
+from imagegen.telemetry import configure_telemetry
 from services.scheduler.handlers import Scheduler
 from services.scheduler.migrations import MIGRATIONS
 from services.scheduler.settings import SchedulerSettings
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 async def serve(settings: SchedulerSettings) -> None:
     topics = settings.kafka.topics
     async with AsyncExitStack() as stack:
+        health = await stack.enter_async_context(health_endpoint(settings.health_port))
         pool = await create_pool(settings.database_url, SCHEMA, max_size=10)
         stack.push_async_callback(pool.close)
         await migrate(pool, SCHEMA, MIGRATIONS)
@@ -35,6 +37,9 @@ async def serve(settings: SchedulerSettings) -> None:
                 settings.kafka, "scheduler-outcomes", {topics.events: scheduler.on_event}, publisher
             ),
         ]
+        health.watch("database", database_check(pool))
+        health.watch("broker", broker_check(publisher))
+        health.watch("consumers", loops_check(loops))
         loop = asyncio.get_running_loop()
 
         def stop() -> None:
@@ -57,8 +62,7 @@ async def serve(settings: SchedulerSettings) -> None:
 
 def main() -> None:
     settings = SchedulerSettings()
-    configure_logging("scheduler", settings.log_level)
-    configure_tracing("scheduler")
+    configure_telemetry("scheduler", settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
 
 

@@ -42,7 +42,7 @@ from services.scheduler.dispatch import Dispatcher
 from services.scheduler.expansion import regenerate
 from services.scheduler.jobs import JobBook
 from services.scheduler.ledger import Ledger, usd
-from services.scheduler.outbox import SOURCE, OutboxRelay
+from services.scheduler.outbox import SOURCE, OutboxRelay, remember_trace
 from services.scheduler.planning import (
     JobPlan,
     characters_of,
@@ -140,6 +140,7 @@ class Scheduler:
             story_id=story_of(request),
         ):
             return  # a redelivery: the job was handled already
+        await remember_trace(conn, request.job_id)
         try:
             references = await load_reference_sets(conn, request.user_id, characters_of(request))
             plan = plan_request(
@@ -167,6 +168,7 @@ class Scheduler:
             request_json=request.model_dump_json(),
         ):
             return
+        await remember_trace(conn, request.job_id)
         rows = await conn.fetch(
             "SELECT i.message, i.version, i.status FROM job_images i JOIN jobs j USING (job_id)"
             " WHERE i.image_id = $1 AND j.user_id = $2 AND i.job_id <> $3"

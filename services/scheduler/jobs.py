@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import asyncpg
 
+from imagegen.metrics import instruments
 from schemas.events import (
     JobCancelled,
     JobCancelledData,
@@ -109,6 +110,7 @@ class JobBook:
             ],
         )
         await conn.execute("UPDATE jobs SET status = 'queued' WHERE job_id = $1", plan.job_id)
+        instruments().jobs.add(1, {"status": "queued", "tier": plan.user_tier.value})
         await self._dispatcher.activate_waiting(conn, plan.user_id, plan.user_tier.value)
         log.info(
             "event=job_admitted job_id=%s user_id=%s images=%d estimate_usd=%s",
@@ -200,6 +202,7 @@ class JobBook:
             reason_code,
             reason,
         )
+        instruments().jobs.add(1, {"status": status.value, "tier": job["tier"]})
         counts = await self._counts(conn, job_id)
         cost = await conn.fetchval(
             "SELECT coalesce(sum(actual_usd), 0) FROM generations WHERE job_id = $1", job_id

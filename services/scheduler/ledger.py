@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import asyncpg
 
 from imagegen.errors import ConfigurationError
+from imagegen.metrics import instruments
 from schemas.events import BudgetAlert, BudgetAlertData, event_id
 from schemas.requests import UserTier
 from services.scheduler.outbox import stage_event
@@ -238,6 +239,7 @@ class Ledger:
             conn, row["day"], row["user_id"], slot, "settle", released, actual, provider
         )
         await self._totals(conn, row["day"], row["user_id"], released, actual)
+        instruments().budget_consumed.add(float(actual), {"provider": provider})
         return True
 
     async def release(

@@ -14,23 +14,40 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 
 import asyncpg
 from pydantic import BaseModel
 
 from imagegen.errors import RetryableError
 from imagegen.kafka import Publisher, encode
-from imagegen.telemetry import current_traceparent, inject_trace_headers
+from imagegen.telemetry import ENQUEUED_AT_HEADER, current_traceparent, same_trace
 from schemas.events import EventBase
+from schemas.jobs import GenerateImage
 
 log = logging.getLogger(__name__)
 SOURCE = "imagegen/scheduler"
 _RELAY_LOCK = "scheduler.outbox.relay"
 
 
-async def stage(conn: asyncpg.Connection, topic: str, key: str | None, value: BaseModel) -> None:
-    """Queue `value` for `topic`; it is published only if the caller's transaction commits."""
-    headers = inject_trace_headers({})
+async def stage(
+    conn: asyncpg.Connection,
+    topic: str,
+    key: str | None,
+    value: BaseModel,
+    *,
+    traceparent: str | None = None,
+) -> None:
+    """Queue `value` for `topic`; it is published only if the caller's transaction commits.
+
+    The row keeps the trace the message belongs to (its job's, see `job_trace`) and the
+    time it was queued, so consumers continue that trace and measure the wait from here.
+    """
+    if traceparent is None:
+        traceparent = await job_trace(conn, _job_of(value))
+    headers = {ENQUEUED_AT_HEADER: f"{_enqueued_at(value):.6f}"}
+    if traceparent:
+        headers["traceparent"] = traceparent
     await conn.execute(
         "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)",
         topic,
@@ -42,10 +59,50 @@ async def stage(conn: asyncpg.Connection, topic: str, key: str | None, value: Ba
 
 async def stage_event(conn: asyncpg.Connection, topic: str, event: EventBase) -> None:
     """Stage an event keyed by its job id (or user id), stamped with this service's source."""
+    traceparent = await job_trace(conn, event.job_id)
     stamped = event.model_copy(
-        update={"source": event.source or SOURCE, "traceparent": current_traceparent()}
+        update={"source": event.source or SOURCE, "traceparent": traceparent}
     )
-    await stage(conn, topic, event.job_id or event.user_id, stamped)
+    await stage(conn, topic, event.job_id or event.user_id, stamped, traceparent=traceparent)
+
+
+async def remember_trace(conn: asyncpg.Connection, job_id: str) -> None:
+    """Keep the current trace (the request that created the job) with the job."""
+    traceparent = current_traceparent()
+    if traceparent:
+        await conn.execute(
+            "UPDATE jobs SET traceparent = $2 WHERE job_id = $1", job_id, traceparent
+        )
+
+
+async def job_trace(conn: asyncpg.Connection, job_id: str | None) -> str | None:
+    """The trace a message about `job_id` belongs to: the current one when it is that job's
+    (or no job is named), else the one the job was created in. Work for a job that starts
+    in another job's handler (activation when a slot frees) or in the retry ticker (no
+    trace at all) so stays in its own request's trace."""
+    current = current_traceparent()
+    if job_id is None:
+        return current
+    stored: str | None = await conn.fetchval(
+        "SELECT traceparent FROM jobs WHERE job_id = $1", job_id
+    )
+    if stored is None or (current is not None and same_trace(current, stored)):
+        return current
+    return stored
+
+
+def _job_of(value: BaseModel) -> str | None:
+    if isinstance(value, GenerateImage):
+        return value.image.job_id
+    if isinstance(value, EventBase):
+        return value.job_id
+    return None
+
+
+def _enqueued_at(value: BaseModel) -> float:
+    if isinstance(value, GenerateImage):
+        return value.enqueued_at.timestamp()
+    return time.time()
 
 
 class OutboxRelay:

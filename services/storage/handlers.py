@@ -11,6 +11,7 @@ from imagegen.blobstore import BlobStore
 from imagegen.db import transient_as_retryable
 from imagegen.events import EventEmitter
 from imagegen.kafka import Publisher, Record, decode
+from imagegen.telemetry import tracer
 from schemas.events import ImageStored, ImageStoredData, StoredRendition, event_id
 from schemas.images import ProcessedImage
 from schemas.topics import TopicNames
@@ -79,12 +80,13 @@ class StorageService:
             for r in msg.renditions
         ]
         # Copies are idempotent (same source, same destination), so a redelivery may redo them.
-        await asyncio.gather(
-            *(
-                self._blobs.copy(r.blob.key, s.key)
-                for r, s in zip(msg.renditions, stored, strict=True)
+        with tracer().start_as_current_span("upload", attributes={"renditions": len(stored)}):
+            await asyncio.gather(
+                *(
+                    self._blobs.copy(r.blob.key, s.key)
+                    for r, s in zip(msg.renditions, stored, strict=True)
+                )
             )
-        )
         original = next(s for s in stored if s.name == "original")
         async with transient_as_retryable(), self._pool.acquire() as conn:
             inserted = await insert_image(conn, msg, stored)

@@ -1,4 +1,4 @@
-"""Liveness, readiness and the web page."""
+"""Liveness, readiness, metrics and the web page."""
 
 from __future__ import annotations
 
@@ -6,8 +6,17 @@ import asyncio
 from pathlib import Path
 
 from fastapi import APIRouter, status
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 
+from imagegen.health import (
+    NotReadyError,
+    Pingable,
+    ReadinessCheck,
+    broker_check,
+    database_check,
+    readiness,
+)
+from imagegen.telemetry import METRICS_CONTENT_TYPE, metrics_exposition
 from services.gateway.deps import StateDep
 
 router = APIRouter(tags=["ops"])
@@ -22,18 +31,33 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(state: StateDep) -> JSONResponse:
-    checks: dict[str, str] = {}
-    try:
-        await asyncio.wait_for(state.pool.fetchval("SELECT 1"), 2.0)
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"unavailable: {type(exc).__name__}"
-    checks["consumer"] = "ok" if state.consumer_running else "stopped"
-    ready = all(value == "ok" for value in checks.values())
+    """200 when the database and the broker answer and the events consumer runs; else 503
+    naming what is not ready."""
+
+    async def consumer() -> None:
+        if not state.consumer_running:
+            raise NotReadyError("stopped")
+
+    checks: dict[str, ReadinessCheck] = {"database": database_check(state.pool)}
+    if isinstance(state.publisher, Pingable):  # test doubles may not say
+        checks["broker"] = broker_check(state.publisher)
+    checks["consumer"] = consumer
+    ready, verdicts = await readiness(checks, timeout=2.0)
     return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks},
+        {
+            "status": "ready" if ready else "not ready",
+            "checks": verdicts,
+            "not_ready": [name for name, verdict in verdicts.items() if verdict != "ok"],
+        },
         status_code=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE,
     )
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    """Prometheus scrape endpoint (the process's metrics, text format)."""
+    body = await asyncio.to_thread(metrics_exposition)
+    return Response(body, media_type=METRICS_CONTENT_TYPE)
 
 
 @router.get("/", include_in_schema=False)

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from imagegen.metrics import instruments
 from schemas.events import JobStatus
 from services.gateway import readmodel
 from services.gateway.auth import StreamUser
@@ -81,6 +82,18 @@ async def follow(
     state: GatewayState, user_id: str, job_id: str | None, after: int
 ) -> AsyncGenerator[ServerSentEvent, None]:
     """The user's events (one job's, or all) after id `after`, then live as they arrive."""
+    connections = instruments().sse_connections
+    connections.add(1)
+    try:
+        async for event in _follow(state, user_id, job_id, after):
+            yield event
+    finally:
+        connections.add(-1)
+
+
+async def _follow(
+    state: GatewayState, user_id: str, job_id: str | None, after: int
+) -> AsyncGenerator[ServerSentEvent, None]:
     settings = state.settings
     retry: int | None = settings.sse_retry_ms
     while True:

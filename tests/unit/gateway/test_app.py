@@ -7,7 +7,7 @@ async def test_health_and_readiness(gateway: Gateway) -> None:
     assert (await gateway.client.get("/healthz")).json() == {"status": "ok"}
     ready = await gateway.client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "consumer": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "consumer": "ok"}
 
 
 async def test_readiness_fails_when_the_consumer_stopped(gateway: Gateway) -> None:

@@ -1,0 +1,91 @@
+"""HTTP telemetry for an ASGI app: one server span per request, the requests counter, and a
+log context; the app serves `/metrics` itself.
+
+A pure ASGI middleware (not Starlette's BaseHTTPMiddleware) so streamed responses (SSE)
+pass through untouched. The span is current while the app runs, so whatever the request
+publishes carries its `traceparent` and joins its trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imagegen.logging_setup import log_context
+from imagegen.metrics import instruments
+from imagegen.telemetry import SERVICE_ATTRIBUTE, tracer
+
+UNMATCHED_ROUTE = "unmatched"
+"""The route label of requests no route matched (keeps scanners from minting labels)."""
+
+
+def _route_of(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return f"{scope.get('root_path', '')}{path}" if scope.get("root_path") else path
+    return UNMATCHED_ROUTE
+
+
+class TelemetryMiddleware:
+    """Server span, `imagegen_http_requests` (route template, method, status), log context.
+
+    FastAPI (0.165+) opens its own server span around the app when a tracer provider is
+    installed: that one is annotated instead of opening a second, unrelated one.
+    """
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method: str = scope["method"]
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        with log_context(service=self.service), self._span(scope) as (span, own):
+            span.set_attribute(SERVICE_ATTRIBUTE, self.service)
+            try:
+                await self.app(scope, receive, send_and_note)
+            finally:
+                route = _route_of(scope)
+                if own:
+                    span.update_name(f"{method} {route}")
+                    span.set_attribute("http.route", route)
+                    span.set_attribute("http.response.status_code", status)
+                    if status >= 500:
+                        span.set_status(Status(StatusCode.ERROR))
+                instruments().requests.add(
+                    1, {"route": route, "method": method, "status": str(status)}
+                )
+
+    @contextmanager
+    def _span(self, scope: Scope) -> Iterator[tuple[Span, bool]]:
+        """FastAPI's own server span when it made one (0.165+), else ours (True)."""
+        current = trace.get_current_span()
+        if current.is_recording():
+            yield current, False
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        with tracer().start_as_current_span(
+            f"{scope['method']} {scope['path']}",
+            context=propagate.extract(headers),
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": scope["method"],
+                "url.path": scope["path"],
+            },
+        ) as span:
+            yield span, True
