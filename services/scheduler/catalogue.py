@@ -246,6 +246,31 @@ DEFAULT_OFFERS: tuple[Offer, ...] = (
 )
 
 
+def _api(provider: str, model: str, quality: Quality, price: str) -> Offer:
+    return Offer(
+        provider=provider, model=model, quality=quality, price_per_image_usd=Decimal(price)
+    )
+
+
+HOSTED_OFFERS: tuple[Offer, ...] = (
+    # Hosted providers at their list prices (late 2025) for a ~1 MP image; the generator's
+    # IMAGEGEN_<PROVIDER>_PRICES hold the same figures and are what gets booked. Not in
+    # DEFAULT_OFFERS: a default chain must name only providers a default generator runs.
+    # Add them to IMAGEGEN_CATALOGUE where generators hold the keys (README, "Hosted
+    # providers"): `Catalogue([*DEFAULT_OFFERS, *HOSTED_OFFERS]).to_json()`.
+    _api("replicate", "black-forest-labs/flux-schnell", Quality.STANDARD, "0.003"),
+    _api("replicate", "black-forest-labs/flux-dev", Quality.HIGH, "0.025"),
+    _api("replicate", "black-forest-labs/flux-1.1-pro", Quality.HIGH, "0.04"),
+    _api("fal", "fal-ai/flux/schnell", Quality.STANDARD, "0.003"),
+    _api("fal", "fal-ai/flux/dev", Quality.HIGH, "0.025"),
+    _api("fal", "fal-ai/flux-pro/v1.1", Quality.HIGH, "0.04"),
+    # RunPod bills GPU seconds; per image: SDXL ~6 s on a 48 GB flex worker, FLUX.1-dev
+    # ~8 s on an H100 flex worker, cold starts averaged in.
+    _api("runpod", "sdxl", Quality.HIGH, "0.002"),
+    _api("runpod", "flux-dev", Quality.HIGH, "0.01"),
+)
+
+
 def single_backend_catalogue(
     provider: str, model: str, *, gpu_price_per_hour_usd: Decimal = Decimal("2.50")
 ) -> Catalogue:

@@ -45,7 +45,7 @@ class RunPodSettings(HostedSettings):
     endpoints: dict[str, str] = Field(
         default_factory=dict, description="Endpoint id by model name (JSON object)."
     )
-    prices: dict[str, float] = Field(default_factory=lambda: {"sdxl": 0.006, "flux-dev": 0.012})
+    prices: dict[str, float] = Field(default_factory=lambda: {"sdxl": 0.002, "flux-dev": 0.01})
     price_per_image_usd: float = 0.01
     reference_field: str = "image"
     provider_retries: int = Field(default=1, ge=0, description="/retry calls for a timed-out job.")

@@ -302,3 +302,18 @@ def test_settings_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.price_of("fal-ai/flux/schnell") == 0.004
     assert settings.references(make_request(reference_images=(b"\x89PNG..",)))["image_urls"]
     assert isinstance(settings, HostedSettings)
+
+
+def test_catalogue_offers_match_the_prices_the_backends_book() -> None:
+    from services.scheduler.catalogue import DEFAULT_OFFERS, HOSTED_OFFERS, Catalogue
+
+    settings: dict[str, HostedSettings] = {
+        "replicate": replicate_backend.ReplicateSettings(),
+        "fal": fal_backend.FalSettings(),
+        "runpod": runpod_backend.RunPodSettings(),
+    }
+    for offer in HOSTED_OFFERS:
+        booked = settings[offer.provider].price_of(offer.model)
+        assert booked == float(offer.price_per_image_usd or 0), offer.key
+    both = Catalogue([*DEFAULT_OFFERS, *HOSTED_OFFERS])
+    assert {o.provider for o in both.offers} >= {"replicate", "fal", "runpod"}
