@@ -17,137 +17,53 @@ cancelled by the provider is retryable.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import io
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Literal, Protocol
 
-import httpx
-from PIL import Image, ImageOps
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
 
-from imagegen.errors import ConfigurationError, PermanentError, RetryableError
+from imagegen.errors import ConfigurationError
 from services.generator.backends.base import (
     CancelToken,
     GeneratedImage,
     GenerationCancelled,
     GenerationRequest,
     ProgressCallback,
-    encode_png,
+)
+from services.generator.backends.hosted_http import (
+    ProviderPermanentError,
+    ProviderRateLimited,
+    ProviderRetryableError,
+    ProviderTransport,
+    data_uri,
+    download,
+    fit_png,
+    status_error,
 )
 
+__all__ = [
+    "HostedApi",
+    "HostedBackend",
+    "HostedSettings",
+    "ProviderPermanentError",
+    "ProviderRateLimited",
+    "ProviderRetryableError",
+    "ProviderTransport",
+    "RemoteJob",
+    "Snapshot",
+    "State",
+    "download",
+    "parse_progress",
+    "status_error",
+]
+
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-_MAX_OUTPUT_BYTES = 64 * 1024 * 1024
 _CANCEL_CHECK_S = 0.05
-_PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 409, 410, 413, 415, 422})
-
-
-class ProviderRetryableError(RetryableError):
-    """A hosted provider failed in a way that may pass later (5xx, timeout, rate limit)."""
-
-    def __init__(
-        self, provider: str, message: str, *, status: int | None = None, retry_after_s: float = 0
-    ) -> None:
-        self.provider = provider
-        self.status = status
-        self.retry_after_s = retry_after_s
-        super().__init__(f"{provider}: {message}")
-
-
-class ProviderRateLimited(ProviderRetryableError):
-    """HTTP 429; `retry_after_s` is the provider's Retry-After (0 when it gave none)."""
-
-
-class ProviderPermanentError(PermanentError):
-    """A hosted provider refused the request or the job failed; retrying cannot help."""
-
-    def __init__(self, provider: str, message: str, *, status: int | None = None) -> None:
-        self.provider = provider
-        self.status = status
-        super().__init__(f"{provider}: {message}")
-
-
-def retry_after_seconds(value: str | None) -> float:
-    """Retry-After as seconds: delta-seconds or an HTTP date; 0 when absent or unreadable."""
-    if not value:
-        return 0.0
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def provider_message(response: httpx.Response) -> str:
-    """The provider's own words for a failed response (JSON detail/title/error, or text)."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:300] or response.reason_phrase
-    if isinstance(body, dict):
-        for key in ("detail", "error", "message", "title"):
-            value = body.get(key)
-            if value:
-                return str(value)[:300]
-    return str(body)[:300]
-
-
-def status_error(
-    provider: str, response: httpx.Response, key_setting: str
-) -> ProviderRetryableError | ProviderPermanentError:
-    """The error an HTTP status >= 400 from `provider` means."""
-    status = response.status_code
-    text = f"HTTP {status}: {provider_message(response)}"
-    if status == 429:
-        wait = retry_after_seconds(response.headers.get("retry-after"))
-        return ProviderRateLimited(
-            provider,
-            f"{text} (rate limited; retry after {wait:g}s)",
-            status=429,
-            retry_after_s=wait,
-        )
-    if status in (401, 403):
-        return ProviderPermanentError(provider, f"{text} (check {key_setting})", status=status)
-    if status in _PERMANENT_STATUSES:
-        return ProviderPermanentError(provider, text, status=status)
-    return ProviderRetryableError(provider, text, status=status)
-
-
-class ProviderTransport(httpx.BaseTransport):
-    """An httpx transport that raises our error types for failed calls to one provider."""
-
-    def __init__(
-        self, provider: str, key_setting: str, inner: httpx.BaseTransport | None = None
-    ) -> None:
-        self._provider = provider
-        self._key_setting = key_setting
-        self._inner = inner or httpx.HTTPTransport()
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        where = f"{request.method} {request.url.copy_with(query=None)}"
-        try:
-            response = self._inner.handle_request(request)
-        except httpx.TimeoutException as exc:
-            raise ProviderRetryableError(self._provider, f"{where} timed out: {exc!r}") from exc
-        except httpx.TransportError as exc:
-            raise ProviderRetryableError(self._provider, f"{where} failed: {exc!r}") from exc
-        if response.status_code >= 400:
-            response.read()
-            response.close()
-            raise status_error(self._provider, response, self._key_setting)
-        return response
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 class HostedSettings(BaseSettings):
@@ -249,51 +165,6 @@ def parse_progress(text: str) -> tuple[int, int] | None:
         if percents and float(percents[-1]) <= 100:
             return round(float(percents[-1])), 100
     return None
-
-
-def data_uri(image: bytes) -> str:
-    mime = "image/jpeg" if image[:3] == b"\xff\xd8\xff" else "image/png"
-    return f"data:{mime};base64,{base64.b64encode(image).decode()}"
-
-
-def decode_inline(provider: str, output: str) -> bytes | None:
-    """A data URI or bare base64 image as bytes; None when `output` is a URL."""
-    if output.startswith(("http://", "https://")):
-        return None
-    payload = output.split(",", 1)[1] if output.startswith("data:") else output
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ProviderRetryableError(
-            provider, f"output is neither a URL nor base64: {exc}"
-        ) from exc
-
-
-def download(provider: str, client: httpx.Client, output: str) -> bytes:
-    """An output reference's bytes; URLs are fetched without our API key."""
-    inline = decode_inline(provider, output)
-    if inline is not None:
-        return inline
-    with client.stream("GET", output) as response:
-        chunks, size = [], 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > _MAX_OUTPUT_BYTES:
-                raise ProviderRetryableError(provider, f"output {output} exceeds 64 MiB")
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def fit_png(provider: str, data: bytes, width: int, height: int) -> bytes:
-    """The output as PNG of exactly width x height (cropped to the aspect, then resized)."""
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            image = opened.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ProviderRetryableError(provider, f"output is not a readable image: {exc}") from exc
-    if image.size != (width, height):
-        image = ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
-    return encode_png(image)
 
 
 class _Progress:
