@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Any
 
 from imagegen.kafka import ConsumerLoop
 from imagegen.kafka.ports import Consumer, Handler, Publisher, Record
@@ -102,6 +103,7 @@ class LaneGroup(ConsumerLoop):
         dead_letters: Publisher,
         dead_letter_topic: str,
         backoff_initial: float,
+        poll_timeout: float,
     ) -> None:
         super().__init__(
             name=name,
@@ -110,6 +112,7 @@ class LaneGroup(ConsumerLoop):
             dead_letters=dead_letters,
             dead_letter_topic=dead_letter_topic,
             backoff_initial=backoff_initial,
+            poll_timeout=poll_timeout,
         )
         self.others = others
 
@@ -124,3 +127,32 @@ class LaneGroup(ConsumerLoop):
     @property
     def lanes(self) -> list[ConsumerLoop]:
         return [self, *self.others]
+
+
+def laned_loop(
+    name: str,
+    consumer: Consumer,
+    handlers: dict[str, Handler],
+    lanes: int,
+    *,
+    dead_letters: Publisher,
+    dead_letter_topic: str,
+    backoff_initial: float = 0.2,
+    poll_timeout: float = 0.5,
+) -> LaneGroup:
+    """`lanes` consumer loops over `consumer`, run and stopped as one."""
+    shared = SharedConsumer(consumer, lanes)
+
+    def options(index: int) -> dict[str, Any]:
+        return {
+            "name": name if index == 0 else f"{name}-lane{index}",
+            "consumer": shared.lane(),
+            "handlers": handlers,
+            "dead_letters": dead_letters,
+            "dead_letter_topic": dead_letter_topic,
+            "backoff_initial": backoff_initial,
+            "poll_timeout": poll_timeout,
+        }
+
+    others = [ConsumerLoop(**options(index)) for index in range(1, lanes)]
+    return LaneGroup(others, **options(0))

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from imagegen.kafka import ConsumerLoop, Publisher
 from imagegen.kafka.confluent import KafkaConsumer
-from imagegen.kafka.ports import Handler
 from imagegen.runtime import consumer_loop
 from imagegen.settings import KafkaSettings
 from schemas.topics import Tier
 from services.generator.cancellation import CancelListener, CancelWatch
-from services.generator.lanes import LaneGroup, SharedConsumer
+from services.generator.lanes import laned_loop
 from services.generator.settings import BackendSettings
 from services.generator.tiers import TierPicker, WeightedTierConsumer
 from services.generator.worker import Generator
@@ -51,24 +50,11 @@ def jobs_loop(
     )
     lanes = lanes_for(config)
     generator.batcher.capacity = lanes
-    shared = SharedConsumer(weighted, lanes)
-    handlers: dict[str, Handler] = {topics.jobs(tier): generator.on_job for tier in Tier}
-    others = [
-        ConsumerLoop(
-            name=f"generator-lane{index}",
-            consumer=shared.lane(),
-            handlers=handlers,
-            dead_letters=publisher,
-            dead_letter_topic=topics.dead_letter,
-            backoff_initial=backoff_initial,
-        )
-        for index in range(1, lanes)
-    ]
-    return LaneGroup(
-        others,
-        name="generator",
-        consumer=shared.lane(),
-        handlers=handlers,
+    return laned_loop(
+        "generator",
+        weighted,
+        {topics.jobs(tier): generator.on_job for tier in Tier},
+        lanes,
         dead_letters=publisher,
         dead_letter_topic=topics.dead_letter,
         backoff_initial=backoff_initial,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/huggingface_hub read it
 
@@ -20,9 +21,12 @@ from services.generator.backends import (
     GenerationCancelled,
     GenerationRequest,
     ImageBackend,
+    InvalidGenerationRequest,
     ModelNotFoundError,
     build_backend,
 )
+from services.generator.backends.diffusers_backend import DiffusersBackend
+from services.generator.backends.diffusers_loading import pipeline_versions
 from services.generator.prompts import (
     PACK_POSES,
     STYLES,
@@ -30,6 +34,7 @@ from services.generator.prompts import (
     build_prompt,
     identity_block,
 )
+from services.generator.settings import DiffusersSettings
 
 
 def _request(**overrides: object) -> GenerationRequest:
@@ -141,6 +146,119 @@ def test_missing_model_is_named(tmp_path: Path) -> None:
         with pytest.raises(ModelNotFoundError) as info:
             backend.generate(_request(), lambda s, t: None, CancelToken())
         assert model in str(info.value)
+
+
+def test_record_names_the_software_that_made_the_pixels(sd: ImageBackend) -> None:
+    image, _ = _run(sd, _request())
+    versions = image.versions
+    assert versions["pipeline"] == "StableDiffusionPipeline"
+    assert versions["scheduler"] == "DDIMScheduler" and versions["dtype"] == "float32"
+    # AttnProcessor2_0 is diffusers' PyTorch-SDPA attention, kept as the default.
+    assert versions["attention"] == "AttnProcessor2_0"
+    assert versions["torch"].startswith("2.") and versions["transformers"]
+    assert (versions["compile"], versions["channels_last"]) == ("off", "false")
+    assert (image.conditioning, image.conditioning_strength, image.batch_size) == ("", None, 1)
+
+
+def test_a_job_for_another_model_is_refused_naming_both(sd: ImageBackend) -> None:
+    assert isinstance(sd, DiffusersBackend)
+    with pytest.raises(InvalidGenerationRequest) as info:
+        _run(sd, _request(model="stabilityai/sdxl-turbo"))
+    assert isinstance(info.value, PermanentError)
+    assert "stabilityai/sdxl-turbo" in str(info.value) and sd.model in str(info.value)
+    same, _ = _run(sd, _request(model=sd.model))  # naming the served model is fine
+    assert same.png == _run(sd, _request())[0].png
+
+
+def test_references_without_ip_adapter_use_img2img_at_the_configured_strength(
+    tiny_sd_path: Path,
+) -> None:
+    backend = DiffusersBackend(
+        str(tiny_sd_path), device="cpu", options=DiffusersSettings(reference_strength=0.5)
+    )
+    plain, _ = _run(backend, _request(steps=8))
+    conditioned, steps = _run(backend, _request(steps=8, reference_images=(plain.png,)))
+    assert (conditioned.conditioning, conditioned.conditioning_strength) == ("img2img", 0.5)
+    assert steps == [1, 2, 3, 4]  # strength 0.5 of 8 steps
+    assert conditioned.png != plain.png
+    # Strength 0 turns reference conditioning off: the references change nothing.
+    off = DiffusersBackend(
+        str(tiny_sd_path), device="cpu", options=DiffusersSettings(reference_strength=0)
+    )
+    ignored, _ = _run(off, _request(steps=8, reference_images=(plain.png,)))
+    assert (ignored.conditioning, ignored.png) == ("", plain.png)
+
+
+def test_unreadable_reference_is_a_permanent_error(sd: ImageBackend) -> None:
+    with pytest.raises(InvalidGenerationRequest, match="reference"):
+        _run(sd, _request(reference_images=(b"not an image",), img2img_strength=0.5))
+
+
+def test_pipeline_without_negative_prompt_gets_none(sd: ImageBackend, tiny_sd_path: Path) -> None:
+    class NoNegatives:
+        """A FLUX-schnell-like call signature: no negative_prompt parameter."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def __call__(
+            self,
+            prompt: Any,
+            width: int,
+            height: int,
+            num_inference_steps: int,
+            guidance_scale: float,
+            generator: Any,
+            callback_on_step_end: Any,
+            output_type: str,
+        ) -> Any:
+            return self.inner(
+                prompt=prompt,
+                width=width,
+                height=height,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=generator,
+                callback_on_step_end=callback_on_step_end,
+                output_type=output_type,
+            )
+
+    backend = DiffusersBackend(str(tiny_sd_path), device="cpu")
+    backend.load()
+    backend._pipe = NoNegatives(backend._pipe)
+    image, steps = _run(backend, _request(negative_prompt="blurry"))
+    assert steps == [1, 2, 3, 4]
+    assert image.png == _run(sd, _request(negative_prompt=""))[0].png
+
+
+def test_channels_last_and_compile_are_applied_when_set(tiny_sd_path: Path) -> None:
+    import torch
+
+    options = DiffusersSettings(channels_last=True, compile=True, compile_mode="default")
+    backend = DiffusersBackend(str(tiny_sd_path), device="cpu", options=options)
+    backend.load()
+    unet = backend._pipe.unet
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert unet._compiled_call_impl is not None  # compiled in place, on first call
+    versions = pipeline_versions(backend._pipe, backend.dtype, backend.options)
+    assert (versions["compile"], versions["channels_last"]) == ("default", "true")
+
+
+def test_sdxl_pipeline_generates_deterministically(tiny_sdxl_path: Path) -> None:
+    backend = build_backend("diffusers", str(tiny_sdxl_path), device="cpu")
+    first, steps = _run(backend, _request(width=64, height=64))
+    second, _ = _run(backend, _request(width=64, height=64))
+    other, _ = _run(backend, _request(width=64, height=64, seed=8))
+    assert first.png == second.png != other.png
+    assert steps == [1, 2, 3, 4]
+    assert first.versions["pipeline"] == "StableDiffusionXLPipeline"
+    refs = (first.png,)
+    img2img, _ = _run(backend, _request(steps=4, reference_images=refs, img2img_strength=0.5))
+    assert img2img.versions["pipeline"] == "StableDiffusionXLImg2ImgPipeline"
+    assert img2img.steps_run == 2
 
 
 # --- demo faces -----------------------------------------------------------------------
