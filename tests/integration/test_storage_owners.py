@@ -3,6 +3,7 @@ PostgreSQL: exactly that owner's objects and rows go, nothing else."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from imagegen.blobstore import S3BlobStore, put_staging
+from imagegen.cli import main as cli_main
 from imagegen.db import create_pool, migrate
 from imagegen.events import EventEmitter
 from imagegen.kafka import Record, encode
@@ -40,6 +42,8 @@ class Storage:
     broker: InMemoryBroker
     service: StorageService
     lifecycle: ImageLifecycle
+    s3: S3Settings
+    database_url: str
 
     async def store(
         self,
@@ -118,7 +122,7 @@ async def storage(seaweed: S3Info, database_url: str) -> AsyncIterator[Storage]:
             publisher = broker.publisher()
             service = StorageService(pool, blobs, publisher, TOPICS)
             lifecycle = ImageLifecycle(pool, blobs, EventEmitter(publisher, TOPICS.events, SOURCE))
-            yield Storage(pool, blobs, broker, service, lifecycle)
+            yield Storage(pool, blobs, broker, service, lifecycle, settings, database_url)
     finally:
         await pool.close()
 
@@ -205,7 +209,30 @@ async def test_delete_story_removes_exactly_its_pages(storage: Storage) -> None:
     assert ("s1-p3", 1) not in await storage.rows()
 
 
-async def test_cleanup_removes_images_of_deleted_owners_still_present(storage: Storage) -> None:
+async def _cli_dry_run(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> list[str]:
+    env = {
+        "IMAGEGEN_DATABASE_URL": storage.database_url,
+        "IMAGEGEN_S3_ENDPOINT": storage.s3.endpoint or "",
+        "IMAGEGEN_S3_BUCKET": storage.s3.bucket,
+        "IMAGEGEN_S3_REGION": storage.s3.region,
+        "IMAGEGEN_S3_ACCESS_KEY": storage.s3.access_key.get_secret_value(),
+        "IMAGEGEN_S3_SECRET_KEY": storage.s3.secret_key.get_secret_value(),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    # The CLI runs its own event loop: give it a thread of its own.
+    with pytest.raises(SystemExit) as exit_info:
+        await asyncio.to_thread(cli_main, ["storage", "cleanup", "--dry-run"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out.strip().splitlines()
+
+
+async def test_cleanup_removes_images_of_deleted_owners_still_present(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     await _seed(storage)
     # A tombstone recorded but its images not yet removed, as when an image is stored in
     # the moment between the two, or the deleting storage instance died in between.
@@ -226,6 +253,12 @@ async def test_cleanup_removes_images_of_deleted_owners_still_present(storage: S
     assert sorted(dry.deleted_owner_images) == [("c2-pack", 1), ("s2-p1", 1)]
     assert dry.staging == [] and dry.orphans == []
     assert set(await storage.blobs.list("users/")) == before  # a dry run removes nothing
+    report = await _cli_dry_run(storage, monkeypatch, capsys)
+    assert report[-1] == (
+        "would remove 0 staging and 0 orphaned objects, 2 image versions and 7 objects of"
+        f" deleted characters/stories ({dry.bytes} bytes)"
+    )
+    assert sorted(line.removeprefix("would remove ") for line in report[:-1]) == sorted(doomed)
 
     events = EventEmitter(storage.broker.publisher(), TOPICS.events, SOURCE)
     done = await cleanup(
