@@ -25,6 +25,7 @@ from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace import Span as SdkSpan
@@ -87,6 +88,23 @@ def configure_tracing(service: str) -> TracerProvider:
     return provider
 
 
+_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_DISTANCE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# The SDK's default buckets (0-10000) suit milliseconds; ours are seconds and distances.
+_VIEWS = [
+    View(
+        instrument_name=name,
+        aggregation=ExplicitBucketHistogramAggregation(boundaries=_SECONDS),
+    )
+    for name in ("imagegen_queue_wait_seconds", "imagegen_generation_seconds")
+] + [
+    View(
+        instrument_name="imagegen_consistency_distance",
+        aggregation=ExplicitBucketHistogramAggregation(boundaries=_DISTANCE),
+    )
+]
+
+
 def configure_metrics(service: str, registry: CollectorRegistry = REGISTRY) -> MeterProvider:
     """Install this process's meter provider (once): Prometheus always, OTLP when configured."""
     installed = metrics.get_meter_provider()
@@ -99,7 +117,7 @@ def configure_metrics(service: str, registry: CollectorRegistry = REGISTRY) -> M
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
         log.info("event=otlp_metrics_enabled service=%s", service)
     provider = MeterProvider(
-        resource=Resource.create({"service.name": service}), metric_readers=readers
+        resource=Resource.create({"service.name": service}), metric_readers=readers, views=_VIEWS
     )
     metrics.set_meter_provider(provider)
     return provider

@@ -15,8 +15,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from imagegen.health import HealthServer
 from imagegen.settings import KafkaSettings
-from imagegen.telemetry import SERVICE_ATTRIBUTE, configure_tracing
+from imagegen.telemetry import SERVICE_ATTRIBUTE, configure_metrics, configure_tracing
 from schemas.events import JobStatus, PackCompleted
 from schemas.requests import UserTier
 from schemas.topics import Tier
@@ -86,6 +87,21 @@ def trace_id(span: ReadableSpan) -> int:
     return value
 
 
+async def run_pack(p: Pipeline, client: httpx.AsyncClient, count: int = 2) -> str:
+    """A pack through the gateway's HTTP API to its pack_completed; its job id."""
+    character = await client.post("/api/v1/characters", json={"name": "Mia"})
+    assert character.status_code == 201, character.text
+    accepted = await client.post(
+        "/api/generate", json={"character_id": character.json()["id"], "image_count": count}
+    )
+    assert accepted.status_code == 202, accepted.text
+    job_id: str = accepted.json()["job_id"]
+    done = await p.wait_for("pack_completed", job_id)
+    assert isinstance(done, PackCompleted)
+    assert done.data.status is JobStatus.COMPLETED
+    return job_id
+
+
 async def test_a_packs_spans_from_all_five_services_share_the_requests_trace(
     database_url: str, spans: InMemorySpanExporter
 ) -> None:
@@ -93,16 +109,7 @@ async def test_a_packs_spans_from_all_five_services_share_the_requests_trace(
         running_pipeline(database_url, FailsFirstCall()) as p,
         gateway_on(p, database_url) as client,
     ):
-        character = await client.post("/api/v1/characters", json={"name": "Mia"})
-        assert character.status_code == 201, character.text
-        accepted = await client.post(
-            "/api/generate", json={"character_id": character.json()["id"], "image_count": 2}
-        )
-        assert accepted.status_code == 202, accepted.text
-        job_id = accepted.json()["job_id"]
-        done = await p.wait_for("pack_completed", job_id)
-        assert isinstance(done, PackCompleted)
-        assert done.data.status is JobStatus.COMPLETED
+        await run_pack(p, client)
 
     finished = spans.get_finished_spans()
     servers = [s for s in finished if s.kind is SpanKind.SERVER]
@@ -139,3 +146,41 @@ async def test_a_packs_spans_from_all_five_services_share_the_requests_trace(
     assert len(waits) >= 3
     assert all(s.end_time is not None and s.start_time is not None for s in waits)
     assert all(s.end_time >= s.start_time for s in waits)  # type: ignore[operator]
+
+
+async def test_metrics_are_scraped_from_the_gateway_and_a_worker_health_server(
+    database_url: str,
+) -> None:
+    configure_metrics("tests")
+    async with (
+        running_pipeline(database_url) as p,
+        gateway_on(p, database_url) as client,
+        HealthServer(0, {}, host="127.0.0.1") as worker,
+    ):
+        job_id = await run_pack(p, client)
+        async with client.stream("GET", f"/api/v1/jobs/{job_id}/events") as stream:
+            assert stream.status_code == 200
+            assert "pack_completed" in "".join([line async for line in stream.aiter_lines()])
+        from_gateway = await client.get("/metrics")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.port}") as scraper:
+            from_worker = await scraper.get("/metrics")
+
+    assert from_gateway.status_code == from_worker.status_code == 200
+    assert from_gateway.headers["content-type"].startswith("text/plain")
+    for body in (from_gateway.text, from_worker.text):
+        samples = {
+            line.split("{")[0].split(" ")[0]
+            for line in body.splitlines()
+            if line and not line.startswith("#")
+        }
+        for name in (
+            "imagegen_http_requests_total",
+            "imagegen_jobs_total",
+            "imagegen_queue_wait_seconds_bucket",
+            "imagegen_budget_consumed_usd_total",
+            "imagegen_sse_connections",
+        ):
+            assert name in samples, (name, sorted(s for s in samples if "imagegen" in s))
+    assert 'route="/api/generate"' in from_gateway.text
+    assert 'status="queued"' in from_gateway.text
+    assert 'tier="realtime"' in from_gateway.text  # the jobs topic's queue wait

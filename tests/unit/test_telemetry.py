@@ -1,0 +1,168 @@
+"""JSON logs with ids from context, the consumer loop's per-message context, header rules."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from imagegen import logging_setup
+from imagegen.kafka.memory import InMemoryBroker
+from imagegen.kafka.ports import Record
+from imagegen.kafka.worker import ConsumerLoop, ids_of
+from imagegen.logging_setup import JsonFormatter, TextFormatter, annotate, log_context
+from imagegen.telemetry import (
+    configure_logging,
+    configure_tracing,
+    inject_trace_headers,
+    tier_of,
+    tracer,
+)
+
+log = logging.getLogger("tests.telemetry")
+
+
+@pytest.fixture
+def lines() -> Iterator[io.StringIO]:
+    """Log records of `tests.telemetry` and its children, as JSON lines."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter("fallback-service"))
+    log.addHandler(handler)  # children (the handler's logger) propagate to it
+    log.setLevel(logging.INFO)
+    yield out
+    log.removeHandler(handler)
+
+
+def parsed(out: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_a_json_line_names_service_ids_and_the_current_span(lines: io.StringIO) -> None:
+    configure_tracing("tests")
+    with (
+        log_context(service="scheduler", job_id="job-1"),
+        tracer().start_as_current_span("work") as span,
+    ):
+        annotate(user_id="user-7")
+        log.info("event=something count=%d", 3)
+    log.warning("outside")
+
+    inside, outside = parsed(lines)
+    ctx = span.get_span_context()
+    assert inside == {
+        "ts": inside["ts"],
+        "level": "INFO",
+        "service": "scheduler",
+        "logger": "tests.telemetry",
+        "message": "event=something count=3",
+        "job_id": "job-1",
+        "user_id": "user-7",
+        "trace_id": format(ctx.trace_id, "032x"),
+        "span_id": format(ctx.span_id, "016x"),
+    }
+    assert str(inside["ts"]).endswith("+00:00")
+    # Outside any message: no ids, the process's service.
+    assert outside["service"] == "fallback-service"
+    assert {"job_id", "user_id", "trace_id"}.isdisjoint(outside)
+
+
+def test_exceptions_stay_inside_their_json_line(lines: io.StringIO) -> None:
+    try:
+        raise ValueError("bad\nthing")
+    except ValueError:
+        log.exception("event=failed")
+    [entry] = parsed(lines)
+    assert entry["level"] == "ERROR"
+    assert "ValueError: bad" in str(entry["exception"])
+
+
+def test_text_lines_add_context_ids_the_message_does_not_say() -> None:
+    formatter = TextFormatter("gateway")
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "event=a job_id=%s", ("j1",), None)
+    with log_context(job_id="j1", user_id="u1"):
+        line = formatter.format(record)
+    assert line.count("job_id=j1") == 1
+    assert line.endswith("event=a job_id=j1 user_id=u1")
+    assert "service=gateway" in line
+
+
+async def test_the_consumer_loop_logs_each_message_with_its_job_user_and_trace(
+    lines: io.StringIO,
+) -> None:
+    configure_tracing("tests")
+    broker = InMemoryBroker()
+    handler_log = logging.getLogger("tests.telemetry.handler")
+    seen: list[str] = []
+
+    async def handler(record: Record) -> None:
+        handler_log.info("event=handled offset=%d", record.offset)
+        seen.append(record.topic)
+        if len(seen) == 2:
+            loop.stop()
+
+    loop = ConsumerLoop(
+        name="postprocess",
+        consumer=broker.consumer("g", ["t"]),
+        handlers={"t": handler},
+        dead_letters=broker.publisher(),
+        dead_letter_topic="dlq",
+        poll_timeout=0.05,
+    )
+    publisher = broker.publisher()
+    with tracer().start_as_current_span("producer") as producer:
+        await publisher.publish("t", "k", b'{"image": {"job_id": "j9", "user_id": "u9"}}')
+    await publisher.publish("t", "k", b'{"job_id": "j2", "user_id": "u2", "image": {}}')
+    await loop.run()
+
+    first, second = [e for e in parsed(lines) if e["logger"] == "tests.telemetry.handler"]
+    assert (first["service"], first["job_id"], first["user_id"]) == ("postprocess", "j9", "u9")
+    assert first["trace_id"] == format(producer.get_span_context().trace_id, "032x")
+    assert (second["job_id"], second["user_id"]) == ("j2", "u2")
+    assert second["trace_id"] != first["trace_id"]  # no traceparent: a trace of its own
+
+
+def test_ids_of_tolerates_anything() -> None:
+    assert ids_of(b"not json") == (None, None)
+    assert ids_of(b"[1, 2]") == (None, None)
+    assert ids_of(b'{"job_id": 5}') == (None, None)
+    assert ids_of(b'{"user_id": "u"}') == (None, "u")
+
+
+def test_an_explicit_traceparent_is_kept_and_a_missing_one_added() -> None:
+    configure_tracing("tests")
+    given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with tracer().start_as_current_span("current") as span:
+        assert inject_trace_headers({"traceparent": given})["traceparent"] == given
+        added = inject_trace_headers({})["traceparent"]
+    assert format(span.get_span_context().trace_id, "032x") in added
+
+
+def test_tier_of_topic() -> None:
+    assert tier_of("imagegen.jobs.realtime.v1") == "realtime"
+    assert tier_of("imagegen.images.raw.v1") is None
+
+
+def test_imagegen_log_format_json_makes_every_stderr_line_json(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagegen.settings import ServiceSettings
+
+    monkeypatch.setenv("IMAGEGEN_LOG_FORMAT", "json")
+    monkeypatch.setattr(logging_setup, "_process_service", [])  # restored afterwards
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    try:
+        configure_logging("storage", "INFO", ServiceSettings().log_format)
+        with log_context(job_id="j3"):
+            logging.getLogger("services.storage.handlers").info("event=stored index=%d", 2)
+    finally:
+        root.handlers[:], root.level = saved, level
+    [line] = capsys.readouterr().err.splitlines()
+    entry = json.loads(line)
+    assert entry["service"] == "storage"
+    assert entry["job_id"] == "j3"
+    assert entry["message"] == "event=stored index=2"
