@@ -5,8 +5,10 @@ pack_completed, job_cancelled).
 Events of one job come from three services, so they can arrive out of order and more than
 once. Each event is applied at most once (its id is recorded in `applied_events` in the
 same transaction), and states only move forward: an image's events are ordered by
-(attempt, stage) with completion and final failure terminal, a job goes queued -> running
--> terminal, and a terminal status is never overwritten by a late event. Once the job has
+(attempt, stage), its final failure is terminal, and a completed image can still be
+retried (postprocess rejected it, or the consistency loop asked for a variation: both
+come back as a higher attempt); a job goes queued -> running -> terminal, and a terminal
+status is never overwritten by a late event. Once the job has
 ended, the scheduler's pack_completed figures (counts, settled cost, duration) are kept.
 """
 
@@ -45,7 +47,8 @@ TRACKED = frozenset(
         "job_cancelled",
     }
 )
-TERMINAL_STAGE = 4
+# Stages of one attempt, in order; FAILED (no attempt left) is terminal.
+QUEUED, RUNNING, COMPLETED, RETRYING, FAILED = 1, 2, 3, 4, 5
 _JOB_RANK = {JobStatus.QUEUED.value: 1, JobStatus.RUNNING.value: 2}
 _TERMINAL_RANK = 3
 
@@ -100,7 +103,14 @@ async def apply(conn: asyncpg.Connection, job_id: str, event: Event) -> None:
     if isinstance(event, GenerationQueued):
         data = event.data
         await _image(
-            conn, job_id, data.image_index, data.image_id, data.attempt, 1, event.time, "queued"
+            conn,
+            job_id,
+            data.image_index,
+            data.image_id,
+            data.attempt,
+            QUEUED,
+            event.time,
+            "queued",
         )
         await conn.execute(
             "UPDATE generation_job_images SET attempts = greatest(attempts, $3),"
@@ -136,7 +146,7 @@ async def apply(conn: asyncpg.Connection, job_id: str, event: Event) -> None:
             data_s.image_index,
             data_s.image_id,
             data_s.attempt,
-            2,
+            RUNNING,
             event.time,
             "running",
         )
@@ -165,16 +175,15 @@ async def apply(conn: asyncpg.Connection, job_id: str, event: Event) -> None:
             job_id,
             data_c.image_index,
             data_c.image_id,
-            None,
-            TERMINAL_STAGE,
+            None,  # completion carries no attempt: it completes the latest one seen
+            COMPLETED,
             event.time,
             "completed",
         )
         # Every generation is paid for, consistency variations included: costs add up.
         await conn.execute(
             "UPDATE generation_job_images SET cost_usd = cost_usd + $3, duration_ms = $4,"
-            " provider = coalesce(nullif($5, ''), provider), model = $6,"
-            " finished_at = greatest(finished_at, $7)"
+            " provider = coalesce(nullif($5, ''), provider), model = $6"
             " WHERE job_id = $1 AND image_index = $2",
             job_id,
             data_c.image_index,
@@ -182,11 +191,10 @@ async def apply(conn: asyncpg.Connection, job_id: str, event: Event) -> None:
             data_c.duration_ms,
             data_c.provider,
             data_c.model,
-            event.time,
         )
     elif isinstance(event, GenerationFailed):
         data_f = event.data
-        stage, outcome = (TERMINAL_STAGE, "failed") if data_f.final else (3, "retrying")
+        stage, outcome = (FAILED, "failed") if data_f.final else (RETRYING, "retrying")
         await _image(
             conn,
             job_id,
@@ -266,10 +274,10 @@ async def _image(
     )
     await conn.execute(
         "UPDATE generation_job_images SET status = $5, stage = $4,"
-        " state_attempt = coalesce($3, state_attempt),"
-        " finished_at = CASE WHEN $4 = 4 THEN coalesce(finished_at, $6) ELSE finished_at END"
-        " WHERE job_id = $1 AND image_index = $2 AND stage < 4"
-        " AND ($4 = 4 OR ($3, $4) > (state_attempt, stage))",
+        " state_attempt = coalesce($3, greatest(state_attempt, attempts, 1)),"
+        " finished_at = CASE WHEN $4 IN (3, 5) THEN $6::timestamptz END"
+        " WHERE job_id = $1 AND image_index = $2 AND stage < 5 AND ($4 = 5"
+        "   OR (coalesce($3, greatest(state_attempt, attempts, 1)), $4) > (state_attempt, stage))",
         job_id,
         index,
         attempt,

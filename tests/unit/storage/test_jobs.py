@@ -222,6 +222,43 @@ async def test_redelivery_and_late_events_never_move_a_job_back(pool: asyncpg.Po
     assert await pool.fetchval("SELECT count(*) FROM applied_events") == len(events)
 
 
+async def test_a_completed_image_can_be_drawn_again(pool: asyncpg.Pool) -> None:
+    """Postprocess rejects a finished image (or asks for a variation): a higher attempt."""
+    tracker = JobTracker(pool)
+    rejected = GenerationFailed(
+        **_env("generation_failed", "j4", 0, 1, "postprocess", seconds=3),
+        data=GenerationFailedData(
+            image_id="img0",
+            image_index=0,
+            attempt=1,
+            error_type="QualityCheckError",
+            error="image is 32x32, below 64 px",
+            retryable=True,
+            final=False,
+        ),
+    )
+    await _feed(
+        tracker,
+        queued("j4", 0, 1, 0, count=1),
+        started("j4", 0, 1, 1),
+        completed("j4", 0, 1, 2),
+        rejected,
+        queued("j4", 0, 2, 4, count=1),
+    )
+    image = await pool.fetchrow("SELECT * FROM generation_job_images WHERE job_id = 'j4'")
+    assert (image["status"], image["attempts"], image["finished_at"]) == ("queued", 2, None)
+    await _feed(tracker, started("j4", 0, 2, 5), completed("j4", 0, 2, 7))
+    image = await pool.fetchrow("SELECT * FROM generation_job_images WHERE job_id = 'j4'")
+    assert (image["status"], image["cost_usd"]) == ("completed", Decimal("0.06"))
+    assert image["finished_at"] == T0 + timedelta(seconds=7)
+    row = await _job(pool, "j4")
+    assert (row["status"], row["retries"], row["last_error_type"]) == (
+        "running",
+        1,
+        "QualityCheckError",
+    )
+
+
 async def test_cancelled_job_keeps_its_status(pool: asyncpg.Pool) -> None:
     tracker = JobTracker(pool)
     cancelled = JobCancelled(
