@@ -87,6 +87,17 @@ def _cmd_k8s(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_asyncapi(args: argparse.Namespace) -> int:
+    from imagegen.asyncapi import render
+
+    text = render()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        print(text, end="")
+    return 0
+
+
 def _dlq_where(args: argparse.Namespace) -> tuple[str, str]:
     """Bootstrap and dead-letter topic: flags first, then `IMAGEGEN_KAFKA_*`."""
     from imagegen.settings import KafkaSettings
@@ -243,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kube_check.add_argument("overlay", nargs="*", help="only these overlays")
     kube.set_defaults(func=_cmd_k8s)
+
+    asyncapi = sub.add_parser("asyncapi", help="print the AsyncAPI document of every topic")
+    asyncapi.add_argument("--output", help="write it to this file (docs/asyncapi.yaml)")
+    asyncapi.set_defaults(func=_cmd_asyncapi)
 
     dlq = sub.add_parser("dlq", help="list and re-drive dead-lettered messages")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)

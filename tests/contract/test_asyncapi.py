@@ -1,0 +1,91 @@
+"""docs/asyncapi.yaml is what the contracts say, and names every event of the product spec."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from imagegen.asyncapi import render
+from schemas.topics import registry
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
+
+# The product spec's analytics events and the fields each must carry in `data`.
+SPEC_EVENTS = {
+    "generation_queued": (),
+    "generation_started": (),
+    "generation_completed": ("duration_ms",),
+    "generation_failed": ("error_type",),
+    "image_stored": ("size_bytes",),
+    "pack_completed": ("image_count", "total_duration_ms"),
+}
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(DOC.read_text(encoding="utf-8"))
+    return loaded
+
+
+def resolve(doc: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        path = node["$ref"].removeprefix("#/").split("/")
+        node = doc
+        for part in path:
+            node = node[part]
+    return node
+
+
+def test_the_committed_document_is_what_the_code_generates() -> None:
+    assert DOC.read_text(encoding="utf-8") == render(), (
+        "docs/asyncapi.yaml drifted from the schemas: run"
+        " `.venv/bin/imagegen asyncapi --output docs/asyncapi.yaml` and commit it"
+    )
+
+
+def test_every_topic_of_the_registry_is_a_channel(doc: dict[str, Any]) -> None:
+    assert doc["asyncapi"] == "3.0.0"
+    addresses = {c["address"]: c for c in doc["channels"].values()}
+    for spec in registry():
+        channel = addresses[spec.name]
+        assert channel["bindings"]["kafka"]["partitions"] == spec.partitions
+        assert channel["messages"], spec.name
+
+
+def test_every_spec_event_is_a_message_of_the_events_channel_with_its_fields(
+    doc: dict[str, Any],
+) -> None:
+    events = doc["channels"]["events"]["messages"]
+    for name, fields in SPEC_EVENTS.items():
+        message = resolve(doc, events[name])
+        assert message["name"] == name
+        envelope = resolve(doc, message["payload"])
+        assert envelope["properties"]["type"]["const"] == name
+        for envelope_field in ("id", "source", "time", "job_id", "user_id"):
+            assert envelope_field in envelope["properties"], (name, envelope_field)
+        data = resolve(doc, envelope["properties"]["data"])
+        for field in fields:
+            assert field in data["properties"], (name, field)
+            assert field in data.get("required", []), (name, field)
+
+
+def test_operations_reference_existing_channel_messages(doc: dict[str, Any]) -> None:
+    for operation in doc["operations"].values():
+        channel = resolve(doc, operation["channel"])
+        messages = [resolve(doc, m) for m in channel["messages"].values()]
+        for ref in operation["messages"]:
+            assert ref["$ref"].startswith(operation["channel"]["$ref"] + "/messages/")
+            assert resolve(doc, ref) in messages
+
+
+def test_the_cli_prints_the_same_document(tmp_path: Path) -> None:
+    out = tmp_path / "asyncapi.yaml"
+    subprocess.run(
+        [sys.executable, "-m", "imagegen.cli", "asyncapi", "--output", str(out)], check=True
+    )
+    assert out.read_text(encoding="utf-8") == render()
