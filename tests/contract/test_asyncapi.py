@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,9 +43,13 @@ def resolve(doc: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_committed_document_is_what_the_code_generates() -> None:
+    # Regenerated with the schema snapshots: `UPDATE_SNAPSHOTS=1 pytest tests/contract`.
+    if os.environ.get("UPDATE_SNAPSHOTS") == "1":
+        DOC.write_text(render(), encoding="utf-8")
     assert DOC.read_text(encoding="utf-8") == render(), (
         "docs/asyncapi.yaml drifted from the schemas: run"
-        " `.venv/bin/imagegen asyncapi --output docs/asyncapi.yaml` and commit it"
+        " `.venv/bin/imagegen asyncapi --output docs/asyncapi.yaml` (or"
+        " `UPDATE_SNAPSHOTS=1 .venv/bin/pytest tests/contract`) and commit it"
     )
 
 
