@@ -161,19 +161,6 @@ def same_trace(traceparent: str, other: str) -> bool:
     return traceparent.split("-")[1:2] == other.split("-")[1:2]
 
 
-@contextmanager
-def trace_context(traceparent: str | None) -> Iterator[None]:
-    """Make `traceparent` the current context (what is published now joins its trace)."""
-    if not traceparent:
-        yield
-        return
-    token = otel_context.attach(propagate.extract({"traceparent": traceparent}))
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
-
-
 def tier_of(topic: str) -> str | None:
     """The tier of a `<ns>.jobs.<tier>.v1` topic, None for other topics."""
     match = _JOBS_TOPIC.search(topic)

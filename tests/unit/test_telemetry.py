@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -166,3 +171,41 @@ def test_imagegen_log_format_json_makes_every_stderr_line_json(
     assert entry["service"] == "storage"
     assert entry["job_id"] == "j3"
     assert entry["message"] == "event=stored index=2"
+
+
+_EMIT = """
+from imagegen.telemetry import configure_telemetry, tracer
+from imagegen.metrics import instruments
+configure_telemetry("otlp-test")
+with tracer().start_as_current_span("x"):
+    pass
+instruments().jobs.add(1)
+"""
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_otlp_export_only_when_an_endpoint_is_configured(configured: bool) -> None:
+    """In a child process: the providers are process-wide, installed once."""
+    paths: list[str] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            paths.append(self.path)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    if configured:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{server.server_port}"
+    try:
+        subprocess.run([sys.executable, "-c", _EMIT], env=env, check=True, timeout=60)
+    finally:
+        server.shutdown()
+    assert sorted(set(paths)) == (["/v1/metrics", "/v1/traces"] if configured else [])
