@@ -210,6 +210,12 @@ def _cmd_storage_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models_download(args: argparse.Namespace) -> int:
+    from imagegen.models import run_download
+
+    return run_download(args.model)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagegen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -303,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--dry-run", action="store_true", help="only report what would go")
     clean.add_argument("--older-than", type=float, default=24.0, help="hours (default 24)")
     clean.set_defaults(func=_cmd_storage_cleanup)
+
+    models = sub.add_parser("models", help="model weights for self-hosted generators")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    fetch = models_sub.add_parser(
+        "download", help="fetch the configured model(s) into the Hugging Face cache"
+    )
+    fetch.add_argument(
+        "--model",
+        action="append",
+        help="hub id or local path (repeatable; default: IMAGEGEN_GENERATOR_MODEL + IP-Adapter)",
+    )
+    fetch.set_defaults(func=_cmd_models_download)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from contextlib import AsyncExitStack
 
 from imagegen.blobstore import S3BlobStore
@@ -54,6 +55,9 @@ async def serve(settings: GeneratorSettings) -> None:
 
 
 def main() -> None:
+    # Weights come from disk or the local cache only (`imagegen models download` put them
+    # there): set before diffusers/huggingface_hub are imported, since they read it once.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = GeneratorSettings()
     configure_telemetry("generator", settings.log_level, settings.log_format)
     asyncio.run(serve(settings))

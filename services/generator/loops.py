@@ -48,7 +48,7 @@ def jobs_loop(
         {tier: topics.jobs(tier) for tier in Tier},
         TierPicker.from_settings(config.tier_weights, config.tier_min_share),
     )
-    lanes = lanes_for(config)
+    lanes = lanes_for(config) if generator.batches else 1
     generator.batcher.capacity = lanes
     return laned_loop(
         "generator",

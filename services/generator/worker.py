@@ -4,6 +4,10 @@ Each attempt ends in exactly one outcome event: `generation_completed` (with the
 cost and the provider) or `generation_failed` with final=false - retries, failover and the
 final verdict belong to the scheduler (DECISIONS.md #2). Failures of this pod's own
 plumbing (S3, Kafka) are raised instead, so the consumer loop retries the message.
+
+The image itself comes from the `MicroBatcher` (batching.py): alone, or in one pipeline
+call with compatible images that other consumer lanes (lanes.py) are handling meanwhile;
+each image still gets its own events, blob, record and outcome.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from services.generator.backends import (
     GenerationRequest,
     ImageBackend,
 )
-from services.generator.batching import MicroBatcher
+from services.generator.batching import BatchingBackend, MicroBatcher
 from services.generator.cancellation import CancelWatch, InMemoryCancellationStore
 from services.generator.progress import ProgressReporter
 from services.generator.prompts import prompt_for_job
@@ -73,6 +77,10 @@ class Generator:
         self.batcher = MicroBatcher(
             settings.generator.batch_max_size, settings.generator.batch_max_wait_ms / 1000
         )
+        self.batches = any(
+            isinstance(backend, BatchingBackend) for backend in self._providers.backends()
+        )
+        """Whether any backend here batches (else one consumer lane is enough)."""
 
     async def on_job(self, record: Record) -> None:
         job = decode(record, GenerateImage)
