@@ -67,6 +67,15 @@ class DiffusersBackend:
         self._img2img: Any = None
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_pipeline(
+        cls, pipe: Any, model: str, *, options: DiffusersSettings | None = None
+    ) -> DiffusersBackend:
+        """A backend around a pipeline built in memory (benchmarks with random weights)."""
+        backend = cls(model, device=str(pipe.device), dtype=pipe.dtype, options=options)
+        backend._pipe = pipe
+        return backend
+
     def load(self) -> None:
         with self._lock:
             if self._pipe is None:
