@@ -81,8 +81,9 @@ class MicroBatcher:
         self.capacity = capacity
         """How many images can wait at most (the consumer lanes); None: unknown."""
         self._gpu = asyncio.Lock()
-        # Every model call on ONE thread: OpenMP (CPU torch) keeps a thread team per calling
-        # thread, and teams left spinning on other threads slowed each call ~2x here.
+        # Every model call on ONE thread. CPU torch keeps OpenMP state per calling thread;
+        # measured here, a batch ran ~2.5x slower on a thread after torch had run on
+        # another one, and asyncio.to_thread may pick any thread of its pool.
         self._thread: ThreadPoolExecutor | None = None
         self._groups: dict[Hashable, list[_Waiting]] = {}
         self._arrived = asyncio.Event()
