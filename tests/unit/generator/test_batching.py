@@ -13,11 +13,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/huggingface_hub read it
 
 import numpy as np
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from PIL import Image
 
 from imagegen.blobstore import InMemoryBlobStore
 from imagegen.kafka.memory import InMemoryBroker
 from imagegen.kafka.ports import Record
+from imagegen.telemetry import configure_tracing, consume_span
 from schemas.images import RawImage
 from schemas.topics import Tier, TopicNames
 from services.generator.backends import (
@@ -34,7 +37,7 @@ from services.generator.lanes import SharedConsumer, laned_loop
 from services.generator.settings import BackendSettings, GeneratorSettings
 from services.generator.tiers import TierPicker, WeightedTierConsumer
 from services.generator.worker import Generator
-from tests.unit.generator.support import ScriptedBackend, make_job, of_type
+from tests.unit.generator.support import ScriptedBackend, make_job, of_type, record_of
 
 
 def _request(**overrides: object) -> GenerationRequest:
@@ -390,3 +393,37 @@ def _outcomes(broker: InMemoryBroker, topics: TopicNames) -> list[object]:
 
 async def generator_blob(generator: Generator, raw: RawImage) -> bytes:
     return await generator._blobs.get(raw.blob.key)
+
+
+# --- tracing --------------------------------------------------------------------------
+
+
+EXPECTED = ("job_id", "image_index", "provider", "model", "steps", "batch_size")
+
+
+async def test_generate_span_is_a_child_of_the_consumer_span() -> None:
+    provider = configure_tracing("tests")
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        broker, topics = InMemoryBroker(), TopicNames("unit")
+        backend = RecordingBatcher("diffusers")
+        settings = GeneratorSettings(progress_interval_s=0)
+        generator = Generator(settings, backend, InMemoryBlobStore(), broker.publisher(), topics)
+        job = make_job(steps=3)
+        with consume_span("jobs process", {}) as parent:
+            await generator.on_job(record_of(job, topics))
+        (span,) = [s for s in exporter.get_finished_spans() if s.name == "generate"]
+        assert span.parent is not None
+        assert span.parent.span_id == parent.get_span_context().span_id
+        attributes = dict(span.attributes or {})
+        assert {key: attributes.get(key) for key in EXPECTED} == {
+            "job_id": job.image.job_id,
+            "image_index": 0,
+            "provider": "diffusers",
+            "model": "scripted",
+            "steps": 3,
+            "batch_size": 1,
+        }
+    finally:
+        exporter.shutdown()
