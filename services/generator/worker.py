@@ -95,7 +95,6 @@ class Generator:
             await self._failed(job, provider, type(exc).__name__, str(exc))
             return
         queue_wait_ms = max(0, int((datetime.now(UTC) - job.enqueued_at).total_seconds() * 1000))
-        instruments().queue_wait.record(queue_wait_ms / 1000, {"tier": job.tier.value})
         await self._events.emit(
             GenerationStarted(
                 **image_envelope(img, "generation_started", img.attempt),

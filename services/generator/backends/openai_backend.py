@@ -36,7 +36,7 @@ from services.generator.backends.base import (
     decode_image,
     encode_png,
 )
-from services.generator.backends.hosted import ProviderRetryableError, fit_png
+from services.generator.backends.hosted_http import ProviderRetryableError, fit_png
 from services.generator.backends.openai_errors import (
     API_KEY_SETTING,
     PROVIDER,

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import openai
 
-from services.generator.backends.hosted import (
+from services.generator.backends.hosted_http import (
     ProviderPermanentError,
     ProviderRateLimited,
     ProviderRetryableError,
