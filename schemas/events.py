@@ -139,8 +139,12 @@ class ImageStoredData(Contract):
     demo: bool
     cost_usd: float
     consistency_score: float | None = None
+    quality_score: float | None = None
+    """Technical quality, 0..1 (sharpness, exposure, contrast, colourfulness); None when
+    the image was not scored."""
     flagged: bool = False
-    """True when no variation reached the consistency threshold (the best one is kept)."""
+    """True when no variation reached the consistency threshold (the best one is kept), or
+    when the quality score is below postprocess's review threshold (off by default)."""
     story_id: str | None = None
     page_number: int | None = None
     style: str = ""

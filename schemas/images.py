@@ -96,7 +96,14 @@ class ProcessedImage(Message):
     provider: str
     cost_usd: float = Field(ge=0)
     consistency_score: float | None = None
+    quality_score: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Technical quality from the pixels alone (sharpness, exposure, contrast, colour),
+    0..1, higher is better; None from producers that predate it."""
+    quality_components: dict[str, float] = Field(default_factory=dict)
+    """The 0..1 components `quality_score` was combined from, by name."""
     flagged: bool = False
+    """Held for review: no variation reached the consistency threshold, or the quality
+    score is below postprocess's review threshold (when one is set)."""
     timings: Timings = Field(default_factory=Timings)
     style: str = ""
     face_embedding: list[float] | None = None

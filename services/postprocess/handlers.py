@@ -27,7 +27,13 @@ from schemas.images import ProcessedImage, RawImage, Rendition
 from schemas.topics import TopicNames
 from services.postprocess.background import PORTRAIT_KINDS, BackgroundRemover, render_cutout
 from services.postprocess.consistency import Assessment, ConsistencyScorer, Embedding
-from services.postprocess.renditions import InvalidImageError, QualityCheckError, render
+from services.postprocess.quality import ImageStatsQualityScorer, Quality, QualityScorer
+from services.postprocess.renditions import (
+    InvalidImageError,
+    QualityCheckError,
+    open_image,
+    render,
+)
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.variations import VariationStore
 
@@ -53,6 +59,7 @@ class Postprocessor:
         *,
         consistency: ConsistencyCheck | None = None,
         background: BackgroundRemover | None = None,
+        quality: QualityScorer | None = None,
     ) -> None:
         self._settings = settings
         self._blobs = blobs
@@ -60,6 +67,7 @@ class Postprocessor:
         self._topics = topics
         self._consistency = consistency
         self._background = background
+        self._quality = quality or ImageStatsQualityScorer()
         self._events = EventEmitter(publisher, topics.events, SOURCE)
 
     async def on_raw_image(self, record: Record) -> None:
@@ -105,6 +113,7 @@ class Postprocessor:
             if score is not None:
                 span.set_attribute("imagegen.consistency_distance", score)
                 instruments().consistency_score.record(score)
+        quality = await self._score_quality(raw, data)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         processed = ProcessedImage(
             image=raw.image,
@@ -113,6 +122,9 @@ class Postprocessor:
             provider=raw.provider,
             cost_usd=raw.cost_usd,
             consistency_score=score,
+            quality_score=quality.score,
+            quality_components=quality.components,
+            flagged=self._below_quality_threshold(raw, quality),
             timings=raw.timings.model_copy(update={"postprocess_ms": elapsed_ms}),
             style=raw.style,
             face_embedding=assessment.embedding_list(),
@@ -124,6 +136,33 @@ class Postprocessor:
                 return
             processed = chosen
         await self._publisher.publish(self._topics.images_processed, raw.image.job_id, processed)
+
+    async def _score_quality(self, raw: RawImage, data: bytes) -> Quality:
+        with tracer().start_as_current_span("quality") as span:
+            quality = await asyncio.to_thread(_score, self._quality, data)
+            span.set_attribute("imagegen.quality_score", quality.score)
+        log.info(
+            "event=quality_scored job_id=%s index=%d score=%.4f %s",
+            raw.image.job_id,
+            raw.image.image_index,
+            quality.score,
+            " ".join(f"{name}={value:.4f}" for name, value in quality.components.items()),
+        )
+        return quality
+
+    def _below_quality_threshold(self, raw: RawImage, quality: Quality) -> bool:
+        """Flag for review (stored and shown, like a consistency flag) when set and below."""
+        threshold = self._settings.quality_review_threshold
+        if threshold is None or quality.score >= threshold:
+            return False
+        log.info(
+            "event=quality_flagged job_id=%s index=%d score=%.4f threshold=%.4f",
+            raw.image.job_id,
+            raw.image.image_index,
+            quality.score,
+            threshold,
+        )
+        return True
 
     async def _report_unusable(self, raw: RawImage, exc: Exception) -> None:
         """An image that fails the output spec is reported as a failed attempt, not stored."""
@@ -203,3 +242,8 @@ class Postprocessor:
             return None
         best = await self._consistency.variations.best(image)
         return best.model_copy(update={"flagged": True})
+
+
+def _score(scorer: QualityScorer, data: bytes) -> Quality:
+    """Decode and score (blocking)."""
+    return scorer.score(open_image(data))

@@ -21,6 +21,13 @@ class PostprocessSettings(ServiceSettings):
         le=1.0,
         description="Scores below this flag an image (see services/postprocess/consistency.py).",
     )
+    quality_review_threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Quality scores below this flag an image for review (formula in"
+        " services/postprocess/quality.py); unset: never flagged for quality.",
+    )
     postprocess_background_model: Path | None = Field(
         default=None,
         description="TorchScript segmentation model for portrait cut-outs (contract in"
