@@ -119,6 +119,7 @@ class StorageService:
                     demo=msg.record.demo,
                     cost_usd=msg.cost_usd,
                     consistency_score=msg.consistency_score,
+                    quality_score=msg.quality_score,
                     flagged=msg.flagged,
                     story_id=image.story_id,
                     page_number=image.page_number,

@@ -162,4 +162,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        4,
+        """
+        -- Postprocess's technical quality score (0..1) and the components it combines.
+        ALTER TABLE images
+            ADD COLUMN quality_score real,
+            ADD COLUMN quality_components jsonb NOT NULL DEFAULT '{}';
+        """,
+    ),
 ]

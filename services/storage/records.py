@@ -19,9 +19,9 @@ _INSERT_IMAGE = (
     " kind, width, height, size_bytes, renditions, generation, provider, cost_usd,"
     " consistency_score, flagged, story_id, page_number, style, prompt, negative_prompt,"
     " model, backend, seed, quality, conditioning, scene_description, scene_source,"
-    " parent_version, timings)"
+    " parent_version, timings, quality_score, quality_components)"
     " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,"
-    " $23,$24,$25,$26,$27,$28,$29,$30)"
+    " $23,$24,$25,$26,$27,$28,$29,$30,$31,$32)"
     " ON CONFLICT (image_id, version) DO NOTHING RETURNING true"
 )
 
@@ -71,6 +71,8 @@ async def insert_image(
             record.scene_source,
             image.version - 1 if image.version > 1 else None,
             msg.timings.model_dump_json(),
+            msg.quality_score,
+            json.dumps(msg.quality_components),
         )
         if inserted and image.kind in REFERENCE_KINDS:
             await conn.execute(

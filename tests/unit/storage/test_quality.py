@@ -1,0 +1,105 @@
+"""The quality score and the scene travel from the processed image into the images row and
+the image_stored event (real PostgreSQL, in-memory broker and blob store)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from imagegen.blobstore import InMemoryBlobStore, put_staging
+from imagegen.db import create_pool, migrate
+from imagegen.kafka import Record, encode
+from imagegen.kafka.memory import InMemoryBroker
+from schemas.events import EVENT_ADAPTER, ImageStored
+from schemas.images import GenerationRecord, ProcessedImage, Rendition
+from schemas.jobs import ImageIdentity
+from schemas.topics import TopicNames
+from services.storage.handlers import StorageService
+from services.storage.migrations import MIGRATIONS
+
+TOPICS = TopicNames("unit")
+COMPONENTS = {"sharpness": 0.3, "exposure": 1.0, "contrast": 0.59, "colourfulness": 0.48}
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, "storage")
+    try:
+        await migrate(pool, "storage", MIGRATIONS)
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def _store(pool: asyncpg.Pool, job_id: str, **fields: object) -> ImageStored:
+    broker, blobs = InMemoryBroker(), InMemoryBlobStore()
+    ref = await put_staging(blobs, f"png-{job_id}".encode(), "image/png")
+    msg = ProcessedImage(
+        image=ImageIdentity(
+            job_id=job_id,
+            image_id=f"img-{job_id}",
+            image_index=0,
+            image_count=1,
+            user_id="u1",
+            character_id="c1",
+        ),
+        renditions=[Rendition(name="original", blob=ref, width=8, height=8, format="png")],
+        record=GenerationRecord(
+            backend="fake",
+            model="m",
+            seed=1,
+            steps=1,
+            guidance=1.0,
+            prompt="watercolor, Mia on a bridge",
+            negative_prompt="blurry",
+            width=8,
+            height=8,
+            scene_description="Mia crosses a moonlit bridge",
+            scene_source="extractor",
+        ),
+        provider="fake",
+        cost_usd=0.01,
+        **fields,
+    )
+    service = StorageService(pool, blobs, broker.publisher(), TOPICS)
+    record = Record(
+        topic=TOPICS.images_processed, partition=0, offset=0, key=job_id, value=encode(msg)
+    )
+    await service.on_processed_image(record)
+    (stored,) = [
+        e
+        for e in (EVENT_ADAPTER.validate_json(r.value) for r in broker.records(TOPICS.events))
+        if isinstance(e, ImageStored)
+    ]
+    return stored
+
+
+async def test_quality_score_is_stored_and_announced(pool: asyncpg.Pool) -> None:
+    stored = await _store(
+        pool, "j1", quality_score=0.4211, quality_components=COMPONENTS, flagged=True
+    )
+    assert stored.data.quality_score == 0.4211 and stored.data.flagged
+    assert stored.data.scene_description == "Mia crosses a moonlit bridge"
+    assert stored.data.scene_source == "extractor"
+    assert stored.data.negative_prompt == "blurry"
+    row = await pool.fetchrow(
+        "SELECT quality_score, quality_components, flagged, scene_source FROM images"
+        " WHERE image_id = 'img-j1'"
+    )
+    assert row is not None
+    assert row["quality_score"] == pytest.approx(0.4211, abs=1e-6)
+    assert json.loads(row["quality_components"]) == COMPONENTS
+    assert row["flagged"] and row["scene_source"] == "extractor"
+
+
+async def test_an_unscored_image_stores_no_score(pool: asyncpg.Pool) -> None:
+    stored = await _store(pool, "j2")
+    assert stored.data.quality_score is None
+    row = await pool.fetchrow(
+        "SELECT quality_score, quality_components FROM images WHERE image_id = 'img-j2'"
+    )
+    assert row is not None
+    assert row["quality_score"] is None and json.loads(row["quality_components"]) == {}
