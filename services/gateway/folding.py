@@ -253,7 +253,9 @@ async def _store_image(
         " model = $10, provider = $11, demo = $12, consistency_score = $13, flagged = $14,"
         " style = CASE WHEN $15 = '' THEN style ELSE $15 END, prompt = $16,"
         " story_id = COALESCE(story_id, $17), page_number = COALESCE(page_number, $18),"
-        " character_id = COALESCE(character_id, $19), cost_usd = $20, stored_at = now()"
+        " character_id = COALESCE(character_id, $19), cost_usd = $20, stored_at = now(),"
+        " negative_prompt = $21, scene_description = $22, scene_source = $23,"
+        " quality_score = $24"
         " WHERE id = $1 AND version = $2",
         data.image_id,
         data.version,
@@ -275,6 +277,10 @@ async def _store_image(
         data.page_number,
         data.character_id,
         _money(data.cost_usd),
+        data.negative_prompt,
+        data.scene_description,
+        data.scene_source,
+        data.quality_score,
     )
     return 0 if before == ImageStatus.READY.value else 1
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast, get_args
 
 import asyncpg
 
@@ -22,6 +22,7 @@ from services.gateway.models_images import (
     ImageStatus,
     ImageType,
     ReviewStatus,
+    SceneSource,
 )
 
 PENDING_STATUSES = (ImageStatus.QUEUED.value, ImageStatus.GENERATING.value)
@@ -30,7 +31,8 @@ _THUMBNAIL_ORDER = ("thumbnail", *_DISPLAY_ORDER)
 _COLUMNS = (
     "id, version, parent_version, kind, status, job_id, story_id, character_id, page_number,"
     " renditions, style, width, height, size_bytes, seed, model, provider, demo,"
-    " consistency_score, flagged, review_status, pending_review, created_at"
+    " consistency_score, flagged, review_status, pending_review, created_at, prompt,"
+    " negative_prompt, scene_description, scene_source, quality_score"
 )
 
 
@@ -68,6 +70,11 @@ class ImageFilter:
     status: ImageStatus | None = None
 
 
+def _scene_source(value: str) -> SceneSource:
+    """The stored origin, or "" for one this gateway does not know (events may be newer)."""
+    return cast(SceneSource, value) if value in get_args(SceneSource) else ""
+
+
 async def to_out(row: asyncpg.Record, links: Links) -> ImageOut:
     renditions: dict[str, Any] = json.loads(row["renditions"])
     review = ReviewStatus(row["review_status"])
@@ -98,6 +105,11 @@ async def to_out(row: asyncpg.Record, links: Links) -> ImageOut:
         flagged=row["flagged"],
         review_status=review,
         created_at=row["created_at"],
+        prompt=row["prompt"],
+        negative_prompt=row["negative_prompt"],
+        scene_description=row["scene_description"],
+        scene_source=_scene_source(row["scene_source"]),
+        quality_score=row["quality_score"],
     )
 
 

@@ -186,4 +186,21 @@ CREATE INDEX images_user_story ON images (user_id, story_id);
 CREATE INDEX events_type_id ON events (type, id);
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, WEBHOOKS_V4)]
+# How the image was made, as storage reports it: the full prompt pair, the scene the
+# picture shows (and whether the request, the LLM or the text extractor wrote it), and
+# postprocess's technical quality score.
+_V5 = """
+ALTER TABLE images
+    ADD COLUMN negative_prompt   text NOT NULL DEFAULT '',
+    ADD COLUMN scene_description text NOT NULL DEFAULT '',
+    ADD COLUMN scene_source      text NOT NULL DEFAULT '',
+    ADD COLUMN quality_score     double precision;
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, _V1),
+    (2, _V2),
+    (3, _V3),
+    (4, WEBHOOKS_V4),
+    (5, _V5),
+]

@@ -67,6 +67,11 @@ class ImageType(StrEnum):
     REFERENCE = "reference"
 
 
+SceneSource = Literal["request", "llm", "extractor", ""]
+"""Who wrote the scene an image shows: the request, the LLM, the page-text extractor; ""
+for images with no scene (portraits, packs)."""
+
+
 class ImageStatus(StrEnum):
     QUEUED = "queued"
     GENERATING = "generating"
@@ -286,6 +291,21 @@ class ImageOut(BaseModel):
     flagged: bool = Field(description="No variation reached the consistency threshold.")
     review_status: ReviewStatus
     created_at: datetime
+    prompt: str = Field(default="", description="The prompt the image was generated from.")
+    negative_prompt: str = ""
+    scene_description: str = Field(
+        default="", description="The scene the image shows (scenes and story pages)."
+    )
+    scene_source: SceneSource = Field(
+        default="",
+        description='Who wrote the scene: "request" (the caller), "llm" or "extractor" (derived'
+        ' from the page text); "" when there is none.',
+    )
+    quality_score: float | None = Field(
+        default=None,
+        description="Technical quality, 0..1 (sharpness, exposure, contrast, colourfulness);"
+        " null until stored or when not scored.",
+    )
 
 
 class ImageDetail(ImageOut):

@@ -99,6 +99,11 @@ def stored(
     score: float | None = 0.91,
     flagged: bool = False,
     style: str = "",
+    prompt: str = "",
+    negative_prompt: str = "",
+    scene: str = "",
+    scene_source: str = "",
+    quality: float | None = None,
 ) -> ImageStored:
     renditions = [
         StoredRendition(
@@ -133,6 +138,11 @@ def stored(
         story_id=story,
         page_number=page,
         style=style,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        scene_description=scene,
+        scene_source=scene_source,
+        quality_score=quality,
     )
     return ImageStored(**_env("image_stored", job, user, image_id, version), data=data)
 
