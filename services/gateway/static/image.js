@@ -96,6 +96,9 @@ export class ImageDialog {
       ["Model", [shown.provider, shown.model].filter(Boolean).join(" / ")],
       ["Size", shown.width ? `${shown.width}×${shown.height}` : ""],
       ["Likeness", shown.consistencyScore == null ? "" : shown.consistencyScore.toFixed(2)],
+      ["Quality", shown.qualityScore == null ? "" : shown.qualityScore.toFixed(2)],
+      ["Scene", sceneText(shown)],
+      ["Prompt", shown.prompt],
       ["Created", new Date(shown.createdAt).toLocaleString()],
     ];
     $("detail-meta").replaceChildren(
@@ -186,4 +189,17 @@ export class ImageDialog {
       if (error instanceof ApiError && error.status === 409) $("regen-status").textContent = "";
     }
   }
+}
+
+const SCENE_SOURCES = {
+  request: "as asked",
+  llm: "written by the LLM from the page text",
+  extractor: "taken from the page text",
+};
+
+/** The scene an image shows and who wrote it ("" for portraits and packs). */
+function sceneText(image) {
+  if (!image.sceneDescription) return "";
+  const source = SCENE_SOURCES[image.sceneSource];
+  return source ? `${image.sceneDescription} (${source})` : image.sceneDescription;
 }
