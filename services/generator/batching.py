@@ -9,7 +9,11 @@ it batches without making anyone wait long:
   is full (`max_size`), when its oldest image has waited `max_wait_s`, or when every
   consumer lane already has an image waiting (nothing more can arrive). So no image waits
   longer than `max_wait_s` for company; waiting for a busy GPU is not waiting for company.
-- Backends without `generate_batch` (demo, hosted APIs) run one image at a time, at once.
+- Self-hosted backends without `generate_batch` (demo) run one image at a time, at once.
+- Hosted backends (`self_hosted = False`: OpenAI, Replicate, fal, RunPod) spend an image
+  waiting on HTTP, not on our GPU: up to `hosted_concurrency` of them run at once, on their
+  own threads, never holding the GPU lock - so a slow provider neither blocks the GPU nor
+  queues behind it.
 
 Where several images come from: `loops.jobs_loop` runs several consumer lanes over the one
 weighted tier consumer, each lane handling one record at a time through `Generator.on_job`;
@@ -75,12 +79,24 @@ class _Waiting:
 class MicroBatcher:
     """Serialises one GPU's work and batches compatible images that wait together."""
 
-    def __init__(self, max_size: int, max_wait_s: float, capacity: int | None = None) -> None:
+    def __init__(
+        self,
+        max_size: int,
+        max_wait_s: float,
+        capacity: int | None = None,
+        *,
+        hosted_concurrency: int = 1,
+    ) -> None:
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self.capacity = capacity
         """How many images can wait at most (the consumer lanes); None: unknown."""
+        self.hosted_concurrency = hosted_concurrency
         self._gpu = asyncio.Lock()
+        self._hosted_slots = asyncio.Semaphore(hosted_concurrency)
+        self._hosted_pool: ThreadPoolExecutor | None = None
+        self.hosted_in_flight = 0
+        """Lanes busy with a hosted image: they cannot bring an image to batch meanwhile."""
         # Every model call on ONE thread. CPU torch keeps OpenMP state per calling thread;
         # measured here, a batch ran ~2.5x slower on a thread after torch had run on
         # another one, and asyncio.to_thread may pick any thread of its pool.
@@ -99,6 +115,8 @@ class MicroBatcher:
         cancel: CancelToken,
     ) -> GeneratedImage:
         """The image of `request`, made alone or together with compatible waiting ones."""
+        if not getattr(backend, "self_hosted", True):
+            return await self._hosted(backend, request, on_progress, cancel)
         if self.max_size <= 1 or not isinstance(backend, BatchingBackend):
             async with self._gpu:
                 return await self._on_gpu_thread(backend.generate, request, on_progress, cancel)
@@ -120,8 +138,32 @@ class MicroBatcher:
         run = functools.partial(contextvars.copy_context().run, call, *args)
         return await asyncio.get_running_loop().run_in_executor(self._thread, run)
 
+    async def _hosted(
+        self,
+        backend: ImageBackend,
+        request: GenerationRequest,
+        on_progress: ProgressCallback,
+        cancel: CancelToken,
+    ) -> GeneratedImage:
+        """A hosted provider's image, beside the GPU's work; `hosted_concurrency` at most."""
+        self.hosted_in_flight += 1
+        self._arrived.set()  # the batch runner recounts who can still arrive
+        try:
+            async with self._hosted_slots:
+                if self._hosted_pool is None:
+                    self._hosted_pool = ThreadPoolExecutor(
+                        self.hosted_concurrency, thread_name_prefix="generator-hosted"
+                    )
+                run = functools.partial(
+                    contextvars.copy_context().run, backend.generate, request, on_progress, cancel
+                )
+                return await asyncio.get_running_loop().run_in_executor(self._hosted_pool, run)
+        finally:
+            self.hosted_in_flight -= 1
+
     def _waiting_count(self) -> int:
-        return sum(len(group) for group in self._groups.values())
+        # Lanes on hosted images count as here: they bring no image to batch meanwhile.
+        return sum(len(group) for group in self._groups.values()) + self.hosted_in_flight
 
     async def _run(self) -> None:
         try:

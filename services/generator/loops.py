@@ -1,17 +1,31 @@
-"""The generator's consumer loops on the real broker: weighted jobs (on lanes), cancel control."""
+"""The generator's consumer loops on the real broker: weighted jobs (on lanes), cancel control.
+
+Consumer group: every tier consumer of every generator pod - whichever tiers the pod serves
+(`IMAGEGEN_GENERATOR_TIERS`) - joins `<ns>.generator`. Kafka assigns each topic's
+partitions only among the members subscribed to it, so the per-tier Deployments split
+their own topic, KEDA reads the lag of (`<ns>.generator`, `jobs.<tier>`) per tier, and the
+offsets committed by the all-tier generator carry over unchanged (a group per tier would
+start from the earliest offset and redo a week of retained jobs).
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 from imagegen.kafka import ConsumerLoop, Publisher
 from imagegen.kafka.confluent import KafkaConsumer
+from imagegen.kafka.ports import Consumer
 from imagegen.runtime import consumer_loop
 from imagegen.settings import KafkaSettings
 from schemas.topics import Tier
 from services.generator.cancellation import CancelListener, CancelWatch
-from services.generator.lanes import laned_loop
+from services.generator.lanes import LaneGroup, laned_loop
 from services.generator.settings import BackendSettings
 from services.generator.tiers import TierPicker, WeightedTierConsumer
 from services.generator.worker import Generator
+
+log = logging.getLogger(__name__)
 
 JOBS_GROUP = "generator"
 CONTROL_GROUP = "generator-control"
@@ -40,30 +54,57 @@ def jobs_loop(
     publisher: Publisher,
     *,
     backoff_initial: float = 0.2,
-) -> ConsumerLoop:
-    """Images from every tier topic in weighted tier order, on `lanes_for(config)` lanes."""
+    consumer_for: Callable[[Tier], Consumer] | None = None,
+    poll_timeout: float = 0.5,
+) -> LaneGroup:
+    """Images from this pod's tier topics (`IMAGEGEN_GENERATOR_TIERS`) in weighted tier order.
+
+    `consumer_for` builds one tier's consumer (default: a member of `<ns>.generator` on the
+    real broker); a tier this pod does not serve gets no consumer, so none of its records
+    is ever fetched here.
+    """
     topics = settings.topics
+    tiers = config.tier_list()
+    make = consumer_for or (lambda tier: tier_consumer(settings, tier))
     weighted = WeightedTierConsumer(
-        {tier: tier_consumer(settings, tier) for tier in Tier},
-        {tier: topics.jobs(tier) for tier in Tier},
-        TierPicker.from_settings(config.tier_weights, config.tier_min_share),
+        {tier: make(tier) for tier in tiers},
+        {tier: topics.jobs(tier) for tier in tiers},
+        TierPicker.from_settings(config.tier_weights, config.tier_min_share, tiers),
     )
-    lanes = lanes_for(config) if generator.batches else 1
+    lanes = lanes_for(
+        config,
+        batches=generator.batches,
+        self_hosted=generator.self_hosted,
+        hosted=generator.hosted,
+    )
     generator.batcher.capacity = lanes
+    log.info(
+        "event=jobs_loop tiers=%s lanes=%d hosted_concurrency=%d",
+        ",".join(t.value for t in tiers),
+        lanes,
+        config.hosted_concurrency if generator.hosted else 0,
+    )
     return laned_loop(
         "generator",
         weighted,
-        {topics.jobs(tier): generator.on_job for tier in Tier},
+        {topics.jobs(tier): generator.on_job for tier in tiers},
         lanes,
         dead_letters=publisher,
         dead_letter_topic=topics.dead_letter,
         backoff_initial=backoff_initial,
+        poll_timeout=poll_timeout,
     )
 
 
-def lanes_for(config: BackendSettings) -> int:
-    """Images handled at once: one batch on the GPU and the next one gathering."""
-    return 1 if config.batch_max_size <= 1 else 2 * config.batch_max_size
+def lanes_for(
+    config: BackendSettings, *, batches: bool = True, self_hosted: bool = True, hosted: bool = False
+) -> int:
+    """Images handled at once: GPU lanes (one batch running, the next one gathering) plus
+    `hosted_concurrency` lanes for hosted API images, which only wait on HTTP."""
+    gpu = 0
+    if self_hosted:
+        gpu = 1 if not batches or config.batch_max_size <= 1 else 2 * config.batch_max_size
+    return max(1, gpu + (config.hosted_concurrency if hosted else 0))
 
 
 def control_loop(settings: KafkaSettings, watch: CancelWatch, publisher: Publisher) -> ConsumerLoop:

@@ -4,9 +4,12 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imagegen.settings import ServiceSettings
+from schemas.topics import Tier
 from services.generator.tiers import (
+    ALL_TIERS,
     DEFAULT_MIN_SHARE,
     DEFAULT_TIER_WEIGHTS,
+    parse_tiers,
     parse_weights,
     with_min_share,
 )
@@ -27,6 +30,10 @@ class BackendSettings(BaseSettings):
     provider: str = Field(
         default="self-hosted", description="Deprecated: RawImage.provider is the provider name."
     )
+    tiers: str = Field(
+        default=ALL_TIERS,
+        description='The tier topics this pod consumes, e.g. "realtime" (one Deployment per tier).',
+    )
     tier_weights: str = DEFAULT_TIER_WEIGHTS
     tier_min_share: float = DEFAULT_MIN_SHARE
     cancel_poll_s: float = Field(default=0.5, gt=0)
@@ -35,6 +42,12 @@ class BackendSettings(BaseSettings):
     )
     batch_max_wait_ms: float = Field(
         default=50.0, ge=0, description="Longest a job waits for others to batch with."
+    )
+    hosted_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Hosted (API) images in flight at once; GPU work stays one call at a time.",
     )
 
     def provider_names(self) -> list[str]:
@@ -45,10 +58,15 @@ class BackendSettings(BaseSettings):
                 names.append(name)
         return names
 
+    def tier_list(self) -> list[Tier]:
+        """The tiers this pod consumes, in registry order."""
+        return parse_tiers(self.tiers)
+
     @model_validator(mode="after")
     def _valid_tiers(self) -> BackendSettings:
         # Fail at start-up, naming the setting, not at the first poll.
         with_min_share(parse_weights(self.tier_weights), self.tier_min_share)
+        parse_tiers(self.tiers)
         return self
 
 

@@ -7,6 +7,9 @@ Policy (DECISIONS.md #6)
   committed offsets carry over from the single-consumer generator, and KEDA reads one
   group's lag per topic. (One consumer with pause/resume would need pause/resume in the
   `Consumer` port; separate consumers need nothing new and keep each tier's fetch apart.)
+- A pod consumes only the tiers of `IMAGEGEN_GENERATOR_TIERS` (default: all). On
+  Kubernetes each tier has its own Deployment (`generator-realtime`, ...) scaled by KEDA on
+  that topic's lag; the weights then apply among the chosen tiers only (one tier: all picks).
 - `WeightedTierConsumer` holds at most ONE message per tier (the tier's head) - the least
   that tells which tiers have work ready - and never buffers a backlog in Python. A GPU
   makes one image at a time, so the consumer loop asks for the next record only when the
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from imagegen.errors import ConfigurationError
 from imagegen.kafka.ports import Consumer, Record
@@ -44,6 +47,22 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIER_WEIGHTS = "realtime=6,standard=3,economy=1"
 DEFAULT_MIN_SHARE = 0.05
+ALL_TIERS = ",".join(t.value for t in Tier)
+
+
+def parse_tiers(text: str) -> list[Tier]:
+    """`realtime,standard` -> the tiers a pod consumes, in registry order; empty: every tier."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    chosen: set[Tier] = set()
+    for name in names:
+        try:
+            chosen.add(Tier(name))
+        except ValueError:
+            raise ConfigurationError(
+                f"IMAGEGEN_GENERATOR_TIERS: unknown tier {name!r}; expected a comma list of "
+                f"{[t.value for t in Tier]}"
+            ) from None
+    return [t for t in Tier if t in chosen] if chosen else list(Tier)
 
 
 def parse_weights(text: str) -> dict[Tier, float]:
@@ -99,8 +118,17 @@ class TierPicker:
         self._current: dict[Tier, float] = dict.fromkeys(weights, 0.0)
 
     @classmethod
-    def from_settings(cls, text: str, min_share: float) -> TierPicker:
-        return cls(with_min_share(parse_weights(text), min_share))
+    def from_settings(
+        cls, text: str, min_share: float, tiers: Sequence[Tier] | None = None
+    ) -> TierPicker:
+        """The picker over `tiers` (default: all) with their configured weights."""
+        weights = parse_weights(text)
+        chosen = {t: weights[t] for t in (tiers or list(Tier))}
+        if not any(chosen.values()):
+            # Every tier this pod serves was weighted 0 (a pod of the economy tier alone,
+            # say): with nothing to share against, the weights mean nothing - equal ones.
+            chosen = dict.fromkeys(chosen, 1.0)
+        return cls(with_min_share(chosen, min_share))
 
     def shares(self) -> dict[Tier, float]:
         total = sum(self.weights.values())

@@ -73,14 +73,20 @@ class Generator:
         self.cancels = cancels or CancelWatch(
             InMemoryCancellationStore(), settings.generator.cancel_poll_s
         )
-        # The GPU is the unit of concurrency: one call at a time, compatible images batched.
+        # The GPU is the unit of concurrency: one call at a time, compatible images batched;
+        # hosted (API) backends wait on HTTP beside it, several at once.
         self.batcher = MicroBatcher(
-            settings.generator.batch_max_size, settings.generator.batch_max_wait_ms / 1000
+            settings.generator.batch_max_size,
+            settings.generator.batch_max_wait_ms / 1000,
+            hosted_concurrency=settings.generator.hosted_concurrency,
         )
-        self.batches = any(
-            isinstance(backend, BatchingBackend) for backend in self._providers.backends()
-        )
-        """Whether any backend here batches (else one consumer lane is enough)."""
+        backends = list(self._providers.backends())
+        self.batches = any(isinstance(backend, BatchingBackend) for backend in backends)
+        """Whether any backend here batches (else one GPU lane is enough)."""
+        self.self_hosted = any(getattr(backend, "self_hosted", True) for backend in backends)
+        """Whether any backend here runs on this pod's own GPU/CPU."""
+        self.hosted = any(not getattr(backend, "self_hosted", True) for backend in backends)
+        """Whether any backend here is a hosted API (images in flight concurrently)."""
 
     async def on_job(self, record: Record) -> None:
         job = decode(record, GenerateImage)

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from itertools import pairwise
 
 import pytest
 
+from imagegen.blobstore import InMemoryBlobStore
 from imagegen.errors import ConfigurationError
 from imagegen.kafka.memory import InMemoryBroker
+from imagegen.kafka.ports import Consumer
+from imagegen.settings import KafkaSettings
 from schemas.topics import Tier, TopicNames
-from services.generator.settings import BackendSettings
+from services.generator.loops import jobs_loop
+from services.generator.settings import BackendSettings, GeneratorSettings
 from services.generator.tiers import (
     TierPicker,
     WeightedTierConsumer,
+    parse_tiers,
     parse_weights,
     with_min_share,
 )
+from services.generator.worker import Generator
+from tests.unit.generator.support import ScriptedBackend, make_job, of_type
 
 R, S, E = Tier.REALTIME, Tier.STANDARD, Tier.ECONOMY
 ALL = {R, S, E}
@@ -137,3 +145,76 @@ async def test_unpicked_heads_are_not_committed_and_come_back_after_close() -> N
     redelivered = await again.poll(0.1)
     assert redelivered is not None and redelivered.key == "e"
     assert await again.poll(0.01) is None
+
+
+# --- IMAGEGEN_GENERATOR_TIERS: a pod that serves some tiers only -------------------------
+
+
+def test_tiers_setting_defaults_to_every_tier_and_keeps_registry_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert BackendSettings().tier_list() == [R, S, E]
+    monkeypatch.setenv("IMAGEGEN_GENERATOR_TIERS", " economy , realtime ")
+    assert BackendSettings().tier_list() == [R, E]
+    monkeypatch.setenv("IMAGEGEN_GENERATOR_TIERS", "")
+    assert BackendSettings().tier_list() == [R, S, E]
+
+
+@pytest.mark.parametrize("text", ["gold", "realtime,vip", "realtime;economy"])
+def test_unknown_tiers_are_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    monkeypatch.setenv("IMAGEGEN_GENERATOR_TIERS", text)
+    with pytest.raises(ConfigurationError, match="IMAGEGEN_GENERATOR_TIERS"):
+        BackendSettings()
+    with pytest.raises(ConfigurationError, match="IMAGEGEN_GENERATOR_TIERS: unknown tier"):
+        parse_tiers(text)
+
+
+def test_weights_apply_among_the_chosen_tiers_only() -> None:
+    picker = TierPicker.from_settings("realtime=6,standard=3,economy=1", 0.05, [S, E])
+    assert set(picker.weights) == {S, E}
+    assert Counter(picker.pick({S, E}) for _ in range(400)) == {S: 300, E: 100}
+    # A pod of a tier weighted 0 still serves it (nothing to share against).
+    alone = TierPicker.from_settings("realtime=1,economy=0", 0.05, [E])
+    assert alone.pick({E}) is E
+
+
+async def test_a_realtime_only_generator_never_consumes_economy_records() -> None:
+    broker, topics = InMemoryBroker(partitions=2), TopicNames("tiers-only")
+    publisher = broker.publisher()
+    realtime = [make_job(R, seed=s) for s in range(3)]
+    economy = [make_job(E, seed=10 + s) for s in range(3)]
+    for job in [*economy, *realtime]:
+        await publisher.publish(topics.jobs(job.tier), job.image.job_id, job)
+    settings = GeneratorSettings(progress_interval_s=0, generator=BackendSettings(tiers="realtime"))
+    backend = ScriptedBackend("demo")
+    generator = Generator(settings, backend, InMemoryBlobStore(), publisher, topics)
+    subscribed: list[list[str]] = []
+
+    def consumer_for(tier: Tier) -> Consumer:
+        subscribed.append([topics.jobs(tier)])
+        return broker.consumer("unit.generator", [topics.jobs(tier)])
+
+    loop = jobs_loop(
+        KafkaSettings(namespace="tiers-only"),
+        settings.generator,
+        generator,
+        publisher,
+        consumer_for=consumer_for,
+        poll_timeout=0.02,
+    )
+    running = asyncio.create_task(loop.run())
+    try:
+        while len(of_type(broker, topics, "generation_completed")) < len(realtime):
+            await broker.wait_for_change(1.0)
+    finally:
+        loop.stop()
+        await asyncio.wait_for(running, 10)
+    assert subscribed == [[topics.jobs(R)]]
+    assert sorted(r.seed for r in backend.calls) == [0, 1, 2]
+    done = {e.job_id for e in of_type(broker, topics, "generation_completed")}
+    assert done == {j.image.job_id for j in realtime}
+    # Economy's records stay in its topic for the economy pods, uncommitted by this group.
+    assert not any(topic == topics.jobs(E) for (_, topic, _) in broker.committed)
+    assert sum(o for (_, t, _), o in broker.committed.items() if t == topics.jobs(R)) == 3
