@@ -21,7 +21,9 @@ from services.generator.backends.base import (
     ProgressCallback,
 )
 
-BackendKind = Literal["demo", "diffusers", "openai", "replicate", "fal", "runpod"]
+BackendKind = Literal[
+    "demo", "diffusers", "openai", "replicate", "fal", "runpod", "instant", "flaky"
+]
 BACKEND_KINDS: tuple[BackendKind, ...] = (
     "demo",
     "diffusers",
@@ -29,6 +31,8 @@ BACKEND_KINDS: tuple[BackendKind, ...] = (
     "replicate",
     "fal",
     "runpod",
+    "instant",
+    "flaky",
 )
 # Hosted providers: each module has `build() -> ImageBackend`, reading its own
 # `IMAGEGEN_<KIND>_*` settings (endpoint, key, default model, prices), so adding one
@@ -79,6 +83,14 @@ def build_backend(
         )
 
         return DiffusersBackend(model, device=device, price_per_hour=gpu_price_per_hour)
+    if kind == "instant":  # no compute: for measuring the engine itself (bench/)
+        from services.generator.backends.instant import InstantBackend
+
+        return InstantBackend(model)
+    if kind == "flaky":  # testing aid: the demo backend failing a share of calls (fault tests)
+        from services.generator.backends.flaky import build_flaky
+
+        return build_flaky(price_per_hour=gpu_price_per_hour, device=device)
     if kind in _HOSTED:
         module = importlib.import_module(_HOSTED[kind])
         backend: ImageBackend = module.build()

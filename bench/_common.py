@@ -1,0 +1,321 @@
+"""Shared by the benchmarks: the stack as processes, a light SSE reader, percentiles, results.
+
+Not a test helper: nothing here asserts timings. Results go to bench/results/<name>.json
+with the machine and its load average, since the numbers only mean something beside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# What the benchmarks change from the defaults of `imagegen up`, for both systems alike:
+# a benchmark user must not hit the per-user rate limit or job-slot cap (they protect a
+# shared service from one user, not what is measured here), and face-consistency scoring
+# is off (the baseline has no equivalent; the instant backend draws no faces).
+STACK_ENV = {
+    "IMAGEGEN_RATE_LIMITS": json.dumps(
+        {t: {"api": 10_000_000, "generate": 10_000_000} for t in ("paid", "free")}
+    ),
+    "IMAGEGEN_MAX_JOBS_IN_FLIGHT_PAID": "100000",
+    "IMAGEGEN_CONSISTENCY_ENABLED": "false",
+    "IMAGEGEN_LOG_LEVEL": "WARNING",
+}
+
+_LAUNCH = """
+import json, sys
+from pathlib import Path
+from imagegen.stack.local import StackOptions, run_stack
+options = json.loads(sys.argv[1])
+options["data_dir"] = Path(options["data_dir"])
+sys.exit(run_stack(StackOptions(**options)))
+"""
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0..100, linear interpolation); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def machine() -> dict[str, Any]:
+    """Where and when the numbers were taken, including how busy the machine was."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "gpu": False,
+        "commit": commit,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "loadavg_start": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    payload.setdefault("machine", {})["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path.relative_to(REPO)}")
+    return path
+
+
+def free_port() -> int:
+    from imagegen.stack.ports import free_port as _free_port
+
+    return _free_port()
+
+
+@dataclass
+class OurStack:
+    """`imagegen up` (the five services on Tansu, PostgreSQL and SeaweedFS) as processes."""
+
+    proc: subprocess.Popen[str]
+    data_dir: Path
+    gateway: str
+    database: str
+    output: list[str] = field(default_factory=list)
+
+    def token(self, user: str, tier: str = "paid") -> str:
+        from services.gateway.auth import issue_token
+
+        secret = json.loads((self.data_dir / "secrets.json").read_text())["jwt_secret"]
+        return issue_token(secret, user, tier, ttl=24 * 3600)
+
+    def service_pids(self) -> dict[str, int]:
+        pids: dict[str, int] = json.loads((self.data_dir / "services.json").read_text())
+        return pids
+
+
+def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str], sink: list[str]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sink.append(line)
+        lines.put(line)
+
+
+@contextmanager
+def our_stack(workdir: Path, backend: str = "instant") -> Iterator[OurStack]:
+    """The whole stack on fresh ports with `STACK_ENV`; stopped with SIGINT, database dropped."""
+    database = f"bench_{uuid.uuid4().hex[:8]}"
+    options = {
+        "data_dir": str(workdir / "data"),
+        "gateway_port": free_port(),
+        "kafka_port": free_port(),
+        "s3_port": free_port(),
+        "database": database,
+        "backend": backend,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LAUNCH, json.dumps(options)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **STACK_ENV},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    output: list[str] = []
+    threading.Thread(target=_pump, args=(proc, lines, output), daemon=True).start()
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + 180
+    try:
+        while "token" not in found:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("stack did not come up:\n" + "".join(output[-40:]))
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            for key in ("gateway", "token", "database"):
+                if line.startswith(f"{key}: "):
+                    found[key] = line.split(": ", 1)[1].strip()
+        yield OurStack(proc, workdir / "data", found["gateway"], found["database"], output)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        drop_database(database)
+
+
+def drop_database(name: str, dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres") -> None:
+    import asyncpg
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(drop())
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"note: could not drop database {name}: {exc}")
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    id: str
+    type: str
+    data: dict[str, Any]
+    at: float
+    """time.monotonic() when the event's last line arrived."""
+    wall: float
+    """time.time() at the same moment (to compare with the event's own timestamp)."""
+
+
+OnEvent = Callable[[SseEvent], None]
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    status_line = await reader.readline()
+    parts = status_line.decode("latin-1").split(" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    headers: dict[str, str] = {}
+    while True:
+        line = (await reader.readline()).decode("latin-1").strip()
+        if not line:
+            return status, headers
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+
+
+async def _body_lines(reader: asyncio.StreamReader, chunked: bool) -> Any:
+    """The body's lines, de-chunked: an async iterator of str."""
+    pending = b""
+    while True:
+        if chunked:
+            size_line = await reader.readline()
+            if not size_line:
+                break
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                break
+            data = await reader.readexactly(size + 2)
+            pending += data[:-2]
+        else:
+            data = await reader.read(65536)
+            if not data:
+                break
+            pending += data
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            yield line.rstrip(b"\r").decode()
+
+
+async def sse_follow(
+    url: str,
+    token: str,
+    on_event: OnEvent,
+    *,
+    on_open: Callable[[], None] | None = None,
+) -> None:
+    """Read a `text/event-stream` until the server ends it or the task is cancelled.
+
+    Raw asyncio streams instead of an HTTP client: two thousand of these must fit in one
+    process on two cores beside the server they measure.
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+    try:
+        writer.write(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        status, headers = await _read_head(reader)
+        if status != 200:
+            raise ConnectionError(f"GET {path}: HTTP {status}")
+        if on_open is not None:
+            on_open()
+        chunked = "chunked" in headers.get("transfer-encoding", "")
+        current: dict[str, str] = {}
+        async for line in _body_lines(reader, chunked):
+            if line:
+                name, _, value = line.partition(":")
+                if name:  # a line starting with ":" is a comment (heartbeat)
+                    current[name] = value.removeprefix(" ")
+                continue
+            if "data" in current:
+                on_event(
+                    SseEvent(
+                        id=current.get("id", ""),
+                        type=current.get("event", "message"),
+                        data=json.loads(current["data"]),
+                        at=time.monotonic(),
+                        wall=time.time(),
+                    )
+                )
+            current = {}
+    finally:
+        writer.close()
+
+
+async def paced(
+    rate: float, duration: float, fire: Callable[[int], Coroutine[Any, Any, None]]
+) -> int:
+    """Start `fire(i)` every 1/rate s for `duration` s (open loop: no waiting for replies)."""
+    tasks: list[asyncio.Task[None]] = []
+    started = time.monotonic()
+    count = int(rate * duration)
+    for i in range(count):
+        delay = started + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(fire(i)))
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return count
+
+
+def event_time(data: dict[str, Any]) -> float | None:
+    """The event's own timestamp (CloudEvents `time`) as a POSIX time."""
+    stamp = data.get("time")
+    if not isinstance(stamp, str):
+        return None
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

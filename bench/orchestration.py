@@ -1,0 +1,365 @@
+"""Orchestration overhead: POST -> `image_stored` with a generator that takes no time.
+
+Runs the five services as `imagegen up` does (real Tansu, PostgreSQL, SeaweedFS) with the
+`instant` backend, then the same hops through a Celery + Redis baseline
+(bench/baseline_celery.py), one after the other on the same machine, with the same image
+size, the same rendition code and S3/PostgreSQL servers of the same kind. For each
+system:
+
+- warm-up images (not counted);
+- open-loop steps: one-image packs POSTed at a steady offered rate (images/s) for
+  `--duration` seconds, spread over `--users` users whose event streams (SSE) are open;
+  per image, POST -> first event of the job and POST -> `image_stored` on the stream;
+  achieved rate = images stored / (last stored - first POST);
+- a burst: `--burst` images POSTed at once; images/s while the backlog drains is the
+  most the system sustains here.
+
+Writes bench/results/orchestration.json and bench/results/latency.png.
+
+    .venv/bin/python bench/orchestration.py [--rates 1,2,4,8] [--duration 15] [--burst 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from _common import (
+    RESULTS,
+    SseEvent,
+    machine,
+    ms,
+    our_stack,
+    paced,
+    percentile,
+    sse_follow,
+    write_result,
+)
+
+STORED = "image_stored"
+
+
+@dataclass
+class Target:
+    """One system under test: where to POST, where its users' event streams are."""
+
+    name: str
+    base: str
+    post_path: str
+    events_path: str
+    character_path: str
+    character_body: dict[str, Any]
+    token: Callable[[str], str]
+
+
+@dataclass
+class Job:
+    posted: float
+    accepted: float | None = None
+    status: int | None = None
+
+
+@dataclass
+class Tracker:
+    """Per job: when it was POSTed, its first event and its `image_stored` arrived."""
+
+    jobs: dict[str, Job] = field(default_factory=dict)
+    first: dict[str, float] = field(default_factory=dict)
+    stored: dict[str, float] = field(default_factory=dict)
+    failures: int = 0
+
+    def on_event(self, event: SseEvent) -> None:
+        job_id = event.data.get("job_id")
+        if not isinstance(job_id, str):
+            return
+        self.first.setdefault(job_id, event.at)
+        if event.type == STORED:
+            self.stored.setdefault(job_id, event.at)
+
+    def done(self, ids: list[str]) -> bool:
+        return all(i in self.stored for i in ids)
+
+
+async def _post(client: httpx.AsyncClient, target: Target, user: dict[str, str]) -> str | None:
+    body = {"character_id": user["character"], "image_count": 1}
+    headers = {"Authorization": f"Bearer {user['token']}"}
+    response = await client.post(target.post_path, json=body, headers=headers)
+    if response.status_code != 202:
+        return None
+    job_id: str = response.json()["job_id"]
+    return job_id
+
+
+class Session:
+    """Users with open event streams on one target; runs load steps against it."""
+
+    def __init__(self, target: Target, client: httpx.AsyncClient, users: int) -> None:
+        self.target = target
+        self.client = client
+        self.count = users
+        self.users: list[dict[str, str]] = []
+        self.tracker = Tracker()
+        self.streams: list[asyncio.Task[None]] = []
+
+    async def open(self) -> None:
+        opened = 0
+        all_open = asyncio.Event()
+
+        def mark() -> None:
+            nonlocal opened
+            opened += 1
+            if opened == self.count:
+                all_open.set()
+
+        for i in range(self.count):
+            token = self.target.token(f"bench-{i}")
+            response = await self.client.post(
+                self.target.character_path,
+                json=self.target.character_body,
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            response.raise_for_status()
+            self.users.append({"token": token, "character": response.json()["id"]})
+            url = self.target.base + self.target.events_path
+            self.streams.append(
+                asyncio.create_task(sse_follow(url, token, self.tracker.on_event, on_open=mark))
+            )
+        await asyncio.wait_for(all_open.wait(), 60)
+
+    async def close(self) -> None:
+        for task in self.streams:
+            task.cancel()
+        await asyncio.gather(*self.streams, return_exceptions=True)
+
+    async def step(self, rate: float, duration: float, drain_s: float) -> dict[str, Any]:
+        ids: list[str] = []
+        jobs: list[Job] = []
+
+        async def fire(i: int) -> None:
+            job = Job(posted=time.monotonic())
+            jobs.append(job)
+            try:
+                job_id = await _post(self.client, self.target, self.users[i % len(self.users)])
+            except httpx.HTTPError:
+                job_id = None
+            job.accepted = time.monotonic()
+            if job_id is None:
+                self.tracker.failures += 1
+                return
+            self.tracker.jobs[job_id] = job
+            ids.append(job_id)
+
+        started = time.monotonic()
+        offered = await paced(rate, duration, fire)
+        deadline = time.monotonic() + drain_s
+        while not self.tracker.done(ids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return summarise(self.tracker, ids, offered, rate, started, len(jobs) - len(ids))
+
+
+def summarise(
+    tracker: Tracker, ids: list[str], offered: int, rate: float, started: float, refused: int
+) -> dict[str, Any]:
+    stored = [i for i in ids if i in tracker.stored]
+    latency = [tracker.stored[i] - tracker.jobs[i].posted for i in stored]
+    first = [tracker.first[i] - tracker.jobs[i].posted for i in ids if i in tracker.first]
+    accept = [
+        tracker.jobs[i].accepted - tracker.jobs[i].posted  # type: ignore[operator]
+        for i in ids
+    ]
+    span = (max(tracker.stored[i] for i in stored) - started) if stored else None
+    return {
+        "offered_images_per_s": rate,
+        "images": offered,
+        "stored": len(stored),
+        "refused_or_failed_posts": refused,
+        "missing_after_drain": len(ids) - len(stored),
+        "achieved_images_per_s": round(len(stored) / span, 2) if span else None,
+        "post_to_stored_ms": {
+            "p50": ms(percentile(latency, 50)),
+            "p95": ms(percentile(latency, 95)),
+            "p99": ms(percentile(latency, 99)),
+            "max": ms(max(latency)) if latency else None,
+        },
+        "post_to_first_event_ms": {
+            "p50": ms(percentile(first, 50)),
+            "p95": ms(percentile(first, 95)),
+        },
+        "post_response_ms": {"p50": ms(percentile(accept, 50)), "p99": ms(percentile(accept, 99))},
+    }
+
+
+async def measure(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=target.base, timeout=60, limits=limits) as client:
+        session = Session(target, client, args.users)
+        await session.open()
+        try:
+            print(f"[{target.name}] warming up ({args.warmup} images)")
+            warm = await session.step(2.0, args.warmup / 2.0, args.drain)
+            if warm["missing_after_drain"]:
+                raise RuntimeError(f"{target.name}: warm-up images never stored: {warm}")
+            steps = []
+            for rate in args.rates:
+                result = await session.step(rate, args.duration, args.drain)
+                steps.append(result)
+                _print_step(target.name, result)
+            burst = await session.step(args.burst / 0.5, 0.5, args.drain)
+            burst["note"] = f"{args.burst} images POSTed within 0.5 s; achieved = drain rate"
+            _print_step(target.name + " burst", burst)
+        finally:
+            await session.close()
+    sustained = [
+        s["offered_images_per_s"]
+        for s in steps
+        if s["missing_after_drain"] == 0
+        and s["refused_or_failed_posts"] == 0
+        and (s["achieved_images_per_s"] or 0) >= 0.95 * s["offered_images_per_s"]
+    ]
+    return {
+        "steps": steps,
+        "burst": burst,
+        "max_sustained_offered_images_per_s": max(sustained, default=None),
+        "burst_drain_images_per_s": burst["achieved_images_per_s"],
+    }
+
+
+def _print_step(name: str, s: dict[str, Any]) -> None:
+    lat, first = s["post_to_stored_ms"], s["post_to_first_event_ms"]
+    print(
+        f"[{name}] offered {s['offered_images_per_s']:6.1f}/s achieved "
+        f"{s['achieved_images_per_s']}/s  POST->stored p50 {lat['p50']} ms p99 {lat['p99']} ms"
+        f"  first event p50 {first['p50']} p95 {first['p95']} ms"
+        f"  stored {s['stored']}/{s['images']}"
+    )
+
+
+@contextmanager
+def ours(workdir: Path) -> Iterator[Target]:
+    with our_stack(workdir / "imagegen", backend="instant") as stack:
+        yield Target(
+            name="imagegen",
+            base=stack.gateway,
+            post_path="/api/generate",
+            events_path="/api/v1/events",
+            character_path="/api/v1/characters",
+            character_body={
+                "name": "Mira",
+                "attributes": {"hairColour": "red"},
+                "artStyle": "realistic",
+            },
+            token=stack.token,
+        )
+
+
+@contextmanager
+def baseline(workdir: Path, concurrency: int) -> Iterator[Target]:
+    from baseline_celery import baseline_stack
+
+    with baseline_stack(workdir / "celery", concurrency=concurrency) as stack:
+        yield Target(
+            name="celery-baseline",
+            base=stack.url,
+            post_path="/generate",
+            events_path="/events",
+            character_path="/characters",
+            character_body={},
+            token=stack.token,
+        )
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    styles = {"imagegen": "tab:blue", "celery-baseline": "tab:orange"}
+    for name, colour in styles.items():
+        steps = results["systems"].get(name, {}).get("steps", [])
+        x = [s["offered_images_per_s"] for s in steps]
+        for q, line in (("p50", "-"), ("p99", "--")):
+            y = [s["post_to_stored_ms"][q] for s in steps]
+            ax.plot(x, y, line, marker="o", color=colour, label=f"{name} {q}")
+    ax.set_xlabel("offered load (images/s, one-image packs)")
+    ax.set_ylabel("POST -> image_stored (ms)")
+    ax.set_yscale("log")
+    ax.set_title("Latency under load, instant generator (2 cores, no GPU)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def ratios(results: dict[str, Any]) -> dict[str, Any]:
+    """imagegen / baseline for each shared offered rate (latency: >1 means slower)."""
+    ours_, base = results["systems"]["imagegen"], results["systems"]["celery-baseline"]
+    out: dict[str, Any] = {}
+    for a, b in zip(ours_["steps"], base["steps"], strict=True):
+        la, lb = a["post_to_stored_ms"], b["post_to_stored_ms"]
+        out[str(a["offered_images_per_s"])] = {
+            q: round(la[q] / lb[q], 2) if la[q] and lb[q] else None for q in ("p50", "p99")
+        }
+    da, db = ours_["burst_drain_images_per_s"], base["burst_drain_images_per_s"]
+    return {
+        "latency_ours_over_baseline": out,
+        "burst_throughput_ours_over_baseline": round(da / db, 2) if da and db else None,
+    }
+
+
+async def _run(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    return await measure(target, args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="1,2,4,8", help="offered images/s, comma-separated")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per rate")
+    parser.add_argument("--burst", type=int, default=60, help="images in the burst step")
+    parser.add_argument("--warmup", type=int, default=10, help="warm-up images per system")
+    parser.add_argument("--users", type=int, default=4, help="users (one SSE stream each)")
+    parser.add_argument("--drain", type=float, default=120.0, help="max wait per step, s")
+    parser.add_argument("--celery-concurrency", type=int, default=4, help="prefork processes")
+    parser.add_argument(
+        "--only", choices=["imagegen", "celery-baseline"], help="measure one system only"
+    )
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args()
+    args.rates = [float(r) for r in args.rates.split(",")]
+    results: dict[str, Any] = {
+        "benchmark": "orchestration",
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("no_plot", "only")},
+        "systems": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
+        work = Path(tmp)
+        if args.only in (None, "imagegen"):
+            with ours(work) as target:
+                results["systems"]["imagegen"] = asyncio.run(_run(target, args))
+        if args.only in (None, "celery-baseline"):
+            with baseline(work, args.celery_concurrency) as target:
+                results["systems"]["celery-baseline"] = asyncio.run(_run(target, args))
+    if len(results["systems"]) == 2:
+        results["ratios"] = ratios(results)
+        print("ratios:", results["ratios"])
+    write_result("orchestration", results)
+    if not args.no_plot:
+        with contextlib.suppress(ImportError):
+            plot(results, RESULTS / "latency.png")
+
+
+if __name__ == "__main__":
+    main()
