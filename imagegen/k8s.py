@@ -1,67 +1,21 @@
 """Kubernetes resources generated from the schemas' topic registry.
 
 - Strimzi `KafkaTopic`s: one per registry entry.
-- The generator's KEDA `ScaledObject`: one Kafka-lag trigger per tier topic. Every generator
-  pod polls every tier topic by weight in one consumer group (services/generator/tiers.py),
-  and KEDA allows one ScaledObject per workload, so the tiers are triggers of one object;
-  its HPA runs as many pods as the busiest tier asks for. The ceiling is the tier topics'
-  partition count: Kafka gives each partition to one member of the group, so a pod beyond
-  it would hold no partition of any tier and sit idle on a GPU.
+- The per-tier generators (imagegen/k8s_generators.py): a Deployment, PDB and KEDA
+  ScaledObject per tier, copied from the one template deploy/k8s/generator/generator.yaml.
 Tests fail when the committed files drift from what these functions print.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from schemas.topics import DEFAULT_NAMESPACE, Tier, TopicNames, registry
+from imagegen.k8s_generators import GENERATOR_GROUP, KAFKA_CLUSTER, TIERS_FILE, generator_tiers_yaml
+from schemas.topics import DEFAULT_NAMESPACE, registry
 
 TOPICS_FILE = "deploy/k8s/base/kafka-topics.yaml"
-SCALEDOBJECT_FILE = "deploy/k8s/base/generator-scaledobject.yaml"
-KAFKA_CLUSTER = "imagegen"
-# Strimzi's bootstrap Service for KAFKA_CLUSTER in namespace `kafka`; the services'
-# IMAGEGEN_KAFKA_BOOTSTRAP (deploy/k8s/base/config.yaml) names the same address.
-KAFKA_BOOTSTRAP = f"{KAFKA_CLUSTER}-kafka-bootstrap.kafka.svc:9092"
-# The generator's consumer group is `<namespace>.<JOBS_GROUP>` (services/generator/loops.py).
-GENERATOR_GROUP = "generator"
-GENERATOR_DEPLOYMENT = "generator"
-
-
-@dataclass(frozen=True)
-class TierScaling:
-    """How KEDA scales generator pods on one tier's lag."""
-
-    lag_threshold: int
-    """Images waiting per pod that KEDA aims for: pods = ceil(lag / threshold)."""
-    why: str
-
-
-# At ~5-15 s per image on one GPU: realtime keeps a user's wait under about a minute per
-# pod, standard (paid story batches) tolerates minutes, economy (free) much longer.
-TIER_SCALING: dict[Tier, TierScaling] = {
-    Tier.REALTIME: TierScaling(4, "interactive: about 4 images queued per pod"),
-    Tier.STANDARD: TierScaling(16, "paid batches: minutes of queue per pod"),
-    Tier.ECONOMY: TierScaling(64, "free: a long queue is acceptable, never starved"),
-}
-# One warm pod: a cold start is a GPU node plus a model load (minutes), too slow for realtime.
-GENERATOR_MIN_REPLICAS = 1
-
-
-def tier_partitions(namespace: str = DEFAULT_NAMESPACE) -> dict[Tier, int]:
-    """Partitions of each tier's jobs topic, from the registry."""
-    by_name = {spec.name: spec.partitions for spec in registry(namespace)}
-    names = TopicNames(namespace)
-    return {tier: by_name[names.jobs(tier)] for tier in Tier}
-
-
-def generator_max_replicas(namespace: str = DEFAULT_NAMESPACE) -> int:
-    """The partition ceiling: no more pods than the smallest tier topic has partitions."""
-    return min(tier_partitions(namespace).values())
 
 
 def kafka_topics_yaml(namespace: str = DEFAULT_NAMESPACE, cluster: str = KAFKA_CLUSTER) -> str:
@@ -87,87 +41,10 @@ def kafka_topics_yaml(namespace: str = DEFAULT_NAMESPACE, cluster: str = KAFKA_C
     return "".join(docs)
 
 
-def generator_scaledobject(
-    namespace: str = DEFAULT_NAMESPACE, bootstrap: str = KAFKA_BOOTSTRAP
-) -> dict[str, Any]:
-    """The generator's KEDA ScaledObject: a Kafka-lag trigger per tier topic."""
-    names = TopicNames(namespace)
-    triggers = [
-        {
-            "type": "kafka",
-            "name": f"jobs-{tier.value}",
-            "metadata": {
-                "bootstrapServers": bootstrap,
-                "consumerGroup": f"{namespace}.{GENERATOR_GROUP}",
-                "topic": names.jobs(tier),
-                "lagThreshold": str(TIER_SCALING[tier].lag_threshold),
-                "activationLagThreshold": "0",
-                # The generator starts a new group at the earliest offset: count it all.
-                "offsetResetPolicy": "earliest",
-                "allowIdleConsumers": "false",
-                "scaleToZeroOnInvalidOffset": "false",
-            },
-        }
-        for tier in Tier
-    ]
-    return {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
-        "metadata": {"name": GENERATOR_DEPLOYMENT},
-        "spec": {
-            "scaleTargetRef": {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "name": GENERATOR_DEPLOYMENT,
-            },
-            "pollingInterval": 15,
-            "cooldownPeriod": 300,
-            "minReplicaCount": GENERATOR_MIN_REPLICAS,
-            "maxReplicaCount": generator_max_replicas(namespace),
-            "advanced": {
-                "horizontalPodAutoscalerConfig": {
-                    "behavior": {
-                        # Add GPUs fast; give them back slowly (a node takes minutes to return).
-                        "scaleUp": {
-                            "stabilizationWindowSeconds": 0,
-                            "policies": [{"type": "Pods", "value": 4, "periodSeconds": 60}],
-                        },
-                        "scaleDown": {
-                            "stabilizationWindowSeconds": 600,
-                            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 120}],
-                        },
-                    }
-                }
-            },
-            "triggers": triggers,
-        },
-    }
-
-
-def generator_scaledobject_yaml(namespace: str = DEFAULT_NAMESPACE) -> str:
-    """The committed form of `generator_scaledobject`, with the scaling policy explained."""
-    notes = [
-        "# Generated by `imagegen k8s generate` from schemas/topics.py and imagegen/k8s.py;",
-        "# do not edit by hand. One Kafka-lag trigger per tier topic (every generator pod",
-        "# polls every tier in group imagegen.generator); pods = max over tiers of",
-        "# ceil(lag / lagThreshold), between minReplicaCount and maxReplicaCount.",
-        f"# maxReplicaCount = {generator_max_replicas(namespace)}: the tier topics' partitions",
-        "# (a pod beyond that holds no partition and idles on its GPU).",
-        f"# minReplicaCount = {GENERATOR_MIN_REPLICAS}: {_MIN_WHY}",
-        *(f"# lagThreshold {tier.value} = {s.lag_threshold}: {s.why}" for tier, s in _tiers()),
-    ]
-    body: str = yaml.safe_dump(generator_scaledobject(namespace), sort_keys=False, width=1000)
-    return "\n".join(notes) + "\n" + body
-
-
-_MIN_WHY = "a warm GPU; a cold start (node + model load) takes minutes"
-
-
-def _tiers() -> list[tuple[Tier, TierScaling]]:
-    return [(tier, TIER_SCALING[tier]) for tier in Tier]
-
-
-GENERATED_FILES = {TOPICS_FILE: kafka_topics_yaml, SCALEDOBJECT_FILE: generator_scaledobject_yaml}
+GENERATED_FILES: dict[str, Callable[[Path], str]] = {
+    TOPICS_FILE: lambda _root: kafka_topics_yaml(),
+    TIERS_FILE: generator_tiers_yaml,
+}
 
 
 OVERLAYS_DIR = "deploy/k8s/overlays"
@@ -190,6 +67,7 @@ def check_overlay(root: Path, overlay: str) -> list[str]:
         *k8s_policy.check_workloads(resources),
         *k8s_policy.check_network_policies(resources),
         *k8s_policy.check_autoscaling(resources, group),
+        *k8s_policy.check_generator_tiers(resources),
     ]
     if overlay in GPU_OVERLAYS:
         problems.extend(k8s_policy.generator_gpu_problems(resources))
@@ -201,5 +79,5 @@ def drifted_files(root: Path) -> list[str]:
     return [
         path
         for path, generate in GENERATED_FILES.items()
-        if not (root / path).is_file() or (root / path).read_text() != generate()
+        if not (root / path).is_file() or (root / path).read_text() != generate(root)
     ]

@@ -10,6 +10,10 @@ import re
 from typing import Any
 
 from imagegen.kustomize import Resource, split_image
+from schemas.topics import DEFAULT_NAMESPACE, Tier, TopicNames
+
+TIERS_ENV = "IMAGEGEN_GENERATOR_TIERS"
+COMPONENT = "app.kubernetes.io/component"
 
 # How long a pod may need after SIGTERM to drain (stop fetching, finish the message in
 # hand, commit): the generator's longest image (a large many-step image on a slow GPU)
@@ -67,7 +71,8 @@ def check_workloads(resources: list[Resource]) -> list[str]:
             problems.append(f"{where}: pod must run as a non-root uid")
         if not any(_selects(p["spec"]["selector"], labels) for p in pdbs):
             problems.append(f"{where}: no PodDisruptionBudget selects its pods")
-        drain = DRAIN_SECONDS.get(name, DRAIN_SECONDS["default"])
+        # By component: the per-tier generators (generator-realtime, ...) drain as one.
+        drain = DRAIN_SECONDS.get(labels.get(COMPONENT, name), DRAIN_SECONDS["default"])
         if name == "gateway":
             drain = float(config.get("IMAGEGEN_SHUTDOWN_TIMEOUT_S", "10"))
         for container in pod["containers"]:
@@ -156,24 +161,81 @@ def check_network_policies(resources: list[Resource]) -> list[str]:
     return problems
 
 
+def generators(resources: list[Resource]) -> list[Resource]:
+    """The generator Deployments (the all-tier one, or one per tier)."""
+    return [
+        d
+        for d in _kind(resources, "Deployment")
+        if d["spec"]["template"]["metadata"]["labels"].get(COMPONENT) == "generator"
+    ]
+
+
+def served_tiers(resources: list[Resource], deployment: Resource) -> tuple[set[Tier], list[str]]:
+    """The tiers a generator Deployment's pods consume (`IMAGEGEN_GENERATOR_TIERS`), and
+    problems with the value; unset or empty means every tier, as in the generator."""
+    config_maps = {
+        cm["metadata"]["name"]: cm.get("data", {}) for cm in _kind(resources, "ConfigMap")
+    }
+    value = ""
+    for container in _pod(deployment)["containers"]:
+        for source in container.get("envFrom", []):
+            ref = source.get("configMapRef", {}).get("name")
+            value = config_maps.get(ref, {}).get(TIERS_ENV, value)
+        for env in container.get("env", []):
+            if env["name"] == TIERS_ENV:
+                value = env.get("value", "")
+    names = [n.strip() for n in str(value).split(",") if n.strip()]
+    known = {t.value: t for t in Tier}
+    problems = [
+        f"Deployment/{deployment['metadata']['name']}: {TIERS_ENV} names unknown tier {n!r}"
+        for n in names
+        if n not in known
+    ]
+    tiers = {known[n] for n in names if n in known}
+    return (tiers or set(Tier)), problems
+
+
+def check_generator_tiers(resources: list[Resource]) -> list[str]:
+    """Every tier topic is consumed by some generator Deployment; tier names are known."""
+    problems: list[str] = []
+    served: set[Tier] = set()
+    for deployment in generators(resources):
+        tiers, bad = served_tiers(resources, deployment)
+        served |= tiers
+        problems += bad
+    missing = sorted(t.value for t in set(Tier) - served)
+    if missing:
+        problems.append(
+            f"no generator Deployment consumes tier(s) {missing}: their jobs would wait"
+        )
+    return problems
+
+
 def check_autoscaling(resources: list[Resource], consumer_group: str) -> list[str]:
-    """KEDA triggers read the generator's group on real topics; max never above partitions."""
+    """KEDA triggers read the generator's group on real topics; max never above partitions;
+    each ScaledObject scales a Deployment whose pods consume exactly its triggers' tiers."""
     problems: list[str] = []
     config = _config(resources)
+    topics = TopicNames(config.get("IMAGEGEN_KAFKA_NAMESPACE", DEFAULT_NAMESPACE))
+    tier_of = {topics.jobs(t): t for t in Tier}
     partitions = {
         t["spec"]["topicName"]: t["spec"]["partitions"] for t in _kind(resources, "KafkaTopic")
     }
-    deployments = {d["metadata"]["name"] for d in _kind(resources, "Deployment")}
+    deployments = {d["metadata"]["name"]: d for d in _kind(resources, "Deployment")}
     for so in _kind(resources, "ScaledObject"):
         where = f"ScaledObject/{so['metadata']['name']}"
         spec = so["spec"]
-        if spec["scaleTargetRef"]["name"] not in deployments:
+        target = deployments.get(spec["scaleTargetRef"]["name"])
+        if target is None:
             problems.append(f"{where}: scales {spec['scaleTargetRef']['name']}, not in the build")
         if spec.get("minReplicaCount", 0) > spec["maxReplicaCount"]:
             problems.append(f"{where}: minReplicaCount above maxReplicaCount")
+        trigger_tiers: set[Tier] = set()
         for trigger in spec["triggers"]:
             meta = trigger["metadata"]
             topic = meta.get("topic", "")
+            if topic in tier_of:
+                trigger_tiers.add(tier_of[topic])
             if topic not in partitions:
                 problems.append(f"{where}: trigger topic {topic!r} has no KafkaTopic")
             elif spec["maxReplicaCount"] > partitions[topic]:
@@ -188,6 +250,19 @@ def check_autoscaling(resources: list[Resource], consumer_group: str) -> list[st
                 )
             if meta.get("bootstrapServers") != config.get("IMAGEGEN_KAFKA_BOOTSTRAP"):
                 problems.append(f"{where}: bootstrapServers differ from IMAGEGEN_KAFKA_BOOTSTRAP")
+        if target is not None and trigger_tiers:
+            served, _ = served_tiers(resources, target)
+            if served != trigger_tiers:
+                problems.append(
+                    f"{where}: triggers on tier(s) {sorted(t.value for t in trigger_tiers)} but "
+                    f"Deployment/{target['metadata']['name']} consumes "
+                    f"{sorted(t.value for t in served)} ({TIERS_ENV})"
+                )
+            if Tier.REALTIME in served and spec.get("minReplicaCount", 0) < 1:
+                problems.append(
+                    f"{where}: serves realtime with minReplicaCount < 1: interactive jobs "
+                    f"would wait for a cold start"
+                )
     for hpa in _kind(resources, "HorizontalPodAutoscaler"):
         if hpa["spec"]["scaleTargetRef"]["name"] not in deployments:
             problems.append(f"HorizontalPodAutoscaler/{hpa['metadata']['name']}: target missing")
@@ -195,20 +270,22 @@ def check_autoscaling(resources: list[Resource], consumer_group: str) -> list[st
 
 
 def generator_gpu_problems(resources: list[Resource]) -> list[str]:
-    """The generator requests one GPU, tolerates the GPU taint and selects GPU nodes."""
-    gens = [d for d in _kind(resources, "Deployment") if d["metadata"]["name"] == "generator"]
+    """Every generator requests one GPU, tolerates the GPU taint and selects GPU nodes."""
+    gens = generators(resources)
     if not gens:
         return ["no generator Deployment"]
-    pod = _pod(gens[0])
     problems = []
-    for container in pod["containers"]:
-        res = container.get("resources", {})
-        if str(res.get("limits", {}).get("nvidia.com/gpu")) != "1":
-            problems.append(
-                f"generator container {container['name']}: no nvidia.com/gpu limit of 1"
-            )
-    if not any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", [])):
-        problems.append("generator: no toleration for the nvidia.com/gpu taint")
-    if not pod.get("nodeSelector"):
-        problems.append("generator: no nodeSelector for GPU nodes")
+    for gen in gens:
+        name = gen["metadata"]["name"]
+        pod = _pod(gen)
+        for container in pod["containers"]:
+            res = container.get("resources", {})
+            if str(res.get("limits", {}).get("nvidia.com/gpu")) != "1":
+                problems.append(
+                    f"{name} container {container['name']}: no nvidia.com/gpu limit of 1"
+                )
+        if not any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", [])):
+            problems.append(f"{name}: no toleration for the nvidia.com/gpu taint")
+        if not pod.get("nodeSelector"):
+            problems.append(f"{name}: no nodeSelector for GPU nodes")
     return problems

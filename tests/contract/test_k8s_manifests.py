@@ -11,14 +11,20 @@ from typing import Any
 import pytest
 
 from imagegen import k8s_policy
-from imagegen.k8s import GENERATOR_GROUP, OVERLAYS_DIR, check_overlay, generator_max_replicas
+from imagegen.k8s import OVERLAYS_DIR, check_overlay
+from imagegen.k8s_generators import GENERATOR_GROUP, TIERS_ENV, deployment_name, tier_partitions
 from imagegen.k8s_validate import crd_schemas, validate_resources
 from imagegen.kustomize import Resource, build
-from schemas.topics import TopicNames
+from schemas.topics import Tier, TopicNames
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = sorted(p.name for p in (ROOT / OVERLAYS_DIR).iterdir() if p.is_dir())
 SERVICES = {"gateway", "scheduler", "generator", "postprocess", "storage"}
+TIER_GENERATORS = {deployment_name(tier) for tier in Tier}
+DEPLOYMENTS = {
+    "dev": SERVICES,  # one all-tier CPU generator
+    "prod": SERVICES - {"generator"} | TIER_GENERATORS,
+}
 GROUP = f"imagegen.{GENERATOR_GROUP}"
 
 
@@ -52,15 +58,15 @@ def test_overlay_builds_and_passes_every_check(overlay: str) -> None:
     assert check_overlay(ROOT, overlay) == []
     resources = built(overlay)
     deployments = {r["metadata"]["name"] for r in resources if r["kind"] == "Deployment"}
-    assert deployments == SERVICES
+    assert deployments == DEPLOYMENTS[overlay]
     assert {r["metadata"]["namespace"] for r in resources} == {
         "dev": {"imagegen-dev"},
         "prod": {"imagegen"},
     }[overlay]
     topics = {r["spec"]["topicName"] for r in resources if r["kind"] == "KafkaTopic"}
     assert set(TopicNames().all_jobs()) <= topics
-    for name in SERVICES:
-        assert container(resources, name)["args"] == [f"services.{name}"]
+    for name in DEPLOYMENTS[overlay]:
+        assert container(resources, name)["args"] == [f"services.{name.split('-')[0]}"]
 
 
 def test_services_start_as_the_manifests_say() -> None:
@@ -73,10 +79,18 @@ def test_services_start_as_the_manifests_say() -> None:
 def test_prod_runs_released_images_on_gpus_with_keda_and_hpa() -> None:
     resources = built("prod")
     assert k8s_policy.generator_gpu_problems(resources) == []
-    assert container(resources, "generator")["image"].endswith("imagegen-cuda:0.1.0")
     assert container(resources, "gateway")["image"].endswith("/imagegen:0.1.0")
-    so = one(resources, "ScaledObject", "generator")
-    assert so["spec"]["maxReplicaCount"] == generator_max_replicas()
+    scaled = {r["metadata"]["name"]: r["spec"] for r in resources if r["kind"] == "ScaledObject"}
+    assert set(scaled) == TIER_GENERATORS
+    for tier in Tier:
+        name = deployment_name(tier)
+        assert container(resources, name)["image"].endswith("imagegen-cuda:0.1.0")
+        assert {"name": TIERS_ENV, "value": tier.value} in container(resources, name)["env"]
+        assert scaled[name]["scaleTargetRef"]["name"] == name
+        assert scaled[name]["maxReplicaCount"] == tier_partitions()[tier]
+        [trigger] = scaled[name]["triggers"]
+        assert trigger["metadata"]["topic"] == TopicNames().jobs(tier)
+        assert trigger["metadata"]["consumerGroup"] == GROUP
     assert one(resources, "HorizontalPodAutoscaler", "gateway")["spec"]["minReplicas"] == 3
     config = one(resources, "ConfigMap", "imagegen-config")["data"]
     assert config["IMAGEGEN_ENV"] == "prod"
@@ -129,13 +143,15 @@ def test_grace_periods_outlast_the_drain() -> None:
         for r in resources
         if r["kind"] == "Deployment"
     }
-    assert grace["generator"] == 120 > k8s_policy.DRAIN_SECONDS["generator"]
+    assert all(grace[n] == 120 > k8s_policy.DRAIN_SECONDS["generator"] for n in TIER_GENERATORS)
     assert all(grace[n] == 60 for n in SERVICES - {"generator"})
     shorter = deepcopy(resources)
-    one(shorter, "Deployment", "generator")["spec"]["template"]["spec"][
+    one(shorter, "Deployment", "generator-economy")["spec"]["template"]["spec"][
         "terminationGracePeriodSeconds"
     ] = 45
-    assert any("terminationGracePeriodSeconds" in p for p in k8s_policy.check_workloads(shorter))
+    assert any(
+        "generator-economy" in p and "drain 60" in p for p in k8s_policy.check_workloads(shorter)
+    )
     gateway_cm = one(shorter, "ConfigMap", "imagegen-gateway")
     gateway_cm["data"]["IMAGEGEN_SHUTDOWN_TIMEOUT_S"] = "58"  # + 5 s preStop > 60 s
     assert any("gateway" in p and "drain 63" in p for p in k8s_policy.check_workloads(shorter))
@@ -201,12 +217,96 @@ def test_only_the_gateway_takes_ingress() -> None:
 def test_keda_checks_catch_a_ceiling_above_partitions_and_a_wrong_group() -> None:
     resources = built("prod")
     assert k8s_policy.check_autoscaling(resources, GROUP) == []
-    one(resources, "ScaledObject", "generator")["spec"]["maxReplicaCount"] = 9
-    trigger = one(resources, "ScaledObject", "generator")["spec"]["triggers"][0]
+    one(resources, "ScaledObject", "generator-standard")["spec"]["maxReplicaCount"] = 9
+    trigger = one(resources, "ScaledObject", "generator-standard")["spec"]["triggers"][0]
     trigger["metadata"]["consumerGroup"] = "imagegen.other"
     problems = k8s_policy.check_autoscaling(resources, GROUP)
     assert any("maxReplicaCount 9 > 8 partitions" in p for p in problems)
     assert any("consumerGroup 'imagegen.other'" in p for p in problems)
+
+
+def _set_tiers(resources: list[Resource], deployment: str, value: str) -> None:
+    for env in container(resources, deployment)["env"]:
+        if env["name"] == TIERS_ENV:
+            env["value"] = value
+
+
+def test_each_scaledobject_scales_the_deployment_of_its_own_tier() -> None:
+    resources = built("prod")
+    # The economy ScaledObject aimed at the realtime pods: scaling on the wrong lag.
+    so = one(resources, "ScaledObject", "generator-economy")
+    so["spec"]["scaleTargetRef"]["name"] = "generator-realtime"
+    problems = k8s_policy.check_autoscaling(resources, GROUP)
+    assert any(
+        "generator-economy: triggers on tier(s) ['economy'] but "
+        "Deployment/generator-realtime consumes ['realtime']" in p
+        for p in problems
+    ), problems
+    so["spec"]["scaleTargetRef"]["name"] = "generator-gone"
+    assert any(
+        "scales generator-gone, not in the build" in p
+        for p in k8s_policy.check_autoscaling(resources, GROUP)
+    )
+    # A per-tier pod that consumes every tier (env removed) no longer matches its trigger.
+    resources = built("prod")
+    env = container(resources, "generator-standard")["env"]
+    env[:] = [e for e in env if e["name"] != TIERS_ENV]
+    assert any(
+        "generator-standard: triggers on tier(s) ['standard']" in p
+        for p in k8s_policy.check_autoscaling(resources, GROUP)
+    )
+
+
+def test_realtime_keeps_a_warm_pod_and_economy_may_scale_to_zero() -> None:
+    resources = built("prod")
+    assert one(resources, "ScaledObject", "generator-economy")["spec"]["minReplicaCount"] == 0
+    one(resources, "ScaledObject", "generator-realtime")["spec"]["minReplicaCount"] = 0
+    assert any(
+        "generator-realtime: serves realtime with minReplicaCount < 1" in p
+        for p in k8s_policy.check_autoscaling(resources, GROUP)
+    )
+
+
+def test_every_tier_is_consumed_by_some_generator() -> None:
+    assert k8s_policy.check_generator_tiers(built("prod")) == []
+    assert k8s_policy.check_generator_tiers(built("dev")) == []  # the all-tier generator
+    without_economy = [r for r in built("prod") if r["metadata"]["name"] != "generator-economy"]
+    assert k8s_policy.check_generator_tiers(without_economy) == [
+        "no generator Deployment consumes tier(s) ['economy']: their jobs would wait"
+    ]
+    typo = built("prod")
+    _set_tiers(typo, "generator-economy", "econmy")
+    assert any("unknown tier 'econmy'" in p for p in k8s_policy.check_generator_tiers(typo))
+
+
+def test_tier_pods_are_selected_by_their_own_pdb_and_the_generator_network_policies() -> None:
+    resources = built("prod")
+    pods = {
+        r["metadata"]["name"]: r["spec"]["template"]["metadata"]["labels"]
+        for r in resources
+        if r["kind"] == "Deployment"
+    }
+    pdbs = {
+        r["metadata"]["name"]: r["spec"]["selector"]
+        for r in resources
+        if r["kind"] == "PodDisruptionBudget"
+    }
+    policies = {
+        r["metadata"]["name"]: r["spec"]["podSelector"]
+        for r in resources
+        if r["kind"] == "NetworkPolicy"
+    }
+    for name in TIER_GENERATORS:
+        # Exactly its own PDB: each tier drains on its own budget.
+        assert [p for p, sel in pdbs.items() if k8s_policy._selects(sel, pods[name])] == [name]
+        for policy in ("workers-metrics-ingress", "imagegen-egress-core", "imagegen-egress-https"):
+            assert k8s_policy._selects(policies[policy], pods[name]), (policy, name)
+    # Deployment selectors never overlap: no pod is claimed by two Deployments.
+    selectors = {
+        r["metadata"]["name"]: r["spec"]["selector"] for r in resources if r["kind"] == "Deployment"
+    }
+    for name, labels in pods.items():
+        assert [d for d, sel in selectors.items() if k8s_policy._selects(sel, labels)] == [name]
 
 
 def test_schema_validation_catches_unknown_fields_and_wrong_types() -> None:
@@ -214,10 +314,10 @@ def test_schema_validation_catches_unknown_fields_and_wrong_types() -> None:
     crds = crd_schemas()
     assert {kind for _, kind in crds} == {"ScaledObject", "KafkaTopic"}
     container(resources, "gateway")["livenessprobe"] = {}
-    one(resources, "ScaledObject", "generator")["spec"]["triggers"][0]["metadata"][
+    one(resources, "ScaledObject", "generator-realtime")["spec"]["triggers"][0]["metadata"][
         "lagThreshold"
     ] = 4
-    one(resources, "ScaledObject", "generator")["spec"]["maxReplicas"] = 8
+    one(resources, "ScaledObject", "generator-realtime")["spec"]["maxReplicas"] = 8
     topic = next(r for r in resources if r["kind"] == "KafkaTopic")
     topic["spec"]["partitions"] = 0
     problems = validate_resources(resources, versions=["1.31"], crds=crds)
