@@ -5,6 +5,7 @@ moderator."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
@@ -92,6 +93,39 @@ async def validation_error(request: Request, exc: Exception) -> Response:
     return Response(body, status_code=422, media_type="application/json")
 
 
+_BODY_ERRORS = {
+    "400": "The body cannot be decoded (e.g. JSON that is not UTF-8, a broken multipart body)",
+    "413": "The request body is larger than the limit (the message says which)",
+}
+
+
+def document_body_errors(app: FastAPI) -> None:
+    """Every operation that takes a body may answer 400 (FastAPI cannot decode it) or 413
+    (BodyLimitMiddleware): say so in the OpenAPI document, once, where it is built."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        error = {"$ref": "#/components/schemas/ErrorResponse"}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if "requestBody" not in operation:
+                    continue
+                for code, description in _BODY_ERRORS.items():
+                    operation["responses"].setdefault(
+                        code,
+                        {
+                            "description": description,
+                            "content": {"application/json": {"schema": error}},
+                        },
+                    )
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 class _NamingAuthenticator(Authenticator):
     """Puts the verified caller's id in the request's log context."""
 
@@ -106,6 +140,7 @@ def install(app: FastAPI, settings: GatewaySettings, moderator: Moderator | None
     app.state.authenticator = _NamingAuthenticator(settings)
     app.state.moderator = moderator or build_moderator(settings)
     app.add_exception_handler(RequestValidationError, validation_error)
+    document_body_errors(app)
     app.add_middleware(IdempotencyMiddleware)
     # Added last, so it runs first: nothing is buffered before the size is known.
     upload = settings.reference_max_photos * settings.reference_max_bytes + 1024 * 1024

@@ -14,11 +14,10 @@ from services.gateway import characters, gallery, paging, publishing, readmodel
 from services.gateway.auth import CurrentUser, Principal
 from services.gateway.deps import BlobsDep, PoolDep, PublisherDep, SettingsDep
 from services.gateway.idempotency import IdempotencyKey
-from services.gateway.models import GenerateAccepted, GenerateRequest, Job
+from services.gateway.models import ErrorResponse, GenerateAccepted, GenerateRequest, Job
 from services.gateway.models_images import (
     ID_PATTERN,
     CancelAccepted,
-    ErrorBody,
     JobDetail,
     JobList,
 )
@@ -35,7 +34,8 @@ JobId = Annotated[str, Path(pattern=ID_PATTERN, description="A job id from a 202
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, object]]:
-    """OpenAPI entries for the error responses an endpoint may give."""
+    """OpenAPI entries for the error responses an endpoint may give (`detail` is a message,
+    or a list of problems naming their fields: 422s and the idempotency middleware's)."""
     text = {
         401: "Missing, expired or invalid bearer token",
         404: "Not found, or not yours",
@@ -44,7 +44,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, object]]:
         429: "Rate limit exceeded; retry after Retry-After seconds",
         503: "The job queue is unavailable; nothing was created, retry",
     }
-    return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
+    return {code: {"model": ErrorResponse, "description": text[code]} for code in codes}
 
 
 def links(blobs: BlobsDep, settings: SettingsDep) -> gallery.Links:

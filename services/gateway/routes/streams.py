@@ -23,6 +23,7 @@ from schemas.events import JobStatus
 from services.gateway import readmodel
 from services.gateway.auth import StreamUser
 from services.gateway.deps import StateDep
+from services.gateway.problems import responses
 from services.gateway.state import GatewayState
 
 router = APIRouter(tags=["events"])
@@ -142,7 +143,7 @@ _SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
 @router.get(
     "/api/v1/jobs/{job_id}/events",
     summary="Follow one job's events (SSE)",
-    responses=_SSE_RESPONSE,
+    responses={**_SSE_RESPONSE, **responses(401, 404, 422)},
     response_class=EventSourceResponse,
 )
 async def job_events(
@@ -160,7 +161,7 @@ async def job_events(
 @router.get(
     "/api/v1/events",
     summary="Follow all of the caller's events (SSE)",
-    responses=_SSE_RESPONSE,
+    responses={**_SSE_RESPONSE, **responses(401, 422)},
     response_class=EventSourceResponse,
 )
 async def user_events(user: StreamUser, state: StateDep, after: ResumeFrom) -> EventSourceResponse:
