@@ -13,7 +13,9 @@ it batches without making anyone wait long:
 - Hosted backends (`self_hosted = False`: OpenAI, Replicate, fal, RunPod) spend an image
   waiting on HTTP, not on our GPU: up to `hosted_concurrency` of them run at once, on their
   own threads, never holding the GPU lock - so a slow provider neither blocks the GPU nor
-  queues behind it.
+  queues behind it. Limit: lanes take records in topic order without knowing their
+  provider, so a hosted record beyond the limit holds its lane until a slot frees; the
+  GPU lanes come on top of the hosted ones to keep that rare.
 
 Where several images come from: `loops.jobs_loop` runs several consumer lanes over the one
 weighted tier consumer, each lane handling one record at a time through `Generator.on_job`;
