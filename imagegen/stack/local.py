@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import signal
 import sys
@@ -11,9 +12,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import httpx
 
+from imagegen.errors import ConfigurationError
 from imagegen.stack import StackError
 from imagegen.stack.ports import LOOPBACK, port_in_use
 from imagegen.stack.postgres import ensure_database, find_or_start_postgres
@@ -21,6 +24,9 @@ from imagegen.stack.s3 import expire_staging
 from imagegen.stack.servers import SeaweedFS, Tansu, tansu_s3_env
 from imagegen.stack.services import Supervisor
 from imagegen.stack.topics import create_topics
+
+if TYPE_CHECKING:
+    from services.scheduler.catalogue import Catalogue
 
 IMAGE_BUCKET = "imagegen"
 BROKER_BUCKET = "tansu"
@@ -101,13 +107,27 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-def _catalogue_json(options: StackOptions) -> str:
-    """The scheduler's offers: exactly the one backend this stack's generator runs."""
+def _catalogue(options: StackOptions) -> Catalogue:
+    """The scheduler's offers: `IMAGEGEN_CATALOGUE` when the caller set one (fault tests put
+    a flaky provider before the demo one), else exactly the one backend `--backend` names."""
     # The stack is the scheduler's deployer here, as it is the gateway's token client.
-    from services.scheduler.catalogue import DEMO_MODEL, single_backend_catalogue
+    from services.scheduler.catalogue import DEMO_MODEL, Catalogue, single_backend_catalogue
 
+    explicit = os.environ.get("IMAGEGEN_CATALOGUE", "").strip()
+    if explicit:
+        try:
+            return Catalogue.from_json(explicit)
+        except ConfigurationError as exc:
+            raise StackError(str(exc)) from exc
     model = DEMO_MODEL if options.backend == "demo" else (options.model or "default")
-    return single_backend_catalogue(options.backend, model).to_json()
+    return single_backend_catalogue(options.backend, model)
+
+
+def _generator_providers(options: StackOptions, catalogue: Catalogue) -> str:
+    """Every provider the catalogue offers runs in the one local generator."""
+    names = [options.backend]
+    names += [o.provider for o in catalogue.offers if o.provider not in names]
+    return ",".join(names)
 
 
 def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) -> int:
@@ -159,15 +179,17 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
                 "HF_HUB_OFFLINE": "1",
                 "PYTHONUNBUFFERED": "1",
             }
+            catalogue = _catalogue(options)
             envs = {
                 "storage": common,
                 "postprocess": common,
                 "generator": {
                     **common,
                     "IMAGEGEN_GENERATOR_BACKEND": options.backend,
+                    "IMAGEGEN_GENERATOR_PROVIDERS": _generator_providers(options, catalogue),
                     **({"IMAGEGEN_GENERATOR_MODEL": options.model} if options.model else {}),
                 },
-                "scheduler": {**common, "IMAGEGEN_CATALOGUE": _catalogue_json(options)},
+                "scheduler": {**common, "IMAGEGEN_CATALOGUE": catalogue.to_json()},
                 "gateway": {
                     **common,
                     "IMAGEGEN_HOST": LOOPBACK,

@@ -31,6 +31,7 @@ class RunningStack:
     database: str
     s3_port: int
     output: list[str] = field(default_factory=list)
+    kafka_port: int = 0
 
     def client(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(
@@ -127,7 +128,14 @@ def imagegen_up(
                 if line.startswith(f"{key}: "):
                     found[key] = line.split(": ", 1)[1].strip()
         yield RunningStack(
-            proc, data_dir, found["gateway"], found["token"], found["database"], s3_port, output
+            proc,
+            data_dir,
+            found["gateway"],
+            found["token"],
+            found["database"],
+            s3_port,
+            output,
+            kafka_port,
         )
     finally:
         if proc.poll() is None:

@@ -1,0 +1,174 @@
+"""Faults in the services, on the whole stack as processes (real Tansu, PostgreSQL, SeaweedFS).
+
+- SIGKILL of every service in turn, at seeded random moments, under a workload of 100+
+  images from paid and free users: every job ends, every image is stored once, no budget
+  is left reserved and the money spent is the money the stored images cost.
+- Poison on every topic: undecodable bytes and schema-invalid JSON land in the dead-letter
+  topic with the error in headers, and every consumer goes on to the next message.
+
+Set CHAOS_SEED to replay a run: the seed is printed with each summary line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from imagegen.kafka.redrive import load as load_dead_letters
+from imagegen.stack.services import SERVICES
+from schemas.deadletter import HEADER_ERROR_MESSAGE, HEADER_ERROR_TYPE, HEADER_FAILED_BY
+from schemas.topics import Tier, TopicNames
+from tests.e2e.chaos_support import (
+    Killer,
+    assert_consistent,
+    count_images,
+    make_tenants,
+    say,
+    submit_pack,
+    submit_workload,
+    wait_terminal,
+)
+from tests.e2e.stack import RunningStack, imagegen_up
+
+pytestmark = pytest.mark.e2e
+
+SEED = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(2**31))
+WORKLOAD_IMAGES = 100
+# Each portrait of a new character is its reference set (5) plus the portrait itself.
+PORTRAIT_IMAGES = 6
+
+
+@pytest.fixture(scope="module")
+def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    with imagegen_up(tmp_path_factory.mktemp("chaos-stack"), ["--backend", "demo"]) as stack:
+        yield stack
+
+
+def test_sigkill_each_service_in_turn_loses_nothing(chaos_stack: RunningStack) -> None:
+    rng = random.Random(SEED)
+    victims = list(SERVICES)
+    rng.shuffle(victims)
+    say(f"kill seed={SEED} order={','.join(victims)} (CHAOS_SEED={SEED} replays it)")
+    tenants = make_tenants(chaos_stack, ["paid", "paid", "free", "free"], f"k{SEED % 10_000}")
+    started = time.monotonic()
+    killer = Killer(chaos_stack, victims, rng, gap_s=(0.5, 4.0))
+    killer.start()
+    paid = sum(t.tier == "paid" for t in tenants)
+    jobs = submit_workload(chaos_stack, tenants, rng, WORKLOAD_IMAGES - paid * PORTRAIT_IMAGES)
+    kills = killer.join()
+    final = wait_terminal(chaos_stack, tenants, jobs, timeout=240)
+    duration = time.monotonic() - started
+
+    # Every service was killed and came back as a new process.
+    assert [k.service for k in kills] == victims
+    assert all(k.restarted_pid not in (0, k.pid) for k in kills)
+    # Every job ended, and with nothing lost: a crash delays an image, it never fails it.
+    not_completed = {
+        j: (b["kind"], b["status"]) for j, b in final.items() if b["status"] != "completed"
+    }
+    assert not not_completed, not_completed
+    completed, failed = count_images(final)
+    assert completed >= WORKLOAD_IMAGES and failed == 0
+    store, ledger = assert_consistent(chaos_stack, jobs, final)
+    assert store.rows == completed, (store.rows, completed)
+    assert {j.job_id for j in jobs} <= set(final)
+    say(
+        f"kill seed={SEED} images={completed} jobs={len(final)} users={len(tenants)}"
+        f" kills={len(kills)} ["
+        + ", ".join(f"{k.service}@{k.at_s:.1f}s+{k.restarted_after_s:.1f}s" for k in kills)
+        + f"] duration={duration:.1f}s stored_rows={store.rows} objects={store.objects}"
+        f" spent_usd={ledger.spent_usd} open_reservations={ledger.open_reservations}"
+    )
+
+
+# --- poison -------------------------------------------------------------------------------
+
+UNDECODABLE = b"\xff\xfe\x00poison: not JSON \x80"
+
+
+def _schema_invalid(topic: str) -> bytes:
+    return json.dumps({"schema_version": 1, "type": "nonsense", "poison_for": topic}).encode()
+
+
+def _poison_every_partition(bootstrap: str, topics: list[str]) -> tuple[dict[str, set[bytes]], int]:
+    """Both kinds of poison on every partition of every topic, so that whatever a consumer
+    reads next sits behind one; returns the values sent per topic and the message count."""
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    sent: dict[str, set[bytes]] = {}
+    count = 0
+    for topic in topics:
+        partitions = sorted(metadata.topics[topic].partitions)
+        assert partitions, topic
+        values = {UNDECODABLE, _schema_invalid(topic)}
+        for partition in partitions:
+            for value in values:
+                producer.produce(topic, value=value, key=b"poison", partition=partition)
+                count += 1
+        sent[topic] = values
+    assert producer.flush(30) == 0, "poison not delivered"
+    return sent, count
+
+
+def test_poison_on_every_topic_is_dead_lettered_and_consumers_go_on(
+    chaos_stack: RunningStack,
+) -> None:
+    started = time.monotonic()
+    names = TopicNames("imagegen")
+    topics = [
+        names.requests,
+        *(names.jobs(t) for t in Tier),
+        names.images_raw,
+        names.images_processed,
+        names.events,
+    ]
+    bootstrap = f"127.0.0.1:{chaos_stack.kafka_port}"
+    sent, produced = _poison_every_partition(bootstrap, topics)
+
+    # Good work after the poison, through every topic: a paid pack, and a free one (the
+    # economy tier's topic).
+    tenants = make_tenants(chaos_stack, ["paid", "free"], f"p{uuid.uuid4().hex[:6]}")
+    jobs = [submit_pack(chaos_stack, t, 5, f"{t.user}-after-poison") for t in tenants]
+    final = wait_terminal(chaos_stack, tenants, jobs, timeout=120)
+    assert all(b["status"] == "completed" for b in final.values()), final
+
+    # Every poison message, on every topic, was dead-lettered with the error in headers.
+    deadline = time.monotonic() + 30
+    while True:
+        letters = load_dead_letters(bootstrap, names.dead_letter, idle_timeout=2.0)
+        poison = [d for d in letters if d.record.key == "poison"]
+        found = {
+            (d.original_topic, d.record.value)
+            for d in poison
+            if d.info is not None and d.original_topic is not None
+        }
+        missing = [
+            (topic, value[:20])
+            for topic, values in sent.items()
+            for value in values
+            if (topic, value) not in found
+        ]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not missing, f"not dead-lettered: {missing}"
+    for letter in poison:
+        assert letter.info is not None
+        headers = letter.record.headers
+        assert headers[HEADER_ERROR_TYPE] and headers[HEADER_ERROR_MESSAGE], headers
+        # Poison is refused at once as permanent, not retried until it gives up.
+        assert letter.info.attempts == 1, headers
+    by_consumer = sorted({letter.record.headers[HEADER_FAILED_BY] for letter in poison})
+    say(
+        f"poison topics={len(topics)} messages={produced} dead_letters={len(poison)}"
+        f" consumers={by_consumer}"
+        f" jobs_after={len(final)} duration={time.monotonic() - started:.1f}s"
+    )
