@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagegen.logging_setup import annotate
-from services.gateway.auth import Authenticator, Principal
+from services.gateway.auth import Authenticator, InvalidTokenError, Principal
 from services.gateway.idempotency import IdempotencyMiddleware
 from services.gateway.moderation import Moderator, build_moderator
 from services.gateway.settings import GatewaySettings
@@ -24,7 +24,8 @@ MAX_JSON_BYTES = 2 * 1024 * 1024
 
 class BodyLimitMiddleware:
     """413 for bodies over the limit before anyone buffers or parses them: multipart
-    uploads get `upload_bytes`, everything else `MAX_JSON_BYTES`."""
+    uploads get `upload_bytes`, everything else `MAX_JSON_BYTES`. Multipart bodies are
+    read only for a caller whose bearer token verifies (401 from the headers otherwise)."""
 
     def __init__(self, app: ASGIApp, upload_bytes: int) -> None:
         self.app = app
@@ -38,11 +39,20 @@ class BodyLimitMiddleware:
         multipart = headers.get("content-type", "").startswith("multipart/")
         limit = self.upload_bytes if multipart else MAX_JSON_BYTES
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) <= limit:
-            await self.app(scope, receive, send)
-            return
-        if declared is not None and declared.isdigit():
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(send, limit)
+            return
+        if multipart:
+            # FastAPI parses (and spools) a form before any dependency runs: without this,
+            # anyone could make us take a full upload only to be told 401 afterwards.
+            refusal = await _unverified(scope, headers.get("authorization", ""))
+            if refusal is not None:
+                await _problem(
+                    send, 401, refusal, {"www-authenticate": 'Bearer error="invalid_token"'}
+                )
+                return
+        if declared is not None and declared.isdigit():
+            await self.app(scope, receive, send)
             return
         # No (usable) length: read up to the limit here, then hand the body on.
         chunks: list[bytes] = []
@@ -78,10 +88,32 @@ async def _too_large(send: Send, limit: int) -> None:
         "msg": f"request body larger than {limit} bytes",
         "type": "too_large",
     }
-    body = json.dumps({"detail": [problem]}).encode()
+    await _problem(send, 413, [problem])
+
+
+async def _problem(
+    send: Send, status: int, detail: object, extra: dict[str, str] | None = None
+) -> None:
+    body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _unverified(scope: Scope, authorization: str) -> str | None:
+    """Why the request's bearer token is refused, or None when it verifies (the principal
+    is kept for the route, as the idempotency middleware does)."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return "missing bearer token: send 'Authorization: Bearer <token>'"
+    try:
+        principal = await scope["app"].state.authenticator.verify(token)
+    except InvalidTokenError as exc:
+        return str(exc)
+    scope.setdefault("state", {})["principal"] = (token, principal)
+    return None
 
 
 async def validation_error(request: Request, exc: Exception) -> Response:
