@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ import httpx
 from _common import (
     RESULTS,
     SseEvent,
+    event_time,
     machine,
     ms,
     our_stack,
@@ -64,6 +66,7 @@ class Target:
 @dataclass
 class Job:
     posted: float
+    posted_wall: float = 0.0
     accepted: float | None = None
     status: int | None = None
 
@@ -75,6 +78,9 @@ class Tracker:
     jobs: dict[str, Job] = field(default_factory=dict)
     first: dict[str, float] = field(default_factory=dict)
     stored: dict[str, float] = field(default_factory=dict)
+    emitted: dict[str, dict[str, float]] = field(default_factory=dict)
+    """job id -> event type -> the event's own timestamp (when its service emitted it)."""
+    stored_wall: dict[str, float] = field(default_factory=dict)
     failures: int = 0
 
     def on_event(self, event: SseEvent) -> None:
@@ -82,8 +88,12 @@ class Tracker:
         if not isinstance(job_id, str):
             return
         self.first.setdefault(job_id, event.at)
+        emitted = event_time(event.data)
+        if emitted is not None:
+            self.emitted.setdefault(job_id, {}).setdefault(event.type, emitted)
         if event.type == STORED:
             self.stored.setdefault(job_id, event.at)
+            self.stored_wall.setdefault(job_id, event.wall)
 
     def done(self, ids: list[str]) -> bool:
         return all(i in self.stored for i in ids)
@@ -145,7 +155,7 @@ class Session:
         jobs: list[Job] = []
 
         async def fire(i: int) -> None:
-            job = Job(posted=time.monotonic())
+            job = Job(posted=time.monotonic(), posted_wall=time.time())
             jobs.append(job)
             try:
                 job_id = await _post(self.client, self.target, self.users[i % len(self.users)])
@@ -195,7 +205,32 @@ def summarise(
             "p95": ms(percentile(first, 95)),
         },
         "post_response_ms": {"p50": ms(percentile(accept, 50)), "p99": ms(percentile(accept, 99))},
+        "hops_p50_ms": hops(tracker, stored),
     }
+
+
+# Where the time goes, from the events' own timestamps (one clock: one machine).
+HOPS = (
+    ("post_to_generation_queued", None, "generation_queued"),
+    ("queued_to_generation_started", "generation_queued", "generation_started"),
+    ("started_to_generation_completed", "generation_started", "generation_completed"),
+    ("completed_to_image_stored", "generation_completed", STORED),
+    ("image_stored_to_client", STORED, None),
+)
+
+
+def hops(tracker: Tracker, ids: list[str]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name, start, end in HOPS:
+        gaps = []
+        for job_id in ids:
+            times = tracker.emitted.get(job_id, {})
+            begin = tracker.jobs[job_id].posted_wall if start is None else times.get(start)
+            finish = tracker.stored_wall.get(job_id) if end is None else times.get(end)
+            if begin is not None and finish is not None:
+                gaps.append(finish - begin)
+        out[name] = ms(percentile(gaps, 50))
+    return out
 
 
 async def measure(target: Target, args: argparse.Namespace) -> dict[str, Any]:
@@ -331,7 +366,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="warm-up images per system")
     parser.add_argument("--users", type=int, default=4, help="users (one SSE stream each)")
     parser.add_argument("--drain", type=float, default=120.0, help="max wait per step, s")
-    parser.add_argument("--celery-concurrency", type=int, default=4, help="prefork processes")
+    parser.add_argument(
+        "--celery-concurrency",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="prefork processes (Celery's default: the CPU count)",
+    )
     parser.add_argument(
         "--only", choices=["imagegen", "celery-baseline"], help="measure one system only"
     )
