@@ -166,7 +166,15 @@ class OutboxRelay:
                     )
                 )
                 await conn.execute("DELETE FROM outbox WHERE id = ANY($1)", [r["id"] for r in rows])
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            # A restarting server: "starting up", "terminating connection due to
+            # administrator command", crash shutdown. Not retried, these ended the relay
+            # for good while the scheduler kept running (fault test: database restart).
+            asyncpg.exceptions.OperatorInterventionError,
+        ) as exc:
             raise RetryableError(f"outbox: {exc}") from exc
         self.published += len(rows)
         return len(rows)
