@@ -233,7 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--database", default="imagegen")
     up.add_argument("--namespace", default="imagegen", help="topic name prefix")
-    up.add_argument("--backend", default="demo", choices=["demo", "diffusers"])
+    up.add_argument(
+        "--backend",
+        default="demo",
+        choices=["demo", "diffusers", "instant"],
+        help="demo: offline DCGAN faces; diffusers: --model; instant: solid colours, no compute"
+        " (orchestration benchmarks)",
+    )
     up.add_argument("--model", help="diffusers model id or local path")
     up.add_argument("--demo", action="store_true", help="run a 5-image pack once ready")
     up.add_argument("--no-restart", action="store_true", help="do not restart crashed services")
