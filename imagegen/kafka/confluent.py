@@ -21,8 +21,16 @@ from imagegen.telemetry import inject_trace_headers
 log = logging.getLogger(__name__)
 
 
+# Broker-side failures that say nothing about the message: "Unknown broker error" is what
+# Tansu answers while its object store is down. As permanent errors they dead-lettered good
+# messages and ended consumer loops and the scheduler's outbox relay (fault test: object
+# store restarted mid-run); the broker recovers, so they are retried instead.
+_RETRY_ANYWAY = frozenset({KafkaError.UNKNOWN})
+
+
 def _error(err: KafkaError) -> Exception:
-    cls = RetryableError if err.retriable() else PermanentError
+    retryable = err.retriable() or err.code() in _RETRY_ANYWAY
+    cls = RetryableError if retryable else PermanentError
     return cls(f"kafka: {err.name()}: {err.str()}")
 
 

@@ -50,6 +50,17 @@ async def serve(settings: SchedulerSettings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)
         background = asyncio.create_task(scheduler.run_background())
+
+        def background_ended(task: asyncio.Task[None]) -> None:
+            # The outbox relay and the retry ticker must outlive the consumers: if one dies (a
+            # fatal producer error such as PRODUCER_FENCED after a broker outage), stop and
+            # exit so that a fresh process takes over, rather than go on staging events that
+            # nothing will publish (fault test: object store restarted mid-run).
+            if not task.cancelled() and task.exception() is not None:
+                log.error("event=background_failed error=%r", str(task.exception()))
+                stop()
+
+        background.add_done_callback(background_ended)
         try:
             await asyncio.gather(*(consumer.run() for consumer in loops))
         finally:
