@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from imagegen.stack.s3 import s3_client
 from tests.e2e.stack import RunningStack
@@ -30,9 +31,14 @@ IMAGE_BUCKET = "imagegen"
 FINAL_PREFIX = "users/"
 
 
-def say(line: str) -> None:
-    """A summary line for the CI log (pytest -s shows it; -q keeps it in the captured output)."""
-    print(f"[chaos] {line}", flush=True)
+def say(line: str, capsys: pytest.CaptureFixture[str] | None = None) -> None:
+    """A summary line for the CI log: with `capsys`, written past pytest's capture, so it
+    shows on a passing run too."""
+    if capsys is None:
+        print(f"[chaos] {line}", flush=True)
+        return
+    with capsys.disabled():
+        print(f"\n[chaos] {line}", flush=True)
 
 
 # --- talking to a gateway that may be down for a moment ------------------------------------
@@ -145,17 +151,15 @@ def submit_portrait(stack: RunningStack, tenant: Tenant, key: str) -> Submitted:
 def submit_workload(
     stack: RunningStack,
     tenants: list[Tenant],
-    rng: random.Random,
-    images: int,
+    sizes: list[int],
     *,
     portraits: bool = True,
 ) -> list[Submitted]:
-    """Packs (5-23 images) of at least `images` images dealt round the tenants, plus a
-    portrait for each paid tenant; every POST carries an Idempotency-Key, so a retry after
-    a gateway crash never makes a second job."""
+    """Packs of `sizes` dealt round the tenants, plus a portrait for each paid tenant; every
+    POST carries an Idempotency-Key, so a retry after a gateway crash makes no second job."""
     run = uuid.uuid4().hex[:8]
     jobs: list[Submitted] = []
-    for n, size in enumerate(pack_sizes(rng, images)):
+    for n, size in enumerate(sizes):
         tenant = tenants[n % len(tenants)]
         jobs.append(submit_pack(stack, tenant, size, f"{run}-pack-{n}"))
     if portraits:
@@ -218,29 +222,38 @@ class Kill:
     service: str
     pid: int
     at_s: float
+    stored_before: int
+    """Images stored when it was killed: proof that the kill fell mid-run."""
     restarted_pid: int = 0
     restarted_after_s: float = 0.0
 
 
+def kill_moments(rng: random.Random, images: int, count: int) -> list[int]:
+    """When to kill, as numbers of images stored: random, distinct, within the first 80 %."""
+    return sorted(rng.sample(range(1, max(int(images * 0.8), count + 1)), count))
+
+
 @dataclass
 class Killer:
-    """SIGKILLs each service in turn at a random moment; waits for the supervisor to
-    restart one before the next. Runs in a thread beside the workload."""
+    """SIGKILLs each service in turn once the workload has stored a random number of images
+    (so every kill falls mid-run however fast the machine is), a random fraction of a
+    second later; waits for the supervisor's restart before the next. Runs in a thread."""
 
     stack: RunningStack
     services: list[str]
+    moments: list[int]
+    progress: Callable[[], int]
     rng: random.Random
-    gap_s: tuple[float, float] = (0.5, 3.0)
+    stall_s: float = 180
     kills: list[Kill] = field(default_factory=list)
     error: BaseException | None = None
     _thread: threading.Thread | None = None
-    _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="killer", daemon=True)
         self._thread.start()
 
-    def join(self, timeout: float = 120) -> list[Kill]:
+    def join(self, timeout: float = 240) -> list[Kill]:
         assert self._thread is not None
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the killer did not finish"
@@ -251,12 +264,18 @@ class Killer:
     def _run(self) -> None:
         started = time.monotonic()
         try:
-            for service in self.services:
-                if self._stop.wait(self.rng.uniform(*self.gap_s)):
-                    return
+            for service, moment in zip(self.services, self.moments, strict=True):
+                while (stored := self.progress()) < moment:
+                    if time.monotonic() - started > self.stall_s:
+                        raise AssertionError(
+                            f"workload stalled at {stored} images, waiting to kill {service}"
+                        )
+                    time.sleep(0.1)
+                time.sleep(self.rng.uniform(0, 0.5))
+                stored = self.progress()
                 pid = self.stack.service_pids()[service]
                 os.kill(pid, signal.SIGKILL)
-                kill = Kill(service, pid, time.monotonic() - started)
+                kill = Kill(service, pid, time.monotonic() - started, stored)
                 self.kills.append(kill)
                 kill.restarted_pid = wait_restarted(self.stack, service, pid)
                 kill.restarted_after_s = time.monotonic() - started - kill.at_s
@@ -314,6 +333,12 @@ async def _fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
         return rows
     finally:
         await conn.close()
+
+
+def stored_rows(stack: RunningStack) -> int:
+    """How many images storage has recorded so far."""
+    rows = run_sync(_fetch(stack.database, "SELECT count(*) AS n FROM storage.images"))
+    return int(rows[0]["n"])
 
 
 def final_objects(stack: RunningStack) -> list[str]:
@@ -441,6 +466,3 @@ def count_images(final: dict[str, dict[str, Any]]) -> tuple[int, int]:
         sum(int(j["completed"]) for j in final.values()),
         sum(int(j["failed"]) for j in final.values()),
     )
-
-
-Check = Callable[[], None]

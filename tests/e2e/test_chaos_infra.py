@@ -31,6 +31,7 @@ from tests.e2e.chaos_support import (
     count_images,
     final_objects,
     make_tenants,
+    pack_sizes,
     say,
     store_report,
     submit_workload,
@@ -255,13 +256,13 @@ def _run(infra: InfraStack, rng: random.Random, tag: str) -> tuple[list[Tenant],
     stack = infra.stack
     before = store_report(stack).rows
     tenants = make_tenants(stack, ["paid", "free"], f"{tag}{SEED % 10_000}")
-    jobs = submit_workload(stack, tenants, rng, IMAGES, portraits=False)
+    jobs = submit_workload(stack, tenants, pack_sizes(rng, IMAGES), portraits=False)
     # A random moment once work is flowing: after a few of this run's images are stored.
     _wait_some_stored(stack, before + rng.randint(1, 8))
     return tenants, jobs, before
 
 
-def test_database_restart_mid_run(infra: InfraStack) -> None:
+def test_database_restart_mid_run(infra: InfraStack, capsys: pytest.CaptureFixture[str]) -> None:
     stack = infra.stack
     rng = random.Random(SEED)
     started = time.monotonic()
@@ -292,11 +293,14 @@ def test_database_restart_mid_run(infra: InfraStack) -> None:
         f"db-restart seed={SEED} images={completed} stored_before_stop={stored_at_stop}"
         f" outage={outage:.1f}s readyz_during=503 not_ready={not_ready}"
         f" problems_logged={errors} duration={time.monotonic() - started:.1f}s"
-        f" stored_rows={store.rows} spent_usd={ledger.spent_usd}"
+        f" stored_rows={store.rows} spent_usd={ledger.spent_usd}",
+        capsys,
     )
 
 
-def test_object_store_restart_mid_run(infra: InfraStack) -> None:
+def test_object_store_restart_mid_run(
+    infra: InfraStack, capsys: pytest.CaptureFixture[str]
+) -> None:
     stack = infra.stack
     rng = random.Random(SEED + 1)
     started = time.monotonic()
@@ -326,5 +330,6 @@ def test_object_store_restart_mid_run(infra: InfraStack) -> None:
         f" outage={outage:.1f}s readyz_during={during[0]}"
         f" {','.join(during[1].get('not_ready', []))} problems_logged={errors}"
         f" duration={time.monotonic() - started:.1f}s stored_rows={store.rows}"
-        f" objects={store.objects} spent_usd={ledger.spent_usd}"
+        f" objects={store.objects} spent_usd={ledger.spent_usd}",
+        capsys,
     )

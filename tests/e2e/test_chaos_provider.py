@@ -21,6 +21,7 @@ from tests.e2e.chaos_support import (
     assert_consistent,
     count_images,
     make_tenants,
+    pack_sizes,
     run_sync,
     say,
     submit_workload,
@@ -78,13 +79,13 @@ def _log_count(stack: RunningStack, service: str, *needles: str) -> int:
 
 
 def test_a_provider_failing_a_fifth_of_calls_keeps_95_percent_success(
-    flaky_stack: RunningStack,
+    flaky_stack: RunningStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rng = random.Random(SEED)
     say(f"flaky seed={SEED} failure_rate={FAILURE_RATE} (CHAOS_SEED={SEED} replays it)")
     tenants = make_tenants(flaky_stack, ["paid", "paid", "free", "free"], f"f{SEED % 10_000}")
     started = time.monotonic()
-    jobs = submit_workload(flaky_stack, tenants, rng, IMAGES, portraits=False)
+    jobs = submit_workload(flaky_stack, tenants, pack_sizes(rng, IMAGES), portraits=False)
     final = wait_terminal(flaky_stack, tenants, jobs, timeout=240)
     duration = time.monotonic() - started
 
@@ -101,7 +102,8 @@ def test_a_provider_failing_a_fifth_of_calls_keeps_95_percent_success(
         f"flaky seed={SEED} images={requested} succeeded={completed} failed={failed}"
         f" success_rate={rate:.1%} flaky_calls={flaky_calls} injected_failures={injected}"
         f" ({injected / max(flaky_calls, 1):.1%}) retries={retries} failovers={failovers}"
-        f" stored_by_provider={providers} duration={duration:.1f}s"
+        f" stored_by_provider={providers} duration={duration:.1f}s",
+        capsys,
     )
     # The fault was real: roughly a fifth of the flaky provider's calls failed ...
     assert 0.08 <= injected / flaky_calls <= 0.35, (injected, flaky_calls)
