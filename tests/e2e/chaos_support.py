@@ -8,6 +8,7 @@ schemas, the image bucket) rather than trusting the API alone: "stored exactly o
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -75,7 +76,6 @@ class Tenant:
     tier: str
     token: str
     character_id: str = ""
-    story_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -374,9 +374,7 @@ def store_report(stack: RunningStack) -> StoreReport:
         per_image[slot] = per_image.get(slot, 0) + 1
         stored_per_job[row["job_id"]] = stored_per_job.get(row["job_id"], 0) + 1
         renditions = row["renditions"]
-        if isinstance(renditions, str):
-            import json
-
+        if isinstance(renditions, str):  # jsonb comes back as text without a codec
             renditions = json.loads(renditions)
         expected.extend(r["key"] for r in renditions)
     objects = final_objects(stack)
