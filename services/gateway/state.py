@@ -26,3 +26,18 @@ class GatewayState:
     @property
     def consumer_running(self) -> bool:
         return not self.consumer_task.done() and not self.consumer_loop.stopping
+
+    @property
+    def consumer_failure(self) -> str | None:
+        """Why the events consumer ended when nobody asked it to stop; None while it runs.
+
+        A gateway whose consumer died serves a frozen read model: liveness fails so the
+        orchestrator replaces the process instead of leaving it ready-looking forever.
+        """
+        task = self.consumer_task
+        if not task.done() or self.consumer_loop.stopping:
+            return None
+        if task.cancelled():
+            return "the events consumer was cancelled"
+        error = task.exception()
+        return f"the events consumer ended: {error!r}" if error else "the events consumer ended"

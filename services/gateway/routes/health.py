@@ -25,8 +25,15 @@ _INDEX = Path(__file__).resolve().parent.parent / "static" / "index.html"
 
 
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz(state: StateDep) -> JSONResponse:
+    """200 while the process can do its work; 503 once its events consumer has died."""
+    failure = state.consumer_failure
+    if failure is not None:
+        return JSONResponse(
+            {"status": "failed", "reason": failure},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/readyz")
