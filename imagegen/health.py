@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 
 import asyncpg
 
+from imagegen.blobstore import BlobStore
 from imagegen.telemetry import METRICS_CONTENT_TYPE, metrics_exposition
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,15 @@ class Pingable(Protocol):
 def database_check(pool: asyncpg.Pool) -> ReadinessCheck:
     async def check() -> None:
         await pool.fetchval("SELECT 1")
+
+    return check
+
+
+def object_store_check(blobs: BlobStore) -> ReadinessCheck:
+    """The bucket answers: a HEAD of a key that needn't exist (absent is fine, an outage isn't)."""
+
+    async def check() -> None:
+        await blobs.exists("healthz/probe")
 
     return check
 

@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack
 
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
-from imagegen.health import ReadyFlag, broker_check, database_check, loops_check
+from imagegen.health import ReadyFlag, broker_check, database_check, loops_check, object_store_check
 from imagegen.runtime import health_endpoint, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_telemetry
 from services.generator.cancellation import CancelWatch, PgCancellationStore
@@ -50,6 +50,7 @@ async def serve(settings: GeneratorSettings) -> None:
         control = control_loop(settings.kafka, watch, publisher)
         health.watch("database", database_check(pool))
         health.watch("broker", broker_check(publisher))
+        health.watch("object_store", object_store_check(blobs))
         health.watch("consumers", loops_check([jobs, control]))
         await run_until_signalled([jobs, control])
 

@@ -7,7 +7,7 @@ from contextlib import AsyncExitStack
 
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
-from imagegen.health import broker_check, database_check, loops_check
+from imagegen.health import broker_check, database_check, loops_check, object_store_check
 from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_telemetry
 from services.postprocess.background import load_background_remover
@@ -48,6 +48,7 @@ async def serve(settings: PostprocessSettings) -> None:
             settings.kafka, "postprocess", {topics.images_raw: worker.on_raw_image}, publisher
         )
         health.watch("broker", broker_check(publisher))
+        health.watch("object_store", object_store_check(blobs))
         health.watch("consumers", loops_check([loop]))
         await run_until_signalled([loop])
 

@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
 from imagegen.events import EventEmitter
-from imagegen.health import broker_check, database_check, loops_check
+from imagegen.health import broker_check, database_check, loops_check, object_store_check
 from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_telemetry
 from services.storage.handlers import SOURCE, StorageService
@@ -54,6 +54,7 @@ async def serve(settings: StorageSettings) -> None:
         ]
         health.watch("database", database_check(pool))
         health.watch("broker", broker_check(publisher))
+        health.watch("object_store", object_store_check(blobs))
         health.watch("consumers", loops_check(loops))
         await run_until_signalled(loops)
 

@@ -11,7 +11,9 @@ import asyncpg
 import httpx
 import pytest
 
+from imagegen.blobstore import InMemoryBlobStore
 from imagegen.db import create_pool
+from imagegen.errors import RetryableError
 from imagegen.health import (
     HealthServer,
     ReadinessCheck,
@@ -19,6 +21,7 @@ from imagegen.health import (
     broker_check,
     database_check,
     loops_check,
+    object_store_check,
 )
 from imagegen.kafka import ConsumerLoop
 from imagegen.kafka.memory import InMemoryBroker
@@ -114,6 +117,25 @@ async def test_an_unreachable_database_is_named_in_a_503(database_url: str) -> N
     assert body["not_ready"] == ["database"]
     assert body["checks"]["database"].startswith("unavailable: ")
     assert body["checks"]["broker"] == "ok"
+
+
+async def test_an_object_store_outage_is_named_in_a_503() -> None:
+    class Down(InMemoryBlobStore):
+        async def exists(self, key: str) -> bool:
+            raise RetryableError("s3 unavailable: connection refused")
+
+    checks: dict[str, ReadinessCheck] = {
+        "object_store": object_store_check(Down()),
+        "broker": broker_check(InMemoryBroker().publisher()),
+    }
+    async with HealthServer(0, checks, host="127.0.0.1", check_timeout_s=2.0) as server:
+        response = await get(server, "/readyz")
+        healthy = {"object_store": object_store_check(InMemoryBlobStore())}
+        async with HealthServer(0, healthy, host="127.0.0.1", check_timeout_s=2.0) as fine:
+            assert (await get(fine, "/readyz")).status_code == 200
+    assert response.status_code == 503
+    assert response.json()["not_ready"] == ["object_store"]
+    assert "connection refused" in response.json()["checks"]["object_store"]
 
 
 async def test_a_hung_check_reads_as_a_timeout_not_a_hung_probe() -> None:
