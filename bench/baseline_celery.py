@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from celery import Celery  # type: ignore[import-untyped]
+from celery import Celery
 from pydantic import BaseModel
 
 BENCH = Path(__file__).resolve().parent
