@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from imagegen.errors import NotFoundError, PermanentError
+from imagegen.errors import PermanentError
 from schemas.characters import MAX_SEED, CharacterSpec
 from schemas.jobs import GenerateImage, ImageIdentity, image_id_for
 from schemas.requests import (
@@ -61,8 +61,8 @@ _SEED_STRIDE = 7919
 _REFERENCE_SEEDS = 1_000
 _PORTRAIT_SEEDS = 2_000
 _SCENE_SEEDS = 3_000
-_REGENERATION_SEEDS = 5_000
-_VARIATION_STRIDE = 104_729  # another prime, so variations never land on a pack sibling's seed
+REGENERATION_SEEDS = 5_000
+VARIATION_STRIDE = 104_729  # another prime, so variations never land on a pack sibling's seed
 
 MAX_SCENE_CHARACTERS = 5  # the main character plus GenerateImage.characters (at most 4)
 _LONG_SIDE: dict[Quality, int] = {Quality.DRAFT: 512, Quality.STANDARD: 768, Quality.HIGH: 1024}
@@ -491,80 +491,3 @@ def plan(
 def expand(request: GenerateImages, *, steps: int, guidance: float) -> list[GenerateImage]:
     """The jobs of an image set, ignoring dependencies (kept for the first handlers)."""
     return [p.job for p in plan(request, steps=steps, guidance=guidance)]
-
-
-# --- after the plan: regenerations and consistency variations ---------------------------
-
-
-def regenerate(
-    original: GenerateImage, request: RegenerateImage, job_id: str | None = None
-) -> GenerateImage:
-    """A new version of `original`'s image: same image id, modifications applied.
-
-    It is image 0 of one-image job `job_id` (default: the request's); the image keeps its
-    kind (a regenerated portrait is still a portrait). Without a seed modification the seed
-    moves deterministically with the version, so a plain regeneration gives a new picture.
-    """
-    if request.user_id != original.image.user_id or request.image_id != original.image.image_id:
-        raise NotFoundError(f"image_id: no image {request.image_id!r} of this user")
-    if request.version <= original.image.version:
-        raise PermanentError(
-            f"version: {request.version} does not follow the image's version "
-            f"{original.image.version}"
-        )
-    mods = request.modifications
-    extra = original.extra_prompt
-    if mods.prompt and mods.prompt.strip():
-        extra = ", ".join(p for p in (extra.strip(), mods.prompt.strip()) if p)
-        if len(extra) > 1000:
-            raise PermanentError(
-                "modifications.prompt: with the earlier additions the prompt exceeds "
-                "1000 characters"
-            )
-    base = _base_seed(original)
-    seed = (
-        mods.seed
-        if mods.seed is not None
-        else seed_for(base, _REGENERATION_SEEDS + request.version)
-    )
-    return original.model_copy(
-        update={
-            "image": original.image.model_copy(
-                update={
-                    "job_id": job_id or request.job_id,
-                    "image_index": 0,
-                    "image_count": 1,
-                    "version": request.version,
-                    "attempt": 1,
-                    "variation": 0,
-                }
-            ),
-            "tier": tier_for(request),
-            "style": mods.style or original.style,
-            "extra_prompt": extra,
-            "seed": seed,
-            "provider": None,
-            "estimated_cost_usd": 0.0,
-            "enqueued_at": request.requested_at,
-        }
-    )
-
-
-def _base_seed(job: GenerateImage) -> int:
-    return (job.seed - job.image.variation * _VARIATION_STRIDE) % (MAX_SEED + 1)
-
-
-def vary(job: GenerateImage, variation: int) -> GenerateImage:
-    """`job` re-rolled as consistency variation `variation`: a new, deterministic seed
-    (the same for the same variation however often asked), attempt 1."""
-    if variation < 1 or variation > job.max_variations:
-        raise PermanentError(
-            f"variation: {variation} outside 1..{job.max_variations} for image {job.image.image_id}"
-        )
-    seed = (_base_seed(job) + variation * _VARIATION_STRIDE) % (MAX_SEED + 1)
-    return job.model_copy(
-        update={
-            "image": job.image.model_copy(update={"variation": variation, "attempt": 1}),
-            "seed": seed,
-        }
-    )

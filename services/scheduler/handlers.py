@@ -39,7 +39,6 @@ from schemas.requests import (
 from schemas.topics import TopicNames
 from services.scheduler.catalogue import Catalogue
 from services.scheduler.dispatch import Dispatcher
-from services.scheduler.expansion import regenerate
 from services.scheduler.jobs import JobBook
 from services.scheduler.ledger import Ledger, usd
 from services.scheduler.outbox import SOURCE, OutboxRelay, remember_trace
@@ -53,6 +52,7 @@ from services.scheduler.planning import (
 )
 from services.scheduler.provider_health import ProviderHealth
 from services.scheduler.references import load_reference_sets, record_reference_set
+from services.scheduler.rerolls import regenerate
 from services.scheduler.retries import Retries, Ticker
 from services.scheduler.scenes import SceneFacts
 from services.scheduler.scenes_llm import SceneResolver, build_scene_resolver

@@ -27,12 +27,12 @@ from schemas.jobs import GenerateImage
 from schemas.requests import UserTier
 from schemas.topics import TopicNames
 from services.scheduler.dispatch import Dispatcher
-from services.scheduler.expansion import vary as vary_job
 from services.scheduler.jobs import JobBook
 from services.scheduler.ledger import Hold, Ledger, Slot
 from services.scheduler.outbox import SOURCE, stage_event
 from services.scheduler.planning import OfferChoice, on_offer
 from services.scheduler.provider_health import ProviderHealth
+from services.scheduler.rerolls import vary as vary_job
 from services.scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)

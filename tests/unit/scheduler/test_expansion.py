@@ -30,11 +30,10 @@ from services.scheduler.expansion import (
     PlannedImage,
     expand,
     plan,
-    regenerate,
     scene_size,
-    vary,
 )
 from services.scheduler.poses import PACK_POSES, REFERENCE_POSES
+from services.scheduler.rerolls import regenerate, vary
 
 ANN = CharacterSpec(id="ann", name="Ann", seed=42, reference_keys=["uploads/ann.png"])
 BOB = CharacterSpec(id="bob", name="Bob", seed=MAX_SEED - 3)
