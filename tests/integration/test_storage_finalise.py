@@ -215,7 +215,9 @@ async def test_portrait_is_stored_with_every_rendition_once(
 async def test_expired_signed_url_is_refused(blobs: S3BlobStore) -> None:
     ref = await put_staging(blobs, b"short-lived bytes", "image/png")
     async with httpx.AsyncClient() as http:
-        url = await blobs.presign_get(ref.key, 1)
+        # Long enough to be fetched once on a loaded machine (1 s expired before the first
+        # GET in one CI run); the signature's own expiry is what is under test.
+        url = await blobs.presign_get(ref.key, 5)
         assert (await http.get(url)).content == b"short-lived bytes"
-        await asyncio.sleep(2.1)
+        await asyncio.sleep(6.1)
         assert (await http.get(url)).status_code == 403
