@@ -133,7 +133,9 @@ def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str], sink: list[str])
 
 
 @contextmanager
-def our_stack(workdir: Path, backend: str = "instant") -> Iterator[OurStack]:
+def our_stack(
+    workdir: Path, backend: str = "instant", broker_storage: str = "s3"
+) -> Iterator[OurStack]:
     """The whole stack on fresh ports with `STACK_ENV`; stopped with SIGINT, database dropped."""
     database = f"bench_{uuid.uuid4().hex[:8]}"
     options = {
@@ -143,6 +145,7 @@ def our_stack(workdir: Path, backend: str = "instant") -> Iterator[OurStack]:
         "s3_port": free_port(),
         "database": database,
         "backend": backend,
+        "broker_storage": broker_storage,
     }
     proc = subprocess.Popen(
         [sys.executable, "-c", _LAUNCH, json.dumps(options)],
@@ -319,3 +322,57 @@ def event_time(data: dict[str, Any]) -> float | None:
     if not isinstance(stamp, str):
         return None
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _process_name(cmdline: list[str]) -> str:
+    """A short name for a benchmark child process, from its command line."""
+    text = " ".join(cmdline)
+    for arg in cmdline:
+        if arg.startswith("services."):
+            return arg.removeprefix("services.")
+    for needle, name in (
+        ("tansu", "tansu"),
+        ("weed", "seaweedfs"),
+        ("redis-server", "redis"),
+        ("uvicorn", "uvicorn"),
+        ("celery", "celery"),
+        ("run_stack", "imagegen-up"),
+        ("postgres", "postgres"),
+    ):
+        if needle in text:
+            return name
+    return Path(cmdline[0]).name if cmdline else "?"
+
+
+class CpuMeter:
+    """CPU seconds (user + system) of this process's descendants, by name, between two
+    readings: where the machine's time goes per image. The machine's shared PostgreSQL
+    server is not a descendant and is not counted (for either system)."""
+
+    def __init__(self) -> None:
+        import psutil  # type: ignore[import-untyped]
+
+        self._psutil = psutil
+        self._start = self._read()
+
+    def _read(self) -> dict[int, tuple[str, float]]:
+        out: dict[int, tuple[str, float]] = {}
+        for child in self._psutil.Process().children(recursive=True):
+            try:
+                times = child.cpu_times()
+                name = _process_name(child.cmdline())
+            except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
+                continue
+            out[child.pid] = (name, times.user + times.system)
+        return out
+
+    def restart(self) -> None:
+        self._start = self._read()
+
+    def seconds(self) -> dict[str, float]:
+        """CPU seconds per process name since the last (re)start, largest first."""
+        totals: dict[str, float] = {}
+        for pid, (name, now) in self._read().items():
+            before = self._start.get(pid, (name, 0.0))[1]
+            totals[name] = totals.get(name, 0.0) + max(0.0, now - before)
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))

@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 from _common import (
     RESULTS,
+    CpuMeter,
     SseEvent,
     event_time,
     machine,
@@ -119,6 +120,7 @@ class Session:
         self.users: list[dict[str, str]] = []
         self.tracker = Tracker()
         self.streams: list[asyncio.Task[None]] = []
+        self.cpu = CpuMeter()
 
     async def open(self) -> None:
         opened = 0
@@ -169,11 +171,18 @@ class Session:
             ids.append(job_id)
 
         started = time.monotonic()
+        self.cpu.restart()
         offered = await paced(rate, duration, fire)
         deadline = time.monotonic() + drain_s
         while not self.tracker.done(ids) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        return summarise(self.tracker, ids, offered, rate, started, len(jobs) - len(ids))
+        result = summarise(self.tracker, ids, offered, rate, started, len(jobs) - len(ids))
+        # Per stored image, over the step (its drain included): which process costs what.
+        cpu = self.cpu.seconds()
+        stored = max(result["stored"], 1)
+        result["cpu_ms_per_image"] = {name: round(s * 1000 / stored, 1) for name, s in cpu.items()}
+        result["cpu_ms_per_image_total"] = round(sum(cpu.values()) * 1000 / stored, 1)
+        return result
 
 
 def summarise(
@@ -276,13 +285,22 @@ def _print_step(name: str, s: dict[str, Any]) -> None:
         f"  first event p50 {first['p50']} p95 {first['p95']} ms"
         f"  stored {s['stored']}/{s['images']}"
     )
+    top = list(s["cpu_ms_per_image"].items())[:6]
+    print(
+        f"    cpu per image {s['cpu_ms_per_image_total']} ms: "
+        + ", ".join(f"{name} {value}" for name, value in top)
+    )
+
+
+MEMORY_BROKER = "imagegen-broker-in-memory"
 
 
 @contextmanager
-def ours(workdir: Path) -> Iterator[Target]:
-    with our_stack(workdir / "imagegen", backend="instant") as stack:
+def ours(workdir: Path, broker_storage: str = "s3") -> Iterator[Target]:
+    name = "imagegen" if broker_storage == "s3" else MEMORY_BROKER
+    with our_stack(workdir / name, backend="instant", broker_storage=broker_storage) as stack:
         yield Target(
-            name="imagegen",
+            name=name,
             base=stack.gateway,
             post_path="/api/generate",
             events_path="/api/v1/events",
@@ -319,7 +337,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    styles = {"imagegen": "tab:blue", "celery-baseline": "tab:orange"}
+    styles = {"imagegen": "tab:blue", MEMORY_BROKER: "tab:green", "celery-baseline": "tab:orange"}
     for name, colour in styles.items():
         steps = results["systems"].get(name, {}).get("steps", [])
         x = [s["offered_images_per_s"] for s in steps]
@@ -373,7 +391,9 @@ def main() -> None:
         help="prefork processes (Celery's default: the CPU count)",
     )
     parser.add_argument(
-        "--only", choices=["imagegen", "celery-baseline"], help="measure one system only"
+        "--only",
+        choices=["imagegen", MEMORY_BROKER, "celery-baseline"],
+        help="measure one system only",
     )
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args()
@@ -389,10 +409,15 @@ def main() -> None:
         if args.only in (None, "imagegen"):
             with ours(work) as target:
                 results["systems"]["imagegen"] = asyncio.run(_run(target, args))
+        if args.only in (None, MEMORY_BROKER):
+            # The same stack with Tansu keeping its log in memory: what the services cost
+            # without the local broker's object-store log (Apache Kafka appends to disk).
+            with ours(work, broker_storage="memory") as target:
+                results["systems"][MEMORY_BROKER] = asyncio.run(_run(target, args))
         if args.only in (None, "celery-baseline"):
             with baseline(work, args.celery_concurrency) as target:
                 results["systems"]["celery-baseline"] = asyncio.run(_run(target, args))
-    if len(results["systems"]) == 2:
+    if {"imagegen", "celery-baseline"} <= results["systems"].keys():
         results["ratios"] = ratios(results)
         print("ratios:", results["ratios"])
     write_result("orchestration", results)

@@ -1,4 +1,8 @@
-"""The project's one exception root; retryable and permanent failures are distinct types."""
+"""The project's one exception root; retryable and permanent failures are distinct types.
+
+A third kind, `FatalClientError`, is neither: the message is fine and waiting will not
+help, because the client itself is broken; only a fresh process (with fresh clients) does.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,16 @@ class RetryableError(ImagegenError):
 
 class PermanentError(ImagegenError):
     """A failure that will fail the same way again (bad input, a missing model)."""
+
+
+class FatalClientError(ImagegenError):
+    """A client that is unusable for good (librdkafka's fatal errors: PRODUCER_FENCED,
+    OUT_OF_ORDER_SEQUENCE_NUMBER after a broker outage, ...): restart the process.
+
+    Never the message's fault, so never a reason to dead-letter it: the consumer loop
+    leaves the record uncommitted, stops, and the service exits non-zero so that its
+    supervisor starts a fresh process, which gets the record again.
+    """
 
 
 class PoisonMessageError(PermanentError):

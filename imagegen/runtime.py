@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from imagegen.errors import FatalClientError
 from imagegen.health import HealthServer
 from imagegen.kafka.confluent import KafkaConsumer, KafkaPublisher
+from imagegen.kafka.lanes import laned_loop
 from imagegen.kafka.ports import Handler, Publisher
 from imagegen.kafka.worker import ConsumerLoop
 from imagegen.settings import KafkaSettings
@@ -29,8 +31,15 @@ async def health_endpoint(port: int | None) -> AsyncIterator[HealthServer]:
         yield server
 
 
-def kafka_publisher(settings: KafkaSettings, service: str) -> KafkaPublisher:
-    return KafkaPublisher(settings.bootstrap, client_id=f"{settings.client_id}-{service}")
+def kafka_publisher(
+    settings: KafkaSettings,
+    service: str,
+    on_fatal: Callable[[FatalClientError], None] | None = None,
+) -> KafkaPublisher:
+    """The service's producer; `on_fatal` (thread-safe) hears once if it breaks for good."""
+    return KafkaPublisher(
+        settings.bootstrap, client_id=f"{settings.client_id}-{service}", on_fatal=on_fatal
+    )
 
 
 def kafka_consumer(settings: KafkaSettings, group: str, topics: list[str]) -> KafkaConsumer:
@@ -40,6 +49,8 @@ def kafka_consumer(settings: KafkaSettings, group: str, topics: list[str]) -> Ka
         topics=topics,
         client_id=f"{settings.client_id}-{group}",
         session_timeout_ms=settings.session_timeout_ms,
+        fetch_wait_max_ms=settings.fetch_wait_max_ms,
+        commit_interval_ms=settings.commit_interval_ms,
     )
 
 
@@ -48,19 +59,40 @@ def consumer_loop(
     group: str,
     handlers: dict[str, Handler],
     publisher: Publisher,
+    *,
+    lanes: int = 1,
 ) -> ConsumerLoop:
-    """A consumer loop on the real broker that dead-letters to the namespace's topic."""
+    """A consumer loop on the real broker that dead-letters to the namespace's topic;
+    with `lanes` > 1, that many records at once (see imagegen/kafka/lanes.py)."""
+    consumer = kafka_consumer(settings, group, list(handlers))
+    if lanes > 1:
+        return laned_loop(
+            group,
+            consumer,
+            handlers,
+            lanes,
+            dead_letters=publisher,
+            dead_letter_topic=settings.topics.dead_letter,
+        )
     return ConsumerLoop(
         name=group,
-        consumer=kafka_consumer(settings, group, list(handlers)),
+        consumer=consumer,
         handlers=handlers,
         dead_letters=publisher,
         dead_letter_topic=settings.topics.dead_letter,
     )
 
 
-async def run_until_signalled(loops: list[ConsumerLoop]) -> None:
-    """Run consumer loops until SIGTERM/SIGINT; each then drains its in-flight message, commits."""
+async def run_until_signalled(loops: list[ConsumerLoop], grace_s: float = 30.0) -> None:
+    """Run consumer loops until SIGTERM/SIGINT; each then drains its in-flight message, commits.
+
+    A loop that dies (a `FatalClientError`: its Kafka client is broken for good) stops the
+    others the same way, and its error is raised once they are done (or after `grace_s`), so
+    the process exits non-zero and its supervisor starts a fresh one, rather than the others
+    running on while the service's resources are closed under them.
+    """
+    if not loops:
+        return
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -70,8 +102,22 @@ async def run_until_signalled(loops: list[ConsumerLoop]) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    tasks = {asyncio.create_task(lp.run(), name=f"consumer-{lp.name}"): lp for lp in loops}
     try:
-        await asyncio.gather(*(consumer_loop.run() for consumer_loop in loops))
+        done, running = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        if running:  # one died: the others drain their in-flight message and stop
+            stop()
+            _, overran = await asyncio.wait(running, timeout=grace_s)
+            if overran:
+                log.warning("event=consumer_stop_timeout grace_s=%.1f", grace_s)
     finally:
+        for task in tasks:
+            task.cancel()  # a no-op for those done
+        await asyncio.gather(*tasks, return_exceptions=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    died = {tasks[t].name: e for t in done if not t.cancelled() and (e := t.exception())}
+    if died:
+        error = next(iter(died.values()))
+        log.error("event=consumers_failed loops=%s error=%r", ",".join(died), str(error))
+        raise error

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +21,27 @@ class KafkaSettings(BaseSettings):
     namespace: str = DEFAULT_NAMESPACE
     session_timeout_ms: int = 6000
     client_id: str = "imagegen"
+    commit_interval_ms: int = Field(
+        default=1000,
+        ge=0,
+        description=(
+            "Handled records' offsets are committed this often (and on rebalance and"
+            " shutdown) rather than one synchronous commit per record; a crash redelivers"
+            " at most this much handled work, which handlers absorb (they are idempotent)."
+            " 0: commit each record synchronously."
+        ),
+    )
+    fetch_wait_max_ms: int = Field(
+        default=500,
+        ge=1,
+        description=(
+            "How long the broker may hold a fetch that found nothing. Apache Kafka answers"
+            " as soon as a message arrives, so this only bounds idle polling there; Tansu"
+            " holds a fetch for up to about half the wait even when a message arrives, which"
+            " makes it most of each hop's latency (the local stack sets 100 ms: see"
+            " bench/broker_hop.py)."
+        ),
+    )
 
     @property
     def topics(self) -> TopicNames:
@@ -61,8 +82,12 @@ class ServiceSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
 
+    uses_object_store: ClassVar[bool] = True
+    """False for a service that never touches S3 (the scheduler): it needs no keys."""
+
     @model_validator(mode="after")
     def _no_dev_secrets_in_prod(self) -> ServiceSettings:
-        if self.env == "prod" and self.s3.secret_key.get_secret_value() == DEV_S3_KEY:
+        dev_key = self.s3.secret_key.get_secret_value() == DEV_S3_KEY
+        if self.env == "prod" and self.uses_object_store and dev_key:
             raise ConfigurationError("IMAGEGEN_S3_SECRET_KEY must be set outside dev")
         return self

@@ -101,11 +101,29 @@ class GenerationCompletedData(Contract):
     gpu_seconds: float | None = None
 
 
+class ErrorType(StrEnum):
+    """Well-known `GenerationFailedData.error_type` values; any other is an exception name."""
+
+    CANCELLED = "Cancelled"
+    """The attempt stopped because its job was cancelled."""
+    CONTENT_POLICY_VIOLATION = "ContentPolicyViolation"
+    """The provider's safety system refused the prompt or a reference image: final for the
+    image, which is neither retried nor sent to another provider."""
+
+
 class GenerationFailedData(Contract):
     image_id: str
     image_index: int
     attempt: int
-    error_type: str
+    error_type: str = Field(
+        description=(
+            "What kind of failure: an exception name, or a well-known value -"
+            f" {ErrorType.CANCELLED.value!r} (the job was cancelled),"
+            f" {ErrorType.CONTENT_POLICY_VIOLATION.value!r} (the"
+            " provider's safety system refused the prompt or a reference image; final for"
+            " the image: not retried, not sent to another provider)."
+        )
+    )
     error: str
     retryable: bool
     final: bool = Field(description="True when no further attempt will be made.")
@@ -195,7 +213,8 @@ class PackCompletedData(Contract):
     failed_count: int
     total_duration_ms: int
     reason_code: str | None = None
-    """Why a job ended short, for example "budget_exceeded" or "user_limit"."""
+    """Why a job ended short, for example "budget_exceeded", "user_limit" or
+    "content_policy_violation" (an image was refused by the provider's safety system)."""
     reason: str | None = None
     cost_usd: float = 0.0
 

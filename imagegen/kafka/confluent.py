@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException, Message
@@ -13,12 +14,30 @@ from confluent_kafka import Consumer as _Consumer
 from confluent_kafka import Producer as _Producer
 from pydantic import BaseModel
 
-from imagegen.errors import PermanentError, RetryableError
+from imagegen.errors import FatalClientError, PermanentError, RetryableError
 from imagegen.kafka.codec import encode
 from imagegen.kafka.ports import Record
 from imagegen.telemetry import inject_trace_headers
 
 log = logging.getLogger(__name__)
+
+
+class ClientLog:
+    """librdkafka's own log lines, through our logging (one format: JSON in production,
+    with the service's name) instead of raw text on stderr. A broker it cannot reach
+    (FAIL: connection refused or closed) is logged as a warning, since the client
+    reconnects by itself; the rest keep librdkafka's level."""
+
+    def __init__(self, name: str = "imagegen.kafka.client") -> None:
+        self._log = logging.getLogger(name)
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        if level > logging.WARNING and args and args[0] == "FAIL":
+            level = logging.WARNING
+        self._log.log(level, msg, *args)
+
+
+CLIENT_LOG = ClientLog()
 
 
 # Broker-side failures that say nothing about the message: "Unknown broker error" is what
@@ -28,16 +47,60 @@ log = logging.getLogger(__name__)
 _RETRY_ANYWAY = frozenset({KafkaError.UNKNOWN})
 
 
+# What a client that librdkafka has declared broken for good reports. Only the fatal error
+# itself has fatal() set (the producer's poll() raises it); the consumer's poll() returns it
+# as _FATAL with fatal() False, and after it the producer's produce() raises _FATAL, queued
+# messages may fail with _PURGE_QUEUE (this code never purges) and in-flight ones fail with
+# the broker's idempotence error, none flagged fatal. As permanent errors these
+# dead-lettered good messages. Seen with confluent-kafka 2.16 against librdkafka's mock
+# broker answering OUT_OF_ORDER_SEQUENCE_NUMBER (tests/unit/kafka/mock_cluster.py).
+_FATAL_CODES = frozenset(
+    {
+        KafkaError._FATAL,
+        KafkaError._PURGE_QUEUE,
+        KafkaError._PURGE_INFLIGHT,
+        # The idempotent producer's state (id, epoch, sequence) is lost, not the message bad.
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.PRODUCER_FENCED,
+    }
+)
+
+
+def _is_fatal(err: KafkaError) -> bool:
+    return bool(err.fatal()) or err.code() in _FATAL_CODES
+
+
+def _describe(err: KafkaError) -> str:
+    return f"kafka: {err.name()}: {err.str()}"
+
+
 def _error(err: KafkaError) -> Exception:
+    if _is_fatal(err):
+        return FatalClientError(_describe(err))
     retryable = err.retriable() or err.code() in _RETRY_ANYWAY
     cls = RetryableError if retryable else PermanentError
-    return cls(f"kafka: {err.name()}: {err.str()}")
+    return cls(_describe(err))
 
 
 class KafkaPublisher:
-    """Idempotent producer; a background thread serves delivery callbacks."""
+    """Idempotent producer; a background thread serves delivery callbacks.
 
-    def __init__(self, bootstrap: str, client_id: str, extra: dict[str, Any] | None = None) -> None:
+    After a fatal error librdkafka's producer never works again: the publisher keeps the
+    first one, fails every publish (and ping) with it at once from then on, and calls
+    `on_fatal` once - from the poller thread or the event loop, so it must be thread-safe.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        client_id: str,
+        extra: dict[str, Any] | None = None,
+        *,
+        on_fatal: Callable[[FatalClientError], None] | None = None,
+    ) -> None:
         config: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "client.id": client_id,
@@ -46,9 +109,13 @@ class KafkaPublisher:
             "linger.ms": 2,
             "message.max.bytes": 1_000_000,
             "delivery.timeout.ms": 30_000,
+            "logger": CLIENT_LOG,
         }
         config.update(extra or {})
         self._producer = _Producer(config)
+        self._on_fatal = on_fatal
+        self._fatal: str | None = None
+        self._fatal_lock = threading.Lock()
         self._running = True
         self._poller = threading.Thread(
             target=self._poll_forever, name="kafka-producer", daemon=True
@@ -57,7 +124,39 @@ class KafkaPublisher:
 
     def _poll_forever(self) -> None:
         while self._running:
-            self._producer.poll(0.05)
+            try:
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                # poll() raises the fatal error. Uncaught, it ended this thread, and every
+                # publish then waited for ever for a delivery report nobody served.
+                err = exc.args[0]
+                if _is_fatal(err):
+                    self._failed(err)
+                else:
+                    log.warning("event=producer_error error=%s", err)
+
+    @property
+    def fatal(self) -> FatalClientError | None:
+        """The error that made this producer unusable, or None while it works."""
+        return None if self._fatal is None else FatalClientError(self._fatal)
+
+    def _failed(self, err: KafkaError) -> Exception:
+        """The exception for `err`; a fatal one also marks this producer unusable."""
+        broken = self._fatal
+        if broken is not None:  # whatever failed after it, failed because of it
+            return FatalClientError(broken)
+        if not _is_fatal(err):
+            return _error(err)
+        with self._fatal_lock:
+            first = self._fatal is None
+            if first:
+                self._fatal = _describe(err)
+            fatal = FatalClientError(self._fatal or _describe(err))
+        if first:
+            log.error("event=producer_fatal error=%r", str(fatal))
+            if self._on_fatal is not None:
+                self._on_fatal(fatal)
+        return fatal
 
     async def publish(
         self,
@@ -66,19 +165,28 @@ class KafkaPublisher:
         value: BaseModel | bytes,
         headers: dict[str, str] | None = None,
     ) -> None:
+        fatal = self.fatal
+        if fatal is not None:
+            raise fatal
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            # Classified here, on the poller thread, in the order librdkafka reports: the
+            # fatal error (raised by poll) is noted before the failures that follow it.
+            failure = None if err is None else self._failed(err)
+
             def settle() -> None:
                 if done.done():
                     return
-                if err is None:
+                if failure is None:
                     done.set_result(None)
                 else:
-                    done.set_exception(_error(err))
+                    done.set_exception(failure)
 
-            loop.call_soon_threadsafe(settle)
+            # A loop closed meanwhile has nobody waiting; the poller must not die of it.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle)
 
         all_headers = inject_trace_headers(dict(headers or {}))
         payload = encode(value)
@@ -96,11 +204,15 @@ class KafkaPublisher:
                 # The local queue is full: give the poller a moment to drain it.
                 await asyncio.sleep(0.01)
             except KafkaException as exc:
-                raise _error(exc.args[0]) from exc
+                raise self._failed(exc.args[0]) from exc
         await done
 
     async def ping(self, timeout: float) -> None:
-        """Raise unless the cluster answers a metadata request within `timeout` s."""
+        """Raise unless the cluster answers a metadata request within `timeout` s (and
+        this producer can still produce: metadata requests work after a fatal error)."""
+        fatal = self.fatal
+        if fatal is not None:
+            raise fatal
         try:
             await asyncio.to_thread(self._producer.list_topics, None, timeout)
         except KafkaException as exc:
@@ -146,6 +258,10 @@ def _timestamp(msg: Message) -> float | None:
     return millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and millis > 0 else None
 
 
+_NOT_OURS = frozenset({KafkaError._STATE, KafkaError._UNKNOWN_PARTITION})
+"""store_offsets errors for a partition no longer assigned to this member."""
+
+
 class KafkaConsumer:
     """A group member that only commits what the caller says is durably handled."""
 
@@ -157,24 +273,37 @@ class KafkaConsumer:
         *,
         client_id: str = "imagegen",
         session_timeout_ms: int = 6000,
+        fetch_wait_max_ms: int = 500,
+        commit_interval_ms: int = 1000,
         extra: dict[str, Any] | None = None,
     ) -> None:
+        self._interval_ms = commit_interval_ms
         config: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "group.id": group_id,
             "client.id": client_id,
-            "enable.auto.commit": False,
+            # `commit()` stores a handled record's offset; librdkafka commits what is stored
+            # every `commit_interval_ms`, on a rebalance and on close - never a record the
+            # caller has not handled. 0: one synchronous commit per record instead.
+            "enable.auto.commit": commit_interval_ms > 0,
+            "auto.commit.interval.ms": max(commit_interval_ms, 1),
             "enable.auto.offset.store": False,
             # Never "latest": a new group must see what was produced before it joined.
             "auto.offset.reset": "earliest",
             "session.timeout.ms": session_timeout_ms,
             "heartbeat.interval.ms": max(session_timeout_ms // 3, 500),
             "max.poll.interval.ms": 600_000,
+            "fetch.wait.max.ms": fetch_wait_max_ms,
+            "logger": CLIENT_LOG,
         }
         config.update(extra or {})
         self._consumer = _Consumer(config)
         self._consumer.subscribe(topics)
-        self._lock = threading.Lock()  # librdkafka calls from one thread at a time
+        self._lock = threading.Lock()  # polls, synchronous commits and close, one at a time
+        # Storing an offset is safe beside a poll (which holds `_lock` for its whole
+        # timeout) but not beside close: lanes store while another lane polls.
+        self._store_lock = threading.Lock()
+        self._closed = False
 
     def _poll(self, timeout: float) -> Message | None:
         with self._lock:
@@ -189,7 +318,7 @@ class KafkaConsumer:
             if err.code() == KafkaError._PARTITION_EOF:
                 return None
             log.warning("event=consumer_error error=%s", err)
-            if err.fatal():
+            if _is_fatal(err):  # e.g. a static member fenced; returned as _FATAL, not fatal()
                 raise _error(err)
             return None
         return _record(msg)
@@ -198,15 +327,40 @@ class KafkaConsumer:
         with self._lock:
             self._consumer.commit(message=msg, asynchronous=False)
 
+    def _store(self, msg: Message) -> None:
+        with self._store_lock:
+            if self._closed:
+                return
+            try:
+                self._consumer.store_offsets(message=msg)
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if err.code() not in _NOT_OURS:
+                    raise
+                # Revoked while in flight: its new owner gets it again (handlers are
+                # idempotent), and the commit is not ours to make.
+                log.warning(
+                    "event=offset_not_stored topic=%s partition=%s offset=%s error=%s",
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    err.name(),
+                )
+
     async def commit(self, record: Record) -> None:
         try:
-            await asyncio.to_thread(self._commit, record.native)
+            if self._interval_ms > 0:
+                self._store(record.native)
+            else:
+                await asyncio.to_thread(self._commit, record.native)
         except KafkaException as exc:
             raise _error(exc.args[0]) from exc
 
     async def close(self) -> None:
         def _close() -> None:
-            with self._lock, contextlib.suppress(KafkaException, RuntimeError):
+            # With auto commit on, close() commits the stored offsets first.
+            with self._lock, self._store_lock, contextlib.suppress(KafkaException, RuntimeError):
+                self._closed = True
                 self._consumer.close()
 
         await asyncio.to_thread(_close)

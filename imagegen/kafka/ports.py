@@ -54,7 +54,8 @@ class Consumer(Protocol):
         ...
 
     async def commit(self, record: Record) -> None:
-        """Durably mark `record` (and everything before it in its partition) as handled."""
+        """Mark `record` (and everything before it in its partition) as handled: committed
+        now, or by the adapter's next periodic commit (and on rebalance or close)."""
         ...
 
     async def close(self) -> None:

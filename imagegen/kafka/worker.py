@@ -6,6 +6,10 @@ Guarantees:
   a database that is down is not the message's fault);
 - a `PermanentError` (poison included) goes to the dead-letter topic with the error in headers;
 - any other exception is retried `max_attempts` times, then dead-lettered;
+- a `FatalClientError` (a Kafka client broken for good) is never a reason to dead-letter,
+  whether the handler, the commit or the dead-letter publish raised it: the record stays
+  uncommitted, the loop stops and `run()` raises it, so that the process exits and a fresh
+  one (with fresh clients) gets the record again;
 - `stop()` stops fetching, lets the in-flight handler finish, commits it, and returns.
 """
 
@@ -16,7 +20,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from imagegen.errors import PermanentError, RetryableError
+from imagegen.errors import FatalClientError, PermanentError, RetryableError
 from imagegen.kafka.ports import Consumer, Handler, Publisher, Record
 from imagegen.logging_setup import log_context
 from imagegen.telemetry import consume_span, enqueued_at
@@ -57,10 +61,13 @@ class ConsumerLoop:
         backoff_max: float = 10.0,
         poll_timeout: float = 0.5,
         service: str | None = None,
+        group: str | None = None,
     ) -> None:
         self.name = name
         # Loops are named `<service>` or `<service>-<role>` (scheduler-outcomes, ...).
         self.service = service or name.split("-", maxsplit=1)[0]
+        # The consumer group a dead letter names as `failed_by` (lanes of one group share it).
+        self.group = group or name
         self._consumer = consumer
         self._handlers = handlers
         self._dead_letters = dead_letters
@@ -90,6 +97,11 @@ class ConsumerLoop:
                     continue
                 if await self._process(record):
                     await self._commit(record)
+        except FatalClientError as exc:
+            # Whatever was in flight stays uncommitted: the next owner gets it again. Not
+            # marked `stopping`: that means asked to stop, and a dead loop was not.
+            log.error("event=consumer_fatal name=%s error=%r", self.name, str(exc))
+            raise
         finally:
             await self._consumer.close()
             log.info(
@@ -140,6 +152,8 @@ class ConsumerLoop:
                     await handler(record)
                 self.handled += 1
                 return True
+            except FatalClientError:
+                raise
             except PermanentError as exc:
                 await self._dead_letter(record, exc, attempt)
                 return True
@@ -178,7 +192,7 @@ class ConsumerLoop:
                 original_topic=record.topic,
                 original_partition=record.partition,
                 original_offset=record.offset,
-                failed_by=self.name,
+                failed_by=self.group,
                 failed_at=datetime.now(UTC).isoformat(),
                 attempts=attempts,
             ).to_headers()

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 IMAGE_BUCKET = "imagegen"
 BROKER_BUCKET = "tansu"
+TANSU_FETCH_WAIT_MS = 100
+"""Consumers' `fetch.wait.max.ms` on Tansu: ~40 ms a hop (p50) for ~2% of a core per idle
+consumer; bench/broker_hop.py measures the trade-off."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,18 @@ class StackOptions:
     backend: str = "demo"
     model: str | None = None
     restart: bool = True
+    broker_storage: str = "s3"
+    """"s3": Tansu keeps its log in SeaweedFS (durable); "memory": lost on stop."""
+
+
+def _broker_url(options: StackOptions) -> str:
+    if options.broker_storage == "s3":
+        return f"s3://{BROKER_BUCKET}/"
+    if options.broker_storage == "memory":
+        return "memory://tansu/"
+    raise ConfigurationError(
+        f"broker storage must be 's3' or 'memory', not {options.broker_storage!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -157,7 +172,7 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
             )
             env_s3 = tansu_s3_env(s3.endpoint, creds.s3_access_key, creds.s3_secret_key, s3.region)
             broker = stack.enter_context(
-                Tansu(options.kafka_port, f"s3://{BROKER_BUCKET}/", env=env_s3, log_dir=logs)
+                Tansu(options.kafka_port, _broker_url(options), env=env_s3, log_dir=logs)
             )
             dsn_base, pg = find_or_start_postgres(data / "pg", port=options.pg_port)
             if pg is not None:
@@ -171,6 +186,10 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
                 "IMAGEGEN_DATABASE_URL": database_url,
                 "IMAGEGEN_KAFKA_BOOTSTRAP": broker.bootstrap,
                 "IMAGEGEN_KAFKA_NAMESPACE": options.namespace,
+                # Tansu holds a fetch for up to about half the wait: 500 ms cost ~100-230 ms a hop.
+                "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": os.environ.get(
+                    "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS", str(TANSU_FETCH_WAIT_MS)
+                ),
                 "IMAGEGEN_S3_ENDPOINT": s3.endpoint,
                 "IMAGEGEN_S3_BUCKET": IMAGE_BUCKET,
                 "IMAGEGEN_S3_REGION": s3.region,

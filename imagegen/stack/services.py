@@ -16,6 +16,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SERVICES = ("storage", "postprocess", "generator", "scheduler", "gateway")
+STABLE_AFTER_S = 30.0
+"""A service that ran this long before it died is restarted at once (its crash streak
+ends); one that keeps dying sooner waits longer each time, up to `MAX_BACKOFF_S`."""
+MAX_BACKOFF_S = 8.0
 
 
 class ServiceProcess:
@@ -27,8 +31,15 @@ class ServiceProcess:
         self.log_file = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.streak = 0
+        """Deaths in a row, each within `STABLE_AFTER_S` of its start."""
+        self.started_at = 0.0
+        self.restart_at: float | None = None
+        """When a dead service is due to start again (None while it runs)."""
 
     def start(self) -> None:
+        self.started_at = time.monotonic()
+        self.restart_at = None
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -58,6 +69,12 @@ class ServiceProcess:
             log.warning("event=service_kill name=%s reason=drain_timeout", self.name)
             self.proc.kill()
             self.proc.wait(5)
+
+
+def backoff_s(streak: int) -> float:
+    """The wait before a restart: 0.5 s after a service that ran a while, doubling for each
+    quick death in a row, never more than `MAX_BACKOFF_S`."""
+    return min(0.5 * 2.0 ** min(streak, 5), MAX_BACKOFF_S)
 
 
 class Supervisor:
@@ -91,23 +108,32 @@ class Supervisor:
         tmp.replace(self._pid_file)
 
     def _watch(self) -> None:
-        while not self._stopping.wait(0.5):
+        while not self._stopping.wait(0.25):
             with self._lock:
+                if self._stopping.is_set():
+                    return
                 for service in self.services.values():
-                    if self._stopping.is_set() or service.alive:
-                        continue
-                    code = service.proc.returncode if service.proc else None
-                    print(f"service {service.name} exited (code {code})", flush=True)
-                    if not self._restart:
-                        continue
-                    # Back off a little on a crash loop, but never give up on a service.
-                    time.sleep(min(0.5 * 2 ** min(service.restarts, 4), 8))
-                    if self._stopping.is_set():
-                        return
-                    service.restarts += 1
-                    service.start()
-                    self._write_pids()
-                    print(f"service {service.name} restarted", flush=True)
+                    if not service.alive:
+                        self._revive(service, time.monotonic())
+
+    def _revive(self, service: ServiceProcess, now: float) -> None:
+        """Schedule a dead service's restart (backing off while it keeps crashing), or
+        restart it once due; each service on its own clock, none waits for another."""
+        if service.restart_at is None:
+            code = service.proc.returncode if service.proc else None
+            print(f"service {service.name} exited (code {code})", flush=True)
+            if not self._restart:
+                service.restart_at = float("inf")
+                return
+            lived = now - service.started_at
+            service.streak = 0 if lived >= STABLE_AFTER_S else service.streak + 1
+            service.restart_at = now + backoff_s(service.streak)
+        if now < service.restart_at:
+            return
+        service.restarts += 1
+        service.start()
+        self._write_pids()
+        print(f"service {service.name} restarted", flush=True)
 
     def dead(self) -> list[str]:
         return [n for n, s in self.services.items() if not s.alive]

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import uvicorn
 
 from imagegen.telemetry import configure_telemetry
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 
+log = logging.getLogger(__name__)
+
 
 def main() -> None:
     settings = GatewaySettings()
     configure_telemetry("gateway", settings.log_level, settings.log_format)
+    failures: list[BaseException] = []
+
+    def fatal(error: BaseException) -> None:
+        # From any thread: uvicorn checks the flag every 0.1 s and stops as on SIGTERM.
+        failures.append(error)
+        server.should_exit = True
+
     config = uvicorn.Config(
-        lambda: create_app(settings),
+        lambda: create_app(settings, on_fatal=fatal),
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -22,7 +34,12 @@ def main() -> None:
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
     )
     # uvicorn maps SIGTERM/SIGINT to a graceful stop; the lifespan then drains the consumer.
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    server.run()
+    if failures:
+        # A broken Kafka client or a dead events consumer: a fresh process is the cure.
+        log.error("event=gateway_exit error=%r", str(failures[0]))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -16,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from imagegen import db
 from imagegen.blobstore import BlobStore, S3BlobStore
 from imagegen.kafka import Consumer, ConsumerLoop, Publisher
+from imagegen.retention import AgePruner, pruning
 from imagegen.runtime import kafka_consumer, kafka_publisher
 from imagegen.telemetry_asgi import TelemetryMiddleware
 from services.gateway.migrations import MIGRATIONS, SCHEMA
@@ -52,10 +54,13 @@ def create_app(
     consumer_factory: ConsumerFactory | None = None,
     blob_store: BlobStore | None = None,
     signal: EventSignal | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
     """Build the app; nothing is opened until its lifespan starts.
 
-    Injected resources belong to the caller and are not closed here.
+    Injected resources belong to the caller and are not closed here. `on_fatal` hears
+    (from any thread) that the process must end: its Kafka producer broke for good, or its
+    events consumer died.
     """
 
     @asynccontextmanager
@@ -64,6 +69,19 @@ def create_app(
             pool = await db.create_pool(settings.database_url, SCHEMA)
             stack.push_async_callback(pool.close)
             await db.migrate(pool, SCHEMA, MIGRATIONS)
+            # Expired idempotency keys of users who never come back (a returning user's
+            # own are deleted as they claim a new key), and the old part of the event log.
+            await stack.enter_async_context(
+                pruning(
+                    AgePruner(pool, "idempotency_keys", "expires_at", keep=timedelta(0)),
+                    AgePruner(
+                        pool,
+                        "events",
+                        "created_at",
+                        keep=timedelta(seconds=settings.event_log_retention_s),
+                    ),
+                )
+            )
             stack.push_async_callback(app.state.moderator.aclose)
 
             blobs = blob_store
@@ -71,7 +89,7 @@ def create_app(
                 blobs = await stack.enter_async_context(S3BlobStore(settings.s3))
             pub = publisher
             if pub is None:
-                pub = kafka_publisher(settings.kafka, "gateway")
+                pub = kafka_publisher(settings.kafka, "gateway", on_fatal)
                 stack.push_async_callback(pub.close)
 
             topics = settings.kafka.topics
@@ -94,6 +112,8 @@ def create_app(
                 poll_timeout=settings.consumer_poll_s,
             )
             task = asyncio.create_task(loop.run(), name="gateway-events-consumer")
+            if on_fatal is not None:
+                task.add_done_callback(_died(on_fatal))
             stack.push_async_callback(_stop_consumer, loop, task, settings.shutdown_timeout_s)
 
             app.state.gateway = GatewayState(
@@ -136,6 +156,14 @@ def create_app(
     # The web page's scripts and styles (the page itself is `/`): plain files, no build step.
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def _died(on_fatal: Callable[[BaseException], None]) -> Callable[[asyncio.Task[None]], None]:
+    def ended(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            on_fatal(error)
+
+    return ended
 
 
 async def _stop_consumer(loop: ConsumerLoop, task: asyncio.Task[None], grace_s: float) -> None:

@@ -13,6 +13,11 @@ Keys are scoped per user and expire after `idempotency_ttl_s` (24 h). Responses 
 does the work. A claim left pending longer than `idempotency_pending_s` (its replica died)
 may be taken over.
 
+The body is hashed as it arrives and spooled (memory up to 1 MiB, then a temporary file),
+then replayed to the app from the spool: an upload of tens of MB costs the spool's memory,
+not its size. A body cut off on the way (the client left, or BodyLimitMiddleware refused
+it) claims nothing.
+
 Routes only declare the header for the OpenAPI document: `dependencies=[IdempotencyKey]`.
 """
 
@@ -25,8 +30,10 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
+from tempfile import SpooledTemporaryFile
 from typing import Annotated, Any
 
+import anyio.to_thread
 import asyncpg
 from fastapi import Depends, Header
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,28 +43,109 @@ log = logging.getLogger(__name__)
 HEADER = "Idempotency-Key"
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _NOT_KEPT = frozenset({401, 403, 408, 409, 425, 429})
+SPOOL_MEMORY_BYTES = 1024 * 1024
+"""A body up to this stays in memory while it is hashed and replayed; a larger one (a
+multipart upload of tens of MB) goes to a temporary file."""
+REPLAY_CHUNK_BYTES = 64 * 1024
 
 
 def _keep(status_code: int) -> bool:
     return status_code < 500 and status_code not in _NOT_KEPT
 
 
+class RequestDigest:
+    """What makes two requests "the same" for a key, hashed as the body streams by: feed
+    it every chunk with `update`, then take `hexdigest`."""
+
+    def __init__(self, method: str, path: str, query: bytes, content_type: str) -> None:
+        self._json: list[bytes] | None = None
+        self._boundary = b""
+        self._tail = b""
+        if content_type.startswith("application/json"):
+            # Compared canonically, so kept whole: the body limit holds JSON to 2 MiB.
+            self._json = []
+        elif content_type.startswith("multipart/form-data"):
+            match = re.search(r"boundary=\"?([^\";]+)\"?", content_type)
+            if match:
+                self._boundary = match.group(1).encode()
+            content_type = "multipart/form-data"
+        self._digest = hashlib.sha256()
+        for part in (method.encode(), path.encode(), query, content_type.encode()):
+            self._digest.update(part + b"\x00")
+
+    def update(self, chunk: bytes) -> None:
+        if self._json is not None:
+            self._json.append(chunk)
+        elif not self._boundary:
+            self._digest.update(chunk)
+        else:
+            self._update_without_boundary(chunk)
+
+    def _update_without_boundary(self, chunk: bytes) -> None:
+        # `body.replace(boundary, b"")` a chunk at a time: leftmost matches, none overlapping.
+        # The tail held back is what may begin a boundary that the next chunk ends.
+        data = self._tail + chunk
+        view = memoryview(data)
+        start = 0
+        while (found := data.find(self._boundary, start)) >= 0:
+            self._digest.update(view[start:found])
+            start = found + len(self._boundary)
+        keep = max(start, len(data) - len(self._boundary) + 1)
+        self._digest.update(view[start:keep])
+        self._tail = data[keep:]
+
+    def hexdigest(self) -> str:
+        if self._json is not None:
+            body = b"".join(self._json)
+            self._json = []
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+            self._digest.update(body)
+        else:
+            self._digest.update(self._tail)
+            self._tail = b""
+        return self._digest.hexdigest()
+
+
 def request_hash(method: str, path: str, query: bytes, content_type: str, body: bytes) -> str:
-    """What makes two requests "the same" for a key."""
-    canonical = body
-    if content_type.startswith("application/json"):
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
-            canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    elif content_type.startswith("multipart/form-data"):
-        match = re.search(r"boundary=\"?([^\";]+)\"?", content_type)
-        if match:
-            canonical = body.replace(match.group(1).encode(), b"")
-        content_type = "multipart/form-data"
-    digest = hashlib.sha256()
-    for part in (method.encode(), path.encode(), query, content_type.encode()):
-        digest.update(part + b"\x00")
-    digest.update(canonical)
+    """`RequestDigest` of a whole body."""
+    digest = RequestDigest(method, path, query, content_type)
+    digest.update(body)
     return digest.hexdigest()
+
+
+class _Spool:
+    """The request body, kept to replay to the app: in memory up to `SPOOL_MEMORY_BYTES`,
+    then in an unnamed temporary file (Starlette spools multipart files the same way),
+    which is written and read off the event loop."""
+
+    def __init__(self, file: SpooledTemporaryFile[bytes]) -> None:
+        self._file = file
+        self.size = 0
+        self._replayed = 0
+
+    def _on_disk(self, size: int) -> bool:
+        return size > SPOOL_MEMORY_BYTES  # when SpooledTemporaryFile rolls over
+
+    async def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self._on_disk(self.size):  # the write that rolls over copies the memory to disk
+            await anyio.to_thread.run_sync(self._file.write, chunk)
+        else:
+            self._file.write(chunk)
+
+    async def next_message(self) -> Message:
+        """The body's next chunk for the app, as the server would have sent it."""
+        if self._replayed == 0:
+            self._file.seek(0)
+        size = min(REPLAY_CHUNK_BYTES, self.size - self._replayed)
+        if self._on_disk(self.size):
+            chunk = await anyio.to_thread.run_sync(self._file.read, size)
+        else:
+            chunk = self._file.read(size)
+        self._replayed += len(chunk)
+        more = bool(chunk) and self._replayed < self.size
+        return {"type": "http.request", "body": chunk, "more_body": more}
 
 
 @dataclass(frozen=True)
@@ -211,21 +299,41 @@ class IdempotencyMiddleware:
     async def _run(
         self, scope: Scope, receive: Receive, send: Send, principal: Any, key: str, ctype: str
     ) -> None:
+        # Closed on every way out; not awaited, so a cancelled request closes it too
+        # (closing the unlinked file does no disk I/O worth a thread).
+        with SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES) as file:
+            await self._spooled(scope, receive, send, principal, key, ctype, _Spool(file))
+
+    async def _spooled(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        principal: Any,
+        key: str,
+        ctype: str,
+        spool: _Spool,
+    ) -> None:
         state = scope["app"].state.gateway
         settings, pool = state.settings, state.pool
-        chunks: list[bytes] = []
+        digest = RequestDigest(scope["method"], scope["path"], scope["query_string"], ctype)
         more = True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
+                return  # also how BodyLimitMiddleware cuts a body off: nothing is claimed
+            chunk = message.get("body", b"")
+            digest.update(chunk)
+            await spool.write(chunk)
             more = message.get("more_body", False)
-        body = b"".join(chunks)
-        digest = request_hash(scope["method"], scope["path"], scope["query_string"], ctype, body)
         user_id = principal.user_id
         outcome = await claim(
-            pool, user_id, key, digest, settings.idempotency_ttl_s, settings.idempotency_pending_s
+            pool,
+            user_id,
+            key,
+            digest.hexdigest(),
+            settings.idempotency_ttl_s,
+            settings.idempotency_pending_s,
         )
         if outcome.replay is not None:
             log.info("event=idempotent_replay user_id=%s key=%s", user_id, key)
@@ -239,13 +347,13 @@ class IdempotencyMiddleware:
             msg = "a request with this key is still in progress; retry shortly"
             await _send(send, _problem(409, msg, "idempotency_in_progress", {"retry-after": "1"}))
             return
-        await self._claimed(scope, receive, body, send, pool, user_id, key, outcome.token)
+        await self._claimed(scope, receive, spool, send, pool, user_id, key, outcome.token)
 
     async def _claimed(
         self,
         scope: Scope,
         receive: Receive,
-        body: bytes,
+        spool: _Spool,
         send: Send,
         pool: asyncpg.Pool,
         user_id: str,
@@ -258,8 +366,9 @@ class IdempotencyMiddleware:
             nonlocal replayed
             if replayed:
                 return await receive()  # after the body: only a disconnect can come
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            message = await spool.next_message()
+            replayed = not message["more_body"]
+            return message
 
         start: Message | None = None
         parts: list[bytes] = []

@@ -197,10 +197,16 @@ ALTER TABLE images
     ADD COLUMN quality_score     double precision;
 """
 
+# The event log is pruned by age (IMAGEGEN_EVENT_LOG_RETENTION_S, imagegen.retention).
+_V6 = """
+CREATE INDEX events_created_at ON events (created_at);
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
     (3, _V3),
     (4, WEBHOOKS_V4),
     (5, _V5),
+    (6, _V6),
 ]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from imagegen.errors import ConfigurationError
+from imagegen.retention import REPLAY_WINDOW
 from imagegen.settings import DEV_JWT_SECRET, ServiceSettings
 
 
@@ -27,6 +30,14 @@ class GatewaySettings(ServiceSettings):
     # A cancelled job's stream waits this long for its closing pack_completed (and the
     # outcomes of images that were running) before it ends.
     sse_cancel_grace_s: float = Field(default=10.0, ge=0)
+    event_log_retention_s: int = Field(
+        default=int(REPLAY_WINDOW.total_seconds()),
+        description="How long the event log behind the SSE streams (and their resume) keeps"
+        " an event. Older ones are pruned hourly; a stream of a job that old still ends"
+        " (its status says it is over), and jobs, images and webhook deliveries are kept."
+        " The log also recognises redelivered events, so it is refused shorter than the"
+        " replay window (30 days, imagegen/retention.py).",
+    )
     # Browsers reconnect a dropped EventSource after this many milliseconds.
     sse_retry_ms: int = Field(default=1000, ge=100, le=60_000)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
@@ -73,6 +84,30 @@ class GatewaySettings(ServiceSettings):
     webhook_backoff_max_s: float = Field(default=1800.0, gt=0)
     webhook_concurrency: int = Field(default=8, ge=1, le=256)
     webhook_poll_s: float = Field(default=1.0, gt=0)
+    webhook_ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM file of the CAs https webhook receivers' certificates must chain"
+        " to, instead of the bundled public ones (receivers behind a private CA).",
+    )
+
+    @field_validator("webhook_ca_bundle")
+    @classmethod
+    def _ca_bundle_readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"IMAGEGEN_WEBHOOK_CA_BUNDLE={value} is not a readable file")
+        return value
+
+    @field_validator("event_log_retention_s")
+    @classmethod
+    def _event_log_covers_replays(cls, value: int) -> int:
+        floor = int(REPLAY_WINDOW.total_seconds())
+        if value < floor:
+            raise ValueError(
+                f"IMAGEGEN_EVENT_LOG_RETENTION_S={value} is shorter than the replay window"
+                f" ({floor} s): a redelivered event older than the log would be shown and"
+                " projected again"
+            )
+        return value
 
     @model_validator(mode="after")
     def _no_dev_jwt_secret_outside_dev(self) -> GatewaySettings:

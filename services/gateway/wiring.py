@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagegen.logging_setup import annotate
@@ -25,7 +26,11 @@ MAX_JSON_BYTES = 2 * 1024 * 1024
 class BodyLimitMiddleware:
     """413 for bodies over the limit before anyone buffers or parses them: multipart
     uploads get `upload_bytes`, everything else `MAX_JSON_BYTES`. Multipart bodies are
-    read only for a caller whose bearer token verifies (401 from the headers otherwise)."""
+    read only for a caller whose bearer token verifies (401 from the headers otherwise).
+
+    A declared Content-Length over the limit is refused from the headers. Every other body
+    flows on to the app chunk by chunk as it arrives, counted on the way (a declared length
+    is not trusted to frame it): nothing here holds more than one chunk."""
 
     def __init__(self, app: ASGIApp, upload_bytes: int) -> None:
         self.app = app
@@ -51,35 +56,54 @@ class BodyLimitMiddleware:
                     send, 401, refusal, {"www-authenticate": 'Bearer error="invalid_token"'}
                 )
                 return
-        if declared is not None and declared.isdigit():
-            await self.app(scope, receive, send)
+        body = _CountedBody(receive, send, limit)
+        try:
+            await self.app(scope, body.receive, body.send)
+        except ClientDisconnect:
+            # Raised by a Request that read the end we made up; the client has its answer.
+            if not body.cut_off:
+                raise
+
+
+class _CountedBody:
+    """`receive` and `send` for the app: body chunks pass through as they arrive while
+    their bytes are counted. The chunk that takes the count past `limit` is not passed on:
+    the client gets the 413 (unless a response has started, which then goes on) and the
+    app is told the client left (`http.disconnect`, from then on). Starlette's `Request`
+    turns that into `ClientDisconnect`, which its multipart parser meets by closing the
+    files it spooled and FastAPI by a 400 that is dropped here, as is anything else the
+    app answers after the 413."""
+
+    def __init__(self, receive: Receive, send: Send, limit: int) -> None:
+        self._receive = receive
+        self._send = send
+        self.limit = limit
+        self.received = 0
+        self.cut_off = False
+        self.refused = False
+        self.started = False
+
+    async def receive(self) -> Message:
+        if self.cut_off:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] != "http.request":
+            return message
+        self.received += len(message.get("body", b""))
+        if self.received <= self.limit:
+            return message
+        self.cut_off = True
+        if not self.started:
+            self.refused = True  # before the await: an answer the app sends meanwhile is dropped
+            await _too_large(self._send, self.limit)
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if self.refused:
             return
-        # No (usable) length: read up to the limit here, then hand the body on.
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await _too_large(send, limit)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
 
 
 async def _too_large(send: Send, limit: int) -> None:

@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
 from imagegen.health import ReadyFlag, broker_check, database_check, loops_check, object_store_check
+from imagegen.retention import pruning
 from imagegen.runtime import health_endpoint, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_telemetry
 from services.generator.cancellation import CancelWatch, PgCancellationStore
@@ -41,7 +42,9 @@ async def serve(settings: GeneratorSettings) -> None:
         pool = await create_pool(settings.database_url, SCHEMA)
         stack.push_async_callback(pool.close)
         await migrate(pool, SCHEMA, MIGRATIONS)
-        watch = CancelWatch(PgCancellationStore(pool), config.cancel_poll_s)
+        cancels = PgCancellationStore(pool)
+        await stack.enter_async_context(pruning(cancels.pruner()))
+        watch = CancelWatch(cancels, config.cancel_poll_s)
         blobs = await stack.enter_async_context(S3BlobStore(settings.s3))
         publisher = kafka_publisher(settings.kafka, "generator")
         stack.push_async_callback(publisher.close)

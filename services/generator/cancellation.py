@@ -24,6 +24,7 @@ import asyncpg
 
 from imagegen.db import transient_as_retryable
 from imagegen.kafka.ports import Record
+from imagegen.retention import REPLAY_WINDOW, AgePruner
 from services.generator.backends import CancelToken
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ class CancellationStore(Protocol):
 
 
 class PgCancellationStore:
-    """The `cancelled_jobs` table of the `generator` schema."""
+    """The `cancelled_jobs` table of the `generator` schema; `pruner()` forgets a cancel
+    once none of its job's messages can arrive any more."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -61,6 +63,9 @@ class PgCancellationStore:
                 "SELECT EXISTS (SELECT 1 FROM cancelled_jobs WHERE job_id = $1)", job_id
             )
         return bool(found)
+
+    def pruner(self) -> AgePruner:
+        return AgePruner(self._pool, "cancelled_jobs", "cancelled_at", keep=REPLAY_WINDOW)
 
 
 class InMemoryCancellationStore:

@@ -15,12 +15,12 @@ from collections.abc import Callable
 
 from imagegen.kafka import ConsumerLoop, Publisher
 from imagegen.kafka.confluent import KafkaConsumer
+from imagegen.kafka.lanes import LaneGroup, laned_loop
 from imagegen.kafka.ports import Consumer
 from imagegen.runtime import consumer_loop
 from imagegen.settings import KafkaSettings
 from schemas.topics import Tier
 from services.generator.cancellation import CancelListener, CancelWatch
-from services.generator.lanes import LaneGroup, laned_loop
 from services.generator.settings import BackendSettings
 from services.generator.tiers import TierPicker, WeightedTierConsumer
 from services.generator.worker import Generator
@@ -43,6 +43,8 @@ def tier_consumer(settings: KafkaSettings, tier: Tier) -> KafkaConsumer:
         topics=[settings.topics.jobs(tier)],
         client_id=f"{settings.client_id}-{JOBS_GROUP}-{tier.value}",
         session_timeout_ms=settings.session_timeout_ms,
+        fetch_wait_max_ms=settings.fetch_wait_max_ms,
+        commit_interval_ms=settings.commit_interval_ms,
         extra=_SMALL_PREFETCH,
     )
 

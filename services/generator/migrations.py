@@ -14,4 +14,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        -- Pruned by age (imagegen.retention): a job's messages cannot come back after
+        -- REPLAY_WINDOW, so neither can a reason to remember its cancel.
+        CREATE INDEX cancelled_jobs_cancelled_at ON cancelled_jobs (cancelled_at);
+        """,
+    ),
 ]

@@ -8,12 +8,18 @@ plumbing (S3, Kafka) are raised instead, so the consumer loop retries the messag
 The image itself comes from the `MicroBatcher` (batching.py): alone, or in one pipeline
 call with compatible images that other consumer lanes (lanes.py) are handling meanwhile;
 each image still gets its own events, blob, record and outcome.
+
+Delivery is at least once: the scheduler's relay re-sends what it had in flight when it
+crashed (outbox.py). An attempt this process has already finished is skipped, so a copy
+costs no second generation (nor a second provider bill); downstream, the copies' events
+and images carry the original's ids and are dropped there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from datetime import UTC, datetime
 
 from imagegen.blobstore import BlobStore, put_staging
@@ -52,6 +58,24 @@ SOURCE = "imagegen/generator"
 CANCELLED = "Cancelled"
 
 
+class RecentAttempts:
+    """The attempts (`ImageIdentity.idempotency_key`) this process finished lately, oldest
+    forgotten first."""
+
+    def __init__(self, capacity: int = 8192) -> None:
+        self._capacity = capacity
+        self._keys: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def add(self, key: str) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        while len(self._keys) > self._capacity:
+            self._keys.popitem(last=False)
+
+
 class Generator:
     def __init__(
         self,
@@ -87,9 +111,36 @@ class Generator:
         """Whether any backend here runs on this pod's own GPU/CPU."""
         self.hosted = any(not getattr(backend, "self_hosted", True) for backend in backends)
         """Whether any backend here is a hosted API (images in flight concurrently)."""
+        self.finished = RecentAttempts()
+        self._running: dict[str, asyncio.Future[None]] = {}
 
     async def on_job(self, record: Record) -> None:
         job = decode(record, GenerateImage)
+        img = job.image
+        key = img.idempotency_key
+        # A copy read while the original runs in another lane (the same partition's
+        # records run side by side) waits for it: its outcome decides.
+        while (running := self._running.get(key)) is not None:
+            await asyncio.shield(running)
+        if key in self.finished:
+            log.info(
+                "event=duplicate_attempt_skipped job_id=%s index=%d attempt=%d",
+                img.job_id,
+                img.image_index,
+                img.attempt,
+            )
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._running[key] = done
+        try:
+            await self._attempt(job)
+            self.finished.add(key)
+        finally:
+            del self._running[key]
+            done.set_result(None)
+
+    async def _attempt(self, job: GenerateImage) -> None:
+        """Run one attempt to its single outcome event."""
         img = job.image
         provider = job.provider or self._providers.default
         if await self.cancels.store.is_cancelled(img.job_id):
@@ -160,7 +211,7 @@ class Generator:
             return
         except PermanentError as exc:
             await reporter.flush()
-            await self._failed(job, provider, type(exc).__name__, str(exc), retryable=False)
+            await self._failed(job, provider, _error_type(exc), str(exc), retryable=False)
             return
         except Exception as exc:  # a backend crash (OOM, driver): this attempt, not the message
             log.exception("event=generation_error job_id=%s index=%d", img.job_id, img.image_index)
@@ -289,6 +340,13 @@ class Generator:
                 ),
             )
         )
+
+
+def _error_type(exc: Exception) -> str:
+    """The attempt's `error_type`: the error's own well-known value (a content-policy
+    refusal's ContentPolicyViolation), else its class name."""
+    named = getattr(exc, "error_type", None)
+    return named if isinstance(named, str) else type(exc).__name__
 
 
 def _identity_keys(job: GenerateImage) -> list[str]:

@@ -8,13 +8,14 @@ from contextlib import AsyncExitStack
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
 from imagegen.health import broker_check, database_check, loops_check, object_store_check
+from imagegen.retention import pruning
 from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_telemetry
 from services.postprocess.background import load_background_remover
 from services.postprocess.consistency import ConsistencyScorer, DlibFaceEncoder
 from services.postprocess.handlers import ConsistencyCheck, Postprocessor
 from services.postprocess.settings import PostprocessSettings
-from services.postprocess.variations import MIGRATIONS, PostgresVariationStore
+from services.postprocess.variations import MIGRATIONS, PostgresVariationStore, variations_pruner
 
 SCHEMA = "postprocess"
 
@@ -32,6 +33,7 @@ async def serve(settings: PostprocessSettings) -> None:
             stack.push_async_callback(pool.close)
             await migrate(pool, SCHEMA, MIGRATIONS)
             health.watch("database", database_check(pool))
+            await stack.enter_async_context(pruning(variations_pruner(pool)))
             scorer = ConsistencyScorer(
                 await asyncio.to_thread(DlibFaceEncoder), threshold=settings.consistency_threshold
             )
@@ -45,7 +47,11 @@ async def serve(settings: PostprocessSettings) -> None:
             settings, blobs, publisher, topics, consistency=consistency, background=background
         )
         loop = consumer_loop(
-            settings.kafka, "postprocess", {topics.images_raw: worker.on_raw_image}, publisher
+            settings.kafka,
+            "postprocess",
+            {topics.images_raw: worker.on_raw_image},
+            publisher,
+            lanes=settings.postprocess_concurrency,
         )
         health.watch("broker", broker_check(publisher))
         health.watch("object_store", object_store_check(blobs))

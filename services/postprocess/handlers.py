@@ -91,14 +91,14 @@ class Postprocessor:
             cutout = await asyncio.to_thread(render_cutout, data, self._background)
             if cutout is not None:
                 rendered.append(cutout)
+        refs = await asyncio.gather(
+            *(put_staging(self._blobs, item.data, item.content_type) for item in rendered)
+        )
         renditions = [
             Rendition(
                 name="original", blob=raw.blob, width=raw.width, height=raw.height, format="png"
             ),
-        ]
-        for item in rendered:
-            ref = await put_staging(self._blobs, item.data, item.content_type)
-            renditions.append(
+            *(
                 Rendition(
                     name=item.name,
                     blob=ref,
@@ -106,7 +106,9 @@ class Postprocessor:
                     height=item.height,
                     format=item.format,
                 )
-            )
+                for item, ref in zip(rendered, refs, strict=True)
+            ),
+        ]
         with tracer().start_as_current_span("consistency") as span:
             assessment = await self._assess(raw, data)
             score = assessment.score

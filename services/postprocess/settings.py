@@ -34,3 +34,10 @@ class PostprocessSettings(ServiceSettings):
         " services/postprocess/background.py); unset: no background removal.",
     )
     postprocess_background_input_size: int = Field(default=320, ge=32, le=2048)
+    postprocess_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Images processed at once (consumer lanes); renditions and scoring run"
+        " in threads, so about one per core the pod has.",
+    )

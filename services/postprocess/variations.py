@@ -4,6 +4,7 @@ An image that scores below the threshold is held back while the scheduler asks f
 seed variations; on the last one, the best-scoring variation is the one stored. Rows live
 in the postprocess service's own schema ("postprocess"); the processed message of each
 variation is kept whole, since its renditions are already staged in object storage.
+Rows older than `imagegen.retention.REPLAY_WINDOW` are pruned (`variations_pruner`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Protocol
 import asyncpg
 
 from imagegen.db import transient_as_retryable
+from imagegen.retention import REPLAY_WINDOW, AgePruner
 from schemas.images import ProcessedImage
 from schemas.jobs import ImageIdentity
 
@@ -30,6 +32,14 @@ MIGRATIONS: list[tuple[int, str]] = [
             created_at  timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (job_id, image_index, version, variation)
         );
+        """,
+    ),
+    (
+        2,
+        """
+        -- Pruned by age (imagegen.retention): a variation is only read while its image's
+        -- messages can still arrive.
+        CREATE INDEX variations_created_at ON variations (created_at);
         """,
     ),
 ]
@@ -91,3 +101,8 @@ class InMemoryVariationStore:
             if key[:3] == (image.job_id, image.image_index, image.version)
         ]
         return min(mine, key=lambda row: (row[0], row[1]))[2]
+
+
+def variations_pruner(pool: asyncpg.Pool) -> AgePruner:
+    """Forgets variations once no message of their image can arrive any more."""
+    return AgePruner(pool, "variations", "created_at", keep=REPLAY_WINDOW)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from contextlib import AsyncExitStack
 
 from imagegen.db import create_pool, migrate
 from imagegen.health import broker_check, database_check, loops_check
-from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher
+from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_telemetry
 from services.scheduler.handlers import Scheduler
 from services.scheduler.migrations import MIGRATIONS
@@ -29,6 +28,7 @@ async def serve(settings: SchedulerSettings) -> None:
         publisher = kafka_publisher(settings.kafka, "scheduler")
         stack.push_async_callback(publisher.close)
         scheduler = Scheduler(settings, pool, publisher, topics)
+        stack.push_async_callback(scheduler.scenes.aclose)  # the LLM client's connections
         loops = [
             consumer_loop(
                 settings.kafka, "scheduler", {topics.requests: scheduler.on_request}, publisher
@@ -40,15 +40,6 @@ async def serve(settings: SchedulerSettings) -> None:
         health.watch("database", database_check(pool))
         health.watch("broker", broker_check(publisher))
         health.watch("consumers", loops_check(loops))
-        loop = asyncio.get_running_loop()
-
-        def stop() -> None:
-            log.info("event=stop_requested")
-            for consumer in loops:
-                consumer.stop()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop)
         background = asyncio.create_task(scheduler.run_background())
 
         def background_ended(task: asyncio.Task[None]) -> None:
@@ -58,17 +49,17 @@ async def serve(settings: SchedulerSettings) -> None:
             # nothing will publish (fault test: object store restarted mid-run).
             if not task.cancelled() and task.exception() is not None:
                 log.error("event=background_failed error=%r", str(task.exception()))
-                stop()
+                for consumer in loops:
+                    consumer.stop()
 
         background.add_done_callback(background_ended)
         try:
-            await asyncio.gather(*(consumer.run() for consumer in loops))
+            await run_until_signalled(loops)
         finally:
             # Consumers drained first; then the relay publishes what they staged, and stops.
+            # A relay that died raises its error here: the process exits non-zero.
             scheduler.stop_background()
             await background
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
 
 
 def main() -> None:

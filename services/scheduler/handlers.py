@@ -50,7 +50,7 @@ from services.scheduler.planning import (
     story_of,
     with_chain,
 )
-from services.scheduler.provider_health import ProviderHealth
+from services.scheduler.provider_health import ProviderHealth, counts_against
 from services.scheduler.references import load_reference_sets, record_reference_set
 from services.scheduler.rerolls import regenerate
 from services.scheduler.retries import Retries, Ticker
@@ -269,9 +269,7 @@ class Scheduler:
         """Attempt outcomes feed provider health (counted once per event id)."""
         if isinstance(event, GenerationFailed) and not event.data.final:
             self.health.failure(
-                event.data.provider,
-                retryable=event.data.retryable and event.data.error_type != "Cancelled",
-                event_id=event.id,
+                event.data.provider, retryable=counts_against(event.data), event_id=event.id
             )
         elif isinstance(event, GenerationCompleted):
             self.health.success(event.data.provider or event.data.backend, event_id=event.id)

@@ -152,7 +152,11 @@ class JobBook:
                 if counts["stored"] == 0
                 else JobStatus.PARTIALLY_COMPLETED
             )
-            await self.end(conn, job["job_id"], final)
+            # A reason noted while it ran (an image refused for content policy) ends it.
+            noted = await conn.fetchrow(
+                "SELECT reason_code, reason FROM jobs WHERE job_id = $1", job["job_id"]
+            )
+            await self.end(conn, job["job_id"], final, noted["reason_code"], noted["reason"])
             return
         await self._dispatcher.pump(conn, job)
         if job["story_id"]:

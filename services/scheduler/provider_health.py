@@ -6,8 +6,9 @@ its provider, a `generation_completed` closes the provider's breaker. After `thr
 retryable failures in a row the provider is taken out of the rotation for `cooldown_s`
 and `imagegen_provider_cooldowns` is incremented; once the cool-down has passed it is
 tried again, and one more failure (before any success) sends it straight back.
-Permanent failures (bad input, a refused prompt, a cancelled job) say nothing about the
-provider's health and are not counted.
+Permanent failures (bad input, a cancelled job) and content-policy refusals (the provider
+worked: its safety system refused the prompt) say nothing about the provider's health and
+are not counted (`counts_against`), even if a generator marked one retryable.
 
 Kept in memory, per scheduler instance: each instance sees the outcomes of the jobs of its
 partitions, a large enough sample of any provider's traffic to notice an outage, and a
@@ -26,10 +27,17 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from imagegen.metrics import instruments
+from schemas.events import ErrorType, GenerationFailedData
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _REMEMBERED_EVENTS = 4096
+_NOT_THE_PROVIDERS_FAULT = frozenset({ErrorType.CANCELLED, ErrorType.CONTENT_POLICY_VIOLATION})
+
+
+def counts_against(data: GenerationFailedData) -> bool:
+    """Whether a failed attempt says the provider is unwell (see the module docstring)."""
+    return data.retryable and data.error_type not in _NOT_THE_PROVIDERS_FAULT
 
 
 @dataclass

@@ -4,10 +4,14 @@ Per DECISIONS.md #2: up to `max_attempts` attempts per provider, the delay doubl
 `retry_backoff_s` (capped); the due time lives in `job_images.due_at` and the `Ticker`
 dispatches due retries (`FOR UPDATE SKIP LOCKED`, so instances share the work and nothing
 waits on a busy job). A permanent failure (retryable=false, a provider the generator does
-not run) skips the remaining attempts of that provider. When the chain is exhausted the
-image fails alone with one `generation_failed` final=true; its job then ends partially
-(or failed when nothing was stored). `attempt` grows across providers and variations, so
-every attempt of an image has its own ids.
+not run) skips the remaining attempts of that provider. A content-policy refusal
+(error_type ContentPolicyViolation: the provider's safety system refused the prompt or a
+reference image) is final at once: the prompt is at fault, so it is neither retried nor
+sent to the next provider to be paid for again, and the job's reason says so. When the
+chain is exhausted the image fails alone with one `generation_failed` final=true and its
+reservation released; its job then ends partially (or failed when nothing was stored).
+`attempt` grows across providers and variations, so every attempt of an image has its
+own ids.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from datetime import date, timedelta
 import asyncpg
 
 from imagegen.errors import RetryableError
-from schemas.events import GenerationFailed, GenerationFailedData, event_id
+from schemas.events import ErrorType, GenerationFailed, GenerationFailedData, event_id
 from schemas.jobs import GenerateImage
 from schemas.requests import UserTier
 from schemas.topics import TopicNames
@@ -36,7 +40,8 @@ from services.scheduler.rerolls import vary as vary_job
 from services.scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
-CANCELLED = "Cancelled"
+CONTENT_POLICY_REASON = "content_policy_violation"
+"""The job's `reason_code` when one of its images was refused for content policy."""
 
 
 def backoff(settings: SchedulerSettings, provider_attempt: int) -> float:
@@ -77,7 +82,10 @@ class Retries:
     ) -> None:
         """One attempt of a dispatched image failed (the caller checked it is the current one)."""
         msg = GenerateImage.model_validate_json(row["message"])
-        retryable = data.retryable and data.error_type != CANCELLED
+        if data.error_type == ErrorType.CONTENT_POLICY_VIOLATION:
+            await self._refused(conn, job, row, msg, data)
+            return
+        retryable = data.retryable and data.error_type != ErrorType.CANCELLED
         chain = [OfferChoice.from_json(o) for o in _json_list(row["offers"])]
         nxt = row["offer_index"] + 1
         # The rest of the chain, providers in cool-down last; a cooling provider gets no
@@ -139,6 +147,35 @@ class Retries:
                 await self._dispatcher.dispatch(conn, next_attempt(on_offer(msg, offer)))
                 return
             data = data.model_copy(update={"error": f"{data.error}; failover: {refusal.reason}"})
+        await self.give_up(conn, job, row, msg, data.error_type, data.error)
+
+    async def _refused(
+        self,
+        conn: asyncpg.Connection,
+        job: asyncpg.Record,
+        row: asyncpg.Record,
+        msg: GenerateImage,
+        data: GenerationFailedData,
+    ) -> None:
+        """A safety-system refusal: the image fails now and names it, as does its job."""
+        index = row["image_index"]
+        # Noted on the job now, said by its terminal event (`JobBook.image_settled`); the
+        # first refused image of a pack names the reason.
+        await conn.execute(
+            "UPDATE jobs SET reason_code = coalesce(reason_code, $2),"
+            " reason = coalesce(reason, $3) WHERE job_id = $1",
+            job["job_id"],
+            CONTENT_POLICY_REASON,
+            f"image {index} refused for content policy (not retried, not sent to another"
+            f" provider): {data.error}"[:500],
+        )
+        log.warning(
+            "event=content_refused job_id=%s index=%d attempt=%d provider=%s",
+            job["job_id"],
+            index,
+            msg.image.attempt,
+            msg.provider,
+        )
         await self.give_up(conn, job, row, msg, data.error_type, data.error)
 
     async def give_up(

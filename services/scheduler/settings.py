@@ -14,6 +14,7 @@ from schemas.requests import UserTier
 
 class SchedulerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", extra="ignore")
+    uses_object_store = False
 
     default_steps: int = 20
     default_guidance: float = 7.0

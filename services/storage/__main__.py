@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
+from datetime import timedelta
 
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
 from imagegen.events import EventEmitter
 from imagegen.health import broker_check, database_check, loops_check, object_store_check
+from imagegen.retention import pruning
 from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_telemetry
+from services.storage.cleanup import applied_events_pruner
 from services.storage.handlers import SOURCE, StorageService
 from services.storage.jobs import JobTracker
 from services.storage.lifecycle import ImageLifecycle
@@ -38,6 +41,7 @@ async def serve(settings: StorageSettings) -> None:
                 "storage",
                 {topics.images_processed: service.on_processed_image},
                 publisher,
+                lanes=settings.storage_concurrency,
             ),
             consumer_loop(
                 settings.kafka,
@@ -56,7 +60,14 @@ async def serve(settings: StorageSettings) -> None:
         health.watch("broker", broker_check(publisher))
         health.watch("object_store", object_store_check(blobs))
         health.watch("consumers", loops_check(loops))
-        await run_until_signalled(loops)
+        pruner = applied_events_pruner(
+            pool,
+            retention=timedelta(seconds=settings.applied_events_retention_s),
+            batch_size=settings.applied_events_prune_batch,
+            interval_s=settings.applied_events_prune_interval_s,
+        )
+        async with pruning(pruner):
+            await run_until_signalled(loops)
 
 
 def main() -> None:

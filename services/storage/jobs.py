@@ -4,11 +4,12 @@ pack_completed, job_cancelled).
 
 Events of one job come from three services, so they can arrive out of order and more than
 once. Each event is applied at most once (its id is recorded in `applied_events` in the
-same transaction), and states only move forward: an image's events are ordered by
-(attempt, stage), its final failure is terminal, and a completed image can still be
-retried (postprocess rejected it, or the consistency loop asked for a variation: both
-come back as a higher attempt); a job goes queued -> running -> terminal, and a terminal
-status is never overwritten by a late event. Once the job has
+same transaction, and kept for IMAGEGEN_APPLIED_EVENTS_RETENTION_S, longer than any copy
+of it can still arrive: see `cleanup.applied_events_pruner`), and states only move forward:
+an image's events are ordered by (attempt, stage), its final failure is terminal, and a
+completed image can still be retried (postprocess rejected it, or the consistency loop
+asked for a variation: both come back as a higher attempt); a job goes queued -> running
+-> terminal, and a terminal status is never overwritten by a late event. Once the job has
 ended, the scheduler's pack_completed figures (counts, settled cost, duration) are kept.
 """
 

@@ -171,4 +171,13 @@ MIGRATIONS: list[tuple[int, str]] = [
             ADD COLUMN quality_components jsonb NOT NULL DEFAULT '{}';
         """,
     ),
+    (
+        5,
+        """
+        -- applied_events is pruned by age (cleanup.applied_events_pruner): oldest first, in
+        -- batches, without a scan of the whole table. Rows from before this migration
+        -- already carry applied_at (NOT NULL DEFAULT now() since migration 3).
+        CREATE INDEX applied_events_applied_at ON applied_events (applied_at);
+        """,
+    ),
 ]

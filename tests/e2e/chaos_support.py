@@ -190,26 +190,53 @@ def wait_terminal(
     tenants: list[Tenant],
     jobs: list[Submitted],
     timeout: float,
+    *,
+    stall_s: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every job of the tenants in a terminal state, as the API tells it (the submitted ones
-    and any the system started for them); fails naming the jobs still open at `timeout`."""
-    deadline = time.monotonic() + timeout
+    and any the system started for them).
+
+    Fails at `timeout` whatever happens; with `stall_s`, also as soon as nothing moved (no
+    job listed, no image finished or failed, no job ended) for that long, so a loaded
+    machine gets the time its progress earns and a stuck system fails early. Either way
+    the failure names the open jobs, the progress so far and the end of every log.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    progress: tuple[int, int, int] | None = None
+    moved_at = started
+    history: list[str] = []
     while True:
         listed: dict[str, dict[str, Any]] = {}
         for tenant in tenants:
             listed.update(list_jobs(stack, tenant))
         unlisted = [j.job_id for j in jobs if j.job_id not in listed]
-        open_jobs = [
-            f"{job_id} ({body['kind']} {body['status']} {body['completed']}/{body['total']})"
-            for job_id, body in listed.items()
-            if body["status"] not in TERMINAL
-        ]
+        open_jobs = {
+            job_id: body for job_id, body in listed.items() if body["status"] not in TERMINAL
+        }
         if not unlisted and not open_jobs:
             return listed
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        done = sum(int(b["completed"]) + int(b["failed"]) for b in listed.values())
+        current = (len(listed), done, len(listed) - len(open_jobs))
+        if current != progress:
+            progress, moved_at = current, now
+            history.append(f"{now - started:.0f}s:{done}")
+        stalled = stall_s is not None and now - moved_at > stall_s
+        if stalled or now > deadline:
+            why = (
+                f"no progress for {now - moved_at:.0f}s"
+                if stalled
+                else f"not terminal after {timeout:.0f}s"
+            )
+            described = [
+                f"{job_id} ({b['kind']} {b['status']} {b['completed']}+{b['failed']} failed"
+                f"/{b['total']})"
+                for job_id, b in open_jobs.items()
+            ]
             raise AssertionError(
-                f"not terminal after {timeout:.0f}s: {open_jobs}; never listed: {unlisted}\n"
-                + "".join(stack.output[-40:])
+                f"{why}: open {described}; never listed: {unlisted}; images done over"
+                f" time {' '.join(history)}\n{stack.log_tails()}"
             )
         time.sleep(1.0)
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 import httpx
 
 from imagegen.stack.ports import free_port
+from imagegen.stack.postgres import drop_database
 
 
 @dataclass
@@ -69,12 +72,48 @@ class RunningStack:
         secrets: dict[str, str] = json.loads((self.data_dir / "secrets.json").read_text())
         return secrets
 
+    def log_tails(self, lines: int = 15, extra: tuple[Path, ...] = ()) -> str:
+        """The end of every service's and server's log, of `extra` logs and of `imagegen up`'s
+        own output (restarts): what a failed wait shows, so that a CI log says where the
+        time went without the stack's folder."""
+        paths = [*sorted((self.data_dir / "logs").glob("*.log")), *extra]
+        parts = [f"--- {path.name}\n{tail(path, lines)}" for path in paths]
+        parts.append("--- imagegen up\n" + "".join(self.output[-lines:]))
+        return "\n".join(parts)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def tail(path: Path, lines: int, max_bytes: int = 256 * 1024) -> str:
+    """The last `lines` lines of a log (colour codes stripped; Tansu writes them)."""
+    try:
+        with path.open("rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - max_bytes))
+            text = log.read().decode(errors="replace")
+    except OSError as exc:
+        return f"(unreadable: {exc})"
+    return "\n".join(_ANSI.sub("", text).splitlines()[-lines:])
+
 
 def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str], sink: list[str]) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         sink.append(line)
         lines.put(line)
+
+
+CREATED_DATABASES: dict[str, str] = {}
+"""URL by name of each database an `imagegen_up` stack used (all the tests' own); dropped
+when the session ends (the stacks of a restart test share one, so not when one stops)."""
+
+
+def drop_created_databases() -> None:
+    """Drop them from a shared server (an embedded one went with its stack's folder)."""
+    for name, url in sorted(CREATED_DATABASES.items()):
+        with contextlib.suppress(OSError, TimeoutError):
+            drop_database(url, name)
+    CREATED_DATABASES.clear()
 
 
 @contextmanager
@@ -127,6 +166,7 @@ def imagegen_up(
             for key in ("gateway", "token", "database"):
                 if line.startswith(f"{key}: "):
                     found[key] = line.split(": ", 1)[1].strip()
+        CREATED_DATABASES[database] = found["database"]
         yield RunningStack(
             proc,
             data_dir,
@@ -159,9 +199,7 @@ def wait_for_job(
         if job["status"] in ("completed", "partially_completed", "failed", "cancelled"):
             return job
         time.sleep(0.5)
-    raise AssertionError(
-        f"job {job_id} not finished in {timeout}s:\n" + "".join(stack.output[-40:])
-    )
+    raise AssertionError(f"job {job_id} not finished in {timeout}s:\n" + stack.log_tails())
 
 
 def read_sse(
@@ -169,16 +207,48 @@ def read_sse(
     path: str,
     headers: dict[str, str] | None = None,
     stop_after: int | None = None,
+    *,
+    stall_s: float | None = None,
+    diagnose: Callable[[list[dict[str, Any]]], str] | None = None,
 ) -> list[dict[str, Any]]:
-    """SSE messages (id, event, data) until the server ends the stream or `stop_after`."""
+    """SSE messages (id, event, data) until the server ends the stream or `stop_after`.
+
+    With `stall_s`, a stream that brings no message for that long fails (heartbeats do not
+    count) with what it got and `diagnose(messages)`, rather than waiting for pytest's
+    timeout: a slow machine gets as long as events keep coming.
+    """
     messages: list[dict[str, Any]] = []
     current: dict[str, Any] = {}
-    with client.stream("GET", path, headers=headers, timeout=120) as response:
+    last = time.monotonic()
+
+    def stalled(why: str) -> AssertionError:
+        got = "no message yet"
+        if messages:
+            last_one = messages[-1]
+            got = f"{len(messages)} messages, the last {last_one['event']} id {last_one['id']}"
+        return AssertionError(f"{path}: {why} ({got})\n" + (diagnose(messages) if diagnose else ""))
+
+    # Heartbeats arrive every sse_ping_s: a read that waits longer than the stall for a
+    # line means the server itself went quiet.
+    timeout = httpx.Timeout(30, read=stall_s or 120)
+    with client.stream("GET", path, headers=headers, timeout=timeout) as response:
         response.raise_for_status()
-        for line in response.iter_lines():
+        lines = response.iter_lines()
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                break
+            except httpx.ReadTimeout as exc:
+                if stall_s is None:
+                    raise
+                raise stalled(f"not even a heartbeat for {stall_s:.0f}s") from exc
+            if stall_s is not None and time.monotonic() - last > stall_s:
+                raise stalled(f"no event for {stall_s:.0f}s")
             if not line:
                 if "data" in current:
                     messages.append(current)
+                    last = time.monotonic()
                     if stop_after is not None and len(messages) >= stop_after:
                         break
                 current = {}

@@ -1,9 +1,10 @@
-"""The database and the object store restarted mid-run, on the whole stack as processes.
+"""The database, the object store and the broker restarted mid-run, on the whole stack as
+processes.
 
 The stack runs its own embedded PostgreSQL here (`--pg-port` names a port nothing answers
 on, so `imagegen up` starts one under its data folder): the machine's shared server on
-5432 is never touched. SeaweedFS is the stack's own child; it is killed and started again
-by hand with the same command line, folder and ports, as an operator would.
+5432 is never touched. SeaweedFS and Tansu are the stack's own children; each is killed and
+started again by hand with the same command line, folder and ports, as an operator would.
 While either is down the system must say so (the gateway's /readyz names the database;
 the services log the failures they retry) and afterwards finish every job, storing each
 image once and leaving no budget reserved.
@@ -26,6 +27,7 @@ import pytest
 
 from imagegen.stack.ports import free_port, wait_for_port
 from tests.e2e.chaos_support import (
+    Submitted,
     Tenant,
     assert_consistent,
     count_images,
@@ -44,6 +46,14 @@ pytestmark = pytest.mark.e2e
 SEED = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(2**31))
 IMAGES = 30  # per scenario
 OUTAGE_S = 3.0
+# The wait after an outage is paced by the work (postprocessing is CPU-bound, ~1-3 s an
+# image on 2 busy cores) and by restarts of services whose Kafka clients the outage broke
+# (Python imports: 15-30 s on a loaded machine): it fails when nothing moves for STALL_S,
+# and in any case after WAIT_MAX_S.
+STALL_S = 120.0
+WAIT_MAX_S = 480.0
+# Covers the module's stack start-up (in the first test), the workload and WAIT_MAX_S.
+TEST_TIMEOUT_S = 720
 
 
 # --- the embedded PostgreSQL under the stack's data folder --------------------------------
@@ -140,27 +150,29 @@ def _children(parent: int) -> list[int]:
 
 
 @dataclass
-class Weed:
-    """SeaweedFS started by the test after it killed the stack's; stopped by the test."""
+class Child:
+    """A server of the stack (SeaweedFS, Tansu) started again by the test after it killed
+    the stack's, with the same command line and environment; stopped by the test."""
 
     argv: list[str]
     env: dict[str, str]
     log: Path
+    name: str
     proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def of(cls, stack: RunningStack) -> tuple[int, Weed]:
-        """The stack's running SeaweedFS: its PID and how to start it again."""
-        pids = [p for p in _children(stack.proc.pid) if _comm(p) == "weed"]
+    def of(cls, stack: RunningStack, comm: str, log: str, name: str) -> tuple[int, Child]:
+        """The stack's running `comm` process: its PID and how to start it again."""
+        pids = [p for p in _children(stack.proc.pid) if _comm(p) == comm]
         assert len(pids) == 1, pids
         pid = pids[0]
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
         environ = Path(f"/proc/{pid}/environ").read_bytes().rstrip(b"\0").split(b"\0")
         env = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
-        log = stack.data_dir / "logs" / "seaweedfs-s3.log"
-        return pid, cls([a.decode() for a in argv], env, log)
+        child = cls([a.decode() for a in argv], env, stack.data_dir / "logs" / log, name)
+        return pid, child
 
-    def start(self, s3_port: int) -> None:
+    def start(self, port: int) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.argv,
@@ -170,7 +182,7 @@ class Weed:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_for_port("127.0.0.1", s3_port, 60, None, name="SeaweedFS S3")
+        wait_for_port("127.0.0.1", port, 60, None, name=self.name)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -196,23 +208,23 @@ def _comm(pid: int) -> str:
 class InfraStack:
     stack: RunningStack
     pgdata: Path
-    weeds: list[Weed]
-    """SeaweedFS processes the test started (and must stop)."""
+    restarted: list[Child]
+    """Servers the test started again (and must stop)."""
 
 
 @pytest.fixture(scope="module")
 def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfraStack]:
     tmp = tmp_path_factory.mktemp("infra-stack")
     pgdata = (tmp / "data" / "pg").resolve()
-    weeds: list[Weed] = []
+    restarted: list[Child] = []
     try:
         with imagegen_up(tmp, ["--backend", "demo", "--pg-port", str(free_port())]) as stack:
             assert "host=" in stack.database, f"not the stack's own PostgreSQL: {stack.database}"
-            yield InfraStack(stack, pgdata, weeds)
+            yield InfraStack(stack, pgdata, restarted)
     finally:
         # The stack stops the servers it started; those the test started again are ours.
-        for weed in weeds:
-            weed.stop()
+        for child in restarted:
+            child.stop()
         if postmaster(pgdata) is not None:
             stop_postgres(pgdata, mode="fast")
 
@@ -267,6 +279,32 @@ def _run(infra: InfraStack, rng: random.Random, tag: str) -> tuple[list[Tenant],
     return tenants, jobs, before
 
 
+def _kill_and_restart(
+    infra: InfraStack, found: tuple[int, Child], port: int
+) -> tuple[tuple[int, dict[str, Any]], float]:
+    """SIGKILL the stack's server, ask /readyz after OUTAGE_S, start it again; what
+    /readyz said and how long the outage lasted."""
+    pid, child = found
+    os.kill(pid, signal.SIGKILL)
+    down_at = time.monotonic()
+    infra.restarted.append(child)
+    time.sleep(OUTAGE_S)
+    during = _readyz(infra.stack)
+    child.start(port)
+    return during, time.monotonic() - down_at
+
+
+def _all_completed(
+    stack: RunningStack, tenants: list[Tenant], jobs: list[Submitted]
+) -> tuple[dict[str, dict[str, Any]], float]:
+    """Every job's final record once all are over (each must be completed); the wait."""
+    started = time.monotonic()
+    final = wait_terminal(stack, tenants, jobs, WAIT_MAX_S, stall_s=STALL_S)
+    assert all(b["status"] == "completed" for b in final.values()), final
+    return final, time.monotonic() - started
+
+
+@pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_database_restart_mid_run(infra: InfraStack, capsys: pytest.CaptureFixture[str]) -> None:
     stack = infra.stack
     rng = random.Random(SEED)
@@ -287,7 +325,9 @@ def test_database_restart_mid_run(infra: InfraStack, capsys: pytest.CaptureFixtu
     start_postgres(infra.pgdata, running.socket_dir)
     outage = time.monotonic() - down_at
 
-    final = wait_terminal(stack, tenants, jobs, timeout=180)
+    wait_started = time.monotonic()
+    final = wait_terminal(stack, tenants, jobs, WAIT_MAX_S, stall_s=STALL_S)
+    waited = time.monotonic() - wait_started
     assert all(b["status"] == "completed" for b in final.values()), final
     assert _readyz(stack)[0] == 200
     errors = _problems_logged(stack, offsets)
@@ -297,12 +337,14 @@ def test_database_restart_mid_run(infra: InfraStack, capsys: pytest.CaptureFixtu
     say(
         f"db-restart seed={SEED} images={completed} stored_before_stop={stored_at_stop}"
         f" outage={outage:.1f}s readyz_during=503 not_ready={not_ready}"
-        f" problems_logged={errors} duration={time.monotonic() - started:.1f}s"
+        f" problems_logged={errors} wait={waited:.1f}s"
+        f" duration={time.monotonic() - started:.1f}s"
         f" stored_rows={store.rows} spent_usd={ledger.spent_usd}",
         capsys,
     )
 
 
+@pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_object_store_restart_mid_run(
     infra: InfraStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -313,17 +355,10 @@ def test_object_store_restart_mid_run(
     offsets = _log_offsets(stack)
     objects_before = len(final_objects(stack))
     stored_at_stop = store_report(stack).rows - before
-    pid, weed = Weed.of(stack)
-    os.kill(pid, signal.SIGKILL)
-    down_at = time.monotonic()
-    infra.weeds.append(weed)
-    time.sleep(OUTAGE_S)
-    during = _readyz(stack)
-    weed.start(stack.s3_port)
-    outage = time.monotonic() - down_at
-
-    final = wait_terminal(stack, tenants, jobs, timeout=180)
-    assert all(b["status"] == "completed" for b in final.values()), final
+    during, outage = _kill_and_restart(
+        infra, Child.of(stack, "weed", "seaweedfs-s3.log", "SeaweedFS S3"), stack.s3_port
+    )
+    final, waited = _all_completed(stack, tenants, jobs)
     # The broker keeps its log in the object store: it is the first to say so.
     errors = _problems_logged(stack, offsets)
     assert errors[BROKER_LOG] > 0, f"the outage went unreported: {errors}"
@@ -334,7 +369,41 @@ def test_object_store_restart_mid_run(
         f"s3-restart seed={SEED} images={completed} stored_before_kill={stored_at_stop}"
         f" outage={outage:.1f}s readyz_during={during[0]}"
         f" {','.join(during[1].get('not_ready', []))} problems_logged={errors}"
-        f" duration={time.monotonic() - started:.1f}s stored_rows={store.rows}"
+        f" wait={waited:.1f}s duration={time.monotonic() - started:.1f}s stored_rows={store.rows}"
         f" objects={store.objects} spent_usd={ledger.spent_usd}",
+        capsys,
+    )
+
+
+@pytest.mark.timeout(TEST_TIMEOUT_S)
+def test_broker_killed_and_restarted_mid_run(
+    infra: InfraStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tansu SIGKILLed mid-run: its log is in the object store, so what it acknowledged
+    survives; clients reconnect, or (a producer fenced by the restart) their service exits
+    and the supervisor starts it again. Every job still completes, each image once."""
+    stack = infra.stack
+    rng = random.Random(SEED + 2)
+    started = time.monotonic()
+    tenants, jobs, before = _run(infra, rng, "kafka")
+    offsets = _log_offsets(stack)
+    stored_at_kill = store_report(stack).rows - before
+    during, outage = _kill_and_restart(
+        infra, Child.of(stack, "tansu", f"{BROKER_LOG}.log", "Tansu broker"), stack.kafka_port
+    )
+    final, waited = _all_completed(stack, tenants, jobs)
+    # The gateway said it could not reach the broker while it was down.
+    assert during[0] == 503 and "broker" in during[1]["not_ready"], during
+    # Each service's Kafka clients said they lost the broker (warnings, in our log format).
+    errors = _problems_logged(stack, offsets)
+    assert sum(errors[n] for n in SERVICE_LOGS) > 0, f"no service logged the outage: {errors}"
+    store, ledger = assert_consistent(stack, jobs, final)
+    completed, _ = count_images(final)
+    say(
+        f"broker-restart seed={SEED} images={completed} stored_before_kill={stored_at_kill}"
+        f" outage={outage:.1f}s readyz_during={during[0]}"
+        f" {','.join(during[1].get('not_ready', []))} problems_logged={errors}"
+        f" wait={waited:.1f}s duration={time.monotonic() - started:.1f}s"
+        f" stored_rows={store.rows} spent_usd={ledger.spent_usd}",
         capsys,
     )

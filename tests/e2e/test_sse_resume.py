@@ -9,12 +9,13 @@ event can only learn of it through the projection's NOTIFY.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,13 @@ pytestmark = pytest.mark.e2e
 
 PACK = 23
 NO_POLL = {"IMAGEGEN_SSE_POLL_S": "3600", "IMAGEGEN_SSE_PING_S": "1"}
+# A stream with no event for this long fails with a diagnosis: events of a pack come
+# seconds apart even on two busy cores, so only a stuck pipeline or stream gets here.
+STALL_S = 90.0
+# The first test also starts the stack (module fixture) and starts a replica twice: on a
+# loaded 2-core machine each Python start-up costs 15-45 s, so 300 s is too little; the
+# stall checks above are what fails a stuck run, and early.
+TEST_TIMEOUT_S = 600
 
 
 class Replica:
@@ -119,6 +127,39 @@ async def _logged_ids(database: str, column: str, value: str) -> list[int]:
     return [row["id"] for row in rows]
 
 
+async def _events_logged(database: str, column: str, value: str, after: int) -> list[str]:
+    conn = await asyncpg.connect(database)
+    try:
+        rows = await conn.fetch(
+            f"SELECT id, type, created_at FROM gateway.events WHERE {column} = $1 AND id > $2"
+            " ORDER BY id",
+            value,
+            after,
+        )
+    finally:
+        await conn.close()
+    return [f"{r['id']}:{r['type']}@{r['created_at']:%H:%M:%S.%f}" for r in rows]
+
+
+def _diagnosis(
+    stack: RunningStack, replica: Replica, column: str, value: str
+) -> Callable[[list[dict[str, Any]]], str]:
+    """What a stalled stream shows: whether the log holds events the stream did not send
+    (a lost wake-up) or none either (the pipeline is stuck), and the end of every log."""
+
+    def diagnose(messages: list[dict[str, Any]]) -> str:
+        after = int(messages[-1]["id"]) if messages else 0
+        logged = asyncio.run(_events_logged(stack.database, column, value, after))
+        listeners = asyncio.run(_listening_connections(stack.database))
+        return (
+            f"logged for {column}={value} after id {after}, not streamed: {len(logged)}"
+            f" {logged[:10]}; LISTEN connections: {listeners}\n"
+            + stack.log_tails(extra=(replica.log_file,))
+        )
+
+    return diagnose
+
+
 async def _listening_connections(database: str) -> int:
     conn = await asyncpg.connect(database)
     try:
@@ -131,6 +172,7 @@ async def _listening_connections(database: str) -> int:
     return count
 
 
+@pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_resume_on_another_replica_and_after_a_restart_misses_nothing(
     stack: RunningStack, replica: Replica
 ) -> None:
@@ -149,13 +191,17 @@ def test_resume_on_another_replica_and_after_a_restart_misses_nothing(
         assert accepted.status_code == 202, accepted.text
         job_id = accepted.json()["job_id"]
         path = path_of(job_id)
+        # Every read below fails with a diagnosis if its stream stalls.
+        read = functools.partial(
+            read_sse, stall_s=STALL_S, diagnose=_diagnosis(stack, replica, "job_id", job_id)
+        )
 
         # 1. The stack's gateway; the client drops after 15 events (a pack has 5+ per image).
-        part1 = read_sse(first, path, stop_after=15)
+        part1 = read(first, path, stop_after=15)
         assert len(part1) == 15 and part1[-1]["event"] != "pack_completed"
 
         # 2. Back on the other replica with Last-Event-ID; drops again 30 events later.
-        part2 = read_sse(second, path, {"Last-Event-ID": part1[-1]["id"]}, stop_after=30)
+        part2 = read(second, path, {"Last-Event-ID": part1[-1]["id"]}, stop_after=30)
         assert len(part2) == 30
 
         # 3. That replica restarts; the client comes back as a browser whose stream token
@@ -165,14 +211,13 @@ def test_resume_on_another_replica_and_after_a_restart_misses_nothing(
         replica.start()
         stream_token = second.post("/api/v1/stream-tokens").json()["token"]
         with httpx.Client(base_url=replica.url, timeout=30) as browser:
-            part3 = read_sse(
-                browser,
-                f"{path}?stream_token={stream_token}&lastEventId={part2[-1]['id']}",
+            part3 = read(
+                browser, f"{path}?stream_token={stream_token}&lastEventId={part2[-1]['id']}"
             )
         assert part3 and part3[-1]["event"] == "pack_completed"
 
         # The whole job, read in one go at the end, is exactly the three parts joined.
-        full = read_sse(first, path)
+        full = read(first, path)
         # One LISTEN connection per gateway process, however many streams it serves.
         assert asyncio.run(_listening_connections(stack.database)) == 2
         job = wait_for_job(stack, first, job_id)
@@ -205,15 +250,16 @@ def test_user_stream_resumes_across_replicas(stack: RunningStack, replica: Repli
             ).json()["job_id"]
             for _ in range(2)
         ]
+        read = functools.partial(
+            read_sse, stall_s=STALL_S, diagnose=_diagnosis(stack, replica, "user_id", user)
+        )
         # Live on one replica until some events of both jobs have arrived.
-        part1 = read_sse(first, "/api/v1/events", stop_after=8)
+        part1 = read(first, "/api/v1/events", stop_after=8)
         for job_id in jobs:
             wait_for_job(stack, first, job_id)
         logged = asyncio.run(_logged_ids(stack.database, "user_id", user))
         rest = len(logged) - len(part1)
-        part2 = read_sse(
-            second, "/api/v1/events", {"Last-Event-ID": part1[-1]["id"]}, stop_after=rest
-        )
+        part2 = read(second, "/api/v1/events", {"Last-Event-ID": part1[-1]["id"]}, stop_after=rest)
     ids = [int(m["id"]) for m in part1 + part2]
     assert ids == logged
     assert set(jobs) <= {m["data"]["job_id"] for m in part1 + part2}

@@ -18,7 +18,6 @@ from PIL import Image
 from pydantic import SecretStr
 
 from imagegen.blobstore import S3BlobStore, put_staging
-from imagegen.db import create_pool, migrate
 from imagegen.kafka import Record, encode
 from imagegen.kafka.memory import InMemoryBroker
 from imagegen.settings import S3Settings
@@ -36,7 +35,6 @@ from services.postprocess.handlers import ConsistencyCheck, Postprocessor
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.variations import InMemoryVariationStore
 from services.storage.handlers import StorageService
-from services.storage.migrations import MIGRATIONS
 from tests.fixtures.servers import S3Info
 
 TOPICS = TopicNames("it")
@@ -55,16 +53,6 @@ async def blobs(seaweed: S3Info) -> AsyncIterator[S3BlobStore]:
     )
     async with S3BlobStore(settings) as store:
         yield store
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, "storage")
-    try:
-        await migrate(pool, "storage", MIGRATIONS)
-        yield pool
-    finally:
-        await pool.close()
 
 
 class CentreDisc(torch.nn.Module):
@@ -95,7 +83,7 @@ def _demo_face() -> bytes:
 
 
 async def test_portrait_is_stored_with_every_rendition_once(
-    blobs: S3BlobStore, pool: asyncpg.Pool, tmp_path: Path
+    blobs: S3BlobStore, storage_pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     model: Any = torch.jit.script(CentreDisc())
     model.save(str(tmp_path / "disc.pt"))
@@ -146,7 +134,7 @@ async def test_portrait_is_stored_with_every_rendition_once(
     processed = ProcessedImage.model_validate_json(processed_record.value)
     assert processed.face_embedding is not None and len(processed.face_embedding) == 128
 
-    storage = StorageService(pool, blobs, broker.publisher(), TOPICS)
+    storage = StorageService(storage_pool, blobs, broker.publisher(), TOPICS)
     record = Record(topic="p", partition=0, offset=0, key="j", value=processed_record.value)
     await storage.on_processed_image(record)
     finals = sorted(await blobs.list("users/"))
@@ -184,8 +172,8 @@ async def test_portrait_is_stored_with_every_rendition_once(
     cutout = Image.open(io.BytesIO(await blobs.get(prefix + "cutout.png")))
     assert cutout.getpixel((128, 128))[3] == 255 and cutout.getpixel((2, 2))[3] == 0  # type: ignore[index]
 
-    row = await pool.fetchrow("SELECT * FROM images")
-    assert await pool.fetchval("SELECT count(*) FROM images") == 1
+    row = await storage_pool.fetchrow("SELECT * FROM images")
+    assert await storage_pool.fetchval("SELECT count(*) FROM images") == 1
     assert (row["prompt"], row["negative_prompt"], row["model"], row["style"]) == (
         "a portrait of Mia",
         "blurry",
@@ -199,7 +187,7 @@ async def test_portrait_is_stored_with_every_rendition_once(
     )
     assert row["review_status"] == "pending" and row["width"] == 256
 
-    references = await pool.fetch("SELECT * FROM character_references")
+    references = await storage_pool.fetch("SELECT * FROM character_references")
     assert len(references) == 1
     ref = references[0]
     assert (ref["user_id"], ref["character_id"], ref["kind"], ref["encoder"]) == (

@@ -12,7 +12,6 @@ from pydantic import SecretStr
 
 from imagegen.blobstore import S3BlobStore, put_staging
 from imagegen.cli import main as cli_main
-from imagegen.db import create_pool, migrate
 from imagegen.kafka import Record, encode
 from imagegen.kafka.memory import InMemoryBroker
 from imagegen.settings import S3Settings
@@ -22,7 +21,6 @@ from schemas.jobs import ImageIdentity
 from schemas.topics import TopicNames
 from services.storage.cleanup import cleanup
 from services.storage.handlers import StorageService
-from services.storage.migrations import MIGRATIONS
 from tests.fixtures.servers import S3Info
 
 TOPICS = TopicNames("it")
@@ -42,16 +40,6 @@ async def bucket_store(seaweed: S3Info) -> AsyncIterator[S3BlobStore]:
     )
     async with S3BlobStore(settings) as store:
         yield store
-
-
-@pytest.fixture
-async def storage_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, "storage")
-    try:
-        await migrate(pool, "storage", MIGRATIONS)
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def test_cleanup_removes_exactly_old_staging_and_orphans(

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from typing import Any
 
@@ -43,8 +44,10 @@ class WebhookDispatcher:
         backoff_max_s: float = 1800.0,
         concurrency: int = 8,
         poll_s: float = 1.0,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._pool = pool
+        self._verify = verify
         self._policy = policy
         self._default_secret = default_secret
         self._timeout_s = timeout_s
@@ -103,6 +106,7 @@ class WebhookDispatcher:
             follow_redirects=False,  # a redirect could point anywhere: not followed
             headers={"User-Agent": USER_AGENT},
             trust_env=False,
+            verify=self._verify,
         ) as client:
             try:
                 while not self._stopping:

@@ -3,6 +3,8 @@ built from settings."""
 
 from __future__ import annotations
 
+import ssl
+
 import asyncpg
 
 from services.gateway.problems import Loc, field_error
@@ -45,4 +47,12 @@ def build_dispatcher(pool: asyncpg.Pool, settings: GatewaySettings) -> WebhookDi
         backoff_max_s=settings.webhook_backoff_max_s,
         concurrency=settings.webhook_concurrency,
         poll_s=settings.webhook_poll_s,
+        verify=tls_verification(settings),
     )
+
+
+def tls_verification(settings: GatewaySettings) -> ssl.SSLContext | bool:
+    """Certificates are always verified, against the operator's CAs when given."""
+    if settings.webhook_ca_bundle is None:
+        return True
+    return ssl.create_default_context(cafile=str(settings.webhook_ca_bundle))

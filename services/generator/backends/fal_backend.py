@@ -5,6 +5,14 @@ cancel URLs; the status (`IN_QUEUE` with a queue position, `IN_PROGRESS` with lo
 `COMPLETED` with an error or not) is polled, the result (`{"images": [{"url", ...}]}`)
 read, and a cancel is `PUT {cancel_url}`.
 
+A prompt or image fal's content checker refuses is one of its documented model errors:
+HTTP 422 (on the result, or on submission) whose `detail` is a list of
+`{loc, msg, type: "content_policy_violation", url}`; `fal_refusal` recognises it, so it
+becomes a `ProviderContentPolicyError` (final for the image) instead of a plain 422.
+With its safety checker on (the default), fal may instead finish the job and flag the
+image in `has_nsfw_concepts` (and blank it): that is the same refusal, not an image to
+store and bill.
+
 fal-client takes its queue host from the environment at import time and always speaks
 https; to point it at another endpoint (a local server in tests, a proxy) without
 touching the process environment, `IMAGEGEN_FAL_BASE_URL` is applied by a transport that
@@ -38,6 +46,7 @@ PROVIDER = "fal"
 KEY_SETTING = "IMAGEGEN_FAL_API_KEY"
 DEFAULT_QUEUE_URL = QUEUE_URL_FORMAT.rstrip("/")
 _RETRYABLE_ERROR_TYPES = ("timeout", "internal", "unavailable", "server_error")
+CONTENT_POLICY_TYPE = "content_policy_violation"
 
 
 class FalSettings(HostedSettings):
@@ -139,9 +148,35 @@ def result_snapshot(result: dict[str, Any], progress: tuple[int, int] | None) ->
     images = result.get("images") or ([result["image"]] if result.get("image") else [])
     if not images:
         return Snapshot("failed", error=f"result has no images: {sorted(result)}", retryable=True)
+    flags = result.get("has_nsfw_concepts")
+    if isinstance(flags, list) and flags and flags[0] is True:
+        return Snapshot(
+            "failed",
+            error="the safety checker flagged the image (has_nsfw_concepts)",
+            refused=True,
+        )
     first = images[0]
     url = first.get("url") if isinstance(first, dict) else first
     return Snapshot("succeeded", output=str(url), progress=progress)
+
+
+def fal_refusal(response: httpx.Response) -> str | None:
+    """The content checker's message when a failed response is fal's refusal, else None."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if not isinstance(detail, list):
+        return None
+    for item in detail:
+        if isinstance(item, dict) and item.get("type") == CONTENT_POLICY_TYPE:
+            # `input` may echo the whole prompt back: only the message and the field are kept.
+            loc = item.get("loc")
+            field = ".".join(str(p) for p in loc if p != "body") if isinstance(loc, list) else ""
+            message = str(item.get("msg") or "content flagged")[:300]
+            return f"{message} ({CONTENT_POLICY_TYPE}{f' in {field}' if field else ''})"
+    return None
 
 
 class FalApi:
@@ -153,7 +188,9 @@ class FalApi:
             key=settings.key(KEY_SETTING),
             default_timeout=settings.request_timeout_s,
             transport=RebaseTransport(
-                DEFAULT_QUEUE_URL, settings.base_url, ProviderTransport(PROVIDER, KEY_SETTING)
+                DEFAULT_QUEUE_URL,
+                settings.base_url,
+                ProviderTransport(PROVIDER, KEY_SETTING, refusal=fal_refusal),
             ),
         )
         # Result images live on fal's CDN: fetched without the key.

@@ -13,6 +13,14 @@ not spend minutes ignoring Retry-After): 429, 5xx, timeouts and connection error
 setting). A provider-side job that ends `failed` is permanent (the same input fails the
 same way; the scheduler fails over to the next provider); one that times out or is
 cancelled by the provider is retryable.
+
+A safety-system refusal is `ProviderContentPolicyError` instead, final for the image (no
+retry, no failover: the prompt is at fault, not the provider) - but only where the
+provider's answer says so in a documented, machine-readable way. fal.ai does (its 422
+model error of type `content_policy_violation`, see `fal_backend.py`). Replicate's failed
+prediction carries only free text (`error`, written by each model: "NSFW content
+detected", ...) and a RunPod endpoint's FAILED error is whatever its worker raised, so
+those stay ordinary permanent failures and fail over.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from services.generator.backends.base import (
     ProgressCallback,
 )
 from services.generator.backends.hosted_http import (
+    ProviderContentPolicyError,
     ProviderPermanentError,
     ProviderRateLimited,
     ProviderRetryableError,
@@ -50,6 +59,7 @@ __all__ = [
     "HostedApi",
     "HostedBackend",
     "HostedSettings",
+    "ProviderContentPolicyError",
     "ProviderPermanentError",
     "ProviderRateLimited",
     "ProviderRetryableError",
@@ -120,6 +130,8 @@ class Snapshot:
     error: str = ""
     retryable: bool = False
     """On failure: whether a new attempt may pass (a provider timeout, say)."""
+    refused: bool = False
+    """On failure: the provider's safety system refused it (final for the image)."""
 
 
 class RemoteJob(Protocol):
@@ -250,6 +262,8 @@ class HostedBackend:
             raise ProviderRetryableError(self.name, f"job {job.id} was cancelled by the provider")
         if snap.state == "failed":
             error = snap.error or "no error message"
+            if snap.refused:
+                raise ProviderContentPolicyError(self.name, f"job {job.id} refused: {error}")
             if snap.retryable:
                 raise ProviderRetryableError(self.name, f"job {job.id} failed: {error}")
             raise ProviderPermanentError(self.name, f"job {job.id} failed: {error}")

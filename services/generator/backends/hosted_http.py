@@ -1,7 +1,9 @@
 """HTTP plumbing of the hosted backends: error types and mapping, the transport, outputs.
 
 `ProviderTransport` sits under each provider's client and raises our error types for
-failed calls before the client sees them (see `hosted.py` for what each means).
+failed calls before the client sees them (see `hosted.py` for what each means). A
+provider whose safety-system refusals have a documented shape gives the transport a
+`RefusalCheck`, so a refusal is a `ProviderContentPolicyError` rather than any 4xx.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import base64
 import binascii
 import io
 import time
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 
 import httpx
 from PIL import Image, ImageOps
 
 from imagegen.errors import PermanentError, RetryableError
+from schemas.events import ErrorType
 from services.generator.backends.base import encode_png
 
 _MAX_OUTPUT_BYTES = 64 * 1024 * 1024
@@ -47,6 +51,21 @@ class ProviderPermanentError(PermanentError):
         super().__init__(f"{provider}: {message}")
 
 
+class ProviderContentPolicyError(ProviderPermanentError):
+    """The provider's safety system refused the prompt or a reference image.
+
+    The prompt is at fault, not the provider: the worker reports it with `error_type`
+    ContentPolicyViolation and the scheduler fails the image at once, without retrying it
+    or sending it to another provider, and without counting it against provider health.
+    """
+
+    error_type = ErrorType.CONTENT_POLICY_VIOLATION.value
+
+
+RefusalCheck = Callable[[httpx.Response], str | None]
+"""A failed response's refusal reason when it is a safety-system refusal, else None."""
+
+
 def retry_after_seconds(value: str | None) -> float:
     """Retry-After as seconds: delta-seconds or an HTTP date; 0 when absent or unreadable."""
     if not value:
@@ -75,10 +94,18 @@ def provider_message(response: httpx.Response) -> str:
 
 
 def status_error(
-    provider: str, response: httpx.Response, key_setting: str
+    provider: str,
+    response: httpx.Response,
+    key_setting: str,
+    refusal: RefusalCheck | None = None,
 ) -> ProviderRetryableError | ProviderPermanentError:
     """The error an HTTP status >= 400 from `provider` means."""
     status = response.status_code
+    refused = refusal(response) if refusal is not None and 400 <= status < 500 else None
+    if refused is not None:
+        return ProviderContentPolicyError(
+            provider, f"HTTP {status}: refused by its safety system: {refused}", status=status
+        )
     text = f"HTTP {status}: {provider_message(response)}"
     if status == 429:
         wait = retry_after_seconds(response.headers.get("retry-after"))
@@ -99,11 +126,17 @@ class ProviderTransport(httpx.BaseTransport):
     """An httpx transport that raises our error types for failed calls to one provider."""
 
     def __init__(
-        self, provider: str, key_setting: str, inner: httpx.BaseTransport | None = None
+        self,
+        provider: str,
+        key_setting: str,
+        inner: httpx.BaseTransport | None = None,
+        *,
+        refusal: RefusalCheck | None = None,
     ) -> None:
         self._provider = provider
         self._key_setting = key_setting
         self._inner = inner or httpx.HTTPTransport()
+        self._refusal = refusal
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         where = f"{request.method} {request.url.copy_with(query=None)}"
@@ -116,7 +149,7 @@ class ProviderTransport(httpx.BaseTransport):
         if response.status_code >= 400:
             response.read()
             response.close()
-            raise status_error(self._provider, response, self._key_setting)
+            raise status_error(self._provider, response, self._key_setting, self._refusal)
         return response
 
     def close(self) -> None:

@@ -12,7 +12,9 @@
   arrives after a cancel is discarded although the provider charged for it.
 - Cost is the price table's per-image price for model/quality/size; `self_hosted` is
   False so the worker reports no GPU seconds. The SDK's own retries are off: failures are
-  mapped once to retryable / permanent errors and the scheduler retries or fails over.
+  mapped once to retryable / permanent errors and the scheduler retries or fails over - but
+  a safety-system refusal (400 `content_policy_violation` / `moderation_blocked`) ends the
+  image at once, on no other provider (`openai_errors.py`).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 The scheduler owns retries and failover (DECISIONS.md #2), so the SDK's own retries are
 off and every failure surfaces here once. The worker reports `type(exc).__name__` as the
-attempt's `error_type`, hence a class per kind of refusal (auth, content policy) on top
-of the types every hosted backend shares (`hosted.py`).
+attempt's `error_type`, hence a class per kind of refusal (auth) on top of the types every
+hosted backend shares (`hosted.py`); a safety-system refusal is the shared
+`ProviderContentPolicyError`, reported as ContentPolicyViolation and final for the image.
 """
 
 from __future__ import annotations
@@ -13,24 +14,31 @@ from collections.abc import Mapping
 import openai
 
 from services.generator.backends.hosted_http import (
+    ProviderContentPolicyError,
     ProviderPermanentError,
     ProviderRateLimited,
     ProviderRetryableError,
     retry_after_seconds,
 )
 
+__all__ = [
+    "API_KEY_SETTING",
+    "PROVIDER",
+    "ProviderAuthError",
+    "ProviderContentPolicyError",
+    "map_openai_error",
+]
+
 PROVIDER = "openai"
 API_KEY_SETTING = "IMAGEGEN_OPENAI_API_KEY"
-# Codes OpenAI gives a prompt or image its safety system refused (dall-e-3 / gpt-image-1).
+# The `error.code` of an HTTP 400 whose prompt or image OpenAI's safety system refused:
+# dall-e-3 says content_policy_violation (type invalid_request_error), GPT image models say
+# moderation_blocked (type image_generation_user_error, with `moderation_details`).
 _CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
 
 
 class ProviderAuthError(ProviderPermanentError):
     """The API key is missing, wrong or lacks access (401/403)."""
-
-
-class ProviderContentPolicyError(ProviderPermanentError):
-    """The provider's safety system refused the prompt or a reference image."""
 
 
 def map_openai_error(exc: openai.OpenAIError) -> ProviderRetryableError | ProviderPermanentError:
@@ -63,5 +71,20 @@ def _from_status(exc: openai.APIStatusError) -> ProviderRetryableError | Provide
     if status in (401, 403):
         return ProviderAuthError(PROVIDER, f"{label}; check {API_KEY_SETTING}", status=status)
     if code in _CONTENT_POLICY_CODES:
-        return ProviderContentPolicyError(PROVIDER, label, status=status)
+        refused = f"HTTP {status} {code}: refused by its safety system: {detail}"
+        return ProviderContentPolicyError(PROVIDER, refused + _moderation(body), status=status)
     return ProviderPermanentError(PROVIDER, label, status=status)
+
+
+def _moderation(error: Mapping[str, object]) -> str:
+    """What GPT image models add about a refusal: " (stage: input, categories: ...)"."""
+    details = error.get("moderation_details")
+    if not isinstance(details, Mapping):
+        return ""
+    parts = []
+    if details.get("moderation_stage"):
+        parts.append(f"stage: {details['moderation_stage']}")
+    categories = details.get("categories")
+    if isinstance(categories, list) and categories:
+        parts.append(f"categories: {', '.join(map(str, categories))}")
+    return f" ({'; '.join(parts)})" if parts else ""

@@ -1,8 +1,9 @@
 """The gateway app served by a real uvicorn server on a loopback port, in a thread.
 
-Real HTTP (h11) between the client and the app: request bodies arrive in network chunks,
-Content-Length is what the client declared, and a refusal reaches the client while it is
-still sending. The app keeps its real lifespan; the caller injects the broker and blobs.
+Real HTTP between the client and the app (uvicorn's httptools parser, or h11 where `http`
+says so): request bodies arrive in network chunks, Content-Length is what the client
+declared, and a refusal reaches the client while it is still sending. The app keeps its
+real lifespan; the caller injects the broker and blobs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.config import HTTPProtocolType
 
 
 def free_port() -> int:
@@ -26,12 +28,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
+def serve(app: FastAPI, http: HTTPProtocolType = "auto") -> Iterator[str]:
     """Run `app` until the block ends; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=http, log_level="warning", lifespan="on"
     )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
     try:

@@ -14,13 +14,16 @@ lying name or type can neither smuggle a non-image in nor mislabel what is store
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import select
 import socket
 import struct
+import tracemalloc
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +33,7 @@ import httpx
 import pytest
 from PIL import Image
 from pydantic import SecretStr
+from uvicorn.config import HTTPProtocolType
 
 from imagegen.blobstore import S3BlobStore
 from imagegen.kafka.memory import InMemoryBroker
@@ -38,6 +42,7 @@ from imagegen.stack.postgres import drop_database, ensure_database
 from services.gateway.app import create_app
 from services.gateway.auth import issue_token
 from services.gateway.settings import GatewaySettings
+from services.gateway.wiring import MAX_JSON_BYTES
 from tests.fixtures.servers import S3Info
 from tests.integration.gateway.live import serve
 from tests.unit.gateway.conftest import gateway_settings
@@ -68,8 +73,13 @@ class Live:
         }
 
 
-@pytest.fixture(scope="module")
-def live(pg_dsn_base: str, seaweed: S3Info) -> Iterator[Live]:
+@contextmanager
+def _serving(
+    pg_dsn_base: str,
+    seaweed: S3Info,
+    max_photo: int = MAX_PHOTO,
+    http: HTTPProtocolType = "auto",
+) -> Iterator[Live]:
     name = f"gateway_uploads_{uuid.uuid4().hex[:10]}"
     database_url = ensure_database(pg_dsn_base, name)
     s3 = S3Settings(
@@ -80,16 +90,22 @@ def live(pg_dsn_base: str, seaweed: S3Info) -> Iterator[Live]:
         secret_key=SecretStr(seaweed.secret_key),
     )
     settings = gateway_settings(database_url).model_copy(
-        update={"s3": s3, "reference_max_bytes": MAX_PHOTO, "reference_max_photos": MAX_PHOTOS}
+        update={"s3": s3, "reference_max_bytes": max_photo, "reference_max_photos": MAX_PHOTOS}
     )
     broker = InMemoryBroker()
     app = create_app(settings, publisher=broker.publisher(), consumer_factory=broker.consumer)
     app.state.face_detector = _OneFace()  # faces are not what these tests are about
     try:
-        with serve(app) as url:
+        with serve(app, http) as url:
             yield Live(url, settings, s3, database_url)
     finally:
         drop_database(pg_dsn_base, name)
+
+
+@pytest.fixture(scope="module")
+def live(pg_dsn_base: str, seaweed: S3Info) -> Iterator[Live]:
+    with _serving(pg_dsn_base, seaweed) as served:
+        yield served
 
 
 @pytest.fixture
@@ -445,3 +461,185 @@ async def test_huge_bodies_are_refused_before_they_are_read(
 
     assert (await client.get("/healthz")).status_code == 200
     assert await _stored(live, user, character_id) == (0, [])
+
+
+# --- bodies counted as they stream -------------------------------------------------------
+
+
+def _send_whole(url: str, raw: bytes) -> list[int]:
+    """Send `raw` whole, then read until the server closes; the statuses it answered."""
+    address = urlsplit(url)
+    response = b""
+    with socket.create_connection((address.hostname, address.port), timeout=20) as sock:
+        # The server may answer and close before it has read everything (ENOTCONN on the
+        # shutdown, EPIPE or a reset on the send): what it answered is still to be read.
+        with contextlib.suppress(OSError):
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(ConnectionResetError):
+            while data := sock.recv(65536):
+                response += data
+    return [
+        int(line.split(b" ")[1])
+        for line in response.split(b"\r\n")
+        if line.startswith(b"HTTP/1.1 ")
+    ]
+
+
+def _upload_body(*photos: bytes) -> bytes:
+    parts = [
+        b'--b0undary\r\nContent-Disposition: form-data; name="photos"; filename="p.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + photo + b"\r\n"
+        for photo in photos
+    ]
+    return b"".join(parts) + b"--b0undary--\r\n"
+
+
+async def test_a_chunked_upload_under_the_limit_is_stored(
+    live: Live, client: httpx.AsyncClient
+) -> None:
+    user = f"up-{uuid.uuid4().hex[:8]}"
+    character_id = await _character(live, client, user)
+    path = f"/api/v1/characters/{character_id}/reference-photos"
+    # Two photos of 200 KB each: near the per-photo limit, sent in 16 KB chunks.
+    photos = [
+        image_bytes("PNG", (250, 250), colour) + b"\x00" * (200 * 1024)
+        for colour in ("red", "blue")
+    ]
+    body = _upload_body(*photos)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 16 * 1024):
+            yield body[start : start + 16 * 1024]
+
+    headers = {**live.auth(user), "Content-Type": "multipart/form-data; boundary=b0undary"}
+    response = await client.post(path, content=chunks(), headers=headers)
+    assert response.status_code == 201, response.text
+    assert len(response.json()["items"]) == 2
+    rows, keys = await _stored(live, user, character_id)
+    assert rows == 2 and len(keys) == 2
+    async with S3BlobStore(live.s3) as blobs:
+        assert sorted([await blobs.get(key) for key in keys]) == sorted(photos)
+
+
+async def test_a_chunked_json_body_over_the_limit_is_refused_as_it_arrives(
+    live: Live, client: httpx.AsyncClient
+) -> None:
+    user = f"up-{uuid.uuid4().hex[:8]}"
+    lines = [
+        "POST /api/v1/characters HTTP/1.1",
+        "Host: gateway",
+        "Content-Type: application/json",
+        "Transfer-Encoding: chunked",
+        *(f"{k}: {v}" for k, v in live.auth(user).items()),
+    ]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    total = 20 * 1024 * 1024
+
+    def pieces() -> Iterator[bytes]:
+        yield b'{"name": "Mia", "description": "'
+        for _ in range(total // (64 * 1024)):
+            yield b"x" * (64 * 1024)
+
+    body = _chunked(pieces())
+    status_code, response, sent = await asyncio.to_thread(_exchange, live.url, head, body)
+    assert status_code == 413, response
+    assert f"request body larger than {MAX_JSON_BYTES} bytes".encode() in response
+    assert sent < total / 2, f"the server let the client send {sent} of {total} bytes"
+    listed = await client.get("/api/v1/characters", headers=live.auth(user))
+    assert listed.status_code == 200 and listed.json()["items"] == []
+
+
+async def test_multipart_with_a_bad_token_is_refused_before_its_body(
+    live: Live, client: httpx.AsyncClient
+) -> None:
+    user = f"up-{uuid.uuid4().hex[:8]}"
+    character_id = await _character(live, client, user)
+    path = f"/api/v1/characters/{character_id}/reference-photos"
+    expired = {
+        "Authorization": f"Bearer {issue_token(live.settings.jwt_secret, user, 'paid', -60)}"
+    }
+    for headers, length in [
+        ({"Authorization": "Bearer not-a-token"}, None),
+        (expired, None),
+        (expired, BODY_LIMIT - 1024),
+    ]:
+        # Only the head is sent: the answer cannot wait for a body that never comes.
+        head = _multipart_head(path, headers, length)
+        status_code, response, _ = await asyncio.to_thread(_exchange, live.url, head, [])
+        assert status_code == 401, response
+        assert b'www-authenticate: Bearer error="invalid_token"' in response
+    assert await _stored(live, user, character_id) == (0, [])
+
+
+async def test_a_length_that_lies_does_not_carry_more_body(
+    live: Live, client: httpx.AsyncClient
+) -> None:
+    # uvicorn frames the body by the declared length: the app gets the first 100 bytes
+    # (a broken form), the rest is taken for a next request and refused by the parser.
+    user = f"up-{uuid.uuid4().hex[:8]}"
+    character_id = await _character(live, client, user)
+    path = f"/api/v1/characters/{character_id}/reference-photos"
+    body = _upload_body(image_bytes("PNG", (40, 40))) + b"\x89" * (2 * BODY_LIMIT)
+    raw = _multipart_head(path, live.auth(user), 100) + body
+    statuses = await asyncio.to_thread(_send_whole, live.url, raw)
+    assert statuses and all(400 <= s < 500 for s in statuses), statuses
+
+    # Content-Length beside chunked framing is refused by uvicorn's parser outright.
+    head = _multipart_head(path, live.auth(user), None)
+    head = head.replace(b"Transfer-Encoding", b"Content-Length: 100\r\nTransfer-Encoding")
+    raw = head + b"".join(_chunked(iter([body])))
+    statuses = await asyncio.to_thread(_send_whole, live.url, raw)
+    assert statuses == [400], statuses
+    assert (await client.get("/healthz")).status_code == 200
+    assert await _stored(live, user, character_id) == (0, [])
+
+
+async def test_h11_content_length_beside_chunked_is_counted_all_the_same(
+    pg_dsn_base: str, seaweed: S3Info
+) -> None:
+    # h11 frames such a request by its chunks and passes the small Content-Length on: the
+    # body is counted whatever was declared (it once went through uncounted).
+    with _serving(pg_dsn_base, seaweed, http="h11") as served:
+        async with httpx.AsyncClient(base_url=served.url, timeout=20) as client:
+            user = f"up-{uuid.uuid4().hex[:8]}"
+            character_id = await _character(served, client, user)
+            path = f"/api/v1/characters/{character_id}/reference-photos"
+            head = _multipart_head(path, served.auth(user), None)
+            head = head.replace(b"Transfer-Encoding", b"Content-Length: 100\r\nTransfer-Encoding")
+            total = 50 * 1024 * 1024
+            body = _chunked(_endless_photo(64 * 1024, total))
+            status_code, response, sent = await asyncio.to_thread(_exchange, served.url, head, body)
+            assert status_code == 413, response
+            assert f"request body larger than {BODY_LIMIT} bytes".encode() in response
+            assert sent < total / 2, f"the server let the client send {sent} of {total} bytes"
+            assert await _stored(served, user, character_id) == (0, [])
+
+
+async def test_a_refused_chunked_upload_costs_the_server_a_chunk_not_the_body(
+    pg_dsn_base: str, seaweed: S3Info
+) -> None:
+    # Limits of the default's order (8 MB a photo, 17 MB a body): the old middleware held
+    # a chunked body up to the limit before refusing it.
+    max_photo = 8 * 1024 * 1024
+    limit = MAX_PHOTOS * max_photo + 1024 * 1024
+    with _serving(pg_dsn_base, seaweed, max_photo=max_photo) as served:
+        async with httpx.AsyncClient(base_url=served.url, timeout=20) as client:
+            user = f"up-{uuid.uuid4().hex[:8]}"
+            character_id = await _character(served, client, user)
+            path = f"/api/v1/characters/{character_id}/reference-photos"
+            head = _multipart_head(path, served.auth(user), None)
+            total = 40 * 1024 * 1024
+            body = _chunked(_endless_photo(64 * 1024, total))
+            tracemalloc.start()  # the server runs in this process: its threads are traced
+            try:
+                status_code, response, sent = await asyncio.to_thread(
+                    _exchange, served.url, head, body
+                )
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert status_code == 413, response
+            assert f"request body larger than {limit} bytes".encode() in response
+            assert peak < 4 * 1024 * 1024, f"peak {peak} bytes refusing {sent} of {total}"
+            assert await _stored(served, user, character_id) == (0, [])

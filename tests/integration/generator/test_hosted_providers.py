@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -21,6 +22,7 @@ from services.generator.backends import (
 from services.generator.backends.hosted import (
     HostedBackend,
     HostedSettings,
+    ProviderContentPolicyError,
     ProviderPermanentError,
     ProviderRateLimited,
     ProviderRetryableError,
@@ -153,6 +155,8 @@ def test_a_failed_job_is_permanent_with_the_providers_message(adapter: Adapter) 
     with pytest.raises(ProviderPermanentError) as caught:
         run(adapter.backend())
     assert adapter.kind in str(caught.value) and "NSFW content detected" in str(caught.value)
+    # Free text written by the model is not a documented refusal: it may fail over.
+    assert not isinstance(caught.value, ProviderContentPolicyError)
 
 
 def test_server_errors_are_retryable(adapter: Adapter) -> None:
@@ -291,6 +295,43 @@ def test_fal_timeout_is_retryable() -> None:
         state.reset(Script(outcome="timeout"))
         with pytest.raises(ProviderRetryableError, match="timed out"):
             run(Adapter("fal", url, state).backend())
+
+
+def test_fal_content_checker_refusal_is_a_content_policy_error() -> None:
+    with serve_provider("fal") as (url, state):
+        state.reset(Script(outcome="refuse"))
+        secret_prompt = "a prompt the content checker flags"
+        with pytest.raises(ProviderContentPolicyError) as caught:
+            run(Adapter("fal", url, state).backend(), make_request(prompt=secret_prompt))
+        message = str(caught.value)
+        assert message.startswith("fal: HTTP 422: refused by its safety system: The content")
+        assert message.endswith("(content_policy_violation in prompt)")
+        assert secret_prompt not in message, "fal echoes the input; the error must not"
+        assert (caught.value.status, caught.value.error_type) == (422, "ContentPolicyViolation")
+        assert len(state.submits()) == 1
+
+
+def test_fal_safety_checker_flag_is_a_content_policy_error_not_an_image() -> None:
+    with serve_provider("fal") as (url, state):
+        state.reset(Script(fal_nsfw=True))
+        with pytest.raises(ProviderContentPolicyError, match="has_nsfw_concepts") as caught:
+            run(Adapter("fal", url, state).backend())
+        assert caught.value.error_type == "ContentPolicyViolation"
+        assert not [c for c in state.calls if "/files/" in c.path], "the image is not fetched"
+    clean = {"images": [{"url": "u"}], "has_nsfw_concepts": [False]}
+    assert fal_backend.result_snapshot(clean, None).state == "succeeded"
+
+
+def test_fal_refusal_is_recognised_only_in_its_documented_shape() -> None:
+    def answer(status: int, body: object) -> httpx.Response:
+        return httpx.Response(status, json=body)
+
+    flagged = {"detail": [{"loc": ["body"], "msg": "flagged", "type": "content_policy_violation"}]}
+    assert fal_backend.fal_refusal(answer(422, flagged)) == "flagged (content_policy_violation)"
+    missing = {"detail": [{"loc": ["body", "prompt"], "msg": "field required", "type": "missing"}]}
+    assert fal_backend.fal_refusal(answer(422, missing)) is None
+    assert fal_backend.fal_refusal(answer(422, {"detail": "content_policy_violation"})) is None
+    assert fal_backend.fal_refusal(httpx.Response(422, text="not json")) is None
 
 
 def test_settings_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

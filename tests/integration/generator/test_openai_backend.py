@@ -10,6 +10,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from imagegen.errors import ConfigurationError, PermanentError, RetryableError
+from schemas.events import ErrorType
 from services.generator.backends import build_backend
 from services.generator.backends.base import (
     CancelToken,
@@ -279,10 +280,36 @@ def test_timeouts_and_refused_connections_are_retryable(server: OpenAIImagesServ
 def test_content_policy_refusal_is_permanent(server: OpenAIImagesServer) -> None:
     server.refuse_next(1)
     with pytest.raises(ProviderContentPolicyError) as caught:
-        run(backend_for(server), request())
+        run(backend_for(server), request(model="dall-e-3"))
     assert isinstance(caught.value, PermanentError)
     assert "HTTP 400 content_policy_violation" in str(caught.value)
-    assert "safety system" in str(caught.value)
+    assert "refused by its safety system" in str(caught.value)
+    # What the worker reports as the attempt's error_type: the scheduler's cue to stop.
+    assert caught.value.error_type == ErrorType.CONTENT_POLICY_VIOLATION.value
+    assert caught.value.error_type == "ContentPolicyViolation"
+    assert len(server.calls) == 1
+
+
+def test_gpt_image_moderation_block_is_a_content_policy_refusal(
+    server: OpenAIImagesServer,
+) -> None:
+    server.refuse_next(1, code="moderation_blocked")
+    with pytest.raises(ProviderContentPolicyError) as caught:
+        run(backend_for(server), request())
+    message = str(caught.value)
+    assert message.startswith("openai: HTTP 400 moderation_blocked: refused by its safety system")
+    assert "safety_violations=[violence]" in message
+    assert message.endswith("(stage: input; categories: violence)")
+    assert (caught.value.status, caught.value.error_type) == (400, "ContentPolicyViolation")
+
+
+def test_other_bad_requests_are_permanent_but_not_refusals(server: OpenAIImagesServer) -> None:
+    # A 400 without a refusal code is a request OpenAI cannot serve; another provider may.
+    server.fail_next(1, status=400)
+    with pytest.raises(PermanentError, match="openai: HTTP 400") as caught:
+        run(backend_for(server), request())
+    assert not isinstance(caught.value, ProviderContentPolicyError)
+    assert not hasattr(caught.value, "error_type")
 
 
 def test_unknown_model_is_permanent_and_names_the_known_ones(server: OpenAIImagesServer) -> None:

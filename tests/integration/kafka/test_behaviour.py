@@ -215,3 +215,71 @@ async def test_stop_drains_the_in_flight_message_and_commits_it(bus: Bus) -> Non
         make_loop(bus, "g", lambda r: later.append(decode(r, Ping).n)), lambda: len(later) == 1
     )
     assert later == [2]
+
+
+# --- periodic commits (the real broker only: the fake commits at once) --------------------
+
+
+async def _committed(consumer: KafkaConsumer, record: Record) -> int:
+    """The group's committed offset of `record`'s partition (-1001: none), from the broker."""
+    from confluent_kafka import TopicPartition
+
+    raw = consumer._consumer  # the adapter keeps librdkafka's consumer private
+    [found] = await asyncio.to_thread(
+        raw.committed, [TopicPartition(record.topic, record.partition)], 10
+    )
+    offset: int = found.offset
+    return offset
+
+
+async def test_handled_offsets_are_committed_within_the_interval_without_close(
+    kafka_bootstrap: str, topic_namespace: str
+) -> None:
+    topics = TopicNames(topic_namespace)
+    publisher = KafkaPublisher(kafka_bootstrap, "test")
+    consumer = KafkaConsumer(
+        kafka_bootstrap, f"{topic_namespace}.g", [topics.requests], commit_interval_ms=200
+    )
+    try:
+        await publisher.publish(topics.requests, "k", Ping(n=1))
+        record = None
+        async with asyncio.timeout(30):
+            while record is None:
+                record = await consumer.poll(0.5)
+        await consumer.commit(record)  # stored, not yet committed by a request of ours
+        async with asyncio.timeout(10):
+            while await _committed(consumer, record) != record.offset + 1:
+                await consumer.poll(0.1)  # the periodic commit runs beside polls
+    finally:
+        await consumer.close()
+        await publisher.close()
+
+
+async def test_an_unhandled_record_is_never_committed_by_the_periodic_commit(
+    kafka_bootstrap: str, topic_namespace: str
+) -> None:
+    topics = TopicNames(topic_namespace)
+    publisher = KafkaPublisher(kafka_bootstrap, "test")
+    group = f"{topic_namespace}.g"
+    consumer = KafkaConsumer(kafka_bootstrap, group, [topics.requests], commit_interval_ms=100)
+    await publisher.publish(topics.requests, "k", Ping(n=1))
+    await publisher.publish(topics.requests, "k", Ping(n=2))
+    seen: list[Record] = []
+    async with asyncio.timeout(30):
+        while len(seen) < 2:
+            record = await consumer.poll(0.5)
+            if record is not None:
+                seen.append(record)
+    await consumer.commit(seen[0])  # the second is "in flight" when the process goes
+    await asyncio.sleep(0.5)  # several commit intervals
+    await consumer.close()
+    again = KafkaConsumer(kafka_bootstrap, group, [topics.requests], commit_interval_ms=100)
+    try:
+        redelivered = None
+        async with asyncio.timeout(30):
+            while redelivered is None:
+                redelivered = await again.poll(0.5)
+        assert decode(redelivered, Ping).n == 2
+    finally:
+        await again.close()
+        await publisher.close()

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from imagegen.blobstore import InMemoryBlobStore
 from imagegen.kafka.memory import InMemoryBroker
@@ -17,8 +18,9 @@ from services.gateway.app import create_app
 from services.gateway.auth import STREAM_SCOPE, issue_token
 from services.gateway.notify import CHANNEL, LocalEventSignal, PgEventSignal
 from services.gateway.routes.streams import follow
+from services.gateway.settings import GatewaySettings
 from tests.unit.gateway import factories as ev
-from tests.unit.gateway.conftest import Gateway, gateway_settings
+from tests.unit.gateway.conftest import Gateway, gateway_settings, running_gateway
 
 TYPES_OF_A_TWO_PACK = [
     "generation_queued",
@@ -313,3 +315,31 @@ async def test_user_stream_spans_jobs_and_resumes(gateway: Gateway, user: str) -
         assert again.id == two.id
     finally:
         await resumed.aclose()
+
+
+async def test_events_past_the_log_retention_are_pruned_and_the_job_stream_still_ends(
+    gateway: Gateway, gateway_db_url: str, user: str
+) -> None:
+    job = await gateway.generate(user, 2)
+    await gateway.feed(*ev.pack(job, user, 2))
+    pool = gateway.app.state.gateway.pool
+    await pool.execute(
+        "UPDATE events SET created_at = now() - interval '31 days' WHERE job_id = $1", job
+    )
+    async with running_gateway(gateway_db_url):  # a replica starting up prunes at once
+        async with asyncio.timeout(10):
+            while await pool.fetchval("SELECT count(*) FROM events WHERE job_id = $1", job):
+                await asyncio.sleep(0.05)
+    # No history left to replay, but the stream still knows the job is over and ends.
+    assert await _stream(gateway, user, job) == []
+    record = (await gateway.client.get(f"/api/v1/jobs/{job}", headers=gateway.auth(user))).json()
+    assert record["status"] == "completed" and len(record["images"]) == 2
+
+
+def test_the_event_log_retention_cannot_be_shorter_than_the_replay_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert GatewaySettings().event_log_retention_s == 30 * 24 * 3600
+    monkeypatch.setenv("IMAGEGEN_EVENT_LOG_RETENTION_S", str(7 * 24 * 3600))
+    with pytest.raises(ValidationError, match="IMAGEGEN_EVENT_LOG_RETENTION_S=604800 is"):
+        GatewaySettings()

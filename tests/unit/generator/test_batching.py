@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from PIL import Image
 
 from imagegen.blobstore import InMemoryBlobStore
+from imagegen.kafka.lanes import SharedConsumer, laned_loop
 from imagegen.kafka.memory import InMemoryBroker
 from imagegen.kafka.ports import Record
 from imagegen.telemetry import configure_tracing, consume_span
@@ -33,7 +34,6 @@ from services.generator.backends import (
 )
 from services.generator.backends.diffusers_backend import DiffusersBackend
 from services.generator.batching import MicroBatcher
-from services.generator.lanes import SharedConsumer, laned_loop
 from services.generator.settings import BackendSettings, GeneratorSettings
 from services.generator.tiers import TierPicker, WeightedTierConsumer
 from services.generator.worker import Generator

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from dataclasses import dataclass
 
 import pytest
@@ -16,7 +18,7 @@ from schemas.topics import TopicNames
 from services.generator.backends import InvalidGenerationRequest
 from services.generator.providers import Providers, build_providers
 from services.generator.settings import BackendSettings, GeneratorSettings
-from services.generator.worker import Generator
+from services.generator.worker import Generator, RecentAttempts
 from tests.unit.generator.support import ScriptedBackend, make_job, of_type, record_of
 
 
@@ -162,3 +164,63 @@ def test_providers_setting_holds_the_default_first_and_each_name_once() -> None:
     assert BackendSettings(backend="demo").provider_names() == ["demo"]
     with pytest.raises(ConfigurationError, match="unknown backend"):
         build_providers(BackendSettings(providers="demo,dalle"))
+
+
+async def test_a_copy_of_a_finished_attempt_is_not_generated_again() -> None:
+    backend = ScriptedBackend("demo")
+    r = rig(Providers.single(backend))
+    job = make_job()
+    await r.generator.on_job(record_of(job, r.topics))
+    await r.generator.on_job(record_of(job, r.topics))  # the relay's re-send after a crash
+    assert len(backend.calls) == 1 and len(r.raw_images()) == 1
+    assert len(of_type(r.broker, r.topics, "generation_completed")) == 1
+    # The next attempt of the same image is new work.
+    retry = job.model_copy(update={"image": job.image.model_copy(update={"attempt": 2})})
+    await r.generator.on_job(record_of(retry, r.topics))
+    assert len(backend.calls) == 2
+
+
+async def test_an_attempt_whose_handling_raised_runs_again_on_redelivery() -> None:
+    backend = ScriptedBackend("demo")
+    r = rig(Providers.single(backend))
+    job = make_job()
+    put = r.blobs.put
+
+    async def outage(key: str, data: bytes, content_type: str) -> None:
+        raise RetryableError("object store unreachable")
+
+    r.blobs.put = outage  # type: ignore[method-assign]
+    with pytest.raises(RetryableError):
+        await r.generator.on_job(record_of(job, r.topics))
+    r.blobs.put = put  # type: ignore[method-assign]
+    await r.generator.on_job(record_of(job, r.topics))
+    assert len(backend.calls) == 2 and len(r.raw_images()) == 1
+
+
+def test_recent_attempts_forget_the_oldest_beyond_capacity() -> None:
+    recent = RecentAttempts(capacity=2)
+    for key in ("a", "b", "a", "c"):
+        recent.add(key)
+    assert ("a" in recent, "b" in recent, "c" in recent) == (True, False, True)
+
+
+async def test_a_copy_read_while_the_original_runs_waits_for_it_and_is_skipped() -> None:
+    backend = ScriptedBackend("demo", seconds=0.0)
+    gate = threading.Event()
+    generate = backend.generate
+
+    def slow(request, on_progress, cancel):  # type: ignore[no-untyped-def]
+        gate.wait(5)
+        return generate(request, on_progress, cancel)
+
+    backend.generate = slow  # type: ignore[method-assign]
+    r = rig(Providers.single(backend))
+    job = make_job()
+    original = asyncio.create_task(r.generator.on_job(record_of(job, r.topics)))
+    await asyncio.sleep(0.05)
+    copy = asyncio.create_task(r.generator.on_job(record_of(job, r.topics)))  # another lane
+    await asyncio.sleep(0.05)
+    assert not copy.done()
+    gate.set()
+    await asyncio.gather(original, copy)
+    assert len(backend.calls) == 1 and len(r.raw_images()) == 1

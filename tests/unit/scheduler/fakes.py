@@ -42,7 +42,7 @@ from services.scheduler.migrations import MIGRATIONS
 from services.scheduler.settings import SchedulerSettings
 
 GEN = "imagegen/generator"
-Outcome = Literal["ok", "fail", "fail_permanent", "flag", "hold"]
+Outcome = Literal["ok", "fail", "fail_permanent", "refuse", "flag", "hold"]
 
 
 def catalogue_json(*offers: tuple[str, str, str]) -> str:
@@ -188,6 +188,8 @@ class FakeGenerator:
             await self.emit(failed(job))
         elif outcome == "fail_permanent":
             await self.emit(failed(job, retryable=False, error_type="ProviderUnavailable"))
+        elif outcome == "refuse":  # what the worker says for a safety-system refusal
+            await self.emit(failed(job, retryable=False, error_type="ContentPolicyViolation"))
         else:
             self.held.append(job)
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
-import pytest
 
-from imagegen.db import create_pool, migrate
 from imagegen.kafka import Record, encode
 from schemas.events import (
     EventBase,
@@ -31,19 +28,8 @@ from schemas.events import (
     event_id,
 )
 from services.storage.jobs import JobTracker
-from services.storage.migrations import MIGRATIONS
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, "storage")
-    try:
-        await migrate(pool, "storage", MIGRATIONS)
-        yield pool
-    finally:
-        await pool.close()
 
 
 def _env(kind: str, job: str, *parts: object, seconds: float) -> dict[str, object]:
@@ -141,21 +127,21 @@ async def _feed(tracker: JobTracker, *events: EventBase) -> None:
         )
 
 
-async def _job(pool: asyncpg.Pool, job: str) -> asyncpg.Record:
-    row: asyncpg.Record = await pool.fetchrow(
+async def _job(storage_pool: asyncpg.Pool, job: str) -> asyncpg.Record:
+    row: asyncpg.Record = await storage_pool.fetchrow(
         "SELECT * FROM generation_jobs WHERE job_id = $1", job
     )
     return row
 
 
-async def test_a_job_with_a_retry_is_followed_to_completion(pool: asyncpg.Pool) -> None:
-    tracker = JobTracker(pool)
+async def test_a_job_with_a_retry_is_followed_to_completion(storage_pool: asyncpg.Pool) -> None:
+    tracker = JobTracker(storage_pool)
     progress = GenerationProgress(
         **_env("generation_progress", "j1", 0, 1, seconds=2),
         data=GenerationProgressData(image_id="img0", image_index=0, step=1, total_steps=4),
     )
     await _feed(tracker, queued("j1", 0, 1, 0), queued("j1", 1, 1, 0), started("j1", 0, 1, 1))
-    row = await _job(pool, "j1")
+    row = await _job(storage_pool, "j1")
     assert (row["status"], row["tier"], row["kind"], row["image_count"]) == (
         "running",
         "realtime",
@@ -173,7 +159,7 @@ async def test_a_job_with_a_retry_is_followed_to_completion(pool: asyncpg.Pool) 
         completed("j1", 1, 1, 7),
         pack("j1", 9, JobStatus.COMPLETED, 2, 0),
     )
-    row = await _job(pool, "j1")
+    row = await _job(storage_pool, "j1")
     assert row["status"] == "completed"
     assert (row["attempts"], row["retries"]) == (3, 1)
     assert (row["completed_count"], row["failed_count"]) == (2, 0)
@@ -183,7 +169,7 @@ async def test_a_job_with_a_retry_is_followed_to_completion(pool: asyncpg.Pool) 
     assert row["queued_at"] == T0 and row["started_at"] == T0 + timedelta(seconds=1)
     assert row["finished_at"] == T0 + timedelta(seconds=9)
     assert (row["queue_wait_ms"], row["run_ms"], row["total_ms"]) == (1000, 8000, 9000)
-    images = await pool.fetch(
+    images = await storage_pool.fetch(
         "SELECT image_index, status, attempts, duration_ms, cost_usd FROM generation_job_images"
         " WHERE job_id = 'j1' ORDER BY image_index"
     )
@@ -193,8 +179,8 @@ async def test_a_job_with_a_retry_is_followed_to_completion(pool: asyncpg.Pool) 
     ]
 
 
-async def test_redelivery_and_late_events_never_move_a_job_back(pool: asyncpg.Pool) -> None:
-    tracker = JobTracker(pool)
+async def test_redelivery_and_late_events_never_move_a_job_back(storage_pool: asyncpg.Pool) -> None:
+    tracker = JobTracker(storage_pool)
     events = [
         queued("j2", 0, 1, 0),
         queued("j2", 1, 1, 0),
@@ -206,25 +192,25 @@ async def test_redelivery_and_late_events_never_move_a_job_back(pool: asyncpg.Po
     # Terminal first, then everything else late and out of order, then all of it again.
     order = [events[5], events[3], events[1], events[4], events[2], events[0]]
     await _feed(tracker, *order)
-    first = dict(await _job(pool, "j2"))
+    first = dict(await _job(storage_pool, "j2"))
     await _feed(tracker, *order, *events)
-    again = dict(await _job(pool, "j2"))
+    again = dict(await _job(storage_pool, "j2"))
     first.pop("updated_at"), again.pop("updated_at")
     assert first == again
     assert again["status"] == "partially_completed"
     assert (again["completed_count"], again["failed_count"], again["attempts"]) == (1, 1, 2)
     assert again["cost_usd"] == Decimal("0.03")  # counted once despite redelivery
     assert again["last_error"] == "boom 1"
-    statuses = await pool.fetch(
+    statuses = await storage_pool.fetch(
         "SELECT status FROM generation_job_images WHERE job_id = 'j2' ORDER BY image_index"
     )
     assert [r["status"] for r in statuses] == ["completed", "failed"]
-    assert await pool.fetchval("SELECT count(*) FROM applied_events") == len(events)
+    assert await storage_pool.fetchval("SELECT count(*) FROM applied_events") == len(events)
 
 
-async def test_a_completed_image_can_be_drawn_again(pool: asyncpg.Pool) -> None:
+async def test_a_completed_image_can_be_drawn_again(storage_pool: asyncpg.Pool) -> None:
     """Postprocess rejects a finished image (or asks for a variation): a higher attempt."""
-    tracker = JobTracker(pool)
+    tracker = JobTracker(storage_pool)
     rejected = GenerationFailed(
         **_env("generation_failed", "j4", 0, 1, "postprocess", seconds=3),
         data=GenerationFailedData(
@@ -245,13 +231,13 @@ async def test_a_completed_image_can_be_drawn_again(pool: asyncpg.Pool) -> None:
         rejected,
         queued("j4", 0, 2, 4, count=1),
     )
-    image = await pool.fetchrow("SELECT * FROM generation_job_images WHERE job_id = 'j4'")
+    image = await storage_pool.fetchrow("SELECT * FROM generation_job_images WHERE job_id = 'j4'")
     assert (image["status"], image["attempts"], image["finished_at"]) == ("queued", 2, None)
     await _feed(tracker, started("j4", 0, 2, 5), completed("j4", 0, 2, 7))
-    image = await pool.fetchrow("SELECT * FROM generation_job_images WHERE job_id = 'j4'")
+    image = await storage_pool.fetchrow("SELECT * FROM generation_job_images WHERE job_id = 'j4'")
     assert (image["status"], image["cost_usd"]) == ("completed", Decimal("0.06"))
     assert image["finished_at"] == T0 + timedelta(seconds=7)
-    row = await _job(pool, "j4")
+    row = await _job(storage_pool, "j4")
     assert (row["status"], row["retries"], row["last_error_type"]) == (
         "running",
         1,
@@ -259,8 +245,8 @@ async def test_a_completed_image_can_be_drawn_again(pool: asyncpg.Pool) -> None:
     )
 
 
-async def test_cancelled_job_keeps_its_status(pool: asyncpg.Pool) -> None:
-    tracker = JobTracker(pool)
+async def test_cancelled_job_keeps_its_status(storage_pool: asyncpg.Pool) -> None:
+    tracker = JobTracker(storage_pool)
     cancelled = JobCancelled(
         **_env("job_cancelled", "j3", seconds=3), data=JobCancelledData(released_usd=0.04)
     )
@@ -271,7 +257,7 @@ async def test_cancelled_job_keeps_its_status(pool: asyncpg.Pool) -> None:
         started("j3", 0, 1, 1),  # late: the job stays cancelled
         pack("j3", 4, JobStatus.CANCELLED, 0, 0),
     )
-    row = await _job(pool, "j3")
+    row = await _job(storage_pool, "j3")
     assert (row["status"], row["reason_code"]) == ("cancelled", "cancelled")
     assert row["finished_at"] == T0 + timedelta(seconds=3)
     assert row["started_at"] == T0 + timedelta(seconds=1)  # timings still recorded

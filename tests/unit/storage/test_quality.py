@@ -4,13 +4,11 @@ the image_stored event (real PostgreSQL, in-memory broker and blob store)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
 from imagegen.blobstore import InMemoryBlobStore, put_staging
-from imagegen.db import create_pool, migrate
 from imagegen.kafka import Record, encode
 from imagegen.kafka.memory import InMemoryBroker
 from schemas.events import EVENT_ADAPTER, ImageStored
@@ -18,23 +16,12 @@ from schemas.images import GenerationRecord, ProcessedImage, Rendition
 from schemas.jobs import ImageIdentity
 from schemas.topics import TopicNames
 from services.storage.handlers import StorageService
-from services.storage.migrations import MIGRATIONS
 
 TOPICS = TopicNames("unit")
 COMPONENTS = {"sharpness": 0.3, "exposure": 1.0, "contrast": 0.59, "colourfulness": 0.48}
 
 
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, "storage")
-    try:
-        await migrate(pool, "storage", MIGRATIONS)
-        yield pool
-    finally:
-        await pool.close()
-
-
-async def _store(pool: asyncpg.Pool, job_id: str, **fields: object) -> ImageStored:
+async def _store(storage_pool: asyncpg.Pool, job_id: str, **fields: object) -> ImageStored:
     broker, blobs = InMemoryBroker(), InMemoryBlobStore()
     ref = await put_staging(blobs, f"png-{job_id}".encode(), "image/png")
     msg = ProcessedImage(
@@ -64,7 +51,7 @@ async def _store(pool: asyncpg.Pool, job_id: str, **fields: object) -> ImageStor
         cost_usd=0.01,
         **fields,
     )
-    service = StorageService(pool, blobs, broker.publisher(), TOPICS)
+    service = StorageService(storage_pool, blobs, broker.publisher(), TOPICS)
     record = Record(
         topic=TOPICS.images_processed, partition=0, offset=0, key=job_id, value=encode(msg)
     )
@@ -77,15 +64,15 @@ async def _store(pool: asyncpg.Pool, job_id: str, **fields: object) -> ImageStor
     return stored
 
 
-async def test_quality_score_is_stored_and_announced(pool: asyncpg.Pool) -> None:
+async def test_quality_score_is_stored_and_announced(storage_pool: asyncpg.Pool) -> None:
     stored = await _store(
-        pool, "j1", quality_score=0.4211, quality_components=COMPONENTS, flagged=True
+        storage_pool, "j1", quality_score=0.4211, quality_components=COMPONENTS, flagged=True
     )
     assert stored.data.quality_score == 0.4211 and stored.data.flagged
     assert stored.data.scene_description == "Mia crosses a moonlit bridge"
     assert stored.data.scene_source == "extractor"
     assert stored.data.negative_prompt == "blurry"
-    row = await pool.fetchrow(
+    row = await storage_pool.fetchrow(
         "SELECT quality_score, quality_components, flagged, scene_source FROM images"
         " WHERE image_id = 'img-j1'"
     )
@@ -95,10 +82,10 @@ async def test_quality_score_is_stored_and_announced(pool: asyncpg.Pool) -> None
     assert row["flagged"] and row["scene_source"] == "extractor"
 
 
-async def test_an_unscored_image_stores_no_score(pool: asyncpg.Pool) -> None:
-    stored = await _store(pool, "j2")
+async def test_an_unscored_image_stores_no_score(storage_pool: asyncpg.Pool) -> None:
+    stored = await _store(storage_pool, "j2")
     assert stored.data.quality_score is None
-    row = await pool.fetchrow(
+    row = await storage_pool.fetchrow(
         "SELECT quality_score, quality_components FROM images WHERE image_id = 'img-j2'"
     )
     assert row is not None

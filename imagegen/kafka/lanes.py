@@ -1,9 +1,15 @@
-"""Several consumer lanes over one consumer, so that several images can wait to be batched.
+"""Several consumer lanes over one consumer: N records of a consumer handled at once.
 
-`ConsumerLoop` handles one record at a time and commits it when its handler returns. The
-generator runs N such loops ("lanes") over one shared consumer: each lane keeps the loop's
-guarantees for its record (retry, dead-letter, commit after the effects are durable), and
-their concurrent `Generator.on_job` calls meet in the `MicroBatcher`.
+`ConsumerLoop` handles one record at a time and commits it when its handler returns. A
+service that waits on I/O per record (storage: S3 copies and a database row) or has cores
+to spare (postprocess: renditions in threads) runs N such loops ("lanes") over one shared
+consumer: each lane keeps the loop's guarantees for its record (retry, dead-letter, commit
+after the effects are durable). The generator's lanes meet in its `MicroBatcher`, so that
+several images can wait to be batched.
+
+Records of one partition are handled concurrently, so lanes suit handlers whose records
+are independent of each other's order (each is one image, idempotent by its id); a topic
+whose handling depends on partition order keeps a single `ConsumerLoop`.
 
 Offsets: Kafka commits a position, i.e. everything before it in the partition. Lanes
 finish out of order, so `SharedConsumer` commits a record only once every record before it
@@ -122,7 +128,26 @@ class LaneGroup(ConsumerLoop):
             lane.stop()
 
     async def run(self) -> None:
-        await asyncio.gather(super().run(), *(lane.run() for lane in self.others))
+        """Run every lane; if one dies, the others drain their record and stop, and then its
+        error is raised (no lane is left running unawaited)."""
+        tasks = [
+            asyncio.create_task(super().run()),
+            *(asyncio.create_task(lp.run()) for lp in self.others),
+        ]
+        try:
+            _, running = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        if running:
+            self.stop()
+            await asyncio.wait(running)
+        errors = [t.exception() for t in tasks if not t.cancelled()]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
 
     @property
     def lanes(self) -> list[ConsumerLoop]:
@@ -154,5 +179,6 @@ def laned_loop(
             "poll_timeout": poll_timeout,
         }
 
-    others = [ConsumerLoop(**options(index)) for index in range(1, lanes)]
+    # Every lane's dead letters name the group (the first lane's name), not the lane.
+    others = [ConsumerLoop(**options(index), group=name) for index in range(1, lanes)]
     return LaneGroup(others, **options(0))
