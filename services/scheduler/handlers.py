@@ -294,7 +294,7 @@ class Scheduler:
         assert event.job_id is not None
         data = event.data
         # The cost is booked even when the job is gone (cancelled): the money was spent.
-        await self.ledger.settle(
+        await self.ledger.settle_stored(
             conn, event.job_id, data.image_index, data.seed, usd(data.cost_usd), data.provider
         )
         current = await self._current(conn, event.job_id, data.image_index)

@@ -13,7 +13,8 @@ Policy
 - The generator's actual cost settles a reservation (spent += actual, reserved -= estimate);
   a failed or cancelled image releases it. A cost reported after its reservation was released
   (an image that finished while its job was being cancelled) is still spent: money is counted
-  where it went.
+  where it went. When an attempt ran twice, the copy that was stored sets the cost
+  (`settle_stored`).
 - `budget_alert` is emitted once per day and threshold (80 %, 100 % of committed money), with
   an id derived from the day and threshold.
 
@@ -24,6 +25,7 @@ that order, inside the caller's transaction; totals there always equal the sums 
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
@@ -39,6 +41,7 @@ from schemas.requests import UserTier
 from services.scheduler.outbox import stage_event
 from services.scheduler.settings import SchedulerSettings
 
+log = logging.getLogger(__name__)
 MICRO = Decimal("0.000001")
 ALERT_THRESHOLDS = (80, 100)
 _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
@@ -240,6 +243,58 @@ class Ledger:
         )
         await self._totals(conn, row["day"], row["user_id"], released, actual)
         instruments().budget_consumed.add(float(actual), {"provider": provider})
+        return True
+
+    async def settle_stored(
+        self,
+        conn: asyncpg.Connection,
+        job_id: str,
+        image_index: int,
+        seed: int,
+        actual: Decimal,
+        provider: str,
+    ) -> bool:
+        """Book the cost of the image that was stored; False if nothing changed.
+
+        An attempt that is run twice (a generator killed after its image went out, then run
+        again on redelivery) yields two copies with their own costs. The first
+        `generation_completed` settles; the copy that storage keeps may be the other one.
+        The stored copy is the one delivered, so its cost is the one booked: an earlier
+        settlement at another cost is restated (entry `restate`, spent only)."""
+        if await self.settle(conn, job_id, image_index, seed, actual, provider):
+            return True
+        row = await conn.fetchrow(
+            "SELECT variation, day, user_id, actual_usd, provider FROM generations"
+            " WHERE job_id = $1 AND image_index = $2 AND status = 'settled' AND seed = $3"
+            " ORDER BY variation DESC LIMIT 1 FOR UPDATE",
+            job_id,
+            image_index,
+            seed,
+        )
+        if row is None or row["actual_usd"] == actual:
+            return False
+        delta = actual - row["actual_usd"]
+        provider = provider or row["provider"]
+        await conn.execute(
+            "UPDATE generations SET actual_usd = $4, provider = $5, updated_at = now()"
+            " WHERE job_id = $1 AND image_index = $2 AND variation = $3",
+            job_id,
+            image_index,
+            row["variation"],
+            actual,
+            provider,
+        )
+        slot = Slot(job_id, image_index, row["variation"])
+        await self._entry(conn, row["day"], row["user_id"], slot, "restate", 0, delta, provider)
+        await self._totals(conn, row["day"], row["user_id"], Decimal(0), delta)
+        # Not on the `budget_consumed` counter, which cannot go down; the log line says it.
+        log.info(
+            "event=cost_restated job_id=%s index=%d from=%s to=%s",
+            job_id,
+            image_index,
+            row["actual_usd"],
+            actual,
+        )
         return True
 
     async def release(

@@ -17,7 +17,7 @@ from schemas.images import ProcessedImage
 from schemas.topics import TopicNames
 from services.storage.layout import owner_of, rendition_key
 from services.storage.owners import deleted_event
-from services.storage.records import insert_image
+from services.storage.records import insert_image, stored_image
 
 log = logging.getLogger(__name__)
 SOURCE = "imagegen/storage"
@@ -67,6 +67,31 @@ class StorageService:
                 deleted,
             )
             return
+        async with transient_as_retryable(), self._pool.acquire() as conn:
+            data = await stored_image(conn, image.image_id, image.version)
+        if data is None:
+            data = await self._store(msg)
+        else:
+            # A second copy (a generation run again after a crash): what was stored stays,
+            # bytes and cost alike, and the event repeats it.
+            log.info(
+                "event=image_already_stored image_id=%s version=%d", image.image_id, image.version
+            )
+        # Emitted on every delivery: its id is stable, so readers see it once.
+        await self._events.emit(
+            ImageStored(
+                id=event_id("image_stored", image.image_id, image.version),
+                source=SOURCE,
+                subject=f"jobs/{image.job_id}/images/{image.image_index}",
+                job_id=image.job_id,
+                user_id=image.user_id,
+                data=data,
+            )
+        )
+
+    async def _store(self, msg: ProcessedImage) -> ImageStoredData:
+        """Copy the staged renditions to their final keys, then write the rows."""
+        image = msg.image
         stored = [
             StoredRendition(
                 name=r.name,
@@ -89,45 +114,37 @@ class StorageService:
             )
         original = next(s for s in stored if s.name == "original")
         async with transient_as_retryable(), self._pool.acquire() as conn:
-            inserted = await insert_image(conn, msg, stored)
-        if not inserted:
-            log.info(
-                "event=image_already_stored image_id=%s version=%d", image.image_id, image.version
-            )
-        # Emitted on every delivery: its id is stable, so readers see it once.
-        await self._events.emit(
-            ImageStored(
-                id=event_id("image_stored", image.image_id, image.version),
-                source=SOURCE,
-                subject=f"jobs/{image.job_id}/images/{image.image_index}",
-                job_id=image.job_id,
-                user_id=image.user_id,
-                data=ImageStoredData(
-                    image_id=image.image_id,
-                    image_index=image.image_index,
-                    character_id=image.character_id,
-                    kind=image.kind.value,
-                    version=image.version,
-                    size_bytes=original.size_bytes,
-                    width=original.width,
-                    height=original.height,
-                    renditions=stored,
-                    seed=msg.record.seed,
-                    model=msg.record.model,
-                    backend=msg.record.backend,
-                    provider=msg.provider,
-                    demo=msg.record.demo,
-                    cost_usd=msg.cost_usd,
-                    consistency_score=msg.consistency_score,
-                    quality_score=msg.quality_score,
-                    flagged=msg.flagged,
-                    story_id=image.story_id,
-                    page_number=image.page_number,
-                    style=msg.style,
-                    prompt=msg.record.prompt,
-                    negative_prompt=msg.record.negative_prompt,
-                    scene_description=msg.record.scene_description,
-                    scene_source=msg.record.scene_source,
-                ),
-            )
+            if not await insert_image(conn, msg, stored):
+                # Another instance stored a copy in between (only while a rebalance hands the
+                # partition over): its row wins. The final objects hold whichever copy was
+                # copied last; both are renders of the same request.
+                data = await stored_image(conn, image.image_id, image.version)
+                if data is not None:
+                    return data
+        return ImageStoredData(
+            image_id=image.image_id,
+            image_index=image.image_index,
+            character_id=image.character_id,
+            kind=image.kind.value,
+            version=image.version,
+            size_bytes=original.size_bytes,
+            width=original.width,
+            height=original.height,
+            renditions=stored,
+            seed=msg.record.seed,
+            model=msg.record.model,
+            backend=msg.record.backend,
+            provider=msg.provider,
+            demo=msg.record.demo,
+            cost_usd=msg.cost_usd,
+            consistency_score=msg.consistency_score,
+            quality_score=msg.quality_score,
+            flagged=msg.flagged,
+            story_id=image.story_id,
+            page_number=image.page_number,
+            style=msg.style,
+            prompt=msg.record.prompt,
+            negative_prompt=msg.record.negative_prompt,
+            scene_description=msg.record.scene_description,
+            scene_source=msg.record.scene_source,
         )

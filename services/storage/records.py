@@ -7,7 +7,7 @@ import json
 
 import asyncpg
 
-from schemas.events import StoredRendition
+from schemas.events import ImageStoredData, StoredRendition
 from schemas.images import ProcessedImage
 from schemas.requests import JobKind
 
@@ -30,6 +30,31 @@ _INSERT_REFERENCE = (
     " kind, original_key, keys, style, embedding, encoder)"
     " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) ON CONFLICT (image_id, version) DO NOTHING"
 )
+
+
+_STORED = (
+    "SELECT image_id, image_index, character_id, kind, version, size_bytes, width, height,"
+    " renditions, seed, model, backend, provider, (generation->>'demo')::boolean AS demo,"
+    " cost_usd, consistency_score, quality_score, flagged, story_id, page_number, style,"
+    " prompt, negative_prompt, scene_description, scene_source"
+    " FROM images WHERE image_id = $1 AND version = $2"
+)
+
+
+async def stored_image(
+    conn: asyncpg.Connection, image_id: str, version: int
+) -> ImageStoredData | None:
+    """What was stored for this image version, as its `image_stored` event says it; None if
+    nothing was. A redelivered copy of the image (a re-run generation: other bytes, other
+    cost) is answered with this, never with the copy's own data."""
+    row = await conn.fetchrow(_STORED, image_id, version)
+    if row is None:
+        return None
+    fields = dict(row.items())
+    fields["renditions"] = json.loads(fields["renditions"])
+    fields["cost_usd"] = float(fields["cost_usd"])
+    fields["demo"] = bool(fields["demo"])
+    return ImageStoredData.model_validate(fields)
 
 
 async def insert_image(

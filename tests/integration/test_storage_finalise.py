@@ -23,7 +23,7 @@ from imagegen.kafka.memory import InMemoryBroker
 from imagegen.settings import S3Settings
 from imagegen.stack.s3 import ensure_bucket
 from schemas.events import EVENT_ADAPTER, ImageStored
-from schemas.images import GenerationRecord, ProcessedImage, RawImage
+from schemas.images import GenerationRecord, ProcessedImage, RawImage, Rendition
 from schemas.jobs import ImageIdentity
 from schemas.requests import JobKind
 from schemas.topics import TopicNames
@@ -198,6 +198,66 @@ async def test_portrait_is_stored_with_every_rendition_once(
     )
     assert ref["original_key"] == prefix + "original.png"
     assert list(ref["embedding"]) == pytest.approx(processed.face_embedding)
+
+
+async def test_a_second_copy_of_an_image_leaves_the_stored_one(
+    blobs: S3BlobStore, storage_pool: asyncpg.Pool
+) -> None:
+    """An attempt run twice (generator killed after its image went out) yields two copies with
+    their own bytes and cost. Storage keeps the first; the event for the second repeats what
+    was stored, so the scheduler books the cost of the image that was delivered."""
+    broker = InMemoryBroker()
+    storage = StorageService(storage_pool, blobs, broker.publisher(), TOPICS)
+    image = ImageIdentity(
+        job_id="job-2",
+        image_id="img-2",
+        image_index=0,
+        image_count=1,
+        user_id="u1",
+        character_id="c1",
+        kind=JobKind.SCENE,
+    )
+
+    async def copy(body: bytes, cost: float, offset: int) -> None:
+        processed = ProcessedImage(
+            image=image,
+            renditions=[
+                Rendition(
+                    name="original",
+                    blob=await put_staging(blobs, body, "image/png"),
+                    width=8,
+                    height=8,
+                    format="png",
+                )
+            ],
+            record=GenerationRecord(
+                backend="demo",
+                model="dcgan",
+                seed=7,
+                steps=1,
+                guidance=1.0,
+                prompt="Mia in the rain",
+                width=8,
+                height=8,
+            ),
+            provider="local-gpu",
+            cost_usd=cost,
+        )
+        record = Record(topic="p", partition=0, offset=offset, key="j", value=encode(processed))
+        await storage.on_processed_image(record)
+
+    await copy(b"first copy", 0.000412, 0)
+    await copy(b"second copy, run again", 0.000449, 1)
+
+    (key,) = await blobs.list("users/")
+    assert await blobs.get(key) == b"first copy"
+    row = await storage_pool.fetchrow("SELECT cost_usd, size_bytes FROM images")
+    assert (str(row["cost_usd"]), row["size_bytes"]) == ("0.000412", len(b"first copy"))
+    events = [EVENT_ADAPTER.validate_json(r.value) for r in broker.records(TOPICS.events)]
+    stored = [e for e in events if isinstance(e, ImageStored)]
+    assert len(stored) == 2 and stored[0].id == stored[1].id
+    assert stored[1].data == stored[0].data
+    assert stored[1].data.cost_usd == 0.000412
 
 
 async def test_expired_signed_url_is_refused(blobs: S3BlobStore) -> None:

@@ -129,6 +129,29 @@ async def test_cost_reported_after_release_is_still_spent(pool: asyncpg.Pool) ->
     assert (b["reserved_usd"], b["spent_usd"]) == (Decimal(0), Decimal("0.3"))
 
 
+async def test_the_stored_copy_sets_the_cost(pool: asyncpg.Pool) -> None:
+    """An attempt run twice: the first completion settles, the copy storage kept restates it."""
+    book = ledger()
+    async with pool.acquire() as conn, conn.transaction():
+        assert await book.reserve(conn, DAY, "u1", PAID, holds("a", "0.5", "0.5")) is None
+        assert await book.settle(conn, "a", 0, 100, Decimal("0.000449"), "p")  # copy 2 first
+        assert await book.settle_stored(conn, "a", 0, 100, Decimal("0.000412"), "p")
+        assert not await book.settle_stored(conn, "a", 0, 100, Decimal("0.000412"), "p")
+        assert not await book.settle_stored(conn, "a", 0, 999, Decimal("0.1"), "p"), "other seed"
+        # Stored before any completion arrived: a plain settlement.
+        assert await book.settle_stored(conn, "a", 1, 101, Decimal("0.3"), "p")
+        assert not await book.settle(conn, "a", 1, 101, Decimal("0.31"), "p")
+        b = await balance(conn, DAY)
+        user_spent = await conn.fetchval("SELECT spent_usd FROM user_budget_days")
+        entries = await conn.fetch(
+            "SELECT entry, spent_delta FROM ledger_entries WHERE entry = 'restate'"
+        )
+    assert b["spent_usd"] == Decimal("0.300412") == b["entries_spent"] == b["actual"]
+    assert user_spent == Decimal("0.300412")
+    assert b["reserved_usd"] == 0 == b["outstanding"]
+    assert [(e["entry"], e["spent_delta"]) for e in entries] == [("restate", Decimal("-0.000037"))]
+
+
 async def test_budget_alerts_once_at_80_and_once_at_100(pool: asyncpg.Pool) -> None:
     book = ledger(budget="10")
     async with pool.acquire() as conn, conn.transaction():
