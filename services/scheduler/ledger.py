@@ -228,16 +228,7 @@ class Ledger:
         slot = Slot(job_id, image_index, row["variation"])
         provider = provider or row["provider"]
         released = -row["reserved_usd"]
-        await conn.execute(
-            "UPDATE generations SET status = 'settled', actual_usd = $4, reserved_usd = 0,"
-            " provider = $5, updated_at = now()"
-            " WHERE job_id = $1 AND image_index = $2 AND variation = $3",
-            job_id,
-            image_index,
-            row["variation"],
-            actual,
-            provider,
-        )
+        await self._settled(conn, slot, actual, provider)
         await self._entry(
             conn, row["day"], row["user_id"], slot, "settle", released, actual, provider
         )
@@ -275,16 +266,8 @@ class Ledger:
             return False
         delta = actual - row["actual_usd"]
         provider = provider or row["provider"]
-        await conn.execute(
-            "UPDATE generations SET actual_usd = $4, provider = $5, updated_at = now()"
-            " WHERE job_id = $1 AND image_index = $2 AND variation = $3",
-            job_id,
-            image_index,
-            row["variation"],
-            actual,
-            provider,
-        )
         slot = Slot(job_id, image_index, row["variation"])
+        await self._settled(conn, slot, actual, provider)
         await self._entry(conn, row["day"], row["user_id"], slot, "restate", 0, delta, provider)
         await self._totals(conn, row["day"], row["user_id"], Decimal(0), delta)
         # Not on the `budget_consumed` counter, which cannot go down; the log line says it.
@@ -328,6 +311,20 @@ class Ledger:
         return total
 
     # --- internals ----------------------------------------------------------------------
+
+    async def _settled(
+        self, conn: asyncpg.Connection, slot: Slot, actual: Decimal, provider: str
+    ) -> None:
+        await conn.execute(
+            "UPDATE generations SET status = 'settled', actual_usd = $4, reserved_usd = 0,"
+            " provider = $5, updated_at = now()"
+            " WHERE job_id = $1 AND image_index = $2 AND variation = $3",
+            slot.job_id,
+            slot.image_index,
+            slot.variation,
+            actual,
+            provider,
+        )
 
     async def _generation(self, conn: asyncpg.Connection, slot: Slot) -> asyncpg.Record | None:
         return await conn.fetchrow(
