@@ -109,6 +109,9 @@ class ErrorType(StrEnum):
     CONTENT_POLICY_VIOLATION = "ContentPolicyViolation"
     """The provider's safety system refused the prompt or a reference image: final for the
     image, which is neither retried nor sent to another provider."""
+    ATTEMPT_OVERDUE = "AttemptOverdue"
+    """Said by the scheduler: the attempt started but did not complete, or completed but was
+    not stored, within its deadline; it is retried like any retryable failure."""
 
 
 class GenerationFailedData(Contract):
@@ -121,7 +124,9 @@ class GenerationFailedData(Contract):
             f" {ErrorType.CANCELLED.value!r} (the job was cancelled),"
             f" {ErrorType.CONTENT_POLICY_VIOLATION.value!r} (the"
             " provider's safety system refused the prompt or a reference image; final for"
-            " the image: not retried, not sent to another provider)."
+            " the image: not retried, not sent to another provider),"
+            f" {ErrorType.ATTEMPT_OVERDUE.value!r} (from the scheduler: the attempt passed"
+            " its deadline and is retried)."
         )
     )
     error: str

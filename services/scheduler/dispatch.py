@@ -114,7 +114,7 @@ class Dispatcher:
         img = job.image
         await conn.execute(
             "UPDATE job_images SET status = 'dispatched', message = $3, attempt = $4,"
-            " variation = $5, due_at = NULL, updated_at = now()"
+            " variation = $5, due_at = NULL, awaiting = NULL, updated_at = now()"
             " WHERE job_id = $1 AND image_index = $2",
             img.job_id,
             img.image_index,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from datetime import timedelta
 
 import asyncpg
 
@@ -22,6 +23,7 @@ from schemas.events import (
     ConsistencyFlagged,
     GenerationCompleted,
     GenerationFailed,
+    GenerationStarted,
     ImageStored,
     JobStatus,
 )
@@ -53,7 +55,7 @@ from services.scheduler.planning import (
 from services.scheduler.provider_health import ProviderHealth, counts_against
 from services.scheduler.references import load_reference_sets, record_reference_set
 from services.scheduler.rerolls import regenerate
-from services.scheduler.retries import Retries, Ticker
+from services.scheduler.retries import AWAITING_COMPLETED, AWAITING_STORED, Retries, Ticker
 from services.scheduler.scenes import SceneFacts
 from services.scheduler.scenes_llm import SceneResolver, build_scene_resolver
 from services.scheduler.settings import SchedulerSettings
@@ -88,7 +90,11 @@ class Scheduler:
         )
         self.relay = OutboxRelay(pool, publisher, interval_s=settings.relay_interval_s)
         self.ticker = Ticker(
-            pool, self._dispatcher, interval_s=settings.tick_interval_s, on_staged=self.relay.wake
+            pool,
+            self._dispatcher,
+            interval_s=settings.tick_interval_s,
+            on_staged=self.relay.wake,
+            overdue=self._retries.overdue,
         )
 
     async def run_background(self) -> None:
@@ -248,7 +254,25 @@ class Scheduler:
             return  # our own events (final failures, progress) need nothing more
         self._track_health(event)
         async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
-            if isinstance(event, GenerationCompleted):
+            if isinstance(event, GenerationStarted):
+                await self._watch(
+                    conn,
+                    event.job_id,
+                    event.data.image_index,
+                    event.data.attempt,
+                    AWAITING_COMPLETED,
+                    self._settings.attempt_run_deadline_s,
+                )
+            elif isinstance(event, GenerationCompleted):
+                # Before the ledger's locks, as every path takes the image before the ledger.
+                await self._watch(
+                    conn,
+                    event.job_id,
+                    event.data.image_index,
+                    None,  # a completion names no attempt: the current one is meant
+                    AWAITING_STORED,
+                    self._settings.attempt_store_deadline_s,
+                )
                 await self.ledger.settle(
                     conn,
                     event.job_id,
@@ -264,6 +288,32 @@ class Scheduler:
             elif isinstance(event, ConsistencyFlagged) and not event.data.final:
                 await self._flagged(conn, event)
         self.relay.wake()
+
+    async def _watch(
+        self,
+        conn: asyncpg.Connection,
+        job_id: str,
+        index: int,
+        attempt: int | None,
+        awaiting: str,
+        deadline_s: float,
+    ) -> None:
+        """Give the dispatched image's attempt `deadline_s` to reach `awaiting`
+        (`Retries.overdue` fails it after that); never back from awaiting storage."""
+        if deadline_s <= 0:
+            return
+        await conn.execute(
+            "UPDATE job_images SET due_at = now() + $5, awaiting = $4"
+            " WHERE job_id = $1 AND image_index = $2 AND status = 'dispatched'"
+            " AND ($3::integer IS NULL OR attempt = $3)"
+            " AND (awaiting IS DISTINCT FROM $6 OR $4 = $6)",
+            job_id,
+            index,
+            attempt,
+            awaiting,
+            timedelta(seconds=deadline_s),
+            AWAITING_STORED,
+        )
 
     def _track_health(self, event: object) -> None:
         """Attempt outcomes feed provider health (counted once per event id)."""

@@ -153,3 +153,15 @@ MIGRATIONS.append(
         """,
     )
 )
+
+MIGRATIONS.append(
+    (
+        4,
+        """
+        -- A dispatched image's due_at is its attempt's deadline once the generator said it
+        -- started (then completed); the ticker retries attempts that pass it.
+        ALTER TABLE job_images ADD COLUMN awaiting text;
+        CREATE INDEX job_images_overdue ON job_images (due_at) WHERE status = 'dispatched';
+        """,
+    )
+)

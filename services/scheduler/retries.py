@@ -12,6 +12,16 @@ chain is exhausted the image fails alone with one `generation_failed` final=true
 reservation released; its job then ends partially (or failed when nothing was stored).
 `attempt` grows across providers and variations, so every attempt of an image has its
 own ids.
+
+Overdue attempts: once the generator says an attempt started, it has
+`attempt_run_deadline_s` to complete, and a completed image has `attempt_store_deadline_s`
+to be stored (`job_images.due_at`, with `awaiting` naming the outcome). An attempt past its
+deadline is failed here as retryable (`AttemptOverdue`, announced as a non-final
+`generation_failed`) and takes the usual retry path. So a message lost downstream (a broker
+that acknowledged a write it then lost; a record dead-lettered on its way) costs a retry,
+not the image and its job. An attempt still waiting in its tier's queue has no deadline: a
+backlog is not a fault. Outcomes of the overdue attempt that arrive after all are harmless:
+storage keeps one copy per image, and the ledger books one cost (`Ledger.settle_stored`).
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
 
 import asyncpg
@@ -42,6 +52,8 @@ from services.scheduler.settings import SchedulerSettings
 log = logging.getLogger(__name__)
 CONTENT_POLICY_REASON = "content_policy_violation"
 """The job's `reason_code` when one of its images was refused for content policy."""
+AWAITING_COMPLETED = "generation_completed"
+AWAITING_STORED = "image_stored"
 
 
 def backoff(settings: SchedulerSettings, provider_attempt: int) -> float:
@@ -148,6 +160,61 @@ class Retries:
                 return
             data = data.model_copy(update={"error": f"{data.error}; failover: {refusal.reason}"})
         await self.give_up(conn, job, row, msg, data.error_type, data.error)
+
+    async def overdue(self, conn: asyncpg.Connection, job_id: str, index: int) -> bool:
+        """Fail the image's attempt if it is still dispatched and past its deadline (the job
+        and the image locked here, in that order); whether it was."""
+        job = await self._dispatcher.lock_job(conn, job_id, skip_locked=True)
+        if job is None or job["status"] != "running":
+            return False
+        row = await conn.fetchrow(
+            "SELECT *, now() - due_at AS late FROM job_images WHERE job_id = $1"
+            " AND image_index = $2 AND status = 'dispatched' AND due_at <= now() FOR UPDATE",
+            job_id,
+            index,
+        )
+        if row is None:
+            return False
+        msg = GenerateImage.model_validate_json(row["message"])
+        img = msg.image
+        awaiting = row["awaiting"] or "an outcome"
+        deadline = (
+            self._settings.attempt_store_deadline_s
+            if awaiting == AWAITING_STORED
+            else self._settings.attempt_run_deadline_s
+        )
+        data = GenerationFailedData(
+            image_id=img.image_id,
+            image_index=img.image_index,
+            attempt=img.attempt,
+            error_type=ErrorType.ATTEMPT_OVERDUE.value,
+            error=f"attempt {img.attempt}: no {awaiting} within {deadline:g} s",
+            retryable=True,
+            final=False,
+            provider=msg.provider or "",
+        )
+        await stage_event(
+            conn,
+            self._topics.events,
+            GenerationFailed(
+                id=event_id("attempt_overdue", img.job_id, img.image_index, img.attempt),
+                source=SOURCE,
+                subject=f"jobs/{img.job_id}/images/{img.image_index}",
+                job_id=img.job_id,
+                user_id=img.user_id,
+                data=data,
+            ),
+        )
+        log.warning(
+            "event=attempt_overdue job_id=%s index=%d attempt=%d awaiting=%s late_s=%.1f",
+            img.job_id,
+            img.image_index,
+            img.attempt,
+            awaiting,
+            row["late"].total_seconds(),
+        )
+        await self.failed(conn, job, row, data)
+        return True
 
     async def _refused(
         self,
@@ -286,9 +353,11 @@ class Ticker:
         *,
         interval_s: float,
         on_staged: Callable[[], None],
+        overdue: Callable[[asyncpg.Connection, str, int], Awaitable[bool]] | None = None,
         batch: int = 100,
         sweep_every: int = 10,
     ) -> None:
+        self._overdue = overdue
         self._sweep_every = sweep_every
         self._pool = pool
         self._dispatcher = dispatcher
@@ -308,6 +377,7 @@ class Ticker:
                     pass
                 rounds += 1
                 if rounds % self._sweep_every == 0:
+                    await self.expire()
                     await self.sweep()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RetryableError) as exc:
                 log.warning("event=ticker_retry error=%r", str(exc))
@@ -330,6 +400,25 @@ class Ticker:
         if rows:
             self._on_staged()
         return len(rows)
+
+    async def expire(self) -> int:
+        """Fail the attempts that passed their deadline (`Retries.overdue`); how many."""
+        if self._overdue is None:
+            return 0
+        async with self._pool.acquire() as conn:
+            due = await conn.fetch(
+                "SELECT i.job_id, i.image_index FROM job_images i JOIN jobs j USING (job_id)"
+                " WHERE i.status = 'dispatched' AND i.due_at <= now() AND j.status = 'running'"
+                " ORDER BY i.due_at LIMIT $1",
+                self._batch,
+            )
+            expired = 0
+            for row in due:
+                async with conn.transaction():
+                    expired += await self._overdue(conn, row["job_id"], row["image_index"])
+        if expired:
+            self._on_staged()
+        return expired
 
     async def sweep(self) -> None:
         """Safety net: slots and story places that a skipped lock left unused are used now."""

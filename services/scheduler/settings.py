@@ -23,6 +23,18 @@ class SchedulerSettings(ServiceSettings):
     retry_backoff_max_s: float = Field(default=60.0, gt=0)
     tick_interval_s: float = Field(default=0.5, gt=0, description="Retry ticker period.")
     relay_interval_s: float = Field(default=0.2, gt=0, description="Outbox poll period.")
+    # Overdue attempts (retries.py): an attempt that went silent is retried, so a message
+    # lost anywhere downstream cannot hold an image (and its job) forever. 0: never.
+    attempt_run_deadline_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="Seconds from generation_started to generation_completed.",
+    )
+    attempt_store_deadline_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="Seconds from generation_completed to image_stored.",
+    )
 
     daily_budget_usd: Decimal = Field(default=Decimal("500"), ge=0)
     user_daily_limit_paid_usd: Decimal = Field(default=Decimal("50"), ge=0)

@@ -30,6 +30,8 @@ from schemas.events import (
     GenerationCompletedData,
     GenerationFailed,
     GenerationFailedData,
+    GenerationStarted,
+    GenerationStartedData,
     ImageStored,
     ImageStoredData,
     StoredRendition,
@@ -42,7 +44,9 @@ from services.scheduler.migrations import MIGRATIONS
 from services.scheduler.settings import SchedulerSettings
 
 GEN = "imagegen/generator"
-Outcome = Literal["ok", "fail", "fail_permanent", "refuse", "flag", "hold"]
+Outcome = Literal["ok", "fail", "fail_permanent", "refuse", "flag", "hold", "silent", "image_lost"]
+"""`silent`: started, then nothing (a generator that hung); `image_lost`: started and
+completed, then nothing (the image lost on its way to storage); `hold`: nothing at all."""
 
 
 def catalogue_json(*offers: tuple[str, str, str]) -> str:
@@ -54,6 +58,21 @@ def catalogue_json(*offers: tuple[str, str, str]) -> str:
             {"provider": p, "model": f"{p}-model", "quality": q, "price_per_image_usd": price}
             for p, price, q in offers
         ]
+    )
+
+
+def started(job: GenerateImage) -> GenerationStarted:
+    img = job.image
+    return GenerationStarted(
+        **{**image_envelope(img, "generation_started", img.attempt), "source": GEN},
+        data=GenerationStartedData(
+            image_id=img.image_id,
+            image_index=img.image_index,
+            attempt=img.attempt,
+            backend=job.provider or "fake",
+            model=job.model or "m",
+            queue_wait_ms=1,
+        ),
     )
 
 
@@ -190,6 +209,11 @@ class FakeGenerator:
             await self.emit(failed(job, retryable=False, error_type="ProviderUnavailable"))
         elif outcome == "refuse":  # what the worker says for a safety-system refusal
             await self.emit(failed(job, retryable=False, error_type="ContentPolicyViolation"))
+        elif outcome == "silent":
+            await self.emit(started(job))
+        elif outcome == "image_lost":
+            await self.emit(started(job))
+            await self.emit(completed(job, self.cost))
         else:
             self.held.append(job)
 

@@ -229,6 +229,61 @@ async def test_retries_back_off_then_fail_over_then_the_image_fails_alone(
         assert b["ever_reserved"] == b["settled_reservations"] + b["released"]
 
 
+async def test_an_attempt_gone_silent_is_retried_and_paid_for_once(database_url: str) -> None:
+    """A started attempt that never completes, and a completed image that never gets stored
+    (a message lost downstream), are retried after their deadlines; an image still waiting
+    in its queue is not."""
+    settings = fast_settings(attempt_run_deadline_s=0.3, attempt_store_deadline_s=0.3)
+
+    def policy(job: GenerateImage) -> str:
+        if job.image.job_id == waiting.job_id:
+            return "hold"
+        if job.image.attempt > 1:
+            return "ok"
+        return {0: "silent", 1: "image_lost"}.get(job.image.image_index, "ok")
+
+    waiting = pack(1)
+    async with memory_rig(database_url, settings, policy) as m:  # type: ignore[arg-type]
+        request = pack(3)
+        await m.rig.submit(waiting, "alice")
+        await m.rig.submit(request, "alice")
+        done = await m.rig.wait_event("pack_completed", request.job_id)
+        assert done.data.status is JobStatus.COMPLETED and done.data.completed_count == 3
+        jobs = await m.rig.jobs()
+        attempts = {
+            i: [
+                j.image.attempt
+                for j in jobs
+                if j.image.job_id == request.job_id and j.image.image_index == i
+            ]
+            for i in range(3)
+        }
+        assert attempts == {0: [1, 2], 1: [1, 2], 2: [1]}
+        overdue = [
+            e
+            for e in await m.rig.events()
+            if e.type == "generation_failed" and e.data.error_type == "AttemptOverdue"
+        ]
+        assert sorted((e.data.image_index, e.data.attempt, e.data.final) for e in overdue) == [
+            (0, 1, False),
+            (1, 1, False),
+        ]
+        errors = {e.data.image_index: e.data.error for e in overdue}
+        assert "no generation_completed within 0.3 s" in errors[0]
+        assert "no image_stored within 0.3 s" in errors[1]
+        assert {e.source for e in overdue} == {"imagegen/scheduler"}
+        # The lost image's first draw was paid for; its retry is the same image: not again.
+        assert done.data.cost_usd == 1.5
+        async with m.rig.pool.acquire() as conn:
+            b = await balance(conn, m.rig.scheduler.ledger.today())
+            queued = await conn.fetchval(
+                "SELECT status FROM job_images WHERE job_id = $1", waiting.job_id
+            )
+        assert b["spent_usd"] == Decimal("1.5") == b["entries_spent"]
+        assert queued == "dispatched", "an image still in its queue has no deadline"
+        assert [j.image.attempt for j in jobs if j.image.job_id == waiting.job_id] == [1]
+
+
 async def test_backoff_delays_are_held_in_the_database(database_url: str) -> None:
     settings = fast_settings(retry_backoff_s=30.0)
     async with memory_rig(database_url, settings, lambda _j: "fail") as m:
