@@ -312,6 +312,12 @@ def _kill_and_restart(
     return during, time.monotonic() - down_at
 
 
+def _overdue(stack: RunningStack) -> int:
+    """Attempts the scheduler retried for passing their deadline (a message lost on the way)."""
+    log = (stack.data_dir / "logs" / "scheduler.log").read_text(errors="replace")
+    return log.count("event=attempt_overdue")
+
+
 def _all_completed(
     stack: RunningStack, tenants: list[Tenant], jobs: list[Submitted]
 ) -> tuple[dict[str, dict[str, Any]], float]:
@@ -357,7 +363,8 @@ def test_database_restart_mid_run(infra: InfraStack, capsys: pytest.CaptureFixtu
         f" outage={outage:.1f}s readyz_during=503 not_ready={not_ready}"
         f" problems_logged={errors} wait={waited:.1f}s"
         f" duration={time.monotonic() - started:.1f}s"
-        f" stored_rows={store.rows} spent_usd={ledger.spent_usd}",
+        f" stored_rows={store.rows} spent_usd={ledger.spent_usd}"
+        f" overdue_retried={_overdue(stack)}",
         capsys,
     )
 
@@ -388,7 +395,8 @@ def test_object_store_restart_mid_run(
         f" outage={outage:.1f}s readyz_during={during[0]}"
         f" {','.join(during[1].get('not_ready', []))} problems_logged={errors}"
         f" wait={waited:.1f}s duration={time.monotonic() - started:.1f}s stored_rows={store.rows}"
-        f" objects={store.objects} spent_usd={ledger.spent_usd}",
+        f" objects={store.objects} spent_usd={ledger.spent_usd}"
+        f" overdue_retried={_overdue(stack)}",
         capsys,
     )
 
@@ -422,6 +430,7 @@ def test_broker_killed_and_restarted_mid_run(
         f" outage={outage:.1f}s readyz_during={during[0]}"
         f" {','.join(during[1].get('not_ready', []))} problems_logged={errors}"
         f" wait={waited:.1f}s duration={time.monotonic() - started:.1f}s"
-        f" stored_rows={store.rows} spent_usd={ledger.spent_usd}",
+        f" stored_rows={store.rows} spent_usd={ledger.spent_usd}"
+        f" overdue_retried={_overdue(stack)}",
         capsys,
     )
