@@ -123,6 +123,13 @@ async def _character(live: Live, client: httpx.AsyncClient, user: str) -> str:
     return character_id
 
 
+async def _new_character(live: Live, client: httpx.AsyncClient) -> tuple[str, str, str]:
+    """A fresh user with a character: the user, the character id and its upload path."""
+    user = f"up-{uuid.uuid4().hex[:8]}"
+    character_id = await _character(live, client, user)
+    return user, character_id, f"/api/v1/characters/{character_id}/reference-photos"
+
+
 async def _stored(live: Live, user: str, character_id: str) -> tuple[int, list[str]]:
     """Photo rows of the character, and objects under the user's reference prefix."""
     conn = await asyncpg.connect(live.database_url)
@@ -273,9 +280,7 @@ def hostile_files() -> list[Hostile]:
 async def test_hostile_files_are_refused_naming_the_problem_and_nothing_is_stored(
     live: Live, client: httpx.AsyncClient
 ) -> None:
-    user = f"up-{uuid.uuid4().hex[:8]}"
-    character_id = await _character(live, client, user)
-    path = f"/api/v1/characters/{character_id}/reference-photos"
+    user, character_id, path = await _new_character(live, client)
     good = image_bytes("PNG", (48, 48))
     for bad in hostile_files():
         # Alone, and second after a good photo: all or nothing, so the good one is not kept.
@@ -308,9 +313,7 @@ async def test_hostile_files_are_refused_naming_the_problem_and_nothing_is_store
 async def test_a_lying_name_or_type_stores_what_the_bytes_are(
     live: Live, client: httpx.AsyncClient
 ) -> None:
-    user = f"up-{uuid.uuid4().hex[:8]}"
-    character_id = await _character(live, client, user)
-    path = f"/api/v1/characters/{character_id}/reference-photos"
+    user, character_id, path = await _new_character(live, client)
     jpeg = image_bytes("JPEG", (40, 30), "blue")
     response = await client.post(
         path,
@@ -330,9 +333,7 @@ async def test_a_lying_name_or_type_stores_what_the_bytes_are(
 async def test_malformed_requests_are_refused_cleanly(
     live: Live, client: httpx.AsyncClient
 ) -> None:
-    user = f"up-{uuid.uuid4().hex[:8]}"
-    character_id = await _character(live, client, user)
-    path = f"/api/v1/characters/{character_id}/reference-photos"
+    user, character_id, path = await _new_character(live, client)
     auth = live.auth(user)
     png = image_bytes("PNG", (20, 20))
     cases: list[tuple[str, dict[str, Any], int, str]] = [
@@ -434,9 +435,7 @@ def _chunked(parts: Iterator[bytes]) -> Iterator[bytes]:
 async def test_huge_bodies_are_refused_before_they_are_read(
     live: Live, client: httpx.AsyncClient
 ) -> None:
-    user = f"up-{uuid.uuid4().hex[:8]}"
-    character_id = await _character(live, client, user)
-    path = f"/api/v1/characters/{character_id}/reference-photos"
+    user, character_id, path = await _new_character(live, client)
     auth = live.auth(user)
 
     # A declared length over the limit: refused from the headers, not one body byte read.
@@ -498,9 +497,7 @@ def _upload_body(*photos: bytes) -> bytes:
 async def test_a_chunked_upload_under_the_limit_is_stored(
     live: Live, client: httpx.AsyncClient
 ) -> None:
-    user = f"up-{uuid.uuid4().hex[:8]}"
-    character_id = await _character(live, client, user)
-    path = f"/api/v1/characters/{character_id}/reference-photos"
+    user, character_id, path = await _new_character(live, client)
     # Two photos of 200 KB each: near the per-photo limit, sent in 16 KB chunks.
     photos = [
         image_bytes("PNG", (250, 250), colour) + b"\x00" * (200 * 1024)
@@ -553,9 +550,7 @@ async def test_a_chunked_json_body_over_the_limit_is_refused_as_it_arrives(
 async def test_multipart_with_a_bad_token_is_refused_before_its_body(
     live: Live, client: httpx.AsyncClient
 ) -> None:
-    user = f"up-{uuid.uuid4().hex[:8]}"
-    character_id = await _character(live, client, user)
-    path = f"/api/v1/characters/{character_id}/reference-photos"
+    user, character_id, path = await _new_character(live, client)
     expired = {
         "Authorization": f"Bearer {issue_token(live.settings.jwt_secret, user, 'paid', -60)}"
     }
@@ -577,9 +572,7 @@ async def test_a_length_that_lies_does_not_carry_more_body(
 ) -> None:
     # uvicorn frames the body by the declared length: the app gets the first 100 bytes
     # (a broken form), the rest is taken for a next request and refused by the parser.
-    user = f"up-{uuid.uuid4().hex[:8]}"
-    character_id = await _character(live, client, user)
-    path = f"/api/v1/characters/{character_id}/reference-photos"
+    user, character_id, path = await _new_character(live, client)
     body = _upload_body(image_bytes("PNG", (40, 40))) + b"\x89" * (2 * BODY_LIMIT)
     raw = _multipart_head(path, live.auth(user), 100) + body
     statuses = await asyncio.to_thread(_send_whole, live.url, raw)
