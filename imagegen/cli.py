@@ -30,6 +30,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         backend=args.backend,
         model=args.model,
         restart=not args.no_restart,
+        broker=args.broker,
         broker_storage=args.broker_storage,
     )
     hooks: list[object] = [run_demo] if args.demo else []
@@ -245,10 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="run a 5-image pack once ready")
     up.add_argument("--no-restart", action="store_true", help="do not restart crashed services")
     up.add_argument(
+        "--broker",
+        default="auto",
+        choices=["auto", "kafka", "tansu"],
+        help="kafka: Apache Kafka (KRaft; needs Java 17+, jars fetched once with Maven);"
+        " tansu: the no-JVM fallback; auto (default): kafka where a JDK 17+ is found",
+    )
+    up.add_argument(
         "--broker-storage",
         default="s3",
         choices=["s3", "memory"],
-        help="s3: the broker keeps its log in the object store and survives restarts;"
+        help="Tansu only. s3: it keeps its log in the object store and survives restarts;"
         " memory: lost when the stack stops (cheaper: benchmarks of the services alone)",
     )
     up.set_defaults(func=_cmd_up)

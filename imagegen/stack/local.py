@@ -21,6 +21,8 @@ from imagegen.stack import StackError
 from imagegen.stack.ports import LOOPBACK, port_in_use
 from imagegen.stack.postgres import ensure_database, find_or_start_postgres
 from imagegen.stack.s3 import expire_staging
+from imagegen.stack.kafka import KAFKA_VERSION, ApacheKafka, java_binary, kafka_jars
+from imagegen.stack.process import ServerProcess
 from imagegen.stack.servers import SeaweedFS, Tansu, tansu_s3_env
 from imagegen.stack.services import Supervisor
 from imagegen.stack.topics import create_topics
@@ -47,8 +49,39 @@ class StackOptions:
     backend: str = "demo"
     model: str | None = None
     restart: bool = True
+    broker: str = "auto"
+    """"kafka": Apache Kafka (needs Java 17+); "tansu": the no-JVM fallback; "auto": Kafka
+    where a JDK 17+ is found, else Tansu."""
     broker_storage: str = "s3"
-    """"s3": Tansu keeps its log in SeaweedFS (durable); "memory": lost on stop."""
+    """Tansu only: "s3" keeps its log in SeaweedFS (durable); "memory": lost on stop."""
+
+
+def choose_broker(requested: str) -> tuple[str, str]:
+    """The broker to run ("kafka" or "tansu") and why, for the line `imagegen up` prints.
+
+    "auto" falls back to Tansu only for want of a JDK; a Kafka that cannot be fetched or
+    started is an error, not a silent switch to another broker.
+    """
+    if requested == "tansu":
+        return "tansu", "Tansu (--broker tansu)"
+    if requested not in ("kafka", "auto"):
+        raise ConfigurationError(f"--broker must be kafka, tansu or auto, not {requested!r}")
+    try:
+        java_binary()
+    except StackError as exc:
+        if requested == "kafka":
+            raise
+        return "tansu", f"Tansu (no-JVM fallback: {exc})"
+    return "kafka", f"Apache Kafka {KAFKA_VERSION} (KRaft)"
+
+
+def _fetch_wait(kind: str) -> dict[str, str]:
+    """Apache Kafka answers a waiting fetch on arrival, so the default wait only bounds idle
+    polling; Tansu holds a fetch for up to about half the wait (500 ms cost ~100-230 ms a hop)."""
+    chosen = os.environ.get("IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS")
+    if chosen:
+        return {"IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": chosen}
+    return {"IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": str(TANSU_FETCH_WAIT_MS)} if kind == "tansu" else {}
 
 
 def _broker_url(options: StackOptions) -> str:
@@ -155,6 +188,7 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
     try:
         _check_ports(options)
         creds = StackSecrets.load_or_create(data)
+        kind, described = choose_broker(options.broker)
         with ExitStack() as stack:
             print(f"data: {data}", flush=True)
             s3 = stack.enter_context(
@@ -163,33 +197,38 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
                     options.s3_port,
                     creds.s3_access_key,
                     creds.s3_secret_key,
-                    buckets=[IMAGE_BUCKET, BROKER_BUCKET],
+                    buckets=[IMAGE_BUCKET, *([BROKER_BUCKET] if kind == "tansu" else [])],
                     log_dir=logs,
                 )
             )
             expire_staging(
                 s3.endpoint, IMAGE_BUCKET, creds.s3_access_key, creds.s3_secret_key, s3.region
             )
-            env_s3 = tansu_s3_env(s3.endpoint, creds.s3_access_key, creds.s3_secret_key, s3.region)
-            broker = stack.enter_context(
-                Tansu(options.kafka_port, _broker_url(options), env=env_s3, log_dir=logs)
-            )
+            server: ServerProcess
+            if kind == "kafka":
+                kafka_jars()  # the first run fetches them: say so before the wait
+                server = ApacheKafka(options.kafka_port, data / "kafka", log_dir=logs)
+            else:
+                env_s3 = tansu_s3_env(
+                    s3.endpoint, creds.s3_access_key, creds.s3_secret_key, s3.region
+                )
+                server = Tansu(options.kafka_port, _broker_url(options), env=env_s3, log_dir=logs)
+            broker = stack.enter_context(server)
+            bootstrap = f"{LOOPBACK}:{broker.port}"
+            print(f"broker: {described} at {bootstrap}", flush=True)
             dsn_base, pg = find_or_start_postgres(data / "pg", port=options.pg_port)
             if pg is not None:
                 stack.callback(pg.stop)
             database_url = ensure_database(dsn_base, options.database)
             print(f"database: {database_url}", flush=True)
-            create_topics(broker.bootstrap, options.namespace)
+            create_topics(bootstrap, options.namespace)
             gateway_url = f"http://{LOOPBACK}:{options.gateway_port}"
             common = {
                 "IMAGEGEN_ENV": "dev",
                 "IMAGEGEN_DATABASE_URL": database_url,
-                "IMAGEGEN_KAFKA_BOOTSTRAP": broker.bootstrap,
+                "IMAGEGEN_KAFKA_BOOTSTRAP": bootstrap,
                 "IMAGEGEN_KAFKA_NAMESPACE": options.namespace,
-                # Tansu holds a fetch for up to about half the wait: 500 ms cost ~100-230 ms a hop.
-                "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": os.environ.get(
-                    "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS", str(TANSU_FETCH_WAIT_MS)
-                ),
+                **_fetch_wait(kind),
                 "IMAGEGEN_S3_ENDPOINT": s3.endpoint,
                 "IMAGEGEN_S3_BUCKET": IMAGE_BUCKET,
                 "IMAGEGEN_S3_REGION": s3.region,

@@ -1,4 +1,5 @@
-"""One behaviour suite for the Kafka plumbing, run on the in-memory fake and on real Tansu."""
+"""One behaviour suite for the Kafka plumbing, run on the in-memory fake, on Apache Kafka and on
+Tansu (the no-JVM fallback of `imagegen up`, kept honest here)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from imagegen.errors import PermanentError, RetryableError
 from imagegen.kafka import Consumer, ConsumerLoop, Publisher, Record, decode
 from imagegen.kafka.confluent import KafkaConsumer, KafkaPublisher
 from imagegen.kafka.memory import InMemoryBroker
+from imagegen.stack.topics import create_topics
 from imagegen.telemetry import configure_tracing, tracer
 from schemas.deadletter import DeadLetterHeaders
 from schemas.topics import TopicNames
@@ -30,14 +32,19 @@ class Bus:
     topics: TopicNames
 
 
-@pytest.fixture(params=["memory", "kafka"])
+@pytest.fixture(params=["memory", "kafka", "tansu"])
 async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
     if request.param == "memory":
         broker = InMemoryBroker()
         yield Bus(broker.publisher(), broker.consumer, TopicNames(f"m{uuid.uuid4().hex[:8]}"))
         return
-    bootstrap: str = request.getfixturevalue("kafka_bootstrap")
-    namespace: str = request.getfixturevalue("topic_namespace")
+    if request.param == "kafka":
+        bootstrap: str = request.getfixturevalue("kafka_bootstrap")
+        namespace: str = request.getfixturevalue("topic_namespace")
+    else:
+        bootstrap = request.getfixturevalue("tansu_bootstrap")
+        namespace = f"t{uuid.uuid4().hex[:8]}"
+        create_topics(bootstrap, namespace)
     publisher = KafkaPublisher(bootstrap, "test")
 
     def consumer(group: str, topics: list[str]) -> Consumer:
