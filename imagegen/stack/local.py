@@ -18,11 +18,11 @@ import httpx
 
 from imagegen.errors import ConfigurationError
 from imagegen.stack import StackError
+from imagegen.stack.kafka import KAFKA_VERSION, ApacheKafka, java_binary, kafka_jars
 from imagegen.stack.ports import LOOPBACK, port_in_use
 from imagegen.stack.postgres import ensure_database, find_or_start_postgres
-from imagegen.stack.s3 import expire_staging
-from imagegen.stack.kafka import KAFKA_VERSION, ApacheKafka, java_binary, kafka_jars
 from imagegen.stack.process import ServerProcess
+from imagegen.stack.s3 import expire_staging
 from imagegen.stack.servers import SeaweedFS, Tansu, tansu_s3_env
 from imagegen.stack.services import Supervisor
 from imagegen.stack.topics import create_topics
