@@ -319,7 +319,7 @@ def wait_for_kafka(
     server: ServerProcess | None = None,
     *,
     name: str = "Kafka broker",
-    config: Mapping[str, object] | None = None,
+    config: Mapping[str, str | int | float] | None = None,
 ) -> None:
     """Block until the broker answers a metadata request and lists itself as a live broker."""
     from confluent_kafka import KafkaException
