@@ -253,6 +253,49 @@ class Kill:
     """Images stored when it was killed: proof that the kill fell mid-run."""
     restarted_pid: int = 0
     restarted_after_s: float = 0.0
+    resumed_after_s: float | None = None
+    """From the kill to the stage's next progress (its group committed a further offset);
+    None if it did not within the killer's wait."""
+
+
+STAGE_GROUPS = {
+    "gateway": "gateway",
+    "scheduler": "scheduler-outcomes",
+    "generator": "generator",
+    "postprocess": "postprocess",
+    "storage": "storage",
+}
+"""The consumer group whose progress is each service's stage: the one its work flows
+through during a run (the scheduler's `requests` group is idle once all is submitted)."""
+
+
+def committed(bootstrap: str, group: str, timeout: float = 5.0) -> int:
+    """The sum of `group`'s committed offsets over its partitions (0 before any commit)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+    found = future.result(timeout=timeout)
+    return sum(tp.offset for tp in found.topic_partitions or [] if tp.offset >= 0)
+
+
+def wait_resumed(
+    bootstrap: str, group: str, before: int, since: float, timeout: float = 90
+) -> float | None:
+    """Seconds from `since` (monotonic) until `group` commits past `before`; None on timeout.
+
+    Commits are what a stage does once its handler's effects are durable, so this is the
+    first record handled after the kill, to within the commit interval (1 s)."""
+    deadline = since + timeout
+    while time.monotonic() < deadline:
+        try:
+            if committed(bootstrap, group) > before:
+                return time.monotonic() - since
+        except Exception:  # a slow or failed answer: ask again
+            pass
+        time.sleep(0.1)
+    return None
 
 
 def kill_moments(rng: random.Random, images: int, count: int) -> list[int]:
@@ -264,7 +307,8 @@ def kill_moments(rng: random.Random, images: int, count: int) -> list[int]:
 class Killer:
     """SIGKILLs each service in turn once the workload has stored a random number of images
     (so every kill falls mid-run however fast the machine is), a random fraction of a
-    second later; waits for the supervisor's restart before the next. Runs in a thread."""
+    second later; waits for the supervisor's restart and for the stage to make progress
+    again (its time to resume) before the next. Runs in a thread."""
 
     stack: RunningStack
     services: list[str]
@@ -272,6 +316,7 @@ class Killer:
     progress: Callable[[], int]
     rng: random.Random
     stall_s: float = 180
+    namespace: str = "imagegen"
     kills: list[Kill] = field(default_factory=list)
     error: BaseException | None = None
     _thread: threading.Thread | None = None
@@ -280,7 +325,7 @@ class Killer:
         self._thread = threading.Thread(target=self._run, name="killer", daemon=True)
         self._thread.start()
 
-    def join(self, timeout: float = 240) -> list[Kill]:
+    def join(self, timeout: float = 600) -> list[Kill]:
         assert self._thread is not None
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the killer did not finish"
@@ -302,10 +347,15 @@ class Killer:
                 stored = self.progress()
                 pid = self.stack.service_pids()[service]
                 os.kill(pid, signal.SIGKILL)
-                kill = Kill(service, pid, time.monotonic() - started, stored)
+                killed_at = time.monotonic()
+                kill = Kill(service, pid, killed_at - started, stored)
                 self.kills.append(kill)
+                # Read after the kill: a dead process commits nothing more.
+                group = f"{self.namespace}.{STAGE_GROUPS[service]}"
+                before = committed(self.stack.bootstrap, group)
                 kill.restarted_pid = wait_restarted(self.stack, service, pid)
-                kill.restarted_after_s = time.monotonic() - started - kill.at_s
+                kill.restarted_after_s = time.monotonic() - killed_at
+                kill.resumed_after_s = wait_resumed(self.stack.bootstrap, group, before, killed_at)
         except BaseException as exc:  # reported by join()
             self.error = exc
 
@@ -483,6 +533,19 @@ def assert_consistent(
     assert ledger.settled_not_stored == 0, ledger
     assert ledger.spent_usd == ledger.stored_cost_usd, ledger
     return store, ledger
+
+
+def describe_kills(kills: list[Kill]) -> str:
+    """`service@kill time/images stored then restart=… resume=…` per kill, for a summary."""
+
+    def resumed(kill: Kill) -> str:
+        return "none" if kill.resumed_after_s is None else f"{kill.resumed_after_s:.1f}s"
+
+    return ", ".join(
+        f"{k.service}@{k.at_s:.1f}s/{k.stored_before}img"
+        f" restart={k.restarted_after_s:.1f}s resume={resumed(k)}"
+        for k in kills
+    )
 
 
 def count_images(final: dict[str, dict[str, Any]]) -> tuple[int, int]:

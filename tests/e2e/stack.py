@@ -36,6 +36,10 @@ class RunningStack:
     output: list[str] = field(default_factory=list)
     kafka_port: int = 0
 
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
     def client(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(
             base_url=self.gateway,
