@@ -44,8 +44,9 @@ def _consume_all(bootstrap: str, topic: str, count: int) -> list[bytes]:
     try:
         for _ in range(60):
             msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None and msg.value() is not None:
-                got.append(bytes(msg.value()))
+            value = msg.value() if msg is not None and msg.error() is None else None
+            if value is not None:
+                got.append(value)
             if len(got) >= count:
                 break
     finally:
