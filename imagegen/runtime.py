@@ -12,7 +12,9 @@ from imagegen.errors import FatalClientError
 from imagegen.health import HealthServer
 from imagegen.kafka.confluent import KafkaConsumer, KafkaPublisher
 from imagegen.kafka.lanes import laned_loop
+from imagegen.kafka.membership import instance_id
 from imagegen.kafka.ports import Handler, Publisher
+from imagegen.kafka.security import client_config, watched_config
 from imagegen.kafka.worker import ConsumerLoop
 from imagegen.settings import KafkaSettings
 
@@ -38,7 +40,10 @@ def kafka_publisher(
 ) -> KafkaPublisher:
     """The service's producer; `on_fatal` (thread-safe) hears once if it breaks for good."""
     return KafkaPublisher(
-        settings.bootstrap, client_id=f"{settings.client_id}-{service}", on_fatal=on_fatal
+        settings.bootstrap,
+        client_id=f"{settings.client_id}-{service}",
+        extra=watched_config(settings),
+        on_fatal=on_fatal,
     )
 
 
@@ -51,6 +56,8 @@ def kafka_consumer(settings: KafkaSettings, group: str, topics: list[str]) -> Ka
         session_timeout_ms=settings.session_timeout_ms,
         fetch_wait_max_ms=settings.fetch_wait_max_ms,
         commit_interval_ms=settings.commit_interval_ms,
+        group_instance_id=instance_id(settings.instance_id, group),
+        extra=client_config(settings),
     )
 
 

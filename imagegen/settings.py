@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
@@ -12,6 +13,9 @@ from schemas.topics import DEFAULT_NAMESPACE, TopicNames
 
 DEV_JWT_SECRET = "dev-only-insecure-secret-change-me"  # noqa: S105 - refused outside dev
 DEV_S3_KEY = "imagegen-dev"
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"]
+SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 
 
 class KafkaSettings(BaseSettings):
@@ -31,6 +35,16 @@ class KafkaSettings(BaseSettings):
             " 0: commit each record synchronously."
         ),
     )
+    instance_id: str = Field(
+        default="",
+        description=(
+            "This process's stable name for static group membership (Kubernetes: the pod"
+            " name; the local supervisor: <service>-<n>): each consumer joins as"
+            " <instance_id>-<group>[-<suffix>], so a restarted process takes its partitions"
+            " back at once instead of after the session timeout and a rebalance. Unique per"
+            " live process. Empty: dynamic membership. See imagegen/kafka/membership.py."
+        ),
+    )
     fetch_wait_max_ms: int = Field(
         default=500,
         ge=1,
@@ -43,9 +57,76 @@ class KafkaSettings(BaseSettings):
         ),
     )
 
+    security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT",
+        description="SASL_SSL (SCRAM user and password over TLS) or SSL (mTLS) in production.",
+    )
+    sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = Field(
+        default=None, description="PEM file of the CA that signed the broker's certificate."
+    )
+    ssl_certificate_location: Path | None = Field(
+        default=None, description="mTLS: PEM file of this client's certificate."
+    )
+    ssl_key_location: Path | None = Field(
+        default=None, description="mTLS: PEM file of this client's private key."
+    )
+    ssl_key_password: SecretStr | None = None
+    ssl_ca_pem: str | None = Field(default=None, description="The CA as PEM text, not a file.")
+    ssl_certificate_pem: str | None = None
+    ssl_key_pem: SecretStr | None = None
+
     @property
     def topics(self) -> TopicNames:
         return TopicNames(self.namespace)
+
+    @model_validator(mode="after")
+    def _security_complete(self) -> KafkaSettings:
+        """Refuse settings that cannot connect, naming the variable to set (not a librdkafka
+        error at the first poll, or a client that retries an impossible handshake for ever)."""
+        protocol = self.security_protocol
+        name = f"IMAGEGEN_KAFKA_SECURITY_PROTOCOL={protocol}"
+        sasl = protocol.startswith("SASL_")
+        if sasl:
+            for field in ("sasl_username", "sasl_password"):
+                value = getattr(self, field)
+                if value is None or not (
+                    value.get_secret_value() if isinstance(value, SecretStr) else value
+                ):
+                    raise ConfigurationError(f"{_env(field)} must be set with {name}")
+        else:
+            for field in ("sasl_username", "sasl_password"):
+                if getattr(self, field) is not None:
+                    raise ConfigurationError(f"{_env(field)} is set but {name} uses no SASL")
+        tls = protocol in ("SSL", "SASL_SSL")
+        pairs = (
+            ("ssl_ca_location", "ssl_ca_pem"),
+            ("ssl_certificate_location", "ssl_certificate_pem"),
+            ("ssl_key_location", "ssl_key_pem"),
+        )
+        for location, pem in pairs:
+            for field in (location, pem):
+                if getattr(self, field) is not None and not tls:
+                    raise ConfigurationError(f"{_env(field)} is set but {name} uses no TLS")
+            if getattr(self, location) is not None and getattr(self, pem) is not None:
+                raise ConfigurationError(f"set {_env(location)} or {_env(pem)}, not both")
+            path = getattr(self, location)
+            if path is not None and not path.is_file():
+                raise ConfigurationError(f"{_env(location)}: no such file {path}")
+        has_cert = self.ssl_certificate_location or self.ssl_certificate_pem
+        has_key = self.ssl_key_location or self.ssl_key_pem
+        if bool(has_cert) != bool(has_key):
+            missing = "ssl_key_location" if has_cert else "ssl_certificate_location"
+            raise ConfigurationError(f"mTLS needs a certificate and its key: set {_env(missing)}")
+        if self.ssl_key_password is not None and not has_key:
+            raise ConfigurationError("IMAGEGEN_KAFKA_SSL_KEY_PASSWORD is set but no key is")
+        return self
+
+
+def _env(field: str) -> str:
+    return f"IMAGEGEN_KAFKA_{field.upper()}"
 
 
 class S3Settings(BaseSettings):

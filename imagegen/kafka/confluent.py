@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from confluent_kafka import Producer as _Producer
 from pydantic import BaseModel
 
 from imagegen.errors import FatalClientError, PermanentError, RetryableError
+from imagegen.kafka.access import ACCESS
 from imagegen.kafka.codec import encode
 from imagegen.kafka.ports import Record
 from imagegen.telemetry import inject_trace_headers
@@ -77,7 +79,11 @@ def _describe(err: KafkaError) -> str:
     return f"kafka: {err.name()}: {err.str()}"
 
 
-def _error(err: KafkaError) -> Exception:
+def _error(err: KafkaError, topic: str | None = None) -> Exception:
+    # Refused by the broker (credentials, certificate, ACL): one clear error, never a
+    # reason to dead-letter (imagegen/kafka/access.py).
+    if (denied := ACCESS.note(err, topic=topic)) is not None:
+        return denied
     if _is_fatal(err):
         return FatalClientError(_describe(err))
     retryable = err.retriable() or err.code() in _RETRY_ANYWAY
@@ -140,13 +146,13 @@ class KafkaPublisher:
         """The error that made this producer unusable, or None while it works."""
         return None if self._fatal is None else FatalClientError(self._fatal)
 
-    def _failed(self, err: KafkaError) -> Exception:
+    def _failed(self, err: KafkaError, topic: str | None = None) -> Exception:
         """The exception for `err`; a fatal one also marks this producer unusable."""
         broken = self._fatal
         if broken is not None:  # whatever failed after it, failed because of it
             return FatalClientError(broken)
         if not _is_fatal(err):
-            return _error(err)
+            return _error(err, topic)
         with self._fatal_lock:
             first = self._fatal is None
             if first:
@@ -174,7 +180,9 @@ class KafkaPublisher:
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             # Classified here, on the poller thread, in the order librdkafka reports: the
             # fatal error (raised by poll) is noted before the failures that follow it.
-            failure = None if err is None else self._failed(err)
+            failure = None if err is None else self._failed(err, topic)
+            if failure is None:
+                ACCESS.succeeded(topic=topic)
 
             def settle() -> None:
                 if done.done():
@@ -217,6 +225,7 @@ class KafkaPublisher:
             await asyncio.to_thread(self._producer.list_topics, None, timeout)
         except KafkaException as exc:
             raise _error(exc.args[0]) from exc
+        ACCESS.succeeded()
 
     async def close(self) -> None:
         remaining = await asyncio.to_thread(self._producer.flush, 10.0)
@@ -275,9 +284,12 @@ class KafkaConsumer:
         session_timeout_ms: int = 6000,
         fetch_wait_max_ms: int = 500,
         commit_interval_ms: int = 1000,
+        group_instance_id: str | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
         self._interval_ms = commit_interval_ms
+        self._group = group_id
+        self._static = bool(group_instance_id)
         config: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "group.id": group_id,
@@ -296,6 +308,9 @@ class KafkaConsumer:
             "fetch.wait.max.ms": fetch_wait_max_ms,
             "logger": CLIENT_LOG,
         }
+        if group_instance_id:
+            # Static membership: see imagegen/kafka/membership.py.
+            config["group.instance.id"] = group_instance_id
         config.update(extra or {})
         self._consumer = _Consumer(config)
         self._consumer.subscribe(topics)
@@ -317,10 +332,12 @@ class KafkaConsumer:
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
                 return None
-            log.warning("event=consumer_error error=%s", err)
+            if ACCESS.note(err, group=self._group) is None:  # else logged, and readiness says
+                log.warning("event=consumer_error error=%s", err)
             if _is_fatal(err):  # e.g. a static member fenced; returned as _FATAL, not fatal()
                 raise _error(err)
             return None
+        ACCESS.succeeded(topic=msg.topic(), group=self._group)
         return _record(msg)
 
     def _commit(self, msg: Message) -> None:
@@ -356,11 +373,23 @@ class KafkaConsumer:
         except KafkaException as exc:
             raise _error(exc.args[0]) from exc
 
+    def _leave(self, timeout: float = 5.0) -> None:
+        """Leave the group now. A static member's close() does not (KIP-345), which would
+        keep its partitions idle for the session timeout; an unsubscribe does, once the
+        unassign it starts is served by a poll (and commits the stored offsets first)."""
+        self._consumer.unsubscribe()
+        deadline = time.monotonic() + timeout
+        while self._consumer.assignment() and time.monotonic() < deadline:
+            self._consumer.poll(0.05)  # nothing is assigned: nothing is delivered
+
     async def close(self) -> None:
         def _close() -> None:
-            # With auto commit on, close() commits the stored offsets first.
+            # With auto commit on, close() commits the stored offsets first (and so does the
+            # unassign that an unsubscribe makes).
             with self._lock, self._store_lock, contextlib.suppress(KafkaException, RuntimeError):
                 self._closed = True
+                if self._static:
+                    self._leave()
                 self._consumer.close()
 
         await asyncio.to_thread(_close)

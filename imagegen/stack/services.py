@@ -77,6 +77,15 @@ def backoff_s(streak: int) -> float:
     return min(0.5 * 2.0 ** min(streak, 5), MAX_BACKOFF_S)
 
 
+def member_env(service: str, replica: int = 0) -> dict[str, str]:
+    """The process's stable name for static Kafka group membership, `<service>-<replica>`
+    (one process per service here), so that a restarted service takes its partitions back
+    at once (imagegen/kafka/membership.py). An IMAGEGEN_KAFKA_INSTANCE_ID in the
+    environment is used as it is: set empty, it turns static membership off."""
+    chosen = os.environ.get("IMAGEGEN_KAFKA_INSTANCE_ID")
+    return {"IMAGEGEN_KAFKA_INSTANCE_ID": f"{service}-{replica}" if chosen is None else chosen}
+
+
 class Supervisor:
     """Keeps every service running; writes their PIDs to a file operators and tests can read."""
 
@@ -88,7 +97,10 @@ class Supervisor:
         *,
         restart: bool = True,
     ) -> None:
-        self.services = {name: ServiceProcess(name, envs[name], log_dir) for name in envs}
+        self.services = {
+            name: ServiceProcess(name, {**member_env(name), **envs[name]}, log_dir)
+            for name in envs
+        }
         self._pid_file = pid_file
         self._restart = restart
         self._stopping = threading.Event()

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from imagegen.kafka import ConsumerLoop, Publisher
 from imagegen.kafka.confluent import KafkaConsumer
 from imagegen.kafka.lanes import LaneGroup, laned_loop
+from imagegen.kafka.membership import instance_id
 from imagegen.kafka.ports import Consumer
+from imagegen.kafka.security import client_config
 from imagegen.runtime import consumer_loop
 from imagegen.settings import KafkaSettings
 from schemas.topics import Tier
@@ -45,7 +47,9 @@ def tier_consumer(settings: KafkaSettings, tier: Tier) -> KafkaConsumer:
         session_timeout_ms=settings.session_timeout_ms,
         fetch_wait_max_ms=settings.fetch_wait_max_ms,
         commit_interval_ms=settings.commit_interval_ms,
-        extra=_SMALL_PREFETCH,
+        # One consumer per tier in the same group: the tier keeps their ids apart.
+        group_instance_id=instance_id(settings.instance_id, JOBS_GROUP, tier.value),
+        extra={**client_config(settings), **_SMALL_PREFETCH},
     )
 
 
