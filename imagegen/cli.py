@@ -13,6 +13,7 @@ from schemas.topics import TopicNames
 
 if TYPE_CHECKING:
     from imagegen.kafka.redrive import DeadLetter, RedriveResult
+    from imagegen.settings import KafkaSettings
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -100,24 +101,34 @@ def _cmd_asyncapi(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dlq_where(args: argparse.Namespace) -> tuple[str, str]:
-    """Bootstrap and dead-letter topic: flags first, then `IMAGEGEN_KAFKA_*`."""
+def _dlq_where(args: argparse.Namespace) -> tuple[KafkaSettings, str]:
+    """Broker settings (security included) and dead-letter topic: flags first, then
+    `IMAGEGEN_KAFKA_*`."""
     from imagegen.settings import KafkaSettings
 
-    kafka = KafkaSettings()
+    kafka = KafkaSettings(**({"bootstrap": args.bootstrap} if args.bootstrap else {}))
     topics = TopicNames(args.namespace or kafka.namespace)
-    return args.bootstrap or kafka.bootstrap, topics.dead_letter
+    return kafka, topics.dead_letter
+
+
+def _refused(exc: Exception) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 2
 
 
 def _cmd_dlq_list(args: argparse.Namespace) -> int:
+    from imagegen.errors import BrokerAccessError
     from imagegen.kafka.redrive import load
+    from imagegen.kafka.security import watched_config
 
-    bootstrap, topic = _dlq_where(args)
-    letters = [
-        d
-        for d in load(bootstrap, topic, idle_timeout=args.idle_timeout)
-        if args.topic is None or d.original_topic == args.topic
-    ]
+    kafka, topic = _dlq_where(args)
+    try:
+        loaded = load(
+            kafka.bootstrap, topic, idle_timeout=args.idle_timeout, extra=watched_config(kafka)
+        )
+    except BrokerAccessError as exc:
+        return _refused(exc)
+    letters = [d for d in loaded if args.topic is None or d.original_topic == args.topic]
     if args.json:
         for d in letters:
             print(json.dumps(_dlq_row(d)))
@@ -153,20 +164,22 @@ def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
     import asyncio
     import getpass
 
-    from imagegen.errors import PermanentError
+    from imagegen.errors import BrokerAccessError, PermanentError
     from imagegen.kafka.confluent import KafkaPublisher
     from imagegen.kafka.redrive import load, redrive, select
+    from imagegen.kafka.security import watched_config
 
-    bootstrap, topic = _dlq_where(args)
-    letters = load(bootstrap, topic, idle_timeout=args.idle_timeout)
+    kafka, topic = _dlq_where(args)
     try:
+        letters = load(
+            kafka.bootstrap, topic, idle_timeout=args.idle_timeout, extra=watched_config(kafka)
+        )
         chosen = select(letters, ids=args.id or (), topic=args.topic, everything=args.all)
-    except PermanentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (PermanentError, BrokerAccessError) as exc:
+        return _refused(exc)
 
     async def republish() -> RedriveResult:
-        publisher = KafkaPublisher(bootstrap, "imagegen-dlq")
+        publisher = KafkaPublisher(kafka.bootstrap, "imagegen-dlq", watched_config(kafka))
         try:
             return await redrive(
                 publisher, topic, chosen, by=f"{getpass.getuser()}@cli", force=args.force
@@ -174,7 +187,10 @@ def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
         finally:
             await publisher.close()
 
-    result = asyncio.run(republish())
+    try:
+        result = asyncio.run(republish())
+    except BrokerAccessError as exc:  # a missing Write ACL on the original topic
+        return _refused(exc)
     for d in result.redriven:
         print(f"redriven {d.id} -> {d.original_topic} (was {d.origin})")
     for d, reason in result.refused:

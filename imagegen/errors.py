@@ -39,3 +39,16 @@ class ConfigurationError(PermanentError):
 
 class NotFoundError(PermanentError):
     """A thing that does not exist (or that the caller may not see)."""
+
+
+class BrokerAccessError(RetryableError):
+    """The Kafka broker refuses this client: authentication failed, the TLS handshake
+    failed, or an ACL is missing (imagegen/kafka/access.py names which and what to check).
+
+    Never the message's fault, so never a reason to dead-letter it; and a fresh process
+    would be refused the same way, so not fatal either. It is retryable in that the fix
+    (a granted ACL, a corrected secret) is an operator's, and the record must still be
+    there when it lands: consumer loops keep the record uncommitted and retry with backoff,
+    logging the cause at ERROR, while readiness answers 503 naming it. One-shot tools
+    (`imagegen dlq`, topic creation) fail at once with the same message.
+    """

@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 import asyncpg
 
 from imagegen.blobstore import BlobStore
+from imagegen.kafka.access import ACCESS
 from imagegen.telemetry import METRICS_CONTENT_TYPE, metrics_exposition
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,22 @@ def object_store_check(blobs: BlobStore) -> ReadinessCheck:
 
 
 def broker_check(broker: Pingable, timeout: float = 2.0) -> ReadinessCheck:
+    """The broker answers, and has refused none of this process's clients lately: a wrong
+    password, an untrusted certificate or a missing ACL is named (imagegen/kafka/access.py),
+    rather than read as a broker that does not answer, or not at all."""
+
     async def check() -> None:
-        await broker.ping(timeout)
+        # A refused login would make the ping wait out its timeout: say why at once.
+        if (denied := ACCESS.problem(connecting=True)) is not None:
+            raise NotReadyError(str(denied))
+        try:
+            await broker.ping(timeout)  # a ping that gets through clears login problems
+        except Exception:
+            if (denied := ACCESS.problem()) is not None:
+                raise NotReadyError(str(denied)) from None
+            raise
+        if (denied := ACCESS.problem()) is not None:  # a missing ACL
+            raise NotReadyError(str(denied))
 
     return check
 

@@ -30,10 +30,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import ValidationError
 
 from imagegen.errors import PermanentError
+from imagegen.kafka.access import ACCESS
 from imagegen.kafka.confluent import _record as record_of
 from imagegen.kafka.ports import Publisher, Record
 from schemas.deadletter import (
@@ -212,8 +213,20 @@ def read_topic(
     config.update(extra or {})
     consumer = Consumer(config)
     try:
-        metadata = consumer.list_topics(topic, timeout=10)
+        try:
+            metadata = consumer.list_topics(topic, timeout=10)
+        except KafkaException as exc:
+            # A refused login or handshake reads as a timeout here; the error callback
+            # (`extra`'s, see imagegen/kafka/security.py) heard why.
+            denied = ACCESS.problem() or ACCESS.note(exc.args[0], topic=topic)
+            raise (denied or exc) from exc
         meta = metadata.topics.get(topic)
+        if (
+            meta is not None
+            and meta.error is not None
+            and (denied := ACCESS.note(meta.error, topic=topic))
+        ):
+            raise denied
         if meta is None or meta.error is not None:
             raise PermanentError(f"topic {topic} is not available: {meta.error if meta else ''}")
         consumer.assign(
@@ -227,6 +240,8 @@ def read_topic(
                 continue
             err = msg.error()
             if err is not None:
+                if (denied := ACCESS.note(err, topic=topic)) is not None:
+                    raise denied
                 if err.code() != KafkaError._PARTITION_EOF:
                     raise PermanentError(f"reading {topic}: {err.str()}")
                 continue
@@ -237,6 +252,13 @@ def read_topic(
         consumer.close()
 
 
-def load(bootstrap: str, dead_letter_topic: str, *, idle_timeout: float = 3.0) -> list[DeadLetter]:
-    """The dead letters of `dead_letter_topic`, with their re-drive status."""
-    return scan(read_topic(bootstrap, dead_letter_topic, idle_timeout=idle_timeout))
+def load(
+    bootstrap: str,
+    dead_letter_topic: str,
+    *,
+    idle_timeout: float = 3.0,
+    extra: dict[str, Any] | None = None,
+) -> list[DeadLetter]:
+    """The dead letters of `dead_letter_topic`, with their re-drive status; `extra`: the
+    client's security keys (imagegen/kafka/security.py)."""
+    return scan(read_topic(bootstrap, dead_letter_topic, idle_timeout=idle_timeout, extra=extra))

@@ -3,7 +3,9 @@
 Guarantees:
 - an offset is committed only after its handler returned, i.e. after its effects are durable;
 - a `RetryableError` is retried with backoff for as long as the loop runs (never dead-lettered:
-  a database that is down is not the message's fault);
+  a database that is down is not the message's fault); a `BrokerAccessError` (the broker
+  refused a credential, a certificate or an ACL) likewise, but logged at ERROR each time:
+  the record waits for an operator's fix, and readiness names it meanwhile;
 - a `PermanentError` (poison included) goes to the dead-letter topic with the error in headers;
 - any other exception is retried `max_attempts` times, then dead-lettered;
 - a `FatalClientError` (a Kafka client broken for good) is never a reason to dead-letter,
@@ -20,7 +22,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from imagegen.errors import FatalClientError, PermanentError, RetryableError
+from imagegen.errors import BrokerAccessError, FatalClientError, PermanentError, RetryableError
 from imagegen.kafka.ports import Consumer, Handler, Publisher, Record
 from imagegen.logging_setup import log_context
 from imagegen.telemetry import consume_span, enqueued_at
@@ -157,6 +159,15 @@ class ConsumerLoop:
             except PermanentError as exc:
                 await self._dead_letter(record, exc, attempt)
                 return True
+            except BrokerAccessError as exc:
+                log.error(
+                    "event=handler_access_denied name=%s topic=%s offset=%d attempt=%d error=%r",
+                    self.name,
+                    record.topic,
+                    record.offset,
+                    attempt,
+                    str(exc),
+                )
             except RetryableError as exc:
                 log.warning(
                     "event=handler_retry name=%s topic=%s offset=%d attempt=%d error=%r",

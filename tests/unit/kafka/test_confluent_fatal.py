@@ -16,6 +16,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 from imagegen.errors import FatalClientError, PermanentError, RetryableError
+from imagegen.kafka.access import ACCESS
 from imagegen.kafka.confluent import KafkaConsumer, KafkaPublisher, _error
 from tests.unit.kafka.mock_cluster import MockCluster, mock_cluster
 
@@ -89,11 +90,16 @@ def cluster() -> Iterator[MockCluster]:
         pytest.skip(f"librdkafka mock cluster unavailable: {exc}")
 
 
-@pytest.fixture
-async def fenced(cluster: MockCluster) -> AsyncIterator[tuple[KafkaPublisher, list[Any]]]:
-    """A publisher whose next produce request the broker answers with a fatal error."""
+@pytest.fixture(params=["plain", "watched"])
+async def fenced(
+    cluster: MockCluster, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[KafkaPublisher, list[Any]]]:
+    """A publisher whose next produce request the broker answers with a fatal error; the
+    services' publishers have the access watch's error callback, which must pass the fatal
+    error on (librdkafka raises it from poll() only when no callback is set)."""
     heard: list[Any] = []
-    publisher = KafkaPublisher(cluster.bootstrap, "fatal-test", on_fatal=heard.append)
+    extra = {"error_cb": ACCESS.error_cb} if request.param == "watched" else None
+    publisher = KafkaPublisher(cluster.bootstrap, "fatal-test", extra, on_fatal=heard.append)
     try:
         await asyncio.wait_for(publisher.publish("t", "k", b"first"), 10)
         assert heard == [] and publisher.fatal is None
