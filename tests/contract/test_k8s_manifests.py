@@ -326,3 +326,15 @@ def test_schema_validation_catches_unknown_fields_and_wrong_types() -> None:
     assert any("'maxReplicas' was unexpected" in p for p in problems)
     assert any("partitions: 0 is less than the minimum of 1" in p for p in problems)
     assert len(problems) == 4, problems
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_consumer_is_a_static_member_named_after_its_pod(overlay: str) -> None:
+    """Each pod's Kafka consumers join with the pod's name as their instance id (downward
+    API): unique per live pod, the same when its container restarts."""
+    resources = built(overlay)
+    for name in DEPLOYMENTS[overlay]:
+        env = {e["name"]: e for e in container(resources, name).get("env", [])}
+        assert env["IMAGEGEN_KAFKA_INSTANCE_ID"]["valueFrom"] == {
+            "fieldRef": {"fieldPath": "metadata.name"}
+        }, name
