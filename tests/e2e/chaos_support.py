@@ -17,7 +17,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -256,6 +258,10 @@ class Kill:
     resumed_after_s: float | None = None
     """From the kill to the stage's next progress (its group committed a further offset);
     None if it did not within the killer's wait."""
+    booted_after_s: float | None = None
+    """From the kill to the new process's stage consumer starting (its log says so): the
+    restart and the Python start-up, before Kafka has any say. Resume minus boot is what
+    the group took to hand the partitions back (static membership's part)."""
 
 
 STAGE_GROUPS = {
@@ -278,6 +284,30 @@ def committed(bootstrap: str, group: str, timeout: float = 5.0) -> int:
     future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
     found = future.result(timeout=timeout)
     return sum(tp.offset for tp in found.topic_partitions or [] if tp.offset >= 0)
+
+
+def _log_time(line: str) -> float | None:
+    """The epoch time of a service log line (`ts=YYYY-MM-DD HH:MM:SS,mmm`, local time)."""
+    if not line.startswith("ts="):
+        return None
+    stamp = line[3:26]
+    try:
+        parsed = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
+    except ValueError:
+        return None
+    return parsed.timestamp()
+
+
+def consumer_started_at(log: Path, offset: int, group: str) -> float | None:
+    """When the first process to log after `offset` started its `group` loop (epoch s)."""
+    needle = f"event=consumer_started name={group}"
+    with log.open("rb") as handle:
+        handle.seek(offset)
+        for raw in handle:
+            line = raw.decode(errors="replace")
+            if needle in line and (line.rstrip().endswith(needle) or f"{needle} " in line):
+                return _log_time(line)
+    return None
 
 
 def wait_resumed(
@@ -346,8 +376,10 @@ class Killer:
                 time.sleep(self.rng.uniform(0, 0.5))
                 stored = self.progress()
                 pid = self.stack.service_pids()[service]
+                log = self.stack.data_dir / "logs" / f"{service}.log"
+                log_offset = log.stat().st_size
                 os.kill(pid, signal.SIGKILL)
-                killed_at = time.monotonic()
+                killed_at, killed_wall = time.monotonic(), time.time()
                 kill = Kill(service, pid, killed_at - started, stored)
                 self.kills.append(kill)
                 # Read after the kill: a dead process commits nothing more.
@@ -356,6 +388,8 @@ class Killer:
                 kill.restarted_pid = wait_restarted(self.stack, service, pid)
                 kill.restarted_after_s = time.monotonic() - killed_at
                 kill.resumed_after_s = wait_resumed(self.stack.bootstrap, group, before, killed_at)
+                booted = consumer_started_at(log, log_offset, STAGE_GROUPS[service])
+                kill.booted_after_s = None if booted is None else booted - killed_wall
         except BaseException as exc:  # reported by join()
             self.error = exc
 
@@ -538,12 +572,17 @@ def assert_consistent(
 def describe_kills(kills: list[Kill]) -> str:
     """`service@kill time/images stored then restart=… resume=…` per kill, for a summary."""
 
-    def resumed(kill: Kill) -> str:
-        return "none" if kill.resumed_after_s is None else f"{kill.resumed_after_s:.1f}s"
+    def seconds(value: float | None) -> str:
+        return "none" if value is None else f"{value:.1f}s"
+
+    def rejoin(kill: Kill) -> float | None:
+        if kill.resumed_after_s is None or kill.booted_after_s is None:
+            return None
+        return kill.resumed_after_s - kill.booted_after_s
 
     return ", ".join(
-        f"{k.service}@{k.at_s:.1f}s/{k.stored_before}img"
-        f" restart={k.restarted_after_s:.1f}s resume={resumed(k)}"
+        f"{k.service}@{k.at_s:.1f}s/{k.stored_before}img boot={seconds(k.booted_after_s)}"
+        f" resume={seconds(k.resumed_after_s)} (kafka {seconds(rejoin(k))})"
         for k in kills
     )
 

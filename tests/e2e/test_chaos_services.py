@@ -102,11 +102,17 @@ def test_sigkill_each_service_in_turn_loses_nothing(
     assert sum(store.stored_per_job.get(j, 0) for j in final) == completed
     assert {j.job_id for j in jobs} <= set(final)
     resumed = [k.resumed_after_s for k in kills if k.resumed_after_s is not None]
+    rejoined = [
+        k.resumed_after_s - k.booted_after_s
+        for k in kills
+        if k.resumed_after_s is not None and k.booted_after_s is not None
+    ]
     say(
         f"kill seed={SEED} static_membership={STATIC} images={completed} jobs={len(final)}"
         f" users={len(tenants)} kills={len(kills)} [{describe_kills(kills)}]"
         f" resume_mean={sum(resumed) / max(len(resumed), 1):.1f}s"
         f" resume_max={max(resumed, default=0):.1f}s"
+        f" kafka_part_mean={sum(rejoined) / max(len(rejoined), 1):.1f}s"
         f" duration={duration:.1f}s stored_rows={store.rows} objects={store.objects}"
         f" spent_usd={ledger.spent_usd} open_reservations={ledger.open_reservations}",
         capsys,
