@@ -106,7 +106,8 @@ def free_port() -> int:
 
 @dataclass
 class OurStack:
-    """`imagegen up` (the five services on Tansu, PostgreSQL and SeaweedFS) as processes."""
+    """`imagegen up` (the five services on Apache Kafka or Tansu, PostgreSQL and SeaweedFS) as
+    processes."""
 
     proc: subprocess.Popen[str]
     data_dir: Path
@@ -134,19 +135,31 @@ def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str], sink: list[str])
 
 @contextmanager
 def our_stack(
-    workdir: Path, backend: str = "instant", broker_storage: str = "s3"
+    workdir: Path,
+    backend: str = "instant",
+    broker: str = "kafka",
+    broker_storage: str = "s3",
+    pg_port: int | None = None,
 ) -> Iterator[OurStack]:
-    """The whole stack on fresh ports with `STACK_ENV`; stopped with SIGINT, database dropped."""
+    """The whole stack on fresh ports with `STACK_ENV`; stopped with SIGINT, database dropped.
+
+    `broker`: "kafka" (Apache Kafka, as `imagegen up` runs where a JDK is found) or "tansu"
+    (with `broker_storage` "s3" or "memory"). `pg_port`: the PostgreSQL server to use
+    (`imagegen up`'s default, 5432, else an embedded one).
+    """
     database = f"bench_{uuid.uuid4().hex[:8]}"
-    options = {
+    options: dict[str, Any] = {
         "data_dir": str(workdir / "data"),
         "gateway_port": free_port(),
         "kafka_port": free_port(),
         "s3_port": free_port(),
         "database": database,
         "backend": backend,
+        "broker": broker,
         "broker_storage": broker_storage,
     }
+    if pg_port is not None:
+        options["pg_port"] = pg_port
     proc = subprocess.Popen(
         [sys.executable, "-c", _LAUNCH, json.dumps(options)],
         cwd=REPO,
@@ -179,7 +192,74 @@ def our_stack(
                 proc.wait(90)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        drop_database(database)
+        if "database" in found:
+            from imagegen.stack.postgres import dsn_for
+
+            drop_database(database, dsn_for(found["database"], "postgres"))
+
+
+_PG_BIN = "/usr/lib/postgresql/*/bin/postgres"
+
+
+@contextmanager
+def bench_postgres(workdir: Path) -> Iterator[int | None]:
+    """A PostgreSQL server of the benchmark's own on a free loopback port (trust auth, user
+    `postgres`), started as a child process so that its CPU (the postmaster and every
+    backend) is measured with the system that uses it; both systems use it in turn.
+
+    Yields its port, or None (and says so) where Debian's server binaries are missing: the
+    stacks then use whatever `imagegen up` finds, which the CPU meter does not see.
+    """
+    import glob
+    import pwd
+    import tempfile
+
+    found = sorted(glob.glob(_PG_BIN))
+    if not found:
+        print("note: no PostgreSQL server binaries; its CPU will not be counted")
+        yield None
+        return
+    bindir = Path(found[-1]).parent
+    ids: dict[str, Any] = {}
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        user = pwd.getpwnam("postgres")
+        ids = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    # Not under `workdir` (private to root): a folder the postgres user can reach.
+    data = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    if ids:
+        os.chown(data, ids["user"], ids["group"])
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+         "-E", "UTF8", "--no-sync"],
+        check=True, capture_output=True, **ids,
+    )  # fmt: skip
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+         "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+         "-c", "max_connections=300"],
+        stdout=(logs / "postgres.log").open("wb"), stderr=subprocess.STDOUT, **ids,
+    )  # fmt: skip
+    try:
+        from imagegen.stack.postgres import answers_as_postgres
+
+        deadline = time.monotonic() + 30
+        while not answers_as_postgres(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start; see {logs / 'postgres.log'}")
+            time.sleep(0.1)
+        time.sleep(0.5)  # answering the SSL probe comes a moment before accepting logins
+        yield port
+    finally:
+        proc.send_signal(signal.SIGINT)  # fast shutdown
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        subprocess.run(["rm", "-rf", str(data)], check=False)
 
 
 def drop_database(name: str, dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres") -> None:
@@ -331,6 +411,8 @@ def _process_name(cmdline: list[str]) -> str:
         if arg.startswith("services."):
             return arg.removeprefix("services.")
     for needle, name in (
+        ("kafka.Kafka", "kafka"),  # the broker's JVM (and its StorageTool runs, below)
+        ("kafka.tools", "kafka"),
         ("tansu", "tansu"),
         ("weed", "seaweedfs"),
         ("redis-server", "redis"),
@@ -346,33 +428,63 @@ def _process_name(cmdline: list[str]) -> str:
 
 class CpuMeter:
     """CPU seconds (user + system) of this process's descendants, by name, between two
-    readings: where the machine's time goes per image. The machine's shared PostgreSQL
-    server is not a descendant and is not counted (for either system)."""
+    readings: where the machine's time goes per image. A process's reaped children count
+    with it (PostgreSQL's backends with the postmaster, Celery's pool with the worker).
+
+    Also, over the same interval: this process's own CPU (the load generator and its SSE
+    readers) and the whole machine's busy CPU, so `others()` tells how much of the machine
+    went to work outside the benchmark (other engineers' tests on a shared machine)."""
 
     def __init__(self) -> None:
         import psutil  # type: ignore[import-untyped]
 
         self._psutil = psutil
-        self._start = self._read()
+        self._me = psutil.Process()
+        self.restart()
 
-    def _read(self) -> dict[int, tuple[str, float]]:
-        out: dict[int, tuple[str, float]] = {}
-        for child in self._psutil.Process().children(recursive=True):
+    def _read(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for child in self._me.children(recursive=True):
             try:
                 times = child.cpu_times()
                 name = _process_name(child.cmdline())
             except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
                 continue
-            out[child.pid] = (name, times.user + times.system)
+            spent = times.user + times.system + times.children_user + times.children_system
+            out[name] = out.get(name, 0.0) + spent
         return out
 
+    def _own(self) -> float:
+        times = self._me.cpu_times()
+        return float(times.user + times.system)
+
+    def _machine(self) -> float:
+        t = self._psutil.cpu_times()
+        busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+        return float(busy + getattr(t, "steal", 0.0))
+
     def restart(self) -> None:
+        self._started = time.monotonic()
         self._start = self._read()
+        self._start_own = self._own()
+        self._start_machine = self._machine()
 
     def seconds(self) -> dict[str, float]:
         """CPU seconds per process name since the last (re)start, largest first."""
-        totals: dict[str, float] = {}
-        for pid, (name, now) in self._read().items():
-            before = self._start.get(pid, (name, 0.0))[1]
-            totals[name] = totals.get(name, 0.0) + max(0.0, now - before)
+        now = self._read()
+        totals = {name: max(0.0, spent - self._start.get(name, 0.0)) for name, spent in now.items()}
         return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+    def others(self) -> dict[str, float]:
+        """Since the last (re)start, in cores: the machine's busy CPU, the load generator's,
+        and what neither it nor the measured system used (work outside the benchmark)."""
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        machine = self._machine() - self._start_machine
+        client = self._own() - self._start_own
+        system = sum(self.seconds().values())
+        return {
+            "machine_busy_cores": round(machine / elapsed, 2),
+            "bench_client_cores": round(client / elapsed, 2),
+            "outside_work_cores": round(max(0.0, machine - client - system) / elapsed, 2),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        }

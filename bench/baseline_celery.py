@@ -325,9 +325,29 @@ class Baseline:
 
 
 def _redis_server() -> str:
+    """Debian's `redis-server`, installed with apt-get when missing (no machine here has one
+    before a session); its package's own service is stopped: the benchmark runs its own."""
     found = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if Path(found).exists():
+        return found
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        raise RuntimeError("redis-server not found: apt-get install redis-server (as root)")
+    print("installing redis-server with apt-get (once)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [apt, "install", "-y", "-q", "--no-install-recommends", "redis-server"]
+    if subprocess.run(install, env=env, check=False).returncode != 0:
+        subprocess.run([apt, "update", "-q"], env=env, check=True)
+        subprocess.run(install, env=env, check=True)
+    # Where the package started its own server (sysvinit scripts), stop it: an idle Redis
+    # beside the measured one would only add noise.
+    service = shutil.which("service")
+    if service is not None:
+        subprocess.run(
+            [service, "redis-server", "stop"], capture_output=True, check=False, timeout=30
+        )
     if not Path(found).exists():
-        raise RuntimeError("redis-server not found (apt-get install redis-server)")
+        raise RuntimeError("redis-server still missing after apt-get install")
     return found
 
 
@@ -358,12 +378,18 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def baseline_stack(
-    workdir: Path, *, concurrency: int = 4, image_size: int = 768
+    workdir: Path,
+    *,
+    concurrency: int = 4,
+    image_size: int = 768,
+    pg_dsn_base: str = "postgresql://postgres@127.0.0.1:5432/postgres",
 ) -> Iterator[Baseline]:
-    """Redis, SeaweedFS, a PostgreSQL database, the Celery worker and the app, on free ports."""
+    """Redis, SeaweedFS, a PostgreSQL database (a new one on the server at `pg_dsn_base`),
+    the Celery worker and the app, on free ports."""
     import asyncpg
     from _common import drop_database, free_port
 
+    from imagegen.stack.postgres import dsn_for
     from imagegen.stack.servers import SeaweedFS
 
     logs = workdir / "logs"
@@ -397,21 +423,21 @@ def baseline_stack(
         )
 
         async def create() -> None:
-            admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+            admin = await asyncpg.connect(dsn_for(pg_dsn_base, "postgres"))
             await admin.execute(f'CREATE DATABASE "{database}"')
             await admin.close()
-            conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}")
+            conn = await asyncpg.connect(dsn_for(pg_dsn_base, database))
             await conn.execute(SCHEMA)
             await conn.close()
 
         asyncio.run(create())
-        stack.callback(drop_database, database)
+        stack.callback(drop_database, database, dsn_for(pg_dsn_base, "postgres"))
         secret = uuid.uuid4().hex * 2
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(BENCH), str(REPO)]),
             "BASELINE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "BASELINE_DSN": f"postgresql://postgres@127.0.0.1:5432/{database}",
+            "BASELINE_DSN": dsn_for(pg_dsn_base, database),
             "BASELINE_S3_ENDPOINT": s3.endpoint,
             "BASELINE_S3_ACCESS_KEY": "baseline",
             "BASELINE_S3_SECRET_KEY": "baseline-secret",

@@ -1,12 +1,15 @@
 """Orchestration overhead: POST -> `image_stored` with a generator that takes no time.
 
-Runs the five services as `imagegen up` does (real Tansu, PostgreSQL, SeaweedFS) with the
-`instant` backend, then the same hops through a Celery + Redis baseline
+Runs the five services as `imagegen up` does (Apache Kafka by default, PostgreSQL,
+SeaweedFS) with the `instant` backend, then the same hops through a Celery + Redis baseline
 (bench/baseline_celery.py), one after the other on the same machine, with the same image
-size, the same rendition code and S3/PostgreSQL servers of the same kind. For each
-system:
+size, the same rendition code, S3 servers of the same kind and one PostgreSQL server that
+the benchmark starts for both. `--broker` picks imagegen's broker: Apache Kafka, Tansu with
+its log in SeaweedFS, or Tansu with its log in memory (comma-separated for several). For
+each system:
 
 - warm-up images (not counted);
+- idle: `--idle` seconds with the users' streams open and nothing posted: CPU per process;
 - open-loop steps: one-image packs POSTed at a steady offered rate (images/s) for
   `--duration` seconds, spread over `--users` users whose event streams (SSE) are open;
   per image, POST -> first event of the job and POST -> `image_stored` on the stream;
@@ -14,9 +17,16 @@ system:
 - a burst: `--burst` images POSTed at once; images/s while the backlog drains is the
   most the system sustains here.
 
+CPU per stored image is counted per process of the system: services, broker (the Kafka
+JVM), SeaweedFS, PostgreSQL (postmaster and backends), Redis and Celery for the baseline.
+Each step also records the machine's busy CPU and how much of it went to work outside the
+benchmark, since the machine may be shared. The baseline needs Redis: Debian's
+`redis-server`, installed with apt-get when missing.
+
 Writes bench/results/orchestration.json and bench/results/latency.png.
 
-    .venv/bin/python bench/orchestration.py [--rates 1,2,4,8] [--duration 15] [--burst 60]
+    .venv/bin/python bench/orchestration.py [--broker kafka] [--rates 1,2,4,8]
+        [--duration 15] [--burst 60]
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from _common import (
     RESULTS,
     CpuMeter,
     SseEvent,
+    bench_postgres,
     event_time,
     machine,
     ms,
@@ -182,7 +193,22 @@ class Session:
         stored = max(result["stored"], 1)
         result["cpu_ms_per_image"] = {name: round(s * 1000 / stored, 1) for name, s in cpu.items()}
         result["cpu_ms_per_image_total"] = round(sum(cpu.values()) * 1000 / stored, 1)
+        result["machine"] = self.cpu.others()
         return result
+
+    async def idle(self, seconds: float) -> dict[str, Any]:
+        """CPU of each process with the users' streams open and nothing posted, in cores."""
+        self.cpu.restart()
+        started = time.monotonic()
+        await asyncio.sleep(seconds)
+        elapsed = time.monotonic() - started
+        cpu = self.cpu.seconds()
+        return {
+            "seconds": round(elapsed, 1),
+            "cpu_cores": {name: round(s / elapsed, 3) for name, s in cpu.items()},
+            "cpu_cores_total": round(sum(cpu.values()) / elapsed, 3),
+            "machine": self.cpu.others(),
+        }
 
 
 def summarise(
@@ -252,6 +278,9 @@ async def measure(target: Target, args: argparse.Namespace) -> dict[str, Any]:
             warm = await session.step(2.0, args.warmup / 2.0, args.drain)
             if warm["missing_after_drain"]:
                 raise RuntimeError(f"{target.name}: warm-up images never stored: {warm}")
+            await asyncio.sleep(2)  # let the warm-up's commits and flushes settle
+            idle = await session.idle(args.idle)
+            _print_idle(target.name, idle)
             steps = []
             for rate in args.rates:
                 result = await session.step(rate, args.duration, args.drain)
@@ -270,6 +299,7 @@ async def measure(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         and (s["achieved_images_per_s"] or 0) >= 0.95 * s["offered_images_per_s"]
     ]
     return {
+        "idle": idle,
         "steps": steps,
         "burst": burst,
         "max_sustained_offered_images_per_s": max(sustained, default=None),
@@ -285,20 +315,38 @@ def _print_step(name: str, s: dict[str, Any]) -> None:
         f"  first event p50 {first['p50']} p95 {first['p95']} ms"
         f"  stored {s['stored']}/{s['images']}"
     )
-    top = list(s["cpu_ms_per_image"].items())[:6]
+    top = list(s["cpu_ms_per_image"].items())[:8]
     print(
         f"    cpu per image {s['cpu_ms_per_image_total']} ms: "
         + ", ".join(f"{name} {value}" for name, value in top)
+        + f"  | machine {s['machine']}"
     )
 
 
-MEMORY_BROKER = "imagegen-broker-in-memory"
+def _print_idle(name: str, idle: dict[str, Any]) -> None:
+    top = list(idle["cpu_cores"].items())[:8]
+    print(
+        f"[{name}] idle {idle['cpu_cores_total']} cores over {idle['seconds']} s: "
+        + ", ".join(f"{n} {v}" for n, v in top)
+        + f"  | machine {idle['machine']}"
+    )
+
+
+BASELINE = "celery-baseline"
+BROKERS = {
+    "kafka": ("imagegen-kafka", "kafka", "s3"),
+    "tansu": ("imagegen-tansu-s3", "tansu", "s3"),
+    "memory": ("imagegen-tansu-memory", "tansu", "memory"),
+}
+"""--broker choice -> (system name, `imagegen up --broker`, Tansu's log storage)."""
 
 
 @contextmanager
-def ours(workdir: Path, broker_storage: str = "s3") -> Iterator[Target]:
-    name = "imagegen" if broker_storage == "s3" else MEMORY_BROKER
-    with our_stack(workdir / name, backend="instant", broker_storage=broker_storage) as stack:
+def ours(workdir: Path, broker: str = "kafka", pg_port: int | None = None) -> Iterator[Target]:
+    name, kind, storage = BROKERS[broker]
+    with our_stack(
+        workdir / name, backend="instant", broker=kind, broker_storage=storage, pg_port=pg_port
+    ) as stack:
         yield Target(
             name=name,
             base=stack.gateway,
@@ -315,12 +363,13 @@ def ours(workdir: Path, broker_storage: str = "s3") -> Iterator[Target]:
 
 
 @contextmanager
-def baseline(workdir: Path, concurrency: int) -> Iterator[Target]:
+def baseline(workdir: Path, concurrency: int, pg_port: int | None = None) -> Iterator[Target]:
     from baseline_celery import baseline_stack
 
-    with baseline_stack(workdir / "celery", concurrency=concurrency) as stack:
+    pg = f"postgresql://postgres@127.0.0.1:{pg_port or 5432}/postgres"
+    with baseline_stack(workdir / "celery", concurrency=concurrency, pg_dsn_base=pg) as stack:
         yield Target(
-            name="celery-baseline",
+            name=BASELINE,
             base=stack.url,
             post_path="/generate",
             events_path="/events",
@@ -337,9 +386,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    styles = {"imagegen": "tab:blue", MEMORY_BROKER: "tab:green", "celery-baseline": "tab:orange"}
-    for name, colour in styles.items():
-        steps = results["systems"].get(name, {}).get("steps", [])
+    colours = iter(["tab:blue", "tab:green", "tab:red", "tab:purple"])
+    for name in results["systems"]:
+        colour = "tab:orange" if name == BASELINE else next(colours)
+        steps = results["systems"][name]["steps"]
         x = [s["offered_images_per_s"] for s in steps]
         for q, line in (("p50", "-"), ("p99", "--")):
             y = [s["post_to_stored_ms"][q] for s in steps]
@@ -347,7 +397,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("offered load (images/s, one-image packs)")
     ax.set_ylabel("POST -> image_stored (ms)")
     ax.set_yscale("log")
-    ax.set_title("Latency under load, instant generator (2 cores, no GPU)")
+    ax.set_title("Latency under load, instant generator (2 cores, no GPU)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -356,9 +406,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     print(f"wrote {path}")
 
 
-def ratios(results: dict[str, Any]) -> dict[str, Any]:
-    """imagegen / baseline for each shared offered rate (latency: >1 means slower)."""
-    ours_, base = results["systems"]["imagegen"], results["systems"]["celery-baseline"]
+def ratios(ours_: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """One imagegen system / the baseline for each shared offered rate (>1 means more)."""
     out: dict[str, Any] = {}
     for a, b in zip(ours_["steps"], base["steps"], strict=True):
         la, lb = a["post_to_stored_ms"], b["post_to_stored_ms"]
@@ -366,9 +415,12 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             q: round(la[q] / lb[q], 2) if la[q] and lb[q] else None for q in ("p50", "p99")
         }
     da, db = ours_["burst_drain_images_per_s"], base["burst_drain_images_per_s"]
+    ca = [s["cpu_ms_per_image_total"] for s in ours_["steps"]]
+    cb = [s["cpu_ms_per_image_total"] for s in base["steps"]]
     return {
         "latency_ours_over_baseline": out,
         "burst_throughput_ours_over_baseline": round(da / db, 2) if da and db else None,
+        "cpu_per_image_ours_over_baseline": [round(x / y, 2) for x, y in zip(ca, cb, strict=True)],
     }
 
 
@@ -378,10 +430,17 @@ async def _run(target: Target, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--broker",
+        default="kafka",
+        help="imagegen's broker(s), comma-separated: kafka (Apache Kafka, the default), "
+        "tansu (Tansu, log in SeaweedFS), memory (Tansu, log in memory)",
+    )
     parser.add_argument("--rates", default="1,2,4,8", help="offered images/s, comma-separated")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per rate")
     parser.add_argument("--burst", type=int, default=60, help="images in the burst step")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up images per system")
+    parser.add_argument("--idle", type=float, default=20.0, help="idle measurement, s")
     parser.add_argument("--users", type=int, default=4, help="users (one SSE stream each)")
     parser.add_argument("--drain", type=float, default=120.0, help="max wait per step, s")
     parser.add_argument(
@@ -391,13 +450,15 @@ def main() -> None:
         help="prefork processes (Celery's default: the CPU count)",
     )
     parser.add_argument(
-        "--only",
-        choices=["imagegen", MEMORY_BROKER, "celery-baseline"],
-        help="measure one system only",
+        "--only", choices=["imagegen", BASELINE], help="measure imagegen or the baseline only"
     )
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args()
     args.rates = [float(r) for r in args.rates.split(",")]
+    brokers = [b.strip() for b in args.broker.split(",") if b.strip()]
+    unknown = [b for b in brokers if b not in BROKERS]
+    if unknown:
+        parser.error(f"--broker: unknown {unknown}; choose from {sorted(BROKERS)}")
     results: dict[str, Any] = {
         "benchmark": "orchestration",
         "machine": machine(),
@@ -406,19 +467,21 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
         work = Path(tmp)
-        if args.only in (None, "imagegen"):
-            with ours(work) as target:
-                results["systems"]["imagegen"] = asyncio.run(_run(target, args))
-        if args.only in (None, MEMORY_BROKER):
-            # The same stack with Tansu keeping its log in memory: what the services cost
-            # without the local broker's object-store log (Apache Kafka appends to disk).
-            with ours(work, broker_storage="memory") as target:
-                results["systems"][MEMORY_BROKER] = asyncio.run(_run(target, args))
-        if args.only in (None, "celery-baseline"):
-            with baseline(work, args.celery_concurrency) as target:
-                results["systems"]["celery-baseline"] = asyncio.run(_run(target, args))
-    if {"imagegen", "celery-baseline"} <= results["systems"].keys():
-        results["ratios"] = ratios(results)
+        with bench_postgres(work) as pg_port:
+            if args.only in (None, "imagegen"):
+                for broker in brokers:
+                    with ours(work, broker, pg_port) as target:
+                        results["systems"][target.name] = asyncio.run(_run(target, args))
+            if args.only in (None, BASELINE):
+                with baseline(work, args.celery_concurrency, pg_port) as target:
+                    results["systems"][BASELINE] = asyncio.run(_run(target, args))
+    base = results["systems"].get(BASELINE)
+    if base is not None:
+        results["ratios"] = {
+            name: ratios(system, base)
+            for name, system in results["systems"].items()
+            if name != BASELINE
+        }
         print("ratios:", results["ratios"])
     write_result("orchestration", results)
     if not args.no_plot:
