@@ -128,10 +128,15 @@ async def insert_pending(
     parent_version: int | None = None,
     index: int = 0,
 ) -> None:
-    await conn.execute(
+    # A row there already of the same job: the projection made it from the events of an
+    # earlier attempt of this request (see readmodel.insert_job). Another job's is refused.
+    ours = await conn.fetchval(
         "INSERT INTO images (id, version, job_id, user_id, index, kind, status, style,"
         " character_id, story_id, page_number, parent_version)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        " ON CONFLICT (id, version) DO UPDATE SET job_id = images.job_id"
+        " WHERE images.job_id = EXCLUDED.job_id AND images.user_id = EXCLUDED.user_id"
+        " RETURNING true",
         image_id,
         version,
         job_id,
@@ -145,6 +150,8 @@ async def insert_pending(
         page_number,
         parent_version,
     )
+    if not ours:
+        raise asyncpg.UniqueViolationError(f"image {image_id} v{version} exists in another job")
 
 
 async def versions(conn: asyncpg.Connection, user_id: str, image_id: str) -> list[asyncpg.Record]:

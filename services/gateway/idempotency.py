@@ -13,6 +13,10 @@ Keys are scoped per user and expire after `idempotency_ttl_s` (24 h). Responses 
 does the work. A claim left pending longer than `idempotency_pending_s` (its replica died)
 may be taken over.
 
+A route that creates a job records its answer in its own transaction and takes its job id
+from the claim (services/gateway/idempotent_jobs.py), so a replica dying between that
+commit and the store here leaves an answer to replay, never a second job.
+
 The body is hashed as it arrives and spooled (memory up to 1 MiB, then a temporary file),
 then replayed to the app from the spool: an upload of tens of MB costs the spool's memory,
 not its size. A body cut off on the way (the client left, or BodyLimitMiddleware refused
@@ -29,6 +33,8 @@ import json
 import logging
 import re
 import secrets
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from tempfile import SpooledTemporaryFile
 from typing import Annotated, Any
@@ -37,6 +43,8 @@ import anyio.to_thread
 import asyncpg
 from fastapi import Depends, Header
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.gateway.idempotent_jobs import SCOPE_KEY, ClaimedKey
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +169,9 @@ class Claim:
 
     token: str | None = None
     """We own the key: run the request, then `complete` or `release` with this token."""
+    job_id: str = ""
+    """The id of the job this key's request creates: kept across a takeover of a stale
+    claim of the same request, so a retry never makes a second job."""
     replay: Stored | None = None
     mismatch: bool = False
     in_progress: bool = False
@@ -173,24 +184,32 @@ async def claim(
     async with pool.acquire() as conn:
         for _ in range(3):
             # Expired keys and abandoned claims are taken over; anything else is a conflict.
+            # An abandoned claim of the same request keeps its job id: its transaction may
+            # have sent the command before it died (idempotent_jobs.py).
             claimed = await conn.fetchval(
-                "INSERT INTO idempotency_keys (user_id, key, request_hash, claim, expires_at)"
-                " VALUES ($1, $2, $3, $4, clock_timestamp() + make_interval(secs => $5))"
+                "INSERT INTO idempotency_keys"
+                " (user_id, key, request_hash, claim, expires_at, job_id)"
+                " VALUES ($1, $2, $3, $4, clock_timestamp() + make_interval(secs => $5), $7)"
                 " ON CONFLICT (user_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,"
                 "  claim = EXCLUDED.claim, state = 'pending', status_code = NULL,"
                 "  headers = NULL, body = NULL, created_at = clock_timestamp(),"
-                "  expires_at = EXCLUDED.expires_at"
+                "  expires_at = EXCLUDED.expires_at,"
+                "  job_id = CASE WHEN idempotency_keys.expires_at >= clock_timestamp()"
+                "   AND idempotency_keys.request_hash = EXCLUDED.request_hash"
+                "   THEN coalesce(idempotency_keys.job_id, EXCLUDED.job_id)"
+                "   ELSE EXCLUDED.job_id END"
                 " WHERE idempotency_keys.expires_at < clock_timestamp()"
                 "  OR (idempotency_keys.state = 'pending'"
                 "   AND idempotency_keys.created_at"
                 "    < clock_timestamp() - make_interval(secs => $6))"
-                " RETURNING true",
+                " RETURNING job_id",
                 user_id,
                 key,
                 digest,
                 token,
                 float(ttl_s),
                 pending_s,
+                str(uuid.uuid4()),
             )
             if claimed:
                 await conn.execute(
@@ -198,7 +217,7 @@ async def claim(
                     " AND expires_at < clock_timestamp()",
                     user_id,
                 )
-                return Claim(token=token)
+                return Claim(token=token, job_id=claimed)
             row = await conn.fetchrow(
                 "SELECT request_hash, state, status_code, headers, body FROM idempotency_keys"
                 " WHERE user_id = $1 AND key = $2",
@@ -232,8 +251,12 @@ async def complete(
 
 
 async def release(pool: asyncpg.Pool, user_id: str, key: str, token: str) -> None:
+    """Give the key up for the next request to claim at once, unless the route's transaction
+    recorded its answer (a job made). The row stays, as an abandoned claim, for its job id:
+    a command may have reached the broker before the route failed (idempotent_jobs.py)."""
     await pool.execute(
-        "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND claim = $3",
+        "UPDATE idempotency_keys SET claim = '', created_at = '-infinity'"
+        " WHERE user_id = $1 AND key = $2 AND claim = $3 AND state = 'pending'",
         user_id,
         key,
         token,
@@ -347,6 +370,9 @@ class IdempotencyMiddleware:
             msg = "a request with this key is still in progress; retry shortly"
             await _send(send, _problem(409, msg, "idempotency_in_progress", {"retry-after": "1"}))
             return
+        scope.setdefault("state", {})[SCOPE_KEY] = ClaimedKey(
+            user_id, key, outcome.token, outcome.job_id
+        )
         await self._claimed(scope, receive, spool, send, pool, user_id, key, outcome.token)
 
     async def _claimed(
@@ -385,6 +411,7 @@ class IdempotencyMiddleware:
         except BaseException:
             await release(pool, user_id, key, token)
             raise
+        await fault_point(scope, "route_returned")
         assert start is not None
         response = Stored(
             start["status"],
@@ -397,6 +424,18 @@ class IdempotencyMiddleware:
         else:
             await release(pool, user_id, key, token)
         await _send(send, response)
+
+
+FaultHook = Callable[[str], Awaitable[None]]
+"""`app.state.idempotency_fault`, when set (tests only): awaited at named points of a
+claimed request - "route_returned": the route has answered (its transaction committed), the
+answer is not stored yet - to play a crash there by raising."""
+
+
+async def fault_point(scope: Scope, name: str) -> None:
+    hook: FaultHook | None = getattr(scope["app"].state, "idempotency_fault", None)
+    if hook is not None:
+        await hook(name)
 
 
 def _document_key(

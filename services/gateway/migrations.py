@@ -202,6 +202,12 @@ _V6 = """
 CREATE INDEX events_created_at ON events (created_at);
 """
 
+# The job an idempotent request creates keeps one id across retries of its key
+# (services/gateway/idempotent_jobs.py).
+_V7 = """
+ALTER TABLE idempotency_keys ADD COLUMN job_id text;
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
@@ -209,4 +215,5 @@ MIGRATIONS: list[tuple[int, str]] = [
     (4, WEBHOOKS_V4),
     (5, _V5),
     (6, _V6),
+    (7, _V7),
 ]

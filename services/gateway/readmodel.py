@@ -39,9 +39,19 @@ async def insert_job(
     image_id: str | None = None,
     style: str | None = None,
 ) -> None:
-    await conn.execute(
+    """The job as its request describes it. A row already there is this same job (its id
+    comes from an Idempotency-Key claim whose earlier attempt sent the command and died
+    before committing, and the projection made the row from its events): the request's
+    fields are filled in, its progress kept. Another user's row with the id is refused."""
+    ours = await conn.fetchval(
         "INSERT INTO jobs (id, user_id, kind, status, character_id, total, story_id,"
-        " page_number, image_id, style) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        " page_number, image_id, style) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        " ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind,"
+        "  character_id = EXCLUDED.character_id, total = EXCLUDED.total,"
+        "  story_id = EXCLUDED.story_id, page_number = EXCLUDED.page_number,"
+        "  image_id = EXCLUDED.image_id, style = EXCLUDED.style"
+        " WHERE jobs.user_id = EXCLUDED.user_id"
+        " RETURNING true",
         job_id,
         user_id,
         kind.value,
@@ -53,6 +63,8 @@ async def insert_job(
         image_id,
         style,
     )
+    if not ours:
+        raise asyncpg.UniqueViolationError(f"job {job_id} exists and is not {user_id}'s")
 
 
 async def job_status(pool: asyncpg.Pool, user_id: str, job_id: str) -> JobStatus | None:

@@ -7,7 +7,6 @@ image row) and publishes its command in one transaction: all of it or nothing (5
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -22,6 +21,7 @@ from services.gateway import characters, estimates, gallery, publishing, readmod
 from services.gateway.auth import CurrentUser
 from services.gateway.deps import PoolDep, PublisherDep, SettingsDep
 from services.gateway.idempotency import IdempotencyKey
+from services.gateway.idempotent_jobs import NewJob, NewJobDep
 from services.gateway.models import Story
 from services.gateway.models_images import (
     ID_PATTERN,
@@ -92,11 +92,14 @@ async def _record_and_send(
     settings: GatewaySettings,
     command: GenerateImages | GenerateScene,
     image: _OneImage,
+    job: NewJob,
     webhook: WebhookIn | None = None,
-) -> estimates.Estimate:
-    """Job row, pending image row and the command in one transaction: if the publish fails,
-    nothing is recorded (a 503), so a retry starts clean. Returns the completion estimate."""
+) -> ImageJobAccepted:
+    """Job row, pending image row, the Idempotency-Key's answer and the command in one
+    transaction: if the publish fails, nothing is recorded (a 503), so a retry starts clean.
+    Returns the answer."""
     estimate = await estimates.estimate(conn, command.user_id, 1)
+    accepted = _accepted(settings, command.job_id, image.image_id, estimate)
     async with conn.transaction():
         await readmodel.insert_job(
             conn,
@@ -124,8 +127,9 @@ async def _record_and_send(
         )
         if webhook is not None:
             await webhook_store.register(conn, command.job_id, command.user_id, webhook)
+        await job.record(conn, accepted)
         await publishing.send(publisher, settings, command.user_id, command)
-    return estimate
+    return accepted
 
 
 @router.post(
@@ -143,9 +147,10 @@ async def generate_portrait(
     pool: PoolDep,
     publisher: PublisherDep,
     settings: SettingsDep,
+    job: NewJobDep,
 ) -> ImageJobAccepted:
     require_acceptable(body.webhook, settings)
-    job_id = str(uuid.uuid4())
+    job_id = job.job_id
     image_id = image_id_for(job_id, 0)
     width, height = parse_size(body.options.size)
     async with pool.acquire() as conn:
@@ -170,16 +175,17 @@ async def generate_portrait(
             model=body.options.model,
             story_id=body.story_id,
         )
-        estimate = await _record_and_send(
+        accepted = await _record_and_send(
             conn,
             publisher,
             settings,
             command,
             _OneImage(JobKind.PORTRAIT, image_id, body.style, character.id, body.story_id),
+            job,
             body.webhook,
         )
     log.info("event=portrait_accepted job_id=%s user_id=%s", job_id, user.user_id)
-    return _accepted(settings, job_id, image_id, estimate)
+    return accepted
 
 
 @router.post(
@@ -198,10 +204,11 @@ async def generate_scene(
     publisher: PublisherDep,
     settings: SettingsDep,
     moderator: ModeratorDep,
+    job: NewJobDep,
 ) -> ImageJobAccepted:
     await moderator.require_allowed({("body", "sceneDescription"): body.scene_description})
     require_acceptable(body.webhook, settings)
-    job_id = str(uuid.uuid4())
+    job_id = job.job_id
     image_id = image_id_for(job_id, 0)
     async with pool.acquire() as conn:
         story = await _story_or_404(conn, user.user_id, body.story_id)
@@ -241,7 +248,7 @@ async def generate_scene(
             quality=options.quality,
             model=options.model,
         )
-        estimate = await _record_and_send(
+        accepted = await _record_and_send(
             conn,
             publisher,
             settings,
@@ -254,10 +261,11 @@ async def generate_scene(
                 story.id,
                 page.page_number,
             ),
+            job,
             body.webhook,
         )
     log.info("event=scene_accepted job_id=%s story_id=%s", job_id, story.id)
-    return _accepted(settings, job_id, image_id, estimate)
+    return accepted
 
 
 @router.post(
@@ -280,6 +288,7 @@ async def generate_story(
     pool: PoolDep,
     publisher: PublisherDep,
     settings: SettingsDep,
+    job: NewJobDep,
 ) -> StoryJobAccepted:
     if not (body.include_character_portraits or body.include_scene_images):
         raise field_error(
@@ -287,7 +296,7 @@ async def generate_story(
             "nothing to generate: includeCharacterPortraits and includeSceneImages are both false",
         )
     require_acceptable(body.webhook, settings)
-    job_id = str(uuid.uuid4())
+    job_id = job.job_id
     async with pool.acquire() as conn:
         await _story_or_404(conn, user.user_id, story_id)
         try:
@@ -318,6 +327,14 @@ async def generate_story(
             model=options.model,
         )
         estimate = await estimates.estimate(conn, user.user_id, total)
+        status_url, events_url = urls(settings, job_id)
+        accepted = StoryJobAccepted(
+            batch_job_id=job_id,
+            total_images=total,
+            estimated_completion_time=estimate.completion(),
+            status_url=status_url,
+            events_url=events_url,
+        )
         async with conn.transaction():
             await readmodel.insert_job(
                 conn,
@@ -330,13 +347,7 @@ async def generate_story(
             )
             if body.webhook is not None:
                 await webhook_store.register(conn, job_id, user.user_id, body.webhook)
+            await job.record(conn, accepted)
             await publishing.send(publisher, settings, user.user_id, command)
     log.info("event=story_accepted job_id=%s story_id=%s images=%d", job_id, story_id, total)
-    status_url, events_url = urls(settings, job_id)
-    return StoryJobAccepted(
-        batch_job_id=job_id,
-        total_images=total,
-        estimated_completion_time=estimate.completion(),
-        status_url=status_url,
-        events_url=events_url,
-    )
+    return accepted

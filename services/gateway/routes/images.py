@@ -10,7 +10,6 @@ holds the record of truth and may have nothing to review (e.g. the image was del
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Annotated
 
 import asyncpg
@@ -28,6 +27,7 @@ from services.gateway import estimates, gallery, paging, publishing, readmodel
 from services.gateway.auth import CurrentUser
 from services.gateway.deps import BlobsDep, PoolDep, PublisherDep, SettingsDep
 from services.gateway.idempotency import IdempotencyKey
+from services.gateway.idempotent_jobs import NewJobDep
 from services.gateway.models_images import (
     ID_PATTERN,
     DeleteAccepted,
@@ -121,11 +121,12 @@ async def regenerate(
     publisher: PublisherDep,
     settings: SettingsDep,
     moderator: ModeratorDep,
+    job: NewJobDep,
 ) -> RegenerateAccepted:
     await moderator.require_allowed(
         {("body", "modifications", "prompt"): body.modifications.prompt}
     )
-    job_id = str(uuid.uuid4())
+    job_id = job.job_id
     mods = body.modifications
     async with pool.acquire() as conn, conn.transaction():
         rows = await gallery.versions(conn, user.user_id, image_id)
@@ -179,20 +180,22 @@ async def regenerate(
             version=version,
             modifications=ImageModifications(style=mods.style, prompt=mods.prompt, seed=mods.seed),
         )
+        status_url, events_url = urls(settings, job_id)
+        accepted = RegenerateAccepted(
+            job_id=job_id,
+            image_id=image_id,
+            version=version,
+            parent_version=parent["version"],
+            estimated_completion_time=estimate.completion(),
+            status_url=status_url,
+            events_url=events_url,
+        )
+        await job.record(conn, accepted)
         await publishing.send(publisher, settings, user.user_id, command)
     log.info(
         "event=regenerate_accepted job_id=%s image_id=%s version=%d", job_id, image_id, version
     )
-    status_url, events_url = urls(settings, job_id)
-    return RegenerateAccepted(
-        job_id=job_id,
-        image_id=image_id,
-        version=version,
-        parent_version=parent["version"],
-        estimated_completion_time=estimate.completion(),
-        status_url=status_url,
-        events_url=events_url,
-    )
+    return accepted
 
 
 @router.delete(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
@@ -14,6 +13,7 @@ from services.gateway import characters, gallery, paging, publishing, readmodel
 from services.gateway.auth import CurrentUser, Principal
 from services.gateway.deps import BlobsDep, PoolDep, PublisherDep, SettingsDep
 from services.gateway.idempotency import IdempotencyKey
+from services.gateway.idempotent_jobs import NewJobDep
 from services.gateway.models import ErrorResponse, GenerateAccepted, GenerateRequest, Job
 from services.gateway.models_images import (
     ID_PATTERN,
@@ -73,9 +73,17 @@ async def generate(
     pool: PoolDep,
     publisher: PublisherDep,
     settings: SettingsDep,
+    job: NewJobDep,
 ) -> GenerateAccepted:
     require_acceptable(body.webhook, settings)
-    job_id = str(uuid.uuid4())
+    job_id = job.job_id
+    base = settings.public_base_url.rstrip("/")
+    accepted = GenerateAccepted(
+        job_id=job_id,
+        status=JobStatus.QUEUED,
+        status_url=f"{base}/api/generate/{job_id}",
+        events_url=urls(settings, job_id)[1],
+    )
     async with pool.acquire() as conn:
         character = await characters.get(conn, user.user_id, body.character_id)
         if character is None:
@@ -103,17 +111,12 @@ async def generate(
             )
             if body.webhook is not None:
                 await webhook_store.register(conn, job_id, user.user_id, body.webhook)
+            await job.record(conn, accepted)
             await publishing.send(publisher, settings, user.user_id, command)
     log.info(
         "event=job_accepted job_id=%s user_id=%s images=%d", job_id, user.user_id, body.image_count
     )
-    base = settings.public_base_url.rstrip("/")
-    return GenerateAccepted(
-        job_id=job_id,
-        status=JobStatus.QUEUED,
-        status_url=f"{base}/api/generate/{job_id}",
-        events_url=urls(settings, job_id)[1],
-    )
+    return accepted
 
 
 @router.get(
