@@ -14,7 +14,7 @@ from imagegen.kafka.confluent import KafkaConsumer, KafkaPublisher
 from imagegen.kafka.lanes import laned_loop
 from imagegen.kafka.membership import instance_id
 from imagegen.kafka.ports import Handler, Publisher
-from imagegen.kafka.security import client_config, watched_config
+from imagegen.kafka.security import consumer_config, watched_config
 from imagegen.kafka.worker import ConsumerLoop
 from imagegen.settings import KafkaSettings
 
@@ -57,7 +57,7 @@ def kafka_consumer(settings: KafkaSettings, group: str, topics: list[str]) -> Ka
         fetch_wait_max_ms=settings.fetch_wait_max_ms,
         commit_interval_ms=settings.commit_interval_ms,
         group_instance_id=instance_id(settings.instance_id, group),
-        extra=client_config(settings),
+        extra=consumer_config(settings),
     )
 
 

@@ -32,6 +32,14 @@ _AUTHORIZATION = {
 }
 # librdkafka reports a failed handshake as _SSL, and its retries often as _TRANSPORT.
 _TLS_TEXT = ("SSL handshake failed", "certificate verify failed", "SSL routines")
+_UNCONNECTED = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+    }
+)
 _SUBSCRIBED = re.compile(r"topic not available: ([^:\s]+)")
 
 
@@ -109,6 +117,14 @@ class AccessWatch:
             log.error("event=kafka_access_denied cause=%s error=%r", cause, message)
         return error
 
+    def refusal(self, err: KafkaError, *, topic: str | None = None) -> BrokerAccessError | None:
+        """`note`; and a failure for want of a connection (a delivery or metadata timeout)
+        while the broker refuses this client's login or handshake is that refusal."""
+        denied = self.note(err, topic=topic)
+        if denied is None and err.code() in _UNCONNECTED:
+            denied = self.problem(connecting=True)
+        return denied
+
     def error_cb(self, err: KafkaError) -> None:
         """librdkafka's `error_cb` for a producer or admin client.
 
@@ -117,6 +133,12 @@ class AccessWatch:
         """
         if err.fatal() or err.code() == KafkaError._FATAL:
             raise KafkaException(err)
+        self.consumer_error_cb(err)
+
+    def consumer_error_cb(self, err: KafkaError) -> None:
+        """librdkafka's `error_cb` for a consumer: notes refusals (a consumer hears of a
+        failed login or handshake only here) and never raises - a consumer's fatal error
+        comes back from `poll()` as a `_FATAL` message, which `KafkaConsumer` raises."""
         if self.note(err) is None and err.code() != KafkaError._ALL_BROKERS_DOWN:
             log.debug("event=kafka_client_error error=%s", err)
 

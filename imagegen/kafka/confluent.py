@@ -82,7 +82,7 @@ def _describe(err: KafkaError) -> str:
 def _error(err: KafkaError, topic: str | None = None) -> Exception:
     # Refused by the broker (credentials, certificate, ACL): one clear error, never a
     # reason to dead-letter (imagegen/kafka/access.py).
-    if (denied := ACCESS.note(err, topic=topic)) is not None:
+    if (denied := ACCESS.refusal(err, topic=topic)) is not None:
         return denied
     if _is_fatal(err):
         return FatalClientError(_describe(err))

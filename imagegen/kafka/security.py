@@ -45,9 +45,15 @@ def client_config(settings: KafkaSettings) -> dict[str, Any]:
 
 def watched_config(settings: KafkaSettings) -> dict[str, Any]:
     """`client_config` plus the error callback that reports refusals to the access watch:
-    for producers, admin clients and one-shot readers (the services' consumers hear of
-    them in `poll()` instead: see imagegen/kafka/confluent.py)."""
+    for producers, admin clients and one-shot readers (a fatal error is raised again, for
+    `poll()` to raise: see `AccessWatch.error_cb`)."""
     return {**client_config(settings), "error_cb": ACCESS.error_cb}
+
+
+def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
+    """`client_config` plus the error callback of a consumer (which never raises): a
+    refused login or handshake reaches a consumer only through it, not through `poll()`."""
+    return {**client_config(settings), "error_cb": ACCESS.consumer_error_cb}
 
 
 def principal(settings: KafkaSettings) -> str:

@@ -18,7 +18,7 @@ from imagegen.kafka.confluent import KafkaConsumer
 from imagegen.kafka.lanes import LaneGroup, laned_loop
 from imagegen.kafka.membership import instance_id
 from imagegen.kafka.ports import Consumer
-from imagegen.kafka.security import client_config
+from imagegen.kafka.security import consumer_config
 from imagegen.runtime import consumer_loop
 from imagegen.settings import KafkaSettings
 from schemas.topics import Tier
@@ -49,7 +49,7 @@ def tier_consumer(settings: KafkaSettings, tier: Tier) -> KafkaConsumer:
         commit_interval_ms=settings.commit_interval_ms,
         # One consumer per tier in the same group: the tier keeps their ids apart.
         group_instance_id=instance_id(settings.instance_id, JOBS_GROUP, tier.value),
-        extra={**client_config(settings), **_SMALL_PREFETCH},
+        extra={**consumer_config(settings), **_SMALL_PREFETCH},
     )
 
 
