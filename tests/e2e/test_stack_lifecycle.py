@@ -73,3 +73,18 @@ def test_a_taken_port_gives_a_clear_message_not_a_hang(tmp_path: Path) -> None:
         )
     assert result.returncode == 2
     assert f"port {port} is already in use (gateway); pass --gateway-port" in result.stderr
+
+
+def test_the_stack_says_which_broker_and_the_tansu_fallback_runs_a_pack(tmp_path: Path) -> None:
+    """`--broker tansu`, the no-JVM fallback, still runs the whole system; the printed line says
+    which broker it is (the default, Apache Kafka, runs every other end-to-end test)."""
+    with imagegen_up(
+        tmp_path, ["--backend", "demo", "--broker", "tansu", "--broker-storage", "memory"]
+    ) as stack:
+        assert any(line.startswith("broker: Tansu (--broker tansu)") for line in stack.output)
+        with stack.client() as client:
+            character = client.post("/api/v1/characters", json={"name": "Fallback"}).json()
+            job_id = client.post(
+                "/api/generate", json={"character_id": character["id"], "image_count": 2}
+            ).json()["job_id"]
+            assert wait_for_job(stack, client, job_id)["status"] == "completed"
