@@ -53,6 +53,9 @@ class Replica:
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.env = {**env, **NO_POLL, "IMAGEGEN_PORT": str(self.port)}
         self.env["IMAGEGEN_PUBLIC_BASE_URL"] = self.url
+        # A static group member of its own: the stack's gateway is `gateway-0`, and two live
+        # processes with one name fence each other (as two pods never share a name).
+        self.env["IMAGEGEN_KAFKA_INSTANCE_ID"] = "gateway-1"
         self.log_file = log_file
         self.proc: subprocess.Popen[bytes] | None = None
 
