@@ -70,6 +70,7 @@ def _cmd_k8s(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if args.k8s_command == "generate":
         for path, generate in k8s.GENERATED_FILES.items():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
             (root / path).write_text(generate(root))
             print(f"wrote {path}")
         return 0

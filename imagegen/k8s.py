@@ -1,6 +1,8 @@
 """Kubernetes resources generated from the schemas' topic registry.
 
 - Strimzi `KafkaTopic`s: one per registry entry.
+- Strimzi `KafkaUser`s: one per service with only its ACLs (imagegen/k8s_users.py), and
+  overlays/prod-mtls, the same with mTLS instead of SCRAM.
 - The per-tier generators (imagegen/k8s_generators.py): a Deployment, PDB and KEDA
   ScaledObject per tier, copied from the one template deploy/k8s/generator/generator.yaml.
 Tests fail when the committed files drift from what these functions print.
@@ -13,6 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from imagegen.k8s_generators import GENERATOR_GROUP, KAFKA_CLUSTER, TIERS_FILE, generator_tiers_yaml
+from imagegen.k8s_users import (
+    KEDA_AUTH_FILE,
+    MTLS_OVERLAY_FILE,
+    USERS_FILE,
+    kafka_users_yaml,
+    keda_auth_yaml,
+    mtls_overlay_yaml,
+)
 from schemas.topics import DEFAULT_NAMESPACE, registry
 
 TOPICS_FILE = "deploy/k8s/base/kafka-topics.yaml"
@@ -44,11 +54,14 @@ def kafka_topics_yaml(namespace: str = DEFAULT_NAMESPACE, cluster: str = KAFKA_C
 GENERATED_FILES: dict[str, Callable[[Path], str]] = {
     TOPICS_FILE: lambda _root: kafka_topics_yaml(),
     TIERS_FILE: generator_tiers_yaml,
+    USERS_FILE: lambda _root: kafka_users_yaml(),
+    KEDA_AUTH_FILE: lambda _root: keda_auth_yaml(),
+    MTLS_OVERLAY_FILE: lambda _root: mtls_overlay_yaml(),
 }
 
 
 OVERLAYS_DIR = "deploy/k8s/overlays"
-GPU_OVERLAYS = ("prod",)
+GPU_OVERLAYS = ("prod", "prod-mtls")
 
 
 def check_overlay(root: Path, overlay: str) -> list[str]:

@@ -36,9 +36,17 @@ GENERATOR = "generator"
 TIERS_ENV = "IMAGEGEN_GENERATOR_TIERS"
 TIER_LABEL = "imagegen.io/tier"
 KAFKA_CLUSTER = "imagegen"
-# Strimzi's bootstrap Service for KAFKA_CLUSTER in namespace `kafka`; the services'
-# IMAGEGEN_KAFKA_BOOTSTRAP (deploy/k8s/base/config.yaml) names the same address.
-KAFKA_BOOTSTRAP = f"{KAFKA_CLUSTER}-kafka-bootstrap.kafka.svc:9092"
+# Strimzi's bootstrap Service for KAFKA_CLUSTER in namespace `kafka`, its `tls` listener
+# (SCRAM-SHA-512 or mTLS: imagegen/k8s_users.py); the services' IMAGEGEN_KAFKA_BOOTSTRAP
+# (deploy/k8s/base/config.yaml) names the same address.
+KAFKA_BOOTSTRAP = f"{KAFKA_CLUSTER}-kafka-bootstrap.kafka.svc:9093"
+# The KEDA TriggerAuthentication the tiers' kafka triggers log in with (k8s_users.py).
+KEDA_AUTH = "generator-kafka"
+
+
+def keda_trigger_security(mtls: bool = False) -> dict[str, str]:
+    """A kafka trigger's metadata for the secured listener; the secrets are in KEDA_AUTH."""
+    return {"tls": "enable", "sasl": "none" if mtls else "scram_sha512"}
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,11 @@ def tier_partitions(namespace: str = DEFAULT_NAMESPACE) -> dict[Tier, int]:
 
 
 def tier_scaledobject(
-    tier: Tier, namespace: str = DEFAULT_NAMESPACE, bootstrap: str = KAFKA_BOOTSTRAP
+    tier: Tier,
+    namespace: str = DEFAULT_NAMESPACE,
+    bootstrap: str = KAFKA_BOOTSTRAP,
+    *,
+    mtls: bool = False,
 ) -> dict[str, Any]:
     """The KEDA ScaledObject of one tier's Deployment: one Kafka-lag trigger on its topic."""
     scaling = TIER_SCALING[tier]
@@ -111,6 +123,7 @@ def tier_scaledobject(
                 {
                     "type": "kafka",
                     "name": f"jobs-{tier.value}",
+                    "authenticationRef": {"name": KEDA_AUTH},
                     "metadata": {
                         "bootstrapServers": bootstrap,
                         "consumerGroup": f"{namespace}.{GENERATOR_GROUP}",
@@ -122,6 +135,7 @@ def tier_scaledobject(
                         "offsetResetPolicy": "earliest",
                         "allowIdleConsumers": "false",
                         "scaleToZeroOnInvalidOffset": "false",
+                        **keda_trigger_security(mtls),
                     },
                 }
             ],

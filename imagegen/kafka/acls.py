@@ -77,8 +77,6 @@ def service_access(namespace: str = DEFAULT_NAMESPACE) -> dict[str, ServiceAcces
         ),
     ]
     return {
-        a.service: ServiceAccess(
-            a.service, a.consumes, (*a.produces, t.dead_letter), a.groups
-        )
+        a.service: ServiceAccess(a.service, a.consumes, (*a.produces, t.dead_letter), a.groups)
         for a in table
     }

@@ -24,6 +24,7 @@ TIER_GENERATORS = {deployment_name(tier) for tier in Tier}
 DEPLOYMENTS = {
     "dev": SERVICES,  # one all-tier CPU generator
     "prod": SERVICES - {"generator"} | TIER_GENERATORS,
+    "prod-mtls": SERVICES - {"generator"} | TIER_GENERATORS,  # prod, with client certificates
 }
 GROUP = f"imagegen.{GENERATOR_GROUP}"
 
@@ -49,8 +50,8 @@ def container(resources: list[Resource], name: str) -> dict[str, Any]:
     return c
 
 
-def test_both_overlays_exist() -> None:
-    assert OVERLAYS == ["dev", "prod"]
+def test_the_overlays_exist() -> None:
+    assert OVERLAYS == ["dev", "prod", "prod-mtls"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -62,6 +63,7 @@ def test_overlay_builds_and_passes_every_check(overlay: str) -> None:
     assert {r["metadata"]["namespace"] for r in resources} == {
         "dev": {"imagegen-dev"},
         "prod": {"imagegen"},
+        "prod-mtls": {"imagegen"},
     }[overlay]
     topics = {r["spec"]["topicName"] for r in resources if r["kind"] == "KafkaTopic"}
     assert set(TopicNames().all_jobs()) <= topics
@@ -107,7 +109,7 @@ def test_dev_is_one_cpu_replica_each_without_autoscalers() -> None:
         assert container(resources, name)["image"] == "imagegen:dev"
     gen = one(resources, "Deployment", "generator")["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in str(gen)
-    assert [v["name"] for v in gen["volumes"]] == ["tmp", "dshm"]
+    assert [v["name"] for v in gen["volumes"]] == ["kafka-ca", "tmp", "dshm"]
     assert k8s_policy.generator_gpu_problems(resources) != []
     assert one(resources, "ConfigMap", "imagegen-config")["data"]["IMAGEGEN_ENV"] == "dev"
     assert one(resources, "ConfigMap", "imagegen-generator")["data"] == {
@@ -312,7 +314,12 @@ def test_tier_pods_are_selected_by_their_own_pdb_and_the_generator_network_polic
 def test_schema_validation_catches_unknown_fields_and_wrong_types() -> None:
     resources = built("prod")
     crds = crd_schemas()
-    assert {kind for _, kind in crds} == {"ScaledObject", "KafkaTopic"}
+    assert {kind for _, kind in crds} == {
+        "ScaledObject",
+        "TriggerAuthentication",
+        "KafkaTopic",
+        "KafkaUser",
+    }
     container(resources, "gateway")["livenessprobe"] = {}
     one(resources, "ScaledObject", "generator-realtime")["spec"]["triggers"][0]["metadata"][
         "lagThreshold"
