@@ -91,7 +91,7 @@ class AccessWatch:
         if kind == "topic" and topic is None and (found := _SUBSCRIBED.search(text)):
             topic = found.group(1)
         name = {"topic": topic, "group": group}.get(kind)
-        what = f"{kind} {name}" if name else kind
+        what = f"{kind} {name}" if name else f"its {kind}"
         return f"{kind}:{name or ''}", BrokerAccessError(
             f"Kafka denied {self.principal} access to {what} ({err.name()}): grant the"
             f" ACL it needs (deploy/k8s KafkaUser of this service) ({text})"

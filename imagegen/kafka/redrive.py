@@ -194,6 +194,11 @@ async def redrive(
     return RedriveResult(redriven=redriven, refused=refused)
 
 
+DLQ_READER_PREFIX = "imagegen-dlq-reader-"
+"""The dead-letter reader's group ids start so (an operator's ACL: Read on this prefix); the
+reader never commits, but librdkafka asks for the group's coordinator all the same."""
+
+
 def read_topic(
     bootstrap: str,
     topic: str,
@@ -205,7 +210,7 @@ def read_topic(
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         # Fresh each time and never committed: listing must not move anyone's offsets.
-        "group.id": f"imagegen-dlq-reader-{uuid.uuid4().hex[:12]}",
+        "group.id": f"{DLQ_READER_PREFIX}{uuid.uuid4().hex[:12]}",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
@@ -240,7 +245,7 @@ def read_topic(
                 continue
             err = msg.error()
             if err is not None:
-                if (denied := ACCESS.note(err, topic=topic)) is not None:
+                if (denied := ACCESS.note(err, topic=topic, group=config["group.id"])) is not None:
                     raise denied
                 if err.code() != KafkaError._PARTITION_EOF:
                     raise PermanentError(f"reading {topic}: {err.str()}")

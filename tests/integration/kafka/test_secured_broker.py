@@ -475,3 +475,70 @@ def _count(secured: SecuredKafka, topic: str) -> int:
         return total
     finally:
         consumer.close()
+
+
+# --- the operator's tools: dlq and topic creation, with the same settings ----------------
+
+
+def _dlq_list(monkeypatch: pytest.MonkeyPatch, settings: KafkaSettings) -> int:
+    """`imagegen dlq list` in this process with `settings` as IMAGEGEN_KAFKA_* variables."""
+    from imagegen import cli
+
+    for name, value in kafka_env(settings).items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["dlq", "list", "--idle-timeout", "1"])
+    return int(ended.value.code or 0)
+
+
+def test_the_dlq_cli_logs_in_and_names_a_missing_acl(
+    secured: SecuredKafka,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from imagegen.kafka.acls import ServiceAccess
+    from imagegen.kafka.redrive import DLQ_READER_PREFIX
+
+    dead_letter = TopicNames(namespace).dead_letter
+    # An operator who may read the dead letters, with the reader's fresh group ids.
+    if "imagegen-operator" not in secured.passwords:
+        secured.add_user("imagegen-operator")
+    secured.grant(
+        "User:imagegen-operator",
+        ServiceAccess("operator", (dead_letter,), (dead_letter,), ()),
+        group_prefixes=(DLQ_READER_PREFIX,),
+    )
+    code = _dlq_list(monkeypatch, sasl_settings(secured, namespace, "operator"))
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert f"0 dead letter(s) in {dead_letter}" in out.out
+    # The gateway's user writes dead letters but may not read them (given the reader's
+    # groups, so that what is missing is the topic's Read).
+    secured.grant(
+        "User:imagegen-gateway",
+        ServiceAccess("gateway", (), (), ()),
+        group_prefixes=(DLQ_READER_PREFIX,),
+    )
+    ACCESS.reset()
+    code = _dlq_list(monkeypatch, sasl_settings(secured, namespace, "gateway"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: Kafka denied user imagegen-gateway"), err
+    assert f"topic {dead_letter} (TOPIC_AUTHORIZATION_FAILED)" in err
+
+
+def test_topic_creation_with_settings_names_a_missing_acl(
+    secured: SecuredKafka, namespace: str
+) -> None:
+    from imagegen.kafka.security import watched_config
+    from imagegen.stack import StackError
+
+    settings = sasl_settings(secured, namespace, "storage")
+    spec = registry(f"{namespace}x")[0]
+    with pytest.raises(StackError) as refused:
+        create_topics(settings.bootstrap, specs=[spec], config=watched_config(settings))
+    message = str(refused.value)
+    assert f"cannot create topic {spec.name}" in message
+    assert "Kafka denied user imagegen-storage" in message
+    assert "TOPIC_AUTHORIZATION_FAILED" in message
