@@ -167,6 +167,7 @@ class AccessWatch:
 
     def reset(self) -> None:
         """Forget everything (tests)."""
+        self.principal = "this client"
         with self._lock:
             self._seen.clear()
             self._logged.clear()
