@@ -24,6 +24,7 @@ import random
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ from tests.e2e.chaos_support import (
     submit_workload,
     wait_terminal,
 )
-from tests.e2e.stack import RunningStack, imagegen_up
+from tests.e2e.stack import CREATED_DATABASES, RunningStack, imagegen_up
 
 pytestmark = pytest.mark.e2e
 
@@ -245,18 +246,34 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfraStack]:
     tmp = tmp_path_factory.mktemp("infra-stack")
     pgdata = (tmp / "data" / "pg").resolve()
     restarted: list[Child] = []
+    database = f"e2e_{uuid.uuid4().hex[:8]}"
     try:
         with imagegen_up(
-            tmp, ["--backend", "demo", "--pg-port", str(free_port())], env=DEADLINES
+            tmp,
+            ["--backend", "demo", "--pg-port", str(free_port())],
+            env=DEADLINES,
+            database=database,
         ) as stack:
             assert "host=" in stack.database, f"not the stack's own PostgreSQL: {stack.database}"
             yield InfraStack(stack, pgdata, restarted)
     finally:
+        # Its database goes with the embedded server's folder: nothing to drop at the end
+        # of the session (a server still shutting down fails the drop).
+        CREATED_DATABASES.pop(database, None)
         # The stack stops the servers it started; those the test started again are ours.
         for child in restarted:
             child.stop()
-        if postmaster(pgdata) is not None:
-            stop_postgres(pgdata, mode="fast")
+        _stop_postgres_if_running(pgdata)
+
+
+def _stop_postgres_if_running(pgdata: Path, wait_s: float = 30) -> None:
+    """The stack stops its PostgreSQL even when the test started it again: wait for that
+    shutdown to end, and stop it only if it is still up then."""
+    deadline = time.monotonic() + wait_s
+    while postmaster(pgdata) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if postmaster(pgdata) is not None:
+        stop_postgres(pgdata, mode="fast")
 
 
 def _readyz(stack: RunningStack) -> tuple[int, dict[str, Any]]:
