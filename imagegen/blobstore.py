@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import aioboto3
 from botocore.client import Config
@@ -63,8 +64,24 @@ class BlobStore(Protocol):
         """Whether the key holds an object."""
         ...
 
-    async def copy(self, source: str, dest: str) -> None:
-        """Server-side copy."""
+    async def copy(
+        self,
+        source: str,
+        dest: str,
+        *,
+        content_type: str | None = None,
+        cache_control: str | None = None,
+    ) -> None:
+        """Server-side copy; with `cache_control`, the copy gets it (and `content_type`)."""
+        ...
+
+    async def tag(self, keys: list[str], tags: dict[str, str]) -> None:
+        """Set these tags on each key and restart its age (an in-place copy), so an
+        age-based lifecycle rule filtered on them counts from now."""
+        ...
+
+    async def tags(self, key: str) -> dict[str, str]:
+        """The object's tags."""
         ...
 
     async def delete(self, keys: list[str]) -> None:
@@ -180,13 +197,58 @@ class S3BlobStore:
         except BotoCoreError as exc:
             raise _s3_error(exc, key) from exc
 
-    async def copy(self, source: str, dest: str) -> None:
+    async def copy(
+        self,
+        source: str,
+        dest: str,
+        *,
+        content_type: str | None = None,
+        cache_control: str | None = None,
+    ) -> None:
+        extra: dict[str, str] = {}
+        if cache_control is not None:
+            # New metadata means REPLACE, which drops the source's Content-Type: set it again.
+            extra = {"MetadataDirective": "REPLACE", "CacheControl": cache_control}
+            if content_type is not None:
+                extra["ContentType"] = content_type
         try:
             await self._client.copy_object(
-                Bucket=self._bucket, Key=dest, CopySource={"Bucket": self._bucket, "Key": source}
+                Bucket=self._bucket,
+                Key=dest,
+                CopySource={"Bucket": self._bucket, "Key": source},
+                **extra,
             )
         except (ClientError, BotoCoreError) as exc:
             raise _s3_error(exc, source) from exc
+
+    async def tag(self, keys: list[str], tags: dict[str, str]) -> None:
+        tagging = urlencode(sorted(tags.items()))
+        for key in keys:
+            try:
+                head = await self._client.head_object(Bucket=self._bucket, Key=key)
+                extra = {"CacheControl": head["CacheControl"]} if "CacheControl" in head else {}
+                # S3 refuses a copy onto itself that changes nothing: the metadata is
+                # replaced (by the same values) along with the tags.
+                await self._client.copy_object(
+                    Bucket=self._bucket,
+                    Key=key,
+                    CopySource={"Bucket": self._bucket, "Key": key},
+                    MetadataDirective="REPLACE",
+                    ContentType=head.get("ContentType", "application/octet-stream"),
+                    Metadata=head.get("Metadata", {}),
+                    TaggingDirective="REPLACE",
+                    Tagging=tagging,
+                    **extra,
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise _s3_error(exc, key) from exc
+
+    async def tags(self, key: str) -> dict[str, str]:
+        try:
+            response = await self._client.get_object_tagging(Bucket=self._bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error(exc, key) from exc
+        return {t["Key"]: t["Value"] for t in response.get("TagSet", [])}
 
     async def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
@@ -235,6 +297,8 @@ class InMemoryBlobStore:
     def __init__(self) -> None:
         self.objects: dict[str, tuple[bytes, str]] = {}
         self.modified: dict[str, datetime] = {}
+        self.cache_control: dict[str, str] = {}
+        self.object_tags: dict[str, dict[str, str]] = {}
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         self.objects[key] = (data, content_type)
@@ -249,14 +313,38 @@ class InMemoryBlobStore:
     async def exists(self, key: str) -> bool:
         return key in self.objects
 
-    async def copy(self, source: str, dest: str) -> None:
-        self.objects[dest] = self.objects[source]
+    async def copy(
+        self,
+        source: str,
+        dest: str,
+        *,
+        content_type: str | None = None,
+        cache_control: str | None = None,
+    ) -> None:
+        data, source_type = self.objects[source]
+        self.objects[dest] = (data, content_type or source_type)
         self.modified[dest] = datetime.now(UTC)
+        if cache_control is not None:
+            self.cache_control[dest] = cache_control
+
+    async def tag(self, keys: list[str], tags: dict[str, str]) -> None:
+        for key in keys:
+            if key not in self.objects:
+                raise NotFoundError(f"no object at {key}")
+            self.object_tags[key] = dict(tags)
+            self.modified[key] = datetime.now(UTC)
+
+    async def tags(self, key: str) -> dict[str, str]:
+        if key not in self.objects:
+            raise NotFoundError(f"no object at {key}")
+        return dict(self.object_tags.get(key, {}))
 
     async def delete(self, keys: list[str]) -> None:
         for key in keys:
             self.objects.pop(key, None)
             self.modified.pop(key, None)
+            self.cache_control.pop(key, None)
+            self.object_tags.pop(key, None)
 
     async def list_info(self, prefix: str) -> builtins.list[ObjectInfo]:
         return [

@@ -218,14 +218,37 @@ def _cmd_storage_cleanup(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
     from imagegen.operations import storage_cleanup
-    from imagegen.settings import ServiceSettings
+    from services.storage.bucket_lifecycle import DELETED_STORY_RETENTION
+    from services.storage.settings import StorageSettings
 
+    settings = StorageSettings()
     lines = asyncio.run(
         storage_cleanup(
-            ServiceSettings(), older_than=timedelta(hours=args.older_than), dry_run=args.dry_run
+            settings,
+            older_than=timedelta(hours=args.older_than),
+            dry_run=args.dry_run,
+            retain_deleted_stories=(
+                DELETED_STORY_RETENTION if settings.retain_deleted_stories else None
+            ),
         )
     )
     print("\n".join(lines))
+    return 0
+
+
+def _cmd_storage_lifecycle(args: argparse.Namespace) -> int:
+    from imagegen.operations import LifecycleRefused, storage_lifecycle_apply
+    from imagegen.settings import ServiceSettings
+    from services.storage.bucket_lifecycle import configuration
+
+    skip = frozenset(args.skip or ())
+    try:
+        if args.print:
+            print(json.dumps(configuration(skip), indent=2))
+            return 0
+        print("\n".join(storage_lifecycle_apply(ServiceSettings(), skip=skip)))
+    except (LifecycleRefused, ValueError) as exc:
+        return _refused(exc)
     return 0
 
 
@@ -348,6 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--dry-run", action="store_true", help="only report what would go")
     clean.add_argument("--older-than", type=float, default=24.0, help="hours (default 24)")
     clean.set_defaults(func=_cmd_storage_cleanup)
+    life = storage_sub.add_parser("lifecycle", help="the bucket's lifecycle rules")
+    life_sub = life.add_subparsers(dest="lifecycle_command", required=True)
+    apply = life_sub.add_parser(
+        "apply",
+        help="write the declared rules (services/storage/bucket_lifecycle.py) to the bucket",
+    )
+    apply.add_argument(
+        "--skip", action="append", help="leave out this rule id (one this S3 lacks; repeatable)"
+    )
+    apply.add_argument("--print", action="store_true", help="print the document, write nothing")
+    apply.set_defaults(func=_cmd_storage_lifecycle)
 
     models = sub.add_parser("models", help="model weights for self-hosted generators")
     models_sub = models.add_subparsers(dest="models_command", required=True)

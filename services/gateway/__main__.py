@@ -7,6 +7,7 @@ import sys
 
 import uvicorn
 
+from imagegen import preflight
 from imagegen.telemetry import configure_telemetry
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
@@ -15,6 +16,8 @@ log = logging.getLogger(__name__)
 
 
 def main() -> None:
+    if preflight.wants_check():
+        sys.exit(preflight.check("gateway", GatewaySettings))
     settings = GatewaySettings()
     configure_telemetry("gateway", settings.log_level, settings.log_format)
     failures: list[BaseException] = []

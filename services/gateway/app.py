@@ -20,6 +20,7 @@ from imagegen.kafka import Consumer, ConsumerLoop, Publisher
 from imagegen.retention import AgePruner, pruning
 from imagegen.runtime import kafka_consumer, kafka_publisher
 from imagegen.telemetry_asgi import TelemetryMiddleware
+from services.gateway import cdn
 from services.gateway.migrations import MIGRATIONS, SCHEMA
 from services.gateway.notify import EventSignal, PgEventSignal
 from services.gateway.projection import Projection
@@ -124,6 +125,7 @@ def create_app(
                 signal=wakeups,
                 consumer_loop=loop,
                 consumer_task=task,
+                cdn_signer=cdn.signer_for(settings),
             )
             log.info("event=gateway_started port=%d env=%s", settings.port, settings.env)
             yield

@@ -9,6 +9,7 @@ Deleting images are hidden everywhere; the projection removes them on image_dele
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast, get_args
 
@@ -43,6 +44,8 @@ class Links:
     blobs: BlobStore
     ttl_s: int
     cdn_base_url: str | None = None
+    cdn_signer: Callable[[str], str] | None = None
+    """Signs a CDN URL (CloudFront, services/gateway/cdn.py); unsigned when None."""
 
     async def signed(self, renditions: dict[str, Any], order: tuple[str, ...]) -> str | None:
         key = _first_key(renditions, order)
@@ -52,7 +55,8 @@ class Links:
         key = _first_key(renditions, _DISPLAY_ORDER)
         if key is None or not self.cdn_base_url:
             return None
-        return f"{self.cdn_base_url.rstrip('/')}/{key}"
+        url = f"{self.cdn_base_url.rstrip('/')}/{key}"
+        return url if self.cdn_signer is None else self.cdn_signer(url)
 
 
 def _first_key(renditions: dict[str, Any], order: tuple[str, ...]) -> str | None:

@@ -68,6 +68,13 @@ class GatewaySettings(ServiceSettings):
     openai_base_url: str | None = None
     moderation_model: str = "omni-moderation-latest"
     moderation_timeout_s: float = Field(default=10.0, gt=0)
+    # --- CDN: cdnUrl is IMAGEGEN_S3_CDN_BASE_URL + key, signed (CloudFront canned policy)
+    # when a key pair is set; see services/gateway/cdn.py.
+    cloudfront_key_pair_id: str | None = None
+    cloudfront_private_key: SecretStr | None = Field(
+        default=None, description="PEM RSA private key of the CloudFront key pair (a secret)."
+    )
+    cdn_url_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     # --- reference photos
     reference_max_photos: int = Field(default=8, ge=1, le=8)
     reference_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
@@ -108,6 +115,18 @@ class GatewaySettings(ServiceSettings):
                 " projected again"
             )
         return value
+
+    @model_validator(mode="after")
+    def _cloudfront_pair(self) -> GatewaySettings:
+        if (self.cloudfront_key_pair_id is None) != (self.cloudfront_private_key is None):
+            raise ConfigurationError(
+                "set both IMAGEGEN_CLOUDFRONT_KEY_PAIR_ID and IMAGEGEN_CLOUDFRONT_PRIVATE_KEY"
+            )
+        if self.cloudfront_key_pair_id is not None and not self.s3.cdn_base_url:
+            raise ConfigurationError(
+                "IMAGEGEN_CLOUDFRONT_KEY_PAIR_ID is set but IMAGEGEN_S3_CDN_BASE_URL is not"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_dev_jwt_secret_outside_dev(self) -> GatewaySettings:

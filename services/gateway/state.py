@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -22,6 +23,7 @@ class GatewayState:
     signal: EventSignal
     consumer_loop: ConsumerLoop
     consumer_task: asyncio.Task[None]
+    cdn_signer: Callable[[str], str] | None = None
 
     @property
     def consumer_running(self) -> bool:

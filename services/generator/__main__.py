@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from contextlib import AsyncExitStack
 
+from imagegen import preflight
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
 from imagegen.health import ReadyFlag, broker_check, database_check, loops_check, object_store_check
@@ -62,6 +64,8 @@ def main() -> None:
     # Weights come from disk or the local cache only (`imagegen models download` put them
     # there): set before diffusers/huggingface_hub are imported, since they read it once.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if preflight.wants_check():
+        sys.exit(preflight.check("generator", GeneratorSettings))
     settings = GeneratorSettings()
     configure_telemetry("generator", settings.log_level, settings.log_format)
     asyncio.run(serve(settings))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from contextlib import AsyncExitStack
 
+from imagegen import preflight
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
 from imagegen.health import broker_check, database_check, loops_check, object_store_check
@@ -60,6 +62,8 @@ async def serve(settings: PostprocessSettings) -> None:
 
 
 def main() -> None:
+    if preflight.wants_check():
+        sys.exit(preflight.check("postprocess", PostprocessSettings))
     settings = PostprocessSettings()
     configure_telemetry("postprocess", settings.log_level, settings.log_format)
     asyncio.run(serve(settings))

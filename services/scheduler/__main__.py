@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from contextlib import AsyncExitStack
 
+from imagegen import preflight
 from imagegen.db import create_pool, migrate
 from imagegen.health import broker_check, database_check, loops_check
 from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher, run_until_signalled
@@ -63,6 +65,8 @@ async def serve(settings: SchedulerSettings) -> None:
 
 
 def main() -> None:
+    if preflight.wants_check():
+        sys.exit(preflight.check("scheduler", SchedulerSettings))
     settings = SchedulerSettings()
     configure_telemetry("scheduler", settings.log_level, settings.log_format)
     asyncio.run(serve(settings))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
+from imagegen import preflight
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
 from imagegen.events import EventEmitter
@@ -34,7 +36,12 @@ async def serve(settings: StorageSettings) -> None:
         publisher = kafka_publisher(settings.kafka, "storage")
         stack.push_async_callback(publisher.close)
         service = StorageService(pool, blobs, publisher, topics)
-        lifecycle = ImageLifecycle(pool, blobs, EventEmitter(publisher, topics.events, SOURCE))
+        lifecycle = ImageLifecycle(
+            pool,
+            blobs,
+            EventEmitter(publisher, topics.events, SOURCE),
+            retain_deleted_stories=settings.retain_deleted_stories,
+        )
         loops = [
             consumer_loop(
                 settings.kafka,
@@ -71,6 +78,8 @@ async def serve(settings: StorageSettings) -> None:
 
 
 def main() -> None:
+    if preflight.wants_check():
+        sys.exit(preflight.check("storage", StorageSettings))
     settings = StorageSettings()
     configure_telemetry("storage", settings.log_level, settings.log_format)
     asyncio.run(serve(settings))

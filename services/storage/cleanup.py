@@ -11,7 +11,14 @@
 - Final objects under `users/` that no image row points at (a crash between the copy
   and the insert leaves them behind), older than the cut-off so in-flight finalisation
   is never raced.
+- Deleted stories whose objects are kept a year (IMAGEGEN_RETAIN_DELETED_STORIES): an
+  image stored after the deletion is tagged and tombstoned like the others; a year after
+  the deletion, when the lifecycle rule has expired the objects, the rows (and any object
+  left) are removed.
 Uploaded reference photos (`references/`) belong to the gateway and are not touched.
+
+A run holds a PostgreSQL advisory lock for its whole length (the CronJob forbids overlap,
+but a manual run or a slow one must not race it): a second run finds it taken and skips.
 
 `applied_events_pruner`, which every storage instance runs in the background, deletes the
 ids of applied job events (`applied_events`, the job tracker's idempotency record) once
@@ -29,7 +36,7 @@ import asyncpg
 from imagegen.blobstore import STAGING_PREFIX, BlobStore, ObjectInfo
 from imagegen.events import EventEmitter
 from imagegen.retention import AgePruner
-from services.storage.owners import OWNED_BY, emit_deleted, remove_images
+from services.storage.owners import OWNED_BY, emit_deleted, remove_images, retire_images
 
 FINAL_PREFIX = "users/"
 _OWNER_DIRS = {"characters": "character", "stories": "story"}
@@ -45,7 +52,11 @@ class CleanupReport:
     deleted_owner_objects: list[ObjectInfo] = field(default_factory=list)
     deleted_owner_images: list[tuple[str, int]] = field(default_factory=list)
     """(image id, version) rows of deleted characters and stories."""
+    retired_images: list[tuple[str, int]] = field(default_factory=list)
+    """(image id, version) of retained deleted stories, tagged and tombstoned now."""
     removed: bool = False
+    skipped: bool = False
+    """Another clean-up held the lock: nothing was looked at."""
 
     @property
     def objects(self) -> list[ObjectInfo]:
@@ -72,13 +83,26 @@ async def _deleted_owners(pool: asyncpg.Pool) -> set[Owner]:
     return {(r["user_id"], r["owner_kind"], r["owner_id"]) for r in rows}
 
 
-async def _owner_rows(pool: asyncpg.Pool, owners: set[Owner]) -> dict[Owner, list[tuple[str, int]]]:
+async def _retained_stories(pool: asyncpg.Pool, retention: timedelta, now: datetime) -> set[Owner]:
+    """Deleted stories still inside their retention (their objects stay, tagged)."""
+    rows = await pool.fetch(
+        "SELECT user_id, owner_kind, owner_id FROM deleted_owners"
+        " WHERE owner_kind = 'story' AND deleted_at > $1",
+        now - retention,
+    )
+    return {(r["user_id"], r["owner_kind"], r["owner_id"]) for r in rows}
+
+
+async def _owner_rows(
+    pool: asyncpg.Pool, owners: set[Owner], *, untombstoned: bool = False
+) -> dict[Owner, list[tuple[str, int]]]:
     found: dict[Owner, list[tuple[str, int]]] = {}
     for owner in sorted(owners):
         user_id, kind, owner_id = owner
         rows = await pool.fetch(
             f"SELECT image_id, version FROM images WHERE user_id = $1 AND {OWNED_BY[kind]}"
-            " ORDER BY image_id, version",
+            + (" AND image_id NOT IN (SELECT image_id FROM deleted_images)" if untombstoned else "")
+            + " ORDER BY image_id, version",
             user_id,
             owner_id,
         )
@@ -92,6 +116,10 @@ async def _known_keys(pool: asyncpg.Pool) -> set[str]:
     return {r["key"] for row in rows for r in json.loads(row["renditions"])}
 
 
+# pg_try_advisory_lock key of `imagegen storage cleanup` (any constant, shared by all runs).
+CLEANUP_LOCK = 0x1D6E_C1EA
+
+
 async def cleanup(
     pool: asyncpg.Pool,
     blobs: BlobStore,
@@ -100,24 +128,58 @@ async def cleanup(
     dry_run: bool,
     now: datetime | None = None,
     events: EventEmitter | None = None,
+    retain_deleted_stories: timedelta | None = None,
 ) -> CleanupReport:
-    """Report (dry run) or remove; `events` gets image_deleted for deleted owners' images."""
-    cutoff = (now or datetime.now(UTC)) - older_than
+    """Report (dry run) or remove; `events` gets image_deleted for deleted owners' images.
+    Skips (report.skipped) when another run holds the lock."""
+    async with pool.acquire() as lock_conn:
+        if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", CLEANUP_LOCK):
+            return CleanupReport(skipped=True)
+        try:
+            return await _cleanup(
+                pool,
+                blobs,
+                older_than=older_than,
+                dry_run=dry_run,
+                now=now or datetime.now(UTC),
+                events=events,
+                retention=retain_deleted_stories,
+            )
+        finally:
+            await lock_conn.execute("SELECT pg_advisory_unlock($1)", CLEANUP_LOCK)
+
+
+async def _cleanup(
+    pool: asyncpg.Pool,
+    blobs: BlobStore,
+    *,
+    older_than: timedelta,
+    dry_run: bool,
+    now: datetime,
+    events: EventEmitter | None,
+    retention: timedelta | None,
+) -> CleanupReport:
+    cutoff = now - older_than
     staging = [o for o in await blobs.list_info(STAGING_PREFIX) if o.last_modified < cutoff]
     deleted = await _deleted_owners(pool)
-    owner_rows = await _owner_rows(pool, deleted) if deleted else {}
+    retained = await _retained_stories(pool, retention, now) if retention else set()
+    removable = deleted - retained
+    owner_rows = await _owner_rows(pool, removable) if removable else {}
+    new_rows = await _owner_rows(pool, retained, untombstoned=True) if retained else {}
     known = await _known_keys(pool)
     orphans, owner_objects = [], []
     for o in await blobs.list_info(FINAL_PREFIX):
-        if _owner_of_key(o.key) in deleted:
+        owner = _owner_of_key(o.key)
+        if owner in removable:
             owner_objects.append(o)
-        elif o.last_modified < cutoff and o.key not in known:
+        elif owner not in retained and o.last_modified < cutoff and o.key not in known:
             orphans.append(o)
     report = CleanupReport(
         staging,
         orphans,
         owner_objects,
         [image for rows in owner_rows.values() for image in rows],
+        [image for rows in new_rows.values() for image in rows],
         removed=not dry_run,
     )
     if dry_run:
@@ -129,6 +191,10 @@ async def cleanup(
             await remove_images(conn, blobs, user_id, kind, owner_id, with_prefix=False)
             if events is not None:
                 await emit_deleted(conn, events, user_id, kind, owner_id)
+        for user_id, _, owner_id in new_rows:
+            await retire_images(conn, blobs, user_id, owner_id, only_new=True)
+            if events is not None:
+                await emit_deleted(conn, events, user_id, "story", owner_id)
     return report
 
 

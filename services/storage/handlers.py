@@ -15,7 +15,7 @@ from imagegen.telemetry import tracer
 from schemas.events import ImageStored, ImageStoredData, StoredRendition, event_id
 from schemas.images import ProcessedImage
 from schemas.topics import TopicNames
-from services.storage.layout import owner_of, rendition_key
+from services.storage.layout import CACHE_CONTROL, owner_of, rendition_key
 from services.storage.owners import deleted_event
 from services.storage.records import insert_image, stored_image
 
@@ -108,7 +108,9 @@ class StorageService:
         with tracer().start_as_current_span("upload", attributes={"renditions": len(stored)}):
             await asyncio.gather(
                 *(
-                    self._blobs.copy(r.blob.key, s.key)
+                    self._blobs.copy(
+                        r.blob.key, s.key, content_type=s.content_type, cache_control=CACHE_CONTROL
+                    )
                     for r, s in zip(msg.renditions, stored, strict=True)
                 )
             )

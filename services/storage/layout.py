@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from schemas.jobs import ImageIdentity
 
+# Final objects never change (a new version is a new key), so caches (CloudFront, browsers)
+# may keep them for 30 days without revalidating.
+CACHE_CONTROL = "public, max-age=2592000, immutable"
+
 _EXT = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 

@@ -32,10 +32,18 @@ log = logging.getLogger(__name__)
 
 
 class ImageLifecycle:
-    def __init__(self, pool: asyncpg.Pool, blobs: BlobStore, events: EventEmitter) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        blobs: BlobStore,
+        events: EventEmitter,
+        *,
+        retain_deleted_stories: bool = False,
+    ) -> None:
         self._pool = pool
         self._blobs = blobs
         self._events = events
+        self._retain_stories = retain_deleted_stories
 
     async def on_request(self, record: Record) -> None:
         request = decode(record, REQUEST_ADAPTER)
@@ -54,7 +62,13 @@ class ImageLifecycle:
             )
         elif isinstance(request, DeleteStory):
             await delete_owner(
-                self._pool, self._blobs, self._events, request.user_id, "story", request.story_id
+                self._pool,
+                self._blobs,
+                self._events,
+                request.user_id,
+                "story",
+                request.story_id,
+                retain_stories=self._retain_stories,
             )
         # Generation commands and cancellations belong to the scheduler.
 
@@ -102,7 +116,9 @@ class ImageLifecycle:
         async with transient_as_retryable(), self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "UPDATE images SET review_status = $3, reviewed_at = now()"
-                " WHERE image_id = $1 AND user_id = $2 AND version = ("
+                " WHERE image_id = $1 AND user_id = $2"
+                " AND NOT EXISTS (SELECT 1 FROM deleted_images WHERE image_id = $1)"
+                " AND version = ("
                 "   SELECT max(version) FROM images WHERE image_id = $1)"
                 " RETURNING version, job_id",
                 request.image_id,

@@ -55,6 +55,14 @@ class StorageSettings(ServiceSettings):
         " transaction, so the job tracker's inserts never wait behind a long delete.",
     )
 
+    retain_deleted_stories: bool = Field(
+        default=False,
+        description="Production (with `imagegen storage lifecycle apply`): a deleted story's"
+        " objects are tagged and kept a year, then the bucket's lifecycle rule expires them"
+        " and clean-up removes their rows; the API answers 404 for them at once. False:"
+        " they are removed at once (a bucket without that rule, the local stack).",
+    )
+
     @field_validator("applied_events_retention_s")
     @classmethod
     def _covers_replays(cls, value: int) -> int:

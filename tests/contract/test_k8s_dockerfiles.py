@@ -42,7 +42,8 @@ def final_stage(steps: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def torch_pin() -> str:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["optional-dependencies"]["generator"]  # the only role that runs torch
     [pin] = [d for d in deps if d.startswith("torch==")]
     return str(pin)
 

@@ -25,7 +25,7 @@ from schemas.requests import (
 )
 from services.gateway import estimates, gallery, paging, publishing, readmodel
 from services.gateway.auth import CurrentUser
-from services.gateway.deps import BlobsDep, PoolDep, PublisherDep, SettingsDep
+from services.gateway.deps import PoolDep, PublisherDep, SettingsDep, StateDep
 from services.gateway.idempotency import IdempotencyKey
 from services.gateway.idempotent_jobs import NewJobDep
 from services.gateway.models_images import (
@@ -70,8 +70,7 @@ def _visible(rows: list[asyncpg.Record], image_id: str) -> None:
 async def list_images(
     user: CurrentUser,
     pool: PoolDep,
-    blobs: BlobsDep,
-    settings: SettingsDep,
+    state: StateDep,
     story_id: Annotated[str | None, Query(alias="storyId", pattern=ID_PATTERN)] = None,
     character_id: Annotated[str | None, Query(alias="characterId", pattern=ID_PATTERN)] = None,
     image_type: Annotated[ImageType | None, Query(alias="type")] = None,
@@ -81,7 +80,7 @@ async def list_images(
 ) -> ImageList:
     where = gallery.ImageFilter(story_id, character_id, image_type, image_status)
     items, next_cursor = await gallery.list_images(
-        pool, links(blobs, settings), user.user_id, where, limit, paging.decode(cursor)
+        pool, links(state), user.user_id, where, limit, paging.decode(cursor)
     )
     return ImageList(items=items, next_cursor=next_cursor)
 
@@ -93,9 +92,9 @@ async def list_images(
     summary="One image (its current version) with every version",
 )
 async def get_image(
-    image_id: ImageId, user: CurrentUser, pool: PoolDep, blobs: BlobsDep, settings: SettingsDep
+    image_id: ImageId, user: CurrentUser, pool: PoolDep, state: StateDep
 ) -> ImageDetail:
-    image = await gallery.get_image(pool, links(blobs, settings), user.user_id, image_id)
+    image = await gallery.get_image(pool, links(state), user.user_id, image_id)
     if image is None:
         raise _not_found(image_id)
     return image

@@ -11,7 +11,7 @@ from schemas.events import JobStatus
 from schemas.requests import CancelJob, GenerateImages, JobKind
 from services.gateway import characters, gallery, paging, publishing, readmodel
 from services.gateway.auth import CurrentUser, Principal
-from services.gateway.deps import BlobsDep, PoolDep, PublisherDep, SettingsDep
+from services.gateway.deps import BlobsDep, PoolDep, PublisherDep, SettingsDep, StateDep
 from services.gateway.idempotency import IdempotencyKey
 from services.gateway.idempotent_jobs import NewJobDep
 from services.gateway.models import ErrorResponse, GenerateAccepted, GenerateRequest, Job
@@ -47,9 +47,13 @@ def errors(*codes: int) -> dict[int | str, dict[str, object]]:
     return {code: {"model": ErrorResponse, "description": text[code]} for code in codes}
 
 
-def links(blobs: BlobsDep, settings: SettingsDep) -> gallery.Links:
+def links(state: StateDep) -> gallery.Links:
+    settings = state.settings
     return gallery.Links(
-        blobs=blobs, ttl_s=settings.signed_url_ttl_s, cdn_base_url=settings.s3.cdn_base_url
+        blobs=state.blobs,
+        ttl_s=settings.signed_url_ttl_s,
+        cdn_base_url=settings.s3.cdn_base_url,
+        cdn_signer=state.cdn_signer,
     )
 
 
@@ -215,10 +219,8 @@ async def list_jobs(
     responses=errors(401, 404, 422),
     summary="Any job's status: kind, progress, counts, why it ended short, cost, images",
 )
-async def get_job(
-    job_id: JobId, user: CurrentUser, pool: PoolDep, blobs: BlobsDep, settings: SettingsDep
-) -> JobDetail:
-    job = await readmodel.job_detail(pool, links(blobs, settings), user.user_id, job_id)
+async def get_job(job_id: JobId, user: CurrentUser, pool: PoolDep, state: StateDep) -> JobDetail:
+    job = await readmodel.job_detail(pool, links(state), user.user_id, job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     hook = await webhook_store.job_webhook(pool, job_id)
