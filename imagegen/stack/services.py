@@ -98,8 +98,7 @@ class Supervisor:
         restart: bool = True,
     ) -> None:
         self.services = {
-            name: ServiceProcess(name, {**member_env(name), **envs[name]}, log_dir)
-            for name in envs
+            name: ServiceProcess(name, {**member_env(name), **envs[name]}, log_dir) for name in envs
         }
         self._pid_file = pid_file
         self._restart = restart
