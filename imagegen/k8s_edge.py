@@ -22,6 +22,13 @@ def _kind(resources: list[Resource], kind: str) -> list[Resource]:
     return [r for r in resources if r["kind"] == kind]
 
 
+def _config(resources: list[Resource]) -> dict[str, str]:
+    data: dict[str, str] = {}
+    for cm in _kind(resources, "ConfigMap"):
+        data.update(cm.get("data") or {})
+    return data
+
+
 def sse_ping_s(resources: list[Resource]) -> float:
     for cm in _kind(resources, "ConfigMap"):
         if "IMAGEGEN_SSE_PING_S" in cm.get("data", {}):
@@ -146,6 +153,11 @@ def check_cronjobs(resources: list[Resource]) -> list[str]:
         if not spec["jobTemplate"]["spec"].get("activeDeadlineSeconds"):
             problems.append(f"{where}: activeDeadlineSeconds is required (a hung run must end)")
         pod = pod_template(cron)["spec"]
+        protocol = _config(resources).get("IMAGEGEN_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+        for container in pod["containers"]:
+            sasl = [e["name"] for e in container.get("env", []) if "_KAFKA_SASL_" in e["name"]]
+            if sasl and not protocol.startswith("SASL"):
+                problems.append(f"{where}: sets {sasl} but the broker protocol is {protocol}")
         if pod.get("restartPolicy") not in ("Never", "OnFailure"):
             problems.append(f"{where}: restartPolicy must be Never or OnFailure")
         problems.extend(_container_problems(where, pod))

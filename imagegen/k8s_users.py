@@ -216,6 +216,22 @@ def _deployment_patch(name: str, service: str) -> dict[str, Any]:
     }
 
 
+def _cronjob_patch(name: str, service: str, container: str) -> dict[str, Any]:
+    """A CronJob's pod (the storage clean-up) switched to its service's certificate."""
+    pod = _deployment_patch(name, service)["spec"]["template"]
+    pod["spec"]["containers"][0]["name"] = container
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": name},
+        "spec": {"jobTemplate": {"spec": {"template": pod}}},
+    }
+
+
+# CronJobs that log in as a service (deploy/k8s/maintenance): (name, service, container).
+CRONJOBS = [("storage-cleanup", "storage", "cleanup")]
+
+
 def mtls_overlay_yaml(namespace: str = DEFAULT_NAMESPACE) -> str:
     """overlays/prod-mtls: prod with every service authenticated by its client certificate."""
     patches: list[dict[str, str]] = [
@@ -239,6 +255,7 @@ def mtls_overlay_yaml(namespace: str = DEFAULT_NAMESPACE) -> str:
     deployments = [(s, s) for s in SERVICES if s != "generator"]
     deployments += [(deployment_name(tier), "generator") for tier in Tier]
     patches += [_patch(_deployment_patch(name, service)) for name, service in deployments]
+    patches += [_patch(_cronjob_patch(*cron)) for cron in CRONJOBS]
     for tier in Tier:
         scaled = tier_scaledobject(tier, namespace, mtls=True)
         patches.append(

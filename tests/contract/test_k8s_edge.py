@@ -182,3 +182,17 @@ def test_cronjob_checks_catch_violations(edit: Any, expected: str) -> None:
     resources = built("overlays/prod")
     edit(one(resources, "CronJob", "storage-cleanup"))
     assert any(expected in p for p in check_cronjobs(resources)), check_cronjobs(resources)
+
+
+def test_over_mtls_the_cleanup_logs_in_with_storages_certificate() -> None:
+    resources = built("overlays/prod-mtls")
+    pod = pod_template(one(resources, "CronJob", "storage-cleanup"))["spec"]
+    [container] = pod["containers"]
+    assert not [e for e in container["env"] if "_KAFKA_SASL_" in e["name"]]
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/etc/imagegen/kafka-user"}
+    [user] = [v for v in pod["volumes"] if v["name"] == "kafka-user"]
+    assert user["secret"]["secretName"] == "imagegen-storage"
+    # The same pod under SCRAM would be refused by the policy.
+    mtls_config = one(resources, "ConfigMap", "imagegen-config")
+    scram = [r for r in built("overlays/prod") if r["kind"] != "ConfigMap"] + [mtls_config]
+    assert any("broker protocol is SSL" in p for p in check_cronjobs(scram))
