@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import boto3
+import boto3  # type: ignore[import-untyped]
 import pytest
 from botocore.client import Config
 from botocore.session import get_session
