@@ -21,6 +21,7 @@ from imagegen.retention import AgePruner, pruning
 from imagegen.runtime import kafka_consumer, kafka_publisher
 from imagegen.telemetry_asgi import TelemetryMiddleware
 from services.gateway import cdn
+from services.gateway.docs import install_docs
 from services.gateway.migrations import MIGRATIONS, SCHEMA
 from services.gateway.notify import EventSignal, PgEventSignal
 from services.gateway.projection import Projection
@@ -131,7 +132,9 @@ def create_app(
             yield
             log.info("event=gateway_stopping")
 
-    app = FastAPI(title="imagegen gateway", version="1", lifespan=lifespan)
+    # docs_url=None: install_docs serves /docs from local assets, not a CDN.
+    app = FastAPI(title="imagegen gateway", version="1", lifespan=lifespan, docs_url=None)
+    install_docs(app)
     install(app, settings)  # authenticator, moderator, idempotency middleware
     if settings.cors_origins:
         app.add_middleware(

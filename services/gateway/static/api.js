@@ -84,6 +84,35 @@ export function newKey() {
  * Call the API. Actions that create work pass `key` (see newKey): the Idempotency-Key makes
  * a retried request return the first job instead of starting a second one.
  */
+const reachability = new Set();
+
+/** `listener(up)` after every call: false when the gateway could not be reached, else true. */
+export function onReachability(listener) {
+  reachability.add(listener);
+}
+
+function reached(up) {
+  for (const listener of reachability) listener(up);
+}
+
+let probing = false;
+
+/** Poll /healthz until the gateway answers, then tell the listeners it is back. */
+export function probeGateway(intervalMs = 2000) {
+  if (probing) return;
+  probing = true;
+  const attempt = async () => {
+    try {
+      await fetch(new URL("healthz", document.baseURI), { cache: "no-store" });
+      probing = false;
+      reached(true);
+    } catch {
+      setTimeout(attempt, intervalMs);
+    }
+  };
+  setTimeout(attempt, intervalMs);
+}
+
 export async function api(method, path, body, { key } = {}) {
   const headers = { Authorization: `Bearer ${getToken()}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -96,8 +125,10 @@ export async function api(method, path, body, { key } = {}) {
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch {
+    reached(false);
     throw new ApiError(0, "Cannot reach the gateway; is `imagegen up` still running?");
   }
+  reached(true);
   const data = await response.json().catch(() => null);
   if (!response.ok) throw describe(response.status, data, response.headers.get("Retry-After"));
   return data;

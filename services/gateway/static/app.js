@@ -1,6 +1,8 @@
 // The imagegen web page: sign in, characters, packs and scenes with live progress, images.
 
-import { api, ApiError, claims, getToken, newKey, setToken, STYLES } from "./api.js";
+import {
+  api, ApiError, claims, getToken, newKey, onReachability, probeGateway, setToken, STYLES,
+} from "./api.js";
 import { JobCard } from "./jobs.js";
 import { ImageDialog } from "./image.js";
 
@@ -12,9 +14,18 @@ const state = { characters: [], jobs: new Map() };
 
 export function showError(error) {
   const message = error instanceof Error ? error.message : error || "";
-  $("error").textContent = message;
+  const banner = $("error");
+  banner.textContent = message;
+  // "Cannot reach the gateway" lasts only until the gateway answers again.
+  const unreachable = error instanceof ApiError && error.status === 0;
+  banner.dataset.unreachable = unreachable ? "true" : "";
+  if (unreachable) probeGateway();
   if (error instanceof ApiError && error.status === 401) showSignIn(true);
 }
+
+onReachability((up) => {
+  if (up && $("error").dataset.unreachable === "true") showError();
+});
 
 export function notice(text) {
   $("notice").textContent = text || "";
@@ -82,6 +93,7 @@ async function signIn(token) {
   $("signout").hidden = false;
   $("app").hidden = false;
   $("signin").hidden = true;
+  await resumeJobs();
 }
 
 $("signin-form").addEventListener("submit", (event) => {
@@ -234,6 +246,31 @@ $("scene-form").addEventListener("submit", (event) => {
   });
 });
 
+const UNFINISHED = ["accepted", "queued", "running"];
+
+function jobTitle(job) {
+  const who = state.characters.find((c) => c.id === job.characterId);
+  const name = who ? `: ${who.name}` : "";
+  if (job.kind === "pack") return `Pack of ${job.total}${name}`;
+  if (job.kind === "story") return `Story of ${job.total} images`;
+  if (job.kind === "prompt") return "Prompt";
+  return `${job.kind[0].toUpperCase()}${job.kind.slice(1)}${name}`;
+}
+
+/** After a reload: the jobs still running come back, their streams replayed from the start. */
+async function resumeJobs() {
+  const data = await api("GET", "api/v1/jobs?limit=50");
+  const unfinished = (data.items || data.jobs || []).filter(
+    (job) => UNFINISHED.includes(job.status) && !state.jobs.has(job.jobId),
+  );
+  // Oldest first: track() prepends, so the newest ends on top.
+  for (const job of unfinished.reverse()) {
+    const card = new JobCard(job.jobId, { kind: job.kind, count: job.total, title: jobTitle(job), hooks });
+    track(card);
+    card.refreshImages();
+  }
+}
+
 // --- gallery and the image dialog -----------------------------------------------------
 
 const dialog = new ImageDialog({
@@ -255,8 +292,11 @@ async function loadGallery() {
     gallery.replaceChildren();
     return;
   }
-  const query = new URLSearchParams({ characterId: character.id, limit: "100" });
-  const { items } = await api("GET", `api/v1/images?${query}`);
+  // Ready images only: queued, failed and cancelled ones have no picture to show (their
+  // jobs' cards say what became of them).
+  const query = new URLSearchParams({ characterId: character.id, status: "ready", limit: "100" });
+  const data = await api("GET", `api/v1/images?${query}`);
+  const items = data.images || data.items || [];
   gallery.replaceChildren(
     ...items.map((image) => {
       const tile = document.createElement("button");

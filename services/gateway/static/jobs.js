@@ -5,6 +5,8 @@ import { followJob } from "./live.js";
 
 const DEMO_LABEL = "Demo output: faces from a DCGAN trained on DigiFace-1M.";
 const FINAL = new Set(["completed", "partially_completed", "failed", "cancelled"]);
+/** Kinds with one slot per image index; the others are one image whatever its index. */
+const MULTI = new Set(["pack", "story"]);
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -75,7 +77,7 @@ export class JobCard {
   slot(data) {
     if (!data || typeof data.image_index !== "number") return null;
     // A scene or a regeneration is one image, whatever its index in the job it came from.
-    const index = this.kind === "pack" ? data.image_index : 0;
+    const index = MULTI.has(this.kind) ? data.image_index : 0;
     this.ensureSlots(index + 1);
     const slot = this.slots[index];
     if (data.image_id) {
@@ -107,7 +109,7 @@ export class JobCard {
     const slot = this.slot(d);
     switch (type) {
       case "generation_queued":
-        if (d.image_count && this.kind === "pack") this.ensureSlots(d.image_count);
+        if (d.image_count && MULTI.has(this.kind)) this.ensureSlots(d.image_count);
         this.set(slot, d.attempt > 1 ? `queued (attempt ${d.attempt})` : "queued", 0.02);
         break;
       case "generation_started":

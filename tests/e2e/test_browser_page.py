@@ -1,0 +1,157 @@
+"""The web page keeps its place: reloads, cancels, outages and /docs (issue 18), in Chromium.
+
+One stack for the module; each test signs in as its own user so galleries and job lists
+do not mix.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.stack import RunningStack, imagegen_up
+from tests.e2e.test_browser import EXPECT_MS, TIMEOUT_MS, _chromium
+
+pytestmark = pytest.mark.e2e
+
+LONG_PACK = 23  # long enough to still be running after a reload
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    with imagegen_up(tmp_path_factory.mktemp("page-stack"), ["--backend", "demo"]) as stack:
+        yield stack
+
+
+@pytest.fixture
+def browser_context(stack: RunningStack, tmp_path: Path) -> Iterator[Any]:
+    executable = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        args = ["--no-sandbox"] if os.geteuid() == 0 else []
+        browser = playwright.chromium.launch(executable_path=executable, args=args)
+        sync_api.expect.set_options(timeout=EXPECT_MS)
+        try:
+            context = browser.new_context()
+            context.set_default_timeout(TIMEOUT_MS)
+            yield context
+            for number, page in enumerate(context.pages):
+                page.screenshot(path=str(tmp_path / f"page-{number}.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser_context: Any) -> Iterator[Any]:
+    page = browser_context.new_page()
+    failures: list[str] = []
+    page.on("pageerror", lambda error: failures.append(str(error)))
+    yield page
+    assert not failures, failures
+
+
+def _signed_in(stack: RunningStack, page: Any, character: str = "Ivy") -> str:
+    """A fresh paid user with one character, signed in on the page; returns the token."""
+    from playwright.sync_api import expect
+
+    user = f"page-{uuid.uuid4().hex[:8]}"
+    token = stack.token_for(user, "paid")
+    with stack.client(token) as client:
+        created = client.post("/api/v1/characters", json={"name": character})
+        assert created.status_code == 201, created.text
+    page.goto(f"{stack.gateway}/?token={token}")
+    expect(page.get_by_text(f"Signed in as {user}")).to_be_visible()
+    expect(page.locator("#character option:checked")).to_have_text(character)
+    return token
+
+
+def _start_pack(page: Any, count: int, *, until: str = "generating") -> Any:
+    from playwright.sync_api import expect
+
+    pack = page.locator("#pack-form")
+    pack.get_by_label("Images (1 to 23)").fill(str(count))
+    pack.get_by_role("button", name="Generate pack").click()
+    job = page.locator("#jobs article.job").first
+    expect(job.locator(".slot .state").filter(has_text=until).first).to_be_visible()
+    return job
+
+
+def test_reload_brings_back_a_running_job_with_live_progress(
+    stack: RunningStack, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    _signed_in(stack, page)
+    job = _start_pack(page, LONG_PACK)
+    job_id = job.get_attribute("data-job-id")
+
+    page.reload()
+    card = page.locator(f'#jobs article.job[data-job-id="{job_id}"]')
+    expect(card).to_be_visible()
+    expect(card).to_have_attribute("aria-label", f"Pack of {LONG_PACK}: Ivy")
+    expect(card.locator(".slot")).to_have_count(LONG_PACK)
+    expect(page.locator("#no-jobs")).to_be_hidden()
+    # Its stream resumed: what happened before the reload is replayed, then more arrives live.
+    expect(card.locator(".slot .state").filter(has_text="done").first).to_be_visible()
+    done_before = card.locator(".slot.stored").count()
+    expect(card.locator(".slot.stored")).not_to_have_count(done_before)
+    card.get_by_role("button", name="Cancel").click()
+    expect(card.locator(".job-status")).to_contain_text("cancelled", timeout=TIMEOUT_MS)
+
+
+def test_cancelled_images_stay_out_of_the_gallery(stack: RunningStack, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    token = _signed_in(stack, page)
+    job = _start_pack(page, LONG_PACK, until="queued")
+    job.get_by_role("button", name="Cancel").click()
+    expect(job.locator(".job-status")).to_contain_text("cancelled", timeout=TIMEOUT_MS)
+    job_id = job.get_attribute("data-job-id")
+    with stack.client(token) as client:
+        record = client.get(f"/api/v1/jobs/{job_id}").json()
+    stored = [i for i in record["images"] if i["status"] == "ready"]
+    assert len(stored) < LONG_PACK, "the cancel came too late to test anything"
+
+    page.get_by_role("button", name="Refresh").click()
+    gallery = page.locator("#gallery")
+    expect(gallery.locator(".tile")).to_have_count(len(stored))
+    expect(gallery.locator(".tile:not(:has(img))")).to_have_count(0)
+
+
+def test_the_unreachable_banner_goes_once_the_gateway_answers(
+    stack: RunningStack, browser_context: Any, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    _signed_in(stack, page)
+    browser_context.set_offline(True)
+    page.get_by_role("button", name="Refresh").click()
+    banner = page.locator("#error")
+    expect(banner).to_contain_text("Cannot reach the gateway")
+    browser_context.set_offline(False)
+    expect(banner).to_be_empty(timeout=15_000)
+
+
+def test_docs_render_with_no_internet(stack: RunningStack, browser_context: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    outside: list[str] = []
+
+    def loopback_only(route: Any) -> None:
+        host = route.request.url.split("/")[2].split(":")[0]
+        if host in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    browser_context.route("**/*", loopback_only)
+    page.goto(f"{stack.gateway}/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("imagegen gateway")
+    expect(page.locator(".swagger-ui .opblock").first).to_be_visible()
+    assert not outside, f"/docs asked the internet for {outside}"
