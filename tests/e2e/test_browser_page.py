@@ -155,3 +155,74 @@ def test_docs_render_with_no_internet(stack: RunningStack, browser_context: Any,
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("imagegen gateway")
     expect(page.locator(".swagger-ui .opblock").first).to_be_visible()
     assert not outside, f"/docs asked the internet for {outside}"
+
+
+FACE = Path(__file__).resolve().parents[1] / "unit" / "gateway" / "data" / "face.jpg"
+
+
+def test_pack_options_prompt_only_and_reference_photos(stack: RunningStack, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    token = _signed_in(stack, page, "Noor")
+
+    # A reference photo for the character: the page says how many it now has.
+    photos = page.locator("#photos-form")
+    photos.get_by_label("Photos of the person").set_input_files(str(FACE))
+    photos.get_by_role("button", name="Upload photos").click()
+    expect(page.locator("#photos-info")).to_have_text("Noor has 1 reference photo.")
+    expect(page.locator("#character-info")).to_contain_text("1 reference photo")
+
+    # A pack with its own style, size and quality.
+    pack = page.locator("#pack-form")
+    pack.get_by_label("Images (1 to 23)").fill("2")
+    pack.get_by_label("Pack style").select_option("anime")
+    pack.get_by_label("Size").select_option("512x512")
+    pack.get_by_label("Quality").select_option("draft")
+    pack.get_by_role("button", name="Generate pack").click()
+    job = page.locator("#jobs article.job").first
+    expect(job).to_have_attribute("aria-label", "Pack of 2: Noor")
+    expect(job.locator(".job-status")).to_have_text("completed (2 of 2 images)", timeout=TIMEOUT_MS)
+    expect(job.locator(".slot img")).to_have_count(2)
+    job_id = job.get_attribute("data-job-id")
+    with stack.client(token) as client:
+        images = client.get(f"/api/v1/jobs/{job_id}").json()["images"]
+    assert {(i["style"], i["width"], i["height"]) for i in images} == {("anime", 512, 512)}
+    scored = [i for i in images if i["consistencyScore"] is not None]
+    expect(job.locator(".likeness")).to_have_count(len(scored))
+    expect(page.locator("#gallery .tile .likeness")).to_have_count(len(scored))
+
+    # A prompt alone, no character.
+    prompt = page.locator("#prompt-form")
+    prompt.get_by_label("Prompt", exact=True).fill("A phoenix rising over a harbour")
+    prompt.get_by_label("Prompt style").select_option("watercolor")
+    prompt.get_by_label("Width").fill("512")
+    prompt.get_by_label("Height").fill("512")
+    prompt.get_by_role("button", name="Generate image").click()
+    made = page.locator("#jobs article.job").first
+    expect(made).to_have_attribute("aria-label", "Prompt: A phoenix rising over a harbour")
+    expect(made.locator(".job-status")).to_have_text(
+        "completed (1 of 1 images)", timeout=TIMEOUT_MS
+    )
+    expect(made.locator(".slot img")).to_have_count(1)
+
+
+def test_story_editor_generates_every_page(stack: RunningStack, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    _signed_in(stack, page, "Tom")
+    story = page.locator("#story-form")
+    story.get_by_label("Title").fill("Tom and the Kite")
+    expect(story.locator("#story-cast option:checked")).to_have_text("Tom")
+    story.get_by_label("Page 1 text").fill("Tom found a kite in the shed.")
+    story.get_by_role("button", name="Add page").click()
+    story.get_by_label("Page 2 text").fill("The wind took it over the hill.")
+    story.get_by_label("Page 2 scene (optional)").fill("a kite above a green hill")
+    story.get_by_role("button", name="Add page").click()
+    story.get_by_role("button", name="Remove page 3").click()
+    story.get_by_role("button", name="Generate all").click()
+    job = page.locator("#jobs article.job").first
+    expect(job).to_have_attribute("aria-label", "Story: Tom and the Kite")
+    expect(job.locator(".slot")).to_have_count(2)
+    expect(job.locator(".job-status")).to_have_text("completed (2 of 2 images)", timeout=TIMEOUT_MS)
+    expect(job.locator(".slot img")).to_have_count(2)
+    assert job.locator("progress").first.evaluate("bar => bar.value") == 1

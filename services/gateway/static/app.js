@@ -1,9 +1,10 @@
 // The imagegen web page: sign in, characters, packs and scenes with live progress, images.
 
 import {
-  api, ApiError, claims, getToken, newKey, onReachability, probeGateway, setToken, STYLES,
+  api, ApiError, claims, describe, getToken, newKey, onReachability, probeGateway, setToken, STYLES,
 } from "./api.js";
-import { JobCard } from "./jobs.js";
+import { JobCard, showLikeness } from "./jobs.js";
+import { fillCast, installStoryEditor } from "./story.js";
 import { ImageDialog } from "./image.js";
 
 const $ = (id) => document.getElementById(id);
@@ -122,7 +123,9 @@ function describeCharacter(character) {
   const look = [a.ageRange, a.gender, a.hairColour && `${a.hairColour} hair`, a.outfit]
     .filter(Boolean)
     .join(", ");
-  return `${character.artStyle}, locked seed ${character.seed}${look ? ` — ${look}` : ""}`;
+  const photos = (character.referencePhotos || []).length;
+  const refs = photos ? `, ${photos} reference photo${photos === 1 ? "" : "s"}` : "";
+  return `${character.artStyle}, locked seed ${character.seed}${refs}${look ? ` — ${look}` : ""}`;
 }
 
 async function loadCharacters(selectId) {
@@ -138,6 +141,7 @@ async function loadCharacters(selectId) {
     }),
   );
   $("new-character").open = items.length === 0;
+  fillCast(items, select.value);
   onCharacterChange();
 }
 
@@ -200,14 +204,18 @@ $("pack-form").addEventListener("submit", (event) => {
   const form = event.target;
   submitting(form, async () => {
     const character = requireCharacter();
-    const count = Number(form.elements.image_count.value);
-    const job = await api(
-      "POST",
-      "api/generate",
-      { character_id: character.id, image_count: count },
-      { key: newKey() },
-    );
-    track(new JobCard(job.job_id, { kind: "pack", count, title: `Pack of ${count}: ${character.name}`, hooks }));
+    const f = form.elements;
+    const body = { character_id: character.id };
+    // A photo pack's size comes from its group unless the count is given.
+    if (!f.photo_group.value || f.image_count.value !== "") body.image_count = Number(f.image_count.value);
+    for (const name of ["style", "size", "quality", "model", "photo_group"]) {
+      const value = f[name].value.trim();
+      if (value) body[name] = value;
+    }
+    const job = await api("POST", "api/generate", body, { key: newKey() });
+    const count = job.image_count || body.image_count || 1;
+    const what = body.photo_group ? `Photo pack (${body.photo_group})` : "Pack";
+    track(new JobCard(job.job_id, { kind: "pack", count, title: `${what} of ${count}: ${character.name}`, hooks }));
   });
 });
 
@@ -271,6 +279,53 @@ async function resumeJobs() {
   }
 }
 
+$("prompt-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const form = event.target;
+  submitting(form, async () => {
+    const f = form.elements;
+    const body = {
+      prompt: f.prompt.value.trim(),
+      style: f.style.value,
+      width: Number(f.width.value),
+      height: Number(f.height.value),
+    };
+    const job = await api("POST", "api/generate", body, { key: newKey() });
+    track(new JobCard(job.job_id, { kind: "prompt", count: 1, title: `Prompt: ${body.prompt.slice(0, 60)}`, hooks }));
+  });
+});
+
+/** Upload with multipart/form-data (api() speaks JSON); errors as api() reports them. */
+async function upload(path, formData) {
+  const response = await fetch(new URL(path, document.baseURI), {
+    method: "POST",
+    headers: { Authorization: `Bearer ${getToken()}`, "Idempotency-Key": newKey() },
+    body: formData,
+  }).catch(() => {
+    throw new ApiError(0, "Cannot reach the gateway; is `imagegen up` still running?");
+  });
+  const data = await response.json().catch(() => null);
+  if (!response.ok) throw describe(response.status, data, response.headers.get("Retry-After"));
+  return data;
+}
+
+$("photos-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const form = event.target;
+  submitting(form, async () => {
+    const character = requireCharacter();
+    const files = [...form.elements.photos.files];
+    if (files.length === 0) throw new Error("Choose one or more photos first.");
+    const data = new FormData();
+    for (const file of files) data.append("photos", file);
+    await upload(`api/v1/characters/${encodeURIComponent(character.id)}/reference-photos`, data);
+    form.reset();
+    await loadCharacters(character.id);
+    const total = (selectedCharacter()?.referencePhotos || []).length;
+    $("photos-info").textContent = `${character.name} has ${total} reference photo${total === 1 ? "" : "s"}.`;
+  });
+});
+
 // --- gallery and the image dialog -----------------------------------------------------
 
 const dialog = new ImageDialog({
@@ -319,6 +374,7 @@ async function loadGallery() {
       badge.textContent = image.reviewStatus;
       meta.append(badge);
       tile.append(pic, meta);
+      showLikeness(tile, image.consistencyScore);
       tile.addEventListener("click", () => dialog.open(image.id));
       return tile;
     }),
@@ -346,6 +402,7 @@ function fillStyleSelects() {
 
 function start() {
   fillStyleSelects();
+  installStoryEditor({ track, submitting, hooks });
   // `imagegen up` prints a link that carries the token: keep it, then drop it from the URL.
   const params = new URLSearchParams(location.search);
   const fromLink = params.get("token");

@@ -15,6 +15,20 @@ function el(tag, className, text) {
   return node;
 }
 
+/** The likeness score (consistency with the character, 0..1) under an image, when there is one. */
+export function showLikeness(container, score) {
+  let line = container.querySelector(".likeness");
+  if (score == null) {
+    if (line) line.remove();
+    return;
+  }
+  if (!line) {
+    line = el("span", "likeness");
+    container.append(line);
+  }
+  line.textContent = `likeness ${Number(score).toFixed(2)}`;
+}
+
 export class JobCard {
   /** `hooks`: openImage(imageId), finished(job), error(error). */
   constructor(jobId, { kind, count, title, hooks }) {
@@ -46,10 +60,30 @@ export class JobCard {
     this.progress.value = 0;
     this.progress.setAttribute("aria-label", `${title}: overall progress`);
     this.grid = el("div", "grid");
+    this.queue = el("p", "queue muted");
+    this.queue.setAttribute("aria-live", "polite");
     this.note = el("p", "demo-note");
-    card.append(head, this.progress, this.grid, this.note);
+    card.append(head, this.progress, this.queue, this.grid, this.note);
     this.element = card;
     this.ensureSlots(count);
+  }
+
+  /** The gateway's estimate when it accepted the job (ISO time), until the queue says more. */
+  estimate(when) {
+    if (!when) return;
+    const at = new Date(when);
+    if (!Number.isNaN(at.getTime())) this.queue.textContent = `expected by ${at.toLocaleTimeString()}`;
+  }
+
+  /** Queue position and wait estimate, from an event or the job record, when the API gives them. */
+  showQueue(data) {
+    const position = data.queue_position ?? data.queuePosition;
+    const wait = data.estimated_wait_s ?? data.estimatedWaitS ?? data.wait_estimate_s ?? data.waitEstimateS;
+    if (position == null && wait == null) return;
+    const parts = [];
+    if (position != null) parts.push(position === 0 ? "next in line" : `${position} ahead in the queue`);
+    if (wait != null) parts.push(`about ${Math.max(1, Math.round(wait))} s to wait`);
+    this.queue.textContent = parts.join(", ");
   }
 
   /** Called with (type, envelope) for every event, after the card has drawn it. */
@@ -110,10 +144,12 @@ export class JobCard {
     switch (type) {
       case "generation_queued":
         if (d.image_count && MULTI.has(this.kind)) this.ensureSlots(d.image_count);
+        this.showQueue(d);
         this.set(slot, d.attempt > 1 ? `queued (attempt ${d.attempt})` : "queued", 0.02);
         break;
       case "generation_started":
         if (!this.done) this.setStatus("running");
+        this.showQueue(d);
         this.set(slot, "generating", 0.05);
         break;
       case "generation_progress":
@@ -157,6 +193,7 @@ export class JobCard {
 
   finish(data) {
     this.done = true;
+    this.queue.textContent = "";
     const parts = [`${data.completed_count} of ${data.image_count} images`];
     if (data.failed_count) parts.push(`${data.failed_count} failed`);
     if (data.reason) parts.push(data.reason);
@@ -205,7 +242,10 @@ export class JobCard {
       return;
     }
     this.refreshing = api("GET", `api/v1/jobs/${encodeURIComponent(this.jobId)}`)
-      .then((job) => this.showImages(job.images || []))
+      .then((job) => {
+        if (!this.done) this.showQueue(job);
+        this.showImages(job.images || []);
+      })
       .catch((error) => this.hooks.error(error))
       .finally(() => {
         this.refreshing = null;
@@ -224,10 +264,11 @@ export class JobCard {
       if (!slot) continue;
       slot.imageId = image.id;
       this.byImageId.set(image.id, slot);
-      const key = `${image.id}:${image.version}`;
+      const key = `${image.id}:${image.version}:${image.consistencyScore}`;
       if (slot.shown === key) continue;
       slot.shown = key;
       const index = this.slots.indexOf(slot);
+      showLikeness(slot.slot, image.consistencyScore);
       const button = el("button", "pic");
       button.type = "button";
       button.setAttribute("aria-label", `Open image ${index + 1}`);
