@@ -31,6 +31,17 @@ class JobKind(StrEnum):
     REGENERATE = "regenerate"
     REFERENCE = "reference"
     """Per image only: one image of a character's reference set (front, side, expressions)."""
+    PROMPT = "prompt"
+    """An image from a prompt alone: no character (a scene without one, a design)."""
+
+
+class PhotoGroup(StrEnum):
+    """A photo pack's style group (PinGlass): which of the 23 photo prompts it draws on."""
+
+    ALL = "all"
+    PROFESSIONAL = "professional"
+    LIFESTYLE = "lifestyle"
+    CREATIVE = "creative"
 
 
 class Quality(StrEnum):
@@ -52,8 +63,12 @@ class ReviewDecision(StrEnum):
     REJECTED = "rejected"
 
 
+PROMPT_CHARACTER_PREFIX = "prompt-"
+"""A prompt-only job's stand-in character id is this + the job id (it owns the images)."""
+
+
 class GenerateImages(Message):
-    """Create a job of one or more images for a character."""
+    """Create a job of one or more images for a character (or, kind prompt, of a prompt)."""
 
     type: Literal["generate_images"] = "generate_images"
     job_id: str
@@ -63,13 +78,22 @@ class GenerateImages(Message):
     character: CharacterSpec
     image_count: int = Field(ge=1, le=MAX_PACK_SIZE)
     style: str = "standard"
-    width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
-    height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    width: int = Field(default=1024, ge=64, le=2048, multiple_of=8)
+    height: int = Field(default=1024, ge=64, le=2048, multiple_of=8)
     quality: Quality = Quality.STANDARD
     model: str | None = Field(
         default=None, description="Pin a model; None lets the scheduler pick."
     )
     story_id: str | None = None
+    photo_group: PhotoGroup | None = Field(
+        default=None,
+        description="A photo pack (kind pack): its images draw on the photo prompts of this"
+        " group instead of the pose variations.",
+    )
+    prompt: str = Field(
+        default="", max_length=2000, description="Kind prompt: what to draw (moderated)."
+    )
+    negative_prompt: str = Field(default="", max_length=2000)
     requested_at: datetime = Field(default_factory=utcnow)
 
 

@@ -164,11 +164,16 @@ def _catalogue(options: StackOptions) -> Catalogue:
     explicit = os.environ.get("IMAGEGEN_CATALOGUE", "").strip()
     if explicit:
         try:
-            return Catalogue.from_json(explicit)
+            catalogue = Catalogue.from_json(explicit)
         except ConfigurationError as exc:
             raise StackError(str(exc)) from exc
-    model = DEMO_MODEL if options.backend == "demo" else (options.model or "default")
-    return single_backend_catalogue(options.backend, model)
+    else:
+        model = DEMO_MODEL if options.backend == "demo" else (options.model or "default")
+        catalogue = single_backend_catalogue(options.backend, model)
+    # With an OpenAI key, dall-e-3 and gpt-image-1 are on offer (and the generator runs them).
+    if os.environ.get("IMAGEGEN_OPENAI_API_KEY", "").strip():
+        catalogue = catalogue.with_openai()
+    return catalogue
 
 
 def _generator_providers(options: StackOptions, catalogue: Catalogue) -> str:
@@ -254,6 +259,8 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
                     "IMAGEGEN_PORT": str(options.gateway_port),
                     "IMAGEGEN_PUBLIC_BASE_URL": gateway_url,
                     "IMAGEGEN_JWT_SECRET": creds.jwt_secret,
+                    # The same offers as the scheduler's: unservable requests are 422s.
+                    "IMAGEGEN_CATALOGUE": catalogue.to_json(),
                 },
             }
             supervisor = Supervisor(envs, logs, data / "services.json", restart=options.restart)

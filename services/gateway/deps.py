@@ -10,6 +10,8 @@ from fastapi import Depends, Request
 from imagegen.blobstore import BlobStore
 from imagegen.kafka import Publisher
 from services.gateway.notify import EventSignal
+from services.gateway.offers import Offers
+from services.gateway.offers import from_settings as offers_from
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GatewayState
 
@@ -47,3 +49,10 @@ PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 SignalDep = Annotated[EventSignal, Depends(get_signal)]
+
+
+def get_offers(state: StateDep) -> Offers:
+    return offers_from(state.settings)
+
+
+OffersDep = Annotated[Offers, Depends(get_offers)]

@@ -97,6 +97,8 @@ async def to_out(row: asyncpg.Record, links: Links) -> ImageOut:
         url=await links.signed(renditions, _DISPLAY_ORDER),
         cdn_url=links.cdn(renditions),
         thumbnail_url=await links.signed(renditions, _THUMBNAIL_ORDER),
+        original_url=await links.signed(renditions, ("original",)),
+        print_url=await links.signed(renditions, ("print",)),
         style=row["style"],
         width=row["width"],
         height=row["height"],

@@ -11,8 +11,9 @@ from pydantic.alias_generators import to_camel
 
 from schemas.characters import MAX_SEED, CharacterAttributes
 from schemas.events import JobStatus
-from schemas.requests import MAX_PACK_SIZE, MAX_STORY_PAGES
+from schemas.requests import MAX_PACK_SIZE, MAX_STORY_PAGES, PhotoGroup, Quality
 from schemas.styles import STYLE_NAMES, known_style
+from services.gateway.models_images import QualityIn
 from services.gateway.webhooks.models import WebhookIn
 
 _CAMEL = ConfigDict(alias_generator=to_camel, populate_by_name=True)
@@ -381,17 +382,83 @@ class ErrorResponse(BaseModel):
     detail: str | list[FieldProblem]
 
 
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_PACK_EXAMPLE: dict[str, Any] = {
+    "character_id": "8d1e0c7a-3f51-4a8e-9d0b-7b1c2a3e4f50",
+    "image_count": 6,
+}
+_PROMPT_EXAMPLE: dict[str, Any] = {
+    "prompt": "A phoenix rising",
+    "style": "Anime",
+    "width": 1024,
+    "height": 1024,
+}
+_PHOTO_PACK_EXAMPLE: dict[str, Any] = {
+    "character_id": "8d1e0c7a-3f51-4a8e-9d0b-7b1c2a3e4f50",
+    "photo_group": "professional",
+    "style": "realistic",
+    "quality": "high",
+}
 
-    character_id: str = Field(min_length=1, max_length=100)
-    image_count: int = Field(ge=1, le=MAX_PACK_SIZE)
+
+class GenerateRequest(CleanInput):
+    """A pack of a character (`character_id`) or a prompt-only image (`prompt`): the body
+    decides which. snake_case is this endpoint's style; camelCase is accepted too."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={"examples": [_PACK_EXAMPLE, _PROMPT_EXAMPLE, _PHOTO_PACK_EXAMPLE]},
+    )
+
+    character_id: str | None = Field(
+        default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+    )
+    image_count: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_PACK_SIZE,
+        description="Images in the pack (1-23); a photo pack defaults to its group's prompts,"
+        " a prompt-only job to 1.",
+    )
+    prompt: str | None = Field(
+        default=None, min_length=1, max_length=2000, description="Prompt-only: what to draw."
+    )
+    negative_prompt: str | None = Field(default=None, max_length=2000)
+    style: ArtStyle | None = Field(
+        default=None, description="Default: the character's art style (standard without one)."
+    )
+    width: int | None = Field(default=None, ge=256, le=2048, multiple_of=8)
+    height: int | None = Field(default=None, ge=256, le=2048, multiple_of=8)
+    size: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{3,4}x[0-9]{3,4}$",
+        description='"1024x1024"; or width+height.',
+    )
+    quality: QualityIn = Quality.STANDARD
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$",
+        description="Pin a model; omit to let the scheduler pick the cheapest that meets quality.",
+    )
+    photo_group: PhotoGroup | None = Field(
+        default=None,
+        description="A photo pack (needs 5-8 reference photos of the character): its images"
+        " use the group's photo prompts (professional, lifestyle, creative: 9 each; all: 23).",
+    )
     webhook: WebhookIn | None = None
 
 
 class GenerateAccepted(BaseModel):
     job_id: str
+    job_id_camel: str = Field(
+        serialization_alias="jobId", description="The same id, as the Modal summary spells it."
+    )
     status: JobStatus
+    kind: str = "pack"
+    image_count: int = 1
     status_url: str
     events_url: str
 
@@ -416,6 +483,9 @@ class Job(BaseModel):
     job_id: str
     kind: str
     status: JobStatus
+    result_url: str | None = Field(
+        default=None, description="The first stored image's display URL (prompt-only jobs)."
+    )
     character_id: str | None
     progress: float = Field(ge=0.0, le=1.0)
     completed: int

@@ -11,7 +11,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from schemas.characters import MAX_SEED
@@ -20,6 +20,7 @@ from schemas.requests import (
     MAX_IMAGES_PER_PAGE,
     MAX_STORY_PAGES,
     AspectRatio,
+    PhotoGroup,
     Quality,
     ReviewDecision,
 )
@@ -46,6 +47,31 @@ ModelName = Annotated[
     str,
     Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$"),
 ]
+
+
+def quality_word(value: object) -> object:
+    """OpenAI's words for quality, accepted as ours: "hd" is high, "low"/"medium" draft and
+    standard (the module spec's portrait body sends `quality: "hd"`)."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        return _QUALITY_WORDS.get(word, word)
+    return value
+
+
+_QUALITY_WORDS = {"hd": "high", "low": "draft", "medium": "standard", "auto": "standard"}
+QualityIn = Annotated[
+    Quality,
+    BeforeValidator(quality_word),
+    Field(description='draft, standard or high ("hd", "low", "medium" accepted as aliases).'),
+]
+
+PHOTO_GROUP_SIZES: dict[PhotoGroup, int] = {
+    PhotoGroup.PROFESSIONAL: 9,
+    PhotoGroup.LIFESTYLE: 9,
+    PhotoGroup.CREATIVE: 9,
+    PhotoGroup.ALL: 23,
+}
+"""A photo pack's default image count: its group's photo prompts (PinGlass)."""
 
 ImageSize = Literal[
     "512x512", "768x768", "1024x1024", "1024x576", "576x1024", "1024x768", "768x1024"
@@ -96,7 +122,7 @@ class PortraitOptions(BaseModel):
 
     model: ModelName | None = Field(default=None, description="Pin a model; omit to let us pick.")
     size: ImageSize = "1024x1024"
-    quality: Quality = Quality.STANDARD
+    quality: QualityIn = Quality.STANDARD
 
 
 class PortraitRequest(BaseModel):
@@ -126,7 +152,7 @@ class SceneOptions(BaseModel):
     model: ModelName | None = None
     aspect_ratio: AspectRatio = AspectRatio.WIDE
     include_text: bool = Field(default=False, description="Set the page's text onto the image.")
-    quality: Quality = Quality.STANDARD
+    quality: QualityIn = Quality.STANDARD
 
 
 class SceneRequest(BaseModel):
@@ -235,6 +261,10 @@ class StoryJobAccepted(BaseModel):
 
 
 class RegenerateAccepted(ImageJobAccepted):
+    new_image_id: str = Field(
+        description="The new version's image id: versions share their image's id (the"
+        " original is kept as version `parentVersion`), so this equals `imageId`."
+    )
     version: int
     parent_version: int
 
@@ -242,8 +272,12 @@ class RegenerateAccepted(ImageJobAccepted):
 class DeleteAccepted(BaseModel):
     model_config = _OUT
 
+    message: str = "Image deleted"
     image_id: str
-    status: Literal["deleting"] = "deleting"
+    status: Literal["deleting"] = Field(
+        default="deleting",
+        description="Hidden from lists at once; storage removes the files (image_deleted).",
+    )
 
 
 class ReviewAccepted(BaseModel):
@@ -279,6 +313,12 @@ class ImageOut(BaseModel):
     url: str | None = Field(description="Signed URL of the display rendition.")
     cdn_url: str | None
     thumbnail_url: str | None
+    original_url: str | None = Field(
+        default=None, description="Signed URL of the original, as generated (PNG)."
+    )
+    print_url: str | None = Field(
+        default=None, description="Signed URL of the print-ready rendition (2048 px and up)."
+    )
     style: str
     width: int | None
     height: int | None
@@ -315,7 +355,8 @@ class ImageDetail(ImageOut):
 class ImageList(BaseModel):
     model_config = _OUT
 
-    items: list[ImageOut]
+    images: list[ImageOut] = Field(description="The page of images (the module spec's name).")
+    items: list[ImageOut] = Field(description="The same list, under its earlier name.")
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
 
 

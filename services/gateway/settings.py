@@ -62,6 +62,9 @@ class GatewaySettings(ServiceSettings):
     # died mid-request) may be taken over.
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
     idempotency_pending_s: float = Field(default=60.0, gt=0)
+    # --- offers: the scheduler's catalogue (the same IMAGEGEN_CATALOGUE JSON), so a request
+    # no provider can serve is refused with a 422 before it is queued (offers.py).
+    catalogue: str | None = Field(default=None, description="JSON price catalogue.")
     # --- moderation: the built-in list always; OpenAI's endpoint too when a key is set.
     moderation_extra_terms: list[str] = Field(default_factory=list)
     openai_api_key: SecretStr | None = None

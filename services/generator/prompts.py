@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from imagegen.errors import PermanentError
 from schemas.characters import CharacterSpec
 from schemas.jobs import GenerateImage
+from schemas.requests import JobKind
 
 
 class UnknownStyleError(PermanentError):
@@ -199,7 +200,12 @@ def prompt_for_job(job: GenerateImage) -> tuple[str, str]:
     """The (prompt, negative prompt) for a job: one character's image, or a scene with its
     whole cast, each described by the same identity block as in their portraits."""
     extra = _join([job.prompt, job.extra_prompt])
-    if not job.scene_description and not job.characters:
+    if job.image.kind is JobKind.PROMPT:
+        # Prompt-only: the caller's words are the subject; there is no one to describe.
+        template = style_template(job.style)
+        prompt = _join([f"{template.lead} {job.scene_description}", extra, template.finish])
+        negative = _join([_BASE_NEGATIVE, template.negative])
+    elif not job.scene_description and not job.characters:
         prompt, negative = build_prompt(job.character, job.style, job.pose, extra)
     else:
         template = style_template(job.style)

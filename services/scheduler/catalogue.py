@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from decimal import ROUND_UP, Decimal
+from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from imagegen.errors import ConfigurationError, PermanentError
 from schemas.jobs import GenerateImage
@@ -161,6 +162,13 @@ class Catalogue:
         except ValidationError as exc:
             raise ConfigurationError(f"IMAGEGEN_CATALOGUE: {exc}") from exc
 
+    def with_openai(self) -> Catalogue:
+        """This catalogue plus OpenAI's image models (where an OpenAI key is set: the
+        generator can then draw them), each added only if no offer names it yet."""
+        have = {o.model for o in self.offers}
+        extra = [o for o in OPENAI_OFFERS if o.model not in have]
+        return Catalogue([*self.offers, *extra]) if extra else self
+
     def to_json(self) -> str:
         return json.dumps([o.model_dump(mode="json", exclude_defaults=True) for o in self.offers])
 
@@ -271,6 +279,14 @@ HOSTED_OFFERS: tuple[Offer, ...] = (
 )
 
 
+OPENAI_OFFERS: tuple[Offer, ...] = (
+    # List prices for 1024x1024: dall-e-3 hd $0.080, gpt-image-1 high $0.167.
+    _api("openai", "dall-e-3", Quality.HIGH, "0.08"),
+    _api("openai", "gpt-image-1", Quality.HIGH, "0.167"),
+)
+"""Offered whenever an OpenAI key is set (`Catalogue.with_openai`)."""
+
+
 def single_backend_catalogue(
     provider: str, model: str, *, gpu_price_per_hour_usd: Decimal = Decimal("2.50")
 ) -> Catalogue:
@@ -292,3 +308,18 @@ def single_backend_catalogue(
             )
         ]
     )
+
+
+class _CatalogueSettings(Protocol):
+    catalogue: str | None
+    openai_api_key: SecretStr | None
+
+
+def offered(settings: _CatalogueSettings) -> Catalogue:
+    """The scheduler's catalogue: IMAGEGEN_CATALOGUE (or the default), plus OpenAI's models
+    when IMAGEGEN_OPENAI_API_KEY is set."""
+    catalogue = Catalogue.from_json(settings.catalogue)
+    key = settings.openai_api_key
+    if key is not None and key.get_secret_value().strip():
+        return catalogue.with_openai()
+    return catalogue

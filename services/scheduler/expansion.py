@@ -42,6 +42,7 @@ from services.scheduler.catalogue import Catalogue, assign
 from services.scheduler.poses import (
     PORTRAIT_POSE,
     REFERENCE_POSES,
+    photo_prompt,
     pose_for,
     scene_framing,
 )
@@ -65,7 +66,9 @@ REGENERATION_SEEDS = 5_000
 VARIATION_STRIDE = 104_729  # another prime, so variations never land on a pack sibling's seed
 
 MAX_SCENE_CHARACTERS = 5  # the main character plus GenerateImage.characters (at most 4)
-_LONG_SIDE: dict[Quality, int] = {Quality.DRAFT: 512, Quality.STANDARD: 768, Quality.HIGH: 1024}
+# The display rendition is the generated image, and displays must be at least 1024 px
+# (module spec NFR-003), so every quality draws its long side at 1024; quality picks the model.
+_LONG_SIDE: dict[Quality, int] = {Quality.DRAFT: 1024, Quality.STANDARD: 1024, Quality.HIGH: 1024}
 _RATIO: dict[AspectRatio, tuple[int, int]] = {
     AspectRatio.WIDE: (16, 9),
     AspectRatio.CLASSIC: (4, 3),
@@ -147,6 +150,7 @@ class _Draft:
     overlay_text: str | None = None
     story_id: str | None = None
     page_number: int | None = None
+    negative_prompt: str = ""
 
 
 def _build(common: _Common, drafts: list[_Draft]) -> list[PlannedImage]:
@@ -169,6 +173,7 @@ def _build(common: _Common, drafts: list[_Draft]) -> list[PlannedImage]:
                 character=d.character,
                 characters=list(d.others),
                 prompt="",
+                negative_prompt=d.negative_prompt,
                 pose=d.pose,
                 seed=d.seed,
                 style=common.style,
@@ -252,21 +257,43 @@ def _plan_images(
             for i in range(request.image_count)
         ]
         return portraits + references
+    if request.kind is JobKind.PROMPT:
+        return _plan_prompt(request)
     if request.kind is not JobKind.PACK:
         raise PermanentError(f"kind: {request.kind.value!r} is not an image-set kind")
     keys = _known_keys(character, reference_keys_of)
+    group = request.photo_group
     return [
         _Draft(
             character=character,
             kind=JobKind.PACK,
             phase="images",
-            pose=pose_for(i),
+            pose=pose_for(i) if group is None else photo_prompt(group.value, i),
             seed=seed_for(character.seed, i),
             width=request.width,
             height=request.height,
             max_variations=max_variations,
             reference_keys=keys,
             story_id=request.story_id,
+        )
+        for i in range(request.image_count)
+    ]
+
+
+def _plan_prompt(request: GenerateImages) -> list[_Draft]:
+    """A prompt-only job: the prompt is the scene; no identity, no reference images."""
+    return [
+        _Draft(
+            character=request.character,
+            kind=JobKind.PROMPT,
+            phase="images",
+            pose="",
+            seed=seed_for(request.character.seed, i),
+            width=request.width,
+            height=request.height,
+            scene_description=_clip(request.prompt, 2000),
+            scene_source="request",
+            negative_prompt=request.negative_prompt,
         )
         for i in range(request.image_count)
     ]

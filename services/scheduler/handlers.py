@@ -39,7 +39,7 @@ from schemas.requests import (
     RegenerateImage,
 )
 from schemas.topics import TopicNames
-from services.scheduler.catalogue import Catalogue
+from services.scheduler.catalogue import Catalogue, offered
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.jobs import JobBook
 from services.scheduler.ledger import Ledger, usd
@@ -78,7 +78,7 @@ class Scheduler:
         self.scenes = scenes or build_scene_resolver(settings)
         self._pool = pool
         self._topics = topics
-        self._catalogue = catalogue or Catalogue.from_json(settings.catalogue)
+        self._catalogue = catalogue or offered(settings)
         self.ledger = Ledger(settings, topics.events)
         self._dispatcher = Dispatcher(settings, topics)
         self._book = JobBook(topics, self.ledger, self._dispatcher)

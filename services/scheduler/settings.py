@@ -47,6 +47,11 @@ class SchedulerSettings(ServiceSettings):
     story_max_in_flight: int = Field(default=5, ge=1)
     max_variations: int = Field(default=2, ge=0, le=5)
     catalogue: str | None = Field(default=None, description="JSON price catalogue.")
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        description="IMAGEGEN_OPENAI_API_KEY, as the generator's: when set, dall-e-3 and"
+        " gpt-image-1 are offered (added to the catalogue unless it names them).",
+    )
     # Provider health (provider_health.py); named IMAGEGEN_SCHEDULER_PROVIDER_* in the
     # environment, 0 turns the breaker off.
     provider_failure_threshold: int = Field(

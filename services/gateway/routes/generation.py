@@ -19,7 +19,7 @@ from schemas.jobs import image_id_for
 from schemas.requests import GenerateImages, GenerateScene, GenerateStory, JobKind
 from services.gateway import characters, estimates, gallery, publishing, readmodel, stories
 from services.gateway.auth import CurrentUser
-from services.gateway.deps import PoolDep, PublisherDep, SettingsDep
+from services.gateway.deps import OffersDep, PoolDep, PublisherDep, SettingsDep
 from services.gateway.idempotency import IdempotencyKey
 from services.gateway.idempotent_jobs import NewJob, NewJobDep
 from services.gateway.models import Story
@@ -147,8 +147,10 @@ async def generate_portrait(
     pool: PoolDep,
     publisher: PublisherDep,
     settings: SettingsDep,
+    offers: OffersDep,
     job: NewJobDep,
 ) -> ImageJobAccepted:
+    offers.require(body.options.quality, body.options.model, ("body", "options"))
     require_acceptable(body.webhook, settings)
     job_id = job.job_id
     image_id = image_id_for(job_id, 0)
@@ -204,9 +206,11 @@ async def generate_scene(
     publisher: PublisherDep,
     settings: SettingsDep,
     moderator: ModeratorDep,
+    offers: OffersDep,
     job: NewJobDep,
 ) -> ImageJobAccepted:
     await moderator.require_allowed({("body", "sceneDescription"): body.scene_description})
+    offers.require(body.options.quality, body.options.model, ("body", "options"))
     require_acceptable(body.webhook, settings)
     job_id = job.job_id
     image_id = image_id_for(job_id, 0)
@@ -288,8 +292,10 @@ async def generate_story(
     pool: PoolDep,
     publisher: PublisherDep,
     settings: SettingsDep,
+    offers: OffersDep,
     job: NewJobDep,
 ) -> StoryJobAccepted:
+    offers.require(body.options.quality, body.options.model, ("body", "options"))
     if not (body.include_character_portraits or body.include_scene_images):
         raise field_error(
             ("body", "includeSceneImages"),

@@ -82,7 +82,7 @@ async def list_images(
     items, next_cursor = await gallery.list_images(
         pool, links(state), user.user_id, where, limit, paging.decode(cursor)
     )
-    return ImageList(items=items, next_cursor=next_cursor)
+    return ImageList(images=items, items=items, next_cursor=next_cursor)
 
 
 @router.get(
@@ -183,6 +183,7 @@ async def regenerate(
         accepted = RegenerateAccepted(
             job_id=job_id,
             image_id=image_id,
+            new_image_id=image_id,
             version=version,
             parent_version=parent["version"],
             estimated_completion_time=estimate.completion(),
@@ -199,11 +200,12 @@ async def regenerate(
 
 @router.delete(
     "/{image_id}",
-    status_code=status.HTTP_202_ACCEPTED,
+    status_code=status.HTTP_200_OK,
     response_model=DeleteAccepted,
     responses=errors(401, 404, 409, 422, 503),
     summary="Delete an image and all its versions",
-    description="Hidden at once; storage removes the files and confirms (image_deleted).",
+    description="200 `{message, imageId, status}`: hidden at once; storage removes the files"
+    " and confirms (image_deleted).",
 )
 async def delete_image(
     image_id: ImageId,

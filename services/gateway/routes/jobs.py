@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Annotated
 
+import asyncpg
 from fastapi import APIRouter, HTTPException, Path, Query, status
 
+from schemas.characters import CharacterSpec
 from schemas.events import JobStatus
-from schemas.requests import CancelJob, GenerateImages, JobKind
+from schemas.jobs import image_id_for
+from schemas.requests import PROMPT_CHARACTER_PREFIX, CancelJob, GenerateImages, JobKind
 from services.gateway import characters, gallery, paging, publishing, readmodel
 from services.gateway.auth import CurrentUser, Principal
-from services.gateway.deps import BlobsDep, PoolDep, PublisherDep, SettingsDep, StateDep
+from services.gateway.deps import (
+    BlobsDep,
+    OffersDep,
+    PoolDep,
+    PublisherDep,
+    SettingsDep,
+    StateDep,
+)
 from services.gateway.idempotency import IdempotencyKey
 from services.gateway.idempotent_jobs import NewJobDep
 from services.gateway.models import ErrorResponse, GenerateAccepted, GenerateRequest, Job
 from services.gateway.models_images import (
     ID_PATTERN,
+    PHOTO_GROUP_SIZES,
     CancelAccepted,
     JobDetail,
     JobList,
 )
+from services.gateway.moderation import ModeratorDep
+from services.gateway.problems import field_error
 from services.gateway.ratelimit import GenerateLimit
 from services.gateway.settings import GatewaySettings
 from services.gateway.webhooks import store as webhook_store
@@ -63,13 +77,105 @@ def urls(settings: GatewaySettings, job_id: str) -> tuple[str, str]:
     return f"{base}/api/v1/jobs/{job_id}", f"{base}/api/v1/jobs/{job_id}/events"
 
 
+_GENERATE_DOC = (
+    "The body decides the job. With `character_id`: a pack of `image_count` (1-23) images of"
+    " the character in varied poses; with `photo_group` (professional, lifestyle, creative,"
+    " all) a photo pack drawing on that group's photo prompts, which needs 5-8 uploaded"
+    " reference photos. With `prompt` and no character: a prompt-only image (`width`,"
+    " `height`, `style`), moderated, budgeted and prioritised like every job; poll"
+    " `GET /api/generate/{job_id}` for `status` and `result_url`. `style`, `size` (or"
+    " `width`+`height`), `quality` (draft, standard, high; `hd` accepted) and `model` apply to"
+    " both; a model or quality no configured provider offers is a 422 naming those on offer."
+    " This endpoint's style is snake_case; camelCase input is accepted too."
+)
+_MIN_PHOTOS = 5
+
+
+def _size(body: GenerateRequest) -> tuple[int, int]:
+    if body.size is not None:
+        if body.width is not None or body.height is not None:
+            raise field_error(("body", "size"), "give size or width and height, not both")
+        width, _, height = body.size.partition("x")
+        w, h = int(width), int(height)
+        for name, value in (("width", w), ("height", h)):
+            if not 256 <= value <= 2048 or value % 8:
+                raise field_error(
+                    ("body", "size"), f"{name} {value} must be 256-2048 and a multiple of 8"
+                )
+        return w, h
+    return body.width or 1024, body.height or 1024
+
+
+async def _pack_command(
+    body: GenerateRequest, conn: asyncpg.Connection, user: Principal, job_id: str
+) -> GenerateImages:
+    assert body.character_id is not None
+    character = await characters.get(conn, user.user_id, body.character_id)
+    if character is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"character {body.character_id} not found")
+    group = body.photo_group
+    if group is not None and len(character.photos) < _MIN_PHOTOS:
+        raise field_error(
+            ("body", "character_id"),
+            f"a photo pack needs 5-8 reference photos of the character; {character.id} has"
+            f" {len(character.photos)}: upload more with POST /api/v1/characters/{character.id}"
+            "/reference-photos",
+        )
+    count = body.image_count
+    if count is None:
+        if group is None:
+            raise field_error(("body", "image_count"), "required for a pack (1-23)")
+        count = PHOTO_GROUP_SIZES[group]
+    width, height = _size(body)
+    return GenerateImages(
+        job_id=job_id,
+        user_id=user.user_id,
+        tier=user.tier,
+        kind=JobKind.PACK,
+        character=characters.to_spec(character),
+        image_count=count,
+        style=body.style or character.art_style,
+        width=width,
+        height=height,
+        quality=body.quality,
+        model=body.model,
+        photo_group=group,
+    )
+
+
+def _prompt_command(body: GenerateRequest, user: Principal, job_id: str) -> GenerateImages:
+    assert body.prompt is not None
+    if body.photo_group is not None:
+        raise field_error(("body", "photo_group"), "a photo pack needs a character_id")
+    width, height = _size(body)
+    # A stand-in character: it owns the images (storage's layout) and seeds them.
+    seed = int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big")
+    stand_in = CharacterSpec(id=f"{PROMPT_CHARACTER_PREFIX}{job_id}", name="prompt", seed=seed)
+    return GenerateImages(
+        job_id=job_id,
+        user_id=user.user_id,
+        tier=user.tier,
+        kind=JobKind.PROMPT,
+        character=stand_in,
+        image_count=body.image_count or 1,
+        style=body.style or "standard",
+        width=width,
+        height=height,
+        quality=body.quality,
+        model=body.model,
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt or "",
+    )
+
+
 @router.post(
     "/api/generate",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=GenerateAccepted,
     responses=errors(401, 404, 409, 422, 429, 503),
     dependencies=[IdempotencyKey, GenerateLimit],
-    summary="Generate a pack of 1-23 images of a character in varied poses",
+    summary="Generate a pack of a character (1-23 images) or an image from a prompt alone",
+    description=_GENERATE_DOC,
 )
 async def generate(
     body: GenerateRequest,
@@ -77,65 +183,96 @@ async def generate(
     pool: PoolDep,
     publisher: PublisherDep,
     settings: SettingsDep,
+    moderator: ModeratorDep,
+    offers: OffersDep,
     job: NewJobDep,
 ) -> GenerateAccepted:
+    if (body.character_id is None) == (body.prompt is None):
+        raise field_error(
+            ("body", "prompt" if body.prompt is not None else "character_id"),
+            "give character_id (a pack of that character) or prompt (a prompt-only image), not both"
+            if body.prompt is not None
+            else "give character_id or prompt",
+        )
+    await moderator.require_allowed(
+        {("body", "prompt"): body.prompt, ("body", "negative_prompt"): body.negative_prompt}
+    )
+    offers.require(body.quality, body.model, ("body",))
     require_acceptable(body.webhook, settings)
     job_id = job.job_id
     base = settings.public_base_url.rstrip("/")
-    accepted = GenerateAccepted(
-        job_id=job_id,
-        status=JobStatus.QUEUED,
-        status_url=f"{base}/api/generate/{job_id}",
-        events_url=urls(settings, job_id)[1],
-    )
     async with pool.acquire() as conn:
-        character = await characters.get(conn, user.user_id, body.character_id)
-        if character is None:
-            raise HTTPException(
-                status.HTTP_404_NOT_FOUND, f"character {body.character_id} not found"
-            )
-        command = GenerateImages(
+        if body.character_id is not None:
+            command = await _pack_command(body, conn, user, job_id)
+        else:
+            command = _prompt_command(body, user, job_id)
+        accepted = GenerateAccepted(
             job_id=job_id,
-            user_id=user.user_id,
-            tier=user.tier,
-            kind=JobKind.PACK,
-            character=characters.to_spec(character),
-            image_count=body.image_count,
-            style=character.art_style,
+            job_id_camel=job_id,
+            status=JobStatus.QUEUED,
+            kind=command.kind.value,
+            image_count=command.image_count,
+            status_url=f"{base}/api/generate/{job_id}",
+            events_url=urls(settings, job_id)[1],
         )
+        prompt_only = command.kind is JobKind.PROMPT
         async with conn.transaction():
             await readmodel.insert_job(
                 conn,
                 job_id,
                 user.user_id,
-                kind=JobKind.PACK,
-                total=body.image_count,
-                character_id=character.id,
-                style=character.art_style,
+                kind=command.kind,
+                total=command.image_count,
+                character_id=None if prompt_only else command.character.id,
+                image_id=image_id_for(job_id, 0) if command.image_count == 1 else None,
+                style=command.style,
             )
             if body.webhook is not None:
                 await webhook_store.register(conn, job_id, user.user_id, body.webhook)
             await job.record(conn, accepted)
             await publishing.send(publisher, settings, user.user_id, command)
     log.info(
-        "event=job_accepted job_id=%s user_id=%s images=%d", job_id, user.user_id, body.image_count
+        "event=job_accepted job_id=%s user_id=%s kind=%s images=%d",
+        job_id,
+        user.user_id,
+        command.kind.value,
+        command.image_count,
     )
     return accepted
+
+
+async def _pack_status(
+    job_id: str, user: Principal, pool: PoolDep, blobs: BlobsDep, settings: SettingsDep
+) -> Job:
+    job = await readmodel.get_job(pool, blobs, user.user_id, job_id, settings.signed_url_ttl_s)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    first = next((i.url for i in job.images if i.url), None)
+    return job.model_copy(update={"result_url": first})
 
 
 @router.get(
     "/api/generate/{job_id}",
     response_model=Job,
     responses=errors(401, 404, 422),
-    summary="A pack's status, progress and stored images",
+    summary="A pack's or prompt-only job's status, progress, stored images and result_url",
 )
 async def get_pack(
     job_id: JobId, user: CurrentUser, pool: PoolDep, blobs: BlobsDep, settings: SettingsDep
 ) -> Job:
-    job = await readmodel.get_job(pool, blobs, user.user_id, job_id, settings.signed_url_ttl_s)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
-    return job
+    return await _pack_status(job_id, user, pool, blobs, settings)
+
+
+@router.get(
+    "/api/generate/status/{job_id}",
+    response_model=Job,
+    responses=errors(401, 404, 422),
+    summary="The same as GET /api/generate/{job_id} (the Modal summary's polling path)",
+)
+async def get_pack_status(
+    job_id: JobId, user: CurrentUser, pool: PoolDep, blobs: BlobsDep, settings: SettingsDep
+) -> Job:
+    return await _pack_status(job_id, user, pool, blobs, settings)
 
 
 async def _cancel(

@@ -114,10 +114,10 @@ def gateway_settings(database_url: str) -> GatewaySettings:
 
 @asynccontextmanager
 async def running_gateway(
-    database_url: str, publisher: Publisher | None = None
+    database_url: str, publisher: Publisher | None = None, **overrides: object
 ) -> AsyncIterator[Gateway]:
     broker, blobs = InMemoryBroker(), InMemoryBlobStore()
-    settings = gateway_settings(database_url)
+    settings = gateway_settings(database_url).model_copy(update=overrides)
     app = create_app(
         settings,
         publisher=publisher or broker.publisher(),

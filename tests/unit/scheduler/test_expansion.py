@@ -155,13 +155,14 @@ def test_image_set_request_of_another_kind_is_refused_naming_the_field(kind: Job
 @pytest.mark.parametrize(
     ("aspect", "quality", "size"),
     [
+        # Displays are at least 1024 px on the long side at every quality (NFR-003).
         (AspectRatio.WIDE, Quality.HIGH, (1024, 576)),
-        (AspectRatio.WIDE, Quality.STANDARD, (768, 432)),
-        (AspectRatio.WIDE, Quality.DRAFT, (512, 288)),
+        (AspectRatio.WIDE, Quality.STANDARD, (1024, 576)),
+        (AspectRatio.WIDE, Quality.DRAFT, (1024, 576)),
         (AspectRatio.CLASSIC, Quality.HIGH, (1024, 768)),
-        (AspectRatio.CLASSIC, Quality.STANDARD, (768, 576)),
-        (AspectRatio.SQUARE, Quality.STANDARD, (768, 768)),
-        (AspectRatio.SQUARE, Quality.DRAFT, (512, 512)),
+        (AspectRatio.CLASSIC, Quality.STANDARD, (1024, 768)),
+        (AspectRatio.SQUARE, Quality.STANDARD, (1024, 1024)),
+        (AspectRatio.SQUARE, Quality.DRAFT, (1024, 1024)),
     ],
 )
 def test_scene_size_per_aspect_ratio_and_quality(
