@@ -3,7 +3,7 @@
 Runs the five services as `imagegen up` does (Apache Kafka by default, PostgreSQL,
 SeaweedFS) with the `instant` backend, then the same hops through a Celery + Redis baseline
 (bench/baseline_celery.py), one after the other on the same machine, with the same image
-size, the same rendition code, S3 servers of the same kind and one PostgreSQL server that
+size (1024 px), the same rendition code, S3 servers of the same kind and one PostgreSQL server that
 the benchmark starts for both. `--broker` picks imagegen's broker: Apache Kafka, Tansu with
 its log in SeaweedFS, or Tansu with its log in memory (comma-separated for several). For
 each system:
@@ -362,12 +362,19 @@ def ours(workdir: Path, broker: str = "kafka", pg_port: int | None = None) -> It
         )
 
 
+# imagegen draws a pack's images at 1024 px on the long side, whatever the quality
+# (services/scheduler/expansion.py); the baseline generates and renders the same size.
+IMAGE_SIZE = 1024
+
+
 @contextmanager
 def baseline(workdir: Path, concurrency: int, pg_port: int | None = None) -> Iterator[Target]:
     from baseline_celery import baseline_stack
 
     pg = f"postgresql://postgres@127.0.0.1:{pg_port or 5432}/postgres"
-    with baseline_stack(workdir / "celery", concurrency=concurrency, pg_dsn_base=pg) as stack:
+    with baseline_stack(
+        workdir / "celery", concurrency=concurrency, image_size=IMAGE_SIZE, pg_dsn_base=pg
+    ) as stack:
         yield Target(
             name=BASELINE,
             base=stack.url,
@@ -462,7 +469,10 @@ def main() -> None:
     results: dict[str, Any] = {
         "benchmark": "orchestration",
         "machine": machine(),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("no_plot", "only")},
+        "settings": {
+            **{k: v for k, v in vars(args).items() if k not in ("no_plot", "only")},
+            "image_size": IMAGE_SIZE,
+        },
         "systems": {},
     }
     with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
