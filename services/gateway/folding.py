@@ -29,7 +29,7 @@ from schemas.events import (
     JobStatus,
     PackCompleted,
 )
-from schemas.requests import JobKind
+from schemas.requests import PROMPT_CHARACTER_PREFIX, JobKind
 from services.gateway.gallery import PENDING_STATUSES
 from services.gateway.models_images import ImageStatus
 
@@ -90,6 +90,8 @@ async def fold_job(
     if isinstance(event, GenerationQueued):
         queued = event.data
         delta.total, delta.character_id = queued.image_count, queued.character_id
+        if queued.character_id.startswith(PROMPT_CHARACTER_PREFIX):
+            delta.character_id = None  # a prompt-only job's stand-in, not a character
         delta.story_id = queued.story_id
         await _queue_image(conn, job_id, user_id, event)
     elif isinstance(event, GenerationStarted):
@@ -205,9 +207,10 @@ async def _queue_image(
     data = event.data
     await conn.execute(
         "INSERT INTO images (id, version, job_id, user_id, index, kind, status, character_id,"
-        " story_id, page_number, parent_version)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        " ON CONFLICT (id, version) DO NOTHING",
+        " story_id, page_number, parent_version, tier)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        " ON CONFLICT (id, version) DO UPDATE SET tier = EXCLUDED.tier"
+        " WHERE images.tier IS NULL",
         data.image_id,
         data.version,
         job_id,
@@ -219,6 +222,7 @@ async def _queue_image(
         data.story_id,
         data.page_number,
         data.version - 1 if data.version > 1 else None,
+        data.tier,
     )
 
 

@@ -208,6 +208,12 @@ _V7 = """
 ALTER TABLE idempotency_keys ADD COLUMN job_id text;
 """
 
+# Queue status (queueing.py): each dispatched image's tier, and the waiting images by tier.
+_V8 = """
+ALTER TABLE images ADD COLUMN tier text;
+CREATE INDEX images_queued_tier ON images (tier, created_at) WHERE status = 'queued';
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
@@ -216,4 +222,5 @@ MIGRATIONS: list[tuple[int, str]] = [
     (5, _V5),
     (6, _V6),
     (7, _V7),
+    (8, _V8),
 ]

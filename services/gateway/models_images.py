@@ -360,6 +360,18 @@ class ImageList(BaseModel):
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
 
 
+class QueueStatus(BaseModel):
+    """Where a waiting job stands in its tier's queue (services/gateway/queueing.py)."""
+
+    model_config = _OUT
+
+    tier: str = Field(description="realtime, standard or economy.")
+    position: int = Field(ge=1, description="1: its next image is the next the tier serves.")
+    images_ahead: int = Field(ge=0)
+    estimated_wait_seconds: int = Field(ge=0, description="Until its next image starts.")
+    estimated_start_time: datetime
+
+
 class JobOut(BaseModel):
     model_config = _OUT
 
@@ -384,6 +396,11 @@ class JobOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    queue: QueueStatus | None = Field(
+        default=None,
+        description="Position in its tier's queue and the wait, while an image of it waits"
+        " there; null otherwise. Also streamed as `queue_status` SSE messages.",
+    )
 
 
 class JobDetail(JobOut):

@@ -10,7 +10,7 @@ import asyncpg
 from imagegen.blobstore import BlobStore
 from schemas.events import JobStatus
 from schemas.requests import JobKind
-from services.gateway import gallery, paging
+from services.gateway import gallery, paging, queueing
 from services.gateway.models import Image, Job
 from services.gateway.models_images import JobDetail, JobOut
 
@@ -176,7 +176,9 @@ async def job_detail(
     if row is None:
         return None
     images = await gallery.images_of_job(pool, links, job_id)
-    return JobDetail(**_job_out(row).model_dump(), images=images)
+    job = _job_out(row)
+    queue = None if job.status.terminal else await queueing.queue_status(pool, job_id)
+    return JobDetail(**job.model_dump(), images=images).model_copy(update={"queue": queue})
 
 
 async def list_jobs(
@@ -202,7 +204,19 @@ async def list_jobs(
     )
     more = len(rows) > limit
     cursor = paging.encode(rows[limit - 1]["created_at"], rows[limit - 1]["id"]) if more else None
-    return [_job_out(row) for row in rows[:limit]], cursor
+    jobs = [_job_out(row) for row in rows[:limit]]
+    for i, job in enumerate(jobs):
+        if not job.status.terminal:
+            jobs[i] = job.model_copy(
+                update={"queue": await queueing.queue_status(pool, job.job_id)}
+            )
+    return jobs, cursor
+
+
+async def latest_event_id(pool: asyncpg.Pool, user_id: str) -> int:
+    """The id of the user's newest logged event (0 for none): where a live stream starts."""
+    found = await pool.fetchval("SELECT max(id) FROM events WHERE user_id = $1", user_id)
+    return int(found or 0)
 
 
 async def events_after(

@@ -4,14 +4,18 @@ Each message's id is the event's row id in the log (appended in id order, see th
 projection), so a client that reconnects with the last id it saw gets exactly what
 follows, in order, from any replica and after any restart. Streams wake on the
 projection's NOTIFY (see notify.py) and re-read the log every `sse_poll_s` as a safety
-net. A job's stream ends after the job's closing `pack_completed`; the user-wide stream
-runs until the client leaves. Heartbeats are SSE comments every `sse_ping_s`.
+net. A job's stream replays the job from its start (or resumes), adds `queue_status`
+messages while the job waits in its tier's queue, and ends after the job's closing
+`pack_completed`; the user-wide stream is live from the moment of connecting (or resumes
+after `Last-Event-ID`) and runs until the client leaves. Heartbeats are SSE comments
+every `sse_ping_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
@@ -20,7 +24,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from imagegen.metrics import instruments
 from schemas.events import JobStatus
-from services.gateway import readmodel
+from services.gateway import queueing, readmodel
 from services.gateway.auth import StreamUser
 from services.gateway.deps import StateDep
 from services.gateway.problems import responses
@@ -46,14 +50,18 @@ def _resume_from(
             description=_LAST_EVENT_ID_DOC + " For clients that cannot set the header.",
         ),
     ] = None,
-) -> int:
-    """The last id the client saw (header first: a browser's EventSource sends it on reconnect)."""
+) -> int | None:
+    """The last id the client saw (header first: a browser's EventSource sends it on
+    reconnect); None when the client gives none."""
     if header is not None:
         return header
-    return query or 0
+    return query
 
 
-ResumeFrom = Annotated[int, Depends(_resume_from)]
+ResumeFrom = Annotated[int | None, Depends(_resume_from)]
+QUEUE_EVENT = "queue_status"
+"""An SSE message without an id (so resuming is unaffected): the job's place in its tier's
+queue, sent when it changes, and `{"queue": null}` once no image of it waits."""
 
 
 async def _job_is_over(state: GatewayState, user_id: str, job_id: str) -> bool:
@@ -80,23 +88,39 @@ async def _job_is_over(state: GatewayState, user_id: str, job_id: str) -> bool:
 
 
 async def follow(
-    state: GatewayState, user_id: str, job_id: str | None, after: int
+    state: GatewayState, user_id: str, job_id: str | None, after: int, *, queue: bool = False
 ) -> AsyncGenerator[ServerSentEvent, None]:
-    """The user's events (one job's, or all) after id `after`, then live as they arrive."""
+    """The user's events (one job's, or all) after id `after`, then live as they arrive;
+    with `queue`, a job's stream also says where the job waits (queue_status)."""
     connections = instruments().sse_connections
     connections.add(1)
     try:
-        async for event in _follow(state, user_id, job_id, after):
+        async for event in _follow(state, user_id, job_id, after, queue):
             yield event
     finally:
         connections.add(-1)
 
 
+async def _queue_message(
+    state: GatewayState, job_id: str, last: str | None
+) -> tuple[ServerSentEvent | None, str | None]:
+    """A queue_status message if the job's queue status differs from `last` (its JSON)."""
+    found = await queueing.queue_status(state.pool, job_id)
+    queue = None if found is None else found.model_dump(mode="json", by_alias=True)
+    # The estimate's start time moves with the clock: compare what the client acts on.
+    key = None if queue is None else f"{queue['tier']}:{queue['position']}"
+    if key == last:
+        return None, last
+    body = json.dumps({"jobId": job_id, "queue": queue})
+    return ServerSentEvent(data=body, event=QUEUE_EVENT), key
+
+
 async def _follow(
-    state: GatewayState, user_id: str, job_id: str | None, after: int
+    state: GatewayState, user_id: str, job_id: str | None, after: int, queue: bool
 ) -> AsyncGenerator[ServerSentEvent, None]:
     settings = state.settings
     retry: int | None = settings.sse_retry_ms
+    queued: str | None = None  # nothing to say until an image of it waits in a queue
     while True:
         # Listen before reading: an event committed after the read still wakes us.
         woken = state.signal.listen(user_id)
@@ -116,6 +140,10 @@ async def _follow(
             continue
         if over:
             return
+        if queue and job_id is not None:
+            message, queued = await _queue_message(state, job_id, queued)
+            if message is not None:
+                yield message
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(woken.wait(), settings.sse_poll_s)
 
@@ -124,7 +152,7 @@ def _response(
     state: GatewayState, user_id: str, job_id: str | None, after: int
 ) -> EventSourceResponse:
     return EventSourceResponse(
-        follow(state, user_id, job_id, after),
+        follow(state, user_id, job_id, after, queue=job_id is not None),
         ping=state.settings.sse_ping_s,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -155,7 +183,7 @@ async def job_events(
     """
     if await readmodel.job_status(state.pool, user.user_id, job_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
-    return _response(state, user.user_id, job_id, after)
+    return _response(state, user.user_id, job_id, after or 0)
 
 
 @router.get(
@@ -165,5 +193,8 @@ async def job_events(
     response_class=EventSourceResponse,
 )
 async def user_events(user: StreamUser, state: StateDep, after: ResumeFrom) -> EventSourceResponse:
-    """Every event of every job of the caller, live; runs until the client disconnects."""
+    """Every event of every job of the caller from now on (live: no replay of history),
+    or after `Last-Event-ID` when resuming; runs until the client disconnects."""
+    if after is None:
+        after = await readmodel.latest_event_id(state.pool, user.user_id)
     return _response(state, user.user_id, None, after)

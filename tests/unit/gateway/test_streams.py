@@ -17,7 +17,7 @@ from schemas.events import JobStatus
 from services.gateway.app import create_app
 from services.gateway.auth import STREAM_SCOPE, issue_token
 from services.gateway.notify import CHANNEL, LocalEventSignal, PgEventSignal
-from services.gateway.routes.streams import follow
+from services.gateway.routes.streams import QUEUE_EVENT, follow
 from services.gateway.settings import GatewaySettings
 from tests.unit.gateway import factories as ev
 from tests.unit.gateway.conftest import Gateway, gateway_settings, running_gateway
@@ -34,8 +34,9 @@ TYPES_OF_A_TWO_PACK = [
 
 
 def _messages(text: str) -> list[dict[str, Any]]:
-    """The stream's messages without the reconnection hint (sent once per connection)."""
-    messages = ev.parse_sse(text)
+    """The stream's logged events without the reconnection hint (sent once per connection)
+    and without the id-less queue_status messages (test_queue_and_live.py covers those)."""
+    messages = [m for m in ev.parse_sse(text) if m.get("event") != QUEUE_EVENT]
     for message in messages:
         message.pop("retry", None)
     return messages
