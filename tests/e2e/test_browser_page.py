@@ -70,14 +70,15 @@ def _signed_in(stack: RunningStack, page: Any, character: str = "Ivy") -> str:
     return token
 
 
-def _start_pack(page: Any, count: int, *, until: str = "generating") -> Any:
+def _start_pack(page: Any, count: int) -> Any:
+    """Start a pack from the form; returns its card once it shows its slots."""
     from playwright.sync_api import expect
 
     pack = page.locator("#pack-form")
     pack.get_by_label("Images (1 to 23)").fill(str(count))
     pack.get_by_role("button", name="Generate pack").click()
     job = page.locator("#jobs article.job").first
-    expect(job.locator(".slot .state").filter(has_text=until).first).to_be_visible()
+    expect(job.locator(".slot")).to_have_count(count)
     return job
 
 
@@ -89,6 +90,9 @@ def test_reload_brings_back_a_running_job_with_live_progress(
     _signed_in(stack, page)
     job = _start_pack(page, LONG_PACK)
     job_id = job.get_attribute("data-job-id")
+    # Its place in the tier's queue, live over SSE (queue_status), until it runs.
+    expect(job.locator(".queue")).to_contain_text(" queue")
+    expect(job.locator('.job-status[data-status="running"]')).to_be_visible()
 
     page.reload()
     card = page.locator(f'#jobs article.job[data-job-id="{job_id}"]')
@@ -96,6 +100,7 @@ def test_reload_brings_back_a_running_job_with_live_progress(
     expect(card).to_have_attribute("aria-label", f"Pack of {LONG_PACK}: Ivy")
     expect(card.locator(".slot")).to_have_count(LONG_PACK)
     expect(page.locator("#no-jobs")).to_be_hidden()
+    expect(card.locator(".queue")).to_contain_text("to wait")
     # Its stream resumed: what happened before the reload is replayed, then more arrives live.
     expect(card.locator(".slot .state").filter(has_text="done").first).to_be_visible()
     done_before = card.locator(".slot.stored").count()
@@ -108,7 +113,7 @@ def test_cancelled_images_stay_out_of_the_gallery(stack: RunningStack, page: Any
     from playwright.sync_api import expect
 
     token = _signed_in(stack, page)
-    job = _start_pack(page, LONG_PACK, until="queued")
+    job = _start_pack(page, LONG_PACK)
     job.get_by_role("button", name="Cancel").click()
     expect(job.locator(".job-status")).to_contain_text("cancelled", timeout=TIMEOUT_MS)
     job_id = job.get_attribute("data-job-id")

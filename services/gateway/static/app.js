@@ -275,6 +275,7 @@ async function resumeJobs() {
   for (const job of unfinished.reverse()) {
     const card = new JobCard(job.jobId, { kind: job.kind, count: job.total, title: jobTitle(job), hooks });
     track(card);
+    card.showQueue(job.queue);
     card.refreshImages();
   }
 }

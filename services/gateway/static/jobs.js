@@ -15,6 +15,12 @@ function el(tag, className, text) {
   return node;
 }
 
+function waitText(seconds) {
+  const s = Math.max(0, Math.round(seconds || 0));
+  if (s < 90) return `${s} s`;
+  return `${Math.round(s / 60)} min`;
+}
+
 /** The likeness score (consistency with the character, 0..1) under an image, when there is one. */
 export function showLikeness(container, score) {
   let line = container.querySelector(".likeness");
@@ -75,15 +81,16 @@ export class JobCard {
     if (!Number.isNaN(at.getTime())) this.queue.textContent = `expected by ${at.toLocaleTimeString()}`;
   }
 
-  /** Queue position and wait estimate, from an event or the job record, when the API gives them. */
-  showQueue(data) {
-    const position = data.queue_position ?? data.queuePosition;
-    const wait = data.estimated_wait_s ?? data.estimatedWaitS ?? data.wait_estimate_s ?? data.waitEstimateS;
-    if (position == null && wait == null) return;
-    const parts = [];
-    if (position != null) parts.push(position === 0 ? "next in line" : `${position} ahead in the queue`);
-    if (wait != null) parts.push(`about ${Math.max(1, Math.round(wait))} s to wait`);
-    this.queue.textContent = parts.join(", ");
+  /** The job's place in its tier's queue (`queue` of the job record or a queue_status message). */
+  showQueue(queue) {
+    if (queue === undefined) return;
+    if (!queue || this.done) {
+      this.queue.textContent = "";
+      return;
+    }
+    const where = queue.position <= 1 ? `next in the ${queue.tier} queue` : `#${queue.position} in the ${queue.tier} queue`;
+    const ahead = queue.imagesAhead ? `, ${queue.imagesAhead} image${queue.imagesAhead === 1 ? "" : "s"} ahead` : "";
+    this.queue.textContent = `${where}${ahead}; about ${waitText(queue.estimatedWaitSeconds)} to wait`;
   }
 
   /** Called with (type, envelope) for every event, after the card has drawn it. */
@@ -144,12 +151,10 @@ export class JobCard {
     switch (type) {
       case "generation_queued":
         if (d.image_count && MULTI.has(this.kind)) this.ensureSlots(d.image_count);
-        this.showQueue(d);
         this.set(slot, d.attempt > 1 ? `queued (attempt ${d.attempt})` : "queued", 0.02);
         break;
       case "generation_started":
         if (!this.done) this.setStatus("running");
-        this.showQueue(d);
         this.set(slot, "generating", 0.05);
         break;
       case "generation_progress":
@@ -184,6 +189,9 @@ export class JobCard {
         break;
       case "pack_completed":
         this.finish(d);
+        break;
+      case "queue_status":
+        this.showQueue(envelope.queue);
         break;
       default:
         break;
@@ -243,7 +251,7 @@ export class JobCard {
     }
     this.refreshing = api("GET", `api/v1/jobs/${encodeURIComponent(this.jobId)}`)
       .then((job) => {
-        if (!this.done) this.showQueue(job);
+        this.showQueue(job.queue);
         this.showImages(job.images || []);
       })
       .catch((error) => this.hooks.error(error))

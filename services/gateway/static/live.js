@@ -12,6 +12,8 @@ export const EVENT_TYPES = [
   "generation_queued", "generation_started", "generation_progress", "generation_completed",
   "generation_failed", "consistency_flagged", "image_stored", "job_progress", "job_cancelled",
   "pack_completed", "budget_alert", "image_reviewed", "image_deleted",
+  // No id (resuming is unaffected): the job's place in its tier's queue, null once none waits.
+  "queue_status",
 ];
 const TERMINAL = new Set(["completed", "partially_completed", "failed", "cancelled"]);
 
