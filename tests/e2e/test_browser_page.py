@@ -165,27 +165,67 @@ def test_docs_render_with_no_internet(stack: RunningStack, browser_context: Any,
 FACE = Path(__file__).resolve().parents[1] / "unit" / "gateway" / "data" / "face.jpg"
 
 
-def test_pack_options_prompt_only_and_reference_photos(stack: RunningStack, page: Any) -> None:
+def _photo_variants(folder: Path, count: int) -> list[str]:
+    """`count` distinct photos of the test face (mirrored, brightened, cropped)."""
+    from PIL import Image, ImageEnhance, ImageOps
+
+    face = Image.open(FACE).convert("RGB")
+    variants = [
+        face,
+        ImageOps.mirror(face),
+        ImageEnhance.Brightness(face).enhance(1.15),
+        ImageEnhance.Contrast(face).enhance(1.2),
+        face.crop((4, 4, face.width - 4, face.height - 4)),
+        ImageEnhance.Color(face).enhance(0.8),
+    ][:count]
+    paths = []
+    for number, image in enumerate(variants):
+        path = folder / f"photo-{number}.jpg"
+        image.save(path, quality=92)
+        paths.append(str(path))
+    return paths
+
+
+def test_pack_options_prompt_only_and_reference_photos(
+    stack: RunningStack, page: Any, tmp_path: Path
+) -> None:
     from playwright.sync_api import expect
 
     token = _signed_in(stack, page, "Noor")
+    photos = _photo_variants(tmp_path, 5)
 
     # A reference photo for the character: the page says how many it now has.
-    photos = page.locator("#photos-form")
-    photos.get_by_label("Photos of the person").set_input_files(str(FACE))
-    photos.get_by_role("button", name="Upload photos").click()
+    upload = page.locator("#photos-form")
+    upload.get_by_label("Photos of the person").set_input_files(photos[0])
+    upload.get_by_role("button", name="Upload photos").click()
     expect(page.locator("#photos-info")).to_have_text("Noor has 1 reference photo.")
     expect(page.locator("#character-info")).to_contain_text("1 reference photo")
 
-    # A pack with its own style, size and quality.
+    # A photo pack needs 5: the API's refusal is shown.
     pack = page.locator("#pack-form")
     pack.get_by_label("Images (1 to 23)").fill("2")
+    pack.get_by_label("Photo pack").select_option("professional")
+    pack.get_by_role("button", name="Generate pack").click()
+    expect(page.locator("#error")).to_contain_text("a photo pack needs 5-8 reference photos")
+    # A model no provider offers: refused naming the field, which the page marks.
+    pack.get_by_label("Model (optional)").fill("no-such-model")
+    pack.get_by_role("button", name="Generate pack").click()
+    expect(page.locator("#error")).to_contain_text("model")
+    expect(pack.get_by_label("Model (optional)")).to_have_attribute("aria-invalid", "true")
+    pack.get_by_label("Model (optional)").fill("")
+
+    upload.get_by_label("Photos of the person").set_input_files(photos[1:])
+    upload.get_by_role("button", name="Upload photos").click()
+    expect(page.locator("#photos-info")).to_have_text("Noor has 5 reference photos.")
+
+    # A photo pack with its own style, size and quality.
     pack.get_by_label("Pack style").select_option("anime")
     pack.get_by_label("Size").select_option("512x512")
     pack.get_by_label("Quality").select_option("draft")
     pack.get_by_role("button", name="Generate pack").click()
+    expect(page.locator("#error")).to_be_empty()
     job = page.locator("#jobs article.job").first
-    expect(job).to_have_attribute("aria-label", "Pack of 2: Noor")
+    expect(job).to_have_attribute("aria-label", "Photo pack (professional) of 2: Noor")
     expect(job.locator(".job-status")).to_have_text("completed (2 of 2 images)", timeout=TIMEOUT_MS)
     expect(job.locator(".slot img")).to_have_count(2)
     job_id = job.get_attribute("data-job-id")
