@@ -127,7 +127,12 @@ async def fold_job(
         delta.reason_code, delta.reason = done.reason_code, done.reason
         delta.cost, delta.exact_cost = _money(done.cost_usd), done.cost_usd > 0
     new_status = next_status(status, event)
-    if new_status.terminal:
+    # A cancelled job's images in flight still finish (and count) before its closing
+    # pack_completed: only that event ends it (README, "Cancelling").
+    ends = new_status.terminal and (
+        new_status is not JobStatus.CANCELLED or isinstance(event, PackCompleted)
+    )
+    if ends:
         delta.running = 0
     await conn.execute(
         "UPDATE jobs SET status = $2,"
@@ -153,16 +158,18 @@ async def fold_job(
         delta.reason,
         delta.exact_cost,
         delta.cost,
-        new_status.terminal,
+        ends,
     )
     if new_status.terminal and (isinstance(event, (PackCompleted, JobCancelled))):
-        # Whatever was still pending will not come now.
+        # Whatever was still pending will not come now; at a cancellation, only what had
+        # not started (running images report their outcome before pack_completed).
         ended = ImageStatus.CANCELLED if new_status is JobStatus.CANCELLED else ImageStatus.FAILED
+        pending = [ImageStatus.QUEUED.value] if isinstance(event, JobCancelled) else None
         await conn.execute(
             "UPDATE images SET status = $2 WHERE job_id = $1 AND status = ANY($3::text[])",
             job_id,
             ended.value,
-            list(PENDING_STATUSES),
+            pending or list(PENDING_STATUSES),
         )
     return new_status
 

@@ -41,7 +41,7 @@ from schemas.requests import (
 from schemas.topics import TopicNames
 from services.scheduler.catalogue import Catalogue, offered
 from services.scheduler.dispatch import Dispatcher
-from services.scheduler.jobs import JobBook
+from services.scheduler.jobs import CANCELLING, JobBook
 from services.scheduler.ledger import Ledger, usd
 from services.scheduler.outbox import SOURCE, OutboxRelay, remember_trace
 from services.scheduler.planning import (
@@ -242,7 +242,7 @@ class Scheduler:
         if job is None or job["user_id"] != request.user_id:
             log.info("event=cancel_unknown_job job_id=%s", request.job_id)
             return
-        if JobStatus(job["status"]).terminal:
+        if job["status"] == CANCELLING or JobStatus(job["status"]).terminal:
             return
         await self._book.cancel(conn, job, "cancelled by user")
 
@@ -329,8 +329,8 @@ class Scheduler:
     ) -> tuple[asyncpg.Record, asyncpg.Record] | None:
         """The running job and its dispatched image, locked; None if the outcome is stale."""
         job = await self._dispatcher.lock_job(conn, job_id)
-        if job is None or job["status"] != "running":
-            return None  # unknown, cancelled or ended: late outcomes change nothing
+        if job is None or job["status"] not in ("running", CANCELLING):
+            return None  # unknown or ended: late outcomes change nothing
         row = await conn.fetchrow(
             "SELECT * FROM job_images WHERE job_id = $1 AND image_index = $2 FOR UPDATE",
             job_id,
@@ -373,6 +373,9 @@ class Scheduler:
         msg = GenerateImage.model_validate_json(row["message"])
         if msg.image.attempt != event.data.attempt:
             return  # an earlier attempt's failure, redelivered
+        if job["status"] == CANCELLING:
+            await self._book.drop_in_flight(conn, job, row["image_index"], row["phase"])
+            return
         await self._retries.failed(conn, job, row, event.data)
 
     async def _flagged(self, conn: asyncpg.Connection, event: ConsistencyFlagged) -> None:
@@ -383,6 +386,10 @@ class Scheduler:
         job, row = current
         msg = GenerateImage.model_validate_json(row["message"])
         variation = event.data.variation + 1
+        if job["status"] == CANCELLING and msg.image.variation == event.data.variation:
+            # A non-final flag is not stored; no variation starts for a cancelled job.
+            await self._book.drop_in_flight(conn, job, row["image_index"], row["phase"])
+            return
         if msg.image.variation != event.data.variation or variation > msg.max_variations:
             return  # a redelivery, or postprocess forwards this one flagged
         await self._retries.vary(conn, job, row, variation)

@@ -34,6 +34,10 @@ from services.scheduler.planning import JobPlan
 
 log = logging.getLogger(__name__)
 
+CANCELLING = "cancelling"
+"""A cancelled job whose dispatched images are still finishing; it ends `cancelled`."""
+CANCELLED_REASON = "cancelled_by_user"
+
 
 class JobBook:
     def __init__(self, topics: TopicNames, ledger: Ledger, dispatcher: Dispatcher) -> None:
@@ -125,6 +129,15 @@ class JobBook:
     ) -> None:
         """After an image is stored or failed: progress, dependents, maybe the job's end."""
         counts = await self._counts(conn, job["job_id"])
+        if job["status"] == CANCELLING:
+            if counts["in_flight"] == 0:
+                noted = await conn.fetchrow(
+                    "SELECT reason FROM jobs WHERE job_id = $1", job["job_id"]
+                )
+                await self.end(
+                    conn, job["job_id"], JobStatus.CANCELLED, CANCELLED_REASON, noted["reason"]
+                )
+            return
         if job["image_count"] > 1:
             await stage_event(
                 conn,
@@ -163,10 +176,12 @@ class JobBook:
             await self._dispatcher.pump_story(conn, job["story_id"], job["job_id"])
 
     async def cancel(self, conn: asyncpg.Connection, job: asyncpg.Record, reason: str) -> None:
-        """Stop what has not started, release every reservation, end the job cancelled."""
+        """Stop what has not started and release the reservations; the images already
+        dispatched finish (stored, or stopped by the generator) and are counted, then the
+        job ends cancelled: its pack_completed is its last word (README, "Cancelling")."""
         await conn.execute(
             "UPDATE job_images SET status = 'cancelled', due_at = NULL, updated_at = now()"
-            " WHERE job_id = $1 AND status IN ('waiting', 'retry_wait', 'dispatched')",
+            " WHERE job_id = $1 AND status IN ('waiting', 'retry_wait')",
             job["job_id"],
         )
         released = await self._ledger.release(conn, job["job_id"])
@@ -182,10 +197,42 @@ class JobBook:
                 data=JobCancelledData(reason=reason, released_usd=float(released)),
             ),
         )
-        await self.end(conn, job["job_id"], JobStatus.CANCELLED, reason=reason)
+        in_flight = (await self._counts(conn, job["job_id"]))["in_flight"]
+        if in_flight == 0:
+            await self.end(conn, job["job_id"], JobStatus.CANCELLED, CANCELLED_REASON, reason)
+        else:
+            # Draining: the slot is freed now (nothing new starts), the end waits for the
+            # outcomes of the images in flight (`image_settled`).
+            await conn.execute(
+                "UPDATE jobs SET status = $2, reason_code = $3, reason = $4 WHERE job_id = $1",
+                job["job_id"],
+                CANCELLING,
+                CANCELLED_REASON,
+                reason,
+            )
+            if job["status"] == "running":
+                await self._dispatcher.activate_waiting(conn, job["user_id"], job["tier"])
         if job["story_id"]:
             await self._dispatcher.pump_story(conn, job["story_id"], job["job_id"])
-        log.info("event=job_cancelled job_id=%s released_usd=%s", job["job_id"], released)
+        log.info(
+            "event=job_cancelled job_id=%s released_usd=%s in_flight=%d",
+            job["job_id"],
+            released,
+            in_flight,
+        )
+
+    async def drop_in_flight(
+        self, conn: asyncpg.Connection, job: asyncpg.Record, index: int, phase: str
+    ) -> None:
+        """A cancelling job's dispatched image that will not be stored (stopped, failed,
+        flagged for a variation, overdue): it counts as cancelled, not retried."""
+        await conn.execute(
+            "UPDATE job_images SET status = 'cancelled', due_at = NULL, updated_at = now()"
+            " WHERE job_id = $1 AND image_index = $2 AND status = 'dispatched'",
+            job["job_id"],
+            index,
+        )
+        await self.image_settled(conn, job, phase)
 
     async def end(
         self,

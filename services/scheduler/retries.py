@@ -165,7 +165,7 @@ class Retries:
         """Fail the image's attempt if it is still dispatched and past its deadline (the job
         and the image locked here, in that order); whether it was."""
         job = await self._dispatcher.lock_job(conn, job_id, skip_locked=True)
-        if job is None or job["status"] != "running":
+        if job is None or job["status"] not in ("running", "cancelling"):
             return False
         row = await conn.fetchrow(
             "SELECT *, now() - due_at AS late FROM job_images WHERE job_id = $1"
@@ -213,6 +213,9 @@ class Retries:
             awaiting,
             row["late"].total_seconds(),
         )
+        if job["status"] == "cancelling":  # nothing is retried for a cancelled job
+            await self._book.drop_in_flight(conn, job, row["image_index"], row["phase"])
+            return True
         await self.failed(conn, job, row, data)
         return True
 
@@ -408,7 +411,8 @@ class Ticker:
         async with self._pool.acquire() as conn:
             due = await conn.fetch(
                 "SELECT i.job_id, i.image_index FROM job_images i JOIN jobs j USING (job_id)"
-                " WHERE i.status = 'dispatched' AND i.due_at <= now() AND j.status = 'running'"
+                " WHERE i.status = 'dispatched' AND i.due_at <= now()"
+                " AND j.status IN ('running', 'cancelling')"
                 " ORDER BY i.due_at LIMIT $1",
                 self._batch,
             )

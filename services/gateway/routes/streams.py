@@ -69,11 +69,13 @@ async def _job_is_over(state: GatewayState, user_id: str, job_id: str) -> bool:
 
     A finished job's closing event is logged in the transaction that sets its status,
     so a terminal status followed by a read with nothing left means the client has it.
-    Only a cancelled job may still get events (its running images' outcomes, then
-    pack_completed): its stream waits `sse_cancel_grace_s` after the cancellation.
+    A cancelled job still gets its running images' outcomes, then pack_completed (which
+    sets finished_at); should that never come, its stream ends once the job has been
+    quiet for `sse_cancel_grace_s`.
     """
     row = await state.pool.fetchrow(
-        "SELECT status, now() - finished_at > make_interval(secs => $3) AS settled"
+        "SELECT status, finished_at IS NOT NULL AS finished,"
+        " now() - updated_at > make_interval(secs => $3) AS quiet"
         " FROM jobs WHERE id = $1 AND user_id = $2",
         job_id,
         user_id,
@@ -83,7 +85,7 @@ async def _job_is_over(state: GatewayState, user_id: str, job_id: str) -> bool:
         return True
     job_status = JobStatus(row["status"])
     if job_status is JobStatus.CANCELLED:
-        return bool(row["settled"])
+        return bool(row["finished"] or row["quiet"])
     return job_status.terminal
 
 
