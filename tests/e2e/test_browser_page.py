@@ -121,6 +121,10 @@ def test_cancelled_images_stay_out_of_the_gallery(stack: RunningStack, page: Any
         record = client.get(f"/api/v1/jobs/{job_id}").json()
     stored = [i for i in record["images"] if i["status"] == "ready"]
     assert len(stored) < LONG_PACK, "the cancel came too late to test anything"
+    # Every slot says what became of its image: none is left waiting or "finishing".
+    expect(job.locator(".slot.stored")).to_have_count(len(stored))
+    expect(job.locator(".slot:not(.stored):not(.failed)")).to_have_count(0)
+    expect(job.locator(".slot.failed .state").first).to_have_text("cancelled")
 
     page.get_by_role("button", name="Refresh").click()
     gallery = page.locator("#gallery")

@@ -206,6 +206,18 @@ export class JobCard {
     if (data.failed_count) parts.push(`${data.failed_count} failed`);
     if (data.reason) parts.push(data.reason);
     this.setStatus(data.status, `${data.status.replace(/_/g, " ")} (${parts.join(", ")})`);
+    this.settleSlots(data.status);
+  }
+
+  /** The job is over: a slot still waiting or "finishing" will get no image; say so. */
+  settleSlots(status) {
+    const text = status === "cancelled" ? "cancelled" : "not made";
+    for (const slot of this.slots) {
+      const classes = slot.slot.classList;
+      if (classes.contains("stored") || classes.contains("failed")) continue;
+      classes.add("failed");
+      this.set(slot, text, 1);
+    }
   }
 
   follow() {
@@ -218,6 +230,7 @@ export class JobCard {
             this.setStatus(job.status, `${job.status.replace(/_/g, " ")} (${job.completed} of ${job.total} images)`);
           }
           this.showImages(job.images || []);
+          this.settleSlots(job.status);
         }
         for (const listener of this.listeners) listener("end", job);
         this.hooks.finished(job);
@@ -287,6 +300,11 @@ export class JobCard {
       button.addEventListener("click", () => this.hooks.openImage(image.id));
       slot.pic.replaceWith(button);
       slot.pic = button;
+      if (image.status === "ready" && !slot.slot.classList.contains("stored")) {
+        slot.slot.classList.remove("failed");
+        slot.slot.classList.add("stored");
+        this.set(slot, `done · v${image.version}`, 1);
+      }
       if (image.demo) this.note.textContent = DEMO_LABEL;
     }
   }
