@@ -176,8 +176,10 @@ async def _with_details(db: Db, records: list[CharacterRecord]) -> list[Characte
     generated: dict[str, list[str]] = {}
     if done:
         image_rows = await db.fetch(
-            "SELECT job_id, renditions FROM images WHERE job_id = ANY($1::text[])"
-            " ORDER BY job_id, index",
+            # A portrait's job builds the set too: only its reference images are the set.
+            "SELECT i.job_id, i.renditions FROM images i JOIN jobs j ON j.id = i.job_id"
+            " WHERE i.job_id = ANY($1::text[]) AND (j.kind = 'reference' OR i.kind = 'reference')"
+            " ORDER BY i.job_id, i.index",
             done,
         )
         for row in image_rows:
@@ -207,6 +209,23 @@ def _rendition_key(renditions: dict[str, dict[str, object]]) -> str | None:
         if isinstance(key, str):
             return key
     return None
+
+
+async def note_reference_build(
+    conn: asyncpg.Connection, record: CharacterRecord, job_id: str
+) -> bool:
+    """A portrait job builds the reference set when none is ready or building for the
+    character's look (the scheduler plans it so): record that job as the set's builder, so
+    the set's status follows it. Whether it does."""
+    if record.reference_status not in (ReferenceSetStatus.NONE, ReferenceSetStatus.STALE):
+        return False
+    await conn.execute(
+        "UPDATE characters SET reference_job_id = $2, reference_fingerprint = $3 WHERE id = $1",
+        record.id,
+        job_id,
+        record.fingerprint,
+    )
+    return True
 
 
 async def get(db: Db, user_id: str, character_id: str) -> CharacterRecord | None:

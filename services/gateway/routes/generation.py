@@ -177,15 +177,19 @@ async def generate_portrait(
             model=body.options.model,
             story_id=body.story_id,
         )
-        accepted = await _record_and_send(
-            conn,
-            publisher,
-            settings,
-            command,
-            _OneImage(JobKind.PORTRAIT, image_id, body.style, character.id, body.story_id),
-            job,
-            body.webhook,
-        )
+        async with conn.transaction():
+            # Named as the set's builder in the job's own transaction: a failed publish
+            # (503) rolls both back.
+            await characters.note_reference_build(conn, character, job_id)
+            accepted = await _record_and_send(
+                conn,
+                publisher,
+                settings,
+                command,
+                _OneImage(JobKind.PORTRAIT, image_id, body.style, character.id, body.story_id),
+                job,
+                body.webhook,
+            )
     log.info("event=portrait_accepted job_id=%s user_id=%s", job_id, user.user_id)
     return accepted
 
