@@ -47,7 +47,9 @@ def _cmd_token(args: argparse.Namespace) -> int:
         path = Path(args.data_dir) / "secrets.json"
         if not path.exists():
             print(
-                f"error: no IMAGEGEN_JWT_SECRET and no {path}; run `imagegen up` first",
+                f"error: no IMAGEGEN_JWT_SECRET and no {path}; run `imagegen up` first, or,"
+                " if the stack runs with another --data-dir, pass the same"
+                " `--data-dir DIR` here (or set IMAGEGEN_JWT_SECRET)",
                 file=sys.stderr,
             )
             return 2

@@ -140,11 +140,31 @@ async def _unverified(scope: Scope, authorization: str) -> str | None:
     return None
 
 
+ECHO_LIMIT = 200
+"""At most this many characters of an offending input are echoed back in a 422."""
+
+
+def _clipped(value: Any) -> Any:
+    """An echoed input cut to `ECHO_LIMIT` characters (a 100 kB name is not sent back)."""
+    if isinstance(value, str) and len(value) > ECHO_LIMIT:
+        return f"{value[:ECHO_LIMIT]}… ({len(value)} characters)"
+    if isinstance(value, (bytes, bytearray)) and len(value) > ECHO_LIMIT:
+        return f"{bytes(value[:ECHO_LIMIT])!r}… ({len(value)} bytes)"
+    if isinstance(value, list):
+        return [_clipped(v) for v in value[:20]] + (["…"] if len(value) > 20 else [])
+    if isinstance(value, dict):
+        items = list(value.items())
+        clipped = {str(k)[:ECHO_LIMIT]: _clipped(v) for k, v in items[:20]}
+        return clipped | ({"…": f"{len(items) - 20} more keys"} if len(items) > 20 else {})
+    return value
+
+
 async def validation_error(request: Request, exc: Exception) -> Response:
-    """FastAPI's 422, rendered ASCII-safe: an echoed input holding a lone surrogate must
-    not turn a refusal into a 500."""
+    """FastAPI's 422, rendered ASCII-safe (an echoed input holding a lone surrogate must
+    not turn a refusal into a 500) and short: echoed inputs are clipped."""
     assert isinstance(exc, RequestValidationError)
-    detail = jsonable_encoder(exc.errors(), custom_encoder={BaseException: str})
+    errors = [{**e, "input": _clipped(e["input"])} if "input" in e else e for e in exc.errors()]
+    detail = jsonable_encoder(errors, custom_encoder={BaseException: str})
     body = json.dumps({"detail": detail}, ensure_ascii=True, default=str)
     return Response(body, status_code=422, media_type="application/json")
 

@@ -81,8 +81,8 @@ def check_url(url: str, policy: TargetPolicy) -> SplitResult:
     allowed = host in policy.allowed_hosts
     if scheme == "http" and not allowed:
         raise WebhookUrlError(
-            f"must use https (http is only allowed to the hosts the operator lists; {host!r}"
-            " is not one)"
+            f"must use https (http is only allowed to the hosts the operator lists in"
+            f" IMAGEGEN_WEBHOOK_ALLOWED_HOSTS; {host!r} is not one)"
         )
     if policy.refuse_internal and not allowed:
         address = _literal(host)
@@ -90,7 +90,10 @@ def check_url(url: str, policy: TargetPolicy) -> SplitResult:
         if host == "localhost" or host.endswith(".localhost"):
             reason = "a loopback name"
         if reason is not None:
-            raise WebhookUrlError(f"{host} is {reason}; webhooks go to public addresses only")
+            raise WebhookUrlError(
+                f"{host} is {reason}; webhooks go to public addresses only (or to the hosts"
+                " the operator lists in IMAGEGEN_WEBHOOK_ALLOWED_HOSTS)"
+            )
     return parts
 
 
