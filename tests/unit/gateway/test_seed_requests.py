@@ -15,6 +15,7 @@ from schemas.requests import REQUEST_ADAPTER, GenerateImages, JobKind, Quality, 
 from services.gateway.offers import from_settings
 from tests.unit.gateway import image_events as ev
 from tests.unit.gateway.conftest import Gateway, gateway_settings, running_gateway
+from tests.unit.gateway.test_scenes import _story
 
 # The module spec's FR-IMGGEN-001 body, its values as the spec gives them.
 _MODULE_SPEC_PORTRAIT = {
@@ -229,3 +230,42 @@ async def test_regenerate_answers_new_image_id(gateway: Gateway, user: str) -> N
     assert response.status_code == 202, response.text
     assert response.json()["newImageId"] == image
     assert response.json()["status"] == "queued"
+
+
+async def test_module_spec_scene_and_generate_all_bodies_are_accepted(
+    offering: Gateway, user: str
+) -> None:
+    story, cast = await _story(offering, user)
+    # FR-IMGGEN-002, with the spec's fields and defaults filled in.
+    scene = {
+        "storyId": story,
+        "pageNumber": 1,
+        "characterIds": cast,
+        "sceneDescription": "Mia and the fox cross a moonlit bridge",
+        "style": "watercolor",
+        "options": {"model": "dall-e-3", "aspectRatio": "16:9", "includeText": False},
+    }
+    response = await offering.client.post(
+        "/api/v1/images/scenes", json=scene, headers=offering.auth(user)
+    )
+    assert response.status_code == 202, response.text
+    assert {"jobId", "imageId", "status"} <= response.json().keys()
+    # FR-IMGGEN-003, the spec's body with its defaults.
+    everything = {
+        "style": "storybook",
+        "includeCharacterPortraits": True,
+        "includeSceneImages": True,
+        "imagesPerPage": 1,
+    }
+    response = await offering.client.post(
+        f"/api/v1/images/stories/{story}/generate-all", json=everything, headers=offering.auth(user)
+    )
+    assert response.status_code == 202, response.text
+    assert {"batchJobId", "totalImages", "estimatedCompletionTime"} <= response.json().keys()
+    # The same in snake_case is accepted too.
+    snake = {"style": "storybook", "include_character_portraits": False, "images_per_page": 2}
+    response = await offering.client.post(
+        f"/api/v1/images/stories/{story}/generate-all", json=snake, headers=offering.auth(user)
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["totalImages"] == 4
