@@ -275,3 +275,20 @@ def test_story_editor_generates_every_page(stack: RunningStack, page: Any) -> No
     expect(job.locator(".job-status")).to_have_text("completed (2 of 2 images)", timeout=TIMEOUT_MS)
     expect(job.locator(".slot img")).to_have_count(2)
     assert job.locator("progress").first.evaluate("bar => bar.value") == 1
+
+
+def test_portrait_shows_the_reference_set_it_built(stack: RunningStack, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    _signed_in(stack, page, "Lea")
+    portrait = page.locator("#portrait-form")
+    portrait.get_by_label("Portrait style").select_option("watercolor")
+    portrait.get_by_label("Portrait quality").select_option("draft")
+    portrait.get_by_role("button", name="Generate portrait").click()
+    job = page.locator("#jobs article.job").first
+    expect(job).to_have_attribute("aria-label", "Portrait: Lea")
+    # The first portrait of a look builds the reference set too: 5 references, then it.
+    expect(job.locator(".job-status")).to_have_text("completed (6 of 6 images)", timeout=TIMEOUT_MS)
+    expect(job.locator(".slot")).to_have_count(6)
+    expect(job.locator(".slot img")).to_have_count(6)
+    expect(page.locator("#character-info")).to_contain_text("reference set ready (5 images)")

@@ -123,9 +123,13 @@ function describeCharacter(character) {
   const look = [a.ageRange, a.gender, a.hairColour && `${a.hairColour} hair`, a.outfit]
     .filter(Boolean)
     .join(", ");
+  const set = character.referenceSet;
+  const built = set && set.status !== "none"
+    ? `, reference set ${set.status}${set.imageCount ? ` (${set.imageCount} images)` : ""}`
+    : "";
   const photos = (character.referencePhotos || []).length;
   const refs = photos ? `, ${photos} reference photo${photos === 1 ? "" : "s"}` : "";
-  return `${character.artStyle}, locked seed ${character.seed}${refs}${look ? ` — ${look}` : ""}`;
+  return `${character.artStyle}, locked seed ${character.seed}${built}${refs}${look ? ` — ${look}` : ""}`;
 }
 
 async function loadCharacters(selectId) {
@@ -280,6 +284,22 @@ async function resumeJobs() {
   }
 }
 
+$("portrait-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const form = event.target;
+  submitting(form, async () => {
+    const character = requireCharacter();
+    const f = form.elements;
+    const options = { quality: f.quality.value };
+    if (f.model.value.trim()) options.model = f.model.value.trim();
+    const body = { characterId: character.id, style: f.style.value, options };
+    const job = await api("POST", "api/v1/images/characters", body, { key: newKey() });
+    const card = new JobCard(job.jobId, { kind: "portrait", count: 1, title: `Portrait: ${character.name}`, hooks });
+    card.estimate(job.estimatedCompletionTime);
+    track(card);
+  });
+});
+
 $("prompt-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const form = event.target;
@@ -337,7 +357,8 @@ const dialog = new ImageDialog({
 
 const hooks = {
   openImage: (imageId) => dialog.open(imageId),
-  finished: () => loadGallery().catch(showError),
+  // A finished job may have built the character's reference set: reload both.
+  finished: () => loadCharacters().catch(showError),
   error: showError,
 };
 

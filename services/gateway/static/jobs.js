@@ -5,8 +5,9 @@ import { followJob } from "./live.js";
 
 const DEMO_LABEL = "Demo output: faces from a DCGAN trained on DigiFace-1M.";
 const FINAL = new Set(["completed", "partially_completed", "failed", "cancelled"]);
-/** Kinds with one slot per image index; the others are one image whatever its index. */
-const MULTI = new Set(["pack", "story"]);
+/** Kinds with one slot per image index (a portrait may build the reference set first); the
+ * others are one image whatever its index. */
+const MULTI = new Set(["pack", "story", "portrait"]);
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
