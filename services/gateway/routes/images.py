@@ -77,7 +77,16 @@ async def list_images(
     image_status: Annotated[ImageStatus | None, Query(alias="status")] = None,
     limit: paging.LimitQuery = 20,
     cursor: paging.CursorQuery = None,
+    # snake_case spellings, accepted on input like every body's (documented: camelCase).
+    story_id_snake: Annotated[
+        str | None, Query(alias="story_id", pattern=ID_PATTERN, include_in_schema=False)
+    ] = None,
+    character_id_snake: Annotated[
+        str | None, Query(alias="character_id", pattern=ID_PATTERN, include_in_schema=False)
+    ] = None,
 ) -> ImageList:
+    story_id = story_id or story_id_snake
+    character_id = character_id or character_id_snake
     where = gallery.ImageFilter(story_id, character_id, image_type, image_status)
     items, next_cursor = await gallery.list_images(
         pool, links(state), user.user_id, where, limit, paging.decode(cursor)

@@ -269,3 +269,16 @@ async def test_module_spec_scene_and_generate_all_bodies_are_accepted(
     )
     assert response.status_code == 202, response.text
     assert response.json()["totalImages"] == 4
+
+
+async def test_list_filters_accept_snake_case_too(gateway: Gateway, user: str) -> None:
+    _, image = await _stored_portrait(gateway, user)
+    other = await gateway.create_character(user)
+    for key in ("characterId", "character_id"):
+        listed = await gateway.client.get(
+            "/api/v1/images", params={key: str(other["id"])}, headers=gateway.auth(user)
+        )
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["images"] == [], key
+    everything = await gateway.client.get("/api/v1/images", headers=gateway.auth(user))
+    assert [i["id"] for i in everything.json()["images"]] == [image]
