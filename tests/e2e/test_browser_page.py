@@ -258,7 +258,7 @@ def test_pack_options_prompt_only_and_reference_photos(
 def test_story_editor_generates_every_page(stack: RunningStack, page: Any) -> None:
     from playwright.sync_api import expect
 
-    _signed_in(stack, page, "Tom")
+    token = _signed_in(stack, page, "Tom")
     story = page.locator("#story-form")
     story.get_by_label("Title").fill("Tom and the Kite")
     expect(story.locator("#story-cast option:checked")).to_have_text("Tom")
@@ -275,6 +275,21 @@ def test_story_editor_generates_every_page(stack: RunningStack, page: Any) -> No
     expect(job.locator(".job-status")).to_have_text("completed (2 of 2 images)", timeout=TIMEOUT_MS)
     expect(job.locator(".slot img")).to_have_count(2)
     assert job.locator("progress").first.evaluate("bar => bar.value") == 1
+
+    # Saved: after a reload it can be picked, edited and saved again.
+    page.reload()
+    story.get_by_label("Your stories").select_option(label="Tom and the Kite")
+    expect(story.get_by_label("Title")).to_have_value("Tom and the Kite")
+    expect(story.get_by_label("Page 2 scene (optional)")).to_have_value("a kite above a green hill")
+    story.get_by_label("Page 1 text").fill("Tom found a red kite in the shed.")
+    story.get_by_role("button", name="Save story").click()
+    expect(page.locator("#story-info")).to_have_text('Saved "Tom and the Kite" (2 pages).')
+    with stack.client(token) as client:
+        (saved,) = client.get("/api/v1/stories").json()["items"]
+    assert [p["text"] for p in saved["pages"]] == [
+        "Tom found a red kite in the shed.",
+        "The wind took it over the hill.",
+    ]
 
 
 def test_portrait_shows_the_reference_set_it_built(stack: RunningStack, page: Any) -> None:

@@ -4,7 +4,7 @@ import {
   api, ApiError, claims, describe, getToken, newKey, onReachability, probeGateway, setToken, STYLES,
 } from "./api.js";
 import { JobCard, showLikeness } from "./jobs.js";
-import { fillCast, installStoryEditor } from "./story.js";
+import { fillCast, installStoryEditor, loadStories } from "./story.js";
 import { ImageDialog } from "./image.js";
 
 const $ = (id) => document.getElementById(id);
@@ -94,7 +94,7 @@ async function signIn(token) {
   $("signout").hidden = false;
   $("app").hidden = false;
   $("signin").hidden = true;
-  await resumeJobs();
+  await Promise.all([resumeJobs(), loadStories()]);
 }
 
 $("signin-form").addEventListener("submit", (event) => {

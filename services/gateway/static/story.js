@@ -5,6 +5,8 @@ import { JobCard } from "./jobs.js";
 
 const $ = (id) => document.getElementById(id);
 
+let stories = [];
+
 function pageItem(number) {
   const item = document.createElement("li");
   item.className = "page";
@@ -82,8 +84,60 @@ function storyBody(form) {
   };
 }
 
+/** The user's saved stories, in the picker (the one shown kept selected). */
+export async function loadStories(selectId) {
+  const data = await api("GET", "api/v1/stories?limit=100");
+  stories = data.items || [];
+  const pick = $("story-pick");
+  const keep = selectId ?? pick.value;
+  pick.replaceChildren(
+    new Option("a new story", ""),
+    ...stories.map((story) => {
+      const option = new Option(story.title, story.id);
+      option.selected = story.id === keep;
+      return option;
+    }),
+  );
+}
+
+function showStory(story) {
+  const form = $("story-form");
+  form.elements.title.value = story ? story.title : "";
+  const cast = new Set(story ? story.characterIds : []);
+  if (story) for (const option of $("story-cast").options) option.selected = cast.has(option.value);
+  const pages = story && story.pages.length ? story.pages : [{ text: "", sceneDescription: "" }];
+  $("story-pages").replaceChildren(
+    ...pages.map((page, index) => {
+      const item = pageItem(index + 1);
+      item.querySelector("[name=text]").value = page.text || "";
+      item.querySelector("[name=sceneDescription]").value = page.sceneDescription || "";
+      return item;
+    }),
+  );
+  $("story-info").textContent = "";
+}
+
+/** Create the story, or update the one picked; returns it. */
+async function saveStory(form) {
+  const id = $("story-pick").value;
+  const body = storyBody(form);
+  const story = id
+    ? await api("PATCH", `api/v1/stories/${encodeURIComponent(id)}`, body)
+    : await api("POST", "api/v1/stories", body, { key: newKey() });
+  await loadStories(story.id);
+  $("story-info").textContent = `Saved "${story.title}" (${story.pages.length} pages).`;
+  return story;
+}
+
 /** `track(card)` shows a job; `submitting(form, action)` runs an action with errors shown. */
 export function installStoryEditor({ track, submitting, hooks }) {
+  $("story-pick").addEventListener("change", (event) => {
+    showStory(stories.find((story) => story.id === event.target.value) || null);
+  });
+  $("save-story").addEventListener("click", () => {
+    const form = $("story-form");
+    submitting(form, () => saveStory(form));
+  });
   $("story-pages").append(pageItem(1));
   $("add-page").addEventListener("click", () => {
     const list = $("story-pages");
@@ -94,7 +148,7 @@ export function installStoryEditor({ track, submitting, hooks }) {
     event.preventDefault();
     const form = event.target;
     submitting(form, async () => {
-      const story = await api("POST", "api/v1/stories", storyBody(form), { key: newKey() });
+      const story = await saveStory(form);
       const accepted = await api(
         "POST",
         `api/v1/images/stories/${encodeURIComponent(story.id)}/generate-all`,
