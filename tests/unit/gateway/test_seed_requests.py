@@ -11,10 +11,18 @@ import pytest
 from pydantic import SecretStr
 
 from schemas.events import JobStatus
-from schemas.requests import REQUEST_ADAPTER, GenerateImages, JobKind, Quality, Request
+from schemas.requests import (
+    REQUEST_ADAPTER,
+    GenerateImages,
+    JobKind,
+    PhotoGroup,
+    Quality,
+    Request,
+)
 from services.gateway.offers import from_settings
 from tests.unit.gateway import image_events as ev
 from tests.unit.gateway.conftest import Gateway, gateway_settings, running_gateway
+from tests.unit.gateway.resources_support import image_bytes
 from tests.unit.gateway.test_scenes import _story
 
 # The module spec's FR-IMGGEN-001 body, its values as the spec gives them.
@@ -282,3 +290,29 @@ async def test_list_filters_accept_snake_case_too(gateway: Gateway, user: str) -
         assert listed.json()["images"] == [], key
     everything = await gateway.client.get("/api/v1/images", headers=gateway.auth(user))
     assert [i["id"] for i in everything.json()["images"]] == [image]
+
+
+async def test_a_photo_pack_with_five_photos_uses_its_group(gateway: Gateway, user: str) -> None:
+    gateway.app.state.face_detector = None  # these test photos have no faces to find
+    character = await gateway.create_character(user)
+    colours = ["white", "red", "green", "blue", "black"]
+    files = [
+        ("photos", (f"p{i}.png", image_bytes("PNG", colour=c), "image/png"))
+        for i, c in enumerate(colours)
+    ]
+    uploaded = await gateway.client.post(
+        f"/api/v1/characters/{character['id']}/reference-photos",
+        files=files,
+        headers=gateway.auth(user),
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    body = {"characterId": character["id"], "photoGroup": "lifestyle", "style": "realistic",
+            "quality": "high", "size": "1024x1024"}  # fmt: skip
+    response = await gateway.client.post("/api/generate", json=body, headers=gateway.auth(user))
+    assert response.status_code == 202, response.text
+    assert response.json()["image_count"] == 9
+    (command,) = _commands(gateway)
+    assert isinstance(command, GenerateImages)
+    assert command.photo_group is PhotoGroup.LIFESTYLE and command.image_count == 9
+    assert len(command.character.reference_keys) == 5
+    assert (command.style, command.quality) == ("realistic", Quality.HIGH)
