@@ -11,7 +11,7 @@ from schemas.jobs import GenerateImage
 from schemas.requests import CancelJob
 from services.scheduler.ledger import balance
 from tests.integration.scheduler.kafka_rig import kafka_rig
-from tests.unit.scheduler.fakes import catalogue_json, fast_settings
+from tests.unit.scheduler.fakes import catalogue_json, failed, fast_settings
 from tests.unit.scheduler.memrig import pack
 
 
@@ -138,18 +138,29 @@ async def test_cancel_mid_pack_stops_dispatch_releases_budget_and_ends_cancelled
         await k.sched.wait(midway, "two stored, one waiting for a retry", timeout=30)
         await k.sched.submit(CancelJob(job_id=request.job_id, user_id="alice"), "alice")
         cancelled = await k.sched.wait_event("job_cancelled", request.job_id)
-        done = await k.sched.wait_event("pack_completed", request.job_id)
-        assert done.data.status is JobStatus.CANCELLED
         assert cancelled.data.released_usd == 4.0  # images 2..5 at $1 each
         sent_at_cancel = len(await k.sched.jobs())
         assert sent_at_cancel == 6
+        # Images 3..5 are in flight: the job is not over until they report (README,
+        # "Cancelling").
+        await asyncio.sleep(0.5)
+        assert [e for e in await k.sched.events() if e.type == "pack_completed"] == []
 
-        # A held image finishes late: its cost is booked, the job stays cancelled.
-        late = [j for j in k.generator.held if j.image.image_index == 3]
-        await k.generator.answer(late[0], "ok")
+        # One finishes (stored: its cost booked, it counts), the generator stops the others.
+        held = sorted(k.generator.held, key=lambda j: j.image.image_index)
+        assert [j.image.image_index for j in held] == [3, 4, 5]
+        await k.generator.answer(held[0], "ok")
+        for job in held[1:]:
+            await k.generator.emit(failed(job, retryable=False, error_type="Cancelled"))
+        done = await k.sched.wait_event("pack_completed", request.job_id)
+        assert done.data.status is JobStatus.CANCELLED
+        assert (done.data.completed_count, done.data.failed_count) == (3, 0)
+        assert done.data.cost_usd == 1.5
         await asyncio.sleep(2.0)  # past the retry's due time: it must not be sent
         assert len(await k.sched.jobs()) == sent_at_cancel
-        ends = [e for e in await k.sched.events() if e.type == "pack_completed"]
+        events = [e for e in await k.sched.events() if e.job_id == request.job_id]
+        assert events[-1].type == "pack_completed"
+        ends = [e for e in events if e.type == "pack_completed"]
         assert len({e.id for e in ends}) == 1
         async with k.sched.pool.acquire() as conn:
             b = await balance(conn, k.sched.scheduler.ledger.today())
