@@ -350,3 +350,15 @@ def test_every_consumer_is_a_static_member_named_after_its_pod(overlay: str) -> 
         assert env["IMAGEGEN_KAFKA_INSTANCE_ID"]["valueFrom"] == {
             "fieldRef": {"fieldPath": "metadata.name"}
         }, name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_reads_the_schedulers_catalogue(overlay: str) -> None:
+    """The gateway 422s what no offer serves only if it sees the same catalogue (issue 18)."""
+    resources = built(overlay)
+    gateway = one(resources, "Deployment", "gateway")
+    (container,) = [
+        c for c in gateway["spec"]["template"]["spec"]["containers"] if c["name"] == "gateway"
+    ]
+    sources = [s["configMapRef"]["name"] for s in container["envFrom"] if "configMapRef" in s]
+    assert any(name.endswith("imagegen-scheduler") for name in sources), sources
