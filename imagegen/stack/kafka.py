@@ -307,10 +307,16 @@ class ApacheKafka(ServerProcess):
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: a random UUID in URL-safe base64 without padding, as Kafka's own."""
+    """A KRaft cluster id: a random UUID in URL-safe base64 without padding, as Kafka's own.
+
+    Never one that starts with "-": the storage tool would read it as an option (Kafka's
+    own generator skips those too). One in 64 did, and failed the stack's start."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def wait_for_kafka(

@@ -115,3 +115,13 @@ def test_unreachable_maven_repository_names_it(
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
     with pytest.raises(StackError, match=r"Maven could not fetch Apache Kafka .*reachable"):
         kafka_jars(tmp_path / "empty-cache")
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    """The storage tool takes `-t ID`: an id starting with '-' (1 in 64) was read as an option
+    and failed the stack's start."""
+    from imagegen.stack.kafka import _cluster_id
+
+    ids = [_cluster_id() for _ in range(2000)]
+    assert not any(cluster_id.startswith("-") for cluster_id in ids)
+    assert all(len(cluster_id) == 22 for cluster_id in ids)
