@@ -214,8 +214,12 @@ def read_sse(
     *,
     stall_s: float | None = None,
     diagnose: Callable[[list[dict[str, Any]]], str] | None = None,
+    queue_status: bool = False,
 ) -> list[dict[str, Any]]:
     """SSE messages (id, event, data) until the server ends the stream or `stop_after`.
+
+    A job's `queue_status` messages (its place in the queue, no id: nothing to resume from)
+    are left out unless `queue_status`, so that counts and ids are the job's events.
 
     With `stall_s`, a stream that brings no message for that long fails (heartbeats do not
     count) with what it got and `diagnose(messages)`, rather than waiting for pytest's
@@ -250,7 +254,7 @@ def read_sse(
             if stall_s is not None and time.monotonic() - last > stall_s:
                 raise stalled(f"no event for {stall_s:.0f}s")
             if not line:
-                if "data" in current:
+                if "data" in current and (queue_status or current.get("event") != "queue_status"):
                     messages.append(current)
                     last = time.monotonic()
                     if stop_after is not None and len(messages) >= stop_after:

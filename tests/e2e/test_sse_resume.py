@@ -257,7 +257,9 @@ def test_user_stream_resumes_across_replicas(stack: RunningStack, replica: Repli
             read_sse, stall_s=STALL_S, diagnose=_diagnosis(stack, replica, "user_id", user)
         )
         # Live on one replica until some events of both jobs have arrived.
-        part1 = read(first, "/api/v1/events", stop_after=8)
+        # From the start of the user's log (without Last-Event-ID the stream is live only,
+        # and both jobs may have begun before it connects).
+        part1 = read(first, "/api/v1/events", {"Last-Event-ID": "0"}, stop_after=8)
         for job_id in jobs:
             wait_for_job(stack, first, job_id)
         logged = asyncio.run(_logged_ids(stack.database, "user_id", user))

@@ -365,8 +365,9 @@ async def _assert_user_stream_is_own(gw: Gateway, owner: Owned, intruder: str) -
     )
     marker = f"{job['job_id']}-0"
     await gw.feed(ev.queued(job["job_id"], intruder, marker))
+    # From the start of the log: without Last-Event-ID the user stream is live only.
     status_code, text = await _read_stream(
-        gw.app, "/api/v1/events", gw.auth(intruder), until=marker
+        gw.app, "/api/v1/events", {**gw.auth(intruder), "Last-Event-ID": "0"}, until=marker
     )
     assert status_code == 200
     assert marker in text
