@@ -6,34 +6,18 @@ driven by playwright; playwright never downloads a browser here.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e.browser_support import TIMEOUT_MS, chromium_context
 from tests.e2e.stack import RunningStack, imagegen_up
 
 pytestmark = pytest.mark.e2e
 
 PACK = 6
-TIMEOUT_MS = 180_000  # a whole pack on a busy CI machine
-EXPECT_MS = 60_000  # one step: a review confirmed, thumbnails fetched
-
-
-def _chromium() -> str:
-    for candidate in (os.environ.get("IMAGEGEN_CHROMIUM"), "/usr/bin/chromium"):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.skip(
-            "Chromium is not installed and could not be installed (./dev setup installs"
-            " Debian's chromium when run as root with apt); set IMAGEGEN_CHROMIUM to a binary"
-        )
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -44,32 +28,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
 @pytest.fixture
 def page(stack: RunningStack, tmp_path: Path) -> Iterator[Any]:
-    executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        # Chromium's sandbox refuses to run as root (CI containers); it isolates nothing
-        # we need for a page on loopback.
-        args = ["--no-sandbox"] if os.geteuid() == 0 else []
-        browser = playwright.chromium.launch(executable_path=executable, args=args)
-        sync_api.expect.set_options(timeout=EXPECT_MS)
-        try:
-            context = browser.new_context()
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            failures: list[str] = []
-            page.on("pageerror", lambda error: failures.append(str(error)))
-            page.on(
-                "console",
-                lambda message: failures.append(message.text) if message.type == "error" else None,
-            )
-            try:
-                yield page
-            finally:
-                # What the page looked like at the end (or at the failure), for the CI log.
-                page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
-            assert not [f for f in failures if "Failed to load resource" not in f], failures
-        finally:
-            browser.close()
+    with chromium_context(tmp_path) as context:
+        page = context.new_page()
+        failures: list[str] = []
+        page.on("pageerror", lambda error: failures.append(str(error)))
+        page.on(
+            "console",
+            lambda message: failures.append(message.text) if message.type == "error" else None,
+        )
+        yield page
+        assert not [f for f in failures if "Failed to load resource" not in f], failures
 
 
 _WATCH_SLOTS = """() => {

@@ -6,7 +6,6 @@ do not mix.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.browser_support import TIMEOUT_MS, chromium_context
 from tests.e2e.stack import RunningStack, imagegen_up
-from tests.e2e.test_browser import EXPECT_MS, TIMEOUT_MS, _chromium
 
 pytestmark = pytest.mark.e2e
 
@@ -30,20 +29,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
 @pytest.fixture
 def browser_context(stack: RunningStack, tmp_path: Path) -> Iterator[Any]:
-    executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        args = ["--no-sandbox"] if os.geteuid() == 0 else []
-        browser = playwright.chromium.launch(executable_path=executable, args=args)
-        sync_api.expect.set_options(timeout=EXPECT_MS)
-        try:
-            context = browser.new_context()
-            context.set_default_timeout(TIMEOUT_MS)
-            yield context
-            for number, page in enumerate(context.pages):
-                page.screenshot(path=str(tmp_path / f"page-{number}.png"), full_page=True)
-        finally:
-            browser.close()
+    with chromium_context(tmp_path) as context:
+        yield context
 
 
 @pytest.fixture
