@@ -271,7 +271,7 @@ async def _store_image(
         data.image_id,
         data.version,
         ImageStatus.DELETING.value,
-        ImageStatus.READY.value,
+        ImageStatus.COMPLETED.value,
         json.dumps(renditions),
         data.width,
         data.height,
@@ -293,7 +293,7 @@ async def _store_image(
         data.scene_source,
         data.quality_score,
     )
-    return 0 if before == ImageStatus.READY.value else 1
+    return 0 if before == ImageStatus.COMPLETED.value else 1
 
 
 async def _fail_image(conn: asyncpg.Connection, job_id: str, event: GenerationFailed) -> int:

@@ -183,7 +183,7 @@ async def list_images(
         "SELECT * FROM ("
         f"  SELECT DISTINCT ON (id) {_COLUMNS}, min(created_at) OVER (PARTITION BY id) AS first_at"
         "   FROM images WHERE user_id = $1 AND status <> 'deleting'"
-        "   ORDER BY id, (status = 'ready') DESC, version DESC"
+        "   ORDER BY id, (status = 'completed') DESC, version DESC"
         ") cur"
         " WHERE ($2::text IS NULL OR story_id = $2) AND ($3::text IS NULL OR character_id = $3)"
         " AND ($4::text IS NULL OR kind = $4) AND ($5::text IS NULL OR status = $5)"
@@ -206,7 +206,7 @@ async def list_images(
 
 def current(rows: list[asyncpg.Record]) -> asyncpg.Record:
     """The version on show: the newest ready one, else the newest."""
-    ready = [r for r in rows if r["status"] == ImageStatus.READY.value]
+    ready = [r for r in rows if r["status"] == ImageStatus.COMPLETED.value]
     return (ready or rows)[-1]
 
 

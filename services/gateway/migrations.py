@@ -214,6 +214,12 @@ ALTER TABLE images ADD COLUMN tier text;
 CREATE INDEX images_queued_tier ON images (tier, created_at) WHERE status = 'queued';
 """
 
+# Image status words follow the module spec: a stored image is `completed` (was `ready`).
+_V9 = """
+UPDATE images SET status = 'completed' WHERE status = 'ready';
+ALTER TABLE images ALTER COLUMN status SET DEFAULT 'completed';
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
@@ -223,4 +229,5 @@ MIGRATIONS: list[tuple[int, str]] = [
     (6, _V6),
     (7, _V7),
     (8, _V8),
+    (9, _V9),
 ]

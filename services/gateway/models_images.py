@@ -101,10 +101,16 @@ for images with no scene (portraits, packs)."""
 class ImageStatus(StrEnum):
     QUEUED = "queued"
     GENERATING = "generating"
-    READY = "ready"
+    COMPLETED = "completed"
+    """Stored and viewable (the module spec's word; `ready` is accepted as an alias in filters)."""
     FAILED = "failed"
     CANCELLED = "cancelled"
     DELETING = "deleting"
+
+    @classmethod
+    def _missing_(cls, value: object) -> ImageStatus | None:
+        # The word before the module spec's: old clients' `?status=ready` still filters.
+        return cls.COMPLETED if value == "ready" else None
 
 
 class ReviewStatus(StrEnum):

@@ -97,7 +97,8 @@ async def get_job(
     if job is None:
         return None
     rows = await pool.fetch(
-        "SELECT * FROM images WHERE job_id = $1 AND status = 'ready' ORDER BY index, id, version",
+        "SELECT * FROM images WHERE job_id = $1 AND status = 'completed'"
+        " ORDER BY index, id, version",
         job_id,
     )
     images = []

@@ -56,5 +56,5 @@ def test_cancel_mid_pack_ends_with_a_truthful_last_word(stack: RunningStack) -> 
     ).quantize(Decimal("0.000001"))
     if cancel.status_code == 202:
         assert job["status"] == "cancelled" and job["reasonCode"] == "cancelled_by_user"
-        ready = [i for i in job["images"] if i["status"] == "ready"]
+        ready = [i for i in job["images"] if i["status"] == "completed"]
         assert len(ready) == stored

@@ -139,7 +139,7 @@ async def regenerate(
     async with pool.acquire() as conn, conn.transaction():
         rows = await gallery.versions(conn, user.user_id, image_id)
         _visible(rows, image_id)
-        if not any(r["status"] == ImageStatus.READY.value for r in rows):
+        if not any(r["status"] == ImageStatus.COMPLETED.value for r in rows):
             raise HTTPException(
                 status.HTTP_409_CONFLICT,
                 f"image {image_id} has no finished version to regenerate yet",
@@ -226,7 +226,7 @@ async def delete_image(
     async with pool.acquire() as conn, conn.transaction():
         rows = await gallery.versions(conn, user.user_id, image_id)
         _visible(rows, image_id)
-        if not any(r["status"] == ImageStatus.READY.value for r in rows):
+        if not any(r["status"] == ImageStatus.COMPLETED.value for r in rows):
             # Storage has nothing to delete yet; the image would come back when stored.
             raise HTTPException(
                 status.HTTP_409_CONFLICT,
@@ -265,7 +265,7 @@ async def review_image(
         rows = await gallery.versions(conn, user.user_id, image_id)
         _visible(rows, image_id)
         target = gallery.current(rows)
-        if target["status"] != ImageStatus.READY.value:
+        if target["status"] != ImageStatus.COMPLETED.value:
             raise HTTPException(
                 status.HTTP_409_CONFLICT, f"image {image_id} has no finished version to review"
             )

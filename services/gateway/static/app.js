@@ -371,7 +371,7 @@ async function loadGallery() {
   }
   // Ready images only: queued, failed and cancelled ones have no picture to show (their
   // jobs' cards say what became of them).
-  const query = new URLSearchParams({ characterId: character.id, status: "ready", limit: "100" });
+  const query = new URLSearchParams({ characterId: character.id, status: "completed", limit: "100" });
   const data = await api("GET", `api/v1/images?${query}`);
   const items = data.images || data.items || [];
   gallery.replaceChildren(

@@ -79,7 +79,7 @@ export class ImageDialog {
           button.append(img);
         }
         const label = document.createElement("span");
-        label.textContent = v.status === "ready" ? `v${v.version}` : `v${v.version} ${v.status}`;
+        label.textContent = v.status === "completed" ? `v${v.version}` : `v${v.version} ${v.status}`;
         button.append(label);
         button.addEventListener("click", () => this.render(v.version));
         item.append(button);
@@ -112,8 +112,8 @@ export class ImageDialog {
       }),
     );
     const current = shown.version === image.version;
-    $("approve").disabled = !current || image.status !== "ready";
-    $("reject").disabled = !current || image.status !== "ready";
+    $("approve").disabled = !current || image.status !== "completed";
+    $("reject").disabled = !current || image.status !== "completed";
   }
 
   /** Reviews are confirmed by the image store: show `pending` until it has. */

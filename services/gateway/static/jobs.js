@@ -301,7 +301,7 @@ export class JobCard {
       button.addEventListener("click", () => this.hooks.openImage(image.id));
       slot.pic.replaceWith(button);
       slot.pic = button;
-      if (image.status === "ready" && !slot.slot.classList.contains("stored")) {
+      if (image.status === "completed" && !slot.slot.classList.contains("stored")) {
         slot.slot.classList.remove("failed");
         slot.slot.classList.add("stored");
         this.set(slot, `done · v${image.version}`, 1);

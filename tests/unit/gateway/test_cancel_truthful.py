@@ -47,4 +47,4 @@ async def test_images_running_at_a_cancel_are_counted_before_the_end(
     assert float(final["costUsd"]) == 0.5
     assert final["reasonCode"] == "cancelled_by_user" and final["finishedAt"] is not None
     statuses = sorted(i["status"] for i in final["images"])
-    assert statuses == ["cancelled", "cancelled", "ready"]
+    assert statuses == ["cancelled", "cancelled", "completed"]

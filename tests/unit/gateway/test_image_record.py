@@ -70,7 +70,7 @@ async def test_a_derived_scene_and_the_quality_score_show_in_the_record(
     response = await gateway.client.get(f"/api/v1/images/{image}", headers=gateway.auth(user))
     assert response.status_code == 200, response.text
     record = response.json()
-    assert record["status"] == "ready"
+    assert record["status"] == "completed"
     assert record["prompt"] == f"storybook illustration, {DERIVED}"
     assert record["negativePrompt"] == "blurry, extra fingers"
     assert record["sceneDescription"] == DERIVED

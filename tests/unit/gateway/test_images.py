@@ -134,7 +134,7 @@ async def test_foreign_character_or_story_is_404(gateway: Gateway, user: str) ->
 async def test_stored_image_has_the_spec_fields(gateway: Gateway, user: str) -> None:
     job, image_id, character_id = await _ready_portrait(gateway, user)
     image = await _get(gateway, user, image_id)
-    assert image["status"] == "ready"
+    assert image["status"] == "completed"
     assert image["url"].startswith(f"memory://images/{user}/{image_id}/v1/display.png")
     assert image["thumbnailUrl"].startswith(f"memory://images/{user}/{image_id}/v1/thumbnail.png")
     assert image["cdnUrl"] is None  # no CDN configured
@@ -181,6 +181,16 @@ async def test_list_filters_and_pages_without_gaps(gateway: Gateway, user: str) 
         "/api/v1/images", params={"characterId": character_id}, headers=auth
     )
     assert [i["id"] for i in by_char.json()["items"]] == [portrait_id]
+    # The spec's status word filters; the old word `ready` is an alias of it.
+    for word in ("completed", "ready"):
+        done = await gateway.client.get(
+            "/api/v1/images", params={"status": word, "limit": 100}, headers=auth
+        )
+        assert done.status_code == 200, done.text
+        assert sorted(i["id"] for i in done.json()["items"]) == sorted([portrait_id, *pack_ids])
+        assert {i["status"] for i in done.json()["items"]} == {"completed"}
+    queued = await gateway.client.get("/api/v1/images", params={"status": "queued"}, headers=auth)
+    assert queued.json()["items"] == []
     assert (await gateway.client.get("/api/v1/images", headers=gateway.auth("nobody"))).json()[
         "items"
     ] == []
@@ -323,7 +333,7 @@ async def test_another_users_image_is_404_everywhere(gateway: Gateway, user: str
         )
         assert response.status_code == 404, action
     assert len(_commands(gateway)) == before
-    assert (await _get(gateway, user, image_id))["status"] == "ready"
+    assert (await _get(gateway, user, image_id))["status"] == "completed"
 
 
 async def test_unauthenticated_is_401(gateway: Gateway) -> None:

@@ -63,7 +63,7 @@ async def test_job_status_shows_counts_progress_reason_and_cost(
     assert Decimal(body["costUsd"]) == Decimal("0.013")
     assert body["running"] == 0
     # The image that never started is not coming now; the failed one says so.
-    assert [i["status"] for i in body["images"]] == ["ready", "failed", "failed"]
+    assert [i["status"] for i in body["images"]] == ["completed", "failed", "failed"]
 
 
 async def test_only_final_failures_mark_an_image_failed(gateway: Gateway, user: str) -> None:
