@@ -132,8 +132,10 @@ def create_app(
             yield
             log.info("event=gateway_stopping")
 
-    # docs_url=None: install_docs serves /docs from local assets, not a CDN.
-    app = FastAPI(title="imagegen gateway", version="1", lifespan=lifespan, docs_url=None)
+    # docs_url/redoc_url=None: install_docs serves /docs and /redoc from local assets, not a CDN.
+    app = FastAPI(
+        title="imagegen gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     install_docs(app)
     install(app, settings)  # authenticator, moderator, idempotency middleware
     if settings.cors_origins:

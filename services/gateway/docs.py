@@ -1,21 +1,30 @@
-"""`/docs`: Swagger UI from the gateway's own static files, so it works offline.
+"""`/docs` (Swagger UI) and `/redoc` (ReDoc) from the gateway's own static files, so both
+work offline.
 
-FastAPI's default page loads Swagger UI from a CDN; the assets are vendored under
-static/swagger/ (swagger-ui-dist, Apache-2.0; see its VERSION file).
+FastAPI's default pages load their scripts from a CDN (and ReDoc its fonts from Google);
+the assets are vendored under static/swagger/ (swagger-ui-dist, Apache-2.0) and
+static/redoc/ (redoc, MIT); see each folder's VERSION file.
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
 from fastapi.responses import HTMLResponse
 
 DOCS_URL = "/docs"
+REDOC_URL = "/redoc"
 _ASSETS = "/static/swagger"
+_REDOC_ASSETS = "/static/redoc"
 
 
 def install_docs(app: FastAPI) -> None:
-    """Serve `/docs` and its OAuth2 redirect page (the app is built with docs_url=None)."""
+    """Serve `/docs`, its OAuth2 redirect page and `/redoc` (the app is built with
+    docs_url=None and redoc_url=None)."""
     redirect_url = f"{DOCS_URL}/oauth2-redirect"
 
     @app.get(DOCS_URL, include_in_schema=False)
@@ -33,3 +42,14 @@ def install_docs(app: FastAPI) -> None:
     @app.get(redirect_url, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get(REDOC_URL, include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API reference",
+            redoc_js_url=f"{root}{_REDOC_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{_ASSETS}/favicon-32x32.png",
+            with_google_fonts=False,
+        )

@@ -152,6 +152,14 @@ def test_docs_render_with_no_internet(stack: RunningStack, browser_context: Any,
     expect(page.locator(".swagger-ui .opblock").first).to_be_visible()
     assert not outside, f"/docs asked the internet for {outside}"
 
+    page.goto(f"{stack.gateway}/redoc")
+    expect(page.locator(".api-info h1")).to_contain_text("imagegen gateway")
+    expect(page.locator("[data-section-id^='operation/']").first).to_be_attached()
+    # ReDoc's sidebar credit always asks for its logo and hides it when that fails; nothing
+    # else may leave the machine.
+    credit = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+    assert [url for url in outside if url != credit] == [], f"/redoc asked for {outside}"
+
 
 FACE = Path(__file__).resolve().parents[1] / "unit" / "gateway" / "data" / "face.jpg"
 
