@@ -7,10 +7,11 @@ in batches (each its own short transaction, so live writers never wait long), ev
 `interval_s`, until stopped. Instances of a service prune side by side: `SKIP LOCKED`
 hands each a different batch, and no row is deleted twice.
 
-`REPLAY_WINDOW` is how long a copy of a Kafka message can come back at worst: a topic
-keeps records 7 days, Kafka deletes whole segments so one can outlive that by a segment
-(7 days), and `imagegen dlq redrive` can put a dead letter (kept as long) back: 2 x (7 +
-7) = 28 days, rounded up.
+`REPLAY_WINDOW` is how long a copy of a Kafka message can come back at worst, from the
+topic registry: the longest-kept topic (the events topic, 30 days) plus a segment (Kafka
+deletes whole segments, so a record can outlive retention.ms by segment.ms, 7 days), and
+before that a dead letter (kept 7 days, plus a segment) that `imagegen dlq redrive` puts
+back: (30 + 7) + (7 + 7) = 51 days.
 """
 
 from __future__ import annotations
@@ -24,9 +25,24 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from schemas.topics import TopicSpec, registry
+
 log = logging.getLogger(__name__)
 
-REPLAY_WINDOW = timedelta(days=30)
+SEGMENT_SLACK = timedelta(days=7)
+"""Kafka's default segment.ms: how long a record can outlive its topic's retention.ms."""
+
+
+def replay_window(specs: list[TopicSpec] | None = None) -> timedelta:
+    """The worst age of a message copy that can still arrive (see the module docstring)."""
+    kept = {
+        s.role: timedelta(milliseconds=int(s.configs["retention.ms"]))
+        for s in (registry() if specs is None else specs)
+    }
+    return max(kept.values()) + SEGMENT_SLACK + kept["deadletter"] + SEGMENT_SLACK
+
+
+REPLAY_WINDOW = replay_window()
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 
 

@@ -35,6 +35,15 @@ def image_envelope(image: ImageIdentity, event_type: str, *parts: object) -> dic
     }
 
 
+def image_facts(image: ImageIdentity) -> dict[str, Any]:
+    """What every per-image event's data says of its image for analysts: its character and
+    the tier of the attempt."""
+    return {
+        "character_id": image.character_id,
+        "tier": image.tier.value if image.tier is not None else None,
+    }
+
+
 class JobStatus(StrEnum):
     ACCEPTED = "accepted"
     QUEUED = "queued"
@@ -55,6 +64,15 @@ TERMINAL_STATUSES = frozenset(
 
 
 # --- payloads ---------------------------------------------------------------------------
+
+_CHARACTER = (
+    "The character the image is of (a prompt-only job's stand-in id); null only in events"
+    " from before it was carried."
+)
+_TIER = (
+    "The priority tier of the attempt (realtime, standard, economy: the jobs topic that"
+    " carried it); null only in events from before it was carried."
+)
 
 
 class GenerationQueuedData(Contract):
@@ -80,6 +98,9 @@ class GenerationStartedData(Contract):
     backend: str
     model: str
     queue_wait_ms: int = 0
+    provider: str = ""
+    character_id: str | None = Field(default=None, description=_CHARACTER)
+    tier: str | None = Field(default=None, description=_TIER)
 
 
 class GenerationProgressData(Contract):
@@ -99,6 +120,8 @@ class GenerationCompletedData(Contract):
     cost_usd: float
     provider: str = ""
     gpu_seconds: float | None = None
+    character_id: str | None = Field(default=None, description=_CHARACTER)
+    tier: str | None = Field(default=None, description=_TIER)
 
 
 class ErrorType(StrEnum):
@@ -133,6 +156,11 @@ class GenerationFailedData(Contract):
     retryable: bool
     final: bool = Field(description="True when no further attempt will be made.")
     provider: str = ""
+    model: str = Field(
+        default="", description="The model of the attempt; empty when none was named."
+    )
+    character_id: str | None = Field(default=None, description=_CHARACTER)
+    tier: str | None = Field(default=None, description=_TIER)
 
 
 class StoredRendition(Contract):
@@ -175,6 +203,7 @@ class ImageStoredData(Contract):
     negative_prompt: str = ""
     scene_description: str = ""
     scene_source: str = ""
+    tier: str | None = Field(default=None, description=_TIER)
 
 
 class ConsistencyFlaggedData(Contract):
@@ -222,6 +251,21 @@ class PackCompletedData(Contract):
     "content_policy_violation" (an image was refused by the provider's safety system)."""
     reason: str | None = None
     cost_usd: float = 0.0
+    character_id: str | None = Field(
+        default=None,
+        description=(
+            "The character of the job's first image (a pack's or portrait's character, a"
+            " scene's or story's first); null for a job that planned no image, and in events"
+            " from before it was carried."
+        ),
+    )
+    tier: str | None = Field(
+        default=None,
+        description=(
+            "The job's priority tier (realtime, standard, economy: its jobs topic); null for"
+            " a job that planned no image, and in events from before it was carried."
+        ),
+    )
 
 
 class JobCancelledData(Contract):

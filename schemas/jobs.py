@@ -38,6 +38,10 @@ class ImageIdentity(Contract):
     """Consistency re-tries: 0 for the first image, n for the n-th new seed variation."""
     story_id: str | None = None
     page_number: int | None = None
+    tier: Tier | None = None
+    """The tier whose topic carries this attempt, stamped by the scheduler when it dispatches
+    it (None in messages from before tiers travelled with the image); events about the image
+    carry it for analysts."""
 
     @property
     def idempotency_key(self) -> str:

@@ -31,7 +31,12 @@ class TopicSpec(BaseModel):
     description: str
 
 
-_WEEK_MS = str(7 * 24 * 3600 * 1000)
+_DAY_MS = 24 * 3600 * 1000
+_WEEK_MS = str(7 * _DAY_MS)
+EVENTS_RETENTION_DAYS = 30
+"""How long the events topic keeps records: analysts re-read and recount from it (a month of
+KPIs), so it outlives the other topics' week. `registry(events_retention_days=...)` sets
+another; the Strimzi manifests carry the default."""
 _CONFIGS = {"retention.ms": _WEEK_MS, "max.message.bytes": "1048576"}
 
 
@@ -64,8 +69,13 @@ class TopicNames:
         return [self.jobs(t) for t in Tier]
 
 
-def registry(namespace: str = DEFAULT_NAMESPACE) -> list[TopicSpec]:
+def registry(
+    namespace: str = DEFAULT_NAMESPACE, events_retention_days: int = EVENTS_RETENTION_DAYS
+) -> list[TopicSpec]:
     """Every topic of the system, in one list."""
+    if events_retention_days < 1:
+        raise ValueError(f"events_retention_days={events_retention_days}: must be at least 1")
+    events_retention = {"retention.ms": str(events_retention_days * _DAY_MS)}
     specs = [
         _spec(namespace, "requests", 8, "user id", "Commands from the gateway."),
         *(
@@ -74,7 +84,9 @@ def registry(namespace: str = DEFAULT_NAMESPACE) -> list[TopicSpec]:
         ),
         _spec(namespace, "images.raw", 8, "job id", "Generated images (claim-check)."),
         _spec(namespace, "images.processed", 8, "job id", "Renditions (claim-check)."),
-        _spec(namespace, "events", 8, "job id", "Everything clients and analysts see."),
+        _spec(namespace, "events", 8, "job id", "Everything clients and analysts see.").model_copy(
+            update={"configs": {**_CONFIGS, **events_retention}}
+        ),
         _spec(namespace, "deadletter", 4, "original key", "Messages that could not be handled."),
     ]
     return specs

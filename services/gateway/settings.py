@@ -36,7 +36,7 @@ class GatewaySettings(ServiceSettings):
         " an event. Older ones are pruned hourly; a stream of a job that old still ends"
         " (its status says it is over), and jobs, images and webhook deliveries are kept."
         " The log also recognises redelivered events, so it is refused shorter than the"
-        " replay window (30 days, imagegen/retention.py).",
+        " replay window (51 days, imagegen/retention.py).",
     )
     # Browsers reconnect a dropped EventSource after this many milliseconds.
     sse_retry_ms: int = Field(default=1000, ge=100, le=60_000)

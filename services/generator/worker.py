@@ -36,6 +36,7 @@ from schemas.events import (
     GenerationStarted,
     GenerationStartedData,
     image_envelope,
+    image_facts,
 )
 from schemas.images import GenerationRecord, RawImage, Timings
 from schemas.jobs import GenerateImage
@@ -162,6 +163,8 @@ class Generator:
                     backend=backend.name,
                     model=backend.model,
                     queue_wait_ms=queue_wait_ms,
+                    provider=provider,
+                    **image_facts(img),
                 ),
             )
         )
@@ -298,6 +301,7 @@ class Generator:
                     cost_usd=cost,
                     provider=provider,
                     gpu_seconds=gpu_seconds,
+                    **image_facts(img),
                 ),
             )
         )
@@ -337,6 +341,8 @@ class Generator:
                     retryable=retryable,
                     final=False,
                     provider=provider,
+                    model=job.model or "",
+                    **image_facts(img),
                 ),
             )
         )

@@ -22,6 +22,7 @@ from schemas.events import (
     GenerationFailed,
     GenerationFailedData,
     image_envelope,
+    image_facts,
 )
 from schemas.images import ProcessedImage, RawImage, Rendition
 from schemas.topics import TopicNames
@@ -186,6 +187,8 @@ class Postprocessor:
                     retryable=True,
                     final=False,
                     provider=raw.provider,
+                    model=raw.record.model,
+                    **image_facts(image),
                 ),
             )
         )

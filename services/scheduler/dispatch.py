@@ -110,7 +110,9 @@ class Dispatcher:
 
     async def dispatch(self, conn: asyncpg.Connection, job: GenerateImage) -> None:
         """Stage one attempt of one image on its tier's topic, with its queued event."""
-        job = job.model_copy(update={"enqueued_at": utcnow()})
+        # The image carries its attempt's tier from here on, so every event about it says it.
+        image = job.image.model_copy(update={"tier": job.tier})
+        job = job.model_copy(update={"enqueued_at": utcnow(), "image": image})
         img = job.image
         await conn.execute(
             "UPDATE job_images SET status = 'dispatched', message = $3, attempt = $4,"

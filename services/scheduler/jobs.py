@@ -247,7 +247,7 @@ class JobBook:
         job = await conn.fetchrow(
             "UPDATE jobs SET status = $2, reason_code = $3, reason = $4,"
             " finished_at = coalesce(finished_at, now())"
-            " WHERE job_id = $1 RETURNING user_id, tier, image_count, created_at",
+            " WHERE job_id = $1 RETURNING user_id, tier, topic_tier, image_count, created_at",
             job_id,
             status.value,
             reason_code,
@@ -259,6 +259,11 @@ class JobBook:
             "SELECT coalesce(sum(actual_usd), 0) FROM generations WHERE job_id = $1", job_id
         )
         duration = datetime.now(UTC) - job["created_at"]
+        character_id = await conn.fetchval(
+            "SELECT message->'image'->>'character_id' FROM job_images WHERE job_id = $1"
+            " ORDER BY image_index LIMIT 1",
+            job_id,
+        )
         await stage_event(
             conn,
             self._topics.events,
@@ -277,6 +282,8 @@ class JobBook:
                     reason_code=reason_code,
                     reason=reason,
                     cost_usd=float(Decimal(cost)),
+                    character_id=character_id,
+                    tier=job["topic_tier"],
                 ),
             ),
         )

@@ -36,7 +36,13 @@ from datetime import date, timedelta
 import asyncpg
 
 from imagegen.errors import RetryableError
-from schemas.events import ErrorType, GenerationFailed, GenerationFailedData, event_id
+from schemas.events import (
+    ErrorType,
+    GenerationFailed,
+    GenerationFailedData,
+    event_id,
+    image_facts,
+)
 from schemas.jobs import GenerateImage
 from schemas.requests import UserTier
 from schemas.topics import TopicNames
@@ -192,6 +198,8 @@ class Retries:
             retryable=True,
             final=False,
             provider=msg.provider or "",
+            model=msg.model or "",
+            **image_facts(img),
         )
         await stage_event(
             conn,
@@ -285,6 +293,8 @@ class Retries:
                     retryable=False,
                     final=True,
                     provider=msg.provider or "",
+                    model=msg.model or "",
+                    **image_facts(img),
                 ),
             ),
         )

@@ -12,7 +12,7 @@ from imagegen.db import transient_as_retryable
 from imagegen.events import EventEmitter
 from imagegen.kafka import Publisher, Record, decode
 from imagegen.telemetry import tracer
-from schemas.events import ImageStored, ImageStoredData, StoredRendition, event_id
+from schemas.events import ImageStored, ImageStoredData, StoredRendition, event_id, image_facts
 from schemas.images import ProcessedImage
 from schemas.topics import TopicNames
 from services.storage.layout import CACHE_CONTROL, owner_of, rendition_key
@@ -85,7 +85,7 @@ class StorageService:
                 subject=f"jobs/{image.job_id}/images/{image.image_index}",
                 job_id=image.job_id,
                 user_id=image.user_id,
-                data=data,
+                data=data.model_copy(update=image_facts(image)),
             )
         )
 

@@ -340,7 +340,7 @@ async def test_events_past_the_log_retention_are_pruned_and_the_job_stream_still
 def test_the_event_log_retention_cannot_be_shorter_than_the_replay_window(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert GatewaySettings().event_log_retention_s == 30 * 24 * 3600
+    assert GatewaySettings().event_log_retention_s == 51 * 24 * 3600
     monkeypatch.setenv("IMAGEGEN_EVENT_LOG_RETENTION_S", str(7 * 24 * 3600))
     with pytest.raises(ValidationError, match="IMAGEGEN_EVENT_LOG_RETENTION_S=604800 is"):
         GatewaySettings()
