@@ -56,9 +56,9 @@ BUCKET = "tansu"
 def stack_consumers(topics: TopicNames) -> list[tuple[str, str]]:
     """(group, topic) of every consumer `imagegen up` runs, one replica of each service.
 
-    gateway 1 (services/gateway/app.py), scheduler 2, storage 3, postprocess 1
-    (services/*/__main__.py), generator 3 tier consumers + 1 cancel control
-    (services/generator/loops.py): 11.
+    gateway 1 (services/gateway/app.py), scheduler 2, storage 2, postprocess 1
+    (services/*/__main__.py), generator 3 tier consumers + 1 cancel control on the control
+    topic (services/generator/loops.py): 10.
     """
     return [
         ("gateway", topics.events),
@@ -66,10 +66,9 @@ def stack_consumers(topics: TopicNames) -> list[tuple[str, str]]:
         ("scheduler-outcomes", topics.events),
         ("storage", topics.images_processed),
         ("storage-requests", topics.requests),
-        ("storage-jobs", topics.events),
         ("postprocess", topics.images_raw),
         *(("generator", topics.jobs(tier)) for tier in Tier),
-        ("generator-control", topics.events),
+        ("generator-control", topics.control),
     ]
 
 

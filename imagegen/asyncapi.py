@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from schemas.deadletter import DeadLetterHeaders
-from schemas.events import Event
+from schemas.events import Event, JobCancelled
 from schemas.images import ProcessedImage, RawImage
 from schemas.jobs import GenerateImage
 from schemas.requests import Request
@@ -32,6 +32,7 @@ _PRODUCERS = {
     "images.raw": "generator",
     "images.processed": "postprocess",
     "events": "scheduler, generator, postprocess, storage",
+    "control": "scheduler (a copy of each job_cancelled)",
     "deadletter": "every consumer (messages it could not handle)",
 }
 _CONSUMERS = {
@@ -39,7 +40,8 @@ _CONSUMERS = {
     "jobs": "generator",
     "images.raw": "postprocess",
     "images.processed": "storage",
-    "events": "gateway (SSE, read model), scheduler (outcomes), storage, analytics",
+    "events": "gateway (SSE, read model), scheduler (outcomes), analytics",
+    "control": "generator (stops a cancelled job's images)",
     "deadletter": "operators (`imagegen dlq`)",
 }
 
@@ -65,6 +67,7 @@ def topic_messages() -> dict[str, list[tuple[str, type[BaseModel]]]]:
         "images.raw": [("raw_image", RawImage)],
         "images.processed": [("processed_image", ProcessedImage)],
         "events": [(_type_of(m), m) for m in _members(Event)],
+        "control": [("job_cancelled", JobCancelled)],
     }
     for spec in registry():
         if spec.role.startswith("jobs."):
@@ -87,6 +90,7 @@ def _channel(spec: TopicSpec, names: list[str]) -> dict[str, Any]:
                 "topic": spec.name,
                 "partitions": spec.partitions,
                 "topicConfiguration": {
+                    **_cleanup_policy(spec),
                     "retention.ms": int(spec.configs["retention.ms"]),
                     "max.message.bytes": int(spec.configs["max.message.bytes"]),
                 },
@@ -95,6 +99,11 @@ def _channel(spec: TopicSpec, names: list[str]) -> dict[str, Any]:
         },
     }
     return channel
+
+
+def _cleanup_policy(spec: TopicSpec) -> dict[str, list[str]]:
+    policy = spec.configs.get("cleanup.policy")
+    return {"cleanup.policy": policy.split(",")} if policy else {}
 
 
 def _message(name: str, model: type[BaseModel], key: str) -> dict[str, Any]:

@@ -40,12 +40,23 @@ another; the Strimzi manifests carry the default."""
 _CONFIGS = {"retention.ms": _WEEK_MS, "max.message.bytes": "1048576"}
 
 
-def _spec(namespace: str, role: str, partitions: int, key: str, description: str) -> TopicSpec:
+# Compacted as well as aged out: a key's latest record is all a reader needs (a cancel).
+_COMPACTED = {"cleanup.policy": "compact,delete"}
+
+
+def _spec(
+    namespace: str,
+    role: str,
+    partitions: int,
+    key: str,
+    description: str,
+    extra: dict[str, str] | None = None,
+) -> TopicSpec:
     return TopicSpec(
         role=role,
         name=f"{namespace}.{role}.v1",
         partitions=partitions,
-        configs=dict(_CONFIGS),
+        configs={**_CONFIGS, **(extra or {})},
         key=key,
         description=description,
     )
@@ -60,6 +71,7 @@ class TopicNames:
         self.images_raw = f"{namespace}.images.raw.v1"
         self.images_processed = f"{namespace}.images.processed.v1"
         self.events = f"{namespace}.events.v1"
+        self.control = f"{namespace}.control.v1"
         self.dead_letter = f"{namespace}.deadletter.v1"
 
     def jobs(self, tier: Tier) -> str:
@@ -86,6 +98,15 @@ def registry(
         _spec(namespace, "images.processed", 8, "job id", "Renditions (claim-check)."),
         _spec(namespace, "events", 8, "job id", "Everything clients and analysts see.").model_copy(
             update={"configs": {**_CONFIGS, **events_retention}}
+        ),
+        _spec(
+            namespace,
+            "control",
+            4,
+            "job id",
+            "Job control for the workers: a copy of each job_cancelled, so that generators"
+            " stop a cancelled job's images without reading every event.",
+            _COMPACTED,
         ),
         _spec(namespace, "deadletter", 4, "original key", "Messages that could not be handled."),
     ]

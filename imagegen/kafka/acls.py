@@ -52,17 +52,18 @@ def service_access(namespace: str = DEFAULT_NAMESPACE) -> dict[str, ServiceAcces
     table = [
         # services/gateway/app.py: CONSUMER_GROUP on events; publishing.py, characters.py.
         ServiceAccess("gateway", (t.events,), (t.requests,), groups("gateway")),
-        # services/scheduler/__main__.py; dispatch.py stages jobs.<tier> and events.
+        # services/scheduler/__main__.py; dispatch.py stages jobs.<tier> and events,
+        # jobs.py a copy of job_cancelled on control.
         ServiceAccess(
             "scheduler",
             (t.requests, t.events),
-            (*t.all_jobs(), t.events),
+            (*t.all_jobs(), t.events, t.control),
             groups("scheduler", "scheduler-outcomes"),
         ),
-        # services/generator/loops.py: JOBS_GROUP on every tier, CONTROL_GROUP on events.
+        # services/generator/loops.py: JOBS_GROUP on every tier, CONTROL_GROUP on control.
         ServiceAccess(
             "generator",
-            (*t.all_jobs(), t.events),
+            (*t.all_jobs(), t.control),
             (t.images_raw, t.events),
             groups("generator", "generator-control"),
         ),
@@ -71,9 +72,9 @@ def service_access(namespace: str = DEFAULT_NAMESPACE) -> dict[str, ServiceAcces
         ),
         ServiceAccess(
             "storage",
-            (t.images_processed, t.requests, t.events),
+            (t.images_processed, t.requests),
             (t.events,),
-            groups("storage", "storage-requests", "storage-jobs"),
+            groups("storage", "storage-requests"),
         ),
     ]
     return {

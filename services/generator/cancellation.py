@@ -1,9 +1,12 @@
 """Cancellation on the generator side (DECISIONS.md #4).
 
-- The control consumer (group `generator-control`) reads the events topic and records each
-  `job_cancelled` job id in the generator's own schema. Every pod's control consumer owns
-  only some partitions of the events topic, so the shared table - not memory - is what
-  tells every pod about every cancel.
+- The control consumer (group `generator-control`) reads the control topic, where the
+  scheduler puts a copy of each `job_cancelled` (in the same outbox transaction as the one
+  on the events topic), and records the job id in the generator's own schema. Generators
+  do not read the events topic: that would deliver every event of every image to them
+  for the rare cancel. Every pod's control consumer owns only some partitions of the
+  control topic, so the shared table - not memory - is what tells every pod about every
+  cancel.
 - Before an image starts, the worker asks the store; a cancelled job never starts.
 - While an image runs, `CancelWatch` keeps its `CancelToken` fresh: at once when this pod's
   own control consumer sees the cancel, otherwise by polling the store every
@@ -127,7 +130,8 @@ class CancelListener:
         self._watch = watch
 
     async def on_event(self, record: Record) -> None:
-        # Most of the events topic is progress chatter: skip it without parsing JSON.
+        # Only cancels are of interest (the topic may carry other control records later):
+        # skip anything else without parsing JSON.
         if _MARKER not in record.value:
             return
         job_id = _cancelled_job_id(record.value)
@@ -141,8 +145,8 @@ class CancelListener:
 def _cancelled_job_id(value: bytes) -> str | None:
     """The job id of a `job_cancelled` event; None for anything else.
 
-    Read loosely on purpose: the events topic belongs to everyone, and an event type this
-    generator does not know yet is not poison to it (the projection dead-letters real poison).
+    Read loosely on purpose: a record type this generator does not know yet is not poison
+    to it.
     """
     try:
         event = json.loads(value)

@@ -1,4 +1,5 @@
-"""The generator's consumer loops on the real broker: weighted jobs (on lanes), cancel control.
+"""The generator's consumer loops on the real broker: weighted jobs (on lanes), cancel control
+(the control topic).
 
 Consumer group: every tier consumer of every generator pod - whichever tiers the pod serves
 (`IMAGEGEN_GENERATOR_TIERS`) - joins `<ns>.generator`. Kafka assigns each topic's
@@ -114,7 +115,11 @@ def lanes_for(
 
 
 def control_loop(settings: KafkaSettings, watch: CancelWatch, publisher: Publisher) -> ConsumerLoop:
-    """`job_cancelled` events from the events topic into the generator's schema."""
+    """`job_cancelled` from the control topic (cancels only, not every event) into the
+    generator's schema."""
     return consumer_loop(
-        settings, CONTROL_GROUP, {settings.topics.events: CancelListener(watch).on_event}, publisher
+        settings,
+        CONTROL_GROUP,
+        {settings.topics.control: CancelListener(watch).on_event},
+        publisher,
     )

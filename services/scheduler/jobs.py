@@ -185,18 +185,18 @@ class JobBook:
             job["job_id"],
         )
         released = await self._ledger.release(conn, job["job_id"])
-        await stage_event(
-            conn,
-            self._topics.events,
-            JobCancelled(
-                id=event_id("job_cancelled", job["job_id"]),
-                source=SOURCE,
-                subject=f"jobs/{job['job_id']}",
-                job_id=job["job_id"],
-                user_id=job["user_id"],
-                data=JobCancelledData(reason=reason, released_usd=float(released)),
-            ),
+        cancelled = JobCancelled(
+            id=event_id("job_cancelled", job["job_id"]),
+            source=SOURCE,
+            subject=f"jobs/{job['job_id']}",
+            job_id=job["job_id"],
+            user_id=job["user_id"],
+            data=JobCancelledData(reason=reason, released_usd=float(released)),
         )
+        await stage_event(conn, self._topics.events, cancelled)
+        # The same event on the small control topic: the generators read that one only, so
+        # they stop the job's running images without reading every event.
+        await stage_event(conn, self._topics.control, cancelled)
         in_flight = (await self._counts(conn, job["job_id"]))["in_flight"]
         if in_flight == 0:
             await self.end(conn, job["job_id"], JobStatus.CANCELLED, CANCELLED_REASON, reason)

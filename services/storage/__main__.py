@@ -5,19 +5,15 @@ from __future__ import annotations
 import asyncio
 import sys
 from contextlib import AsyncExitStack
-from datetime import timedelta
 
 from imagegen import preflight
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
 from imagegen.events import EventEmitter
 from imagegen.health import broker_check, database_check, loops_check, object_store_check
-from imagegen.retention import pruning
 from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_telemetry
-from services.storage.cleanup import applied_events_pruner
 from services.storage.handlers import SOURCE, StorageService
-from services.storage.jobs import JobTracker
 from services.storage.lifecycle import ImageLifecycle
 from services.storage.migrations import MIGRATIONS
 from services.storage.settings import StorageSettings
@@ -56,25 +52,12 @@ async def serve(settings: StorageSettings) -> None:
                 {topics.requests: lifecycle.on_request},
                 publisher,
             ),
-            consumer_loop(
-                settings.kafka,
-                "storage-jobs",
-                {topics.events: JobTracker(pool).on_event},
-                publisher,
-            ),
         ]
         health.watch("database", database_check(pool))
         health.watch("broker", broker_check(publisher))
         health.watch("object_store", object_store_check(blobs))
         health.watch("consumers", loops_check(loops))
-        pruner = applied_events_pruner(
-            pool,
-            retention=timedelta(seconds=settings.applied_events_retention_s),
-            batch_size=settings.applied_events_prune_batch,
-            interval_s=settings.applied_events_prune_interval_s,
-        )
-        async with pruning(pruner):
-            await run_until_signalled(loops)
+        await run_until_signalled(loops)
 
 
 def main() -> None:

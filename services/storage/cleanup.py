@@ -19,10 +19,6 @@ Uploaded reference photos (`references/`) belong to the gateway and are not touc
 
 A run holds a PostgreSQL advisory lock for its whole length (the CronJob forbids overlap,
 but a manual run or a slow one must not race it): a second run finds it taken and skips.
-
-`applied_events_pruner`, which every storage instance runs in the background, deletes the
-ids of applied job events (`applied_events`, the job tracker's idempotency record) once
-they are older than any redelivery can be (IMAGEGEN_APPLIED_EVENTS_RETENTION_S).
 """
 
 from __future__ import annotations
@@ -35,7 +31,6 @@ import asyncpg
 
 from imagegen.blobstore import STAGING_PREFIX, BlobStore, ObjectInfo
 from imagegen.events import EventEmitter
-from imagegen.retention import AgePruner
 from services.storage.owners import OWNED_BY, emit_deleted, remove_images, retire_images
 
 FINAL_PREFIX = "users/"
@@ -196,21 +191,3 @@ async def _cleanup(
             if events is not None:
                 await emit_deleted(conn, events, user_id, "story", owner_id)
     return report
-
-
-def applied_events_pruner(
-    pool: asyncpg.Pool,
-    *,
-    retention: timedelta,
-    batch_size: int = 5000,
-    interval_s: float = 3600.0,
-) -> AgePruner:
-    """Prunes the job tracker's applied event ids by `applied_at` (migration 5's index)."""
-    return AgePruner(
-        pool,
-        "applied_events",
-        "applied_at",
-        keep=retention,
-        batch_size=batch_size,
-        interval_s=interval_s,
-    )

@@ -180,4 +180,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX applied_events_applied_at ON applied_events (applied_at);
         """,
     ),
+    (
+        6,
+        """
+        -- Storage no longer keeps a copy of every job's state from the events topic (the
+        -- scheduler owns it, the gateway projects it for the API): its job tracker, its
+        -- consumer group and these tables are gone.
+        DROP TABLE IF EXISTS generation_job_images;
+        DROP TABLE IF EXISTS generation_jobs;
+        DROP TABLE IF EXISTS applied_events;
+        """,
+    ),
 ]

@@ -41,6 +41,7 @@ EXPECTED: dict[str, tuple[dict[str, set[str]], set[str]]] = {
             T.requests: CONSUME,
             T.events: CONSUME | PRODUCE,
             **dict.fromkeys(JOBS, PRODUCE),
+            T.control: PRODUCE,
             T.dead_letter: PRODUCE,
         },
         {"imagegen.scheduler", "imagegen.scheduler-outcomes"},
@@ -48,7 +49,8 @@ EXPECTED: dict[str, tuple[dict[str, set[str]], set[str]]] = {
     "generator": (
         {
             **dict.fromkeys(JOBS, CONSUME),
-            T.events: CONSUME | PRODUCE,
+            T.control: CONSUME,
+            T.events: PRODUCE,
             T.images_raw: PRODUCE,
             T.dead_letter: PRODUCE,
         },
@@ -67,10 +69,10 @@ EXPECTED: dict[str, tuple[dict[str, set[str]], set[str]]] = {
         {
             T.images_processed: CONSUME,
             T.requests: CONSUME,
-            T.events: CONSUME | PRODUCE,
+            T.events: PRODUCE,
             T.dead_letter: PRODUCE,
         },
-        {"imagegen.storage", "imagegen.storage-requests", "imagegen.storage-jobs"},
+        {"imagegen.storage", "imagegen.storage-requests"},
     ),
 }
 

@@ -137,7 +137,9 @@ def consumers_of(names: TopicNames) -> dict[str, set[str]]:
         **{names.jobs(t): {"generator"} for t in Tier},
         names.images_raw: {"postprocess"},
         names.images_processed: {"storage"},
-        names.events: {"gateway", "scheduler-outcomes", "storage-jobs"},
+        names.events: {"gateway", "scheduler-outcomes"},
+        # generator-control reads only cancels there and passes over anything else.
+        names.control: set(),
     }
 
 

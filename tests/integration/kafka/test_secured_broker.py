@@ -369,7 +369,7 @@ async def test_a_consumer_with_a_wrong_password_names_it_too(
     secured: SecuredKafka, namespace: str
 ) -> None:
     settings = sasl_settings(secured, namespace, "storage", password="wrong")
-    consumer = kafka_consumer(settings, "storage-jobs", [settings.topics.events])
+    consumer = kafka_consumer(settings, "storage-requests", [settings.topics.requests])
     try:
         deadline = time.monotonic() + 15
         while ACCESS.problem() is None and time.monotonic() < deadline:
@@ -405,7 +405,7 @@ async def test_a_missing_topic_acl_is_named_and_nothing_is_dead_lettered(
     topics = TopicNames(namespace)
     settings = sasl_settings(secured, namespace, "storage")
     admin_producer = Producer({"bootstrap.servers": secured.admin_bootstrap})
-    admin_producer.produce(topics.events, key=b"job-1", value=b'{"job_id": "job-1"}')
+    admin_producer.produce(topics.requests, key=b"user-1", value=b'{"user_id": "user-1"}')
     admin_producer.flush(10)
 
     publisher = kafka_publisher(settings, "storage")
@@ -419,9 +419,9 @@ async def test_a_missing_topic_acl_is_named_and_nothing_is_dead_lettered(
             raise
 
     loop = ConsumerLoop(
-        name="storage-jobs",
-        consumer=kafka_consumer(settings, "storage-jobs", [topics.events]),
-        handlers={topics.events: forbidden},
+        name="storage-requests",
+        consumer=kafka_consumer(settings, "storage-requests", [topics.requests]),
+        handlers={topics.requests: forbidden},
         dead_letters=publisher,
         dead_letter_topic=topics.dead_letter,
         backoff_initial=0.1,
@@ -450,7 +450,7 @@ async def test_a_missing_topic_acl_is_named_and_nothing_is_dead_lettered(
 
 async def test_a_missing_group_acl_is_named(secured: SecuredKafka, namespace: str) -> None:
     settings = sasl_settings(secured, namespace, "storage")
-    consumer = kafka_consumer(settings, "not-granted", [settings.topics.events])
+    consumer = kafka_consumer(settings, "not-granted", [settings.topics.requests])
     try:
         deadline = time.monotonic() + 20
         while ACCESS.problem() is None and time.monotonic() < deadline:

@@ -11,7 +11,7 @@ from schemas.topics import TopicNames
 
 ROOT = Path(__file__).resolve().parents[3]
 _TOUCH = re.compile(
-    r"\b_?topics\.(jobs|all_jobs|events|requests|images_raw|images_processed|dead_letter)\b"
+    r"\b_?topics\.(jobs|all_jobs|events|control|requests|images_raw|images_processed|dead_letter)\b"
 )
 _LOOP_GROUP = re.compile(r"consumer_loop\(\s*settings\.kafka,\s*\"([\w-]+)\"")
 
