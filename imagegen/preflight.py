@@ -22,6 +22,7 @@ LAZY_IMPORTS: dict[str, tuple[str, ...]] = {
     "generator": ("torch", "diffusers", "transformers", "accelerate", "huggingface_hub"),
     "postprocess": ("dlib",),
     "storage": (),
+    "analytics": (),
 }
 # Data-only packages the service finds without importing them (face_recognition_models
 # imports pkg_resources, which recent setuptools lacks).
