@@ -74,7 +74,7 @@ def test_reload_brings_back_a_running_job_with_live_progress(
 ) -> None:
     from playwright.sync_api import expect
 
-    _signed_in(stack, page)
+    token = _signed_in(stack, page)
     job = _start_pack(page, LONG_PACK)
     job_id = job.get_attribute("data-job-id")
     # Its place in the tier's queue, live over SSE (queue_status), until it runs.
@@ -94,6 +94,20 @@ def test_reload_brings_back_a_running_job_with_live_progress(
     expect(card.locator(".slot.stored")).not_to_have_count(done_before)
     card.get_by_role("button", name="Cancel").click()
     expect(card.locator(".job-status")).to_contain_text("cancelled", timeout=TIMEOUT_MS)
+
+    # Ended jobs come back too after a reload, drawn from their records with their images.
+    with stack.client(token) as client:
+        record = client.get(f"/api/v1/jobs/{job_id}").json()
+    stored = [i for i in record["images"] if i["status"] == "completed"]
+    page.reload()
+    ended = page.locator(f'#jobs article.job[data-job-id="{job_id}"]')
+    expect(ended.locator(".job-status")).to_contain_text(
+        f"cancelled ({record['completed']} of {LONG_PACK} images"
+    )
+    expect(ended.locator(".slot.stored")).to_have_count(len(stored))
+    expect(ended.locator(".slot.stored img")).to_have_count(len(stored))
+    expect(ended.locator(".slot:not(.stored):not(.failed)")).to_have_count(0)
+    expect(ended.get_by_role("button", name="Cancel")).to_be_hidden()
 
 
 def test_cancelled_images_stay_out_of_the_gallery(stack: RunningStack, page: Any) -> None:

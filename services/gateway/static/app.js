@@ -195,11 +195,11 @@ function requireCharacter() {
   return character;
 }
 
-function track(card) {
+function track(card, { follow = true } = {}) {
   state.jobs.set(card.jobId, card);
   $("no-jobs").hidden = true;
   $("jobs").prepend(card.element);
-  card.follow();
+  if (follow) card.follow();
   return card;
 }
 
@@ -269,18 +269,31 @@ function jobTitle(job) {
   return `${job.kind[0].toUpperCase()}${job.kind.slice(1)}${name}`;
 }
 
-/** After a reload: the jobs still running come back, their streams replayed from the start. */
+const RECENT_ENDED = 10;
+
+/**
+ * After a reload: the jobs still running come back, their streams replayed from the start,
+ * and so do the newest jobs that ended, drawn from their records with their images.
+ */
 async function resumeJobs() {
   const data = await api("GET", "api/v1/jobs?limit=50");
-  const unfinished = (data.items || data.jobs || []).filter(
-    (job) => UNFINISHED.includes(job.status) && !state.jobs.has(job.jobId),
-  );
+  const jobs = (data.items || data.jobs || []).filter((job) => !state.jobs.has(job.jobId));
+  const running = new Set(jobs.filter((job) => UNFINISHED.includes(job.status)).map((job) => job.jobId));
+  const ended = jobs.filter((job) => !running.has(job.jobId)).slice(0, RECENT_ENDED);
+  const shown = jobs.filter((job) => running.has(job.jobId) || ended.includes(job));
   // Oldest first: track() prepends, so the newest ends on top.
-  for (const job of unfinished.reverse()) {
+  for (const job of shown.reverse()) {
     const card = new JobCard(job.jobId, { kind: job.kind, count: job.total, title: jobTitle(job), hooks });
-    track(card);
-    card.showQueue(job.queue);
-    card.refreshImages();
+    if (running.has(job.jobId)) {
+      track(card);
+      card.showQueue(job.queue);
+      card.refreshImages();
+    } else {
+      track(card, { follow: false });
+      api("GET", `api/v1/jobs/${encodeURIComponent(job.jobId)}`)
+        .then((record) => card.showEnded(record))
+        .catch((error) => hooks.error(error));
+    }
   }
 }
 

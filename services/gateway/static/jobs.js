@@ -186,7 +186,12 @@ export class JobCard {
         }
         break;
       case "job_cancelled":
-        this.setStatus("cancelled", "cancelled");
+        // The cancel took: nothing new starts, the images already running finish and are
+        // counted; the job's pack_completed (its last word) says "cancelled" with the counts.
+        if (!this.done) {
+          this.setStatus("cancelling", "cancelling…");
+          this.cancelButton.hidden = true;
+        }
         break;
       case "pack_completed":
         this.finish(d);
@@ -208,6 +213,18 @@ export class JobCard {
     if (data.reason) parts.push(data.reason);
     this.setStatus(data.status, `${data.status.replace(/_/g, " ")} (${parts.join(", ")})`);
     this.settleSlots(data.status);
+  }
+
+  /** Draw a job that ended before the page loaded, from its record (no stream to follow). */
+  showEnded(job) {
+    this.done = true;
+    this.queue.textContent = "";
+    this.ensureSlots(job.total || 0);
+    const parts = [`${job.completed} of ${job.total} images`];
+    if (job.failed) parts.push(`${job.failed} failed`);
+    this.setStatus(job.status, `${job.status.replace(/_/g, " ")} (${parts.join(", ")})`);
+    this.showImages(job.images || []);
+    this.settleSlots(job.status);
   }
 
   /** The job is over: a slot still waiting or "finishing" will get no image; say so. */
