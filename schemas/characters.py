@@ -29,6 +29,30 @@ class CharacterAttributes(Contract):
     personality_traits: list[str] = Field(default_factory=list, max_length=10)
 
 
+LORA_MAX_BYTES = 512 * 1024 * 1024
+"""The largest LoRA file accepted (SDXL LoRAs of rank 128 are ~400 MB)."""
+
+
+class CharacterLora(Contract):
+    """LoRA weights a character is drawn with: a safetensors file in the object store."""
+
+    key: str = Field(min_length=1, max_length=500)
+    """Object-store key of the safetensors file (uploaded, or fetched once from its URL)."""
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=1, le=LORA_MAX_BYTES)
+    trigger_word: str = Field(default="", max_length=100)
+    """Words the LoRA was trained to answer to; put into the character's identity block."""
+    weight: float = Field(default=1.0, ge=0.0, le=2.0)
+    """How strongly the LoRA applies (diffusers' adapter weight)."""
+    source_url: str | None = Field(default=None, max_length=2000)
+    """The https URL it was fetched from, when it was not uploaded."""
+
+    @property
+    def adapter_name(self) -> str:
+        """The name the weights are loaded under: equal files share one loaded adapter."""
+        return f"lora_{self.sha256[:16]}"
+
+
 class CharacterSpec(Contract):
     """Everything generation needs to know about one character."""
 
@@ -40,6 +64,7 @@ class CharacterSpec(Contract):
     art_style: str = "standard"
     seed: int = Field(ge=0, le=MAX_SEED)
     reference_keys: list[str] = Field(default_factory=list, max_length=8)
+    lora: CharacterLora | None = None
 
     def appearance_fingerprint(self) -> str:
         """Identifies how the character looks: a changed appearance needs a new reference set.
@@ -47,7 +72,10 @@ class CharacterSpec(Contract):
         Uploaded reference photos and the name do not change the look the prompt asks for,
         so they are left out.
         """
-        look = self.model_dump_json(
-            include={"description", "attributes", "style_modifiers", "art_style", "seed"}
+        fields: dict[str, object] = dict.fromkeys(
+            ("description", "attributes", "style_modifiers", "art_style", "seed"), True
         )
+        if self.lora is not None:  # only when set: fingerprints without a LoRA stay as they were
+            fields["lora"] = {"sha256", "trigger_word", "weight"}
+        look = self.model_dump_json(include=fields)
         return hashlib.sha256(look.encode()).hexdigest()[:16]

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from schemas.base import Contract, Message
-from schemas.jobs import ImageIdentity
+from schemas.jobs import CharacterRegion, ImageIdentity
 
 
 class BlobRef(Contract):
@@ -48,6 +48,8 @@ class GenerationRecord(Contract):
     scene_source: str = Field(
         default="", description='Where the scene came from: "request", "llm" or "extractor".'
     )
+    loras: dict[str, float] = Field(default_factory=dict)
+    """LoRA adapters the image was drawn with (adapter name, from the file's sha256 -> weight)."""
 
 
 class Timings(Contract):
@@ -74,6 +76,8 @@ class RawImage(Message):
     """Images of the character to score consistency against (uploads, reference set)."""
     max_variations: int = Field(default=0, ge=0)
     """New-seed variations allowed in all (the job's); `image.variation` is this one's number."""
+    layout: list[CharacterRegion] = Field(default_factory=list)
+    """The job's per-character regions (multi-character scenes; empty otherwise)."""
 
 
 class Rendition(Contract):

@@ -48,6 +48,27 @@ class ImageIdentity(Contract):
         return f"{self.job_id}:{self.image_index}:{self.attempt}:{self.variation}"
 
 
+MAX_SCENE_CHARACTERS = 4
+"""Characters one image can show, each in its own region (a scene with more is refused)."""
+
+
+class CharacterRegion(Contract):
+    """Where one character of a multi-character image stands, and what conditions it there.
+
+    The box is in fractions of the image (0..1, x to the right, y down), so it holds for any
+    size; the scheduler plans it from the cast and the aspect ratio, the generator masks the
+    character's references to it, and postprocess may read it to place faces.
+    """
+
+    character_id: str
+    x0: float = Field(ge=0.0, le=1.0)
+    y0: float = Field(ge=0.0, le=1.0)
+    x1: float = Field(ge=0.0, le=1.0)
+    y1: float = Field(ge=0.0, le=1.0)
+    reference_keys: list[str] = Field(default_factory=list)
+    """This character's own reference images (uploads, reference set, its portrait)."""
+
+
 class GenerateImage(Message):
     """Generate one image."""
 
@@ -71,6 +92,9 @@ class GenerateImage(Message):
     reference_keys: list[str] = Field(default_factory=list)
     characters: list[CharacterSpec] = Field(default_factory=list, max_length=4)
     """Other characters in the picture (scenes); `character` is the main one."""
+    layout: list[CharacterRegion] = Field(default_factory=list, max_length=MAX_SCENE_CHARACTERS)
+    """One region per character of a multi-character image, main character first; empty
+    when one character fills the image (`reference_keys` then conditions all of it)."""
     scene_description: str = Field(default="", max_length=2000)
     scene_source: str = Field(
         default="", description='"request", "llm" or "extractor": where the scene came from.'

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -96,11 +98,17 @@ class DiffusersSettings(BaseSettings):
         le=1,
         description="img2img strength for references when no IP-Adapter is set; 0: ignore them.",
     )
+    lora_cache_size: int = Field(
+        default=8, ge=1, description="Characters' LoRA files kept loaded across jobs."
+    )
 
 
 class GeneratorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", extra="ignore")
 
     generator: BackendSettings = Field(default_factory=BackendSettings)
+    lora_dir: Path | None = Field(
+        default=None, description="Where fetched LoRA files are kept (default: a temp folder)."
+    )
     max_attempts: int = 3
     progress_interval_s: float = 0.5

@@ -47,8 +47,10 @@ from services.generator.backends import (
     GenerationRequest,
     ImageBackend,
 )
+from services.generator.backends.base import Region
 from services.generator.batching import BatchingBackend, MicroBatcher
 from services.generator.cancellation import CancelWatch, InMemoryCancellationStore
+from services.generator.loras import LoraFiles
 from services.generator.progress import ProgressReporter
 from services.generator.prompts import prompt_for_job
 from services.generator.providers import Providers, ProviderUnavailable
@@ -92,6 +94,7 @@ class Generator:
             providers if isinstance(providers, Providers) else Providers.single(providers)
         )
         self._blobs = blobs
+        self._loras = LoraFiles(blobs, settings.lora_dir)
         self._publisher = publisher
         self._topics = topics
         self._events = EventEmitter(publisher, topics.events, SOURCE)
@@ -170,7 +173,10 @@ class Generator:
         )
         prompt, negative = prompt_for_job(job)
         try:
-            references = tuple([await self._blobs.get(key) for key in job.reference_keys])
+            fetched: dict[str, bytes] = {}
+            references = await self._fetch_all(job.reference_keys, fetched)
+            regions = await self._regions(job, fetched)
+            loras = await self._loras.for_job(job)
         except PermanentError as exc:  # a reference deleted meanwhile: no attempt can succeed
             await self._failed(job, provider, type(exc).__name__, str(exc))
             return
@@ -187,6 +193,8 @@ class Generator:
             model=job.model,
             quality=job.quality.value,
             request_id=f"{img.image_id}-a{img.attempt}-v{img.variation}",
+            regions=regions,
+            loras=loras,
         )
         reporter = ProgressReporter(
             asyncio.get_running_loop(), self._events, job, self._settings.progress_interval_s
@@ -272,6 +280,7 @@ class Generator:
                 batch_size=result.batch_size,
                 scene_description=job.scene_description,
                 scene_source=job.scene_source,
+                loras=dict(result.loras),
             ),
             provider=provider,
             cost_usd=cost,
@@ -280,6 +289,7 @@ class Generator:
             overlay_text=job.overlay_text,
             identity_keys=_identity_keys(job),
             max_variations=job.max_variations,
+            layout=list(job.layout),
         )
         await self._publisher.publish(self._topics.images_raw, img.job_id, raw)
         metrics = instruments()
@@ -304,6 +314,28 @@ class Generator:
                     **image_facts(img),
                 ),
             )
+        )
+
+    async def _fetch_all(self, keys: list[str], fetched: dict[str, bytes]) -> tuple[bytes, ...]:
+        """The bytes of `keys`, each fetched once per attempt (`fetched` remembers them)."""
+        for key in keys:
+            if key not in fetched:
+                fetched[key] = await self._blobs.get(key)
+        return tuple(fetched[key] for key in keys)
+
+    async def _regions(self, job: GenerateImage, fetched: dict[str, bytes]) -> tuple[Region, ...]:
+        """Each character's region with its own references (multi-character images)."""
+        names = {c.id: c.name for c in (job.character, *job.characters)}
+        return tuple(
+            [
+                Region(
+                    character_id=r.character_id,
+                    name=names.get(r.character_id, ""),
+                    box=(r.x0, r.y0, r.x1, r.y1),
+                    reference_images=await self._fetch_all(r.reference_keys, fetched),
+                )
+                for r in job.layout
+            ]
         )
 
     async def _failed(

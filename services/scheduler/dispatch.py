@@ -23,7 +23,7 @@ import asyncpg
 
 from schemas.base import utcnow
 from schemas.events import GenerationQueued, GenerationQueuedData, event_id
-from schemas.jobs import GenerateImage
+from schemas.jobs import CharacterRegion, GenerateImage
 from schemas.requests import UserTier
 from schemas.topics import TopicNames
 from services.scheduler.outbox import SOURCE, stage, stage_event
@@ -45,6 +45,29 @@ def best_key(stored_keys: Any) -> str | None:
         if name in keys:
             return str(keys[name])
     return str(next(iter(keys.values())))
+
+
+def with_dependency_keys(
+    job: GenerateImage, stored: list[tuple[asyncpg.Record, str]]
+) -> list[CharacterRegion]:
+    """The job's regions, each given the stored images it waited for of its own character
+    (a scene's portraits): one character's portrait never conditions another's region."""
+    by_character: dict[str, list[str]] = {}
+    for dependency, key in stored:
+        character_id = json.loads(dependency["message"])["image"]["character_id"]
+        by_character.setdefault(character_id, []).append(key)
+    return [
+        region.model_copy(
+            update={
+                "reference_keys": list(
+                    dict.fromkeys(
+                        [*region.reference_keys, *by_character.get(region.character_id, [])]
+                    )
+                )
+            }
+        )
+        for region in job.layout
+    ]
 
 
 class Dispatcher:
@@ -84,12 +107,17 @@ class Dispatcher:
                 continue
             if room is not None and room <= 0:
                 break
-            refs = [
-                k for d in deps if d["status"] == "stored" and (k := best_key(d["stored_keys"]))
+            stored = [
+                (d, k)
+                for d in deps
+                if d["status"] == "stored" and (k := best_key(d["stored_keys"]))
             ]
             job_msg = GenerateImage.model_validate_json(row["message"])
-            keys = list(dict.fromkeys([*job_msg.reference_keys, *refs]))
-            await self.dispatch(conn, job_msg.model_copy(update={"reference_keys": keys}))
+            keys = list(dict.fromkeys([*job_msg.reference_keys, *(k for _, k in stored)]))
+            update: dict[str, Any] = {"reference_keys": keys}
+            if job_msg.layout:
+                update["layout"] = with_dependency_keys(job_msg, stored)
+            await self.dispatch(conn, job_msg.model_copy(update=update))
             sent += 1
             if room is not None:
                 room -= 1

@@ -25,7 +25,13 @@ from typing import Literal
 
 from imagegen.errors import PermanentError
 from schemas.characters import MAX_SEED, CharacterSpec
-from schemas.jobs import GenerateImage, ImageIdentity, image_id_for
+from schemas.jobs import (
+    MAX_SCENE_CHARACTERS,
+    CharacterRegion,
+    GenerateImage,
+    ImageIdentity,
+    image_id_for,
+)
 from schemas.requests import (
     AspectRatio,
     GenerateImages,
@@ -39,6 +45,7 @@ from schemas.requests import (
 )
 from schemas.topics import Tier
 from services.scheduler.catalogue import Catalogue, assign
+from services.scheduler.layout import plan_layout
 from services.scheduler.poses import (
     PORTRAIT_POSE,
     REFERENCE_POSES,
@@ -65,7 +72,6 @@ _SCENE_SEEDS = 3_000
 REGENERATION_SEEDS = 5_000
 VARIATION_STRIDE = 104_729  # another prime, so variations never land on a pack sibling's seed
 
-MAX_SCENE_CHARACTERS = 5  # the main character plus GenerateImage.characters (at most 4)
 # The display rendition is the generated image, and displays must be at least 1024 px
 # (module spec NFR-003), so every quality draws its long side at 1024; quality picks the model.
 _LONG_SIDE: dict[Quality, int] = {Quality.DRAFT: 1024, Quality.STANDARD: 1024, Quality.HIGH: 1024}
@@ -145,6 +151,7 @@ class _Draft:
     max_variations: int = 0
     reference_keys: tuple[str, ...] = ()
     others: tuple[CharacterSpec, ...] = ()
+    layout: tuple[CharacterRegion, ...] = ()
     scene_description: str = ""
     scene_source: str = ""
     overlay_text: str | None = None
@@ -172,6 +179,7 @@ def _build(common: _Common, drafts: list[_Draft]) -> list[PlannedImage]:
                 tier=common.tier,
                 character=d.character,
                 characters=list(d.others),
+                layout=list(d.layout),
                 prompt="",
                 negative_prompt=d.negative_prompt,
                 pose=d.pose,
@@ -323,7 +331,10 @@ def _scene(
 ) -> _Draft:
     characters = scene.characters
     main, others = characters[0], tuple(characters[1:])
-    keys = tuple(dict.fromkeys(k for c in characters for k in _known_keys(c, reference_keys_of)))
+    own_keys = [_known_keys(c, reference_keys_of) for c in characters]
+    keys = tuple(dict.fromkeys(k for character_keys in own_keys for k in character_keys))
+    # Each character's references condition only its own region of the picture.
+    layout = plan_layout(characters, size[0], size[1], own_keys)
     return _Draft(
         character=main,
         kind=JobKind.SCENE,
@@ -336,6 +347,7 @@ def _scene(
         max_variations=max_variations,
         reference_keys=keys,
         others=others,
+        layout=tuple(layout),
         scene_description=_clip(scene.description, 2000),
         scene_source=scene.source,
         overlay_text=(page_text.strip() or None) if include_text else None,

@@ -21,6 +21,43 @@ ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
+class Region:
+    """One character's part of a multi-character image and the references that steer it."""
+
+    character_id: str
+    name: str
+    box: tuple[float, float, float, float]
+    """(x0, y0, x1, y1) in fractions of the image, y down."""
+    reference_images: tuple[bytes, ...] = ()
+
+    def pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """The box in pixels of a `width` x `height` image."""
+        x0, y0, x1, y1 = self.box
+        return round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height)
+
+    @property
+    def placement(self) -> str:
+        """Where the region lies, in words a prompt can carry ("on the left", ...)."""
+        x0, y0, x1, y1 = self.box
+        middle_x, middle_y = (x0 + x1) / 2, (y0 + y1) / 2
+        across = "left" if middle_x < 0.4 else "right" if middle_x > 0.6 else "centre"
+        if y1 - y0 > 0.75:
+            return "in the centre" if across == "centre" else f"on the {across}"
+        down = "top" if middle_y < 0.5 else "bottom"
+        return f"at the {down}" if across == "centre" else f"at the {down} {across}"
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    """A character's LoRA as the backend loads it: a safetensors file on local disk."""
+
+    name: str
+    """Adapter name; one per distinct file (its sha256), so equal files load once."""
+    path: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One image to make. `identity_seed` is the character's locked seed."""
 
@@ -40,6 +77,21 @@ class GenerationRequest:
     """The job's quality tier (draft / standard / high); API backends map it to theirs."""
     request_id: str = ""
     """Unique per attempt (image id + attempt): an idempotency key for hosted providers."""
+    regions: tuple[Region, ...] = ()
+    """Multi-character images: each character's region and own references (empty: one
+    character, `reference_images` steer the whole image)."""
+    loras: tuple[LoraWeights, ...] = ()
+    """The LoRAs of the image's characters, each with its weight."""
+
+    @property
+    def has_references(self) -> bool:
+        return bool(self.reference_images) or any(r.reference_images for r in self.regions)
+
+    def references_by_character(self) -> tuple[tuple[str, tuple[bytes, ...]], ...]:
+        """(character name, its references) in region order; one unnamed group without regions."""
+        if self.regions:
+            return tuple((r.name, r.reference_images) for r in self.regions if r.reference_images)
+        return (("", self.reference_images),) if self.reference_images else ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +116,8 @@ class GeneratedImage:
     quality: str = ""
     """The provider's own quality/size setting, when it has one."""
     batch_size: int = 1
+    loras: dict[str, float] = field(default_factory=dict, hash=False)
+    """LoRA adapters active for this image: name -> weight."""
 
 
 class CancelToken:

@@ -8,6 +8,7 @@ prompts, progress and cancel. `generate` is a batch of one through the same code
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Hashable, Sequence
@@ -39,6 +40,7 @@ from services.generator.backends.diffusers_loading import (
     pipeline_versions,
     size_multiple,
 )
+from services.generator.backends.diffusers_lora import LoraAdapters
 from services.generator.settings import DiffusersSettings
 
 __all__ = ["DiffusersBackend", "default_device", "default_dtype"]
@@ -65,6 +67,7 @@ class DiffusersBackend:
         self._price_per_hour = price_per_hour
         self._pipe: Any = None
         self._img2img: Any = None
+        self._loras: LoraAdapters | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -97,6 +100,11 @@ class DiffusersBackend:
             chosen.strength,
             # SDXL encodes "" differently from no negative at all: keep the two apart.
             bool(request.negative_prompt),
+            # Masks and active adapters hold for a whole call: never mix layouts or LoRAs.
+            tuple(r.box for r in conditioning.masked_regions(request))
+            if chosen.kind != conditioning.NONE
+            else (),
+            tuple(sorted((lora.name, lora.weight) for lora in request.loras)),
         )
 
     def generate(
@@ -184,7 +192,10 @@ class DiffusersBackend:
                     f"steps x img2img_strength must be >= 1 (got {request.steps} x {strength})"
                 )
         if chosen.kind != conditioning.NONE:
-            for reference in request.reference_images:
+            everything = [*request.reference_images]
+            for region in request.regions:
+                everything.extend(region.reference_images)
+            for reference in everything:
                 decode_image(reference)  # unreadable: this image's error only
 
     def _run(
@@ -198,6 +209,7 @@ class DiffusersBackend:
         multiple = size_multiple(self._pipe)
         width, height = _round_up(first.width, multiple), _round_up(first.height, multiple)
         pipe, kwargs = self._pipeline_and_inputs(requests, chosen, width, height)
+        active = self._lora_adapters().activate(first.loras)
         started = time.perf_counter()
         steps_run = 0
 
@@ -238,9 +250,10 @@ class DiffusersBackend:
                     GenerationCancelled(f"cancelled after {steps_run} of {request.steps} steps")
                 )
                 continue
-            results.append(
-                self._finished(request, image, chosen, versions, steps_run, seconds, len(requests))
+            made = self._finished(
+                request, image, chosen, versions, steps_run, seconds, len(requests)
             )
+            results.append(dataclasses.replace(made, loras=dict(active)))
         return results
 
     def _pipeline_and_inputs(
@@ -263,10 +276,13 @@ class DiffusersBackend:
             # Loaded adapters need embeddings on every call; scale 0 switches them off.
             with_refs = chosen.kind == conditioning.IP_ADAPTER
             pipe.set_ip_adapter_scale(chosen.strength if with_refs else 0.0)
-            references = [
-                [decode_image(b) for b in r.reference_images] if with_refs else None
-                for r in requests
-            ]
+            references = [conditioning.reference_sets(r) if with_refs else None for r in requests]
+            regions = conditioning.masked_regions(requests[0])
+            if with_refs and regions:
+                # Each character's adapter images act only inside its own region.
+                kwargs["cross_attention_kwargs"] = {
+                    "ip_adapter_masks": conditioning.region_masks(regions, width, height)
+                }
             kwargs["ip_adapter_image_embeds"] = conditioning.ip_adapter_embeds(
                 pipe,
                 references,
@@ -303,6 +319,11 @@ class DiffusersBackend:
             conditioning_strength=chosen.strength,
             batch_size=batch_size,
         )
+
+    def _lora_adapters(self) -> LoraAdapters:
+        if self._loras is None:
+            self._loras = LoraAdapters(self._pipe, self.options.lora_cache_size)
+        return self._loras
 
     def _image_to_image(self) -> Any:
         if self._img2img is None:

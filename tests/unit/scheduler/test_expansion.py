@@ -272,7 +272,7 @@ def test_a_page_with_more_characters_than_a_scene_holds_is_refused() -> None:
     crowd = [CharacterSpec(id=f"c{i}", name=f"C{i}", seed=i) for i in range(6)]
     spec = StorySpec(id="s", title="Crowd", pages=[StoryPage(page_number=7)], characters=crowd)
     request = GenerateStory(job_id="j", user_id="u", tier=UserTier.PAID, story=spec)
-    with pytest.raises(PermanentError, match=r"page 7.*at most 5"):
+    with pytest.raises(PermanentError, match=r"page 7.*at most 4"):
         _plan(request)
 
 
