@@ -278,7 +278,9 @@ const RECENT_ENDED = 10;
 async function resumeJobs() {
   const data = await api("GET", "api/v1/jobs?limit=50");
   const jobs = (data.items || data.jobs || []).filter((job) => !state.jobs.has(job.jobId));
-  const running = new Set(jobs.filter((job) => UNFINISHED.includes(job.status)).map((job) => job.jobId));
+  // A cancelled job whose running images have not reported yet has no finishedAt: follow it.
+  const live = (job) => UNFINISHED.includes(job.status) || !job.finishedAt;
+  const running = new Set(jobs.filter(live).map((job) => job.jobId));
   const ended = jobs.filter((job) => !running.has(job.jobId)).slice(0, RECENT_ENDED);
   const shown = jobs.filter((job) => running.has(job.jobId) || ended.includes(job));
   // Oldest first: track() prepends, so the newest ends on top.
