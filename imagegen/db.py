@@ -44,10 +44,28 @@ def check_identifier(name: str) -> str:
     return name
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """A released connection keeps its session as it is: no reset query."""
+
+
 async def create_pool(
-    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 5
+    dsn: str,
+    schema: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 5,
+    session_state: bool = False,
 ) -> asyncpg.Pool:
-    """A pool whose connections see only this service's schema."""
+    """A pool whose connections see only this service's schema.
+
+    By default a released connection goes back without asyncpg's reset query (unlock all
+    advisory locks, CLOSE ALL, UNLISTEN *, RESET ALL: a round trip on every release), since
+    the services keep no session state on pooled connections: their settings are fixed at
+    connect, their locks are transaction-scoped (`pg_advisory_xact_lock`), and their LISTEN
+    has a connection of its own. asyncpg still rolls back a transaction left open and drops
+    listeners. A pool whose users take session locks, LISTEN or SET passes
+    `session_state=True` and keeps the reset.
+    """
     check_identifier(schema)
     async with transient_as_retryable():
         pool = await asyncpg.create_pool(
@@ -56,6 +74,7 @@ async def create_pool(
             max_size=max_size,
             server_settings={"search_path": schema, "application_name": f"imagegen-{schema}"},
             command_timeout=30,
+            reset=None if session_state else _keep_session,
         )
     assert pool is not None
     return pool

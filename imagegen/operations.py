@@ -45,7 +45,8 @@ async def storage_cleanup(
     from services.storage.cleanup import cleanup
     from services.storage.handlers import SOURCE
 
-    pool = await create_pool(settings.database_url, "storage")
+    # Cleanup holds a session advisory lock on one of these connections: keep the reset.
+    pool = await create_pool(settings.database_url, "storage", session_state=True)
     # Removed images of deleted characters/stories are announced (image_deleted) so the
     # gateway's view drops them; a dry run publishes nothing.
     publisher = None if dry_run else kafka_publisher(settings.kafka, "storage-cleanup")

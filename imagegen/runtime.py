@@ -13,7 +13,7 @@ from imagegen.health import HealthServer
 from imagegen.kafka.confluent import KafkaConsumer, KafkaPublisher
 from imagegen.kafka.lanes import laned_loop
 from imagegen.kafka.membership import instance_id
-from imagegen.kafka.ports import Handler, Publisher
+from imagegen.kafka.ports import BatchHandler, Handler, Publisher
 from imagegen.kafka.security import consumer_config, watched_config
 from imagegen.kafka.worker import ConsumerLoop
 from imagegen.settings import KafkaSettings
@@ -68,9 +68,11 @@ def consumer_loop(
     publisher: Publisher,
     *,
     lanes: int = 1,
+    batch_handlers: dict[str, BatchHandler] | None = None,
 ) -> ConsumerLoop:
     """A consumer loop on the real broker that dead-letters to the namespace's topic;
-    with `lanes` > 1, that many records at once (see imagegen/kafka/lanes.py)."""
+    with `lanes` > 1, that many records at once (see imagegen/kafka/lanes.py); with
+    `batch_handlers`, records handed over together are handled together (one lane only)."""
     consumer = kafka_consumer(settings, group, list(handlers))
     if lanes > 1:
         return laned_loop(
@@ -87,6 +89,7 @@ def consumer_loop(
         handlers=handlers,
         dead_letters=publisher,
         dead_letter_topic=settings.topics.dead_letter,
+        batch_handlers=batch_handlers,
     )
 
 

@@ -1,7 +1,18 @@
 """Kafka plumbing: ports, the confluent-kafka adapters, an in-memory fake and the consumer loop."""
 
 from imagegen.kafka.codec import decode, encode
-from imagegen.kafka.ports import Consumer, Handler, Publisher, Record
-from imagegen.kafka.worker import ConsumerLoop
+from imagegen.kafka.ports import BatchConsumer, BatchHandler, Consumer, Handler, Publisher, Record
+from imagegen.kafka.worker import ConsumerLoop, handling
 
-__all__ = ["Consumer", "ConsumerLoop", "Handler", "Publisher", "Record", "decode", "encode"]
+__all__ = [
+    "BatchConsumer",
+    "BatchHandler",
+    "Consumer",
+    "ConsumerLoop",
+    "Handler",
+    "Publisher",
+    "Record",
+    "decode",
+    "encode",
+    "handling",
+]

@@ -7,10 +7,16 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException, Message
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from confluent_kafka import Consumer as _Consumer
 from confluent_kafka import Producer as _Producer
 from pydantic import BaseModel
@@ -267,6 +273,15 @@ def _timestamp(msg: Message) -> float | None:
     return millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and millis > 0 else None
 
 
+def _next_position(msg: Message) -> TopicPartition:
+    """Where the group resumes after `msg` (with its leader epoch, as a message commit has)."""
+    position = (msg.offset() or 0) + 1
+    epoch = msg.leader_epoch()
+    if epoch is None:
+        return TopicPartition(msg.topic() or "", msg.partition() or 0, position)
+    return TopicPartition(msg.topic() or "", msg.partition() or 0, position, leader_epoch=epoch)
+
+
 _NOT_OURS = frozenset({KafkaError._STATE, KafkaError._UNKNOWN_PARTITION})
 """store_offsets errors for a partition no longer assigned to this member."""
 
@@ -324,10 +339,30 @@ class KafkaConsumer:
         with self._lock:
             return self._consumer.poll(timeout)
 
+    def _poll_batch(self, max_records: int, timeout: float) -> list[Message]:
+        with self._lock:
+            first = self._consumer.poll(timeout)
+            if first is None:
+                return []
+            if max_records <= 1:
+                return [first]
+            # consume() waits its whole timeout for a full batch: with 0 it only takes what
+            # has arrived already, so a lone record is never held back.
+            return [first, *self._consumer.consume(max_records - 1, 0)]
+
     async def poll(self, timeout: float) -> Record | None:
         msg = await asyncio.to_thread(self._poll, timeout)
-        if msg is None:
-            return None
+        return None if msg is None else self._accept(msg)
+
+    async def poll_batch(self, max_records: int, timeout: float) -> list[Record]:
+        msgs = await asyncio.to_thread(self._poll_batch, max_records, timeout)
+        # A fatal error raises here, before any record of the batch is handed over: none of
+        # them is handled, none committed, and the next owner gets them all again.
+        accepted = [self._accept(msg) for msg in msgs]
+        return [record for record in accepted if record is not None]
+
+    def _accept(self, msg: Message) -> Record | None:
+        """The record `msg` carries, or None for an event (logged, or raised when fatal)."""
         err = msg.error()
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
@@ -340,9 +375,10 @@ class KafkaConsumer:
         ACCESS.succeeded(topic=msg.topic(), group=self._group)
         return _record(msg)
 
-    def _commit(self, msg: Message) -> None:
+    def _commit(self, msgs: Sequence[Message]) -> None:
+        offsets = [_next_position(m) for m in msgs]
         with self._lock:
-            self._consumer.commit(message=msg, asynchronous=False)
+            self._consumer.commit(offsets=offsets, asynchronous=False)
 
     def _store(self, msg: Message) -> None:
         with self._store_lock:
@@ -365,11 +401,15 @@ class KafkaConsumer:
                 )
 
     async def commit(self, record: Record) -> None:
+        await self.commit_batch([record])
+
+    async def commit_batch(self, records: Sequence[Record]) -> None:
         try:
             if self._interval_ms > 0:
-                self._store(record.native)
-            else:
-                await asyncio.to_thread(self._commit, record.native)
+                for record in records:  # local only: the periodic commit sends them
+                    self._store(record.native)
+            elif records:
+                await asyncio.to_thread(self._commit, [r.native for r in records])
         except KafkaException as exc:
             raise _error(exc.args[0]) from exc
 

@@ -12,6 +12,7 @@ import contextlib
 import time
 import zlib
 from collections import defaultdict
+from collections.abc import Sequence
 
 from pydantic import BaseModel
 
@@ -25,6 +26,8 @@ class InMemoryBroker:
         self.partitions = partitions
         self.topics: dict[str, list[list[Record]]] = {}
         self.committed: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.commits = 0
+        """Commit requests made (a batch's commit counts once), for assertions."""
         self.reachable = True
         """Tests set False to play a broker that does not answer."""
         self._changed = asyncio.Condition()
@@ -110,9 +113,25 @@ class InMemoryConsumer:
             record = self._next()
         return record
 
+    async def poll_batch(self, max_records: int, timeout: float) -> list[Record]:
+        first = await self.poll(timeout)
+        if first is None:
+            return []
+        batch = [first]
+        while len(batch) < max_records and (record := self._next()) is not None:
+            batch.append(record)
+        return batch
+
     async def commit(self, record: Record) -> None:
         key = (self._group, record.topic, record.partition)
         self._broker.committed[key] = max(self._broker.committed[key], record.offset + 1)
+        self._broker.commits += 1
+
+    async def commit_batch(self, records: Sequence[Record]) -> None:
+        for record in records:
+            key = (self._group, record.topic, record.partition)
+            self._broker.committed[key] = max(self._broker.committed[key], record.offset + 1)
+        self._broker.commits += 1
 
     async def close(self) -> None:
         self._positions.clear()

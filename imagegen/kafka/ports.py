@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -26,6 +26,10 @@ class Record:
 
 
 Handler = Callable[[Record], Awaitable[None]]
+
+BatchHandler = Callable[[Sequence[Record]], Awaitable[None]]
+"""Handles records of one topic together, in order, all or nothing (one transaction): when
+it raises, none of its effects stay and the loop handles the records one by one instead."""
 
 
 class Publisher(Protocol):
@@ -60,4 +64,19 @@ class Consumer(Protocol):
 
     async def close(self) -> None:
         """Leave the group without committing anything further."""
+        ...
+
+
+@runtime_checkable
+class BatchConsumer(Consumer, Protocol):
+    """A consumer that hands over what the broker delivered together, and commits it at once."""
+
+    async def poll_batch(self, max_records: int, timeout: float) -> list[Record]:
+        """Up to `max_records` records in delivery order (each partition's in offset order):
+        waits up to `timeout` seconds for the first, then takes only what has arrived."""
+        ...
+
+    async def commit_batch(self, records: Sequence[Record]) -> None:
+        """`commit` each of `records` (at most one per partition), in one request where the
+        adapter commits synchronously."""
         ...

@@ -1,7 +1,19 @@
 """The consumer loop every service runs: handle, then commit; dead-letter what cannot be handled.
 
+Records are fetched in batches where the consumer can hand them over together
+(`BatchConsumer`): it waits for the first record, then takes up to `max_batch` records that
+have already arrived, never waiting for more. A batch is handled in delivery order and its
+offsets are committed together, once, after its records were handled.
+
 Guarantees:
 - an offset is committed only after its handler returned, i.e. after its effects are durable;
+  a batch commits, per partition, its last handled record, and never a record after one
+  that was not handled;
+- records are handled in delivery order, so each partition's (each key's) order holds;
+- a topic with a batch handler gets each run of consecutive records of that topic at once
+  (one database transaction); if it raises, nothing of it stayed (all or nothing), and the
+  records of the run are then handled one by one by the topic's handler, with the rules
+  below: a poison record is dead-lettered alone and the others still land;
 - a `RetryableError` is retried with backoff for as long as the loop runs (never dead-lettered:
   a database that is down is not the message's fault); a `BrokerAccessError` (the broker
   refused a credential, a certificate or an ACL) likewise, but logged at ERROR each time:
@@ -9,10 +21,11 @@ Guarantees:
 - a `PermanentError` (poison included) goes to the dead-letter topic with the error in headers;
 - any other exception is retried `max_attempts` times, then dead-lettered;
 - a `FatalClientError` (a Kafka client broken for good) is never a reason to dead-letter,
-  whether the handler, the commit or the dead-letter publish raised it: the record stays
-  uncommitted, the loop stops and `run()` raises it, so that the process exits and a fresh
-  one (with fresh clients) gets the record again;
-- `stop()` stops fetching, lets the in-flight handler finish, commits it, and returns.
+  whether the handler, the commit or the dead-letter publish raised it: the record (and
+  its batch) stays uncommitted, the loop stops and `run()` raises it, so that the process
+  exits and a fresh one (with fresh clients) gets the records again;
+- `stop()` stops fetching, lets the in-flight handler finish, commits what of the batch was
+  handled (the rest is redelivered to the partition's next owner), and returns.
 """
 
 from __future__ import annotations
@@ -20,15 +33,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from imagegen.errors import BrokerAccessError, FatalClientError, PermanentError, RetryableError
-from imagegen.kafka.ports import Consumer, Handler, Publisher, Record
+from imagegen.kafka.ports import BatchConsumer, BatchHandler, Consumer, Handler, Publisher, Record
 from imagegen.logging_setup import log_context
 from imagegen.telemetry import consume_span, enqueued_at
 from schemas.deadletter import DeadLetterHeaders
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 100
+"""Records handled (and committed) together at most: enough to amortise a transaction and a
+commit over a burst, small enough that a batch handled one by one stays short."""
 
 
 def ids_of(value: bytes) -> tuple[str | None, str | None]:
@@ -49,6 +69,30 @@ def ids_of(value: bytes) -> tuple[str | None, str | None]:
     )
 
 
+_CONSUMER: ContextVar[str | None] = ContextVar("imagegen_consumer", default=None)
+"""The loop whose batch handler runs, for `handling`'s span."""
+
+
+@contextmanager
+def handling(record: Record) -> Iterator[None]:
+    """Inside a batch handler, around one record's work: its trace's process span (and its
+    time on the topic) and its job and user in log lines, as a one-record handler gets."""
+    job_id, user_id = ids_of(record.value)
+    with (
+        log_context(job_id=job_id, user_id=user_id),
+        consume_span(
+            f"{record.topic} process",
+            record.headers,
+            topic=record.topic,
+            enqueued=enqueued_at(record.headers, record.timestamp),
+            offset=record.offset,
+            consumer=_CONSUMER.get() or "",
+            attempt=1,
+        ),
+    ):
+        yield
+
+
 class ConsumerLoop:
     def __init__(
         self,
@@ -61,9 +105,11 @@ class ConsumerLoop:
         max_attempts: int = 5,
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
-        poll_timeout: float = 0.5,
+        poll_timeout: float = 1.0,
         service: str | None = None,
         group: str | None = None,
+        batch_handlers: dict[str, BatchHandler] | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
         self.name = name
         # Loops are named `<service>` or `<service>-<role>` (scheduler-outcomes, ...).
@@ -78,6 +124,8 @@ class ConsumerLoop:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._poll_timeout = poll_timeout
+        self._batch_handlers = batch_handlers or {}
+        self._max_batch = max(1, max_batch)
         self._stopping = asyncio.Event()
         self.handled = 0
         self.dead_lettered = 0
@@ -94,11 +142,12 @@ class ConsumerLoop:
         log.info("event=consumer_started name=%s", self.name)
         try:
             while not self._stopping.is_set():
-                record = await self._consumer.poll(self._poll_timeout)
-                if record is None:
+                records = await self._fetch()
+                if not records:
                     continue
-                if await self._process(record):
-                    await self._commit(record)
+                handled = await self._handle(records)
+                if handled:
+                    await self._commit(handled)
         except FatalClientError as exc:
             # Whatever was in flight stays uncommitted: the next owner gets it again. Not
             # marked `stopping`: that means asked to stop, and a dead loop was not.
@@ -113,11 +162,80 @@ class ConsumerLoop:
                 self.dead_lettered,
             )
 
-    async def _commit(self, record: Record) -> None:
+    async def _fetch(self) -> list[Record]:
+        if self._max_batch > 1 and isinstance(self._consumer, BatchConsumer):
+            return await self._consumer.poll_batch(self._max_batch, self._poll_timeout)
+        record = await self._consumer.poll(self._poll_timeout)
+        return [] if record is None else [record]
+
+    async def _handle(self, records: Sequence[Record]) -> list[Record]:
+        """Handle `records` in order; returns those handled, a prefix of them (shorter only
+        when the loop is stopping)."""
+        done: list[Record] = []
+        at = 0
+        while at < len(records):
+            if done and self._stopping.is_set():
+                break  # the rest is redelivered; the in-flight work is done
+            run = self._run_from(records, at)
+            if len(run) > 1 and await self._process_batch(run):
+                done.extend(run)
+                at += len(run)
+                continue
+            for record in run:
+                if done and self._stopping.is_set():
+                    return done
+                if not await self._process(record):
+                    return done  # given up on while stopping: nothing after it commits
+                done.append(record)
+            at += len(run)
+        return done
+
+    def _run_from(self, records: Sequence[Record], at: int) -> Sequence[Record]:
+        """The records from `at` that one batch handler takes at once: consecutive records
+        of its topic; just the one record when its topic has no batch handler."""
+        topic = records[at].topic
+        if topic not in self._batch_handlers:
+            return records[at : at + 1]
+        end = at + 1
+        while end < len(records) and records[end].topic == topic:
+            end += 1
+        return records[at:end]
+
+    async def _process_batch(self, run: Sequence[Record]) -> bool:
+        """One try of the topic's batch handler; False (nothing of it stayed) when it raised."""
+        handler = self._batch_handlers[run[0].topic]
+        token = _CONSUMER.set(self.name)
+        try:
+            with log_context(service=self.service):
+                await handler(run)
+        except FatalClientError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "event=batch_handled_one_by_one name=%s topic=%s records=%d error=%r",
+                self.name,
+                run[0].topic,
+                len(run),
+                str(exc) or type(exc).__name__,
+            )
+            return False
+        finally:
+            _CONSUMER.reset(token)
+        self.handled += len(run)
+        return True
+
+    async def _commit(self, records: Sequence[Record]) -> None:
+        """Commit the last of `records` in each partition (all of them handled)."""
+        last = {(r.topic, r.partition): r for r in records}
+        latest = list(last.values())
         delay = self._backoff_initial
         while True:
             try:
-                await self._consumer.commit(record)
+                if isinstance(self._consumer, BatchConsumer):
+                    await self._consumer.commit_batch(latest)
+                else:
+                    for record in latest:
+                        await self._consumer.commit(record)
                 return
             except RetryableError as exc:
                 log.warning("event=commit_retry name=%s error=%s", self.name, exc)

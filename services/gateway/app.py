@@ -105,10 +105,13 @@ def create_app(
             webhooks = build_dispatcher(pool, settings)
             webhooks.start()
             stack.push_async_callback(webhooks.aclose, settings.shutdown_timeout_s)
+            projection = Projection(pool, wakeups, webhooks)
             loop = ConsumerLoop(
                 name=CONSUMER_GROUP,
                 consumer=make_consumer(CONSUMER_GROUP, [topics.events]),
-                handlers={topics.events: Projection(pool, wakeups, webhooks).handle},
+                handlers={topics.events: projection.handle},
+                # Events handed over together are projected in one transaction.
+                batch_handlers={topics.events: projection.handle_batch},
                 dead_letters=pub,
                 dead_letter_topic=topics.dead_letter,
                 poll_timeout=settings.consumer_poll_s,

@@ -1,19 +1,23 @@
 """The read model: jobs, images and the event log, projected from the `events` topic.
 
-Each event is applied in one transaction: appended to the log (deduplicated on its id,
-a duplicate changes nothing), given the next per-job `seq`, then folded into its job
-and image rows. Streams are woken only after the commit.
+A batch of events (what the consumer loop handed over together; one event is a batch of
+one) is applied in one transaction, in order: an event already in the log is a redelivery
+and changes nothing; every other one gets its job's next `seq`, is folded into its job and
+image rows, and is appended to the log once, with its final payload. Streams are woken
+only after the commit, once per owner.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import asyncpg
 
 from imagegen.db import transient_as_retryable
-from imagegen.kafka import Record, decode
+from imagegen.kafka import Record, decode, handling
 from schemas.events import EVENT_ADAPTER, Event, GenerationQueued, ImageStored, JobStatus
 from schemas.requests import JobKind
 from services.gateway.folding import fold_image, fold_job
@@ -26,6 +30,10 @@ log = logging.getLogger(__name__)
 # Appends are serialised (across replicas too) so that event ids become visible in id
 # order: a stream that has read up to id N can never later miss an id below N.
 _EVENT_LOG_LOCK = 0x6761_7465_7761_79  # "gateway"
+
+
+_Row = tuple[str, str | None, str | None, str, int | None, str]
+"""An event's log row: event_id, job_id, user_id, type, seq, payload."""
 
 
 @dataclass
@@ -44,50 +52,89 @@ class Projection:
         self._webhooks = webhooks
 
     async def handle(self, record: Record) -> None:
-        """The consumer loop's handler for the events topic."""
+        """The consumer loop's handler for the events topic (one record, in its own span)."""
         event = decode(record, EVENT_ADAPTER)
         async with transient_as_retryable():
-            owner = await self.apply(event)
-        if owner is not None:
+            owners = await self.apply_all([event])
+        for owner in owners:
+            self._signal.notify(owner)
+
+    async def handle_batch(self, records: Sequence[Record]) -> None:
+        """The consumer loop's batch handler: all of `records` in one transaction, each in
+        its own trace's span."""
+        events = [decode(record, EVENT_ADAPTER) for record in records]
+        async with transient_as_retryable():
+            owners = await self.apply_all(events, records)
+        for owner in owners:
             self._signal.notify(owner)
 
     async def apply(self, event: Event) -> str | None:
         """Project one event; returns the user to wake, None for a duplicate or ownerless one."""
+        owners = await self.apply_all([event])
+        return owners[0] if owners else None
+
+    async def apply_all(
+        self, events: Sequence[Event], records: Sequence[Record] | None = None
+    ) -> list[str]:
+        """Project `events` in order in one transaction; returns the users to wake.
+        `records`, when given, are the records they came from (for each one's trace)."""
+        owners: dict[str, None] = {}
+        hooks: list[str] = []
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _EVENT_LOG_LOCK)
-            row_id = await conn.fetchval(
-                "INSERT INTO events (event_id, job_id, user_id, type, payload)"
-                " VALUES ($1, $2, $3, $4, '{}') ON CONFLICT (event_id) DO NOTHING RETURNING id",
-                event.id,
-                event.job_id,
-                event.user_id,
-                event.type,
+            seen: set[str] = set(
+                await conn.fetchval(
+                    "SELECT coalesce(array_agg(event_id), '{}') FROM events"
+                    " WHERE event_id = ANY($1::text[])",
+                    [event.id for event in events],
+                )
             )
-            if row_id is None:
-                log.info("event=duplicate_event_ignored event_id=%s type=%s", event.id, event.type)
-                return None
-            owner, seq = event.user_id, None
-            if event.job_id is not None:
-                job = await _touch_job(conn, event.job_id, event)
-                if job is not None:
-                    owner, seq = job.user_id, job.seq
-                    await fold_job(conn, event.job_id, job.user_id, job.status, event)
-            await fold_image(conn, owner, event)
-            # The delivery commits with the projection (or neither does); sent later.
-            hooked = await webhook_store.enqueue(conn, event) if seq is not None else None
-            payload = event.model_copy(update={"seq": seq, "user_id": owner})
-            await conn.execute(
-                "UPDATE events SET seq = $2, user_id = $3, payload = $4::jsonb WHERE id = $1",
-                row_id,
-                seq,
-                owner,
-                payload.model_dump_json(),
-            )
-            if owner is not None:
+            rows: list[_Row] = []
+            for at, event in enumerate(events):
+                if event.id in seen:
+                    log.info(
+                        "event=duplicate_event_ignored event_id=%s type=%s", event.id, event.type
+                    )
+                    continue
+                seen.add(event.id)
+                with handling(records[at]) if records else nullcontext():
+                    await _fold(conn, event, rows, owners, hooks)
+            if rows:
+                # Ids are taken here, in order, under the lock: they become visible in order.
+                await conn.executemany(
+                    "INSERT INTO events (event_id, job_id, user_id, type, seq, payload)"
+                    " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+                    rows,
+                )
+            for owner in owners:
                 await announce(conn, owner)  # sent at commit: wakes streams on every replica
-        if hooked is not None and self._webhooks is not None:
+        if hooks and self._webhooks is not None:
             self._webhooks.wake()
-        return owner
+        return list(owners)
+
+
+async def _fold(
+    conn: asyncpg.Connection,
+    event: Event,
+    rows: list[_Row],
+    owners: dict[str, None],
+    hooks: list[str],
+) -> None:
+    """Fold one new event into its job and image rows; note its log row and its owner."""
+    owner, seq = event.user_id, None
+    if event.job_id is not None:
+        job = await _touch_job(conn, event.job_id, event)
+        if job is not None:
+            owner, seq = job.user_id, job.seq
+            await fold_job(conn, event.job_id, job.user_id, job.status, event)
+    await fold_image(conn, owner, event)
+    # The delivery commits with the projection (or neither does); sent later.
+    if seq is not None and (hook := await webhook_store.enqueue(conn, event)) is not None:
+        hooks.append(hook)
+    payload = event.model_copy(update={"seq": seq, "user_id": owner})
+    rows.append((event.id, event.job_id, owner, event.type, seq, payload.model_dump_json()))
+    if owner is not None:
+        owners[owner] = None
 
 
 async def _touch_job(conn: asyncpg.Connection, job_id: str, event: Event) -> _Job | None:

@@ -33,10 +33,18 @@ async def serve(settings: SchedulerSettings) -> None:
         stack.push_async_callback(scheduler.scenes.aclose)  # the LLM client's connections
         loops = [
             consumer_loop(
-                settings.kafka, "scheduler", {topics.requests: scheduler.on_request}, publisher
+                settings.kafka,
+                "scheduler",
+                {topics.requests: scheduler.on_request},
+                publisher,
+                batch_handlers={topics.requests: scheduler.on_requests},
             ),
             consumer_loop(
-                settings.kafka, "scheduler-outcomes", {topics.events: scheduler.on_event}, publisher
+                settings.kafka,
+                "scheduler-outcomes",
+                {topics.events: scheduler.on_event},
+                publisher,
+                batch_handlers={topics.events: scheduler.on_events},
             ),
         ]
         health.watch("database", database_check(pool))

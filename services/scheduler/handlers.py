@@ -1,8 +1,10 @@
 """Handlers: requests become admitted jobs; image outcomes move them on.
 
-Each handler is one PostgreSQL transaction that locks the job's row first, changes state
-and stages the messages it causes in the outbox (see `outbox.py`); a redelivered message
-finds its effects already there and changes nothing. Money rules are in `ledger.py`,
+Each message is handled in a PostgreSQL transaction that locks the job's row first, changes
+state and stages the messages it causes in the outbox (see `outbox.py`); a redelivered
+message finds its effects already there and changes nothing. Messages the consumer loop
+hands over together share one transaction (`on_requests`, `on_events`), in order: all of
+them commit or none (the loop then handles them one by one). Money rules are in `ledger.py`,
 dispatch rules in `dispatch.py`, retries and failover in `retries.py`.
 """
 
@@ -11,16 +13,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 
 import asyncpg
 
 from imagegen.db import transient_as_retryable
 from imagegen.errors import NotFoundError, PermanentError
-from imagegen.kafka import Publisher, Record, decode
+from imagegen.kafka import Publisher, Record, decode, handling
 from schemas.events import (
     EVENT_ADAPTER,
     ConsistencyFlagged,
+    Event,
     GenerationCompleted,
     GenerationFailed,
     GenerationStarted,
@@ -37,6 +41,7 @@ from schemas.requests import (
     GenerateStory,
     JobKind,
     RegenerateImage,
+    Request,
 )
 from schemas.topics import TopicNames
 from services.scheduler.catalogue import Catalogue, offered
@@ -62,6 +67,8 @@ from services.scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
 MAX_VERSION = MAX_REGENERATIONS + 1
+_OURS = (GenerateImages, GenerateScene, GenerateStory, RegenerateImage, CancelJob)
+"""The requests the scheduler acts on; deletes and reviews belong to storage."""
 
 
 class Scheduler:
@@ -109,16 +116,38 @@ class Scheduler:
 
     async def on_request(self, record: Record) -> None:
         request = decode(record, REQUEST_ADAPTER)
+        if not isinstance(request, _OURS):
+            return  # deletes and reviews belong to storage
         readings = await self._read_scenes(request)
         async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
-            if isinstance(request, GenerateImages | GenerateScene | GenerateStory):
-                await self._schedule(conn, request, readings)
-            elif isinstance(request, RegenerateImage):
-                await self._regenerate(conn, request)
-            elif isinstance(request, CancelJob):
-                await self._cancel(conn, request)
-            # Deletes and reviews belong to storage; nothing to do here.
+            await self._apply_request(conn, request, readings)
         self.relay.wake()
+
+    async def on_requests(self, records: Sequence[Record]) -> None:
+        """`on_request` for several records in one transaction."""
+        ours = [
+            (record, request)
+            for record in records
+            if isinstance(request := decode(record, REQUEST_ADAPTER), _OURS)
+        ]
+        if not ours:
+            return
+        readings = [await self._read_scenes(request) for _, request in ours]
+        async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
+            for (record, request), read in zip(ours, readings, strict=True):
+                with handling(record):
+                    await self._apply_request(conn, request, read)
+        self.relay.wake()
+
+    async def _apply_request(
+        self, conn: asyncpg.Connection, request: Request, readings: dict[int, SceneFacts]
+    ) -> None:
+        if isinstance(request, GenerateImages | GenerateScene | GenerateStory):
+            await self._schedule(conn, request, readings)
+        elif isinstance(request, RegenerateImage):
+            await self._regenerate(conn, request)
+        elif isinstance(request, CancelJob):
+            await self._cancel(conn, request)
 
     async def _read_scenes(self, request: object) -> dict[int, SceneFacts]:
         """An LLM's readings of the request's pages that lack a scene description, taken
@@ -250,44 +279,76 @@ class Scheduler:
 
     async def on_event(self, record: Record) -> None:
         event = decode(record, EVENT_ADAPTER)
-        if event.source == SOURCE or not event.job_id:
-            return  # our own events (final failures, progress) need nothing more
+        if not self._wanted(event):
+            return
         self._track_health(event)
         async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
-            if isinstance(event, GenerationStarted):
-                await self._watch(
-                    conn,
-                    event.job_id,
-                    event.data.image_index,
-                    event.data.attempt,
-                    AWAITING_COMPLETED,
-                    self._settings.attempt_run_deadline_s,
-                )
-            elif isinstance(event, GenerationCompleted):
-                # Before the ledger's locks, as every path takes the image before the ledger.
-                await self._watch(
-                    conn,
-                    event.job_id,
-                    event.data.image_index,
-                    None,  # a completion names no attempt: the current one is meant
-                    AWAITING_STORED,
-                    self._settings.attempt_store_deadline_s,
-                )
-                await self.ledger.settle(
-                    conn,
-                    event.job_id,
-                    event.data.image_index,
-                    event.data.seed,
-                    usd(event.data.cost_usd),
-                    event.data.provider or event.data.backend,
-                )
-            elif isinstance(event, ImageStored):
-                await self._stored(conn, event)
-            elif isinstance(event, GenerationFailed):
-                await self._failed(conn, event)
-            elif isinstance(event, ConsistencyFlagged) and not event.data.final:
-                await self._flagged(conn, event)
+            await self._apply_event(conn, event)
         self.relay.wake()
+
+    async def on_events(self, records: Sequence[Record]) -> None:
+        """`on_event` for several records in one transaction (none when none is wanted)."""
+        wanted = [
+            (record, event)
+            for record in records
+            if self._wanted(event := decode(record, EVENT_ADAPTER))
+        ]
+        if not wanted:
+            return
+        for _, event in wanted:
+            self._track_health(event)  # counted once per event id, whatever happens next
+        async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
+            for record, event in wanted:
+                with handling(record):
+                    await self._apply_event(conn, event)
+        self.relay.wake()
+
+    @staticmethod
+    def _wanted(event: Event) -> bool:
+        """Whether `_apply_event` does anything with `event` (no transaction otherwise)."""
+        if event.source == SOURCE or not event.job_id:
+            return False  # our own events (final failures, progress) need nothing more
+        if isinstance(event, ConsistencyFlagged):
+            return not event.data.final
+        return isinstance(
+            event, GenerationStarted | GenerationCompleted | ImageStored | GenerationFailed
+        )
+
+    async def _apply_event(self, conn: asyncpg.Connection, event: Event) -> None:
+        assert event.job_id is not None
+        if isinstance(event, GenerationStarted):
+            await self._watch(
+                conn,
+                event.job_id,
+                event.data.image_index,
+                event.data.attempt,
+                AWAITING_COMPLETED,
+                self._settings.attempt_run_deadline_s,
+            )
+        elif isinstance(event, GenerationCompleted):
+            # Before the ledger's locks, as every path takes the image before the ledger.
+            await self._watch(
+                conn,
+                event.job_id,
+                event.data.image_index,
+                None,  # a completion names no attempt: the current one is meant
+                AWAITING_STORED,
+                self._settings.attempt_store_deadline_s,
+            )
+            await self.ledger.settle(
+                conn,
+                event.job_id,
+                event.data.image_index,
+                event.data.seed,
+                usd(event.data.cost_usd),
+                event.data.provider or event.data.backend,
+            )
+        elif isinstance(event, ImageStored):
+            await self._stored(conn, event)
+        elif isinstance(event, GenerationFailed):
+            await self._failed(conn, event)
+        elif isinstance(event, ConsistencyFlagged) and not event.data.final:
+            await self._flagged(conn, event)
 
     async def _watch(
         self,

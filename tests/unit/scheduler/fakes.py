@@ -18,7 +18,7 @@ from typing import Any, Literal
 import asyncpg
 
 from imagegen.db import create_pool, migrate
-from imagegen.kafka import Consumer, ConsumerLoop, Handler, Publisher, Record
+from imagegen.kafka import BatchHandler, Consumer, ConsumerLoop, Handler, Publisher, Record
 from imagegen.kafka.codec import decode
 from schemas.base import Message
 from schemas.events import (
@@ -313,16 +313,26 @@ async def scheduler_rig(
             first_pool = first_pool or pool
             scheduler = Scheduler(settings, pool, publisher, topics)
             schedulers.append(scheduler)
-            groups: list[tuple[str, dict[str, Handler]]] = [
-                ("scheduler", {topics.requests: scheduler.on_request}),
-                ("scheduler-outcomes", {topics.events: scheduler.on_event}),
+            # As the service runs them: records handed over together share a transaction.
+            groups: list[tuple[str, dict[str, Handler], dict[str, BatchHandler]]] = [
+                (
+                    "scheduler",
+                    {topics.requests: scheduler.on_request},
+                    {topics.requests: scheduler.on_requests},
+                ),
+                (
+                    "scheduler-outcomes",
+                    {topics.events: scheduler.on_event},
+                    {topics.events: scheduler.on_events},
+                ),
             ]
-            for group, handlers in groups:
+            for group, handlers, batch_handlers in groups:
                 loops.append(
                     ConsumerLoop(
                         name=group,
                         consumer=consumer_for(group, list(handlers)),
                         handlers=handlers,
+                        batch_handlers=batch_handlers,
                         dead_letters=publisher,
                         dead_letter_topic=topics.dead_letter,
                         backoff_initial=0.01,

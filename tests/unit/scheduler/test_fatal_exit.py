@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from imagegen.errors import FatalClientError
-from imagegen.kafka import ConsumerLoop, Handler, Publisher
+from imagegen.kafka import BatchHandler, ConsumerLoop, Handler, Publisher
 from imagegen.kafka.memory import InMemoryBroker
 from imagegen.settings import KafkaSettings
 from services.scheduler import __main__ as scheduler_main
@@ -29,12 +29,18 @@ async def test_a_fatal_error_in_the_relay_stops_the_consumers_and_ends_serve(
     loops: list[ConsumerLoop] = []
 
     def memory_loop(
-        kafka: KafkaSettings, group: str, handlers: dict[str, Handler], publisher: Publisher
+        kafka: KafkaSettings,
+        group: str,
+        handlers: dict[str, Handler],
+        publisher: Publisher,
+        *,
+        batch_handlers: dict[str, BatchHandler] | None = None,
     ) -> ConsumerLoop:
         loop = ConsumerLoop(
             name=group,
             consumer=broker.consumer(group, list(handlers)),
             handlers=handlers,
+            batch_handlers=batch_handlers,
             dead_letters=publisher,
             dead_letter_topic=kafka.topics.dead_letter,
             poll_timeout=0.05,
