@@ -52,8 +52,10 @@ class ObjectInfo:
 class BlobStore(Protocol):
     """Object storage as the services need it."""
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
-        """Write bytes under a key (overwrites)."""
+    async def put(
+        self, key: str, data: bytes, content_type: str, *, cache_control: str | None = None
+    ) -> None:
+        """Write bytes under a key (overwrites), with a Cache-Control header when given."""
         ...
 
     async def get(self, key: str) -> bytes:
@@ -169,10 +171,13 @@ class S3BlobStore:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
+    async def put(
+        self, key: str, data: bytes, content_type: str, *, cache_control: str | None = None
+    ) -> None:
+        extra = {"CacheControl": cache_control} if cache_control is not None else {}
         try:
             await self._client.put_object(
-                Bucket=self._bucket, Key=key, Body=data, ContentType=content_type
+                Bucket=self._bucket, Key=key, Body=data, ContentType=content_type, **extra
             )
         except (ClientError, BotoCoreError) as exc:
             raise _s3_error(exc, key) from exc
@@ -300,9 +305,15 @@ class InMemoryBlobStore:
         self.cache_control: dict[str, str] = {}
         self.object_tags: dict[str, dict[str, str]] = {}
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
+    async def put(
+        self, key: str, data: bytes, content_type: str, *, cache_control: str | None = None
+    ) -> None:
         self.objects[key] = (data, content_type)
         self.modified[key] = datetime.now(UTC)
+        if cache_control is not None:
+            self.cache_control[key] = cache_control
+        else:
+            self.cache_control.pop(key, None)
 
     async def get(self, key: str) -> bytes:
         try:

@@ -32,7 +32,7 @@ from PIL import Image, ImageChops
 
 from imagegen.errors import ConfigurationError
 from schemas.requests import JobKind
-from services.postprocess.renditions import RenderedImage, enhance, open_image, png_bytes
+from services.postprocess.renditions import RenderedImage, enhance, png_bytes
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,10 @@ def cut_out(image: Image.Image, mask: Image.Image) -> Image.Image:
     return rgba
 
 
-def render_cutout(data: bytes, remover: BackgroundRemover) -> RenderedImage | None:
-    """The "cutout" rendition (enhanced like the display one); None if the model fails."""
-    image = enhance(open_image(data))
+def render_cutout(decoded: Image.Image, remover: BackgroundRemover) -> RenderedImage | None:
+    """The "cutout" rendition of a decoded image (enhanced like the display one); None if
+    the model fails."""
+    image = enhance(decoded)
     try:
         mask = remover.mask(image)
     except (RuntimeError, ValueError) as exc:

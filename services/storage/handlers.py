@@ -54,11 +54,15 @@ class StorageService:
         image = msg.image
         deleted = await self._deleted(msg)
         if deleted is not None:
-            if deleted != "image":
-                # Nothing else will ever finalise these staged bytes: don't wait for the
-                # lifecycle rule. (Keys are content-addressed; an identical image of another
-                # owner in flight at this moment would need its bytes staged again.)
-                await self._blobs.delete([r.blob.key for r in msg.renditions])
+            finals = _final_keys(msg)
+            # Renditions postprocess wrote to their final keys are this image's alone: gone
+            # with it. Staged ones go too when the owner was deleted, since nothing else
+            # will ever finalise them: don't wait for the lifecycle rule. (Staging keys are
+            # content-addressed; an identical image of another owner in flight at this
+            # moment would need its bytes staged again.)
+            doomed = [r.blob.key for r in msg.renditions] if deleted != "image" else finals
+            if doomed:
+                await self._blobs.delete(doomed)
             await self._events.emit(deleted_event(image.image_id, image.user_id, [image.version]))
             log.info(
                 "event=skip_deleted_image image_id=%s version=%d deleted=%s",
@@ -90,7 +94,8 @@ class StorageService:
         )
 
     async def _store(self, msg: ProcessedImage) -> ImageStoredData:
-        """Copy the staged renditions to their final keys, then write the rows."""
+        """Copy staged renditions to their final keys (those postprocess wrote there
+        already need nothing), then write the rows."""
         image = msg.image
         stored = [
             StoredRendition(
@@ -104,14 +109,17 @@ class StorageService:
             )
             for r in msg.renditions
         ]
+        staged = [
+            (r, s) for r, s in zip(msg.renditions, stored, strict=True) if r.blob.key != s.key
+        ]
         # Copies are idempotent (same source, same destination), so a redelivery may redo them.
-        with tracer().start_as_current_span("upload", attributes={"renditions": len(stored)}):
+        with tracer().start_as_current_span("upload", attributes={"copies": len(staged)}):
             await asyncio.gather(
                 *(
                     self._blobs.copy(
                         r.blob.key, s.key, content_type=s.content_type, cache_control=CACHE_CONTROL
                     )
-                    for r, s in zip(msg.renditions, stored, strict=True)
+                    for r, s in staged
                 )
             )
         original = next(s for s in stored if s.name == "original")
@@ -150,3 +158,12 @@ class StorageService:
             scene_description=msg.record.scene_description,
             scene_source=msg.record.scene_source,
         )
+
+
+def _final_keys(msg: ProcessedImage) -> list[str]:
+    """The renditions that postprocess wrote straight to their final keys."""
+    return [
+        r.blob.key
+        for r in msg.renditions
+        if r.blob.key == rendition_key(msg.image, r.name, r.format)
+    ]

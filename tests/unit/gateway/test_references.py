@@ -161,11 +161,13 @@ class _FailingStore(InMemoryBlobStore):
         super().__init__()
         self.allowed = allowed
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
+    async def put(
+        self, key: str, data: bytes, content_type: str, *, cache_control: str | None = None
+    ) -> None:
         if self.allowed <= 0:
             raise RetryableError("s3 unavailable")
         self.allowed -= 1
-        await super().put(key, data, content_type)
+        await super().put(key, data, content_type, cache_control=cache_control)
 
 
 async def test_a_storage_failure_half_way_leaves_no_rows_and_no_objects(
