@@ -36,6 +36,8 @@ class Instruments:
     """USD of actual cost booked against the budgets, at settlement (provider)."""
     consistency_score: Histogram
     """Face distance of each scored image to its character (lower is closer)."""
+    consistency_unscored: Counter
+    """Images that were due a consistency score and got none (reason: no face, ...)."""
     sse_connections: UpDownCounter
     """Open Server-Sent-Events streams on this gateway."""
     provider_unavailable: Counter
@@ -57,6 +59,7 @@ def instruments() -> Instruments:
         cost=meter.create_counter("imagegen_cost_usd", unit="usd"),
         budget_consumed=meter.create_counter("imagegen_budget_consumed_usd", unit="usd"),
         consistency_score=meter.create_histogram("imagegen_consistency_distance", unit="1"),
+        consistency_unscored=meter.create_counter("imagegen_consistency_unscored", unit="1"),
         sse_connections=meter.create_up_down_counter("imagegen_sse_connections", unit="1"),
         provider_unavailable=meter.create_counter("imagegen_provider_cooldowns", unit="1"),
         webhook_deliveries=meter.create_counter("imagegen_webhook_deliveries", unit="1"),

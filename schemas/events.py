@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter
 
 from schemas.base import Contract, Message, utcnow
+from schemas.images import CharacterScore
 from schemas.jobs import ImageIdentity
 
 _EVENT_NAMESPACE = uuid.UUID("6f1c2b1e-3c7a-4f7e-9a51-6f3d2f0c9e11")
@@ -190,6 +191,11 @@ class ImageStoredData(Contract):
     demo: bool
     cost_usd: float
     consistency_score: float | None = None
+    """The worst character's score; None: not scored (`not_scored_reason` says why)."""
+    character_scores: dict[str, CharacterScore] = Field(default_factory=dict)
+    """Each character's score and status (recognised, drifted, missing, not_scored)."""
+    not_scored_reason: str | None = None
+    """Why the image has no consistency score where one was due (e.g. no face found)."""
     quality_score: float | None = None
     """Technical quality, 0..1 (sharpness, exposure, contrast, colourfulness); None when
     the image was not scored."""
@@ -216,6 +222,8 @@ class ConsistencyFlaggedData(Contract):
     score: float
     threshold: float
     final: bool
+    characters: list[str] = Field(default_factory=list)
+    """The characters that drifted or are missing (the ones the re-draw is for)."""
 
 
 class ImageDeletedData(Contract):

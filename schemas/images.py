@@ -90,6 +90,17 @@ class Rendition(Contract):
     format: str
 
 
+class CharacterScore(Contract):
+    """One character's face consistency in an image."""
+
+    score: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Its assigned face against its identity images (None: not scored, or missing)."""
+    status: Literal["recognised", "drifted", "missing", "not_scored"]
+    """recognised: at or above the threshold; drifted: below it; missing: no face was left
+    for it; not_scored: nothing to compare (`reason` says why)."""
+    reason: str = ""
+
+
 class ProcessedImage(Message):
     """An image with its renditions, staged in object storage."""
 
@@ -100,6 +111,12 @@ class ProcessedImage(Message):
     provider: str
     cost_usd: float = Field(ge=0)
     consistency_score: float | None = None
+    """The worst of `character_scores` (a missing character counts 0); None: not scored."""
+    character_scores: dict[str, CharacterScore] = Field(default_factory=dict)
+    """Per character (id) of the image: faces are assigned to characters by best total match."""
+    not_scored_reason: str | None = None
+    """Why `consistency_score` is None where scoring applied (no face found, no identity
+    face); None when scored or when no check applies."""
     quality_score: float | None = Field(default=None, ge=0.0, le=1.0)
     """Technical quality from the pixels alone (sharpness, exposure, contrast, colour),
     0..1, higher is better; None from producers that predate it."""

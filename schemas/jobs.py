@@ -38,6 +38,9 @@ class ImageIdentity(Contract):
     """Consistency re-tries: 0 for the first image, n for the n-th new seed variation."""
     story_id: str | None = None
     page_number: int | None = None
+    audience: Literal["general", "children"] = "general"
+    """Who the image is for: "children" holds it to the image-safety check's stricter
+    threshold (a job or character option, stamped by the scheduler)."""
     tier: Tier | None = None
     """The tier whose topic carries this attempt, stamped by the scheduler when it dispatches
     it (None in messages from before tiers travelled with the image); events about the image

@@ -1,8 +1,9 @@
 """Consistency scoring: is this image the same person as the character's identity images?
 
-A `FaceEncoder` turns an image into an identity embedding (or None when it finds no
-face); `ConsistencyScorer` compares an image's embedding with the mean embedding of the
-character's identity images (uploaded photos and its generated reference set).
+A `FaceEncoder` finds the faces in an image and embeds each one's identity;
+`ConsistencyScorer` assigns the faces to the image's characters (best total match: an
+assignment, not each face's nearest character) and scores each character against the mean
+embedding of its identity images (uploaded photos and its generated reference set).
 
 The score is `1 - euclidean distance` between 128-d dlib embeddings, clipped to [0, 1].
 dlib's model puts the same person at a distance of about 0.1-0.25 and different people
@@ -10,12 +11,13 @@ around 0.6-0.7, and its authors' decision threshold is 0.6; the default threshol
 a score of 0.45 (distance 0.55), a little stricter than dlib's, so that a drifted face is
 caught before it looks like someone else. `scripts/calibrate_consistency.py` prints the
 score distributions the threshold was checked against. An image without a detectable face
-(some styles, scenery) is "not scored" (None), never a made-up number.
+(some styles, scenery) is "not scored" (None) with its reason, never a made-up number.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -28,20 +30,45 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from imagegen.errors import ConfigurationError
+from schemas.images import CharacterScore, RawImage
 
 Embedding = NDArray[np.float64]
 
-# dlib's HOG detector misses faces below ~80 px; small images (the 64 px demo faces) are
+# dlib's detectors miss faces below ~40-80 px; small images (the 64 px demo faces) are
 # upscaled first.
 _MIN_SIDE = 256
+# dlib's CNN detector costs ~4x HOG per pixel: it runs on at most this long side, which
+# still finds faces of 1/16 of the image side (40 px at 640).
+_CNN_MAX_SIDE = 640
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face found in an image: its box (x0, y0, x1, y1 in the image's own pixels),
+    area and identity embedding."""
+
+    box: tuple[int, int, int, int]
+    embedding: Embedding
+
+    @property
+    def area(self) -> int:
+        x0, y0, x1, y1 = self.box
+        return max(0, x1 - x0) * max(0, y1 - y0)
 
 
 class FaceEncoder(Protocol):
-    """Identity embedding of the most prominent face, or None when no face is found."""
+    """Finds faces and embeds their identity."""
 
     name: str
 
-    def embed(self, image: Image.Image) -> Embedding | None: ...
+    def faces(self, image: Image.Image, expected: int = 1) -> list[Face]:
+        """Every face found, largest first (empty: no face); `expected` faces (the cast's
+        size) is how hard to look."""
+        ...
+
+    def embed(self, image: Image.Image) -> Embedding | None:
+        """The most prominent face's embedding, or None when no face is found."""
+        ...
 
 
 def _model_dir() -> Path:
@@ -53,8 +80,35 @@ def _model_dir() -> Path:
     return Path(spec.origin).parent / "models"
 
 
+def prepare(image: Image.Image) -> Image.Image:
+    """RGB, upscaled so that its short side is at least `_MIN_SIDE`."""
+    rgb = image.convert("RGB")
+    if min(rgb.size) < _MIN_SIDE:
+        scale = _MIN_SIDE / min(rgb.size)
+        rgb = rgb.resize(
+            (round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS
+        )
+    return rgb
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """True when two boxes are the same face (intersection over union above 0.3)."""
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return union > 0 and inter / union > 0.3
+
+
 class DlibFaceEncoder:
-    """dlib's ResNet face embedding with its 5-point landmark model (offline, CPU)."""
+    """dlib's ResNet face embedding with its 5-point landmark model (offline, CPU).
+
+    Faces are found by dlib's HOG detector at the image's own scale, then by dlib's CNN
+    detector (MMOD, the weights `face_recognition_models` ships) where HOG finds fewer
+    faces than expected, then by HOG upsampled once: HOG alone found a face in 75% of the
+    demo's images and missed every image of some identities; the cascade finds it in
+    more (bench/face_detection.py has the numbers) at the CNN's cost only where HOG missed.
+    """
 
     name = "dlib-resnet-v1"
 
@@ -62,7 +116,11 @@ class DlibFaceEncoder:
         import dlib  # heavy native import: only when a scorer is built
 
         models = _model_dir()
-        self._detector: Any = dlib.get_frontal_face_detector()
+        self._hog: Any = dlib.get_frontal_face_detector()
+        self._cnn: Any = dlib.cnn_face_detection_model_v1(
+            str(models / "mmod_human_face_detector.dat")
+        )
+        self._rectangle: Any = dlib.rectangle
         self._landmarks: Any = dlib.shape_predictor(
             str(models / "shape_predictor_5_face_landmarks.dat")
         )
@@ -72,37 +130,126 @@ class DlibFaceEncoder:
         # dlib objects are not documented as thread-safe; images are scored one at a time.
         self._lock = threading.Lock()
 
-    def embed(self, image: Image.Image) -> Embedding | None:
-        rgb = image.convert("RGB")
-        if min(rgb.size) < _MIN_SIDE:
-            scale = _MIN_SIDE / min(rgb.size)
-            rgb = rgb.resize(
-                (round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS
+    def _detect(self, pixels: NDArray[np.uint8], expected: int) -> list[Any]:
+        found: list[Any] = list(self._hog(pixels, 0))
+        if len(found) >= expected:
+            return found
+        height, width = pixels.shape[:2]
+        scale = min(1.0, _CNN_MAX_SIDE / max(height, width))
+        small = pixels
+        if scale < 1.0:
+            small = np.asarray(
+                Image.fromarray(pixels).resize((round(width * scale), round(height * scale)))
             )
+        for hit in self._cnn(small, 0):
+            r = hit.rect
+            box = self._rectangle(
+                round(r.left() / scale),
+                round(r.top() / scale),
+                round(r.right() / scale),
+                round(r.bottom() / scale),
+            )
+            if not any(_overlaps(_box(box), _box(f)) for f in found):
+                found.append(box)
+        if len(found) >= expected:
+            return found
+        for box in self._hog(pixels, 1):
+            if not any(_overlaps(_box(box), _box(f)) for f in found):
+                found.append(box)
+        return found
+
+    def faces(self, image: Image.Image, expected: int = 1) -> list[Face]:
+        rgb = prepare(image)
+        factor = image.width / rgb.width
         pixels = np.asarray(rgb, dtype=np.uint8)
+        result = []
         with self._lock:
-            # At the image's own scale first (faces of 80 px and up: every portrait, most
-            # scenes) and upsampled once only when that finds none: 4x fewer pixels
-            # scanned for the common case (a 1024 px embedding: 427 -> 167 ms here).
-            faces = self._detector(pixels, 0) or self._detector(pixels, 1)
-            if not faces:
-                return None
-            face = max(faces, key=lambda r: r.width() * r.height())
-            shape = self._landmarks(pixels, face)
-            vector = self._encoder.compute_face_descriptor(pixels, shape)
-        return np.asarray(vector, dtype=np.float64)
+            for rect in self._detect(pixels, expected):
+                shape = self._landmarks(pixels, rect)
+                vector = self._encoder.compute_face_descriptor(pixels, shape)
+                x0, y0, x1, y1 = _box(rect)
+                result.append(
+                    Face(
+                        (
+                            round(x0 * factor),
+                            round(y0 * factor),
+                            round(x1 * factor),
+                            round(y1 * factor),
+                        ),
+                        np.asarray(vector, dtype=np.float64),
+                    )
+                )
+        return sorted(result, key=lambda f: f.area, reverse=True)
+
+    def embed(self, image: Image.Image) -> Embedding | None:
+        found = self.faces(image)
+        return found[0].embedding if found else None
+
+
+def _box(rect: Any) -> tuple[int, int, int, int]:
+    return (int(rect.left()), int(rect.top()), int(rect.right()), int(rect.bottom()))
+
+
+# A character's outcome in one image.
+RECOGNISED = "recognised"  # its face is there and scores at or above the threshold
+DRIFTED = "drifted"  # the face assigned to it scores below the threshold
+MISSING = "missing"  # fewer faces than characters: none was left for it
+NOT_SCORED = "not_scored"  # nothing to compare: no identity face, or no face in the image
+
+NO_FACE = "no face found in the image"
+NO_IDENTITY = "no face found in the character's reference images"
+# Faces beyond the largest few are background people: they bound the assignment's work.
+_MAX_FACES = 8
+
+
+@dataclass(frozen=True)
+class CharacterResult:
+    """One character's score in an image, and what it means."""
+
+    character_id: str
+    score: float | None
+    status: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
 class Assessment:
-    """An image's face embedding (None: no face found) and its score (None: not scored)."""
+    """An image's scores: `score` is the worst scored character's (None: not scored, for
+    `not_scored_reason`); `embedding` the main character's face (or the largest face)."""
 
     score: float | None
     embedding: Embedding | None
     encoder: str
+    characters: tuple[CharacterResult, ...] = ()
+    not_scored_reason: str | None = None
 
     def embedding_list(self) -> list[float] | None:
         return None if self.embedding is None else [float(v) for v in self.embedding]
+
+    @property
+    def drifted(self) -> list[str]:
+        """Characters that drifted or are missing: the ones a re-draw is for."""
+        return [c.character_id for c in self.characters if c.status in (DRIFTED, MISSING)]
+
+
+def assign(scores: Sequence[Sequence[float]]) -> dict[int, int]:
+    """The best total match of characters (rows) to faces (columns): character -> face.
+
+    Exact, by enumeration: scenes have at most five characters and faces are capped at
+    `_MAX_FACES`, so at most 8!/3! = 6,720 candidates. Each face goes to at most one
+    character; when faces are fewer, the characters left out are those the best total
+    leaves out.
+    """
+    rows = len(scores)
+    cols = len(scores[0]) if rows else 0
+    k = min(rows, cols)
+    best: tuple[float, dict[int, int]] = (-1.0, {})
+    for chosen in itertools.combinations(range(rows), k):
+        for faces in itertools.permutations(range(cols), k):
+            total = sum(scores[r][c] for r, c in zip(chosen, faces, strict=True))
+            if total > best[0]:
+                best = (total, dict(zip(chosen, faces, strict=True)))
+    return best[1]
 
 
 def score(embedding: Embedding, reference: Embedding) -> float:
@@ -159,8 +306,83 @@ class ConsistencyScorer:
         return self.assess(image, reference).score
 
     def assess(self, image: Image.Image, reference: Embedding | None) -> Assessment:
-        """The image's embedding (kept with the image: reference images become identity
-        images) and its score against `reference` when both have a face."""
-        embedding = self.encoder.embed(image)
-        value = None if embedding is None or reference is None else score(embedding, reference)
-        return Assessment(value, embedding, self.encoder.name)
+        """One character's assessment (its id left empty)."""
+        return self.assess_cast(image, [("", reference)])
+
+    def assess_cast(
+        self, image: Image.Image, cast: Sequence[tuple[str, Embedding | None]]
+    ) -> Assessment:
+        """Every face in `image` assigned to the cast (character id, identity embedding;
+        the first is the main character) by best total score, and each character scored.
+
+        The embedding kept with the image is the main character's face, or the largest
+        face: reference images become identity images.
+        """
+        scored = [(i, ref) for i, (_, ref) in enumerate(cast) if ref is not None]
+        faces = self.encoder.faces(image, expected=max(1, len(scored)))[:_MAX_FACES]
+        largest = faces[0].embedding if faces else None
+        if not scored:
+            return Assessment(
+                None,
+                largest,
+                self.encoder.name,
+                tuple(CharacterResult(cid, None, NOT_SCORED, NO_IDENTITY) for cid, _ in cast),
+                NO_IDENTITY if cast else None,
+            )
+        if not faces:
+            return Assessment(
+                None,
+                None,
+                self.encoder.name,
+                tuple(
+                    CharacterResult(
+                        cid, None, NOT_SCORED, NO_FACE if ref is not None else NO_IDENTITY
+                    )
+                    for cid, ref in cast
+                ),
+                NO_FACE,
+            )
+        matrix = [[score(face.embedding, ref) for face in faces] for _, ref in scored]
+        chosen = assign(matrix)
+        results: list[CharacterResult] = []
+        main_face: Embedding | None = None
+        by_cast = {index: row for row, (index, _) in enumerate(scored)}
+        for index, (cid, _) in enumerate(cast):
+            row = by_cast.get(index)
+            if row is None:
+                results.append(CharacterResult(cid, None, NOT_SCORED, NO_IDENTITY))
+            elif row not in chosen:
+                results.append(CharacterResult(cid, None, MISSING, "no face left for it"))
+            else:
+                value = matrix[row][chosen[row]]
+                if index == 0:
+                    main_face = faces[chosen[row]].embedding
+                status = RECOGNISED if value >= self.threshold else DRIFTED
+                results.append(CharacterResult(cid, value, status))
+        # A missing character scores 0: the image does not show it.
+        values = [
+            r.score if r.score is not None else 0.0 for r in results if r.status != NOT_SCORED
+        ]
+        return Assessment(
+            min(values),
+            main_face if main_face is not None else largest,
+            self.encoder.name,
+            tuple(results),
+        )
+
+
+def cast_of(raw: RawImage) -> list[tuple[str, list[str]]]:
+    """The image's characters and their identity keys, main character first: the layout's
+    regions in a multi-character scene, else the image's one character."""
+    if raw.layout:
+        return [(region.character_id, list(region.reference_keys)) for region in raw.layout]
+    return [(raw.image.character_id, list(raw.identity_keys))]
+
+
+def character_scores(assessment: Assessment) -> dict[str, CharacterScore]:
+    """The per-character map stored with the image (empty when nothing was checked)."""
+    return {
+        r.character_id: CharacterScore(score=r.score, status=r.status, reason=r.reason)  # type: ignore[arg-type]
+        for r in assessment.characters
+        if r.character_id
+    }

@@ -1,5 +1,4 @@
-"""images.raw -> renditions (to their final keys, or staged while held back) -> consistency
-check -> images.processed."""
+"""images.raw -> renditions staged in object storage -> consistency check -> images.processed."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from imagegen.blobstore import BlobStore, get_verified
+from imagegen.blobstore import BlobStore, get_verified, put_staging
 from imagegen.errors import NotFoundError
 from imagegen.events import EventEmitter
 from imagegen.kafka import Publisher, Record, decode
@@ -25,14 +24,23 @@ from schemas.events import (
     image_envelope,
     image_facts,
 )
-from schemas.images import ProcessedImage, RawImage
+from schemas.images import ProcessedImage, RawImage, Rendition
 from schemas.topics import TopicNames
 from services.postprocess.background import PORTRAIT_KINDS, BackgroundRemover, render_cutout
-from services.postprocess.consistency import Assessment, ConsistencyScorer, Embedding
-from services.postprocess.outputs import write_renditions
+from services.postprocess.consistency import (
+    Assessment,
+    ConsistencyScorer,
+    Embedding,
+    cast_of,
+    character_scores,
+)
 from services.postprocess.quality import ImageStatsQualityScorer, Quality, QualityScorer
-from services.postprocess.renditions import InvalidImageError, QualityCheckError, render_image
-from services.postprocess.renditions import decode as decode_image
+from services.postprocess.renditions import (
+    InvalidImageError,
+    QualityCheckError,
+    open_image,
+    render,
+)
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.variations import VariationStore
 
@@ -74,36 +82,49 @@ class Postprocessor:
         started = time.monotonic()
         data = await get_verified(self._blobs, raw.blob)
         try:
-            # Decoded once: the renditions, the cut-out and the quality score share it.
-            image = await asyncio.to_thread(decode_image, data)
-        except (InvalidImageError, QualityCheckError) as exc:
-            await self._report_unusable(raw, exc)
-            return
-        with tracer().start_as_current_span("renditions"):
-            rendered, quality = await asyncio.gather(
-                asyncio.to_thread(
-                    render_image,
-                    image,
+            with tracer().start_as_current_span("renditions"):
+                rendered = await asyncio.to_thread(
+                    render,
+                    data,
                     display_quality=self._settings.display_quality,
                     display_max_bytes=self._settings.display_max_bytes,
                     thumbnail_size=self._settings.thumbnail_size,
                     text=raw.overlay_text,
-                ),
-                self._score_quality(raw, image),
-            )
+                )
+        except (InvalidImageError, QualityCheckError) as exc:
+            await self._report_unusable(raw, exc)
+            return
         if self._background is not None and raw.image.kind in PORTRAIT_KINDS:
-            cutout = await asyncio.to_thread(render_cutout, image, self._background)
+            cutout = await asyncio.to_thread(render_cutout, data, self._background)
             if cutout is not None:
                 rendered.append(cutout)
+        refs = await asyncio.gather(
+            *(put_staging(self._blobs, item.data, item.content_type) for item in rendered)
+        )
+        renditions = [
+            Rendition(
+                name="original", blob=raw.blob, width=raw.width, height=raw.height, format="png"
+            ),
+            *(
+                Rendition(
+                    name=item.name,
+                    blob=ref,
+                    width=item.width,
+                    height=item.height,
+                    format=item.format,
+                )
+                for item, ref in zip(rendered, refs, strict=True)
+            ),
+        ]
         with tracer().start_as_current_span("consistency") as span:
             assessment = await self._assess(raw, data)
             score = assessment.score
             if score is not None:
                 span.set_attribute("imagegen.consistency_distance", score)
                 instruments().consistency_score.record(score)
-        renditions = await write_renditions(
-            self._blobs, raw, data, rendered, final=not self._held_back(raw, score)
-        )
+            elif assessment.not_scored_reason is not None:
+                _report_unscored(raw, assessment.not_scored_reason)
+        quality = await self._score_quality(raw, data)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         processed = ProcessedImage(
             image=raw.image,
@@ -112,6 +133,8 @@ class Postprocessor:
             provider=raw.provider,
             cost_usd=raw.cost_usd,
             consistency_score=score,
+            character_scores=character_scores(assessment),
+            not_scored_reason=assessment.not_scored_reason,
             quality_score=quality.score,
             quality_components=quality.components,
             flagged=self._below_quality_threshold(raw, quality),
@@ -121,25 +144,15 @@ class Postprocessor:
             face_encoder=assessment.encoder if assessment.embedding is not None else "",
         )
         if self._consistency and score is not None and score < self._settings.consistency_threshold:
-            chosen = await self._consistency_loop(raw, processed, score)
+            chosen = await self._consistency_loop(raw, processed, score, assessment.drifted)
             if chosen is None:
                 return
             processed = chosen
         await self._publisher.publish(self._topics.images_processed, raw.image.job_id, processed)
 
-    def _held_back(self, raw: RawImage, score: float | None) -> bool:
-        """Whether the consistency loop will hold this image back for another variation
-        (its renditions are then staged, not written to the final keys)."""
-        return (
-            self._consistency is not None
-            and score is not None
-            and score < self._settings.consistency_threshold
-            and raw.image.variation < raw.max_variations
-        )
-
-    async def _score_quality(self, raw: RawImage, image: Image.Image) -> Quality:
+    async def _score_quality(self, raw: RawImage, data: bytes) -> Quality:
         with tracer().start_as_current_span("quality") as span:
-            quality = await asyncio.to_thread(self._quality.score, image)
+            quality = await asyncio.to_thread(_score, self._quality, data)
             span.set_attribute("imagegen.quality_score", quality.score)
         log.info(
             "event=quality_scored job_id=%s index=%d score=%.4f %s",
@@ -193,23 +206,28 @@ class Postprocessor:
     async def _assess(self, raw: RawImage, data: bytes) -> Assessment:
         """Score against the identity images; portraits and reference images are embedded
         even without any (storage keeps their embedding as the character's reference)."""
-        if self._consistency is None or not (raw.identity_keys or raw.image.kind in PORTRAIT_KINDS):
+        cast = cast_of(raw)
+        has_keys = any(keys for _, keys in cast)
+        if self._consistency is None or not (has_keys or raw.image.kind in PORTRAIT_KINDS):
             return Assessment(None, None, "")
         scorer = self._consistency.scorer
         loaded = {}
-        for key in raw.identity_keys:
+        for key in dict.fromkeys(k for _, keys in cast for k in keys):
             if not scorer.known(key):
                 try:
                     loaded[key] = Image.open(io.BytesIO(await self._blobs.get(key)))
                 except NotFoundError:
                     log.warning("event=identity_image_missing key=%s", key)
-        reference: Embedding | None = await asyncio.to_thread(
-            scorer.identity_embedding, raw.identity_keys, loaded
-        )
-        return await asyncio.to_thread(scorer.assess, Image.open(io.BytesIO(data)), reference)
+        references: list[tuple[str, Embedding | None]] = [
+            (cid, await asyncio.to_thread(scorer.identity_embedding, keys, loaded))
+            for cid, keys in cast
+        ]
+        if not has_keys:  # a reference image being made: embedded, nothing to score yet
+            references = []
+        return await asyncio.to_thread(scorer.assess_cast, Image.open(io.BytesIO(data)), references)
 
     async def _consistency_loop(
-        self, raw: RawImage, processed: ProcessedImage, score: float
+        self, raw: RawImage, processed: ProcessedImage, score: float, drifted: list[str]
     ) -> ProcessedImage | None:
         """Hold an inconsistent image back while variations are left; then keep the best."""
         assert self._consistency is not None
@@ -229,18 +247,37 @@ class Postprocessor:
                     score=score,
                     threshold=self._settings.consistency_threshold,
                     final=final,
+                    characters=drifted,
                 ),
             )
         )
         log.info(
-            "event=consistency_flagged job_id=%s index=%d variation=%d score=%.3f final=%s",
+            "event=consistency_flagged job_id=%s index=%d variation=%d score=%.3f final=%s"
+            " characters=%s",
             image.job_id,
             image.image_index,
             image.variation,
             score,
             final,
+            ",".join(drifted),
         )
         if not final:
             return None
         best = await self._consistency.variations.best(image)
         return best.model_copy(update={"flagged": True})
+
+
+def _score(scorer: QualityScorer, data: bytes) -> Quality:
+    """Decode and score (blocking)."""
+    return scorer.score(open_image(data))
+
+
+def _report_unscored(raw: RawImage, reason: str) -> None:
+    """Counted and logged: an unscored image must never pass silently."""
+    instruments().consistency_unscored.add(1, {"reason": reason})
+    log.warning(
+        "event=consistency_not_scored job_id=%s index=%d reason=%r",
+        raw.image.job_id,
+        raw.image.image_index,
+        reason,
+    )

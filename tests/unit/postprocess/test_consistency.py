@@ -19,7 +19,12 @@ from schemas.jobs import ImageIdentity
 from schemas.topics import TopicNames
 from services.generator.backends.base import CancelToken, GenerationRequest
 from services.generator.backends.demo_faces import DemoFaceBackend
-from services.postprocess.consistency import ConsistencyScorer, DlibFaceEncoder, Embedding
+from services.postprocess.consistency import (
+    ConsistencyScorer,
+    DlibFaceEncoder,
+    Embedding,
+    Face,
+)
 from services.postprocess.handlers import ConsistencyCheck, Postprocessor
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.variations import (
@@ -115,6 +120,10 @@ class ColourEncoder:
     def embed(self, image: Image.Image) -> Embedding | None:
         red = image.convert("RGB").getpixel((0, 0))[0]  # type: ignore[index]
         return None if red == 0 else np.array([red / 255.0])
+
+    def faces(self, image: Image.Image, expected: int = 1) -> list[Face]:
+        vector = self.embed(image)
+        return [] if vector is None else [Face((0, 0, image.width, image.height), vector)]
 
 
 def _png(red: int) -> bytes:

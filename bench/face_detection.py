@@ -1,0 +1,111 @@
+"""Face detection rate on the demo's identities: dlib HOG (as before) vs dlib's CNN (MMOD).
+
+The demo backend draws 64 px GAN faces, upscaled to 256 px as postprocess does. For each
+of `--identities` character seeds (a fixed draw, as the stack's random character seeds
+are) it makes `--images` images, as a pack would, and asks each detector for a face.
+Prints the rate per detector and the time per image, and writes
+bench/results/face_detection.json. Not a test: nothing here asserts.
+
+    .venv/bin/python bench/face_detection.py [--identities 48] [--images 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import dlib  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from services.generator.backends.base import CancelToken, GenerationRequest  # noqa: E402
+from services.generator.backends.demo_faces import DemoFaceBackend  # noqa: E402
+from services.postprocess.consistency import DlibFaceEncoder, _model_dir, prepare  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--identities", type=int, default=24)
+    parser.add_argument("--images", type=int, default=5)
+    args = parser.parse_args()
+    backend = DemoFaceBackend()
+    backend.load()
+    hog = dlib.get_frontal_face_detector()
+    cnn = dlib.cnn_face_detection_model_v1(str(_model_dir() / "mmod_human_face_detector.dat"))
+    encoder = DlibFaceEncoder()
+
+    def shrunk(px: np.ndarray, side: int) -> np.ndarray:
+        return np.asarray(Image.fromarray(px).resize((side, side), Image.Resampling.BILINEAR))
+
+    detectors = {
+        "hog 0 then 1 upsample (before)": lambda px: hog(px, 0) or hog(px, 1),
+        "cnn mmod at 256 px": lambda px: cnn(px, 0),
+        "cnn mmod at 160 px": lambda px: cnn(shrunk(px, 160), 0),
+        "cascade hog, cnn, hog x2 (now)": lambda px: encoder._detect(px, 1),
+    }
+    seeds = random.Random(20).sample(range(2**31), args.identities)
+    found = {name: 0 for name in detectors}
+    seconds = {name: 0.0 for name in detectors}
+    per_identity: dict[str, dict[int, int]] = {name: {} for name in detectors}
+    total = 0
+    for identity in seeds:
+        for index in range(args.images):
+            request = GenerationRequest(
+                prompt="",
+                negative_prompt="",
+                seed=1000 + index * 7919,
+                width=256,
+                height=256,
+                steps=1,
+                guidance=1.0,
+                identity_seed=identity,
+            )
+            png = backend.generate(request, lambda s, t: None, CancelToken()).png
+            pixels = np.asarray(prepare(Image.open(io.BytesIO(png))), dtype=np.uint8)
+            total += 1
+            for name, detect in detectors.items():
+                started = time.perf_counter()
+                hit = bool(detect(pixels))
+                seconds[name] += time.perf_counter() - started
+                found[name] += hit
+                per_identity[name][identity] = per_identity[name].get(identity, 0) + hit
+    load = os.getloadavg()
+    result = {
+        "images": total,
+        "identities": len(seeds),
+        "load_average": load,
+        "detectors": {
+            name: {
+                "detected": found[name],
+                "rate": round(found[name] / total, 4),
+                "ms_per_image": round(1000 * seconds[name] / total, 1),
+                "identities_with_no_face": sum(1 for v in per_identity[name].values() if v == 0),
+                "identities_under_half": sum(
+                    1 for v in per_identity[name].values() if v < args.images / 2
+                ),
+            }
+            for name in detectors
+        },
+    }
+    for name, row in result["detectors"].items():
+        print(
+            f"{name:34s} {row['detected']:4d}/{total} ({row['rate']:.1%}) "
+            f"{row['ms_per_image']:7.1f} ms/image  identities with none: "
+            f"{row['identities_with_no_face']}"
+        )
+    print(f"load average {load}")
+    out = REPO / "bench" / "results" / "face_detection.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
