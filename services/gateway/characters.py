@@ -278,14 +278,18 @@ async def list_for(
     return await _with_details(db, [_record(row) for row in rows])
 
 
-async def create(db: Db, user_id: str, body: CharacterCreate) -> CharacterRecord:
+async def create(
+    db: Db, user_id: str, body: CharacterCreate, character_id: str | None = None
+) -> CharacterRecord:
+    """Insert the character; `character_id` is the id an Idempotency-Key's claim keeps for
+    its request (idempotent_jobs.py), else a fresh one."""
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     row = await db.fetchrow(
         "WITH c AS (INSERT INTO characters (id, user_id, name, description, attributes,"
         " style_modifiers, art_style, seed) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8)"
         " RETURNING *), j AS (SELECT NULL::text AS status)"
         f" SELECT {_COLUMNS} FROM c, j",
-        str(uuid.uuid4()),
+        character_id or str(uuid.uuid4()),
         user_id,
         body.name,
         body.description,

@@ -52,7 +52,8 @@ def render(response: BaseModel) -> bytes:
 
 @dataclass(frozen=True)
 class NewJob:
-    """The id of the job a route is about to create, and its key's claim, if any."""
+    """The id of the job (or character) a route is about to create, and its key's claim,
+    if any."""
 
     job_id: str
     claim: ClaimedKey | None = None

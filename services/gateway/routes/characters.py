@@ -22,6 +22,7 @@ from services.gateway.auth import CurrentUser, Principal
 from services.gateway.characters import CharacterRecord
 from services.gateway.deps import BlobsDep, PoolDep, PublisherDep, SettingsDep
 from services.gateway.idempotency import IdempotencyKey
+from services.gateway.idempotent_jobs import NewJobDep
 from services.gateway.models import (
     _CHARACTER_EXAMPLE,
     Character,
@@ -82,11 +83,18 @@ async def create_character(
     blobs: BlobsDep,
     settings: SettingsDep,
     moderator: ModeratorDep,
+    new: NewJobDep,
 ) -> Character:
     await moderate_character(moderator, body)
-    record = await characters.create(pool, user.user_id, body)
+    # With an Idempotency-Key the character takes the id its claim keeps, and the answer is
+    # stored in the same transaction: a crash before the middleware stores it cannot make a
+    # second character on the retry (idempotent_jobs.py).
+    async with pool.acquire() as conn, conn.transaction():
+        record = await characters.create(conn, user.user_id, body, new.job_id)
+        view = await characters.view(blobs, record, settings.signed_url_ttl_s)
+        await new.record(conn, view, status.HTTP_201_CREATED)
     log.info("event=character_created user_id=%s character_id=%s", user.user_id, record.id)
-    return await characters.view(blobs, record, settings.signed_url_ttl_s)
+    return view
 
 
 @router.get(

@@ -155,3 +155,37 @@ async def test_the_same_key_with_another_body_after_a_failure_is_a_new_job(
         )
         assert other.status_code == 202, other.text
         assert other.json()["job_id"] != sent
+
+
+async def test_a_crash_after_a_character_committed_replays_the_same_character(
+    database_url: str, user: str
+) -> None:
+    async with custom_gateway(database_url, idempotency_pending_s=PENDING_S) as gateway:
+
+        async def create() -> Any:
+            return await gateway.client.post(
+                "/api/v1/characters",
+                json={"name": "Ivy"},
+                headers={**gateway.auth(user), "Idempotency-Key": "ivy-1"},
+            )
+
+        async def names() -> list[str]:
+            rows = await gateway.state.pool.fetch(
+                "SELECT id FROM characters WHERE user_id = $1", user
+            )
+            return [r["id"] for r in rows]
+
+        gateway.app.state.idempotency_fault = _crash_at
+        with pytest.raises(BaseException) as crashed:
+            await create()
+        assert _raised(crashed), crashed.value
+        gateway.app.state.idempotency_fault = None
+        [made] = await names()
+        await asyncio.sleep(PENDING_S * 2)  # the claim is stale: a retry may take it over
+
+        retry = await create()
+
+        assert retry.status_code == 201, retry.text
+        assert retry.json()["id"] == made
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert await names() == [made]
