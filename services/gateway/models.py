@@ -433,7 +433,8 @@ class GenerateRequest(CleanInput):
     size: str | None = Field(
         default=None,
         pattern=r"^[0-9]{3,4}x[0-9]{3,4}$",
-        description='"1024x1024"; or width+height.',
+        description='"1024x1024" (default 1024 px, the module spec\'s display minimum);'
+        " or width+height. Smaller sizes are drafts: cheaper, faster, not print-grade.",
     )
     quality: QualityIn = Quality.STANDARD
     model: str | None = Field(

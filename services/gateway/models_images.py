@@ -127,7 +127,11 @@ class PortraitOptions(BaseModel):
     model_config = _IN
 
     model: ModelName | None = Field(default=None, description="Pin a model; omit to let us pick.")
-    size: ImageSize = "1024x1024"
+    size: ImageSize = Field(
+        default="1024x1024",
+        description="1024 px and up meets the module spec's display minimum (NFR-IMGGEN-003);"
+        " 512x512 and the 768 px sizes are drafts: cheaper, faster, not print-grade.",
+    )
     quality: QualityIn = Quality.STANDARD
 
 
@@ -304,6 +308,17 @@ class CancelAccepted(BaseModel):
     status: JobStatus = Field(description="The job's status when the cancel was sent.")
 
 
+class CharacterScoreOut(BaseModel):
+    model_config = _OUT
+
+    score: float | None = Field(
+        description="The character's face against its identity images, 0..1; null when it"
+        " was not scored or is missing."
+    )
+    status: Literal["recognised", "drifted", "missing", "not_scored"]
+    reason: str = ""
+
+
 class ImageOut(BaseModel):
     model_config = _OUT
 
@@ -333,7 +348,20 @@ class ImageOut(BaseModel):
     model: str | None
     provider: str | None
     demo: bool
-    consistency_score: float | None
+    consistency_score: float | None = Field(
+        description="Face consistency, 0..1: the worst of characterScores; null when not"
+        " scored (notScoredReason says why when a score was due)."
+    )
+    character_scores: dict[str, CharacterScoreOut] = Field(
+        default_factory=dict,
+        description="Each character of the image (by id): its score and status (recognised,"
+        " drifted, missing or not_scored).",
+    )
+    not_scored_reason: str | None = Field(
+        default=None,
+        description='Why a consistency score was due but not given ("no face found in the'
+        ' image", ...); null when scored or when no check applied.',
+    )
     flagged: bool = Field(description="No variation reached the consistency threshold.")
     review_status: ReviewStatus
     created_at: datetime
@@ -411,6 +439,11 @@ class JobOut(BaseModel):
 
 class JobDetail(JobOut):
     images: list[ImageOut]
+    not_scored: int = Field(
+        default=0,
+        description="Stored images that were due a consistency score and got none (each"
+        " image's notScoredReason says why): never a silent pass.",
+    )
     webhook: WebhookStatus | None = Field(
         default=None, description="The job's webhook and every delivery attempt (no secret)."
     )
