@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import asyncpg
 
 from imagegen.blobstore import BlobStore
 from imagegen.kafka import ConsumerLoop, Publisher
+from services.gateway.eventfeed import EventFeed
 from services.gateway.notify import EventSignal
 from services.gateway.settings import GatewaySettings
 
@@ -24,6 +26,11 @@ class GatewayState:
     consumer_loop: ConsumerLoop
     consumer_task: asyncio.Task[None]
     cdn_signer: Callable[[str], str] | None = None
+
+    @cached_property
+    def feed(self) -> EventFeed:
+        """The event log as the SSE streams read it (one read per wake per user)."""
+        return EventFeed(self.pool, self.signal, max_age_s=self.settings.sse_poll_s)
 
     @property
     def consumer_running(self) -> bool:

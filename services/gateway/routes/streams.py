@@ -121,33 +121,44 @@ async def _follow(
     state: GatewayState, user_id: str, job_id: str | None, after: int, queue: bool
 ) -> AsyncGenerator[ServerSentEvent, None]:
     settings = state.settings
+    feed = state.feed
     retry: int | None = settings.sse_retry_ms
     queued: str | None = None  # nothing to say until an image of it waits in a queue
-    while True:
-        # Listen before reading: an event committed after the read still wakes us.
-        woken = state.signal.listen(user_id)
-        # Ask whether the job is over BEFORE reading: its closing event commits together
-        # with its status, so a job found over here has all its events in the read below.
-        over = job_id is not None and await _job_is_over(state, user_id, job_id)
-        batch = await readmodel.events_after(state.pool, user_id, job_id, after)
-        for event in batch:
-            yield ServerSentEvent(
-                data=event.payload, event=event.type, id=str(event.id), retry=retry
-            )
-            retry = None  # said once per connection
-            after = event.id
-            if job_id is not None and event.type == JOB_END_EVENT:
+    position = after  # every event of the stream's with an id up to here has been sent
+    check_over = True
+    feed.attach(user_id)
+    try:
+        while True:
+            # Listen before reading: an event committed after the read still wakes us.
+            woken = state.signal.listen(user_id)
+            # Ask whether the job is over BEFORE reading: its closing event commits together
+            # with its status, so a job found over here has all its events in the read below.
+            # A job's status changes with an event of its own, or with time (a cancelled
+            # job's grace): so only on the first pass, after its own events, and at polls.
+            over = job_id is not None and check_over and await _job_is_over(state, user_id, job_id)
+            batch, position = await feed.after(user_id, job_id, position)
+            for event in batch:
+                if retry is not None:
+                    yield event.with_retry(retry)  # said once per connection
+                    retry = None
+                else:
+                    yield event.message  # encoded once for every stream that sends it
+                if job_id is not None and event.type == JOB_END_EVENT:
+                    return
+            if batch:
+                check_over = True
+                continue
+            if over:
                 return
-        if batch:
-            continue
-        if over:
-            return
-        if queue and job_id is not None:
-            message, queued = await _queue_message(state, job_id, queued)
-            if message is not None:
-                yield message
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(woken.wait(), settings.sse_poll_s)
+            if queue and job_id is not None:
+                message, queued = await _queue_message(state, job_id, queued)
+                if message is not None:
+                    yield message
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), settings.sse_poll_s)
+            check_over = not woken.is_set()
+    finally:
+        feed.detach(user_id)
 
 
 def _response(
@@ -198,5 +209,5 @@ async def user_events(user: StreamUser, state: StateDep, after: ResumeFrom) -> E
     """Every event of every job of the caller from now on (live: no replay of history),
     or after `Last-Event-ID` when resuming; runs until the client disconnects."""
     if after is None:
-        after = await readmodel.latest_event_id(state.pool, user.user_id)
+        after = await state.feed.newest_id(user.user_id)
     return _response(state, user.user_id, None, after)

@@ -1,0 +1,209 @@
+"""The event log as the gateway's streams read it: one read per wake for all of a user's
+streams, and each event encoded once for all of them.
+
+Without it every open stream re-read the log on every wake (a user with ten tabs cost ten
+queries per event) and encoded every event itself. Here each user with open streams has
+a `_UserTail`: the newest part of their log, read once per wake by whichever stream asks
+first (the others await that same read) and kept as ready-to-send SSE frames. A stream
+takes from the tail what lies after its own position (its job's events, or all), so a
+stream costs its generator and its position, not a query.
+
+Freshness is exact, not timed: a tail is fresh while the signal's listen event taken
+before its read is still the current one and unset, i.e. no notification has arrived
+since the read began. Notifications come only after commit, so a fresh tail holds every
+event any stream was told about. The tail also goes stale after `max_age_s`, so that the
+streams' periodic re-read still covers a lost listening connection: then one query per
+user per interval, not one per stream.
+
+A stream whose position lies below the tail (a resume from an old id, a job replayed from
+its start, a reader slower than the tail's length) reads the log itself until it catches
+up: ids become visible in id order (see the projection), so a position means "everything
+up to here was seen".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import asyncpg
+from sse_starlette import ServerSentEvent
+
+from services.gateway.notify import EventSignal
+
+
+class SharedMessage(ServerSentEvent):
+    """An SSE message encoded once; every stream that sends it sends the same bytes."""
+
+    def __init__(self, data: str, event: str, id: str) -> None:
+        super().__init__(data=data, event=event, id=id)
+        self._frame = super().encode()
+
+    def encode(self) -> bytes:
+        return self._frame
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    """One logged event with its SSE message, shared by every stream that sends it."""
+
+    id: int
+    job_id: str
+    type: str
+    message: SharedMessage
+
+    def with_retry(self, retry_ms: int) -> ServerSentEvent:
+        """The message with a reconnection hint (a connection's first message carries it)."""
+        message = self.message
+        return ServerSentEvent(data=message.data, event=self.type, id=message.id, retry=retry_ms)
+
+
+def _event(row: asyncpg.Record) -> FeedEvent:
+    event_id, kind = row["id"], row["type"]
+    return FeedEvent(
+        event_id, row["job_id"], kind, SharedMessage(row["payload"], kind, str(event_id))
+    )
+
+
+class _UserTail:
+    """The newest events of one user's log: every event with floor < id <= top."""
+
+    __slots__ = ("complete", "events", "floor", "read_at", "reading", "snapshot", "streams", "top")
+
+    def __init__(self) -> None:
+        self.events: deque[FeedEvent] = deque()
+        self.floor = -1  # below any id: nothing read yet
+        self.top = -1
+        self.snapshot: asyncio.Event | None = None
+        self.read_at = 0.0
+        self.complete = False
+        self.reading: asyncio.Task[None] | None = None
+        self.streams = 0
+
+
+_TAIL_READ = (
+    "SELECT id, job_id, type, payload FROM events WHERE user_id = $1 AND id > $2"
+    " ORDER BY id LIMIT $3"
+)
+_NEWEST = "SELECT coalesce(max(id), 0) FROM events WHERE user_id = $1"
+# A stream behind the tail: its events after its position, and the log's newest id in
+# the same snapshot (how far the answer covers when it is not a full page). One row with
+# NULL event columns when nothing follows the position.
+_CATCH_UP = (
+    "SELECT newest.top, e.id, e.job_id, e.type, e.payload"
+    " FROM (SELECT coalesce(max(id), 0) AS top FROM events WHERE user_id = $1) AS newest"
+    " LEFT JOIN LATERAL (SELECT id, job_id, type, payload FROM events"
+    "  WHERE user_id = $1 AND id > $2 AND ($4::text IS NULL OR job_id = $4)"
+    "  ORDER BY id LIMIT $3) AS e ON true"
+)
+
+
+class EventFeed:
+    """Reads users' event logs for their streams (see the module docstring)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        signal: EventSignal,
+        *,
+        max_age_s: float,
+        keep: int = 256,
+        page: int = 200,
+    ) -> None:
+        self._pool = pool
+        self._signal = signal
+        self._max_age_s = max_age_s
+        self._keep = keep
+        self._page = page
+        self._tails: dict[str, _UserTail] = {}
+        self.reads = 0
+        """Queries made (tail reads and catch-ups), for tests and benchmarks."""
+
+    def attach(self, user_id: str) -> None:
+        """A stream of the user's opens (its user's tail lives while any stream does)."""
+        tail = self._tails.get(user_id)
+        if tail is None:
+            tail = self._tails[user_id] = _UserTail()
+        tail.streams += 1
+
+    def detach(self, user_id: str) -> None:
+        tail = self._tails.get(user_id)
+        if tail is not None:
+            tail.streams -= 1
+            if tail.streams <= 0:
+                del self._tails[user_id]
+
+    @property
+    def users(self) -> int:
+        return len(self._tails)
+
+    async def newest_id(self, user_id: str) -> int:
+        """The id of the user's newest logged event (0 for none): where a live stream starts."""
+        self.reads += 1
+        return int(await self._pool.fetchval(_NEWEST, user_id))
+
+    async def after(
+        self, user_id: str, job_id: str | None, position: int
+    ) -> tuple[list[FeedEvent], int]:
+        """The user's events (the job's, or all) with ids above `position`, in id order,
+        and the new position: every such event up to it is in the answer. Call it after
+        taking the signal's listen event, as a stream does, and an event announced
+        before that call is in the answer or below the position it starts from."""
+        tail = self._tails.get(user_id)
+        if tail is None:  # a caller that did not attach: no sharing, still exact
+            return await self._catch_up(user_id, job_id, position)
+        while True:
+            if position < tail.floor:
+                return await self._catch_up(user_id, job_id, position)  # a fresh read too
+            current = self._signal.listen(user_id)
+            if (
+                tail.snapshot is current
+                and not current.is_set()
+                and tail.complete
+                and time.monotonic() - tail.read_at < self._max_age_s
+            ):
+                found = [
+                    e
+                    for e in tail.events
+                    if e.id > position and (job_id is None or e.job_id == job_id)
+                ]
+                return found, max(position, tail.top)
+            if tail.reading is None:
+                tail.reading = asyncio.ensure_future(self._refresh(user_id, tail))
+            # Shielded: the stream that started the read may leave; the others still wait.
+            await asyncio.shield(tail.reading)
+
+    async def _refresh(self, user_id: str, tail: _UserTail) -> None:
+        try:
+            snapshot = self._signal.listen(user_id)  # before the read: see `after`
+            started = time.monotonic()
+            self.reads += 1
+            if tail.floor < 0:
+                newest = int(await self._pool.fetchval(_NEWEST, user_id))
+                tail.floor = tail.top = newest
+                complete = True
+            else:
+                rows = await self._pool.fetch(_TAIL_READ, user_id, tail.top, self._page)
+                for row in rows:
+                    tail.events.append(_event(row))
+                if rows:
+                    tail.top = tail.events[-1].id
+                while len(tail.events) > self._keep:
+                    tail.floor = tail.events.popleft().id
+                complete = len(rows) < self._page
+            tail.snapshot, tail.read_at, tail.complete = snapshot, started, complete
+        finally:
+            tail.reading = None
+
+    async def _catch_up(
+        self, user_id: str, job_id: str | None, position: int
+    ) -> tuple[list[FeedEvent], int]:
+        self.reads += 1
+        rows = await self._pool.fetch(_CATCH_UP, user_id, position, self._page, job_id)
+        events = [_event(row) for row in rows if row["id"] is not None]
+        if len(events) == self._page:
+            return events, events[-1].id
+        # Not a full page: everything of the stream's up to the log's newest id is here.
+        return events, max(position, int(rows[0]["top"]))
