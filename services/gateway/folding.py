@@ -266,7 +266,7 @@ async def _store_image(
         " story_id = COALESCE(story_id, $17), page_number = COALESCE(page_number, $18),"
         " character_id = COALESCE(character_id, $19), cost_usd = $20, stored_at = now(),"
         " negative_prompt = $21, scene_description = $22, scene_source = $23,"
-        " quality_score = $24"
+        " quality_score = $24, character_scores = $25::jsonb, not_scored_reason = $26"
         " WHERE id = $1 AND version = $2",
         data.image_id,
         data.version,
@@ -292,6 +292,8 @@ async def _store_image(
         data.scene_description,
         data.scene_source,
         data.quality_score,
+        json.dumps({cid: s.model_dump() for cid, s in data.character_scores.items()}),
+        data.not_scored_reason,
     )
     return 0 if before == ImageStatus.COMPLETED.value else 1
 

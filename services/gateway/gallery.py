@@ -33,7 +33,8 @@ _COLUMNS = (
     "id, version, parent_version, kind, status, job_id, story_id, character_id, page_number,"
     " renditions, style, width, height, size_bytes, seed, model, provider, demo,"
     " consistency_score, flagged, review_status, pending_review, created_at, prompt,"
-    " negative_prompt, scene_description, scene_source, quality_score"
+    " negative_prompt, scene_description, scene_source, quality_score, character_scores,"
+    " not_scored_reason"
 )
 
 
@@ -116,6 +117,8 @@ async def to_out(row: asyncpg.Record, links: Links) -> ImageOut:
         scene_description=row["scene_description"],
         scene_source=_scene_source(row["scene_source"]),
         quality_score=row["quality_score"],
+        character_scores=json.loads(row["character_scores"]),
+        not_scored_reason=row["not_scored_reason"],
     )
 
 

@@ -215,9 +215,18 @@ CREATE INDEX images_queued_tier ON images (tier, created_at) WHERE status = 'que
 """
 
 # Image status words follow the module spec: a stored image is `completed` (was `ready`).
+# The queue estimate counts a tier's running images (queueing.py).
 _V9 = """
 UPDATE images SET status = 'completed' WHERE status = 'ready';
 ALTER TABLE images ALTER COLUMN status SET DEFAULT 'completed';
+CREATE INDEX images_generating_tier ON images (tier) WHERE status = 'generating';
+"""
+
+# Per-character face scores of an image and why an image due a consistency score has none.
+_V10 = """
+ALTER TABLE images
+    ADD COLUMN character_scores jsonb NOT NULL DEFAULT '{}',
+    ADD COLUMN not_scored_reason text;
 """
 
 MIGRATIONS: list[tuple[int, str]] = [
@@ -230,4 +239,5 @@ MIGRATIONS: list[tuple[int, str]] = [
     (7, _V7),
     (8, _V8),
     (9, _V9),
+    (10, _V10),
 ]

@@ -179,7 +179,9 @@ async def job_detail(
     images = await gallery.images_of_job(pool, links, job_id)
     job = _job_out(row)
     queue = None if job.status.terminal else await queueing.queue_status(pool, job_id)
-    return JobDetail(**job.model_dump(), images=images).model_copy(update={"queue": queue})
+    unscored = sum(1 for image in images if image.not_scored_reason is not None)
+    detail = JobDetail(**job.model_dump(), images=images, not_scored=unscored)
+    return detail.model_copy(update={"queue": queue})
 
 
 async def list_jobs(

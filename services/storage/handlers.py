@@ -148,6 +148,8 @@ class StorageService:
             demo=msg.record.demo,
             cost_usd=msg.cost_usd,
             consistency_score=msg.consistency_score,
+            character_scores=msg.character_scores,
+            not_scored_reason=msg.not_scored_reason,
             quality_score=msg.quality_score,
             flagged=msg.flagged,
             story_id=image.story_id,

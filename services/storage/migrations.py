@@ -191,4 +191,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         DROP TABLE IF EXISTS applied_events;
         """,
     ),
+    (
+        7,
+        """
+        -- Per-character face scores (a scene's faces assigned to its characters) and why an
+        -- image that was due a consistency score has none.
+        ALTER TABLE images
+            ADD COLUMN character_scores jsonb NOT NULL DEFAULT '{}',
+            ADD COLUMN not_scored_reason text;
+        """,
+    ),
 ]

@@ -19,9 +19,10 @@ _INSERT_IMAGE = (
     " kind, width, height, size_bytes, renditions, generation, provider, cost_usd,"
     " consistency_score, flagged, story_id, page_number, style, prompt, negative_prompt,"
     " model, backend, seed, quality, conditioning, scene_description, scene_source,"
-    " parent_version, timings, quality_score, quality_components)"
+    " parent_version, timings, quality_score, quality_components, character_scores,"
+    " not_scored_reason)"
     " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,"
-    " $23,$24,$25,$26,$27,$28,$29,$30,$31,$32)"
+    " $23,$24,$25,$26,$27,$28,$29,$30,$31,$32,$33,$34)"
     " ON CONFLICT (image_id, version) DO NOTHING RETURNING true"
 )
 
@@ -36,8 +37,8 @@ _STORED = (
     "SELECT image_id, image_index, character_id, kind, version, size_bytes, width, height,"
     " renditions, seed, model, backend, provider, (generation->>'demo')::boolean AS demo,"
     " cost_usd, consistency_score, quality_score, flagged, story_id, page_number, style,"
-    " prompt, negative_prompt, scene_description, scene_source"
-    " FROM images WHERE image_id = $1 AND version = $2"
+    " prompt, negative_prompt, scene_description, scene_source, character_scores,"
+    " not_scored_reason FROM images WHERE image_id = $1 AND version = $2"
 )
 
 
@@ -52,6 +53,7 @@ async def stored_image(
         return None
     fields = dict(row.items())
     fields["renditions"] = json.loads(fields["renditions"])
+    fields["character_scores"] = json.loads(fields["character_scores"])
     fields["cost_usd"] = float(fields["cost_usd"])
     fields["demo"] = bool(fields["demo"])
     return ImageStoredData.model_validate(fields)
@@ -98,6 +100,8 @@ async def insert_image(
             msg.timings.model_dump_json(),
             msg.quality_score,
             json.dumps(msg.quality_components),
+            json.dumps({cid: s.model_dump() for cid, s in msg.character_scores.items()}),
+            msg.not_scored_reason,
         )
         if inserted and image.kind in REFERENCE_KINDS:
             await conn.execute(
