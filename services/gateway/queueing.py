@@ -3,9 +3,10 @@
 The queue is the tier's topic (`jobs.<tier>`): per-image messages served in order. The read
 model knows each dispatched image's tier (from generation_queued) and whether it has
 started, so a job's position is 1 + the images of its tier queued before its first image
-still waiting, and the wait is those images x the recent per-image time (estimates.py),
-assuming one image at a time (it errs late). A job none of whose images waits in a
-queue (not dispatched yet, all running, or finished) has no queue status.
+still waiting, and the wait is those images x the recent per-image time (estimates.py)
+divided by how many images of the tier run at once right now (the generators serving it,
+as observed: at least 1, so an idle tier errs late). A job none of whose images waits in
+a queue (not dispatched yet, all running, or finished) has no queue status.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ _POSITION = (
     "  WHERE job_id = $1 AND status = 'queued' AND tier IS NOT NULL"
     "  GROUP BY tier ORDER BY first LIMIT 1)"
     " SELECT mine.tier, (SELECT count(*) FROM images i WHERE i.tier = mine.tier"
-    "  AND i.status = 'queued' AND i.created_at < mine.first) AS ahead FROM mine"
+    "  AND i.status = 'queued' AND i.created_at < mine.first) AS ahead,"
+    " (SELECT count(*) FROM images g WHERE g.tier = mine.tier"
+    "  AND g.status = 'generating') AS running FROM mine"
 )
 
 
@@ -33,7 +36,8 @@ async def queue_status(db: asyncpg.Pool | asyncpg.Connection, job_id: str) -> Qu
         return None
     ahead = int(row["ahead"])
     per_image = await recent_image_seconds(db)
-    wait = round(ahead * per_image)
+    at_once = max(int(row["running"]), 1)
+    wait = round(ahead * per_image / at_once)
     start = (datetime.now(UTC) + timedelta(seconds=wait)).replace(microsecond=0)
     return QueueStatus(
         tier=row["tier"],

@@ -12,6 +12,7 @@ from typing import cast
 from schemas.events import GenerationQueued
 from schemas.requests import UserTier
 from services.gateway.auth import Principal
+from services.gateway.estimates import recent_image_seconds
 from services.gateway.routes.streams import QUEUE_EVENT, follow, user_events
 from tests.unit.gateway import factories as ev
 from tests.unit.gateway.conftest import Gateway
@@ -77,3 +78,21 @@ async def test_user_stream_without_last_event_id_is_live(gateway: Gateway, user:
     finally:
         await stream.aclose()
     assert new in str(getattr(first, "data", first))
+
+
+async def test_the_wait_divides_by_the_images_the_tier_runs_at_once(
+    gateway: Gateway, user: str
+) -> None:
+    tier = f"tier-{uuid.uuid4().hex[:6]}"
+    busy, waiting = await gateway.generate(user, 6), await gateway.generate(user, 1)
+    await gateway.feed(*(_queued(busy, user, i, 6, tier) for i in range(6)))
+    await gateway.feed(_queued(waiting, user, 0, 1, tier))
+    per_image = await recent_image_seconds(gateway.state.pool)
+    alone = await _queue(gateway, user, waiting)
+    assert alone is not None and alone["imagesAhead"] == 6
+    assert alone["estimatedWaitSeconds"] == round(6 * per_image)  # nothing runs: one at a time
+    # Two generators take an image each: four wait ahead, served two at a time.
+    await gateway.feed(ev.started(busy, user, 0), ev.started(busy, user, 1))
+    shared = await _queue(gateway, user, waiting)
+    assert shared is not None and shared["imagesAhead"] == 4
+    assert shared["estimatedWaitSeconds"] == round(4 * per_image / 2)
