@@ -15,6 +15,7 @@ from imagegen.errors import PermanentError
 from schemas.characters import CharacterSpec
 from schemas.jobs import GenerateImage
 from schemas.requests import JobKind
+from services.generator.backends.base import placement
 
 
 class UnknownStyleError(PermanentError):
@@ -167,6 +168,9 @@ def identity_block(character: CharacterSpec) -> str:
     a = character.attributes
     who = " ".join(p for p in (a.age_range, a.ethnicity, a.gender) if p)
     parts = [character.name + (f", a {who}" if who else "")]
+    if character.lora is not None and character.lora.trigger_word:
+        # The words the character's LoRA answers to, next to the name they belong to.
+        parts.insert(0, character.lora.trigger_word)
     hair = " ".join(p for p in (a.hair_colour, a.hair_style) if p)
     if hair:
         parts.append(f"{hair} hair")
@@ -210,7 +214,7 @@ def prompt_for_job(job: GenerateImage) -> tuple[str, str]:
     else:
         template = style_template(job.style)
         cast = [job.character, *job.characters]
-        featuring = " and ".join(f"({identity_block(c)})" for c in cast)
+        featuring = " and ".join(f"({identity_block(c)}){_placement(job, c.id)}" for c in cast)
         prompt = _join(
             [
                 f"{template.lead} {job.scene_description or 'a scene'}",
@@ -224,6 +228,14 @@ def prompt_for_job(job: GenerateImage) -> tuple[str, str]:
     if job.negative_prompt:
         negative = _join([negative, job.negative_prompt])
     return prompt, negative
+
+
+def _placement(job: GenerateImage, character_id: str) -> str:
+    """ " on the left" and the like: where the layout puts the character (scenes with one)."""
+    for region in job.layout:
+        if region.character_id == character_id:
+            return f" {placement((region.x0, region.y0, region.x1, region.y1))}"
+    return ""
 
 
 def _join(parts: list[str]) -> str:

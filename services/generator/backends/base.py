@@ -38,13 +38,18 @@ class Region:
     @property
     def placement(self) -> str:
         """Where the region lies, in words a prompt can carry ("on the left", ...)."""
-        x0, y0, x1, y1 = self.box
-        middle_x, middle_y = (x0 + x1) / 2, (y0 + y1) / 2
-        across = "left" if middle_x < 0.4 else "right" if middle_x > 0.6 else "centre"
-        if y1 - y0 > 0.75:
-            return "in the centre" if across == "centre" else f"on the {across}"
-        down = "top" if middle_y < 0.5 else "bottom"
-        return f"at the {down}" if across == "centre" else f"at the {down} {across}"
+        return placement(self.box)
+
+
+def placement(box: tuple[float, float, float, float]) -> str:
+    """Where a box (x0, y0, x1, y1 in fractions, y down) lies, in a prompt's words."""
+    x0, y0, x1, y1 = box
+    middle_x, middle_y = (x0 + x1) / 2, (y0 + y1) / 2
+    across = "left" if middle_x < 0.4 else "right" if middle_x > 0.6 else "centre"
+    if y1 - y0 > 0.75:
+        return "in the centre" if across == "centre" else f"on the {across}"
+    down = "top" if middle_y < 0.5 else "bottom"
+    return f"at the {down}" if across == "centre" else f"at the {down} {across}"
 
 
 @dataclass(frozen=True)
@@ -86,12 +91,6 @@ class GenerationRequest:
     @property
     def has_references(self) -> bool:
         return bool(self.reference_images) or any(r.reference_images for r in self.regions)
-
-    def references_by_character(self) -> tuple[tuple[str, tuple[bytes, ...]], ...]:
-        """(character name, its references) in region order; one unnamed group without regions."""
-        if self.regions:
-            return tuple((r.name, r.reference_images) for r in self.regions if r.reference_images)
-        return (("", self.reference_images),) if self.reference_images else ()
 
 
 @dataclass(frozen=True)

@@ -106,8 +106,11 @@ class OpenAIImageBackend:
         spec = model_spec(request.model or self.model)
         quality = spec.provider_quality(request.quality)
         size = spec.closest_size(request.width, request.height)
+        images, note = character_references(request)
         prompt = fold_prompt(request.prompt, request.negative_prompt, spec.max_prompt_chars)
-        references = edit_files(request.reference_images) if spec.edits else []
+        if spec.edits and note and len(prompt) + len(note) + 2 <= spec.max_prompt_chars:
+            prompt = f"{prompt}\n\n{note}"
+        references = edit_files(images) if spec.edits else []
         if cancel.is_set():
             raise GenerationCancelled("job cancelled before the openai request was sent")
         on_progress(0, 1)
@@ -193,6 +196,26 @@ def fold_prompt(prompt: str, negative: str, limit: int) -> str:
     folded = f"{prompt}\n\nAvoid: {negative}" if negative.strip() else prompt
     # A negative prompt that does not fit is dropped rather than cut mid-word.
     return folded if len(folded) <= limit else prompt
+
+
+def character_references(request: GenerationRequest) -> tuple[tuple[bytes, ...], str]:
+    """The reference images to send, each character's own in turn (a fair share of the 16
+    each), and for a multi-character image a line saying which images show whom and where."""
+    if not request.regions:
+        return request.reference_images, ""
+    groups = [r for r in request.regions if r.reference_images]
+    if not groups:
+        return (), ""
+    share = max(MAX_EDIT_IMAGES // len(groups), 1)
+    images: list[bytes] = []
+    said: list[str] = []
+    for region in groups:
+        own = region.reference_images[:share]
+        first, last = len(images) + 1, len(images) + len(own)
+        numbers = f"image {first} shows" if first == last else f"images {first}-{last} show"
+        said.append(f"{numbers} {region.name} ({region.placement})")
+        images.extend(own)
+    return tuple(images), f"Reference {'; '.join(said)}: keep each person's own face."
 
 
 def edit_files(references: tuple[bytes, ...]) -> list[tuple[str, bytes, str]]:

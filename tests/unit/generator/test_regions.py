@@ -138,7 +138,7 @@ def _make(backend: DiffusersBackend, request: GenerationRequest) -> GeneratedIma
 def _inside(mask: torch.Tensor, queries: int, box: tuple[float, ...]) -> tuple[float, float]:
     """(mean inside box, max outside box) of one region's mask as the attention applies it."""
     flat = IPAdapterMaskProcessor.downsample(mask, 1, queries, 1)[0, :, 0]
-    rows = int(round((queries * HEIGHT / WIDTH) ** 0.5))
+    rows = round((queries * HEIGHT / WIDTH) ** 0.5)
     grid = flat.reshape(rows, queries // rows)
     columns = grid.shape[1]
     x0, x1 = round(box[0] * columns), round(box[2] * columns)
