@@ -1,4 +1,5 @@
-"""images.raw -> renditions staged in object storage -> consistency check -> images.processed."""
+"""images.raw -> renditions (to their final keys, or staged while held back) -> consistency
+check -> images.processed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from imagegen.blobstore import BlobStore, get_verified, put_staging
+from imagegen.blobstore import BlobStore, get_verified
 from imagegen.errors import NotFoundError
 from imagegen.events import EventEmitter
 from imagegen.kafka import Publisher, Record, decode
@@ -24,7 +25,7 @@ from schemas.events import (
     image_envelope,
     image_facts,
 )
-from schemas.images import ProcessedImage, RawImage, Rendition
+from schemas.images import ProcessedImage, RawImage
 from schemas.topics import TopicNames
 from services.postprocess.background import PORTRAIT_KINDS, BackgroundRemover, render_cutout
 from services.postprocess.consistency import (
@@ -34,13 +35,10 @@ from services.postprocess.consistency import (
     cast_of,
     character_scores,
 )
+from services.postprocess.outputs import write_renditions
 from services.postprocess.quality import ImageStatsQualityScorer, Quality, QualityScorer
-from services.postprocess.renditions import (
-    InvalidImageError,
-    QualityCheckError,
-    open_image,
-    render,
-)
+from services.postprocess.renditions import InvalidImageError, QualityCheckError, render_image
+from services.postprocess.renditions import decode as decode_image
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.variations import VariationStore
 
@@ -82,40 +80,27 @@ class Postprocessor:
         started = time.monotonic()
         data = await get_verified(self._blobs, raw.blob)
         try:
-            with tracer().start_as_current_span("renditions"):
-                rendered = await asyncio.to_thread(
-                    render,
-                    data,
+            # Decoded once: the renditions, the cut-out and the quality score share it.
+            image = await asyncio.to_thread(decode_image, data)
+        except (InvalidImageError, QualityCheckError) as exc:
+            await self._report_unusable(raw, exc)
+            return
+        with tracer().start_as_current_span("renditions"):
+            rendered, quality = await asyncio.gather(
+                asyncio.to_thread(
+                    render_image,
+                    image,
                     display_quality=self._settings.display_quality,
                     display_max_bytes=self._settings.display_max_bytes,
                     thumbnail_size=self._settings.thumbnail_size,
                     text=raw.overlay_text,
-                )
-        except (InvalidImageError, QualityCheckError) as exc:
-            await self._report_unusable(raw, exc)
-            return
+                ),
+                self._score_quality(raw, image),
+            )
         if self._background is not None and raw.image.kind in PORTRAIT_KINDS:
-            cutout = await asyncio.to_thread(render_cutout, data, self._background)
+            cutout = await asyncio.to_thread(render_cutout, image, self._background)
             if cutout is not None:
                 rendered.append(cutout)
-        refs = await asyncio.gather(
-            *(put_staging(self._blobs, item.data, item.content_type) for item in rendered)
-        )
-        renditions = [
-            Rendition(
-                name="original", blob=raw.blob, width=raw.width, height=raw.height, format="png"
-            ),
-            *(
-                Rendition(
-                    name=item.name,
-                    blob=ref,
-                    width=item.width,
-                    height=item.height,
-                    format=item.format,
-                )
-                for item, ref in zip(rendered, refs, strict=True)
-            ),
-        ]
         with tracer().start_as_current_span("consistency") as span:
             assessment = await self._assess(raw, data)
             score = assessment.score
@@ -124,7 +109,9 @@ class Postprocessor:
                 instruments().consistency_score.record(score)
             elif assessment.not_scored_reason is not None:
                 _report_unscored(raw, assessment.not_scored_reason)
-        quality = await self._score_quality(raw, data)
+        renditions = await write_renditions(
+            self._blobs, raw, data, rendered, final=not self._held_back(raw, score)
+        )
         elapsed_ms = int((time.monotonic() - started) * 1000)
         processed = ProcessedImage(
             image=raw.image,
@@ -150,9 +137,19 @@ class Postprocessor:
             processed = chosen
         await self._publisher.publish(self._topics.images_processed, raw.image.job_id, processed)
 
-    async def _score_quality(self, raw: RawImage, data: bytes) -> Quality:
+    def _held_back(self, raw: RawImage, score: float | None) -> bool:
+        """Whether the consistency loop will hold this image back for another variation
+        (its renditions are then staged, not written to the final keys)."""
+        return (
+            self._consistency is not None
+            and score is not None
+            and score < self._settings.consistency_threshold
+            and raw.image.variation < raw.max_variations
+        )
+
+    async def _score_quality(self, raw: RawImage, image: Image.Image) -> Quality:
         with tracer().start_as_current_span("quality") as span:
-            quality = await asyncio.to_thread(_score, self._quality, data)
+            quality = await asyncio.to_thread(self._quality.score, image)
             span.set_attribute("imagegen.quality_score", quality.score)
         log.info(
             "event=quality_scored job_id=%s index=%d score=%.4f %s",
@@ -265,11 +262,6 @@ class Postprocessor:
             return None
         best = await self._consistency.variations.best(image)
         return best.model_copy(update={"flagged": True})
-
-
-def _score(scorer: QualityScorer, data: bytes) -> Quality:
-    """Decode and score (blocking)."""
-    return scorer.score(open_image(data))
 
 
 def _report_unscored(raw: RawImage, reason: str) -> None:
