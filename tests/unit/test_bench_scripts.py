@@ -1,11 +1,16 @@
-"""The benchmark scripts load and explain their options (they are run by hand, not in CI)."""
+"""The benchmark scripts load and explain their options (they are run by hand, not in CI),
+and their counting proxies count real traffic right."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
+import asyncpg
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -22,3 +27,84 @@ def test_bench_script_help(script: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "usage:" in out.stdout and "--" in out.stdout
+
+
+# The counting proxies of bench/orchestration.py, against real servers and real clients.
+
+
+@pytest.fixture
+def meters() -> Any:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import meters as module
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def _socket(dsn: str) -> str:
+    """The Unix socket of the test server's DSN (`?host=<dir>&port=<n>`)."""
+    query = dict(parse_qsl(urlsplit(dsn).query))
+    return f"{query['host']}/.s.PGSQL.{query['port']}"
+
+
+async def test_postgres_proxy_counts_round_trips_per_database(
+    meters: Any, database_url: str, pg_dsn_base: str
+) -> None:
+    database = urlsplit(database_url).path.strip("/")
+    with meters.PostgresProxy(_socket(pg_dsn_base)) as proxy:
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=proxy.port, user="postgres", database=database, ssl=False
+        )
+        try:
+            await conn.execute("CREATE TABLE t (n int)")
+            start = proxy.counts()
+
+            def since() -> tuple[int, int]:
+                now = meters.subtract(proxy.counts(), start)
+                return now["round_trips"].get(database, 0), now["simple_queries"].get(database, 0)
+
+            await conn.execute("SELECT 1")  # no arguments: one simple Query
+            assert since() == (1, 1)
+            async with conn.transaction():  # BEGIN and COMMIT are simple Queries too
+                await conn.execute("INSERT INTO t VALUES (1)")
+            assert since() == (4, 4)
+            await conn.fetchval("SELECT count(*) FROM t WHERE n > $1", 0)  # prepare, execute
+            assert since() == (6, 4)
+            await conn.fetchval("SELECT count(*) FROM t WHERE n > $1", 0)  # cached: execute
+            assert since() == (7, 4)
+            await conn.executemany("INSERT INTO t VALUES ($1)", [(2,), (3,), (4,)])
+            assert since() == (9, 4)  # its prepare, then one Sync for all three rows
+            assert await conn.fetchval("SELECT count(*) FROM t") == 4
+        finally:
+            await conn.close()
+    counts = proxy.counts()
+    assert counts["connections"] == {database: 1}
+    assert proxy.connections == 1
+
+
+async def test_s3_proxy_counts_requests_by_kind(meters: Any, seaweed: Any) -> None:
+    from pydantic import SecretStr
+
+    from imagegen.blobstore import S3BlobStore
+    from imagegen.settings import S3Settings
+
+    port = int(urlsplit(seaweed.endpoint).port or 0)
+    with meters.S3Proxy(port) as proxy:
+        settings = S3Settings(
+            endpoint=f"http://127.0.0.1:{proxy.port}",
+            bucket=seaweed.bucket,
+            region=seaweed.region,
+            access_key=SecretStr(seaweed.access_key),
+            secret_key=SecretStr(seaweed.secret_key),
+        )
+        prefix = f"proxy-{uuid.uuid4().hex}"
+        big = bytes(range(256)) * (3 * 4096)  # 3 MiB: the body spans many reads
+        async with S3BlobStore(settings) as store:
+            await store.put(f"{prefix}/small", b"small", "text/plain")
+            await store.put(f"{prefix}/big", big, "application/octet-stream")
+            assert await store.get(f"{prefix}/big") == big
+            assert await store.exists(f"{prefix}/small")
+            await store.copy(f"{prefix}/small", f"{prefix}/copied")
+            await store.delete([f"{prefix}/small", f"{prefix}/copied", f"{prefix}/big"])
+    assert proxy.counts() == {"PUT": 2, "GET": 1, "HEAD": 1, "COPY": 1, "POST": 1}
