@@ -31,6 +31,7 @@ from services.gateway.routes import (
     health,
     images,
     jobs,
+    loras,
     references,
     stories,
     streams,
@@ -145,7 +146,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
             expose_headers=["Retry-After", "Idempotent-Replayed"],
         )
@@ -153,6 +154,7 @@ def create_app(
     app.add_middleware(TelemetryMiddleware, service="gateway")
     for module in (
         characters,
+        loras,
         references,
         stories,
         generation,

@@ -23,19 +23,22 @@ import asyncpg
 
 from imagegen.blobstore import BlobStore
 from imagegen.kafka import Publisher
-from schemas.characters import MAX_SEED, CharacterSpec
+from schemas.characters import MAX_SEED, CharacterLora, CharacterSpec
 from schemas.events import JobStatus
 from schemas.requests import GenerateImages, JobKind, UserTier
 from services.gateway.models import (
     Attributes,
     Character,
     CharacterCreate,
+    CharacterLoraView,
     CharacterUpdate,
     ReferencePhoto,
     ReferenceSet,
     ReferenceSetStatus,
 )
 
+LORA_FIELDS = frozenset({"lora_model_url", "lora_trigger_word", "lora_weight"})
+"""Request fields about the LoRA: the routes turn them into `CharacterRecord.lora`."""
 REFERENCE_SET_SIZE = 5
 """Front, side and three expressions (DECISIONS #8)."""
 MAX_REFERENCE_KEYS = 8
@@ -44,7 +47,7 @@ MAX_REFERENCE_KEYS = 8
 _RENDITION_ORDER = ("display", "original", "print")
 _COLUMNS = (
     "c.id, c.name, c.description, c.attributes, c.style_modifiers, c.art_style, c.seed,"
-    " c.created_at, c.updated_at, c.reference_job_id, c.reference_fingerprint,"
+    " c.created_at, c.updated_at, c.reference_job_id, c.reference_fingerprint, c.lora,"
     " j.status AS reference_job_status"
 )
 _FROM = "FROM characters c LEFT JOIN jobs j ON j.id = c.reference_job_id"
@@ -82,6 +85,7 @@ class CharacterRecord:
     reference_job_status: JobStatus | None = None
     photos: list[PhotoRecord] = field(default_factory=list)
     generated_keys: list[str] = field(default_factory=list)
+    lora: CharacterLora | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -121,6 +125,7 @@ def to_spec(character: CharacterRecord, *, with_keys: bool = True) -> CharacterS
         art_style=character.art_style,
         seed=character.seed,
         reference_keys=keys[:MAX_REFERENCE_KEYS],
+        lora=character.lora,
     )
 
 
@@ -145,6 +150,7 @@ def _record(row: asyncpg.Record) -> CharacterRecord:
         reference_job_id=row["reference_job_id"],
         reference_fingerprint=row["reference_fingerprint"],
         reference_job_status=JobStatus(status) if status is not None else None,
+        lora=CharacterLora.model_validate_json(row["lora"]) if row["lora"] else None,
     )
 
 
@@ -279,14 +285,19 @@ async def list_for(
 
 
 async def create(
-    db: Db, user_id: str, body: CharacterCreate, character_id: str | None = None
+    db: Db,
+    user_id: str,
+    body: CharacterCreate,
+    character_id: str | None = None,
+    lora: CharacterLora | None = None,
 ) -> CharacterRecord:
     """Insert the character; `character_id` is the id an Idempotency-Key's claim keeps for
-    its request (idempotent_jobs.py), else a fresh one."""
+    its request (idempotent_jobs.py), else a fresh one. `lora`: its checked, stored LoRA."""
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     row = await db.fetchrow(
         "WITH c AS (INSERT INTO characters (id, user_id, name, description, attributes,"
-        " style_modifiers, art_style, seed) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8)"
+        " style_modifiers, art_style, seed, lora)"
+        " VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8, $9::jsonb)"
         " RETURNING *), j AS (SELECT NULL::text AS status)"
         f" SELECT {_COLUMNS} FROM c, j",
         character_id or str(uuid.uuid4()),
@@ -297,6 +308,7 @@ async def create(
         json.dumps(body.style_modifiers),
         body.art_style,
         seed,
+        lora.model_dump_json() if lora is not None else None,
     )
     assert row is not None
     return _record(row)
@@ -304,7 +316,7 @@ async def create(
 
 def apply_update(record: CharacterRecord, patch: CharacterUpdate) -> CharacterRecord:
     """The record as the patch would leave it (not saved); validation errors name fields."""
-    changes = patch.model_dump(exclude_unset=True)
+    changes = patch.model_dump(exclude_unset=True, exclude=LORA_FIELDS)
     attributes = record.attributes
     if patch.attributes is not None:
         merged = attributes.model_dump()
@@ -319,7 +331,8 @@ async def save(conn: asyncpg.Connection, user_id: str, record: CharacterRecord) 
     """Write the editable fields back (updated_at moves)."""
     await conn.execute(
         "UPDATE characters SET name = $3, description = $4, attributes = $5::jsonb,"
-        " style_modifiers = $6::jsonb, art_style = $7, seed = $8, updated_at = now()"
+        " style_modifiers = $6::jsonb, art_style = $7, seed = $8, lora = $9::jsonb,"
+        " updated_at = now()"
         " WHERE id = $1 AND user_id = $2",
         record.id,
         user_id,
@@ -329,6 +342,7 @@ async def save(conn: asyncpg.Connection, user_id: str, record: CharacterRecord) 
         json.dumps(record.style_modifiers),
         record.art_style,
         record.seed,
+        record.lora.model_dump_json() if record.lora is not None else None,
     )
 
 
@@ -444,7 +458,20 @@ async def view(blobs: BlobStore, record: CharacterRecord, url_ttl: int) -> Chara
         art_style=record.art_style,
         seed=record.seed,
         reference_set=reference_set_view(record),
+        lora=lora_view(record.lora),
         reference_photos=[await photo_view(blobs, p, url_ttl) for p in record.photos],
         created_at=record.created_at,
         updated_at=record.updated_at,
+    )
+
+
+def lora_view(lora: CharacterLora | None) -> CharacterLoraView | None:
+    if lora is None:
+        return None
+    return CharacterLoraView(
+        trigger_word=lora.trigger_word,
+        weight=lora.weight,
+        sha256=lora.sha256,
+        size_bytes=lora.size,
+        source_url=lora.source_url,
     )

@@ -229,6 +229,11 @@ ALTER TABLE images
     ADD COLUMN not_scored_reason text;
 """
 
+# A character's LoRA weights (loras.py): the CharacterLora contract as JSON, or NULL.
+_V11 = """
+ALTER TABLE characters ADD COLUMN lora jsonb;
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
@@ -240,4 +245,5 @@ MIGRATIONS: list[tuple[int, str]] = [
     (8, _V8),
     (9, _V9),
     (10, _V10),
+    (11, _V11),
 ]

@@ -120,6 +120,18 @@ class CharacterCreate(CleanInput):
     seed: int | None = Field(
         default=None, ge=0, le=MAX_SEED, description="Locked seed; random when absent."
     )
+    lora_model_url: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="https URL of the character's LoRA weights (safetensors), fetched once"
+        " into the object store; or upload the file with PUT .../lora.",
+    )
+    lora_trigger_word: str | None = Field(
+        default=None, max_length=100, description="Words the LoRA answers to (in every prompt)."
+    )
+    lora_weight: float | None = Field(
+        default=None, ge=0.0, le=2.0, description="How strongly the LoRA applies (default 1)."
+    )
 
 
 class CharacterUpdate(CleanInput):
@@ -138,6 +150,13 @@ class CharacterUpdate(CleanInput):
     style_modifiers: list[Modifier] | None = Field(default=None, max_length=10)
     art_style: ArtStyle | None = None
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    lora_model_url: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="https URL of new LoRA weights, fetched once; null removes the LoRA.",
+    )
+    lora_trigger_word: str | None = Field(default=None, max_length=100)
+    lora_weight: float | None = Field(default=None, ge=0.0, le=2.0)
 
     @field_validator(
         "name", "description", "attributes", "style_modifiers", "art_style", "seed", mode="before"
@@ -203,6 +222,16 @@ class ReferencePhotoList(BaseModel):
     items: list[ReferencePhoto]
 
 
+class CharacterLoraView(BaseModel):
+    model_config = _CAMEL
+
+    trigger_word: str
+    weight: float
+    sha256: str
+    size_bytes: int
+    source_url: str | None = Field(default=None, description="Where it was fetched from.")
+
+
 _CHARACTER_OUT_EXAMPLE: dict[str, Any] = {
     "id": "8d1e0c7a-3f51-4a8e-9d0b-7b1c2a3e4f50",
     **_CHARACTER_EXAMPLE,
@@ -231,6 +260,9 @@ class Character(BaseModel):
     seed: int
     reference_set: ReferenceSet
     reference_photos: list[ReferencePhoto]
+    lora: CharacterLoraView | None = Field(
+        default=None, description="The character's LoRA weights; null when it has none."
+    )
     created_at: datetime
     updated_at: datetime
 

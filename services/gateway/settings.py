@@ -83,6 +83,9 @@ class GatewaySettings(ServiceSettings):
     reference_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     reference_max_pixels: int = Field(default=40_000_000, ge=10_000)
     reference_require_face: bool = True
+    # --- characters' LoRA files (uploaded, or fetched once from an https URL)
+    lora_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    lora_fetch_timeout_s: float = Field(default=60.0, gt=0)
     # --- webhooks (see services/gateway/webhooks): http only to these hosts, which also
     # skip the production refusal of private addresses; the default signing secret.
     webhook_allowed_hosts: list[str] = Field(default_factory=list)

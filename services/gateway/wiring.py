@@ -219,5 +219,6 @@ def install(app: FastAPI, settings: GatewaySettings, moderator: Moderator | None
     document_body_errors(app)
     app.add_middleware(IdempotencyMiddleware)
     # Added last, so it runs first: nothing is buffered before the size is known.
-    upload = settings.reference_max_photos * settings.reference_max_bytes + 1024 * 1024
+    photos = settings.reference_max_photos * settings.reference_max_bytes
+    upload = max(photos, settings.lora_max_bytes) + 1024 * 1024
     app.add_middleware(BodyLimitMiddleware, upload_bytes=upload)

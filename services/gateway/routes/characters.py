@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Path, Response, status
+from fastapi import APIRouter, Body, HTTPException, Path, Request, Response, status
 
 from imagegen.errors import ImagegenError
+from schemas.characters import CharacterLora
 from schemas.events import JobStatus
 from schemas.requests import DeleteCharacter
 from services.gateway import characters, paging, publishing
@@ -33,8 +34,9 @@ from services.gateway.models import (
     ReferenceSetStatus,
 )
 from services.gateway.moderation import ModeratorDep, texts_of
-from services.gateway.problems import not_found, responses
+from services.gateway.problems import field_error, not_found, responses
 from services.gateway.ratelimit import GenerateLimit
+from services.gateway.routes import lora_input
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -84,13 +86,33 @@ async def create_character(
     settings: SettingsDep,
     moderator: ModeratorDep,
     new: NewJobDep,
+    request: Request,
 ) -> Character:
     await moderate_character(moderator, body)
+    lora = None
+    if body.lora_model_url is not None:
+        # Fetched and checked before the character exists: a bad file creates nothing.
+        lora = await lora_input.lora_from_url(
+            request,
+            settings,
+            blobs,
+            user.user_id,
+            new.job_id,
+            body.lora_model_url,
+            trigger_word=body.lora_trigger_word or "",
+            weight=1.0 if body.lora_weight is None else body.lora_weight,
+        )
+    elif body.lora_trigger_word is not None or body.lora_weight is not None:
+        raise field_error(
+            ("body", "loraModelUrl"),
+            "a LoRA trigger word or weight needs the LoRA: give loraModelUrl"
+            " (or upload the file with PUT .../lora)",
+        )
     # With an Idempotency-Key the character takes the id its claim keeps, and the answer is
     # stored in the same transaction: a crash before the middleware stores it cannot make a
     # second character on the retry (idempotent_jobs.py).
     async with pool.acquire() as conn, conn.transaction():
-        record = await characters.create(conn, user.user_id, body, new.job_id)
+        record = await characters.create(conn, user.user_id, body, new.job_id, lora)
         view = await characters.view(blobs, record, settings.signed_url_ttl_s)
         await new.record(conn, view, status.HTTP_201_CREATED)
     log.info("event=character_created user_id=%s character_id=%s", user.user_id, record.id)
@@ -186,16 +208,32 @@ async def update_character(
     publisher: PublisherDep,
     settings: SettingsDep,
     moderator: ModeratorDep,
+    request: Request,
 ) -> Character:
     """Only the fields sent change (`attributes` merges key by key; null clears one).
     A changed look makes an existing reference set stale and queues its rebuild."""
     await moderate_character(moderator, body)
+    fetched = None
+    if body.lora_model_url is not None:
+        if not await characters.existing_ids(pool, user.user_id, [character_id]):
+            raise not_found("character", character_id)
+        fetched = await lora_input.lora_from_url(
+            request,
+            settings,
+            blobs,
+            user.user_id,
+            character_id,
+            body.lora_model_url,
+            trigger_word=body.lora_trigger_word or "",
+            weight=1.0 if body.lora_weight is None else body.lora_weight,
+        )
     async with pool.acquire() as conn, conn.transaction():
         if not await characters.lock(conn, user.user_id, character_id):
             raise not_found("character", character_id)
         before = await characters.get(conn, user.user_id, character_id)
         assert before is not None
         after = characters.apply_update(before, body)
+        after = _with_lora(after, body, fetched)
         await characters.save(conn, user.user_id, after)
         look_changed = after.fingerprint != before.fingerprint
         if look_changed and before.reference_status is not ReferenceSetStatus.NONE:
@@ -204,6 +242,34 @@ async def update_character(
         record = await characters.get(conn, user.user_id, character_id)
     assert record is not None
     return await characters.view(blobs, record, settings.signed_url_ttl_s)
+
+
+def _with_lora(
+    record: CharacterRecord, body: CharacterUpdate, fetched: CharacterLora | None
+) -> CharacterRecord:
+    """The record with the patch's LoRA fields applied: a new file from `loraModelUrl`,
+    `loraModelUrl: null` removes it, a trigger word or weight alone edits the current one."""
+    sent = body.model_fields_set
+    lora = record.lora
+    if fetched is not None:
+        lora = fetched
+    elif "lora_model_url" in sent:  # sent as null
+        lora = None
+    elif {"lora_trigger_word", "lora_weight"} & sent:
+        if lora is None:
+            raise field_error(
+                ("body", "loraModelUrl"),
+                "the character has no LoRA: give loraModelUrl (or upload it with PUT .../lora)",
+            )
+        changes: dict[str, object] = {}
+        if "lora_trigger_word" in sent:
+            changes["trigger_word"] = body.lora_trigger_word or ""
+        if "lora_weight" in sent:
+            changes["weight"] = 1.0 if body.lora_weight is None else body.lora_weight
+        lora = lora.model_copy(update=changes)
+    if lora == record.lora:
+        return record
+    return CharacterRecord(**{**record.__dict__, "lora": lora})
 
 
 @router.delete(
