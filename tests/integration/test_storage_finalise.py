@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,10 +21,11 @@ from pydantic import SecretStr
 from imagegen.blobstore import S3BlobStore, put_staging
 from imagegen.kafka import Record, encode
 from imagegen.kafka.memory import InMemoryBroker
+from imagegen.object_layout import CACHE_CONTROL
 from imagegen.settings import S3Settings
 from imagegen.stack.s3 import ensure_bucket
 from schemas.events import EVENT_ADAPTER, ImageStored
-from schemas.images import GenerationRecord, ProcessedImage, RawImage, Rendition
+from schemas.images import BlobRef, GenerationRecord, ProcessedImage, RawImage, Rendition
 from schemas.jobs import ImageIdentity
 from schemas.requests import JobKind
 from schemas.topics import TopicNames
@@ -134,6 +136,11 @@ async def test_portrait_is_stored_with_every_rendition_once(
     processed = ProcessedImage.model_validate_json(processed_record.value)
     assert processed.face_embedding is not None and len(processed.face_embedding) == 128
 
+    # Postprocess wrote every rendition straight to its final key: nothing was staged but
+    # the generator's original, so storage has nothing to copy.
+    assert await blobs.list("staging/") == [raw.blob.key]
+    assert all(r.blob.key.startswith("users/u1/") for r in processed.renditions)
+
     storage = StorageService(storage_pool, blobs, broker.publisher(), TOPICS)
     record = Record(topic="p", partition=0, offset=0, key="j", value=processed_record.value)
     await storage.on_processed_image(record)
@@ -169,6 +176,10 @@ async def test_portrait_is_stored_with_every_rendition_once(
         assert (opened.format, opened.size, opened.mode) == (fmt, size, mode), rendition.name
         assert (rendition.width, rendition.height) == size
         assert rendition.size_bytes == len(body)
+    async with httpx.AsyncClient() as http:
+        response = await http.get(await blobs.presign_get(prefix + "print.jpg", 60))
+    assert response.headers["cache-control"] == CACHE_CONTROL
+    assert response.headers["content-type"] == "image/jpeg"
     cutout = Image.open(io.BytesIO(await blobs.get(prefix + "cutout.png")))
     assert cutout.getpixel((128, 128))[3] == 255 and cutout.getpixel((2, 2))[3] == 0  # type: ignore[index]
 
@@ -258,6 +269,68 @@ async def test_a_second_copy_of_an_image_leaves_the_stored_one(
     assert len(stored) == 2 and stored[0].id == stored[1].id
     assert stored[1].data == stored[0].data
     assert stored[1].data.cost_usd == 0.000412
+
+
+def _scene(seed: int) -> RawImage:
+    return RawImage(
+        image=ImageIdentity(
+            job_id="job-3",
+            image_id="img-3",
+            image_index=0,
+            image_count=1,
+            user_id="u1",
+            character_id="c1",
+            kind=JobKind.SCENE,
+        ),
+        blob=BlobRef(key="", size=0, sha256="0" * 64, content_type="image/png"),
+        width=128,
+        height=128,
+        record=GenerationRecord(
+            backend="fake",
+            model="m",
+            seed=seed,
+            steps=1,
+            guidance=1.0,
+            prompt="Mia in the rain",
+            width=128,
+            height=128,
+        ),
+        provider="local-gpu",
+        cost_usd=0.001 * seed,
+    )
+
+
+async def test_a_generation_run_again_through_postprocess_leaves_the_stored_finals(
+    blobs: S3BlobStore, storage_pool: asyncpg.Pool
+) -> None:
+    """Postprocess writes finals straight to their keys; a second copy of the image (a
+    generation run again, other bytes) must not overwrite what storage recorded."""
+    broker = InMemoryBroker()
+    post = Postprocessor(PostprocessSettings(), blobs, broker.publisher(), TOPICS)
+    storage = StorageService(storage_pool, blobs, broker.publisher(), TOPICS)
+    for offset, (seed, colour) in enumerate([(1, (90, 120, 200)), (2, (200, 60, 60))]):
+        buf = io.BytesIO()
+        Image.new("RGB", (128, 128), colour).save(buf, "PNG")
+        raw = _scene(seed).model_copy(
+            update={"blob": await put_staging(blobs, buf.getvalue(), "image/png")}
+        )
+        await post.on_raw_image(
+            Record(topic="raw", partition=0, offset=offset, key="j", value=encode(raw))
+        )
+        processed = broker.records(TOPICS.images_processed)[-1]
+        await storage.on_processed_image(
+            Record(topic="p", partition=0, offset=offset, key="j", value=processed.value)
+        )
+        if offset == 0:
+            finals = {k: await blobs.get(k) for k in await blobs.list("users/")}
+    assert len(finals) == 4
+    assert {k: await blobs.get(k) for k in await blobs.list("users/")} == finals
+    original = Image.open(io.BytesIO(finals["users/u1/characters/c1/images/img-3/v1/original.png"]))
+    assert original.getpixel((5, 5)) == (90, 120, 200)
+    row = await storage_pool.fetchrow("SELECT cost_usd, size_bytes, renditions FROM images")
+    assert float(row["cost_usd"]) == 0.001
+    stored = {r["key"]: r["size_bytes"] for r in json.loads(row["renditions"])}
+    assert stored == {k: len(v) for k, v in finals.items()}
 
 
 async def test_expired_signed_url_is_refused(blobs: S3BlobStore) -> None:
