@@ -23,6 +23,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     options = StackOptions(
         data_dir=Path(args.data_dir),
         gateway_port=args.gateway_port,
+        analytics_port=args.analytics_port,
         kafka_port=args.kafka_port,
         s3_port=args.s3_port,
         pg_port=args.pg_port,
@@ -267,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the whole local stack until Ctrl-C")
     up.add_argument("--data-dir", default=".data", help="where everything persists")
     up.add_argument("--gateway-port", type=int, default=8000)
+    up.add_argument(
+        "--analytics-port", type=int, default=8010, help="the analytics API, metrics and page"
+    )
     up.add_argument("--kafka-port", type=int, default=9092)
     up.add_argument("--s3-port", type=int, default=8333)
     up.add_argument(

@@ -41,6 +41,7 @@ consumer; bench/broker_hop.py measures the trade-off."""
 class StackOptions:
     data_dir: Path
     gateway_port: int = 8000
+    analytics_port: int = 8010
     kafka_port: int = 9092
     s3_port: int = 8333
     pg_port: int = 5432
@@ -120,6 +121,7 @@ class StackSecrets:
 def _check_ports(options: StackOptions) -> None:
     for port, what, flag in (
         (options.gateway_port, "gateway", "--gateway-port"),
+        (options.analytics_port, "analytics", "--analytics-port"),
         (options.kafka_port, "Kafka broker", "--kafka-port"),
         (options.s3_port, "SeaweedFS S3", "--s3-port"),
     ):
@@ -262,6 +264,15 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
                     # The same offers as the scheduler's: unservable requests are 422s.
                     "IMAGEGEN_CATALOGUE": catalogue.to_json(),
                 },
+                "analytics": {
+                    **common,
+                    "IMAGEGEN_ANALYTICS_HOST": LOOPBACK,
+                    "IMAGEGEN_ANALYTICS_PORT": str(options.analytics_port),
+                    # aiokafka's transactions need Apache Kafka (Tansu refuses idempotence).
+                    "IMAGEGEN_ANALYTICS_PROCESSING_GUARANTEE": (
+                        "exactly_once" if kind == "kafka" else "at_least_once"
+                    ),
+                },
             }
             supervisor = Supervisor(envs, logs, data / "services.json", restart=options.restart)
             stack.callback(supervisor.stop)
@@ -271,6 +282,7 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
             print(f"gateway: {gateway_url}", flush=True)
             print(f"token: {token}", flush=True)
             print(f"web page: {gateway_url}/?token={token}", flush=True)
+            print(f"analytics: http://{LOOPBACK}:{options.analytics_port}/", flush=True)
             for hook in on_ready or []:
                 hook(gateway_url, token)  # type: ignore[operator]
             print("ready; Ctrl-C stops everything", flush=True)

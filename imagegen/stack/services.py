@@ -1,4 +1,4 @@
-"""The five services as supervised child processes: restarted if they die, stopped in order."""
+"""The services as supervised child processes: restarted if they die, stopped in order."""
 
 from __future__ import annotations
 
@@ -152,11 +152,12 @@ class Supervisor:
     def stop(self, timeout: float = 20.0) -> None:
         """Gateway first (no new work), then the workers; each drains its in-flight message."""
         self._stopping.set()
+        # Others (the analytics consumer) after the five, so they see the last events.
+        order = [n for n in reversed(SERVICES) if n in self.services]
+        order += [n for n in self.services if n not in SERVICES]
         with self._lock:
-            for name in reversed(SERVICES):
-                if name in self.services:
-                    self.services[name].terminate()
-            for name in reversed(SERVICES):
-                if name in self.services:
-                    self.services[name].wait(timeout)
+            for name in order:
+                self.services[name].terminate()
+            for name in order:
+                self.services[name].wait(timeout)
         self._pid_file.unlink(missing_ok=True)

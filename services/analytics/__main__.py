@@ -12,7 +12,8 @@ from aiohttp import web
 
 from imagegen import preflight
 from imagegen.telemetry import configure_telemetry
-from services.analytics.app import create_app
+from services.analytics.app import create_app, events_partitions
+from services.analytics.changelogs import changelog_specs, ensure_changelogs
 from services.analytics.http import build_web_app
 from services.analytics.settings import AnalyticsSettings
 
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 async def serve(settings: AnalyticsSettings) -> None:
     started = time.monotonic()
+    specs = changelog_specs(settings, events_partitions(settings))
+    await asyncio.to_thread(ensure_changelogs, settings, specs)
     app, store = create_app(settings)
     recovered_at: list[float] = []
 
@@ -74,6 +77,9 @@ def main() -> None:
         sys.exit(preflight.check("analytics", AnalyticsSettings))
     settings = AnalyticsSettings()
     configure_telemetry("analytics", settings.log_level, settings.log_format)
+    # faust warns on every full producer buffer and long commit: normal under a backlog.
+    for chatty in ("faust.transport.producer", "mode.timers"):
+        logging.getLogger(chatty).setLevel(logging.ERROR)
     asyncio.run(serve(settings))
 
 

@@ -7,8 +7,11 @@ from typing import Any
 
 import faust
 from faust.tables.wrappers import WindowWrapper
+from mode import CrashingSupervisor
 
-from imagegen.telemetry import tracer
+from imagegen.telemetry import consume_span
+from schemas.topics import registry
+from services.analytics.changelogs import app_id
 from services.analytics.pipeline import apply
 from services.analytics.settings import AnalyticsSettings
 from services.analytics.windows import HOUR, MINUTE
@@ -99,11 +102,16 @@ class FaustStore:
         return [(str(k), v) for k, v in list(self.jobs.data.items()) if v]
 
 
+def events_partitions(settings: AnalyticsSettings) -> int:
+    events = settings.kafka.topics.events
+    return next(s.partitions for s in registry(settings.kafka.namespace) if s.name == events)
+
+
 def create_app(settings: AnalyticsSettings) -> tuple[faust.App, FaustStore]:
     topics = settings.kafka.topics
-    partitions = next(spec.partitions for spec in _registry(settings) if spec.name == topics.events)
+    partitions = events_partitions(settings)
     app = faust.App(
-        f"{settings.kafka.namespace}.analytics",
+        app_id(settings.kafka.namespace),
         broker=f"kafka://{settings.kafka.bootstrap.replace(',', ';kafka://')}",
         store="memory://",
         processing_guarantee=settings.analytics_processing_guarantee,
@@ -123,16 +131,22 @@ def create_app(settings: AnalyticsSettings) -> tuple[faust.App, FaustStore]:
         topics.events, key_serializer="raw", value_serializer="raw", partitions=partitions
     )
 
-    @app.agent(source, name="count-events")
+    # A crash in the agent stops the app (and the process: the supervisor or Kubernetes
+    # restarts it from the committed offsets) rather than faust restarting the agent
+    # past the event that broke it, which would lose that event's counts.
+    @app.agent(source, name="count-events", supervisor_strategy=CrashingSupervisor)
     async def count_events(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            with tracer().start_as_current_span("analytics.count"):
-                apply(store, event.value, event.message.timestamp)
+            # The event's trace (its producer's traceparent header) goes on here.
+            with consume_span("analytics count", _headers(event.message.headers)) as span:
+                outcome = apply(store, event.value, event.message.timestamp)
+                span.set_attribute("imagegen.analytics.outcome", outcome)
 
     return app, store
 
 
-def _registry(settings: AnalyticsSettings) -> list[Any]:
-    from schemas.topics import registry
-
-    return registry(settings.kafka.namespace)
+def _headers(raw: Any) -> dict[str, str]:
+    items = raw.items() if isinstance(raw, dict) else (raw or [])
+    return {
+        str(k): v.decode(errors="replace") if isinstance(v, bytes) else str(v) for k, v in items
+    }

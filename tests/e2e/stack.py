@@ -35,6 +35,8 @@ class RunningStack:
     s3_port: int
     output: list[str] = field(default_factory=list)
     kafka_port: int = 0
+    analytics: str = ""
+    """The analytics service's base URL (its API, /metrics and page)."""
 
     @property
     def bootstrap(self) -> str:
@@ -130,6 +132,7 @@ def imagegen_up(
     """`imagegen up` on fresh ports; the same `tmp` and `database` restart an earlier stack."""
     database = database or f"e2e_{uuid.uuid4().hex[:8]}"
     gateway_port, kafka_port, s3_port = free_port(), free_port(), free_port()
+    analytics_port = free_port()
     data_dir = tmp / "data"
     proc = subprocess.Popen(
         [
@@ -141,6 +144,8 @@ def imagegen_up(
             str(data_dir),
             "--gateway-port",
             str(gateway_port),
+            "--analytics-port",
+            str(analytics_port),
             "--kafka-port",
             str(kafka_port),
             "--s3-port",
@@ -180,6 +185,7 @@ def imagegen_up(
             s3_port,
             output,
             kafka_port,
+            f"http://127.0.0.1:{analytics_port}",
         )
     finally:
         if proc.poll() is None:
