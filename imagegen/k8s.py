@@ -5,6 +5,9 @@
   overlays/prod-mtls, the same with mTLS instead of SCRAM.
 - The per-tier generators (imagegen/k8s_generators.py): a Deployment, PDB and KEDA
   ScaledObject per tier, copied from the one template deploy/k8s/generator/generator.yaml.
+- Monitoring (imagegen/k8s_monitoring.py, from the alerts of imagegen/alerts.py): the
+  PrometheusRule, a ServiceMonitor per service and the Grafana dashboard, in
+  deploy/k8s/monitoring.
 Tests fail when the committed files drift from what these functions print.
 """
 
@@ -14,6 +17,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from imagegen import k8s_monitoring as monitoring
 from imagegen.k8s_generators import GENERATOR_GROUP, KAFKA_CLUSTER, TIERS_FILE, generator_tiers_yaml
 from imagegen.k8s_users import (
     KEDA_AUTH_FILE,
@@ -52,6 +56,10 @@ def kafka_topics_yaml(namespace: str = DEFAULT_NAMESPACE, cluster: str = KAFKA_C
 
 
 GENERATED_FILES: dict[str, Callable[[Path], str]] = {
+    monitoring.RULES_FILE: lambda _root: monitoring.prometheus_rule_yaml(),
+    monitoring.SERVICE_MONITORS_FILE: lambda _root: monitoring.service_monitors_yaml(),
+    monitoring.DASHBOARD_FILE: lambda _root: monitoring.dashboard_json(),
+    monitoring.DASHBOARD_CONFIGMAP_FILE: lambda _root: monitoring.dashboard_configmap_yaml(),
     TOPICS_FILE: lambda _root: kafka_topics_yaml(),
     TIERS_FILE: generator_tiers_yaml,
     USERS_FILE: lambda _root: kafka_users_yaml(),

@@ -44,6 +44,9 @@ class Instruments:
     """Times a provider was taken out of rotation for a cool-down (provider)."""
     webhook_deliveries: Counter
     """Webhook delivery attempts (outcome: delivered, failed, refused)."""
+    dead_letters: Counter
+    """Messages a consumer gave up on and sent to the dead-letter topic (topic: the
+    original, error_type); the `ImagegenDeadLettersGrowing` alert watches it."""
 
 
 @cache
@@ -63,4 +66,5 @@ def instruments() -> Instruments:
         sse_connections=meter.create_up_down_counter("imagegen_sse_connections", unit="1"),
         provider_unavailable=meter.create_counter("imagegen_provider_cooldowns", unit="1"),
         webhook_deliveries=meter.create_counter("imagegen_webhook_deliveries", unit="1"),
+        dead_letters=meter.create_counter("imagegen_dead_letters", unit="1"),
     )

@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from imagegen.errors import BrokerAccessError, FatalClientError, PermanentError, RetryableError
 from imagegen.kafka.ports import BatchConsumer, BatchHandler, Consumer, Handler, Publisher, Record
 from imagegen.logging_setup import log_context
+from imagegen.metrics import instruments
 from imagegen.telemetry import consume_span, enqueued_at
 from schemas.deadletter import DeadLetterHeaders
 
@@ -337,6 +338,7 @@ class ConsumerLoop:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff_max)
         self.dead_lettered += 1
+        instruments().dead_letters.add(1, {"topic": record.topic, "error_type": type(exc).__name__})
         log.error(
             "event=dead_lettered name=%s topic=%s partition=%d offset=%d error_type=%s error=%r",
             self.name,

@@ -324,6 +324,8 @@ def test_schema_validation_catches_unknown_fields_and_wrong_types() -> None:
         "Certificate",
         "Gateway",
         "HTTPRoute",
+        "PrometheusRule",
+        "ServiceMonitor",
     }
     container(resources, "gateway")["livenessprobe"] = {}
     one(resources, "ScaledObject", "generator-realtime")["spec"]["triggers"][0]["metadata"][
@@ -332,12 +334,16 @@ def test_schema_validation_catches_unknown_fields_and_wrong_types() -> None:
     one(resources, "ScaledObject", "generator-realtime")["spec"]["maxReplicas"] = 8
     topic = next(r for r in resources if r["kind"] == "KafkaTopic")
     topic["spec"]["partitions"] = 0
+    one(resources, "ServiceMonitor", "gateway")["spec"]["endpoints"][0]["portName"] = "http"
+    one(resources, "PrometheusRule", "imagegen")["spec"]["groups"][0]["rules"][0]["for"] = "5 min"
     problems = validate_resources(resources, versions=["1.31"], crds=crds)
     assert any("'livenessprobe' was unexpected" in p for p in problems)
     assert any("lagThreshold: 4 is not of type 'string'" in p for p in problems)
     assert any("'maxReplicas' was unexpected" in p for p in problems)
     assert any("partitions: 0 is less than the minimum of 1" in p for p in problems)
-    assert len(problems) == 4, problems
+    assert any("'portName' was unexpected" in p for p in problems)
+    assert any("rules.0.for: '5 min' does not match" in p for p in problems)
+    assert len(problems) == 6, problems
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
