@@ -11,6 +11,7 @@ from pydantic.alias_generators import to_camel
 
 from schemas.characters import MAX_SEED, CharacterAttributes
 from schemas.events import JobStatus
+from schemas.jobs import MAX_SCENE_CHARACTERS
 from schemas.requests import MAX_PACK_SIZE, MAX_STORY_PAGES, PhotoGroup, Quality
 from schemas.styles import STYLE_NAMES, known_style
 from services.gateway.models_images import QualityIn
@@ -309,8 +310,9 @@ class StoryPageIn(CleanInput):
     scene_description: str | None = Field(default=None, max_length=2000)
     character_ids: list[ResourceId] = Field(
         default_factory=list,
-        max_length=5,
-        description="Characters on this page, from the story's characterIds; empty: all.",
+        max_length=MAX_SCENE_CHARACTERS,
+        description="Characters on this page (at most 4), from the story's characterIds;"
+        " empty: those its text names, all when it names none.",
     )
 
 

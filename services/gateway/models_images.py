@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 
 from schemas.characters import MAX_SEED
 from schemas.events import JobStatus
+from schemas.jobs import MAX_SCENE_CHARACTERS
 from schemas.requests import (
     MAX_IMAGES_PER_PAGE,
     MAX_STORY_PAGES,
@@ -184,7 +185,11 @@ class SceneRequest(BaseModel):
 
     story_id: Id
     page_number: int = Field(ge=1, le=MAX_STORY_PAGES)
-    character_ids: list[Id] = Field(min_length=1, max_length=5)
+    character_ids: list[Id] = Field(
+        min_length=1,
+        max_length=MAX_SCENE_CHARACTERS,
+        description=f"1-{MAX_SCENE_CHARACTERS} characters, each drawn in its own region.",
+    )
     scene_description: str | None = Field(default=None, max_length=2000)
     style: Style
     options: SceneOptions = Field(default_factory=SceneOptions)

@@ -194,3 +194,17 @@ async def test_a_trigger_word_without_a_lora_is_refused(gateway: Gateway, user: 
         headers=gateway.auth(user),
     )
     assert patched.status_code == 422 and "has no LoRA" in patched.text
+
+
+async def test_a_scene_of_more_than_four_characters_is_a_422_naming_the_limit(
+    gateway: Gateway, user: str
+) -> None:
+    cast = [str((await gateway.create_character(user))["id"]) for _ in range(5)]
+    response = await gateway.client.post(
+        "/api/v1/images/scenes",
+        json={"storyId": "any", "pageNumber": 1, "characterIds": cast, "style": "anime"},
+        headers=gateway.auth(user),
+    )
+    assert response.status_code == 422, response.text
+    assert "characterIds" in response.text and "at most 4" in response.text
+    assert gateway.broker.records(gateway.topics.requests) == []
