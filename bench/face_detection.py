@@ -18,7 +18,9 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -46,7 +48,7 @@ def main() -> None:
     def shrunk(px: np.ndarray, side: int) -> np.ndarray:
         return np.asarray(Image.fromarray(px).resize((side, side), Image.Resampling.BILINEAR))
 
-    detectors = {
+    detectors: dict[str, Callable[[np.ndarray], Any]] = {
         "hog 0 then 1 upsample (before)": lambda px: hog(px, 0) or hog(px, 1),
         "cnn mmod at 256 px": lambda px: cnn(px, 0),
         "cnn mmod at 160 px": lambda px: cnn(shrunk(px, 160), 0),
@@ -79,7 +81,7 @@ def main() -> None:
                 found[name] += hit
                 per_identity[name][identity] = per_identity[name].get(identity, 0) + hit
     load = os.getloadavg()
-    result = {
+    result: dict[str, Any] = {
         "images": total,
         "identities": len(seeds),
         "load_average": load,

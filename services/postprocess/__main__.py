@@ -12,6 +12,7 @@ from imagegen.db import create_pool, migrate
 from imagegen.health import broker_check, database_check, loops_check, object_store_check
 from imagegen.retention import pruning
 from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher, run_until_signalled
+from imagegen.safety import SafetyCheck, SafetyPolicy, load_nsfwjs
 from imagegen.telemetry import configure_telemetry
 from services.postprocess.background import load_background_remover
 from services.postprocess.consistency import ConsistencyScorer, DlibFaceEncoder
@@ -45,8 +46,19 @@ async def serve(settings: PostprocessSettings) -> None:
             settings.postprocess_background_model,
             settings.postprocess_background_input_size,
         )
+        safety = None
+        if settings.safety_check:
+            classifier = await asyncio.to_thread(load_nsfwjs, settings.safety_model_dir)
+            policy = SafetyPolicy(settings.safety_threshold, settings.safety_threshold_children)
+            safety = SafetyCheck(classifier, policy)
         worker = Postprocessor(
-            settings, blobs, publisher, topics, consistency=consistency, background=background
+            settings,
+            blobs,
+            publisher,
+            topics,
+            consistency=consistency,
+            background=background,
+            safety=safety,
         )
         loop = consumer_loop(
             settings.kafka,

@@ -382,7 +382,7 @@ def cast_of(raw: RawImage) -> list[tuple[str, list[str]]]:
 def character_scores(assessment: Assessment) -> dict[str, CharacterScore]:
     """The per-character map stored with the image (empty when nothing was checked)."""
     return {
-        r.character_id: CharacterScore(score=r.score, status=r.status, reason=r.reason)  # type: ignore[arg-type]
+        r.character_id: CharacterScore(score=r.score, status=r.status, reason=r.reason)
         for r in assessment.characters
         if r.character_id
     }

@@ -16,10 +16,12 @@ from imagegen.errors import NotFoundError
 from imagegen.events import EventEmitter
 from imagegen.kafka import Publisher, Record, decode
 from imagegen.metrics import instruments
+from imagegen.safety import SafetyCheck
 from imagegen.telemetry import tracer
 from schemas.events import (
     ConsistencyFlagged,
     ConsistencyFlaggedData,
+    ErrorType,
     GenerationFailed,
     GenerationFailedData,
     image_envelope,
@@ -65,6 +67,7 @@ class Postprocessor:
         consistency: ConsistencyCheck | None = None,
         background: BackgroundRemover | None = None,
         quality: QualityScorer | None = None,
+        safety: SafetyCheck | None = None,
     ) -> None:
         self._settings = settings
         self._blobs = blobs
@@ -74,11 +77,14 @@ class Postprocessor:
         self._background = background
         self._quality = quality or ImageStatsQualityScorer()
         self._events = EventEmitter(publisher, topics.events, SOURCE)
+        self._safety = safety
 
     async def on_raw_image(self, record: Record) -> None:
         raw = decode(record, RawImage)
         started = time.monotonic()
         data = await get_verified(self._blobs, raw.blob)
+        if await self._refused(raw, data):
+            return  # never stored: a failed attempt the scheduler sees
         try:
             # Decoded once: the renditions, the cut-out and the quality score share it.
             image = await asyncio.to_thread(decode_image, data)
@@ -171,6 +177,53 @@ class Postprocessor:
             raw.image.image_index,
             quality.score,
             threshold,
+        )
+        return True
+
+    async def _refused(self, raw: RawImage, data: bytes) -> bool:
+        """The image-safety check, before anything of the image is written: a refused image
+        is a failed attempt (ContentPolicyViolation, retryable: a new seed may pass)."""
+        if self._safety is None:
+            return False
+        try:
+            picture = Image.open(io.BytesIO(data))
+        except (OSError, Image.DecompressionBombError):
+            return False  # not an image: the renditions step reports it unusable
+        with tracer().start_as_current_span("safety") as span:
+            verdict = await asyncio.to_thread(self._safety.check, picture, raw.image.audience)
+            span.set_attribute("imagegen.safety_score", verdict.score)
+        if not verdict.refused:
+            return False
+        image = raw.image
+        instruments().images.add(1, {"outcome": "refused", "provider": raw.provider})
+        log.warning(
+            "event=image_refused job_id=%s index=%d attempt=%d audience=%s score=%.4f"
+            " threshold=%.2f",
+            image.job_id,
+            image.image_index,
+            image.attempt,
+            image.audience,
+            verdict.score,
+            verdict.threshold,
+        )
+        await self._events.emit(
+            GenerationFailed(
+                **image_envelope(
+                    image, "generation_failed", image.attempt, image.variation, "safety"
+                ),
+                data=GenerationFailedData(
+                    image_id=image.image_id,
+                    image_index=image.image_index,
+                    attempt=image.attempt,
+                    error_type=ErrorType.CONTENT_POLICY_VIOLATION,
+                    error=verdict.reason(),
+                    retryable=True,
+                    final=False,
+                    provider=raw.provider,
+                    model=raw.record.model,
+                    **image_facts(image),
+                ),
+            )
         )
         return True
 

@@ -34,6 +34,25 @@ class PostprocessSettings(ServiceSettings):
         " services/postprocess/background.py); unset: no background removal.",
     )
     postprocess_background_input_size: int = Field(default=320, ge=32, le=2048)
+    safety_check: bool = Field(
+        default=True,
+        description="Check every generated image with the image-safety classifier before it"
+        " is stored (imagegen/safety.py); the service does not start without its model.",
+    )
+    safety_model_dir: Path | None = Field(
+        default=None,
+        description="The unpacked nsfwjs package; unset: where scripts/fetch_safety_model.sh"
+        " puts it (~/.cache/imagegen).",
+    )
+    safety_threshold: float = Field(
+        default=0.8, ge=0.0, le=1.0, description="Unsafe scores above this are refused."
+    )
+    safety_threshold_children: float = Field(
+        default=0.4,
+        ge=0.0,
+        le=1.0,
+        description='The stricter threshold for images whose audience is "children".',
+    )
     postprocess_concurrency: int = Field(
         default=2,
         ge=1,

@@ -26,7 +26,7 @@ from services.postprocess.background import (
     cut_out,
     load_background_remover,
 )
-from services.postprocess.consistency import ConsistencyScorer, Embedding
+from services.postprocess.consistency import ConsistencyScorer, Embedding, Face
 from services.postprocess.handlers import ConsistencyCheck, Postprocessor
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.variations import InMemoryVariationStore
@@ -112,6 +112,10 @@ class RedEncoder:
     def embed(self, image: Image.Image) -> Embedding | None:
         red = image.convert("RGB").getpixel((0, 0))[0]  # type: ignore[index]
         return None if red < 100 else np.array([red / 255.0, 0.5])
+
+    def faces(self, image: Image.Image, expected: int = 1) -> list[Face]:
+        vector = self.embed(image)
+        return [] if vector is None else [Face((0, 0, image.width, image.height), vector)]
 
 
 async def _process(

@@ -1,0 +1,171 @@
+"""Safe output: every generated image passes the image-safety check before it is stored.
+
+The refusal path runs with scores injected through the classifier's interface; the real
+classifier (nsfwjs's MobileNetV2, read from its npm package) is checked against the
+probabilities nsfwjs's own TensorFlow.js runtime gives for the same input.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagegen.blobstore import InMemoryBlobStore, put_staging
+from imagegen.kafka import Record, encode
+from imagegen.kafka.memory import InMemoryBroker
+from imagegen.safety import SafetyCheck, SafetyPolicy, default_model_dir, load_nsfwjs
+from schemas.events import EVENT_ADAPTER, ErrorType, GenerationFailed
+from schemas.images import GenerationRecord, ProcessedImage, RawImage
+from schemas.jobs import ImageIdentity
+from schemas.topics import TopicNames
+from services.postprocess.handlers import Postprocessor
+from services.postprocess.settings import PostprocessSettings
+
+TOPICS = TopicNames("unit")
+REPO = Path(__file__).resolve().parents[3]
+
+
+class ScriptedClassifier:
+    """Returns the unsafe probability scripted for each call, in turn."""
+
+    name = "scripted"
+
+    def __init__(self, *unsafe: float) -> None:
+        self.unsafe = list(unsafe)
+        self.calls = 0
+
+    def classify(self, image: Image.Image) -> dict[str, float]:
+        p = self.unsafe[self.calls]
+        self.calls += 1
+        return {"drawing": 0.0, "hentai": 0.0, "neutral": 1.0 - p, "porn": p, "sexy": 0.0}
+
+
+def _png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def _attempts(
+    classifier: ScriptedClassifier, *, audience: str = "general", attempts: int = 2
+) -> tuple[InMemoryBroker, InMemoryBlobStore, int]:
+    """Deliver `attempts` attempts of one image (a new seed each, as a retry draws)."""
+    broker, blobs = InMemoryBroker(), InMemoryBlobStore()
+    post = Postprocessor(
+        PostprocessSettings(),
+        blobs,
+        broker.publisher(),
+        TOPICS,
+        safety=SafetyCheck(classifier, SafetyPolicy(general=0.8, children=0.4)),
+    )
+    staged = 0
+    for attempt in range(1, attempts + 1):
+        blob = await put_staging(blobs, _png(attempt), "image/png")
+        staged = len(blobs.objects)
+        raw = RawImage(
+            image=ImageIdentity(
+                job_id="j",
+                image_id="i",
+                image_index=0,
+                image_count=1,
+                user_id="u",
+                character_id="c",
+                attempt=attempt,
+                audience=audience,
+            ),
+            blob=blob,
+            width=64,
+            height=64,
+            record=GenerationRecord(
+                backend="fake",
+                model="m",
+                seed=attempt,
+                steps=1,
+                guidance=1.0,
+                prompt="p",
+                width=64,
+                height=64,
+            ),
+            provider="fake",
+            cost_usd=0.0,
+        )
+        record = Record(
+            topic=TOPICS.images_raw, partition=0, offset=attempt, key="j", value=encode(raw)
+        )
+        await post.on_raw_image(record)
+    return broker, blobs, staged
+
+
+def _failures(broker: InMemoryBroker) -> list[GenerationFailed]:
+    events = [EVENT_ADAPTER.validate_json(r.value) for r in broker.records(TOPICS.events)]
+    return [e for e in events if isinstance(e, GenerationFailed)]
+
+
+def _processed(broker: InMemoryBroker) -> list[ProcessedImage]:
+    return [
+        ProcessedImage.model_validate_json(r.value) for r in broker.records(TOPICS.images_processed)
+    ]
+
+
+async def test_a_refused_image_fails_its_attempt_and_nothing_is_stored() -> None:
+    broker, blobs, staged = await _attempts(ScriptedClassifier(0.95), attempts=1)
+    (failure,) = _failures(broker)
+    assert failure.data.error_type == ErrorType.CONTENT_POLICY_VIOLATION
+    assert failure.data.retryable and not failure.data.final and failure.data.attempt == 1
+    assert "image-safety classifier" in failure.data.error and "0.950 > 0.80" in failure.data.error
+    assert _processed(broker) == []
+    assert len(blobs.objects) == staged  # no rendition written: only the raw image is there
+
+
+async def test_the_retry_with_a_new_seed_passes_and_is_the_only_one_stored() -> None:
+    classifier = ScriptedClassifier(0.95, 0.05)
+    broker, _, _ = await _attempts(classifier, attempts=2)
+    assert [f.data.attempt for f in _failures(broker)] == [1]
+    (stored,) = _processed(broker)
+    assert stored.image.attempt == 2 and stored.record.seed == 2
+    assert classifier.calls == 2
+
+
+async def test_children_are_held_to_the_stricter_threshold() -> None:
+    general, _, _ = await _attempts(ScriptedClassifier(0.5), attempts=1)
+    assert _failures(general) == [] and len(_processed(general)) == 1
+    children, _, _ = await _attempts(ScriptedClassifier(0.5), audience="children", attempts=1)
+    (failure,) = _failures(children)
+    assert "0.500 > 0.40" in failure.data.error and _processed(children) == []
+
+
+# --- the real classifier --------------------------------------------------------------
+
+# What nsfwjs 4.4.0's own runtime (@tensorflow/tfjs 4, CPU backend) answers for the
+# 224 px noise image of numpy's default_rng(0), as MobileNetV2's probabilities.
+TFJS_NOISE = {
+    "drawing": 0.13483,
+    "hentai": 0.00977,
+    "neutral": 0.83917,
+    "porn": 0.01379,
+    "sexy": 0.00244,
+}
+
+
+@pytest.fixture(scope="module")
+def nsfwjs() -> SafetyCheck:
+    if not (default_model_dir() / "package.json").is_file():
+        pytest.skip("image-safety model not fetched: run scripts/fetch_safety_model.sh")
+    return SafetyCheck(load_nsfwjs())
+
+
+def test_the_classifier_answers_as_nsfwjs_does(nsfwjs: SafetyCheck) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    classes = nsfwjs.classifier.classify(Image.fromarray(noise))
+    assert classes == pytest.approx(TFJS_NOISE, abs=2e-4)
+
+
+def test_the_test_photo_passes_for_children(nsfwjs: SafetyCheck) -> None:
+    photo = Image.open(REPO / "tests" / "unit" / "gateway" / "data" / "face.jpg")
+    verdict = nsfwjs.check(photo, "children")
+    assert not verdict.refused, verdict.classes
