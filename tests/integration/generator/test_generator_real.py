@@ -20,7 +20,12 @@ from imagegen.settings import KafkaSettings
 from schemas.events import EVENT_ADAPTER, EventBase, JobCancelled, JobCancelledData, event_id
 from schemas.jobs import GenerateImage
 from schemas.topics import Tier, registry
-from services.generator.backends import CancelToken, GeneratedImage, GenerationRequest
+from services.generator.backends import (
+    CancelToken,
+    GeneratedImage,
+    GenerationCancelled,
+    GenerationRequest,
+)
 from services.generator.cancellation import CancelWatch, PgCancellationStore
 from services.generator.loops import control_loop, jobs_loop
 from services.generator.migrations import MIGRATIONS, SCHEMA
@@ -47,10 +52,32 @@ class SlowBackend(ScriptedBackend):
 
 
 @dataclass
+class UntilCancelled(ScriptedBackend):
+    """Runs until its cancel token is set, as a long GPU image does, checking between steps;
+    gives up waiting after `patience_s` and finishes normally (then the test fails)."""
+
+    patience_s: float = 90.0
+    stopped: bool = False
+
+    def generate(
+        self, request: GenerationRequest, on_progress: object, cancel: CancelToken
+    ) -> GeneratedImage:
+        self.calls.append(request)
+        self.started.set()
+        deadline = time.monotonic() + self.patience_s
+        while time.monotonic() < deadline:
+            if cancel.is_set():
+                self.stopped = True
+                raise GenerationCancelled("job cancelled at a step")
+            time.sleep(0.02)
+        return super().generate(request, on_progress, cancel)
+
+
+@dataclass
 class Running:
     settings: KafkaSettings
     publisher: KafkaPublisher
-    backend: SlowBackend
+    backend: ScriptedBackend
     generator: Generator
 
     async def publish(self, job: GenerateImage) -> None:
@@ -63,14 +90,14 @@ class Running:
 
 @asynccontextmanager
 async def generator_on_broker(
-    bootstrap: str, namespace: str, database_url: str
+    bootstrap: str, namespace: str, database_url: str, backend: ScriptedBackend | None = None
 ) -> AsyncIterator[Running]:
     kafka = KafkaSettings(bootstrap=bootstrap, namespace=namespace)
     publisher = KafkaPublisher(bootstrap, "test-generator")
     pool: asyncpg.Pool = await create_pool(database_url, SCHEMA)
     await migrate(pool, SCHEMA, MIGRATIONS)
     watch = CancelWatch(PgCancellationStore(pool), poll_s=0.1)
-    backend = SlowBackend("demo")
+    backend = backend or SlowBackend("demo")
     settings = GeneratorSettings(progress_interval_s=0)
     generator = Generator(settings, backend, InMemoryBlobStore(), publisher, kafka.topics, watch)
     loops = [
@@ -152,21 +179,15 @@ def committed_total(kafka: KafkaSettings, tier: Tier) -> int:
     return sum(max(p.offset, 0) for p in parts)
 
 
-async def test_a_cancel_on_the_events_topic_keeps_a_queued_job_from_starting(
+async def test_a_cancel_on_the_control_topic_keeps_a_queued_job_from_starting(
     kafka_bootstrap: str, topic_namespace: str, database_url: str
 ) -> None:
+    """The scheduler puts a copy of job_cancelled on the control topic (generators read no
+    events): the generator-control consumer records it and the job never starts."""
     doomed, kept = make_job(Tier.STANDARD, seed=5), make_job(Tier.STANDARD, seed=6)
     async with generator_on_broker(kafka_bootstrap, topic_namespace, database_url) as gen:
-        emitter = EventEmitter(gen.publisher, gen.settings.topics.events, "imagegen/scheduler")
-        await emitter.emit(
-            JobCancelled(
-                id=event_id("job_cancelled", doomed.image.job_id),
-                source="",
-                subject=f"jobs/{doomed.image.job_id}",
-                job_id=doomed.image.job_id,
-                data=JobCancelledData(),
-            )
-        )
+        emitter = EventEmitter(gen.publisher, gen.settings.topics.control, "imagegen/scheduler")
+        await emitter.emit(_cancel(doomed))
         store = gen.generator.cancels.store
         deadline = time.monotonic() + 60
         while not await store.is_cancelled(doomed.image.job_id):
@@ -180,3 +201,32 @@ async def test_a_cancel_on_the_events_topic_keeps_a_queued_job_from_starting(
     assert by_job[doomed.image.job_id].data.error_type == "Cancelled"  # type: ignore[attr-defined]
     assert by_job[kept.image.job_id].type == "generation_completed"  # type: ignore[attr-defined]
     assert gen.started_jobs() == ["6"]
+
+
+def _cancel(job: GenerateImage) -> JobCancelled:
+    return JobCancelled(
+        id=event_id("job_cancelled", job.image.job_id),
+        source="",
+        subject=f"jobs/{job.image.job_id}",
+        job_id=job.image.job_id,
+        data=JobCancelledData(),
+    )
+
+
+async def test_a_cancel_on_the_control_topic_stops_a_running_image(
+    kafka_bootstrap: str, topic_namespace: str, database_url: str
+) -> None:
+    """The image is already running when the cancel comes: the control consumer hears of it
+    and sets the running image's token, which the backend sees at its next step."""
+    job = make_job(Tier.REALTIME, seed=7)
+    backend = UntilCancelled("demo")
+    async with generator_on_broker(kafka_bootstrap, topic_namespace, database_url, backend) as gen:
+        await gen.publish(job)
+        assert await asyncio.to_thread(backend.started.wait, 60), "the image never started"
+        emitter = EventEmitter(gen.publisher, gen.settings.topics.control, "imagegen/scheduler")
+        await emitter.emit(_cancel(job))
+        outcomes = await read_events(gen.settings, 1)
+    assert backend.stopped, "the backend ran to its end: the cancel never reached it"
+    assert [(e.type, e.data.error_type) for e in outcomes] == [  # type: ignore[attr-defined]
+        ("generation_failed", "Cancelled")
+    ]
