@@ -17,7 +17,10 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image, ImageFilter
+
+Pixels = NDArray[np.uint8]
 
 SQUARE_MIN = 2048
 SHORT_SIDE_MIN = 2000
@@ -90,13 +93,17 @@ class OpenCVSharpenUpscaler:
             image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
         if image.size == size:
             return image.copy()
-        pixels = np.asarray(image)
+        return Image.fromarray(self.upscale_pixels(np.asarray(image), size), image.mode)
+
+    def upscale_pixels(self, pixels: Pixels, size: tuple[int, int]) -> Pixels:
+        """The same on an array (any channel order): no Pillow copy in or out."""
+        if pixels.shape[1::-1] == size:
+            return pixels.copy()
         blurred = cv2.GaussianBlur(pixels, (0, 0), _SHARPEN_RADIUS)
         sharpened = cv2.addWeighted(pixels, 1 + _SHARPEN_AMOUNT, blurred, -_SHARPEN_AMOUNT, 0)
         flat = cv2.absdiff(pixels, blurred) < _SHARPEN_THRESHOLD
         np.copyto(sharpened, pixels, where=flat)
-        enlarged = cv2.resize(sharpened, size, interpolation=cv2.INTER_CUBIC)
-        return Image.fromarray(enlarged, image.mode)
+        return cv2.resize(sharpened, size, interpolation=cv2.INTER_CUBIC)
 
 
 def fit_within(size: tuple[int, int], box: int) -> tuple[int, int]:
