@@ -46,13 +46,16 @@ class KafkaSettings(BaseSettings):
         ),
     )
     fetch_wait_max_ms: int = Field(
-        default=500,
+        default=2000,
         ge=1,
         description=(
-            "How long the broker may hold a fetch that found nothing. Apache Kafka answers"
-            " as soon as a message arrives, so this only bounds idle polling there; Tansu"
-            " holds a fetch for up to about half the wait even when a message arrives, which"
-            " makes it most of each hop's latency (the local stack sets 100 ms: see"
+            "How long the broker may hold a fetch that found nothing (a long poll). Apache"
+            " Kafka answers as soon as a message arrives, so this only bounds idle polling"
+            " there: an idle consumer fetches once per wait (500 ms cost the idle broker"
+            " about 3x the CPU of 2000 ms with 11 consumers); the price is that a partition"
+            " newly assigned while a fetch is held waits for it to return. Tansu holds a"
+            " fetch for up to about half the wait even when a message arrives, which makes"
+            " it most of each hop's latency (the local stack sets 100 ms on Tansu only: see"
             " bench/broker_hop.py)."
         ),
     )

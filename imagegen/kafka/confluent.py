@@ -137,7 +137,9 @@ class KafkaPublisher:
     def _poll_forever(self) -> None:
         while self._running:
             try:
-                self._producer.poll(0.05)
+                # Returns as soon as a delivery report is due; the timeout only bounds how
+                # long close() waits for this thread (an idle producer wakes twice a second).
+                self._producer.poll(0.5)
             except KafkaException as exc:
                 # poll() raises the fatal error. Uncaught, it ended this thread, and every
                 # publish then waited for ever for a delivery report nobody served.
@@ -236,7 +238,7 @@ class KafkaPublisher:
     async def close(self) -> None:
         remaining = await asyncio.to_thread(self._producer.flush, 10.0)
         self._running = False
-        await asyncio.to_thread(self._poller.join, 1.0)
+        await asyncio.to_thread(self._poller.join, 2.0)
         if remaining:
             log.warning("event=producer_close_unflushed remaining=%d", remaining)
 
@@ -297,7 +299,7 @@ class KafkaConsumer:
         *,
         client_id: str = "imagegen",
         session_timeout_ms: int = 6000,
-        fetch_wait_max_ms: int = 500,
+        fetch_wait_max_ms: int = 2000,
         commit_interval_ms: int = 1000,
         group_instance_id: str | None = None,
         extra: dict[str, Any] | None = None,

@@ -21,8 +21,20 @@ class SchedulerSettings(ServiceSettings):
     max_attempts: int = Field(default=3, ge=1, description="Attempts per provider.")
     retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay.")
     retry_backoff_max_s: float = Field(default=60.0, gt=0)
-    tick_interval_s: float = Field(default=0.5, gt=0, description="Retry ticker period.")
-    relay_interval_s: float = Field(default=0.2, gt=0, description="Outbox poll period.")
+    tick_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Retry ticker period (retries wait seconds anyway; each tick is a query).",
+    )
+    relay_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "Outbox poll period: a safety net, since every commit that stages a message wakes"
+            " the relay at once; this only bounds rows staged by another instance while this"
+            " one relayed. Each poll is a query, idle or not."
+        ),
+    )
     # Overdue attempts (retries.py): an attempt that went silent is retried, so a message
     # lost anywhere downstream cannot hold an image (and its job) forever. 0: never.
     attempt_run_deadline_s: float = Field(
