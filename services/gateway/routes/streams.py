@@ -4,7 +4,8 @@ Each message's id is the event's row id in the log (appended in id order, see th
 projection), so a client that reconnects with the last id it saw gets exactly what
 follows, in order, from any replica and after any restart. Streams wake on the
 projection's NOTIFY (see notify.py) and re-read the log every `sse_poll_s` as a safety
-net. A job's stream replays the job from its start (or resumes), adds `queue_status`
+net; they read it through the gateway's `EventFeed` (eventfeed.py): one query per wake for
+all of a user's streams, each event encoded once for all of them. A job's stream replays the job from its start (or resumes), adds `queue_status`
 messages while the job waits in its tier's queue, and ends after the job's closing
 `pack_completed`; the user-wide stream is live from the moment of connecting (or resumes
 after `Last-Event-ID`) and runs until the client leaves. Heartbeats are SSE comments
@@ -16,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncGenerator
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
@@ -126,6 +129,8 @@ async def _follow(
     queued: str | None = None  # nothing to say until an image of it waits in a queue
     position = after  # every event of the stream's with an id up to here has been sent
     check_over = True
+    ping_s = settings.sse_ping_s
+    sent_at = time.monotonic()  # heartbeats go out after this long without a message
     feed.attach(user_id)
     try:
         while True:
@@ -146,6 +151,7 @@ async def _follow(
                 if job_id is not None and event.type == JOB_END_EVENT:
                     return
             if batch:
+                sent_at = time.monotonic()
                 check_over = True
                 continue
             if over:
@@ -154,8 +160,17 @@ async def _follow(
                 message, queued = await _queue_message(state, job_id, queued)
                 if message is not None:
                     yield message
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), settings.sse_poll_s)
+                    sent_at = time.monotonic()
+            # Rest until woken or the poll is due, with heartbeats on the way: sent from
+            # here rather than by a task of the response's own (one task less per stream).
+            poll_at = time.monotonic() + settings.sse_poll_s
+            while not woken.is_set() and (now := time.monotonic()) < poll_at:
+                if now - sent_at >= ping_s:
+                    yield ServerSentEvent(comment=f"ping - {datetime.now(UTC)}")
+                    sent_at = now
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(poll_at, sent_at + ping_s) - now):
+                        await woken.wait()
             check_over = not woken.is_set()
     finally:
         feed.detach(user_id)
@@ -166,7 +181,7 @@ def _response(
 ) -> EventSourceResponse:
     return EventSourceResponse(
         follow(state, user_id, job_id, after, queue=job_id is not None),
-        ping=state.settings.sse_ping_s,
+        ping=0,  # the stream sends its own heartbeats (see _follow)
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
