@@ -154,38 +154,37 @@ def _service_down(service: str) -> Alert:
     )
 
 
+def _budget_alert(name: str, fraction: float, severity: Severity, summary: str, then: str) -> Alert:
+    return Alert(
+        name=name,
+        series=_SPEND_FRACTION,
+        comparison=">=",
+        threshold=fraction,
+        for_="0m",
+        severity=severity,
+        summary=summary,
+        description=f"{{{{ $value | humanizePercentage }}}} of the daily budget is spent: {then}",
+        unit="percentunit",
+        legend="spent / budget",
+    )
+
+
 def alerts(namespace: str = DEFAULT_NAMESPACE) -> list[Alert]:
     """Every alert, in the order the rule group and the dashboard list them."""
     return [
-        Alert(
-            name="ImagegenBudget80Percent",
-            series=_SPEND_FRACTION,
-            comparison=">=",
-            threshold=BUDGET_WARN_FRACTION,
-            for_="0m",
-            severity="warning",
-            summary="Today's spend passed 80% of the daily budget",
-            description=(
-                "{{ $value | humanizePercentage }} of the daily budget is spent; at 100% the"
-                " scheduler refuses new work until midnight UTC."
-            ),
-            unit="percentunit",
-            legend="spent / budget",
+        _budget_alert(
+            "ImagegenBudget80Percent",
+            BUDGET_WARN_FRACTION,
+            "warning",
+            "Today's spend passed 80% of the daily budget",
+            "at 100% the scheduler refuses new work until midnight UTC.",
         ),
-        Alert(
-            name="ImagegenBudgetExhausted",
-            series=_SPEND_FRACTION,
-            comparison=">=",
-            threshold=1,
-            for_="0m",
-            severity="critical",
-            summary="Today's budget is spent",
-            description=(
-                "{{ $value | humanizePercentage }} of the daily budget is spent: new jobs are"
-                " refused (budget_exceeded) until midnight UTC."
-            ),
-            unit="percentunit",
-            legend="spent / budget",
+        _budget_alert(
+            "ImagegenBudgetExhausted",
+            1,
+            "critical",
+            "Today's budget is spent",
+            "new jobs are refused (budget_exceeded) until midnight UTC.",
         ),
         Alert(
             name="ImagegenSuccessRateLow",
