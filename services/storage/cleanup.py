@@ -1,16 +1,17 @@
 """Finding and removing what no finished image needs (`imagegen storage cleanup`).
 
-- Staging objects older than the cut-off: once an image is finalised its renditions are
-  copied to their final keys, so staged bytes are only needed while work is in flight;
+- Staging objects older than the cut-off: the generator's originals, and the renditions
+  postprocess stages instead of writing them to their final keys (an image held back for
+  another variation, a second copy); staged bytes are only needed while work is in flight;
   the cut-off (24 h by default) is far beyond any job's life. A bucket lifecycle rule on
   the staging prefix (set by `imagegen up` and in deploy/k8s) does the same job
   unattended; this command reports and catches up.
 - Images of deleted characters and stories still present (one stored in the moment
   between the owner's tombstone and its deletion, say): their rows and every object under
   the owner's prefix, whatever their age, since nothing there is wanted any more.
-- Final objects under `users/` that no image row points at (a crash between the copy
-  and the insert leaves them behind), older than the cut-off so in-flight finalisation
-  is never raced.
+- Final objects under `users/` that no image row points at (postprocess writes them
+  before storage inserts the row: a crash or a job ended in between leaves them behind),
+  older than the cut-off so in-flight finalisation is never raced.
 - Deleted stories whose objects are kept a year (IMAGEGEN_RETAIN_DELETED_STORIES): an
   image stored after the deletion is tagged and tombstoned like the others; a year after
   the deletion, when the lifecycle rule has expired the objects, the rows (and any object
