@@ -29,6 +29,8 @@ import asyncpg
 from PIL import Image, UnidentifiedImageError
 
 from imagegen.blobstore import BlobStore
+from imagegen.safety import SafetyCheck
+from schemas.events import ErrorType
 from services.gateway.characters import PhotoRecord
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,8 @@ def check_photo(
     max_pixels: int,
     detector: FaceDetector | None,
     require_face: bool,
+    safety: SafetyCheck | None = None,
+    audience: str = "general",
 ) -> CheckedPhoto:
     """Everything about one photo that can be refused; blocking (run it in a thread)."""
     if not data:
@@ -125,6 +129,7 @@ def check_photo(
                         index, f"{width}x{height} is more than {max_pixels} pixels"
                     )
                 probe.load()
+                verdict = safety.check(probe, audience) if safety is not None else None
                 faces = detector.count(probe) if detector is not None else None
     except PhotoRefusedError:
         raise
@@ -134,6 +139,14 @@ def check_photo(
         raise PhotoRefusedError(index, f"not a readable image ({type(exc).__name__})") from exc
     except Image.DecompressionBombError as exc:
         raise PhotoRefusedError(index, "too many pixels") from exc
+    if verdict is not None and verdict.refused:
+        log.warning(
+            "event=reference_photo_refused index=%d score=%.4f threshold=%.2f",
+            index,
+            verdict.score,
+            verdict.threshold,
+        )
+        raise PhotoRefusedError(index, f"{ErrorType.CONTENT_POLICY_VIOLATION}: {verdict.reason()}")
     if faces == 0 and require_face:
         raise PhotoRefusedError(index, "no face found: upload a photo showing the face clearly")
     content_type, extension = FORMATS[kind]

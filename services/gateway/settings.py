@@ -83,6 +83,12 @@ class GatewaySettings(ServiceSettings):
     reference_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     reference_max_pixels: int = Field(default=40_000_000, ge=10_000)
     reference_require_face: bool = True
+    # --- the image-safety check of uploaded photos (imagegen/safety.py); without its model
+    # (scripts/fetch_safety_model.sh) uploads are refused with a 503 while it is on.
+    safety_check: bool = True
+    safety_model_dir: Path | None = None
+    safety_threshold: float = Field(default=0.8, ge=0.0, le=1.0)
+    safety_threshold_children: float = Field(default=0.4, ge=0.0, le=1.0)
     # --- characters' LoRA files (uploaded, or fetched once from an https URL)
     lora_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     lora_fetch_timeout_s: float = Field(default=60.0, gt=0)

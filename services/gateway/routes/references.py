@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, HTTPException, Path, Request, Response, UploadFile, status
+from fastapi import (
+    APIRouter,
+    File,
+    Form,
+    HTTPException,
+    Path,
+    Request,
+    Response,
+    UploadFile,
+    status,
+)
 
-from imagegen.errors import ImagegenError
+from imagegen.errors import ConfigurationError, ImagegenError
+from imagegen.safety import SafetyCheck, SafetyPolicy, load_nsfwjs
 from services.gateway import characters, references
 from services.gateway.auth import CurrentUser
 from services.gateway.deps import BlobsDep, PoolDep, SettingsDep
@@ -17,6 +28,7 @@ from services.gateway.idempotency import IdempotencyKey
 from services.gateway.models import ReferencePhotoList
 from services.gateway.problems import field_error, not_found, responses
 from services.gateway.routes.characters import CharacterId
+from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +49,27 @@ def face_detector(request: Request) -> references.FaceDetector | None:
         state.face_detector = references.load_face_detector()
     detector: references.FaceDetector | None = state.face_detector
     return detector
+
+
+def safety_check(request: Request, settings: GatewaySettings) -> SafetyCheck | None:
+    """The image-safety classifier, loaded once per app on first use; a 503 while it is on
+    and its model is missing (uploads are never let through unchecked)."""
+    if not settings.safety_check:
+        return None
+    state = request.app.state
+    if getattr(state, "safety_check", None) is None:
+        try:
+            classifier = load_nsfwjs(settings.safety_model_dir)
+        except ConfigurationError as exc:
+            log.error("event=safety_model_missing error=%s", exc)
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                "the image-safety check is unavailable; nothing was uploaded",
+            ) from exc
+        policy = SafetyPolicy(settings.safety_threshold, settings.safety_threshold_children)
+        state.safety_check = SafetyCheck(classifier, policy)
+    check: SafetyCheck = state.safety_check
+    return check
 
 
 def _refusal(exc: references.PhotoRefusedError) -> HTTPException:
@@ -62,12 +95,20 @@ async def upload_reference_photos(
     pool: PoolDep,
     blobs: BlobsDep,
     settings: SettingsDep,
+    audience: Annotated[
+        Literal["general", "children"],
+        Form(
+            description='Who the character is made for: "children" holds the photos to the'
+            " image-safety check's stricter threshold."
+        ),
+    ] = "general",
 ) -> ReferencePhotoList:
     """All or nothing: one refused photo (named as `photos.<index>`) uploads none."""
     limit = settings.reference_max_photos
     if not 1 <= len(photos) <= limit:
         raise field_error(("body", "photos"), f"send between 1 and {limit} photos")
     detector = face_detector(request)
+    safety = await asyncio.to_thread(safety_check, request, settings)
     checked = []
     for index, upload in enumerate(photos):
         # One byte over the limit is enough to know; never read a huge part whole.
@@ -82,6 +123,8 @@ async def upload_reference_photos(
                     max_pixels=settings.reference_max_pixels,
                     detector=detector,
                     require_face=settings.reference_require_face,
+                    safety=safety,
+                    audience=audience,
                 )
             )
         except references.PhotoRefusedError as exc:

@@ -234,7 +234,7 @@ def test_missing_dlib_means_no_detector(monkeypatch: pytest.MonkeyPatch) -> None
 async def test_oversized_requests_are_refused_before_parsing(
     gateway_db_url: str, user: str
 ) -> None:
-    async with custom_gateway(gateway_db_url, reference_max_bytes=1024) as gw:
+    async with custom_gateway(gateway_db_url, reference_max_bytes=1024, lora_max_bytes=1024) as gw:
         character = await gw.create_character(user)
         path = f"/api/v1/characters/{character['id']}/reference-photos"
         big = b"\xff" * (9 * 1024 + 1024 * 1024)
