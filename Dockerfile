@@ -36,6 +36,10 @@ FROM build AS build-storage
 # hadolint ignore=DL3013
 RUN pip install ".[storage]"
 
+FROM build AS build-analytics
+# hadolint ignore=DL3013
+RUN pip install ".[analytics]"
+
 # torch first, from the CPU wheel index: the project pins torch==2.13.0, and resolving it
 # from the default index would pull gigabytes of CUDA packages into a CPU image. Then the
 # demo backend's DCGAN weights without their own dependencies (torchvision), as ./dev does.
@@ -77,6 +81,13 @@ COPY --from=build-storage /opt/venv /opt/venv
 USER 10001:10001
 EXPOSE 8081
 CMD ["services.storage"]
+
+# 8010: the analytics API, page and /metrics.
+FROM runtime AS analytics
+COPY --from=build-analytics /opt/venv /opt/venv
+USER 10001:10001
+EXPOSE 8010
+CMD ["services.analytics"]
 
 FROM runtime AS generator
 COPY --from=build-generator /opt/venv /opt/venv

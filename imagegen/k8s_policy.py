@@ -24,6 +24,12 @@ _SECRETISH = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|DATABASE_URL)", re.IGNORECA
 _A_PATH = re.compile(r"_LOCATION$")
 MONITORING_NAMESPACE = "monitoring"
 HEALTH_PORT = 8081
+ANALYTICS_PORT = 8010
+ANALYTICS_SOURCES = (
+    {"kubernetes.io/metadata.name": MONITORING_NAMESPACE},
+    {"imagegen.io/analytics-access": "true"},
+)
+"""Who may reach the analytics API, page and /metrics: Prometheus and labelled namespaces."""
 
 
 def _kind(resources: list[Resource], kind: str) -> list[Resource]:
@@ -128,7 +134,8 @@ def check_workloads(resources: list[Resource]) -> list[str]:
 
 
 def check_network_policies(resources: list[Resource]) -> list[str]:
-    """Default deny; only the gateway takes ingress; workers only Prometheus on 8081."""
+    """Default deny; only the gateway takes ingress; workers only Prometheus on 8081; the
+    analytics API on 8010 only from Prometheus and namespaces labelled for analysts."""
     problems: list[str] = []
     policies = _kind(resources, "NetworkPolicy")
     if not any(
@@ -155,6 +162,18 @@ def check_network_policies(resources: list[Resource]) -> list[str]:
                 == {"kubernetes.io/metadata.name": MONITORING_NAMESPACE}
                 for s in sources
             )
+            analytics_only = (
+                selected <= {"analytics"}
+                and ports == [ANALYTICS_PORT]
+                and bool(sources)
+                and all(
+                    s.get("namespaceSelector", {}).get("matchLabels") in ANALYTICS_SOURCES
+                    and "podSelector" not in s
+                    for s in sources
+                )
+            )
+            if analytics_only:
+                continue
             if not monitoring_only or ports != [HEALTH_PORT]:
                 problems.append(
                     f"NetworkPolicy/{name}: lets ingress reach {sorted(selected)}; only the "

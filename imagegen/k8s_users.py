@@ -40,6 +40,10 @@ USER_DIR = "/etc/imagegen/kafka-user"
 CA_VOLUME = "kafka-ca"
 USER_VOLUME = "kafka-user"
 SERVICES = ("gateway", "scheduler", "generator", "postprocess", "storage")
+HAND_WRITTEN_USERS = ("analytics",)
+"""Services whose KafkaUser is written with their Deployment (deploy/k8s/base/analytics.yaml:
+faust needs prefixed topic ACLs that `acl_rules` does not make);
+overlays/prod-mtls switches them to mTLS like the others."""
 
 
 def user_name(service: str) -> str:
@@ -244,15 +248,16 @@ def mtls_overlay_yaml(namespace: str = DEFAULT_NAMESPACE) -> str:
             }
         )
     ]
-    for access in service_access(namespace).values():
+    users = [a.service for a in service_access(namespace).values()] + list(HAND_WRITTEN_USERS)
+    for service in users:
         user = {
             "apiVersion": "kafka.strimzi.io/v1beta2",
             "kind": "KafkaUser",
-            "metadata": {"name": user_name(access.service)},
+            "metadata": {"name": user_name(service)},
             "spec": {"authentication": {"type": "tls"}},
         }
         patches.append(_patch(user))
-    deployments = [(s, s) for s in SERVICES if s != "generator"]
+    deployments = [(s, s) for s in (*SERVICES, *HAND_WRITTEN_USERS) if s != "generator"]
     deployments += [(deployment_name(tier), "generator") for tier in Tier]
     patches += [_patch(_deployment_patch(name, service)) for name, service in deployments]
     patches += [_patch(_cronjob_patch(*cron)) for cron in CRONJOBS]

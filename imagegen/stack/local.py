@@ -268,10 +268,6 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
                     **common,
                     "IMAGEGEN_ANALYTICS_HOST": LOOPBACK,
                     "IMAGEGEN_ANALYTICS_PORT": str(options.analytics_port),
-                    # aiokafka's transactions need Apache Kafka (Tansu refuses idempotence).
-                    "IMAGEGEN_ANALYTICS_PROCESSING_GUARANTEE": (
-                        "exactly_once" if kind == "kafka" else "at_least_once"
-                    ),
                 },
             }
             supervisor = Supervisor(envs, logs, data / "services.json", restart=options.restart)

@@ -28,7 +28,8 @@ async def serve(settings: AnalyticsSettings) -> None:
     recovered_at: list[float] = []
 
     def ready() -> tuple[bool, str]:
-        if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
+        recovery = app.tables.recovery  # type: ignore[attr-defined]  # TableManager's
+        if app.rebalancing or app.in_recovery or not recovery.completed.is_set():
             return False, "recovering tables from their changelogs"
         if not app.consumer.assignment():
             return False, "no partitions assigned yet"

@@ -1,4 +1,4 @@
-"""The faust app: one agent on the events topic, windowed tables, a store over them."""
+"""The faust app: one agent on the events topic, the journal table and its views."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import logging
 from typing import Any
 
 import faust
-from faust.tables.wrappers import WindowWrapper
 from mode import CrashingSupervisor
 
+from imagegen.kafka.membership import instance_id
 from imagegen.telemetry import consume_span
 from schemas.topics import registry
 from services.analytics.changelogs import app_id
-from services.analytics.pipeline import apply
+from services.analytics.journal import position, record, replay
+from services.analytics.memory import MemoryStore
 from services.analytics.settings import AnalyticsSettings
-from services.analytics.windows import HOUR, MINUTE
 
 log = logging.getLogger(__name__)
 
@@ -49,57 +49,45 @@ def _faust_config(settings: AnalyticsSettings) -> dict[str, Any]:
     return config
 
 
-class FaustStore:
-    """`KpiStore` over faust tables (changelogged: they survive a restart)."""
+class Counter:
+    """The journal table (changelogged) and the views rebuilt from it (in memory)."""
 
-    def __init__(self, app: faust.App, settings: AnalyticsSettings, partitions: int) -> None:
-        def table(name: str, default: Any) -> Any:
-            return app.Table(name, default=default, partitions=partitions)
+    def __init__(self, app: faust.App, partitions: int) -> None:
+        self.journal = app.Table("journal", default=None, partitions=partitions)
+        self.views = MemoryStore()
+        self.replayed = False
 
-        self.ids = table("seen-ids", None)
-        self.jobs = table("jobs", None)
-        self.totals = table("totals", int)
-        self.windows: dict[str, WindowWrapper] = {
-            MINUTE.name: table("minute", int).tumbling(
-                MINUTE.size_s, expires=settings.analytics_minute_retention_s
-            ),
-            HOUR.name: table("hour", int).hopping(
-                HOUR.size_s, HOUR.step_s, expires=settings.analytics_hour_retention_s
-            ),
-        }
+    def rebuild(self) -> None:
+        """The views from the whole journal (after recovery: every assigned partition)."""
+        views = MemoryStore()
+        for entry in list(self.journal.data.values()):
+            if entry:
+                replay(views, entry)
+        self.views = views
+        self.replayed = True
+        log.info("event=analytics_replayed records=%d", len(self.journal.data))
 
-    def seen(self, event_id: str) -> bool:
-        return self.ids.get(event_id) is not None
-
-    def mark_seen(self, event_id: str) -> None:
-        self.ids[event_id] = 1
-
-    def job(self, job_id: str) -> dict[str, Any] | None:
-        value: dict[str, Any] | None = self.jobs.get(job_id)
-        return value
-
-    def put_job(self, job_id: str, state: dict[str, Any]) -> None:
-        self.jobs[job_id] = state
-
-    def add(self, key: str, value: int, ts: float) -> None:
-        for wrapper in self.windows.values():
-            wrapper.relative_to(float(ts))[key] += value
-        self.totals[key] += value
+    def count(self, partition: int, offset: int, raw: bytes | None, ts: float) -> str:
+        if not self.replayed:
+            self.rebuild()
+        key = position(partition, offset)
+        if self.journal.get(key) is not None:
+            return "replayed"  # counted before a crash; its offset was not committed
+        outcome, entry = record(self.views, raw, ts)
+        self.journal[key] = entry
+        replay(self.views, entry)
+        return outcome
 
     # Readers (the HTTP API): every partition is local (one replica, see README).
 
     def window_items(self, name: str) -> list[tuple[str, float, int]]:
-        rows = []
-        for raw_key, value in list(self.windows[name].table.data.items()):
-            key, window = raw_key
-            rows.append((str(key), float(window[0]), int(value)))
-        return rows
+        return self.views.window_items(name)
 
     def total_items(self) -> list[tuple[str, int]]:
-        return [(str(k), int(v)) for k, v in list(self.totals.data.items())]
+        return self.views.total_items()
 
     def job_items(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(str(k), v) for k, v in list(self.jobs.data.items()) if v]
+        return self.views.job_items()
 
 
 def events_partitions(settings: AnalyticsSettings) -> int:
@@ -107,26 +95,36 @@ def events_partitions(settings: AnalyticsSettings) -> int:
     return next(s.partitions for s in registry(settings.kafka.namespace) if s.name == events)
 
 
-def create_app(settings: AnalyticsSettings) -> tuple[faust.App, FaustStore]:
+def create_app(settings: AnalyticsSettings) -> tuple[faust.App, Counter]:
     topics = settings.kafka.topics
     partitions = events_partitions(settings)
     app = faust.App(
         app_id(settings.kafka.namespace),
         broker=f"kafka://{settings.kafka.bootstrap.replace(',', ';kafka://')}",
         store="memory://",
-        processing_guarantee=settings.analytics_processing_guarantee,
+        # The journal makes each record's count atomic; at_least_once commits offsets only
+        # after the journal's changelog is flushed (see services/analytics/journal.py).
+        processing_guarantee="at_least_once",
         topic_partitions=partitions,
         topic_replication_factor=1,
         broker_commit_interval=settings.analytics_commit_interval_s,
         broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
         broker_heartbeat_interval=1.0,
         consumer_auto_offset_reset="earliest",
+        # Static membership (the pod's or supervised process's name): a restarted process
+        # takes its partitions back at once instead of after a rebalance.
+        consumer_group_instance_id=instance_id(settings.kafka.instance_id, "analytics"),
         web_enabled=False,
         autodiscover=False,
         table_cleanup_interval=60.0,
         **_faust_config(settings),
     )
-    store = FaustStore(app, settings, partitions)
+    store = Counter(app, partitions)
+
+    @store.journal.on_recover
+    async def _recovered() -> None:
+        store.rebuild()
+
     source = app.topic(
         topics.events, key_serializer="raw", value_serializer="raw", partitions=partitions
     )
@@ -139,7 +137,10 @@ def create_app(settings: AnalyticsSettings) -> tuple[faust.App, FaustStore]:
         async for event in stream.events():
             # The event's trace (its producer's traceparent header) goes on here.
             with consume_span("analytics count", _headers(event.message.headers)) as span:
-                outcome = apply(store, event.value, event.message.timestamp)
+                message = event.message
+                outcome = store.count(
+                    message.partition, message.offset, event.value, message.timestamp
+                )
                 span.set_attribute("imagegen.analytics.outcome", outcome)
 
     return app, store

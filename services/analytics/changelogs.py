@@ -1,4 +1,4 @@
-"""The tables' changelog topics, declared before faust starts.
+"""The journal's changelog topic, declared before faust starts.
 
 faust creates a missing changelog topic itself, but on a busy broker the group can form
 before the new topic is in the metadata: the assignor then leaves it out and the table
@@ -17,8 +17,7 @@ from imagegen.stack.topics import create_topics
 from schemas.topics import TopicSpec
 from services.analytics.settings import AnalyticsSettings
 
-PLAIN_TABLES = ("seen-ids", "jobs", "totals")
-WINDOWED_TABLES = ("minute", "hour")
+JOURNAL = "journal"
 
 
 def app_id(namespace: str) -> str:
@@ -27,25 +26,19 @@ def app_id(namespace: str) -> str:
 
 
 def changelog_specs(settings: AnalyticsSettings, partitions: int) -> list[TopicSpec]:
+    """The journal's changelog: compacted (one message per record position, never
+    rewritten) and deleted after the retention, like the windows it rebuilds."""
     prefix = app_id(settings.kafka.namespace)
-    retention = {
-        "minute": settings.analytics_minute_retention_s,
-        "hour": settings.analytics_hour_retention_s,
-    }
-
-    def spec(table: str, configs: dict[str, str]) -> TopicSpec:
-        return TopicSpec(
-            role=f"analytics.{table}",
-            name=f"{prefix}-{table}-changelog",
+    retention_ms = str(settings.analytics_retention_s * 1000)
+    return [
+        TopicSpec(
+            role=f"analytics.{JOURNAL}",
+            name=f"{prefix}-{JOURNAL}-changelog",
             partitions=partitions,
-            configs=configs,
-            key="table key",
-            description=f"Changelog of the analytics service's {table} table.",
+            configs={"cleanup.policy": "compact,delete", "retention.ms": retention_ms},
+            key="<partition>:<offset> of an events record",
+            description="What each record of the events topic added to the analytics KPIs.",
         )
-
-    return [spec(t, {"cleanup.policy": "compact"}) for t in PLAIN_TABLES] + [
-        spec(t, {"cleanup.policy": "compact,delete", "retention.ms": str(retention[t] * 1000)})
-        for t in WINDOWED_TABLES
     ]
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -23,20 +23,12 @@ class AnalyticsSettings(ServiceSettings):
     analytics_budget_usd_daily: float = Field(
         default=500.0, gt=0, description="The daily budget spend is shown against (USD)."
     )
-    analytics_processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
-        default="exactly_once",
-        description="exactly_once: table changes and the consumed offsets are committed in"
-        " one Kafka transaction per partition, so a crash never counts an event twice or"
-        " loses one (needs a broker with transactions: Apache Kafka). Redelivered copies"
-        " of an event (the same id) are counted once either way.",
-    )
-    analytics_minute_retention_s: int = Field(
-        default=26 * 3600,
-        ge=3600,
-        description="How long per-minute windows are kept (today's spend is their sum).",
-    )
-    analytics_hour_retention_s: int = Field(
-        default=8 * 24 * 3600, ge=7200, description="How long per-hour windows are kept."
+    analytics_retention_s: int = Field(
+        default=8 * 24 * 3600,
+        ge=7200,
+        description="How long what each record added is kept (the journal's retention.ms):"
+        " the windows are rebuilt from it at start, so older windows are gone after a"
+        " restart, and a redelivered event older than this counts again.",
     )
     analytics_commit_interval_s: float = Field(
         default=1.0, gt=0, description="How often counted offsets (and tables) are committed."

@@ -19,7 +19,7 @@ from schemas.topics import Tier, TopicNames
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = sorted(p.name for p in (ROOT / OVERLAYS_DIR).iterdir() if p.is_dir())
-SERVICES = {"gateway", "scheduler", "generator", "postprocess", "storage"}
+SERVICES = {"gateway", "scheduler", "generator", "postprocess", "storage", "analytics"}
 TIER_GENERATORS = {deployment_name(tier) for tier in Tier}
 DEPLOYMENTS = {
     "dev": SERVICES,  # one all-tier CPU generator

