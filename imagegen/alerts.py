@@ -10,8 +10,9 @@ What the alerts read:
 - consumer lag per tier from Strimzi's Kafka Exporter (`kafka_consumergroup_lag`; enable
   `spec.kafkaExporter` on the Kafka resource): KEDA caps the lag it reports at
   lagThreshold x partitions, so only the exporter sees a backlog beyond what it can absorb;
-- Prometheus's own `up` per scraped pod, with the job relabelled `imagegen-<service>` by
-  the ServiceMonitors below.
+- Prometheus's own `up` per scraped pod, with the job relabelled `imagegen-<service>` and
+  the pod's readiness copied into a `ready` label by the ServiceMonitors
+  (imagegen/k8s_monitoring.py).
 """
 
 from __future__ import annotations
@@ -136,7 +137,10 @@ def _lag_alert(tier: Tier, namespace: str) -> Alert:
 
 
 def _service_down(service: str) -> Alert:
-    selector = f'{{job="{job(service)}"}}'
+    # `ready` is the pod's readiness as Kubernetes judges it (its /readyz probe), copied
+    # onto each target by the ServiceMonitor: a pod that answers /metrics but fails its
+    # probe (broker or database unreachable, models loading) is up but not ready.
+    selector = f'{{job="{job(service)}", ready="true"}}'
     return Alert(
         name=f"Imagegen{service.capitalize()}NotReady",
         series=f"max(up{selector})",
@@ -144,10 +148,11 @@ def _service_down(service: str) -> Alert:
         threshold=1,
         for_="5m",
         severity="critical",
-        summary=f"No {service} instance is up",
+        summary=f"No {service} instance is ready",
         description=(
-            f"Prometheus scrapes no live {service} pod (up is 0, or the {service} has no"
-            " targets at all): its readiness probe fails or its pods are gone."
+            f"No {service} pod is both ready (its readiness probe, /readyz) and scraped"
+            f" (up): the {service} cannot do its work. `kubectl describe pod` shows the"
+            " failing probe; /readyz names the check that fails."
         ),
         legend=service,
         or_else=f"absent(up{selector})",

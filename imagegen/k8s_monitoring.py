@@ -51,6 +51,8 @@ def _service_monitor(service: str) -> dict[str, Any]:
             "action": "keep",
         },
         {"targetLabel": "job", "replacement": job(service)},
+        # Not-ready pods stay scraped; the NotReady alerts read this label.
+        {"sourceLabels": ["__meta_kubernetes_endpoint_ready"], "targetLabel": "ready"},
     ]
     return {
         "apiVersion": "monitoring.coreos.com/v1",

@@ -163,8 +163,8 @@ def _lag_cases(tier: Tier) -> list[dict[str, Any]]:
 def _service_cases(service: str) -> list[dict[str, Any]]:
     rule = _by_name()[f"Imagegen{service.capitalize()}NotReady"]
 
-    def up(n: int) -> str:
-        return f'up{{job="{job(service)}",instance="10.0.0.{n}:8081"}}'
+    def up(n: int, ready: str = "true") -> str:
+        return f'up{{job="{job(service)}",instance="10.0.0.{n}:8081",ready="{ready}"}}'
 
     return [
         # Every instance down.
@@ -172,14 +172,19 @@ def _service_cases(service: str) -> list[dict[str, Any]]:
             [(up(1), "0x20"), (up(2), "1 1 0x18")],
             [("10m", rule.name, [_labels(rule)])],
         ),
+        # Scraped, but failing its readiness probe (the one ready pod went down).
+        _case(
+            [(up(1, "false"), "1x20"), (up(2), "1 1 0x18")],
+            [("10m", rule.name, [_labels(rule)])],
+        ),
         # No target at all (pods gone, or the ServiceMonitor selects nothing).
         _case(
-            [('up{job="imagegen-other"}', "1x20")],
-            [("10m", rule.name, [_labels(rule, job=job(service))])],
+            [('up{job="imagegen-other",ready="true"}', "1x20")],
+            [("10m", rule.name, [_labels(rule, job=job(service), ready="true")])],
         ),
-        # One of two instances up is still a ready service.
+        # One of two instances ready and up is still a ready service.
         _case(
-            [(up(1), "0x20"), (up(2), "1x20")],
+            [(up(1, "false"), "1x20"), (up(2), "1x20")],
             [("10m", rule.name, [])],
         ),
     ]
@@ -292,6 +297,7 @@ def test_a_service_monitor_per_service_with_its_job() -> None:
     assert [d["metadata"]["name"] for d in docs] == list(SERVICES)
     for doc in docs:
         [endpoint] = doc["spec"]["endpoints"]
-        assert {"targetLabel": "job", "replacement": job(doc["metadata"]["name"])} in (
-            endpoint["relabelings"]
-        )
+        relabel = endpoint["relabelings"]
+        assert {"targetLabel": "job", "replacement": job(doc["metadata"]["name"])} in relabel
+        ready = {"sourceLabels": ["__meta_kubernetes_endpoint_ready"], "targetLabel": "ready"}
+        assert ready in relabel
