@@ -204,6 +204,21 @@ class DeleteStory(Message):
     requested_at: datetime = Field(default_factory=utcnow)
 
 
+class DiscardImage(Message):
+    """From the scheduler to storage: this image version ended without being stored (its
+    last attempt failed for good, or its job was cancelled while it ran); an attempt of it
+    that still arrives (one given up as overdue) is thrown away unannounced, since nothing
+    about a job may follow the job's last word."""
+
+    type: Literal["discard_image"] = "discard_image"
+    image_id: str
+    version: int = Field(ge=1)
+    job_id: str
+    user_id: str
+    reason: str = Field(max_length=200)
+    requested_at: datetime = Field(default_factory=utcnow)
+
+
 class ReviewImage(Message):
     type: Literal["review_image"] = "review_image"
     image_id: str
@@ -221,6 +236,7 @@ Request = Annotated[
     | DeleteImage
     | DeleteCharacter
     | DeleteStory
+    | DiscardImage
     | ReviewImage,
     Field(discriminator="type"),
 ]

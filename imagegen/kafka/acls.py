@@ -53,11 +53,11 @@ def service_access(namespace: str = DEFAULT_NAMESPACE) -> dict[str, ServiceAcces
         # services/gateway/app.py: CONSUMER_GROUP on events; publishing.py, characters.py.
         ServiceAccess("gateway", (t.events,), (t.requests,), groups("gateway")),
         # services/scheduler/__main__.py; dispatch.py stages jobs.<tier> and events,
-        # jobs.py a copy of job_cancelled on control.
+        # jobs.py a copy of job_cancelled on control and discard_image on requests.
         ServiceAccess(
             "scheduler",
             (t.requests, t.events),
-            (*t.all_jobs(), t.events, t.control),
+            (*t.all_jobs(), t.events, t.control, t.requests),
             groups("scheduler", "scheduler-outcomes"),
         ),
         # services/generator/loops.py: JOBS_GROUP on every tier, CONTROL_GROUP on control.

@@ -25,11 +25,12 @@ from schemas.events import (
     PackCompletedData,
     event_id,
 )
-from schemas.requests import JobKind, UserTier
+from schemas.jobs import GenerateImage
+from schemas.requests import DiscardImage, JobKind, UserTier
 from schemas.topics import TopicNames
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.ledger import Hold, Ledger, Slot
-from services.scheduler.outbox import SOURCE, stage_event
+from services.scheduler.outbox import SOURCE, stage, stage_event
 from services.scheduler.planning import JobPlan
 
 log = logging.getLogger(__name__)
@@ -226,13 +227,33 @@ class JobBook:
     ) -> None:
         """A cancelling job's dispatched image that will not be stored (stopped, failed,
         flagged for a variation, overdue): it counts as cancelled, not retried."""
-        await conn.execute(
+        message = await conn.fetchval(
             "UPDATE job_images SET status = 'cancelled', due_at = NULL, updated_at = now()"
-            " WHERE job_id = $1 AND image_index = $2 AND status = 'dispatched'",
+            " WHERE job_id = $1 AND image_index = $2 AND status = 'dispatched'"
+            " RETURNING message",
             job["job_id"],
             index,
         )
+        if message is not None:
+            await self.discard(conn, GenerateImage.model_validate_json(message), "cancelled")
         await self.image_settled(conn, job, phase)
+
+    async def discard(self, conn: asyncpg.Connection, msg: GenerateImage, reason: str) -> None:
+        """Tell storage that this image ended unstored: an attempt of it still on its way
+        (one given up as overdue) must not be stored after the job's last word."""
+        img = msg.image
+        await stage(
+            conn,
+            self._topics.requests,
+            img.user_id,
+            DiscardImage(
+                image_id=img.image_id,
+                version=img.version,
+                job_id=img.job_id,
+                user_id=img.user_id,
+                reason=reason,
+            ),
+        )
 
     async def end(
         self,

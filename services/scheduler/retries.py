@@ -268,6 +268,7 @@ class Retries:
         """The image fails alone: release its reservation, say so once, move the job on."""
         img = msg.image
         await self._ledger.release(conn, job["job_id"], row["image_index"])
+        await self._book.discard(conn, msg, f"failed: {error_type}")
         await conn.execute(
             "UPDATE job_images SET status = 'failed', error = $3, due_at = NULL,"
             " updated_at = now() WHERE job_id = $1 AND image_index = $2",

@@ -11,6 +11,7 @@ from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
 from imagegen.events import EventEmitter
 from imagegen.health import broker_check, database_check, loops_check, object_store_check
+from imagegen.retention import REPLAY_WINDOW, AgePruner, pruning
 from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_telemetry
 from services.storage.handlers import SOURCE, StorageService
@@ -28,6 +29,9 @@ async def serve(settings: StorageSettings) -> None:
         pool = await create_pool(settings.database_url, SCHEMA)
         stack.push_async_callback(pool.close)
         await migrate(pool, SCHEMA, MIGRATIONS)
+        # A discarded version's late attempt comes within the replay window or never.
+        discards = AgePruner(pool, "discarded_images", "discarded_at", keep=REPLAY_WINDOW)
+        await stack.enter_async_context(pruning(discards))
         blobs = await stack.enter_async_context(S3BlobStore(settings.s3))
         publisher = kafka_publisher(settings.kafka, "storage")
         stack.push_async_callback(publisher.close)

@@ -32,27 +32,45 @@ class StorageService:
         self._events = EventEmitter(publisher, topics.events, SOURCE)
 
     async def _deleted(self, msg: ProcessedImage) -> str | None:
-        """Why the image must not be stored: it, or its character or story, was deleted."""
+        """Why the image must not be stored: it, or its character or story, was deleted; or
+        the scheduler ended this version unstored ("discarded") and it is not stored yet."""
         image = msg.image
         owner_kind, owner_id = owner_of(image)
         async with transient_as_retryable(), self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT EXISTS (SELECT 1 FROM deleted_images WHERE image_id = $1) AS image,"
                 " EXISTS (SELECT 1 FROM deleted_owners WHERE user_id = $2"
-                "   AND owner_kind = $3 AND owner_id = $4) AS owner",
+                "   AND owner_kind = $3 AND owner_id = $4) AS owner,"
+                " EXISTS (SELECT 1 FROM discarded_images d WHERE d.image_id = $1"
+                "   AND d.version = $5 AND NOT EXISTS (SELECT 1 FROM images i"
+                "   WHERE i.image_id = $1 AND i.version = $5)) AS discarded",
                 image.image_id,
                 image.user_id,
                 owner_kind,
                 owner_id,
+                image.version,
             )
         if row["image"]:
             return "image"
-        return owner_kind if row["owner"] else None
+        if row["owner"]:
+            return owner_kind
+        return "discarded" if row["discarded"] else None
 
     async def on_processed_image(self, record: Record) -> None:
         msg = decode(record, ProcessedImage)
         image = msg.image
         deleted = await self._deleted(msg)
+        if deleted == "discarded":
+            # Its job has ended without it: its final objects go, nothing is announced.
+            if finals := _final_keys(msg):
+                await self._blobs.delete(finals)
+            log.info(
+                "event=skip_discarded_image image_id=%s version=%d job_id=%s",
+                image.image_id,
+                image.version,
+                image.job_id,
+            )
+            return
         if deleted is not None:
             finals = _final_keys(msg)
             # Renditions postprocess wrote to their final keys are this image's alone: gone

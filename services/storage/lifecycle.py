@@ -24,6 +24,7 @@ from schemas.requests import (
     DeleteCharacter,
     DeleteImage,
     DeleteStory,
+    DiscardImage,
     ReviewImage,
 )
 from services.storage.owners import delete_owner, deleted_event
@@ -60,6 +61,8 @@ class ImageLifecycle:
                 "character",
                 request.character_id,
             )
+        elif isinstance(request, DiscardImage):
+            await self._discard(request)
         elif isinstance(request, DeleteStory):
             await delete_owner(
                 self._pool,
@@ -111,6 +114,25 @@ class ImageLifecycle:
             else:
                 versions = list(tomb["versions"])
         await self._events.emit(deleted_event(request.image_id, request.user_id, versions))
+
+    async def _discard(self, request: DiscardImage) -> None:
+        """Remember that this version ended unstored; one stored already stays as it is (it
+        was announced before the job ended)."""
+        async with transient_as_retryable(), self._pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO discarded_images (image_id, version, job_id, reason)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                request.image_id,
+                request.version,
+                request.job_id,
+                request.reason,
+            )
+        log.info(
+            "event=image_discarded image_id=%s version=%d reason=%s",
+            request.image_id,
+            request.version,
+            request.reason,
+        )
 
     async def _review(self, request: ReviewImage) -> None:
         async with transient_as_retryable(), self._pool.acquire() as conn:

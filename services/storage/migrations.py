@@ -201,4 +201,20 @@ MIGRATIONS: list[tuple[int, str]] = [
             ADD COLUMN not_scored_reason text;
         """,
     ),
+    (
+        8,
+        """
+        -- Image versions the scheduler ended unstored (discard_image): an attempt of one
+        -- that still arrives is not stored after its job's last word. Pruned by age.
+        CREATE TABLE discarded_images (
+            image_id     text NOT NULL,
+            version      integer NOT NULL,
+            job_id       text NOT NULL,
+            reason       text NOT NULL,
+            discarded_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (image_id, version)
+        );
+        CREATE INDEX discarded_images_at ON discarded_images (discarded_at);
+        """,
+    ),
 ]

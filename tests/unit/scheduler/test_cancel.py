@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from schemas.events import JobStatus
-from schemas.requests import CancelJob
+from schemas.requests import REQUEST_ADAPTER, CancelJob, DiscardImage
 from tests.unit.scheduler.fakes import failed, fast_settings
 from tests.unit.scheduler.memrig import memory_rig, pack
 
@@ -51,6 +51,20 @@ async def test_cancel_counts_in_flight_images_before_the_terminal_event(
                 "SELECT status, reason_code FROM jobs WHERE job_id = $1", job.job_id
             )
         assert (row["status"], row["reason_code"]) == ("cancelled", "cancelled_by_user")
+        # Storage is told which dispatched images ended unstored: should an attempt of one
+        # still arrive, it is not stored after the job's last word.
+        discards = [
+            r
+            for r in (
+                REQUEST_ADAPTER.validate_json(x.value)
+                for x in await m.rig.records(m.rig.topics.requests)
+            )
+            if isinstance(r, DiscardImage)
+        ]
+        assert sorted((d.image_id, d.version, d.reason) for d in discards) == sorted(
+            (i.image.image_id, i.image.version, "cancelled") for i in in_flight[1:]
+        )
+        assert {d.job_id for d in discards} == {job.job_id}
 
 
 async def test_cancel_with_nothing_in_flight_ends_at_once(database_url: str) -> None:
