@@ -21,7 +21,9 @@ deadline is failed here as retryable (`AttemptOverdue`, announced as a non-final
 that acknowledged a write it then lost; a record dead-lettered on its way) costs a retry,
 not the image and its job. An attempt still waiting in its tier's queue has no deadline: a
 backlog is not a fault. Outcomes of the overdue attempt that arrive after all are harmless:
-storage keeps one copy per image, and the ledger books one cost (`Ledger.settle_stored`).
+storage keeps one copy per image, and the ledger books one cost (`Ledger.settle_stored`);
+an image that ended unstored was named to storage in a `discard_image` request, so its
+late attempt is not stored after the job's last word (`JobBook.discard`).
 """
 
 from __future__ import annotations
