@@ -109,7 +109,7 @@ class EventFeed:
         signal: EventSignal,
         *,
         max_age_s: float,
-        keep: int = 256,
+        keep: int = 32,
         page: int = 200,
     ) -> None:
         self._pool = pool
@@ -190,7 +190,9 @@ class EventFeed:
                     tail.events.append(_event(row))
                 if rows:
                     tail.top = tail.events[-1].id
-                while len(tail.events) > self._keep:
+                # Kept: this read's events (every stream of the user is about to take them)
+                # and a few before; a stream further behind reads for itself.
+                while len(tail.events) > max(self._keep, len(rows)):
                     tail.floor = tail.events.popleft().id
                 complete = len(rows) < self._page
             tail.snapshot, tail.read_at, tail.complete = snapshot, started, complete
