@@ -44,12 +44,23 @@ STACK_ENV = {
 }
 
 _LAUNCH = """
-import json, sys
+import dataclasses, json, sys
 from pathlib import Path
-from imagegen.stack.local import StackOptions, run_stack
+import imagegen.stack.local as local
 options = json.loads(sys.argv[1])
 options["data_dir"] = Path(options["data_dir"])
-sys.exit(run_stack(StackOptions(**options)))
+front = options.pop("s3_endpoint", None)
+if front:
+    # Every client of the stack's SeaweedFS (its readiness probe and bucket set-up, the
+    # services) reaches it through the benchmark's counting proxy at `front`.
+    class Fronted(local.SeaweedFS):
+        @property
+        def endpoint(self):
+            return front
+    local.SeaweedFS = Fronted
+known = {f.name for f in dataclasses.fields(local.StackOptions)}
+options = {k: v for k, v in options.items() if k in known}
+sys.exit(local.run_stack(local.StackOptions(**options)))
 """
 
 
@@ -113,7 +124,15 @@ class OurStack:
     data_dir: Path
     gateway: str
     database: str
+    """The stack's database URL."""
     output: list[str] = field(default_factory=list)
+    bootstrap: str = ""
+    """The broker's bootstrap address."""
+    namespace: str = "imagegen"
+
+    @property
+    def database_name(self) -> str:
+        return urlsplit(self.database).path.strip("/")
 
     def token(self, user: str, tier: str = "paid") -> str:
         from services.gateway.auth import issue_token
@@ -140,19 +159,25 @@ def our_stack(
     broker: str = "kafka",
     broker_storage: str = "s3",
     pg_port: int | None = None,
+    s3_port: int | None = None,
+    s3_endpoint: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[OurStack]:
     """The whole stack on fresh ports with `STACK_ENV`; stopped with SIGINT, database dropped.
 
     `broker`: "kafka" (Apache Kafka, as `imagegen up` runs where a JDK is found) or "tansu"
     (with `broker_storage` "s3" or "memory"). `pg_port`: the PostgreSQL server to use
-    (`imagegen up`'s default, 5432, else an embedded one).
+    (`imagegen up`'s default, 5432, else an embedded one). `s3_port`: SeaweedFS's S3 port;
+    `s3_endpoint`: where the services reach it instead (a counting proxy). `env`: more
+    environment for every process of the stack.
     """
     database = f"bench_{uuid.uuid4().hex[:8]}"
     options: dict[str, Any] = {
         "data_dir": str(workdir / "data"),
         "gateway_port": free_port(),
         "kafka_port": free_port(),
-        "s3_port": free_port(),
+        "s3_port": s3_port or free_port(),
+        "analytics_port": free_port(),  # where the stack runs one: never a fixed port
         "database": database,
         "backend": backend,
         "broker": broker,
@@ -160,13 +185,15 @@ def our_stack(
     }
     if pg_port is not None:
         options["pg_port"] = pg_port
+    if s3_endpoint is not None:
+        options["s3_endpoint"] = s3_endpoint
     proc = subprocess.Popen(
         [sys.executable, "-c", _LAUNCH, json.dumps(options)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, **STACK_ENV},
+        env={**os.environ, **STACK_ENV, **(env or {})},
     )
     lines: queue.Queue[str] = queue.Queue()
     output: list[str] = []
@@ -181,10 +208,13 @@ def our_stack(
                 line = lines.get(timeout=1)
             except queue.Empty:
                 continue
-            for key in ("gateway", "token", "database"):
+            for key in ("gateway", "token", "database", "broker"):
                 if line.startswith(f"{key}: "):
                     found[key] = line.split(": ", 1)[1].strip()
-        yield OurStack(proc, workdir / "data", found["gateway"], found["database"], output)
+        bootstrap = found.get("broker", "").rsplit(" at ", 1)[-1]
+        yield OurStack(
+            proc, workdir / "data", found["gateway"], found["database"], output, bootstrap
+        )
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)

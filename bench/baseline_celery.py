@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -316,6 +316,8 @@ def create_app() -> Any:
 class Baseline:
     url: str
     jwt_secret: str
+    database: str = ""
+    redis_port: int = 0
 
     def token(self, user: str) -> str:
         import jwt
@@ -383,9 +385,11 @@ def baseline_stack(
     concurrency: int = 4,
     image_size: int = 768,
     pg_dsn_base: str = "postgresql://postgres@127.0.0.1:5432/postgres",
+    s3_front: Callable[[int], str] | None = None,
 ) -> Iterator[Baseline]:
     """Redis, SeaweedFS, a PostgreSQL database (a new one on the server at `pg_dsn_base`),
-    the Celery worker and the app, on free ports."""
+    the Celery worker and the app, on free ports. `s3_front`: given SeaweedFS's S3 port,
+    the endpoint the baseline uses instead (a counting proxy)."""
     import asyncpg
     from _common import drop_database, free_port
 
@@ -438,7 +442,7 @@ def baseline_stack(
             "PYTHONPATH": os.pathsep.join([str(BENCH), str(REPO)]),
             "BASELINE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
             "BASELINE_DSN": dsn_for(pg_dsn_base, database),
-            "BASELINE_S3_ENDPOINT": s3.endpoint,
+            "BASELINE_S3_ENDPOINT": s3_front(s3.port) if s3_front else s3.endpoint,
             "BASELINE_S3_ACCESS_KEY": "baseline",
             "BASELINE_S3_SECRET_KEY": "baseline-secret",
             "BASELINE_S3_BUCKET": "baseline",
@@ -489,4 +493,4 @@ def baseline_stack(
         stack.callback(_stop, gateway)
         url = f"http://127.0.0.1:{port}"
         _wait_http(url + "/docs", gateway)
-        yield Baseline(url, secret)
+        yield Baseline(url, secret, database, redis_port)

@@ -23,10 +23,28 @@ Each step also records the machine's busy CPU and how much of it went to work ou
 benchmark, since the machine may be shared. The baseline needs Redis: Debian's
 `redis-server`, installed with apt-get when missing.
 
-Writes bench/results/orchestration.json and bench/results/latency.png.
+What each system asks of its servers, per stored image over all its load steps (with the
+idle rate over the same time subtracted; the raw figures are in the JSON too), read from
+outside the system (bench/meters.py):
 
-    .venv/bin/python bench/orchestration.py [--broker kafka] [--rates 1,2,4,8]
-        [--duration 15] [--burst 60]
+- Kafka: records produced and deliveries (end-offset and committed-offset deltas per topic
+  and consumer group, through the AdminClient); Redis commands for the baseline;
+- PostgreSQL: transactions (pg_stat_database xact_commit + xact_rollback of the system's
+  database) and round trips (a loopback proxy in front of the server counts the clients'
+  Sync, Flush and simple Query messages: the stack's DSN points at it);
+- S3: requests by kind, through a counting proxy in front of each system's SeaweedFS.
+
+The proxies run in this process (their CPU is the benchmark client's): `--no-proxies`
+takes them out of the path for latency figures free of them (then no round trips or S3
+requests are counted). The idle figure comes first, after the warm-up: a quiet `--idle`
+seconds (a minute by default) with the users' streams open.
+
+Writes bench/results/orchestration.json (orchestration_quick.json for --quick) and
+bench/results/latency.png, and prints one table: the baseline, the previous run of
+bench/results/orchestration.json (before) and this run (after).
+
+    .venv/bin/python bench/orchestration.py --broker kafka       # the full run
+    .venv/bin/python bench/orchestration.py --quick              # about two minutes
 """
 
 from __future__ import annotations
@@ -34,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import tempfile
 import time
@@ -50,6 +69,7 @@ from _common import (
     SseEvent,
     bench_postgres,
     event_time,
+    free_port,
     machine,
     ms,
     our_stack,
@@ -58,8 +78,12 @@ from _common import (
     sse_follow,
     write_result,
 )
+from meters import PostgresProxy, S3Proxy, pg_xacts
 
 STORED = "image_stored"
+# PostgreSQL flushes a backend's counters when it goes idle, within 10 s: a reading of
+# pg_stat_database is taken this long after the work it should include.
+PG_STATS_SETTLE_S = 11.0
 
 
 @dataclass
@@ -73,6 +97,142 @@ class Target:
     character_path: str
     character_body: dict[str, Any]
     token: Callable[[str], str]
+    meters: Meters | None = None
+
+
+@dataclass
+class Reading:
+    at: float
+    counts: dict[str, float]
+    kafka: Any = None  # imagegen.kafka.traffic.Snapshot
+
+
+@dataclass
+class Meters:
+    """What one system asks of its servers, read from outside it (see the docstring)."""
+
+    database: str
+    pg_stats_dsn: str | None = None
+    pg: PostgresProxy | None = None
+    s3: S3Proxy | None = None
+    bootstrap: str | None = None
+    kafka_prefix: str = "imagegen."
+    redis_port: int | None = None
+    settle_s: float = 60.0
+    behind: list[dict[str, int]] = field(default_factory=list)
+    """Groups found still behind when the counters were read (see `settle`)."""
+
+    async def read(self) -> Reading:
+        counts: dict[str, float] = {}
+        if self.pg_stats_dsn is not None:
+            xacts = await pg_xacts(self.pg_stats_dsn, self.database)
+            counts["pg_transactions"] = xacts["commit"] + xacts["rollback"]
+        if self.pg is not None:
+            pg = self.pg.counts()
+            counts["pg_round_trips"] = pg["round_trips"].get(self.database, 0)
+            counts["pg_connections_opened"] = pg["connections"].get(self.database, 0)
+        if self.s3 is not None:
+            by_kind = self.s3.counts()
+            counts["s3_requests"] = sum(by_kind.values())
+            counts.update({f"s3_{kind}": n for kind, n in by_kind.items()})
+        if self.redis_port is not None:
+            counts["redis_commands"] = await _redis_commands(self.redis_port)
+        kafka = None
+        if self.bootstrap:
+            from imagegen.kafka.traffic import snapshot
+
+            kafka = await asyncio.to_thread(snapshot, self.bootstrap, self.kafka_prefix)
+        return Reading(time.monotonic(), counts, kafka)
+
+    async def settle(self) -> None:
+        """Wait until the counters hold everything done so far (groups committed, PostgreSQL's
+        statistics flushed)."""
+        started = time.monotonic()
+        if self.bootstrap:
+            behind = await asyncio.to_thread(self._kafka_settled)
+            if behind:
+                # Counted as far as it got: a group behind has delivered less than it will.
+                print(f"note: consumer groups behind when counted: {behind}")
+                self.behind.append(behind)
+        if self.pg_stats_dsn is not None:
+            await asyncio.sleep(max(0.0, PG_STATS_SETTLE_S - (time.monotonic() - started)))
+
+
+    def _kafka_settled(self, quiet_s: float = 3.0) -> dict[str, int]:
+        """Wait until every group has committed all it is assigned, or nothing has moved for
+        `quiet_s` (a group that never catches up does not hold the benchmark for long);
+        the groups still behind then, with their lag."""
+        from imagegen.kafka.traffic import snapshot
+
+        deadline = time.monotonic() + self.settle_s
+        last, still_since = None, time.monotonic()
+        while True:
+            now = snapshot(self.bootstrap or "", self.kafka_prefix)
+            lag = {group: n for group, n in now.lag().items() if n}
+            if last is None or (now.ends, now.committed) != (last.ends, last.committed):
+                still_since = time.monotonic()
+            quiet = time.monotonic() - still_since >= quiet_s
+            if (not lag and quiet) or quiet_s * 2 <= time.monotonic() - still_since:
+                return lag
+            if time.monotonic() > deadline:
+                return lag
+            last = now
+            time.sleep(0.5)
+
+
+async def _redis_commands(port: int) -> int:
+    """Commands the baseline's Redis has processed (INFO stats), less this reading's own."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"INFO stats\r\n")
+        await writer.drain()
+        header = await reader.readline()  # $<length>
+        body = await reader.readexactly(int(header[1:].strip()) + 2)
+    finally:
+        writer.close()
+    for line in body.decode().splitlines():
+        if line.startswith("total_commands_processed:"):
+            return int(line.split(":", 1)[1])
+    raise RuntimeError("no total_commands_processed in Redis INFO")
+
+
+def delta(before: Reading, after: Reading) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        key: value - before.counts.get(key, 0) for key, value in after.counts.items()
+    }
+    if before.kafka is not None and after.kafka is not None:
+        from imagegen.kafka.traffic import traffic
+
+        moved = traffic(before.kafka, after.kafka)
+        out["kafka_messages"] = moved.messages
+        out["kafka_deliveries"] = moved.deliveries
+        out["kafka"] = moved.as_dict()
+    out["seconds"] = after.at - before.at
+    return out
+
+
+def per_image(load: dict[str, Any], idle: dict[str, Any], images: int) -> dict[str, Any]:
+    """Per stored image over the load window: raw, and less the idle rate over its length."""
+    raw: dict[str, float | None] = {}
+    net: dict[str, float | None] = {}
+    for key, value in load.items():
+        if not isinstance(value, int | float) or key == "seconds":
+            continue
+        rate = idle.get(key, 0) / idle["seconds"] if idle.get("seconds") else 0.0
+        raw[key] = round(value / images, 2) if images else None
+        net[key] = round((value - rate * load["seconds"]) / images, 2) if images else None
+    return {
+        "images": images,
+        "window_s": round(load["seconds"], 1),
+        "per_image": net,
+        "per_image_raw": raw,
+        "idle_per_s": {
+            k: round(v / idle["seconds"], 2)
+            for k, v in idle.items()
+            if isinstance(v, int | float) and k != "seconds" and idle.get("seconds")
+        },
+        "kafka_detail": load.get("kafka"),
+    }
 
 
 @dataclass
@@ -279,7 +439,14 @@ async def measure(target: Target, args: argparse.Namespace) -> dict[str, Any]:
             if warm["missing_after_drain"]:
                 raise RuntimeError(f"{target.name}: warm-up images never stored: {warm}")
             await asyncio.sleep(2)  # let the warm-up's commits and flushes settle
+            meters = target.meters
+            if meters is not None:
+                await meters.settle()
+                quiet = await meters.read()
             idle = await session.idle(args.idle)
+            if meters is not None:
+                load_start = await meters.read()
+                idle_counts = delta(quiet, load_start)
             _print_idle(target.name, idle)
             steps = []
             for rate in args.rates:
@@ -289,6 +456,14 @@ async def measure(target: Target, args: argparse.Namespace) -> dict[str, Any]:
             burst = await session.step(args.burst / 0.5, 0.5, args.drain)
             burst["note"] = f"{args.burst} images POSTed within 0.5 s; achieved = drain rate"
             _print_step(target.name + " burst", burst)
+            costs = None
+            if meters is not None:
+                await meters.settle()
+                load = delta(load_start, await meters.read())
+                stored = sum(s["stored"] for s in steps) + burst["stored"]
+                costs = per_image(load, idle_counts, stored)
+                costs["groups_behind_at_reading"] = meters.behind
+                print(f"[{target.name}] per image: {costs['per_image']}")
         finally:
             await session.close()
     sustained = [
@@ -304,6 +479,7 @@ async def measure(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         "burst": burst,
         "max_sustained_offered_images_per_s": max(sustained, default=None),
         "burst_drain_images_per_s": burst["achieved_images_per_s"],
+        "costs": costs,
     }
 
 
@@ -341,25 +517,71 @@ BROKERS = {
 """--broker choice -> (system name, `imagegen up --broker`, Tansu's log storage)."""
 
 
+@dataclass(frozen=True)
+class Postgres:
+    """The benchmark's PostgreSQL server: its port, and the counting proxy's in front of it
+    (the one the systems are given) unless --no-proxies."""
+
+    port: int | None
+    proxy: PostgresProxy | None = None
+
+    @property
+    def client_port(self) -> int | None:
+        return self.proxy.port if self.proxy is not None else self.port
+
+    @property
+    def stats_dsn(self) -> str | None:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres" if self.port else None
+
+
 @contextmanager
-def ours(workdir: Path, broker: str = "kafka", pg_port: int | None = None) -> Iterator[Target]:
+def _s3_proxy(enabled: bool) -> Iterator[Callable[[int], S3Proxy | None]]:
+    """A factory of S3 counting proxies (one per system), all stopped on exit."""
+    with contextlib.ExitStack() as stack:
+
+        def make(target_port: int) -> S3Proxy | None:
+            return stack.enter_context(S3Proxy(target_port)) if enabled else None
+
+        yield make
+
+
+@contextmanager
+def ours(workdir: Path, broker: str, pg: Postgres, proxies: bool = True) -> Iterator[Target]:
     name, kind, storage = BROKERS[broker]
-    with our_stack(
-        workdir / name, backend="instant", broker=kind, broker_storage=storage, pg_port=pg_port
-    ) as stack:
-        yield Target(
-            name=name,
-            base=stack.gateway,
-            post_path="/api/generate",
-            events_path="/api/v1/events",
-            character_path="/api/v1/characters",
-            character_body={
-                "name": "Mira",
-                "attributes": {"hairColour": "red"},
-                "artStyle": "realistic",
-            },
-            token=stack.token,
-        )
+    with _s3_proxy(proxies) as s3_proxy:
+        s3_port = free_port()
+        s3 = s3_proxy(s3_port)
+        with our_stack(
+            workdir / name,
+            backend="instant",
+            broker=kind,
+            broker_storage=storage,
+            pg_port=pg.client_port,
+            s3_port=s3_port,
+            s3_endpoint=f"http://127.0.0.1:{s3.port}" if s3 else None,
+        ) as stack:
+            meters = Meters(
+                database=stack.database_name,
+                pg_stats_dsn=pg.stats_dsn,
+                pg=pg.proxy,
+                s3=s3,
+                bootstrap=stack.bootstrap or None,
+                kafka_prefix=f"{stack.namespace}.",
+            )
+            yield Target(
+                name=name,
+                base=stack.gateway,
+                post_path="/api/generate",
+                events_path="/api/v1/events",
+                character_path="/api/v1/characters",
+                character_body={
+                    "name": "Mira",
+                    "attributes": {"hairColour": "red"},
+                    "artStyle": "realistic",
+                },
+                token=stack.token,
+                meters=meters,
+            )
 
 
 # imagegen draws a pack's images at 1024 px on the long side, whatever the quality
@@ -368,22 +590,46 @@ IMAGE_SIZE = 1024
 
 
 @contextmanager
-def baseline(workdir: Path, concurrency: int, pg_port: int | None = None) -> Iterator[Target]:
+def baseline(
+    workdir: Path, concurrency: int, pg: Postgres, proxies: bool = True
+) -> Iterator[Target]:
     from baseline_celery import baseline_stack
 
-    pg = f"postgresql://postgres@127.0.0.1:{pg_port or 5432}/postgres"
-    with baseline_stack(
-        workdir / "celery", concurrency=concurrency, image_size=IMAGE_SIZE, pg_dsn_base=pg
-    ) as stack:
-        yield Target(
-            name=BASELINE,
-            base=stack.url,
-            post_path="/generate",
-            events_path="/events",
-            character_path="/characters",
-            character_body={},
-            token=stack.token,
-        )
+    dsn = f"postgresql://postgres@127.0.0.1:{pg.client_port or 5432}/postgres"
+    with _s3_proxy(proxies) as s3_proxy:
+        made: list[S3Proxy] = []
+
+        def front(port: int) -> str:
+            proxy = s3_proxy(port)
+            if proxy is None:
+                return f"http://127.0.0.1:{port}"
+            made.append(proxy)
+            return f"http://127.0.0.1:{proxy.port}"
+
+        with baseline_stack(
+            workdir / "celery",
+            concurrency=concurrency,
+            image_size=IMAGE_SIZE,
+            pg_dsn_base=dsn,
+            s3_front=front,
+        ) as stack:
+            meters = Meters(
+                database=stack.database,
+                pg_stats_dsn=pg.stats_dsn,
+                pg=pg.proxy,
+                s3=made[0] if made else None,
+                redis_port=stack.redis_port or None,
+            )
+            yield Target(
+                name=BASELINE,
+                base=stack.url,
+                post_path="/generate",
+                events_path="/events",
+                character_path="/characters",
+                character_body={},
+                token=stack.token,
+                meters=meters,
+            )
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -435,6 +681,93 @@ async def _run(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     return await measure(target, args)
 
 
+def _rows(system: dict[str, Any]) -> dict[str, Any]:
+    """One system's figures for the table, by row label."""
+    rows: dict[str, Any] = {}
+    for step in system.get("steps", []):
+        rate = f"@{step['offered_images_per_s']:g}/s"
+        lat = step["post_to_stored_ms"]
+        rows[f"POST->stored p50 ms {rate}"] = lat["p50"]
+        rows[f"POST->stored p99 ms {rate}"] = lat["p99"]
+        rows[f"CPU ms/image {rate}"] = step.get("cpu_ms_per_image_total")
+    burst = system.get("burst") or {}
+    rows["burst drain images/s"] = system.get("burst_drain_images_per_s")
+    rows["CPU ms/image burst"] = burst.get("cpu_ms_per_image_total")
+    rows["idle CPU, cores"] = (system.get("idle") or {}).get("cpu_cores_total")
+    per = ((system.get("costs") or {}).get("per_image")) or {}
+    for key, label in (
+        ("kafka_messages", "Kafka messages/image"),
+        ("kafka_deliveries", "Kafka deliveries/image"),
+        ("redis_commands", "Redis commands/image"),
+        ("pg_transactions", "PG transactions/image"),
+        ("pg_round_trips", "PG round trips/image"),
+        ("s3_requests", "S3 requests/image"),
+    ):
+        rows[label] = per.get(key)
+    kinds = {k[3:]: v for k, v in per.items() if k.startswith("s3_") and k != "s3_requests"}
+    rows["S3 by kind/image"] = " ".join(f"{k}={v:g}" for k, v in sorted(kinds.items()) if v)
+    costs = system.get("costs") or {}
+    detail, images = costs.get("kafka_detail") or {}, costs.get("images") or 0
+    if detail and images:
+        # Raw (idle not subtracted): where the messages and deliveries go.
+        for key, label in (
+            ("produced_per_topic", "Kafka produced/image by topic"),
+            ("deliveries_per_group", "Kafka deliveries/image by group"),
+        ):
+            parts = sorted(detail.get(key, {}).items(), key=lambda item: -item[1])
+            rows[label] = " ".join(
+                f"{name.split('.', 1)[-1]}={count / images:.3g}" for name, count in parts
+            )
+    return rows
+
+
+def table(results: dict[str, Any], previous: dict[str, Any] | None) -> str:
+    """The baseline, imagegen's previous run (before) and this run (after), side by side."""
+    columns: list[tuple[str, dict[str, Any]]] = []
+    systems = results["systems"]
+    if BASELINE in systems:
+        columns.append((BASELINE, _rows(systems[BASELINE])))
+    for name, system in systems.items():
+        if name == BASELINE:
+            continue
+        before = (previous or {}).get("systems", {}).get(name)
+        if before is not None:
+            commit = previous.get("machine", {}).get("commit", "?") if previous else "?"
+            columns.append((f"{name} before ({commit})", _rows(before)))
+        columns.append((f"{name} after", _rows(system)))
+    labels: list[str] = []
+    for _, rows in columns:
+        labels += [label for label in rows if label not in labels]
+    width = max([len(label) for label in labels] + [10])
+    widths = [max(len(title), 12) for title, _ in columns]
+
+    def cell(value: Any) -> str:
+        if value is None or value == "":
+            return "-"
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    lines = [
+        "".ljust(width)
+        + "  "
+        + "  ".join(t.rjust(w) for (t, _), w in zip(columns, widths, strict=True))
+    ]
+    for label in labels:
+        values = [
+            cell(rows.get(label)).rjust(w) for (_, rows), w in zip(columns, widths, strict=True)
+        ]
+        lines.append(label.ljust(width) + "  " + "  ".join(values))
+    load = results["machine"]
+    lines.append(
+        f"per image = over all load steps, idle rate subtracted; load average "
+        f"{load.get('loadavg_start')} -> {load.get('loadavg_end')}, commit {load.get('commit')}"
+    )
+    return "\n".join(lines)
+
+
+QUICK = {"rates": "2", "duration": 8.0, "burst": 20, "warmup": 4, "idle": 15.0, "users": 2}
+"""--quick: one rate, a small burst, a short idle: about two minutes for both systems."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -445,11 +778,23 @@ def main() -> None:
     )
     parser.add_argument("--rates", default="1,2,4,8", help="offered images/s, comma-separated")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per rate")
-    parser.add_argument("--burst", type=int, default=60, help="images in the burst step")
+    parser.add_argument("--burst", type=int, default=120, help="images in the burst step")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up images per system")
-    parser.add_argument("--idle", type=float, default=20.0, help="idle measurement, s")
+    parser.add_argument("--idle", type=float, default=60.0, help="idle measurement, s")
     parser.add_argument("--users", type=int, default=4, help="users (one SSE stream each)")
     parser.add_argument("--drain", type=float, default=120.0, help="max wait per step, s")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run (about two minutes): "
+        + ", ".join(f"--{k} {v}" for k, v in QUICK.items()),
+    )
+    parser.add_argument(
+        "--no-proxies",
+        action="store_true",
+        help="no counting proxies in front of PostgreSQL and S3 (latency free of them; no "
+        "round trips or S3 requests counted)",
+    )
     parser.add_argument(
         "--celery-concurrency",
         type=int,
@@ -461,11 +806,15 @@ def main() -> None:
     )
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args()
-    args.rates = [float(r) for r in args.rates.split(",")]
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    args.rates = [float(r) for r in str(args.rates).split(",")]
     brokers = [b.strip() for b in args.broker.split(",") if b.strip()]
     unknown = [b for b in brokers if b not in BROKERS]
     if unknown:
         parser.error(f"--broker: unknown {unknown}; choose from {sorted(BROKERS)}")
+    previous = _previous(RESULTS / "orchestration.json")
     results: dict[str, Any] = {
         "benchmark": "orchestration",
         "machine": machine(),
@@ -475,15 +824,20 @@ def main() -> None:
         },
         "systems": {},
     }
+    proxies = not args.no_proxies
     with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
         work = Path(tmp)
-        with bench_postgres(work) as pg_port:
+        with bench_postgres(work) as pg_port, contextlib.ExitStack() as stack:
+            pg_proxy = None
+            if proxies and pg_port is not None:
+                pg_proxy = stack.enter_context(PostgresProxy(pg_port))
+            pg = Postgres(pg_port, pg_proxy)
             if args.only in (None, "imagegen"):
                 for broker in brokers:
-                    with ours(work, broker, pg_port) as target:
+                    with ours(work, broker, pg, proxies) as target:
                         results["systems"][target.name] = asyncio.run(_run(target, args))
             if args.only in (None, BASELINE):
-                with baseline(work, args.celery_concurrency, pg_port) as target:
+                with baseline(work, args.celery_concurrency, pg, proxies) as target:
                     results["systems"][BASELINE] = asyncio.run(_run(target, args))
     base = results["systems"].get(BASELINE)
     if base is not None:
@@ -492,11 +846,21 @@ def main() -> None:
             for name, system in results["systems"].items()
             if name != BASELINE
         }
-        print("ratios:", results["ratios"])
-    write_result("orchestration", results)
-    if not args.no_plot:
+    # A quick run never replaces the full run's results (the next run's "before").
+    write_result("orchestration_quick" if args.quick else "orchestration", results)
+    print(table(results, previous))
+    if not args.no_plot and not args.quick:
         with contextlib.suppress(ImportError):
             plot(results, RESULTS / "latency.png")
+
+
+def _previous(path: Path) -> dict[str, Any] | None:
+    """The last run's results (the 'before' column), if there is one."""
+    try:
+        loaded: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return loaded
 
 
 if __name__ == "__main__":
