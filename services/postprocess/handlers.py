@@ -183,7 +183,9 @@ class Postprocessor:
     async def _refused(self, raw: RawImage, data: bytes) -> bool:
         """The image-safety check, before anything of the image is written: a refused image
         is a failed attempt (ContentPolicyViolation, retryable: a new seed may pass)."""
-        if self._safety is None:
+        if self._safety is None or raw.record.demo:
+            # The demo backend's GAN draws only DigiFace faces; the classifier misreads 16%
+            # of them as explicit (bench/results/safety_classifier.json), so it is skipped.
             return False
         try:
             picture = Image.open(io.BytesIO(data))

@@ -52,7 +52,11 @@ def _png(seed: int) -> bytes:
 
 
 async def _attempts(
-    classifier: ScriptedClassifier, *, audience: str = "general", attempts: int = 2
+    classifier: ScriptedClassifier,
+    *,
+    audience: str = "general",
+    attempts: int = 2,
+    demo: bool = False,
 ) -> tuple[InMemoryBroker, InMemoryBlobStore, int]:
     """Deliver `attempts` attempts of one image (a new seed each, as a retry draws)."""
     broker, blobs = InMemoryBroker(), InMemoryBlobStore()
@@ -85,6 +89,7 @@ async def _attempts(
                 backend="fake",
                 model="m",
                 seed=attempt,
+                demo=demo,
                 steps=1,
                 guidance=1.0,
                 prompt="p",
@@ -129,6 +134,12 @@ async def test_the_retry_with_a_new_seed_passes_and_is_the_only_one_stored() -> 
     (stored,) = _processed(broker)
     assert stored.image.attempt == 2 and stored.record.seed == 2
     assert classifier.calls == 2
+
+
+async def test_the_offline_demo_backend_is_not_checked() -> None:
+    classifier = ScriptedClassifier(0.95)
+    broker, _, _ = await _attempts(classifier, attempts=1, demo=True)
+    assert _failures(broker) == [] and len(_processed(broker)) == 1 and classifier.calls == 0
 
 
 async def test_children_are_held_to_the_stricter_threshold() -> None:
