@@ -78,12 +78,9 @@ from _common import (
     sse_follow,
     write_result,
 )
-from meters import PostgresProxy, S3Proxy, pg_xacts
+from meters import Meters, PostgresProxy, S3Proxy, delta, per_image
 
 STORED = "image_stored"
-# PostgreSQL flushes a backend's counters when it goes idle, within 10 s: a reading of
-# pg_stat_database is taken this long after the work it should include.
-PG_STATS_SETTLE_S = 11.0
 
 
 @dataclass
@@ -98,141 +95,6 @@ class Target:
     character_body: dict[str, Any]
     token: Callable[[str], str]
     meters: Meters | None = None
-
-
-@dataclass
-class Reading:
-    at: float
-    counts: dict[str, float]
-    kafka: Any = None  # imagegen.kafka.traffic.Snapshot
-
-
-@dataclass
-class Meters:
-    """What one system asks of its servers, read from outside it (see the docstring)."""
-
-    database: str
-    pg_stats_dsn: str | None = None
-    pg: PostgresProxy | None = None
-    s3: S3Proxy | None = None
-    bootstrap: str | None = None
-    kafka_prefix: str = "imagegen."
-    redis_port: int | None = None
-    settle_s: float = 60.0
-    behind: list[dict[str, int]] = field(default_factory=list)
-    """Groups found still behind when the counters were read (see `settle`)."""
-
-    async def read(self) -> Reading:
-        counts: dict[str, float] = {}
-        if self.pg_stats_dsn is not None:
-            xacts = await pg_xacts(self.pg_stats_dsn, self.database)
-            counts["pg_transactions"] = xacts["commit"] + xacts["rollback"]
-        if self.pg is not None:
-            pg = self.pg.counts()
-            counts["pg_round_trips"] = pg["round_trips"].get(self.database, 0)
-            counts["pg_connections_opened"] = pg["connections"].get(self.database, 0)
-        if self.s3 is not None:
-            by_kind = self.s3.counts()
-            counts["s3_requests"] = sum(by_kind.values())
-            counts.update({f"s3_{kind}": n for kind, n in by_kind.items()})
-        if self.redis_port is not None:
-            counts["redis_commands"] = await _redis_commands(self.redis_port)
-        kafka = None
-        if self.bootstrap:
-            from imagegen.kafka.traffic import snapshot
-
-            kafka = await asyncio.to_thread(snapshot, self.bootstrap, self.kafka_prefix)
-        return Reading(time.monotonic(), counts, kafka)
-
-    async def settle(self) -> None:
-        """Wait until the counters hold everything done so far (groups committed, PostgreSQL's
-        statistics flushed)."""
-        started = time.monotonic()
-        if self.bootstrap:
-            behind = await asyncio.to_thread(self._kafka_settled)
-            if behind:
-                # Counted as far as it got: a group behind has delivered less than it will.
-                print(f"note: consumer groups behind when counted: {behind}")
-                self.behind.append(behind)
-        if self.pg_stats_dsn is not None:
-            await asyncio.sleep(max(0.0, PG_STATS_SETTLE_S - (time.monotonic() - started)))
-
-
-    def _kafka_settled(self, quiet_s: float = 3.0) -> dict[str, int]:
-        """Wait until every group has committed all it is assigned, or nothing has moved for
-        `quiet_s` (a group that never catches up does not hold the benchmark for long);
-        the groups still behind then, with their lag."""
-        from imagegen.kafka.traffic import snapshot
-
-        deadline = time.monotonic() + self.settle_s
-        last, still_since = None, time.monotonic()
-        while True:
-            now = snapshot(self.bootstrap or "", self.kafka_prefix)
-            lag = {group: n for group, n in now.lag().items() if n}
-            if last is None or (now.ends, now.committed) != (last.ends, last.committed):
-                still_since = time.monotonic()
-            quiet = time.monotonic() - still_since >= quiet_s
-            if (not lag and quiet) or quiet_s * 2 <= time.monotonic() - still_since:
-                return lag
-            if time.monotonic() > deadline:
-                return lag
-            last = now
-            time.sleep(0.5)
-
-
-async def _redis_commands(port: int) -> int:
-    """Commands the baseline's Redis has processed (INFO stats), less this reading's own."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(b"INFO stats\r\n")
-        await writer.drain()
-        header = await reader.readline()  # $<length>
-        body = await reader.readexactly(int(header[1:].strip()) + 2)
-    finally:
-        writer.close()
-    for line in body.decode().splitlines():
-        if line.startswith("total_commands_processed:"):
-            return int(line.split(":", 1)[1])
-    raise RuntimeError("no total_commands_processed in Redis INFO")
-
-
-def delta(before: Reading, after: Reading) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        key: value - before.counts.get(key, 0) for key, value in after.counts.items()
-    }
-    if before.kafka is not None and after.kafka is not None:
-        from imagegen.kafka.traffic import traffic
-
-        moved = traffic(before.kafka, after.kafka)
-        out["kafka_messages"] = moved.messages
-        out["kafka_deliveries"] = moved.deliveries
-        out["kafka"] = moved.as_dict()
-    out["seconds"] = after.at - before.at
-    return out
-
-
-def per_image(load: dict[str, Any], idle: dict[str, Any], images: int) -> dict[str, Any]:
-    """Per stored image over the load window: raw, and less the idle rate over its length."""
-    raw: dict[str, float | None] = {}
-    net: dict[str, float | None] = {}
-    for key, value in load.items():
-        if not isinstance(value, int | float) or key == "seconds":
-            continue
-        rate = idle.get(key, 0) / idle["seconds"] if idle.get("seconds") else 0.0
-        raw[key] = round(value / images, 2) if images else None
-        net[key] = round((value - rate * load["seconds"]) / images, 2) if images else None
-    return {
-        "images": images,
-        "window_s": round(load["seconds"], 1),
-        "per_image": net,
-        "per_image_raw": raw,
-        "idle_per_s": {
-            k: round(v / idle["seconds"], 2)
-            for k, v in idle.items()
-            if isinstance(v, int | float) and k != "seconds" and idle.get("seconds")
-        },
-        "kafka_detail": load.get("kafka"),
-    }
 
 
 @dataclass
