@@ -12,16 +12,31 @@ through `--clients`. At each level, after the new streams are open:
   stream); deliveries missing (an event one stream of the user got and another did not)
   and streams that failed or closed.
 
+Delivery lag is measured two ways: from the event's append to the log (its row's
+`created_at`, read back from the database after each level: the projection's transaction
+start, so a hair early) and from its emission by the service (the event's own `time`).
+
+Then, unless `--tracemalloc 0`, a second stack whose gateway traces its allocations
+(tracemalloc, started by a sitecustomize hook this script writes, which also makes the
+gateway dump its traced memory on SIGUSR2): the traced memory that `--tracemalloc` open
+streams add, per stream, and the allocation sites that grew most. Tracing slows the
+gateway, so no lag is taken from that stack.
+
 The client side is one asyncio process on the same 2 cores as the stack: at high levels
-its own CPU use is part of the lag.
+its own CPU use is part of the lag. The previous results file is the "before" of the
+comparison printed at the end (`--before` names another).
 
     .venv/bin/python bench/sse_fanout.py [--clients 100,500,1000,2000] [--rate 1] [--users 10]
+        [--tracemalloc 2000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import signal
 import tempfile
 import time
 from collections import defaultdict
@@ -31,6 +46,7 @@ from typing import Any
 
 import httpx
 from _common import (
+    RESULTS,
     OurStack,
     SseEvent,
     event_time,
@@ -58,6 +74,28 @@ class Level:
     arrivals: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     lags: list[float] = field(default_factory=list)
     user_of: dict[str, str] = field(default_factory=dict)
+
+    async def append_lags(self, database: str) -> list[float]:
+        """Receipt minus the event's append to the log, for every delivery."""
+        import asyncpg
+
+        ids = [int(i) for i in self.arrivals if i.isdigit()]
+        conn = await asyncpg.connect(database)
+        try:
+            rows = await conn.fetch(
+                "SELECT id, extract(epoch FROM created_at)::float8 AS at FROM gateway.events"
+                " WHERE id = ANY($1::bigint[])",
+                ids,
+            )
+        finally:
+            await conn.close()
+        appended = {str(r["id"]): r["at"] for r in rows}
+        return [
+            wall - appended[i]
+            for i, walls in self.arrivals.items()
+            if i in appended
+            for wall in walls
+        ]
 
 
 class Fanout:
@@ -160,12 +198,18 @@ async def run(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(args.settle)
                 fan.level = None
                 result = summarise(fan, level, clients, open_s, rss, rss_before)
+                appended = await level.append_lags(stack.database)
+                result["lag_from_append_ms"] = {
+                    q: ms(percentile(appended, int(q[1:]))) for q in ("p50", "p95", "p99")
+                }
                 levels.append(result)
                 print(
                     f"{clients:5d} streams ({result['open_streams']} open, "
                     f"{result['open_failures']} failed): "
                     f"{result['rss_per_stream_kib']} KiB/stream, "
-                    f"lag p50 {result['lag_ms']['p50']} p99 {result['lag_ms']['p99']} ms, "
+                    f"lag from append p50 {result['lag_from_append_ms']['p50']} "
+                    f"p99 {result['lag_from_append_ms']['p99']} ms "
+                    f"(from emission p99 {result['lag_ms']['p99']}), "
                     f"spread p99 {result['spread_ms']['p99']} ms, "
                     f"{result['deliveries']} deliveries, {result['missing_deliveries']} missing"
                 )
@@ -206,23 +250,182 @@ def summarise(
     }
 
 
+_HOOK = """
+import json, os, signal, tracemalloc
+
+# Only the gateway traces its allocations (the other services run at full speed).
+with open("/proc/self/cmdline", "rb") as _own:
+    _gateway = b"services.gateway" in _own.read()
+
+if _gateway and os.environ.get("BENCH_TRACEMALLOC_DIR"):
+    tracemalloc.start()
+    _last = []
+
+    def _dump(signum, frame):
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)]
+        )
+        current, peak = tracemalloc.get_traced_memory()
+        grew = []
+        if _last:
+            for stat in snapshot.compare_to(_last[0], "lineno")[:15]:
+                frame_ = stat.traceback[0]
+                grew.append([f"{frame_.filename}:{frame_.lineno}", stat.size_diff, stat.count_diff])
+        _last[:] = [snapshot]
+        path = os.path.join(os.environ["BENCH_TRACEMALLOC_DIR"], f"{os.getpid()}.json")
+        with open(path + ".tmp", "w") as out:
+            json.dump({"current": current, "peak": peak, "grew": grew}, out)
+        os.replace(path + ".tmp", path)
+
+    signal.signal(signal.SIGUSR2, _dump)
+"""
+
+
+async def _traced(pid: int, folder: Path, timeout: float = 120.0) -> dict[str, Any]:
+    """Ask the gateway for its traced memory (SIGUSR2) and read its answer."""
+    path = folder / f"{pid}.json"
+    path.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the gateway (pid {pid}) wrote no tracemalloc dump")
+        await asyncio.sleep(0.2)
+    found: dict[str, Any] = json.loads(path.read_text())
+    return found
+
+
+async def traced_per_stream(
+    stack: OurStack, folder: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Traced memory the gateway holds per open stream (streams with events delivered)."""
+    fan = Fanout(stack, args.users)
+    pid = stack.service_pids()["gateway"]
+    async with httpx.AsyncClient(base_url=stack.gateway, timeout=60) as client:
+        for user in fan.users:
+            response = await client.post(
+                "/api/v1/characters",
+                json={"name": "Mira", "attributes": {"hairColour": "red"}, "artStyle": "realistic"},
+                headers={"Authorization": f"Bearer {fan.tokens[user]}"},
+            )
+            response.raise_for_status()
+            fan.characters[user] = response.json()["id"]
+
+        async def fire(i: int) -> None:
+            user = fan.users[i % len(fan.users)]
+            await client.post(
+                "/api/generate",
+                json={"character_id": fan.characters[user], "image_count": 1},
+                headers={"Authorization": f"Bearer {fan.tokens[user]}"},
+            )
+
+        await paced(2, 3, fire)
+        await asyncio.sleep(5)
+        await _traced(pid, folder)  # the reference snapshot
+        before = await _traced(pid, folder)  # and one taken after it: the baseline figure
+        try:
+            await fan.grow_to(args.tracemalloc)
+            await asyncio.sleep(2)
+            await paced(1, len(fan.users), fire)  # every user's streams deliver an event
+            await asyncio.sleep(args.settle)
+            after = await _traced(pid, folder)
+        finally:
+            await fan.close()
+    streams = args.tracemalloc
+    result = {
+        "streams": streams,
+        "open_streams": fan.opened,
+        "traced_kib_per_stream": round((after["current"] - before["current"]) / streams / 1024, 1),
+        "grew_most": [
+            {"where": where, "kib_per_stream": round(size / streams / 1024, 2), "blocks": count}
+            for where, size, count in after["grew"]
+        ],
+    }
+    print(
+        f"tracemalloc: {result['traced_kib_per_stream']} KiB/stream traced over {streams} "
+        "streams; grew most: "
+        + ", ".join(f"{g['where']} {g['kib_per_stream']}" for g in result["grew_most"][:6])
+    )
+    return result
+
+
+def compare(before: dict[str, Any] | None, after: dict[str, Any]) -> str:
+    """Before -> after at each stream count both runs measured."""
+    if not before:
+        return "(no earlier results to compare with)"
+    old = {level["clients"]: level for level in before.get("levels", [])}
+    lines = [
+        f"before: commit {before.get('machine', {}).get('commit')}, "
+        f"after: commit {after['machine'].get('commit')}"
+    ]
+    for level in after["levels"]:
+        was = old.get(level["clients"])
+        if was is None:
+            continue
+
+        def lag(entry: dict[str, Any]) -> Any:
+            return (entry.get("lag_from_append_ms") or entry["lag_ms"])["p99"]
+
+        lines.append(
+            f"{level['clients']:5d} streams: RSS/stream {was['rss_per_stream_kib']} -> "
+            f"{level['rss_per_stream_kib']} KiB, lag p99 {lag(was)} -> {lag(level)} ms, "
+            f"missing {was['missing_deliveries']} -> {level['missing_deliveries']}"
+        )
+    tb, ta = before.get("tracemalloc"), after.get("tracemalloc")
+    if tb and ta:
+        lines.append(
+            f"traced KiB/stream {tb['traced_kib_per_stream']} -> {ta['traced_kib_per_stream']}"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", default="100,500,1000,2000", help="stream counts to ramp")
+    parser.add_argument(
+        "--clients", default="100,500,1000,2000", help="stream counts to ramp (0: none)"
+    )
     parser.add_argument("--users", type=int, default=10, help="users the streams belong to")
     parser.add_argument("--rate", type=float, default=1.0, help="jobs/s while measuring")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of events a level")
     parser.add_argument("--settle", type=float, default=5.0, help="wait for late deliveries, s")
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=2000,
+        help="streams to open on a second, allocation-tracing stack (0: skip it)",
+    )
+    parser.add_argument(
+        "--before", type=Path, default=RESULTS / "sse_fanout.json", help="results to compare with"
+    )
     args = parser.parse_args()
-    args.clients = [int(c) for c in args.clients.split(",")]
+    args.clients = [int(c) for c in args.clients.split(",") if c.strip() and c.strip() != "0"]
+    before = json.loads(args.before.read_text()) if args.before.exists() else None
     results: dict[str, Any] = {
         "benchmark": "sse_fanout",
         "machine": machine(),
-        "settings": vars(args),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
-    with tempfile.TemporaryDirectory(prefix="bench-sse-") as tmp, our_stack(Path(tmp)) as stack:
-        results.update(asyncio.run(run(stack, args)))
+    if args.clients:
+        with tempfile.TemporaryDirectory(prefix="bench-sse-") as tmp, our_stack(Path(tmp)) as stack:
+            results.update(asyncio.run(run(stack, args)))
+    else:
+        results["levels"] = []
+    if args.tracemalloc:
+        with tempfile.TemporaryDirectory(prefix="bench-sse-traced-") as tmp:
+            hook = Path(tmp) / "hook"
+            hook.mkdir()
+            (hook / "sitecustomize.py").write_text(_HOOK)
+            dumps = Path(tmp) / "dumps"
+            dumps.mkdir()
+            env = {"PYTHONPATH": str(hook), "BENCH_TRACEMALLOC_DIR": str(dumps)}
+            try:
+                with our_stack(Path(tmp) / "stack", env=env) as stack:
+                    results["tracemalloc"] = asyncio.run(traced_per_stream(stack, dumps, args))
+            except (RuntimeError, OSError) as exc:
+                print(f"note: no tracemalloc figure: {exc}")
+                results["tracemalloc_error"] = str(exc)[:2000]
     write_result("sse_fanout", results)
+    print(compare(before, results))
 
 
 if __name__ == "__main__":
