@@ -39,7 +39,8 @@ async def serve(settings: AnalyticsSettings) -> None:
         return True, ""
 
     runner = web.AppRunner(
-        build_web_app(store, ready, settings.analytics_budget_usd_daily), access_log=None
+        build_web_app(store, ready, settings.analytics_budget_usd_daily, store.status),
+        access_log=None,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.analytics_host, settings.analytics_port)

@@ -56,6 +56,8 @@ class Counter:
         self.journal = app.Table("journal", default=None, partitions=partitions)
         self.views = MemoryStore()
         self.replayed = False
+        self.skipped = 0
+        """Records delivered again after a restart whose counts the journal already held."""
 
     def rebuild(self) -> None:
         """The views from the whole journal (after recovery: every assigned partition)."""
@@ -72,11 +74,16 @@ class Counter:
             self.rebuild()
         key = position(partition, offset)
         if self.journal.get(key) is not None:
-            return "replayed"  # counted before a crash; its offset was not committed
+            # Counted before a crash or rebalance; its offset was not committed yet.
+            self.skipped += 1
+            return "journalled"
         outcome, entry = record(self.views, raw, ts)
         self.journal[key] = entry
         replay(self.views, entry)
         return outcome
+
+    def status(self) -> dict[str, int]:
+        return {"journal_records": len(self.journal.data), "skipped_journalled": self.skipped}
 
     # Readers (the HTTP API): every partition is local (one replica, see README).
 

@@ -74,7 +74,12 @@ def _last(request: web.Request, default: int = 60) -> int:
     return int(raw)
 
 
-def build_web_app(reader: KpiReader, ready: Ready, budget_usd: float) -> web.Application:
+def build_web_app(
+    reader: KpiReader,
+    ready: Ready,
+    budget_usd: float,
+    status: Callable[[], dict[str, int]] = dict,
+) -> web.Application:
     app = web.Application(middlewares=[_unknown_names])
     registry = CollectorRegistry(auto_describe=False)
     from services.analytics.prom import KpiCollector
@@ -86,7 +91,8 @@ def build_web_app(reader: KpiReader, ready: Ready, budget_usd: float) -> web.App
 
     async def readyz(_: web.Request) -> web.Response:
         ok, why = ready()
-        return _json({"status": "ready" if ok else "not ready", "detail": why}, 200 if ok else 503)
+        body = {"status": "ready" if ok else "not ready", "detail": why, **status()}
+        return _json(body, 200 if ok else 503)
 
     async def metrics(_: web.Request) -> web.Response:
         body = metrics_exposition() + generate_latest(registry)

@@ -73,6 +73,10 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/promises": _get("The product's promises, each pass, fail or no data"),
         "/metrics": _get("Prometheus text exposition (imagegen_analytics_*)"),
         "/healthz": _get("Alive"),
-        "/readyz": _get("Tables recovered and partitions assigned (503 until then)"),
+        "/readyz": _get(
+            "Journal read back, views rebuilt and partitions assigned (503 until then);"
+            " `journal_records`, and `skipped_journalled`: records delivered again after a"
+            " restart that the journal had already counted"
+        ),
     },
 }
