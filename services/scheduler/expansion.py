@@ -402,12 +402,15 @@ def validate_story(story: StorySpec) -> None:
                 f"story.pages[page {page.page_number}].character_ids: "
                 f"{unknown[0]!r} is not a character of the story"
             )
-        on_page = len(set(page.character_ids)) if page.character_ids else len(ids)
-        if on_page > MAX_SCENE_CHARACTERS:
-            raise PermanentError(
-                f"story.pages[page {page.page_number}].character_ids: at most "
-                f"{MAX_SCENE_CHARACTERS} characters in one scene (name them for this page)"
-            )
+        if len(set(page.character_ids)) > MAX_SCENE_CHARACTERS:
+            raise _crowded(page.page_number)
+
+
+def _crowded(page_number: int) -> PermanentError:
+    return PermanentError(
+        f"story.pages[page {page_number}].character_ids: at most "
+        f"{MAX_SCENE_CHARACTERS} characters in one scene (name them for this page)"
+    )
 
 
 def _plan_story(
@@ -453,6 +456,9 @@ def _plan_story(
                 derived=readings.get(page.page_number),
                 narrow=not listed,
             )
+            # A page that lists no one may still show too many: those its text names.
+            if len(scene.characters) > MAX_SCENE_CHARACTERS:
+                raise _crowded(page.page_number)
             waits = frozenset(portrait_of[c.id] for c in scene.characters if c.id in portrait_of)
             for shot in range(request.images_per_page):
                 drafts.append(

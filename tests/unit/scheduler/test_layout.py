@@ -11,7 +11,15 @@ import pytest
 from imagegen.errors import PermanentError
 from schemas.characters import CharacterSpec
 from schemas.jobs import CharacterRegion
-from schemas.requests import AspectRatio, GenerateScene, Quality, UserTier
+from schemas.requests import (
+    AspectRatio,
+    GenerateScene,
+    GenerateStory,
+    Quality,
+    StoryPage,
+    StorySpec,
+    UserTier,
+)
 from services.scheduler.dispatch import with_dependency_keys
 from services.scheduler.expansion import plan
 from services.scheduler.layout import grid_for, plan_layout
@@ -99,3 +107,14 @@ def test_a_portrait_the_scene_waited_for_conditions_only_its_own_characters_regi
         ["uploads/c0.png", "portraits/c0.png"],
         ["uploads/c1.png", "portraits/c1.png"],
     ]
+
+
+def test_a_big_cast_story_draws_the_characters_each_page_names() -> None:
+    crowd = [CharacterSpec(id=f"c{i}", name=f"Kid{i}", seed=i) for i in range(6)]
+    pages = [StoryPage(page_number=1, text="Kid1 and Kid4 build a raft.")]
+    story = StorySpec(id="s", title="Six", pages=pages, characters=crowd)
+    request = GenerateStory(
+        job_id="j", user_id="u", tier=UserTier.PAID, story=story, include_character_portraits=False
+    )
+    (scene,) = plan(request, steps=20, guidance=7.0)
+    assert [r.character_id for r in scene.job.layout] == ["c1", "c4"]
