@@ -6,6 +6,7 @@ Jobs are self-contained: a generator never looks a character up, it gets everyth
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from pydantic import Field
 
@@ -72,7 +73,7 @@ class CharacterSpec(Contract):
         Uploaded reference photos and the name do not change the look the prompt asks for,
         so they are left out.
         """
-        fields: dict[str, object] = dict.fromkeys(
+        fields: dict[str, Any] = dict.fromkeys(
             ("description", "attributes", "style_modifiers", "art_style", "seed"), True
         )
         if self.lora is not None:  # only when set: fingerprints without a LoRA stay as they were

@@ -316,7 +316,7 @@ async def create(
 
 def apply_update(record: CharacterRecord, patch: CharacterUpdate) -> CharacterRecord:
     """The record as the patch would leave it (not saved); validation errors name fields."""
-    changes = patch.model_dump(exclude_unset=True, exclude=LORA_FIELDS)
+    changes = patch.model_dump(exclude_unset=True, exclude=set(LORA_FIELDS))
     attributes = record.attributes
     if patch.attributes is not None:
         merged = attributes.model_dump()
