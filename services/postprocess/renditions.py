@@ -175,7 +175,7 @@ def _print(
     if text is None and enhanced.mode == "RGB" and isinstance(upscaler, OpenCVSharpenUpscaler):
         # The common case stays in OpenCV from the enlargement to the JPEG: no 2048 px
         # Pillow copy, and OpenCV's encoder works from the packed array.
-        bgr = cv2.cvtColor(np.asarray(enhanced), cv2.COLOR_RGB2BGR)
+        bgr = np.asarray(cv2.cvtColor(np.asarray(enhanced), cv2.COLOR_RGB2BGR), np.uint8)
         data = _jpeg_pixels(upscaler.upscale_pixels(bgr, size), 95, limit)
         return RenderedImage("print", data, size[0], size[1], "jpeg", "image/jpeg")
     upscaled = upscaler.upscale(enhanced, size)

@@ -103,7 +103,7 @@ class OpenCVSharpenUpscaler:
         sharpened = cv2.addWeighted(pixels, 1 + _SHARPEN_AMOUNT, blurred, -_SHARPEN_AMOUNT, 0)
         flat = cv2.absdiff(pixels, blurred) < _SHARPEN_THRESHOLD
         np.copyto(sharpened, pixels, where=flat)
-        return cv2.resize(sharpened, size, interpolation=cv2.INTER_CUBIC)
+        return np.asarray(cv2.resize(sharpened, size, interpolation=cv2.INTER_CUBIC), np.uint8)
 
 
 def fit_within(size: tuple[int, int], box: int) -> tuple[int, int]:
