@@ -162,6 +162,7 @@ def our_stack(
     s3_port: int | None = None,
     s3_endpoint: str | None = None,
     env: dict[str, str] | None = None,
+    startup_s: float = 180.0,
 ) -> Iterator[OurStack]:
     """The whole stack on fresh ports with `STACK_ENV`; stopped with SIGINT, database dropped.
 
@@ -169,7 +170,7 @@ def our_stack(
     (with `broker_storage` "s3" or "memory"). `pg_port`: the PostgreSQL server to use
     (`imagegen up`'s default, 5432, else an embedded one). `s3_port`: SeaweedFS's S3 port;
     `s3_endpoint`: where the services reach it instead (a counting proxy). `env`: more
-    environment for every process of the stack.
+    environment for every process of the stack. `startup_s`: how long it may take to come up.
     """
     database = f"bench_{uuid.uuid4().hex[:8]}"
     options: dict[str, Any] = {
@@ -199,7 +200,7 @@ def our_stack(
     output: list[str] = []
     threading.Thread(target=_pump, args=(proc, lines, output), daemon=True).start()
     found: dict[str, str] = {}
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + startup_s
     try:
         while "token" not in found:
             if time.monotonic() > deadline or proc.poll() is not None:

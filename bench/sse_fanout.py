@@ -261,21 +261,27 @@ if _gateway and os.environ.get("BENCH_TRACEMALLOC_DIR"):
     tracemalloc.start()
     _last = []
 
+    def _write(name, payload):
+        path = os.path.join(os.environ["BENCH_TRACEMALLOC_DIR"], name)
+        with open(path + ".tmp", "w") as out:
+            json.dump(payload, out)
+        os.replace(path + ".tmp", path)
+
     def _dump(signum, frame):
+        # The total first (instant), then the sites that grew (a snapshot of every
+        # allocation: slow with thousands of streams on a busy machine).
+        current, peak = tracemalloc.get_traced_memory()
+        _write(f"{os.getpid()}.json", {"current": current, "peak": peak})
         snapshot = tracemalloc.take_snapshot().filter_traces(
             [tracemalloc.Filter(False, tracemalloc.__file__)]
         )
-        current, peak = tracemalloc.get_traced_memory()
         grew = []
         if _last:
             for stat in snapshot.compare_to(_last[0], "lineno")[:15]:
                 frame_ = stat.traceback[0]
                 grew.append([f"{frame_.filename}:{frame_.lineno}", stat.size_diff, stat.count_diff])
         _last[:] = [snapshot]
-        path = os.path.join(os.environ["BENCH_TRACEMALLOC_DIR"], f"{os.getpid()}.json")
-        with open(path + ".tmp", "w") as out:
-            json.dump({"current": current, "peak": peak, "grew": grew}, out)
-        os.replace(path + ".tmp", path)
+        _write(f"{os.getpid()}.sites.json", grew)
 
     signal.signal(signal.SIGUSR2, _dump)
 """
@@ -285,6 +291,7 @@ async def _traced(pid: int, folder: Path, timeout: float = 120.0) -> dict[str, A
     """Ask the gateway for its traced memory (SIGUSR2) and read its answer."""
     path = folder / f"{pid}.json"
     path.unlink(missing_ok=True)
+    (folder / f"{pid}.sites.json").unlink(missing_ok=True)
     os.kill(pid, signal.SIGUSR2)
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -293,6 +300,19 @@ async def _traced(pid: int, folder: Path, timeout: float = 120.0) -> dict[str, A
         await asyncio.sleep(0.2)
     found: dict[str, Any] = json.loads(path.read_text())
     return found
+
+
+async def _sites(pid: int, folder: Path, timeout: float) -> list[Any]:
+    """The allocation sites that grew since the previous dump, if the gateway gets them
+    written within `timeout` s (empty otherwise)."""
+    path = folder / f"{pid}.sites.json"
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    if not path.exists():
+        return []
+    sites: list[Any] = json.loads(path.read_text())
+    return sites
 
 
 async def traced_per_stream(
@@ -321,14 +341,16 @@ async def traced_per_stream(
 
         await paced(2, 3, fire)
         await asyncio.sleep(5)
-        await _traced(pid, folder)  # the reference snapshot
-        before = await _traced(pid, folder)  # and one taken after it: the baseline figure
+        await _traced(pid, folder)
+        await _sites(pid, folder, 120)  # the reference snapshot, before any stream
+        before = await _traced(pid, folder)
         try:
             await fan.grow_to(args.tracemalloc)
             await asyncio.sleep(2)
             await paced(1, len(fan.users), fire)  # every user's streams deliver an event
             await asyncio.sleep(args.settle)
             after = await _traced(pid, folder)
+            grew = await _sites(pid, folder, 300)
         finally:
             await fan.close()
     streams = args.tracemalloc
@@ -338,7 +360,7 @@ async def traced_per_stream(
         "traced_kib_per_stream": round((after["current"] - before["current"]) / streams / 1024, 1),
         "grew_most": [
             {"where": where, "kib_per_stream": round(size / streams / 1024, 2), "blocks": count}
-            for where, size, count in after["grew"]
+            for where, size, count in grew
         ],
     }
     print(
@@ -419,7 +441,8 @@ def main() -> None:
             dumps.mkdir()
             env = {"PYTHONPATH": str(hook), "BENCH_TRACEMALLOC_DIR": str(dumps)}
             try:
-                with our_stack(Path(tmp) / "stack", env=env) as stack:
+                # A tracing gateway starts slowly (every import traced): give it time.
+                with our_stack(Path(tmp) / "stack", env=env, startup_s=600) as stack:
                     results["tracemalloc"] = asyncio.run(traced_per_stream(stack, dumps, args))
             except (RuntimeError, OSError) as exc:
                 print(f"note: no tracemalloc figure: {exc}")
