@@ -149,8 +149,9 @@ async def test_a_lora_url_is_fetched_once_at_creation(gateway: Gateway, user: st
     character = await gateway.create_character(
         user, loraModelUrl=url, lora_trigger_word="ohwx", loraWeight=0.9
     )
-    assert character["lora"]["sourceUrl"] == url
-    assert (character["lora"]["triggerWord"], character["lora"]["weight"]) == ("ohwx", 0.9)
+    lora = character["lora"]
+    assert isinstance(lora, dict) and lora["sourceUrl"] == url
+    assert (lora["triggerWord"], lora["weight"]) == ("ohwx", 0.9)
     assert served.seen == [url]  # type: ignore[attr-defined]
     sha256 = hashlib.sha256(LORA).hexdigest()
     assert await gateway.blobs.get(f"loras/{user}/{character['id']}/{sha256}.safetensors") == LORA

@@ -31,7 +31,7 @@ WIDTH, HEIGHT = 128, 64  # a wide page: two characters side by side
 LEFT, RIGHT = (0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)
 
 
-class RecordingProcessor(IPAdapterAttnProcessor2_0):  # type: ignore[misc]
+class RecordingProcessor(IPAdapterAttnProcessor2_0):
     """diffusers' IP-Adapter attention, keeping each call's adapter tokens and masks."""
 
     calls: list[dict[str, Any]]
@@ -44,7 +44,7 @@ class RecordingProcessor(IPAdapterAttnProcessor2_0):  # type: ignore[misc]
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         scale: float = 1.0,
-        ip_adapter_masks: list[torch.Tensor] | None = None,
+        ip_adapter_masks: Any = None,
     ) -> Any:
         queries = (
             hidden_states.shape[-2] * hidden_states.shape[-1]
@@ -76,8 +76,9 @@ def _record(backend: DiffusersBackend) -> list[dict[str, Any]]:
     processors: dict[str, Any] = {}
     for name, processor in unet.attn_processors.items():
         if isinstance(processor, IPAdapterAttnProcessor2_0):
-            processor.__class__ = RecordingProcessor  # same weights, same maths
-            processor.calls = calls
+            recording: Any = processor
+            recording.__class__ = RecordingProcessor  # same weights, same maths
+            recording.calls = calls
         processors[name] = processor
     unet.set_attn_processor(processors)
     return calls

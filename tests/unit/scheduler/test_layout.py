@@ -102,7 +102,7 @@ def test_a_portrait_the_scene_waited_for_conditions_only_its_own_characters_regi
         return {"message": json.dumps({"image": {"character_id": character_id}})}
 
     stored = [(portrait_of("c1"), "portraits/c1.png"), (portrait_of("c0"), "portraits/c0.png")]
-    regions = with_dependency_keys(scene.job, stored)  # type: ignore[arg-type]
+    regions = with_dependency_keys(scene.job, stored)
     assert [r.reference_keys for r in regions] == [
         ["uploads/c0.png", "portraits/c0.png"],
         ["uploads/c1.png", "portraits/c1.png"],
