@@ -38,7 +38,7 @@ EXPECTED: dict[str, tuple[dict[str, set[str]], set[str]]] = {
     ),
     "scheduler": (
         {
-            T.requests: CONSUME,
+            T.requests: CONSUME | PRODUCE,  # discard_image, to storage
             T.events: CONSUME | PRODUCE,
             **dict.fromkeys(JOBS, PRODUCE),
             T.control: PRODUCE,
@@ -108,10 +108,16 @@ def test_committed_files_are_generated() -> None:
     assert (ROOT / MTLS_OVERLAY_FILE).read_text() == mtls_overlay_yaml()
 
 
+# Written by hand beside its Deployment (deploy/k8s/base/analytics.yaml): faust names its
+# changelog topics and transactional ids itself, so it holds prefix grants on its own names.
+ANALYTICS = "analytics"
+ANALYTICS_PREFIX = "imagegen.analytics-"
+
+
 @pytest.mark.parametrize("overlay", ["dev", "prod", "prod-mtls"])
 def test_each_service_user_grants_exactly_what_it_needs(overlay: str) -> None:
     users = _users(overlay)
-    assert set(users) == {user_name(s) for s in EXPECTED}
+    assert set(users) == {user_name(s) for s in (*EXPECTED, ANALYTICS)}
     kind = "tls" if overlay == "prod-mtls" else "scram-sha-512"
     for service, expected in EXPECTED.items():
         user = users[user_name(service)]
@@ -119,6 +125,26 @@ def test_each_service_user_grants_exactly_what_it_needs(overlay: str) -> None:
         assert user["spec"]["authentication"] == {"type": kind}
         assert user["spec"]["authorization"]["type"] == "simple"
         assert _grants(user) == expected, service
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod", "prod-mtls"])
+def test_analytics_reads_events_and_owns_only_its_own_names(overlay: str) -> None:
+    user = _users(overlay)[user_name(ANALYTICS)]
+    kind = "tls" if overlay == "prod-mtls" else "scram-sha-512"
+    assert user["spec"]["authentication"] == {"type": kind}
+    grants = {
+        (a["resource"]["type"], a["resource"]["name"], a["resource"]["patternType"]): set(
+            a["operations"]
+        )
+        for a in user["spec"]["authorization"]["acls"]
+    }
+    assert grants[("topic", T.events, "literal")] == CONSUME
+    assert grants[("group", "imagegen.analytics", "literal")] == {"Read", "Describe"}
+    for (kind_, name, pattern), operations in grants.items():
+        if pattern == "prefix":
+            assert name == ANALYTICS_PREFIX, (kind_, name)
+        elif kind_ == "topic":
+            assert (name, operations) == (T.events, CONSUME), "reads events, writes no topic"
 
 
 def _containers(overlay: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
@@ -170,7 +196,7 @@ def test_pods_log_in_with_their_own_scram_secret(overlay: str) -> None:
             "items": [{"key": "ca.crt", "path": "ca.crt"}],
         }
         seen.add(component)
-    assert seen == set(EXPECTED)
+    assert seen == {*EXPECTED, ANALYTICS}
 
 
 def test_prod_mtls_pods_log_in_with_their_own_certificate() -> None:
@@ -192,7 +218,7 @@ def test_prod_mtls_pods_log_in_with_their_own_certificate() -> None:
             ],
         }
         seen.add(component)
-    assert seen == set(EXPECTED)
+    assert seen == {*EXPECTED, ANALYTICS}
 
 
 @pytest.mark.parametrize("overlay", ["prod", "prod-mtls"])
