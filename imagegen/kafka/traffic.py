@@ -80,15 +80,21 @@ def _resolve(futures: dict[Any, Any], timeout: float) -> dict[Any, Any]:
     return {key: future.result(timeout=timeout) for key, future in futures.items()}
 
 
-def snapshot(bootstrap: str, prefix: str, timeout: float = 15.0) -> Snapshot:
+def _ours(name: str, prefix: str, ignore: tuple[str, ...]) -> bool:
+    return name.startswith(prefix) and not name.startswith(ignore)
+
+
+def snapshot(
+    bootstrap: str, prefix: str, timeout: float = 15.0, ignore: tuple[str, ...] = ()
+) -> Snapshot:
     """Offsets of every topic and consumer group whose name starts with `prefix` (the
-    namespace and a dot, `imagegen.`)."""
+    namespace and a dot, `imagegen.`) and with none of `ignore`."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     metadata = admin.list_topics(timeout=timeout)
     partitions = [
         TopicPartition(name, p)
         for name, topic in metadata.topics.items()
-        if name.startswith(prefix)
+        if _ours(name, prefix, ignore)
         for p in topic.partitions
     ]
     ends: dict[_Partition, int] = {}
@@ -100,7 +106,7 @@ def snapshot(bootstrap: str, prefix: str, timeout: float = 15.0) -> Snapshot:
     groups = sorted(
         g.group_id
         for g in admin.list_consumer_groups().result(timeout=timeout).valid
-        if g.group_id.startswith(prefix)
+        if _ours(g.group_id, prefix, ignore)
     )
     committed: dict[str, dict[_Partition, int]] = {}
     subscribed: dict[str, set[str]] = {}
@@ -108,7 +114,10 @@ def snapshot(bootstrap: str, prefix: str, timeout: float = 15.0) -> Snapshot:
         described = _resolve(admin.describe_consumer_groups(groups), timeout)
         for group, description in described.items():
             subscribed[group] = {
-                tp.topic for m in description.members for tp in m.assignment.topic_partitions
+                tp.topic
+                for m in description.members
+                for tp in m.assignment.topic_partitions
+                if _ours(tp.topic, prefix, ignore)
             }
     for group in groups:
         # One group per request: the AdminClient asks for the offsets of one group at a time.
@@ -117,7 +126,7 @@ def snapshot(bootstrap: str, prefix: str, timeout: float = 15.0) -> Snapshot:
         committed[group] = {
             (tp.topic, tp.partition): tp.offset
             for tp in result.topic_partitions
-            if tp.offset >= 0 and tp.topic.startswith(prefix)
+            if tp.offset >= 0 and _ours(tp.topic, prefix, ignore)
         }
     return Snapshot(ends, committed, subscribed)
 
@@ -139,7 +148,12 @@ def traffic(before: Snapshot, after: Snapshot) -> Traffic:
 
 
 def wait_settled(
-    bootstrap: str, prefix: str, *, timeout: float = 60.0, quiet_s: float = 3.0
+    bootstrap: str,
+    prefix: str,
+    *,
+    timeout: float = 60.0,
+    quiet_s: float = 3.0,
+    ignore: tuple[str, ...] = (),
 ) -> Snapshot:
     """A snapshot once every group has committed all it is assigned and nothing moved for
     `quiet_s` (commits are periodic, and a last event may still be on its way)."""
@@ -147,7 +161,7 @@ def wait_settled(
     last: Snapshot | None = None
     still_since = time.monotonic()
     while True:
-        now = snapshot(bootstrap, prefix)
+        now = snapshot(bootstrap, prefix, ignore=ignore)
         caught_up = not any(now.lag().values())
         if last is None or (now.ends, now.committed) != (last.ends, last.committed):
             still_since = time.monotonic()
