@@ -48,7 +48,7 @@ from services.scheduler.catalogue import Catalogue, offered
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.jobs import CANCELLING, JobBook
 from services.scheduler.ledger import Ledger, usd
-from services.scheduler.outbox import SOURCE, OutboxRelay, remember_trace
+from services.scheduler.outbox import SOURCE, OutboxRelay, remember_trace, staged
 from services.scheduler.planning import (
     JobPlan,
     characters_of,
@@ -119,9 +119,10 @@ class Scheduler:
         if not isinstance(request, _OURS):
             return  # deletes and reviews belong to storage
         readings = await self._read_scenes(request)
+        before = staged()
         async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
             await self._apply_request(conn, request, readings)
-        self.relay.wake()
+        self._wake_relay(before)
 
     async def on_requests(self, records: Sequence[Record]) -> None:
         """`on_request` for several records in one transaction."""
@@ -133,11 +134,12 @@ class Scheduler:
         if not ours:
             return
         readings = [await self._read_scenes(request) for _, request in ours]
+        before = staged()
         async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
             for (record, request), read in zip(ours, readings, strict=True):
                 with handling(record):
                     await self._apply_request(conn, request, read)
-        self.relay.wake()
+        self._wake_relay(before)
 
     async def _apply_request(
         self, conn: asyncpg.Connection, request: Request, readings: dict[int, SceneFacts]
@@ -282,9 +284,10 @@ class Scheduler:
         if not self._wanted(event):
             return
         self._track_health(event)
+        before = staged()
         async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
             await self._apply_event(conn, event)
-        self.relay.wake()
+        self._wake_relay(before)
 
     async def on_events(self, records: Sequence[Record]) -> None:
         """`on_event` for several records in one transaction (none when none is wanted)."""
@@ -297,11 +300,17 @@ class Scheduler:
             return
         for _, event in wanted:
             self._track_health(event)  # counted once per event id, whatever happens next
+        before = staged()
         async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
             for record, event in wanted:
                 with handling(record):
                     await self._apply_event(conn, event)
-        self.relay.wake()
+        self._wake_relay(before)
+
+    def _wake_relay(self, staged_before: int) -> None:
+        """After a commit: publish what it staged now (nothing staged, no relay pass)."""
+        if staged() > staged_before:
+            self.relay.wake()
 
     @staticmethod
     def _wanted(event: Event) -> bool:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from contextvars import ContextVar
 
 import asyncpg
 from pydantic import BaseModel
@@ -28,6 +29,13 @@ from schemas.jobs import GenerateImage
 log = logging.getLogger(__name__)
 SOURCE = "imagegen/scheduler"
 _RELAY_LOCK = "scheduler.outbox.relay"
+_STAGED: ContextVar[int] = ContextVar("scheduler_outbox_staged", default=0)
+
+
+def staged() -> int:
+    """How many messages this task has staged so far: a handler that staged none after its
+    commit has nothing to wake the relay for (each relay pass is a transaction)."""
+    return _STAGED.get()
 
 
 async def stage(
@@ -48,6 +56,7 @@ async def stage(
     headers = {ENQUEUED_AT_HEADER: f"{_enqueued_at(value):.6f}"}
     if traceparent:
         headers["traceparent"] = traceparent
+    _STAGED.set(_STAGED.get() + 1)
     await conn.execute(
         "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)",
         topic,
@@ -129,7 +138,8 @@ class OutboxRelay:
     async def run(self) -> None:
         while not self._stopping.is_set():
             try:
-                while await self.drain_once():
+                # A short batch emptied the table (what was staged meanwhile woke us again).
+                while await self.drain_once() >= self._batch:
                     pass
             except RetryableError as exc:
                 log.warning("event=outbox_relay_retry error=%r", str(exc))
