@@ -137,13 +137,14 @@ class OutboxRelay:
 
     async def run(self) -> None:
         while not self._stopping.is_set():
+            # Cleared before the pass: a commit that stages during it wakes the next one.
+            self._wake.clear()
             try:
-                # A short batch emptied the table (what was staged meanwhile woke us again).
+                # A short batch emptied the table as it was when the pass began.
                 while await self.drain_once() >= self._batch:
                     pass
             except RetryableError as exc:
                 log.warning("event=outbox_relay_retry error=%r", str(exc))
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
         # A graceful stop leaves nothing staged behind that this instance could publish.
