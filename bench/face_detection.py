@@ -18,7 +18,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,36 @@ from services.generator.backends.demo_faces import DemoFaceBackend  # noqa: E402
 from services.postprocess.consistency import DlibFaceEncoder, _model_dir, prepare  # noqa: E402
 
 
+def demo_seeds(identities: int) -> list[int]:
+    """A fixed draw of character seeds (the stack draws them at random)."""
+    return random.Random(20).sample(range(2**31), identities)
+
+
+def demo_faces(seeds: list[int], images: int, size: int) -> Iterator[tuple[int, Image.Image]]:
+    """`images` demo images of each identity, as a pack of its character would have."""
+    backend = DemoFaceBackend()
+    backend.load()
+    for identity in seeds:
+        for index in range(images):
+            request = GenerationRequest(
+                prompt="",
+                negative_prompt="",
+                seed=1000 + index * 7919,
+                width=size,
+                height=size,
+                steps=1,
+                guidance=1.0,
+                identity_seed=identity,
+            )
+            png = backend.generate(request, lambda s, t: None, CancelToken()).png
+            yield identity, Image.open(io.BytesIO(png)).convert("RGB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--identities", type=int, default=24)
     parser.add_argument("--images", type=int, default=5)
     args = parser.parse_args()
-    backend = DemoFaceBackend()
-    backend.load()
     hog = dlib.get_frontal_face_detector()
     cnn = dlib.cnn_face_detection_model_v1(str(_model_dir() / "mmod_human_face_detector.dat"))
     encoder = DlibFaceEncoder()
@@ -54,32 +77,20 @@ def main() -> None:
         "cnn mmod at 160 px": lambda px: cnn(shrunk(px, 160), 0),
         "cascade hog, cnn, hog x2 (now)": lambda px: encoder._detect(px, 1),
     }
-    seeds = random.Random(20).sample(range(2**31), args.identities)
+    seeds = demo_seeds(args.identities)
     found = {name: 0 for name in detectors}
     seconds = {name: 0.0 for name in detectors}
     per_identity: dict[str, dict[int, int]] = {name: {} for name in detectors}
     total = 0
-    for identity in seeds:
-        for index in range(args.images):
-            request = GenerationRequest(
-                prompt="",
-                negative_prompt="",
-                seed=1000 + index * 7919,
-                width=256,
-                height=256,
-                steps=1,
-                guidance=1.0,
-                identity_seed=identity,
-            )
-            png = backend.generate(request, lambda s, t: None, CancelToken()).png
-            pixels = np.asarray(prepare(Image.open(io.BytesIO(png))), dtype=np.uint8)
-            total += 1
-            for name, detect in detectors.items():
-                started = time.perf_counter()
-                hit = bool(detect(pixels))
-                seconds[name] += time.perf_counter() - started
-                found[name] += hit
-                per_identity[name][identity] = per_identity[name].get(identity, 0) + hit
+    for identity, image in demo_faces(seeds, args.images, 256):
+        pixels = np.asarray(prepare(image), dtype=np.uint8)
+        total += 1
+        for name, detect in detectors.items():
+            started = time.perf_counter()
+            hit = bool(detect(pixels))
+            seconds[name] += time.perf_counter() - started
+            found[name] += hit
+            per_identity[name][identity] = per_identity[name].get(identity, 0) + hit
     load = os.getloadavg()
     result: dict[str, Any] = {
         "images": total,

@@ -13,10 +13,8 @@ and writes bench/results/safety_classifier.json. Not a test: nothing here assert
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -27,32 +25,10 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+from face_detection import demo_faces, demo_seeds  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from imagegen.safety import SafetyCheck, load_nsfwjs  # noqa: E402
-from services.generator.backends.base import CancelToken, GenerationRequest  # noqa: E402
-from services.generator.backends.demo_faces import DemoFaceBackend  # noqa: E402
-
-
-def demo_faces(identities: int, images: int) -> list[Image.Image]:
-    backend = DemoFaceBackend()
-    backend.load()
-    out = []
-    for identity in random.Random(20).sample(range(2**31), identities):
-        for index in range(images):
-            request = GenerationRequest(
-                prompt="",
-                negative_prompt="",
-                seed=1000 + index * 7919,
-                width=512,
-                height=512,
-                steps=1,
-                guidance=1.0,
-                identity_seed=identity,
-            )
-            png = backend.generate(request, lambda s, t: None, CancelToken()).png
-            out.append(Image.open(io.BytesIO(png)).convert("RGB"))
-    return out
 
 
 def tiny_pipeline_images(count: int) -> list[Image.Image]:
@@ -99,7 +75,9 @@ def main() -> None:
     check = SafetyCheck(load_nsfwjs(args.package))
     load_s = time.perf_counter() - started
     sets = {
-        "demo faces": demo_faces(args.identities, args.images),
+        "demo faces": [
+            image for _, image in demo_faces(demo_seeds(args.identities), args.images, 512)
+        ],
         "test images": test_images() + tiny_pipeline_images(4),
     }
     result: dict[str, object] = {

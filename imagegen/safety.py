@@ -33,7 +33,6 @@ from imagegen.errors import ConfigurationError
 Audience = Literal["general", "children"]
 CLASSES = ("drawing", "hentai", "neutral", "porn", "sexy")
 UNSAFE = ("hentai", "porn", "sexy")
-_SIZE = 224
 NSFWJS_VERSION = "4.4.0"
 
 
@@ -107,7 +106,7 @@ def _js_literal(text: str) -> Any:
 def _read_model(folder: Path) -> tuple[list[dict[str, Any]], dict[str, NDArray[np.float32]]]:
     """The Keras layers and the dequantised weights, by name."""
     module = (folder / "model.min.js").read_text()
-    start = module.index("a.exports=") + len("a.exports=")
+    start = module.index("{modelTopology:")
     end = module.rindex("},{}]},{},[1])(1)});")
     spec = _js_literal(module[start:end])
     layers: list[dict[str, Any]] = spec["modelTopology"]["model_config"]["config"]["layers"]
@@ -141,106 +140,172 @@ Array = NDArray[np.float32]
 
 
 def _conv(x: Array, kernel: Array, stride: int, depthwise: bool) -> Array:
-    """A 'valid' convolution of NHWC `x`: one shifted slice per kernel tap (a matmul for a
+    """A 'valid' convolution of NHWC `x`: one shifted slice per kernel tap (a GEMM for a
     full convolution, a per-channel product for a depthwise one)."""
     kh, kw = kernel.shape[:2]
-    _, h, w, _ = x.shape
-    oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
     out: Array | None = None
-    for i in range(kh):
-        for j in range(kw):
-            part = x[
-                :, i : i + (oh - 1) * stride + 1 : stride, j : j + (ow - 1) * stride + 1 : stride
-            ]
-            if depthwise:
-                tap = part * kernel[i, j, :, 0]
-            else:  # one GEMM: numpy's matmul of a 4-d array would loop over rows
-                flat = np.ascontiguousarray(part).reshape(-1, part.shape[-1]) @ kernel[i, j]
-                tap = flat.reshape(*part.shape[:3], -1)
-            out = tap if out is None else out + tap
+    for tap, part in zip(
+        ((i, j) for i in range(kh) for j in range(kw)), _windows(x, kh, kw, stride), strict=True
+    ):
+        if depthwise:
+            term = part * kernel[tap][:, 0]
+        else:  # one GEMM: numpy's matmul of a 4-d array would loop over rows
+            flat = np.ascontiguousarray(part).reshape(-1, part.shape[-1]) @ kernel[tap]
+            term = flat.reshape(*part.shape[:3], -1)
+        out = term if out is None else out + term
     assert out is not None
     return out
 
 
-class NsfwjsClassifier:
-    """nsfwjs's MobileNetV2 (MIT) evaluated with numpy on CPU (~3.5 MB, 224 px input)."""
+Op = Callable[[list[Array]], Array]
+Weight = Callable[[str], "Array | None"]
 
-    def __init__(self, folder: Path) -> None:
+
+def _same_pad(x: Array, kh: int, kw: int, value: float = 0.0) -> Array:
+    """Pad for a 'same' stride-1 window (odd sizes: symmetric)."""
+    return np.pad(
+        x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)), constant_values=value
+    )
+
+
+def _windows(x: Array, kh: int, kw: int, stride: int) -> list[Array]:
+    """The strided slices of `x` under each tap of a kh x kw window ('valid')."""
+    _, h, w, _ = x.shape
+    oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
+    return [
+        x[:, i : i + (oh - 1) * stride + 1 : stride, j : j + (ow - 1) * stride + 1 : stride]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
+def _conv_op(config: dict[str, Any], weight: Weight, depthwise: bool) -> Op:
+    stride = config["strides"][0]
+    same = config["padding"] == "same"
+    if same and stride != 1:
+        raise ConfigurationError(f"nsfwjs layer {config['name']}: 'same' padding with a stride")
+    kernel = weight("depthwise_kernel" if depthwise else "kernel")
+    assert kernel is not None
+    bias = weight("bias") if config["use_bias"] else None
+    activation = _activation(config.get("activation", "linear"))
+
+    def conv(xs: list[Array]) -> Array:
+        x = _same_pad(xs[0], *kernel.shape[:2]) if same else xs[0]
+        out = _conv(x, kernel, stride, depthwise)
+        return activation(out if bias is None else out + bias)
+
+    return conv
+
+
+def _activation(name: str) -> Callable[[Array], Array]:
+    if name == "linear":
+        return lambda x: x
+    if name == "relu":
+        return lambda x: np.maximum(x, np.float32(0.0))
+    if name == "softmax":
+
+        def softmax(x: Array) -> Array:
+            e = np.exp(x - x.max(axis=-1, keepdims=True))
+            probabilities: Array = e / e.sum(axis=-1, keepdims=True)
+            return probabilities
+
+        return softmax
+    raise ConfigurationError(f"nsfwjs activation {name!r} is not supported")
+
+
+def _batch_norm(config: dict[str, Any], weight: Weight) -> Op:
+    mean, variance = weight("moving_mean"), weight("moving_variance")
+    assert mean is not None and variance is not None
+    gamma = weight("gamma") if config.get("scale", True) else None
+    beta = weight("beta") if config.get("center", True) else None
+    scale = (1.0 if gamma is None else gamma) / np.sqrt(variance + config["epsilon"])
+    shift = (0.0 if beta is None else beta) - mean * scale
+    return lambda xs: xs[0] * scale + shift
+
+
+def _pool(config: dict[str, Any], weight: Weight, average: bool) -> Op:
+    kh, kw = config["pool_size"]
+    stride = config["strides"][0]
+    same = config["padding"] == "same"
+    if same and stride != 1:
+        raise ConfigurationError(f"nsfwjs layer {config['name']}: 'same' pooling with a stride")
+
+    def pool(xs: list[Array]) -> Array:
+        x = xs[0]
+        if not average:
+            padded = _same_pad(x, kh, kw, -np.inf) if same else x
+            top: Array = np.max(_windows(padded, kh, kw, stride), axis=0)
+            return top
+        if not same:
+            mean: Array = np.mean(_windows(x, kh, kw, stride), axis=0)
+            return mean
+        # TensorFlow's 'same' average leaves the padding out of each window's count.
+        total = np.sum(_windows(_same_pad(x, kh, kw), kh, kw, 1), axis=0)
+        ones = _same_pad(np.ones((1, *x.shape[1:3], 1), np.float32), kh, kw)
+        count = np.sum(_windows(ones, kh, kw, 1), axis=0)
+        averaged: Array = total / count
+        return averaged
+
+    return pool
+
+
+def _dense(config: dict[str, Any], weight: Weight) -> Op:
+    kernel, bias = weight("kernel"), weight("bias")
+    assert kernel is not None and bias is not None
+    activation = _activation(config["activation"])
+    return lambda xs: activation(xs[0] @ kernel + bias)
+
+
+def _zero_padding(config: dict[str, Any], weight: Weight) -> Op:
+    (top, bottom), (left, right) = config["padding"]
+    return lambda xs: np.pad(xs[0], ((0, 0), (top, bottom), (left, right), (0, 0)))
+
+
+_BUILDERS: dict[str, Callable[[dict[str, Any], Weight], Op]] = {
+    "InputLayer": lambda config, weight: lambda xs: xs[0],
+    "Dropout": lambda config, weight: lambda xs: xs[0],
+    "Flatten": lambda config, weight: lambda xs: xs[0].reshape(xs[0].shape[0], -1),
+    "ZeroPadding2D": _zero_padding,
+    "Conv2D": lambda config, weight: _conv_op(config, weight, depthwise=False),
+    "DepthwiseConv2D": lambda config, weight: _conv_op(config, weight, depthwise=True),
+    "BatchNormalization": _batch_norm,
+    "ReLU": lambda config, weight: lambda xs: np.clip(xs[0], 0.0, float(config["max_value"])),
+    "Activation": lambda config, weight: lambda xs: _activation(config["activation"])(xs[0]),
+    "Add": lambda config, weight: lambda xs: np.sum(xs, axis=0),
+    "Concatenate": lambda config, weight: lambda xs: np.concatenate(xs, axis=-1),
+    "AveragePooling2D": lambda config, weight: _pool(config, weight, average=True),
+    "MaxPooling2D": lambda config, weight: _pool(config, weight, average=False),
+    "Dense": _dense,
+}
+
+
+class NsfwjsClassifier:
+    """One of nsfwjs's Keras models (MIT) evaluated with numpy on CPU: MobileNetV2 (the
+    default, ~3.5 MB, 224 px, checked against nsfwjs's own runtime) or InceptionV3 (299 px,
+    ~5x the work; it runs, but is not yet checked against nsfwjs's runtime)."""
+
+    def __init__(self, folder: Path, model: str = "mobilenet_v2") -> None:
         if not (folder / "model.min.js").is_file():
             raise ConfigurationError(
                 f"the image-safety model is not at {folder}: run scripts/fetch_safety_model.sh"
             )
-        self.name = f"nsfwjs-{NSFWJS_VERSION}-mobilenet_v2"
+        self.name = f"nsfwjs-{NSFWJS_VERSION}-{model}"
         layers, weights = _read_model(folder)
         self._layers = layers
+        self._size = int(layers[0]["config"]["batch_input_shape"][1])  # 224 or 299
         self._weights = weights
         self._ops = {layer["name"]: self._op(layer) for layer in layers}
 
-    def _op(self, layer: dict[str, Any]) -> Callable[[list[Array]], Array]:
+    def _op(self, layer: dict[str, Any]) -> Op:
         kind, name, config = layer["class_name"], layer["name"], layer["config"]
-
-        def weight(part: str) -> Array:
-            return self._weights[f"{name}/{part}"]
-
-        if kind in ("InputLayer", "Dropout"):
-            return lambda xs: xs[0]
-        if kind == "Flatten":
-            return lambda xs: xs[0].reshape(xs[0].shape[0], -1)
-        if kind == "ZeroPadding2D":
-            (top, bottom), (left, right) = config["padding"]
-            return lambda xs: np.pad(xs[0], ((0, 0), (top, bottom), (left, right), (0, 0)))
-        if kind in ("Conv2D", "DepthwiseConv2D"):
-            stride = config["strides"][0]
-            if config["padding"] == "same" and stride != 1:
-                raise ConfigurationError(f"nsfwjs layer {name}: 'same' padding with a stride")
-            depthwise = kind == "DepthwiseConv2D"
-            kernel = weight("depthwise_kernel" if depthwise else "kernel")
-            bias = weight("bias") if config["use_bias"] else None
-            pad = kernel.shape[0] // 2 if config["padding"] == "same" else 0
-
-            def conv(xs: list[Array]) -> Array:
-                x = xs[0]
-                if pad:
-                    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-                out = _conv(x, kernel, stride, depthwise)
-                return out if bias is None else out + bias
-
-            return conv
-        if kind == "BatchNormalization":
-            scale = weight("gamma") / np.sqrt(weight("moving_variance") + config["epsilon"])
-            shift = weight("beta") - weight("moving_mean") * scale
-            return lambda xs: xs[0] * scale + shift
-        if kind == "ReLU":
-            top = float(config["max_value"])
-            return lambda xs: np.clip(xs[0], 0.0, top)
-        if kind == "Add":
-            return lambda xs: np.sum(xs, axis=0)
-        if kind == "AveragePooling2D":
-            ph, pw = config["pool_size"]
-
-            def pool(xs: list[Array]) -> Array:
-                n, h, w, c = xs[0].shape
-                cut = xs[0][:, : h // ph * ph, : w // pw * pw]
-                pooled: Array = cut.reshape(n, h // ph, ph, w // pw, pw, c).mean(axis=(2, 4))
-                return pooled
-
-            return pool
-        if kind == "Dense" and config["activation"] in ("relu", "softmax"):
-            kernel, bias = weight("kernel"), weight("bias")
-            if config["activation"] == "relu":
-                return lambda xs: np.maximum(xs[0] @ kernel + bias, 0.0)
-
-            def softmax(xs: list[Array]) -> Array:
-                logits = xs[0] @ kernel + bias
-                e = np.exp(logits - logits.max(axis=1, keepdims=True))
-                probabilities: Array = e / e.sum(axis=1, keepdims=True)
-                return probabilities
-
-            return softmax
-        raise ConfigurationError(f"nsfwjs layer {name}: {kind} is not supported")
+        build = _BUILDERS.get(kind)
+        if build is None:
+            raise ConfigurationError(f"nsfwjs layer {name}: {kind} is not supported")
+        return build(config, lambda part: self._weights.get(f"{name}/{part}"))
 
     def classify(self, image: Image.Image) -> dict[str, float]:
-        rgb = image.convert("RGB").resize((_SIZE, _SIZE), Image.Resampling.BILINEAR)
+        side = self._size
+        rgb = image.convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
         outputs: dict[str, Array] = {}
         for layer in self._layers:
             inbound = layer["inbound_nodes"]
@@ -258,7 +323,9 @@ def default_model_dir() -> Path:
     return Path.home() / ".cache" / "imagegen" / f"nsfwjs-{NSFWJS_VERSION}" / "package"
 
 
-def load_nsfwjs(package: Path | None = None) -> NsfwjsClassifier:
-    """The classifier from an unpacked `nsfwjs` package (default: the fetch script's cache)."""
+def load_nsfwjs(package: Path | None = None, model: str = "mobilenet_v2") -> NsfwjsClassifier:
+    """The classifier from an unpacked `nsfwjs` package (default: the fetch script's cache);
+    `model`: one of the package's Keras models, mobilenet_v2 (224 px) or inception_v3
+    (299 px)."""
     root = package or default_model_dir()
-    return NsfwjsClassifier(root / "dist" / "models" / "mobilenet_v2")
+    return NsfwjsClassifier(root / "dist" / "models" / model, model)

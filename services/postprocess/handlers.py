@@ -208,24 +208,8 @@ class Postprocessor:
             verdict.score,
             verdict.threshold,
         )
-        await self._events.emit(
-            GenerationFailed(
-                **image_envelope(
-                    image, "generation_failed", image.attempt, image.variation, "safety"
-                ),
-                data=GenerationFailedData(
-                    image_id=image.image_id,
-                    image_index=image.image_index,
-                    attempt=image.attempt,
-                    error_type=ErrorType.CONTENT_POLICY_VIOLATION,
-                    error=verdict.reason(),
-                    retryable=True,
-                    final=False,
-                    provider=raw.provider,
-                    model=raw.record.model,
-                    **image_facts(image),
-                ),
-            )
+        await self._failed_attempt(
+            raw, "safety", ErrorType.CONTENT_POLICY_VIOLATION, verdict.reason()
         )
         return True
 
@@ -235,17 +219,21 @@ class Postprocessor:
         log.warning(
             "event=image_rejected job_id=%s index=%d error=%s", image.job_id, image.image_index, exc
         )
+        await self._failed_attempt(raw, "postprocess", type(exc).__name__, str(exc))
+
+    async def _failed_attempt(self, raw: RawImage, part: str, error_type: str, error: str) -> None:
+        """A failed attempt the scheduler decides about (retryable: a new draw may pass);
+        `part` keeps the event id apart from the generator's for the same attempt."""
+        image = raw.image
         await self._events.emit(
             GenerationFailed(
-                **image_envelope(
-                    image, "generation_failed", image.attempt, image.variation, "postprocess"
-                ),
+                **image_envelope(image, "generation_failed", image.attempt, image.variation, part),
                 data=GenerationFailedData(
                     image_id=image.image_id,
                     image_index=image.image_index,
                     attempt=image.attempt,
-                    error_type=type(exc).__name__,
-                    error=str(exc),
+                    error_type=error_type,
+                    error=error,
                     retryable=True,
                     final=False,
                     provider=raw.provider,
