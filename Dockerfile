@@ -40,6 +40,17 @@ FROM build AS build-analytics
 # hadolint ignore=DL3013
 RUN pip install ".[analytics]"
 
+# The image-safety model (imagegen/safety.py): nsfwjs's npm package (MIT, weights inside),
+# unpacked by npm in a throwaway Node stage; only its model files reach postprocess and the
+# gateway, where IMAGEGEN_SAFETY_MODEL_DIR points at them.
+FROM node:22-bookworm-slim AS safety-model
+ARG NSFWJS_VERSION=4.4.0
+WORKDIR /model
+RUN npm pack --silent "nsfwjs@${NSFWJS_VERSION}" \
+    && tar -xzf "nsfwjs-${NSFWJS_VERSION}.tgz" package/package.json package/LICENSE \
+        package/dist/models/mobilenet_v2 \
+    && rm "nsfwjs-${NSFWJS_VERSION}.tgz"
+
 # torch first, from the CPU wheel index: the project pins torch==2.13.0, and resolving it
 # from the default index would pull gigabytes of CUDA packages into a CPU image. Then the
 # demo backend's DCGAN weights without their own dependencies (torchvision), as ./dev does.
@@ -72,6 +83,8 @@ CMD ["services.scheduler"]
 
 FROM runtime AS postprocess
 COPY --from=build-postprocess /opt/venv /opt/venv
+COPY --from=safety-model /model/package /opt/nsfwjs
+ENV IMAGEGEN_SAFETY_MODEL_DIR=/opt/nsfwjs
 USER 10001:10001
 EXPOSE 8081
 CMD ["services.postprocess"]
@@ -98,6 +111,8 @@ CMD ["services.generator"]
 # Last, so a plain `docker build .` gives the gateway. 8000: its HTTP.
 FROM runtime AS gateway
 COPY --from=build-gateway /opt/venv /opt/venv
+COPY --from=safety-model /model/package /opt/nsfwjs
+ENV IMAGEGEN_SAFETY_MODEL_DIR=/opt/nsfwjs
 USER 10001:10001
 EXPOSE 8000 8081
 CMD ["services.gateway"]

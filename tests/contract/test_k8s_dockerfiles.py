@@ -105,7 +105,9 @@ def test_dockerfile_contract(name: str) -> None:
         assert "8081" in exposed
         # Its venv comes from the build stage that installs exactly this role's extra.
         [source] = [
-            a.split()[0].removeprefix("--from=") for w, a in final if w == "COPY" and "--from=" in a
+            a.split()[0].removeprefix("--from=")
+            for w, a in final
+            if w == "COPY" and "--from=" in a and a.split()[-1] == "/opt/venv"
         ]
         runs = [a for w, a in inherited(all_stages, source) if w == "RUN"]
         project = [i for i, r in enumerate(runs) if re.search(r'pip install "\.\[(\w+)\]"', r)]
