@@ -40,6 +40,7 @@ import signal
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,30 @@ class Fanout:
     def alive(self) -> int:
         return sum(1 for t in self.streams if not t.done())
 
+    async def prepare(
+        self, client: httpx.AsyncClient
+    ) -> Callable[[int], Coroutine[Any, Any, None]]:
+        """A character per user; returns `fire(i)`, which POSTs a one-image pack for the
+        i-th user (round-robin)."""
+        for user in self.users:
+            response = await client.post(
+                "/api/v1/characters",
+                json={"name": "Mira", "attributes": {"hairColour": "red"}, "artStyle": "realistic"},
+                headers={"Authorization": f"Bearer {self.tokens[user]}"},
+            )
+            response.raise_for_status()
+            self.characters[user] = response.json()["id"]
+
+        async def fire(i: int) -> None:
+            user = self.users[i % len(self.users)]
+            await client.post(
+                "/api/generate",
+                json={"character_id": self.characters[user], "image_count": 1},
+                headers={"Authorization": f"Bearer {self.tokens[user]}"},
+            )
+
+        return fire
+
     async def close(self) -> None:
         for task in self.streams:
             task.cancel()
@@ -167,22 +192,7 @@ async def run(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
     fan = Fanout(stack, args.users)
     gateway_pid = stack.service_pids()["gateway"]
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=60) as client:
-        for user in fan.users:
-            response = await client.post(
-                "/api/v1/characters",
-                json={"name": "Mira", "attributes": {"hairColour": "red"}, "artStyle": "realistic"},
-                headers={"Authorization": f"Bearer {fan.tokens[user]}"},
-            )
-            response.raise_for_status()
-            fan.characters[user] = response.json()["id"]
-
-        async def fire(i: int) -> None:
-            user = fan.users[i % len(fan.users)]
-            await client.post(
-                "/api/generate",
-                json={"character_id": fan.characters[user], "image_count": 1},
-                headers={"Authorization": f"Bearer {fan.tokens[user]}"},
-            )
+        fire = await fan.prepare(client)
 
         await paced(2, 3, fire)  # warm the pipeline before any measurement
         await asyncio.sleep(3)
@@ -322,22 +332,7 @@ async def traced_per_stream(
     fan = Fanout(stack, args.users)
     pid = stack.service_pids()["gateway"]
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=60) as client:
-        for user in fan.users:
-            response = await client.post(
-                "/api/v1/characters",
-                json={"name": "Mira", "attributes": {"hairColour": "red"}, "artStyle": "realistic"},
-                headers={"Authorization": f"Bearer {fan.tokens[user]}"},
-            )
-            response.raise_for_status()
-            fan.characters[user] = response.json()["id"]
-
-        async def fire(i: int) -> None:
-            user = fan.users[i % len(fan.users)]
-            await client.post(
-                "/api/generate",
-                json={"character_id": fan.characters[user], "image_count": 1},
-                headers={"Authorization": f"Bearer {fan.tokens[user]}"},
-            )
+        fire = await fan.prepare(client)
 
         await paced(2, 3, fire)
         await asyncio.sleep(5)
