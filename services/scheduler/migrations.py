@@ -165,3 +165,14 @@ MIGRATIONS.append(
         """,
     )
 )
+
+MIGRATIONS.append(
+    (
+        5,
+        """
+        -- Output-safety refusals (postprocess's image classifier) an image has had: the
+        -- first is re-drawn once with a new seed, the next is final.
+        ALTER TABLE job_images ADD COLUMN safety_redraws integer NOT NULL DEFAULT 0;
+        """,
+    )
+)

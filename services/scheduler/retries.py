@@ -7,7 +7,9 @@ waits on a busy job). A permanent failure (retryable=false, a provider the gener
 not run) skips the remaining attempts of that provider. A content-policy refusal
 (error_type ContentPolicyViolation: the provider's safety system refused the prompt or a
 reference image) is final at once: the prompt is at fault, so it is neither retried nor
-sent to the next provider to be paid for again, and the job's reason says so. When the
+sent to the next provider to be paid for again, and the job's reason says so. A refusal of
+the generated image by our own safety check (postprocess; marked retryable) is re-drawn
+once with a new seed on the same offer; a second refusal of the image is final. When the
 chain is exhausted the image fails alone with one `generation_failed` final=true and its
 reservation released; its job then ends partially (or failed when nothing was stored).
 `attempt` grows across providers and variations, so every attempt of an image has its
@@ -70,6 +72,11 @@ def backoff(settings: SchedulerSettings, provider_attempt: int) -> float:
     return float(min(delay, settings.retry_backoff_max_s))
 
 
+SAFETY_REDRAWS = 1
+"""New-seed re-draws of an image the output-safety check refused, before it fails."""
+_SEED_STEP = 0x9E3779B1  # an odd step: every re-draw gets a seed no earlier attempt had
+
+
 def next_attempt(job: GenerateImage) -> GenerateImage:
     return job.model_copy(
         update={"image": job.image.model_copy(update={"attempt": job.image.attempt + 1})}
@@ -103,7 +110,10 @@ class Retries:
         """One attempt of a dispatched image failed (the caller checked it is the current one)."""
         msg = GenerateImage.model_validate_json(row["message"])
         if data.error_type == ErrorType.CONTENT_POLICY_VIOLATION:
-            await self._refused(conn, job, row, msg, data)
+            if data.retryable and row["safety_redraws"] < SAFETY_REDRAWS:
+                await self._redraw_refused(conn, job, row, msg, data)
+            else:
+                await self._refused(conn, job, row, msg, data)
             return
         retryable = data.retryable and data.error_type != ErrorType.CANCELLED
         chain = [OfferChoice.from_json(o) for o in _json_list(row["offers"])]
@@ -228,6 +238,35 @@ class Retries:
             return True
         await self.failed(conn, job, row, data)
         return True
+
+    async def _redraw_refused(
+        self,
+        conn: asyncpg.Connection,
+        job: asyncpg.Record,
+        row: asyncpg.Record,
+        msg: GenerateImage,
+        data: GenerationFailedData,
+    ) -> None:
+        """Our safety check refused the image itself: draw it again now with a new seed."""
+        redraw = next_attempt(msg)
+        redraw = redraw.model_copy(update={"seed": (msg.seed + _SEED_STEP) % 2**32})
+        await conn.execute(
+            "UPDATE job_images SET status = 'retry_wait', due_at = now(),"
+            " safety_redraws = safety_redraws + 1, attempt = $3, message = $4, error = $5,"
+            " updated_at = now() WHERE job_id = $1 AND image_index = $2",
+            job["job_id"],
+            row["image_index"],
+            redraw.image.attempt,
+            redraw.model_dump_json(),
+            data.error,
+        )
+        log.warning(
+            "event=unsafe_output_redraw job_id=%s index=%d attempt=%d seed=%d",
+            job["job_id"],
+            row["image_index"],
+            redraw.image.attempt,
+            redraw.seed,
+        )
 
     async def _refused(
         self,

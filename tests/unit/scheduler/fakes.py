@@ -44,7 +44,9 @@ from services.scheduler.migrations import MIGRATIONS
 from services.scheduler.settings import SchedulerSettings
 
 GEN = "imagegen/generator"
-Outcome = Literal["ok", "fail", "fail_permanent", "refuse", "flag", "hold", "silent", "image_lost"]
+Outcome = Literal[
+    "ok", "fail", "fail_permanent", "refuse", "unsafe", "flag", "hold", "silent", "image_lost"
+]
 """`silent`: started, then nothing (a generator that hung); `image_lost`: started and
 completed, then nothing (the image lost on its way to storage); `hold`: nothing at all."""
 
@@ -209,6 +211,8 @@ class FakeGenerator:
             await self.emit(failed(job, retryable=False, error_type="ProviderUnavailable"))
         elif outcome == "refuse":  # what the worker says for a safety-system refusal
             await self.emit(failed(job, retryable=False, error_type="ContentPolicyViolation"))
+        elif outcome == "unsafe":  # what postprocess says when the safety check refuses
+            await self.emit(failed(job, retryable=True, error_type="ContentPolicyViolation"))
         elif outcome == "silent":
             await self.emit(started(job))
         elif outcome == "image_lost":

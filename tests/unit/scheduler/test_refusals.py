@@ -134,3 +134,33 @@ def test_refusals_never_count_against_provider_health() -> None:
     assert not health.cooling("openai")
     outage = refusal(retryable=True).model_copy(update={"error_type": "ProviderRetryableError"})
     assert counts_against(outage)
+
+
+async def test_an_image_our_safety_check_refuses_is_redrawn_once_with_a_new_seed(
+    database_url: str,
+) -> None:
+    settings = fast_settings(catalogue=TWO_PROVIDERS, retry_backoff_s=0.01)
+
+    def policy(job: GenerateImage) -> Outcome:
+        if job.image.image_index == 0:  # refused once, then fine
+            return "unsafe" if job.image.attempt == 1 else "ok"
+        return "unsafe"  # image 1: refused every time
+
+    async with memory_rig(database_url, settings, policy) as m:
+        request = pack(2)
+        await m.rig.submit(request, "alice")
+        done = await m.rig.wait_event("pack_completed", request.job_id)
+
+        assert done.data.status is JobStatus.PARTIALLY_COMPLETED
+        assert (done.data.completed_count, done.data.failed_count) == (1, 1)
+        assert done.data.reason_code == "content_policy_violation"
+        jobs = await m.rig.jobs()
+        by_index = attempts_by_index(jobs, 2)
+        # One re-draw each, on the same offer: never a third attempt, never another provider.
+        assert by_index == {0: [(1, "flaky"), (2, "flaky")], 1: [(1, "flaky"), (2, "flaky")]}
+        for index in (0, 1):
+            seeds = [j.seed for j in jobs if j.image.image_index == index]
+            assert len(set(seeds)) == 2, "the re-draw has a new seed"
+        finals = [e for e in await m.rig.events() if e.type == "generation_failed" and e.data.final]
+        assert [(e.data.image_index, e.data.attempt) for e in finals] == [(1, 2)]
+        assert finals[0].data.error_type == ErrorType.CONTENT_POLICY_VIOLATION
