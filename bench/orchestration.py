@@ -571,6 +571,18 @@ def _rows(system: dict[str, Any]) -> dict[str, Any]:
     costs = system.get("costs") or {}
     detail, images = costs.get("kafka_detail") or {}, costs.get("images") or 0
     if detail and images:
+        # The analytics service's own reading and changelogs are the analysts' side, not a
+        # pipeline hop (imagegen.kafka.traffic leaves them out the same way).
+        def pipeline(counts: dict[str, int]) -> float:
+            kept = [n for name, n in counts.items() if ".analytics" not in name]
+            return round(sum(kept) / images, 2)
+
+        rows["Kafka messages/image, pipeline only (raw)"] = pipeline(
+            detail.get("produced_per_topic", {})
+        )
+        rows["Kafka deliveries/image, pipeline only (raw)"] = pipeline(
+            detail.get("deliveries_per_group", {})
+        )
         # Raw (idle not subtracted): where the messages and deliveries go.
         for key, label in (
             ("produced_per_topic", "Kafka produced/image by topic"),
