@@ -37,7 +37,8 @@ from typing import Any
 from PIL import Image, ImageEnhance, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._common import free_port, machine, write_result
+from _common import free_port, machine, write_result
+
 from imagegen.blobstore import S3BlobStore, blob_ref, put_staging
 from imagegen.object_layout import CACHE_CONTROL, rendition_key
 from schemas.jobs import ImageIdentity
