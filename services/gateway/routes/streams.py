@@ -5,8 +5,9 @@ projection), so a client that reconnects with the last id it saw gets exactly wh
 follows, in order, from any replica and after any restart. Streams wake on the
 projection's NOTIFY (see notify.py) and re-read the log every `sse_poll_s` as a safety
 net; they read it through the gateway's `EventFeed` (eventfeed.py): one query per wake for
-all of a user's streams, each event encoded once for all of them. A job's stream replays the job from its start (or resumes), adds `queue_status`
-messages while the job waits in its tier's queue, and ends after the job's closing
+all of a user's streams, each event encoded once for all of them. A job's stream replays
+the job from its start (or resumes), adds `queue_status` messages while the job waits in
+its tier's queue, and ends after the job's closing
 `pack_completed`; the user-wide stream is live from the moment of connecting (or resumes
 after `Last-Event-ID`) and runs until the client leaves. Heartbeats are SSE comments
 every `sse_ping_s`.
