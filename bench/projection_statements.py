@@ -31,7 +31,7 @@ from _common import bench_postgres
 
 from imagegen import db
 from imagegen.kafka import Record, encode
-from schemas.events import EventBase
+from schemas.events import EventBase, JobStatus
 from services.gateway.migrations import MIGRATIONS, SCHEMA
 from services.gateway.projection import Projection
 from tests.unit.gateway import factories as ev
@@ -76,7 +76,7 @@ def pack(images: int) -> list[EventBase]:
     events: list[EventBase] = [ev.queued(job, user, i, images) for i in range(images)]
     for i in range(images):
         events += [ev.started(job, user, i), ev.progress(job, user, i, 1), ev.stored(job, user, i)]
-    events.append(ev.pack_completed(job, user, images, images, 0, ev.JobStatus.COMPLETED))
+    events.append(ev.pack_completed(job, user, images, images, 0, JobStatus.COMPLETED))
     return events
 
 

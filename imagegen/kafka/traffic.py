@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not in its __all__
+    AdminClient,
+    OffsetSpec,
+)
 
 _Partition = tuple[str, int]
 
@@ -100,7 +103,10 @@ def snapshot(
     ends: dict[_Partition, int] = {}
     if partitions:
         listed = _resolve(
-            admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}), timeout
+            admin.list_offsets(
+                {tp: OffsetSpec.latest() for tp in partitions}  # type: ignore[no-untyped-call]
+            ),
+            timeout,
         )
         ends = {(tp.topic, tp.partition): info.offset for tp, info in listed.items()}
     groups = sorted(

@@ -90,7 +90,7 @@ def recount(stack: RunningStack) -> MemoryStore:
             if message is None or message.error():
                 continue
             apply(store, message.value(), message.timestamp()[1] / 1000)
-            if message.offset() + 1 >= ends[message.partition()]:
+            if (message.offset() or 0) + 1 >= ends[message.partition()]:
                 done.add(message.partition())
         assert len(done) == len(ends), f"recount read {done} of {sorted(ends)}"
         return store

@@ -111,14 +111,9 @@ async def test_s3_proxy_counts_requests_by_kind(meters: Any, seaweed: Any) -> No
 
 
 def test_costs_per_image_subtract_the_idle_rate(meters: Any) -> None:
-    sys.path.insert(0, str(BENCH))
-    try:
-        import orchestration
-    finally:
-        sys.path.remove(str(BENCH))
     idle = {"seconds": 10.0, "pg_transactions": 20, "kafka_messages": 0}
     load = {"seconds": 30.0, "pg_transactions": 160, "kafka_messages": 100, "kafka": {}}
-    costs = orchestration.per_image(load, idle, images=10)
+    costs = meters.per_image(load, idle, images=10)
     # 160 in 30 s, of which 2/s x 30 s = 60 at rest: 100 for 10 images.
     assert costs["per_image"] == {"pg_transactions": 10.0, "kafka_messages": 10.0}
     assert costs["per_image_raw"] == {"pg_transactions": 16.0, "kafka_messages": 10.0}

@@ -46,10 +46,10 @@ async def test_windows_and_series(client: TestClient) -> None:  # type: ignore[t
     ],
 )
 async def test_unknown_names_are_4xx_naming_them(
-    client: TestClient,
+    client: TestClient,  # type: ignore[type-arg]
     path: str,
     status: int,
-    named: str,  # type: ignore[type-arg]
+    named: str,
 ) -> None:
     response = await client.get(path)
     assert response.status == status

@@ -20,7 +20,7 @@ def test_changelog_topics_in_the_manifest_equal_the_declared_ones() -> None:
         for d in docs
         if d["kind"] == "KafkaTopic"
     }
-    settings = AnalyticsSettings(_env_file=None)  # type: ignore[call-arg]
+    settings = AnalyticsSettings(_env_file=None)
     declared = {
         s.name: (s.partitions, s.configs)
         for s in changelog_specs(settings, events_partitions(settings))

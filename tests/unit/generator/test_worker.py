@@ -186,7 +186,9 @@ async def test_an_attempt_whose_handling_raised_runs_again_on_redelivery() -> No
     job = make_job()
     put = r.blobs.put
 
-    async def outage(key: str, data: bytes, content_type: str) -> None:
+    async def outage(
+        key: str, data: bytes, content_type: str, *, cache_control: str | None = None
+    ) -> None:
         raise RetryableError("object store unreachable")
 
     r.blobs.put = outage  # type: ignore[method-assign]
