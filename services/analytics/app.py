@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -109,6 +111,9 @@ def create_app(settings: AnalyticsSettings) -> tuple[faust.App, Counter]:
         app_id(settings.kafka.namespace),
         broker=f"kafka://{settings.kafka.bootstrap.replace(',', ';kafka://')}",
         store="memory://",
+        # faust keeps a folder even with in-memory tables; by default `<app id>-data` in the
+        # working directory, which is the repository locally and read-only in the pod.
+        datadir=str(Path(tempfile.gettempdir()) / f"{app_id(settings.kafka.namespace)}-data"),
         # The journal makes each record's count atomic; at_least_once commits offsets only
         # after the journal's changelog is flushed (see services/analytics/journal.py).
         processing_guarantee="at_least_once",
