@@ -138,8 +138,11 @@ async def test_killing_a_worker_mid_pack_still_stores_every_image_once(
 ) -> None:
     with slow_stack.client() as client:
         character = create_character(client, f"victim-{victim}")
+        # 512x512 (a draft size): the tiny pipeline on the CPU takes ~4x as long at the
+        # 1024 px default, and the point here is the kill, not the pixels.
         job_id = client.post(
-            "/api/generate", json={"character_id": character["id"], "image_count": 5}
+            "/api/generate",
+            json={"character_id": character["id"], "image_count": 5, "size": "512x512"},
         ).json()["job_id"]
         deadline = time.monotonic() + 120
         while client.get(f"/api/generate/{job_id}").json()["status"] in ("accepted", "queued"):
