@@ -216,6 +216,12 @@ class DiscardImage(Message):
     job_id: str
     user_id: str
     reason: str = Field(max_length=200)
+    prefix: str = Field(
+        default="",
+        max_length=500,
+        description="The version's final-object prefix (imagegen.object_layout.image_prefix):"
+        " what an attempt of it wrote there before failing is deleted.",
+    )
     requested_at: datetime = Field(default_factory=utcnow)
 
 

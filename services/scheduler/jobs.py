@@ -15,6 +15,7 @@ from decimal import Decimal
 import asyncpg
 
 from imagegen.metrics import instruments
+from imagegen.object_layout import image_prefix
 from schemas.events import (
     JobCancelled,
     JobCancelledData,
@@ -252,6 +253,7 @@ class JobBook:
                 job_id=img.job_id,
                 user_id=img.user_id,
                 reason=reason,
+                prefix=image_prefix(img),
             ),
         )
 

@@ -18,6 +18,7 @@ from imagegen.blobstore import BlobStore
 from imagegen.db import transient_as_retryable
 from imagegen.events import EventEmitter
 from imagegen.kafka import Record, decode
+from imagegen.object_layout import FINAL_PREFIX
 from schemas.events import ImageReviewed, ImageReviewedData, event_id
 from schemas.requests import (
     REQUEST_ADAPTER,
@@ -116,7 +117,9 @@ class ImageLifecycle:
         await self._events.emit(deleted_event(request.image_id, request.user_id, versions))
 
     async def _discard(self, request: DiscardImage) -> None:
-        """Remember that this version ended unstored; one stored already stays as it is (it
+        """Remember that this version ended unstored and delete what its attempts wrote to
+        its final keys (postprocess writes there directly; an attempt that failed half-way
+        leaves objects no row will ever point at). One stored already stays as it is (it
         was announced before the job ended)."""
         async with transient_as_retryable(), self._pool.acquire() as conn:
             await conn.execute(
@@ -127,11 +130,22 @@ class ImageLifecycle:
                 request.job_id,
                 request.reason,
             )
+            stored = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM images WHERE image_id = $1 AND version = $2)",
+                request.image_id,
+                request.version,
+            )
+        leftovers: list[str] = []
+        if not stored and _own_version_prefix(request):
+            leftovers = await self._blobs.list(request.prefix)
+            if leftovers:
+                await self._blobs.delete(leftovers)
         log.info(
-            "event=image_discarded image_id=%s version=%d reason=%s",
+            "event=image_discarded image_id=%s version=%d reason=%s leftovers=%d",
             request.image_id,
             request.version,
             request.reason,
+            len(leftovers),
         )
 
     async def _review(self, request: ReviewImage) -> None:
@@ -164,3 +178,10 @@ class ImageLifecycle:
                 ),
             )
         )
+
+
+def _own_version_prefix(request: DiscardImage) -> bool:
+    """The prefix names exactly this user's image version (never a wider listing)."""
+    return request.prefix.startswith(f"{FINAL_PREFIX}{request.user_id}/") and (
+        request.prefix.endswith(f"/images/{request.image_id}/v{request.version}/")
+    )

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from imagegen.object_layout import rendition_key
+from imagegen.object_layout import image_prefix, rendition_key
 from schemas.events import EVENT_ADAPTER, ImageStored
 from schemas.images import BlobRef, GenerationRecord, ProcessedImage, Rendition
 from schemas.jobs import ImageIdentity
@@ -61,13 +61,14 @@ def _stored(storage: Storage) -> list[tuple[str, int]]:
     return [(e.data.image_id, e.data.version) for e in events if isinstance(e, ImageStored)]
 
 
-def _discard(image: ImageIdentity) -> DiscardImage:
+def _discard(image: ImageIdentity, prefix: str | None = None) -> DiscardImage:
     return DiscardImage(
         image_id=image.image_id,
         version=image.version,
         job_id=image.job_id,
         user_id=image.user_id,
         reason="cancelled",
+        prefix=image_prefix(image) if prefix is None else prefix,
     )
 
 
@@ -98,3 +99,22 @@ async def test_a_version_stored_before_its_discard_stays(storage: Storage) -> No
     assert _stored(storage) == [("early", 1), ("early", 1)]
     for key in keys:
         assert await storage.blobs.exists(key), key
+
+
+async def test_what_a_failed_attempt_left_at_the_final_keys_goes_with_the_discard(
+    storage: Storage,
+) -> None:
+    half = _identity("half")
+    key = rendition_key(half, "original", "png")
+    await storage.blobs.put(key, b"written before the attempt failed", "image/png")
+    neighbour = _identity("half", version=2)
+    kept = rendition_key(neighbour, "original", "png")
+    await storage.blobs.put(kept, b"another version", "image/png")
+
+    # A prefix that is not exactly this user's version deletes nothing.
+    await storage.request(_discard(half, prefix="users/"))
+    assert await storage.blobs.exists(key)
+    await storage.request(_discard(half))
+    assert not await storage.blobs.exists(key)
+    assert await storage.blobs.exists(kept)
+    assert await storage.rows() == set() and _stored(storage) == []
