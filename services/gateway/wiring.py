@@ -25,16 +25,18 @@ MAX_JSON_BYTES = 2 * 1024 * 1024
 
 class BodyLimitMiddleware:
     """413 for bodies over the limit before anyone buffers or parses them: multipart
-    uploads get `upload_bytes`, everything else `MAX_JSON_BYTES`. Multipart bodies are
+    uploads get `upload_bytes` (a character's LoRA upload, `PUT .../lora`, gets
+    `lora_bytes`), everything else `MAX_JSON_BYTES`. Multipart bodies are
     read only for a caller whose bearer token verifies (401 from the headers otherwise).
 
     A declared Content-Length over the limit is refused from the headers. Every other body
     flows on to the app chunk by chunk as it arrives, counted on the way (a declared length
     is not trusted to frame it): nothing here holds more than one chunk."""
 
-    def __init__(self, app: ASGIApp, upload_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, upload_bytes: int, lora_bytes: int | None = None) -> None:
         self.app = app
         self.upload_bytes = upload_bytes
+        self.lora_bytes = lora_bytes if lora_bytes is not None else upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -42,7 +44,8 @@ class BodyLimitMiddleware:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         multipart = headers.get("content-type", "").startswith("multipart/")
-        limit = self.upload_bytes if multipart else MAX_JSON_BYTES
+        lora = scope["method"] == "PUT" and scope["path"].rstrip("/").endswith("/lora")
+        limit = (self.lora_bytes if lora else self.upload_bytes) if multipart else MAX_JSON_BYTES
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(send, limit)
@@ -220,5 +223,7 @@ def install(app: FastAPI, settings: GatewaySettings, moderator: Moderator | None
     app.add_middleware(IdempotencyMiddleware)
     # Added last, so it runs first: nothing is buffered before the size is known.
     photos = settings.reference_max_photos * settings.reference_max_bytes
-    upload = max(photos, settings.lora_max_bytes) + 1024 * 1024
-    app.add_middleware(BodyLimitMiddleware, upload_bytes=upload)
+    form = 1024 * 1024  # the form's own fields and boundaries
+    app.add_middleware(
+        BodyLimitMiddleware, upload_bytes=photos + form, lora_bytes=settings.lora_max_bytes + form
+    )

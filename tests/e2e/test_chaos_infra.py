@@ -442,9 +442,12 @@ def test_object_store_restart_mid_run(
     )
     resumed = _next_stored(stack, max(rows_at_kill, store_report(stack).rows), killed_at)
     final, waited = _all_completed(stack, tenants, jobs)
-    # The workers that read and write images said they lost the object store.
+    # Reported, not required: each image now touches the object store a few times in
+    # milliseconds (postprocess writes its renditions straight to their final keys), so a
+    # ~4 s outage may fall between two images' calls and nobody meets it. What must hold:
+    # the pipeline resumes and everything is stored once, with no object left over.
     errors = _problems_logged(stack, offsets)
-    assert sum(errors[n] for n in SERVICE_LOGS) > 0, f"the outage went unreported: {errors}"
+    assert resumed is not None, f"nothing was stored within {STALL_S} s of the restart"
     store, ledger = assert_consistent(stack, jobs, final)
     assert store.objects > objects_before
     completed, _ = count_images(final)

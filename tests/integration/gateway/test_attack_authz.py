@@ -38,6 +38,7 @@ from services.gateway.auth import STREAM_SCOPE, issue_token
 from tests.unit.gateway import image_events as ev
 from tests.unit.gateway.conftest import Gateway, running_gateway
 from tests.unit.gateway.resources_support import image_bytes
+from tests.unit.gateway.test_loras import LORA
 
 pytestmark = pytest.mark.integration
 
@@ -100,6 +101,8 @@ ID_NAMES = ("character_id", "photo_id", "story_id", "job_id", "image_id")
 
 UPLOADS = {("POST", "/api/v1/characters/{character_id}/reference-photos")}
 """Routes whose body is multipart (files), not JSON."""
+LORA_UPLOADS = {("PUT", "/api/v1/characters/{character_id}/lora")}
+"""A character's LoRA file (multipart, field `file`)."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,8 @@ async def _call(gw: Gateway, endpoint: Endpoint, ids: dict[str, str], user: str)
     kwargs: dict[str, Any] = {"headers": gw.auth(user)}
     if key in UPLOADS:
         kwargs["files"] = [("photos", ("b.png", image_bytes("PNG", (41, 40)), "image/png"))]
+    elif key in LORA_UPLOADS:
+        kwargs["files"] = {"file": ("mira.safetensors", LORA, "application/octet-stream")}
     elif endpoint.takes_body:
         assert key in BODIES, f"{endpoint.method} {endpoint.path} takes a body: add one to BODIES"
         kwargs["json"] = _fill(BODIES[key], ids)

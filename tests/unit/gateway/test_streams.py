@@ -325,7 +325,7 @@ async def test_events_past_the_log_retention_are_pruned_and_the_job_stream_still
     await gateway.feed(*ev.pack(job, user, 2))
     pool = gateway.app.state.gateway.pool
     await pool.execute(
-        "UPDATE events SET created_at = now() - interval '31 days' WHERE job_id = $1", job
+        "UPDATE events SET created_at = now() - interval '60 days' WHERE job_id = $1", job
     )
     async with running_gateway(gateway_db_url):  # a replica starting up prunes at once
         async with asyncio.timeout(10):
