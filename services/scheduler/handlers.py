@@ -49,6 +49,7 @@ from services.scheduler.dispatch import Dispatcher
 from services.scheduler.jobs import CANCELLING, JobBook
 from services.scheduler.ledger import Ledger, usd
 from services.scheduler.outbox import SOURCE, OutboxRelay, remember_trace, staged
+from services.scheduler.overdue import AWAITING_COMPLETED, AWAITING_STORED, OverdueAttempts
 from services.scheduler.planning import (
     JobPlan,
     characters_of,
@@ -60,10 +61,11 @@ from services.scheduler.planning import (
 from services.scheduler.provider_health import ProviderHealth, counts_against
 from services.scheduler.references import load_reference_sets, record_reference_set
 from services.scheduler.rerolls import regenerate
-from services.scheduler.retries import AWAITING_COMPLETED, AWAITING_STORED, Retries, Ticker
+from services.scheduler.retries import Retries
 from services.scheduler.scenes import SceneFacts
 from services.scheduler.scenes_llm import SceneResolver, build_scene_resolver
 from services.scheduler.settings import SchedulerSettings
+from services.scheduler.ticker import Ticker
 
 log = logging.getLogger(__name__)
 MAX_VERSION = MAX_REGENERATIONS + 1
@@ -95,13 +97,16 @@ class Scheduler:
         self._retries = Retries(
             settings, topics, self.ledger, self._dispatcher, self._book, self.health
         )
+        overdue = OverdueAttempts(
+            settings, topics, self._dispatcher, self._book, self._retries.failed
+        )
         self.relay = OutboxRelay(pool, publisher, interval_s=settings.relay_interval_s)
         self.ticker = Ticker(
             pool,
             self._dispatcher,
             interval_s=settings.tick_interval_s,
             on_staged=self.relay.wake,
-            overdue=self._retries.overdue,
+            overdue=overdue.fail,
         )
 
     async def run_background(self) -> None:
@@ -369,7 +374,7 @@ class Scheduler:
         deadline_s: float,
     ) -> None:
         """Give the dispatched image's attempt `deadline_s` to reach `awaiting`
-        (`Retries.overdue` fails it after that); never back from awaiting storage."""
+        (`OverdueAttempts.fail` fails it after that); never back from awaiting storage."""
         if deadline_s <= 0:
             return
         await conn.execute(

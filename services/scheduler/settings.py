@@ -35,7 +35,7 @@ class SchedulerSettings(ServiceSettings):
             " one relayed. Each poll is a query, idle or not."
         ),
     )
-    # Overdue attempts (retries.py): an attempt that went silent is retried, so a message
+    # Overdue attempts (overdue.py): an attempt that went silent is retried, so a message
     # lost anywhere downstream cannot hold an image (and its job) forever. 0: never.
     attempt_run_deadline_s: float = Field(
         default=900.0,

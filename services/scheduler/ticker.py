@@ -1,0 +1,117 @@
+"""The ticker: dispatches due retries, fails overdue attempts, sweeps up unused slots.
+
+Due times live in `job_images.due_at`; every scheduler instance runs one ticker and they
+share the rows with `FOR UPDATE SKIP LOCKED`, so nothing waits on a busy job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from imagegen.errors import RetryableError
+from schemas.jobs import GenerateImage
+from services.scheduler.dispatch import Dispatcher
+
+log = logging.getLogger(__name__)
+
+
+class Ticker:
+    """Dispatches due retries; every instance runs one, sharing rows with SKIP LOCKED."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        dispatcher: Dispatcher,
+        *,
+        interval_s: float,
+        on_staged: Callable[[], None],
+        overdue: Callable[[asyncpg.Connection, str, int], Awaitable[bool]] | None = None,
+        batch: int = 100,
+        sweep_every: int = 10,
+    ) -> None:
+        self._overdue = overdue
+        self._sweep_every = sweep_every
+        self._pool = pool
+        self._dispatcher = dispatcher
+        self._interval = interval_s
+        self._on_staged = on_staged
+        self._batch = batch
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        rounds = 0
+        while not self._stopping.is_set():
+            try:
+                while await self.tick() >= self._batch:
+                    pass
+                rounds += 1
+                if rounds % self._sweep_every == 0:
+                    await self.expire()
+                    await self.sweep()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RetryableError) as exc:
+                log.warning("event=ticker_retry error=%r", str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+
+    async def tick(self) -> int:
+        """Dispatch the retries that are due now; how many went."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT i.message FROM job_images i JOIN jobs j USING (job_id)"
+                " WHERE i.status = 'retry_wait' AND i.due_at <= now() AND j.status = 'running'"
+                " ORDER BY i.due_at LIMIT $1 FOR UPDATE OF i, j SKIP LOCKED",
+                self._batch,
+            )
+            for row in rows:
+                await self._dispatcher.dispatch(
+                    conn, GenerateImage.model_validate_json(row["message"])
+                )
+        if rows:
+            self._on_staged()
+        return len(rows)
+
+    async def expire(self) -> int:
+        """Fail the attempts that passed their deadline (`OverdueAttempts.fail`); how many."""
+        if self._overdue is None:
+            return 0
+        async with self._pool.acquire() as conn:
+            due = await conn.fetch(
+                "SELECT i.job_id, i.image_index FROM job_images i JOIN jobs j USING (job_id)"
+                " WHERE i.status = 'dispatched' AND i.due_at <= now()"
+                " AND j.status IN ('running', 'cancelling')"
+                " ORDER BY i.due_at LIMIT $1",
+                self._batch,
+            )
+            expired = 0
+            for row in due:
+                async with conn.transaction():
+                    expired += await self._overdue(conn, row["job_id"], row["image_index"])
+        if expired:
+            self._on_staged()
+        return expired
+
+    async def sweep(self) -> None:
+        """Safety net: slots and story places that a skipped lock left unused are used now."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            users = await conn.fetch(
+                "SELECT DISTINCT user_id, tier FROM jobs WHERE status = 'queued' LIMIT 100"
+            )
+            for u in users:
+                await self._dispatcher.activate_waiting(conn, u["user_id"], u["tier"])
+            running = await conn.fetch(
+                "SELECT DISTINCT i.job_id FROM job_images i JOIN jobs j USING (job_id)"
+                " WHERE i.status = 'waiting' AND j.status = 'running' LIMIT 100"
+            )
+            for r in running:
+                job = await self._dispatcher.lock_job(conn, r["job_id"], skip_locked=True)
+                if job is not None:
+                    await self._dispatcher.pump(conn, job)
+        self._on_staged()
