@@ -8,7 +8,10 @@ PostgreSQL server of its own (bench/_common.py), with one user's event stream op
   `xact_commit` of the stack's database: pollers, tickers and relays at rest);
 - packs: `--packs` packs of `--images` images, posted one after another, each waited for
   until all its `image_stored` events arrived on the stream; the `xact_commit` delta per
-  stored image, with the idle rate over the same time subtracted.
+  stored image, with the idle rate over the same time subtracted;
+- attribution: the services reach PostgreSQL through bench/meters.py's counting proxy,
+  which tallies round trips, transactions and statements by `application_name` (one per
+  service schema): per image over the packs, and per second at rest.
 
 Writes bench/results/lean_costs.json.
 
@@ -36,6 +39,7 @@ from _common import (
     sse_follow,
     write_result,
 )
+from meters import PostgresProxy, subtract
 
 # PostgreSQL flushes a backend's counters when it goes idle, at most once a second and
 # otherwise within 10 s: a reading is taken this long after the work it should include.
@@ -58,7 +62,42 @@ async def xact_commits(dsn: str) -> int:
         await conn.close()
 
 
-async def measure(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
+def _attribution(
+    proxy: PostgresProxy | None, start: dict[str, Any], per: float
+) -> dict[str, Any] | None:
+    """The proxy's tallies since `start`, divided by `per` (images, or seconds)."""
+    if proxy is None:
+        return None
+    now = subtract(proxy.attribution(), start)
+    apps = sorted(set(now["round_trips"]) | set(now["transactions"]))
+    out: dict[str, Any] = {}
+    for app in apps:
+        statements = {
+            text: round(n / per, 2)
+            for text, n in sorted(now["statements"].get(app, {}).items(), key=lambda kv: -kv[1])
+            if n
+        }
+        out[app] = {
+            "round_trips": round(now["round_trips"].get(app, 0) / per, 2),
+            "transactions": round(now["transactions"].get(app, 0) / per, 2),
+            "statements": statements,
+        }
+    return out
+
+
+def _print_attribution(title: str, table: dict[str, Any] | None) -> None:
+    if not table:
+        return
+    print(f"{title}: application  transactions  round trips")
+    for app, row in table.items():
+        print(f"  {app:28} {row['transactions']:8} {row['round_trips']:8}")
+        for text, n in list(row["statements"].items())[:12]:
+            print(f"      {n:7}  {text[:110]}")
+
+
+async def measure(
+    stack: OurStack, args: argparse.Namespace, proxy: PostgresProxy | None = None
+) -> dict[str, Any]:
     dsn = stack.database
     token = stack.token("lean-0")
     auth = {"Authorization": f"Bearer {token}"}
@@ -101,6 +140,7 @@ async def measure(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(STATS_SETTLE_S)
             cpu = CpuMeter()
             before = await xact_commits(dsn)
+            mark = proxy.attribution() if proxy else {}
             started = time.monotonic()
             await asyncio.sleep(args.idle)
             idle_s = time.monotonic() - started
@@ -109,14 +149,17 @@ async def measure(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
             uptime = await asyncio.to_thread(_uptime)
             idle_xacts = await xact_commits(dsn) - before - 1  # less this reading's own
             idle_rate = idle_xacts / idle_s
+            idle_table = _attribution(proxy, mark, idle_s)
 
             before = await xact_commits(dsn)
+            mark = proxy.attribution() if proxy else {}
             started = time.monotonic()
             for _ in range(args.packs):
                 await pack(args.images)
             await asyncio.sleep(STATS_SETTLE_S)
             busy_s = time.monotonic() - started
             delta = await xact_commits(dsn) - before - 1
+            pack_table = _attribution(proxy, mark, args.packs * args.images)
         finally:
             stream.cancel()
             await asyncio.gather(stream, return_exceptions=True)
@@ -131,6 +174,7 @@ async def measure(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
             "machine": machine,
             "uptime": uptime,
             "pg_xacts_per_s": round(idle_rate, 2),
+            "pg_by_application_per_s": idle_table,
         },
         "packs": {
             "packs": args.packs,
@@ -139,6 +183,10 @@ async def measure(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
             "pg_xacts_total": delta,
             "pg_xacts_per_image": round(work / images, 1),
             "note": "xact_commit delta of the stack's database, idle rate subtracted",
+            "pg_by_application_per_image": pack_table,
+            "pg_attribution_note": "from the proxy, idle not subtracted; the transactions"
+            " are inferred from the client's messages (BEGIN, or an implicit one per Sync"
+            " or simple Query outside a block)",
         },
     }
 
@@ -152,15 +200,20 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lean-costs-") as tmp:
         workdir = Path(tmp)
-        with (
-            bench_postgres(workdir) as pg_port,
-            our_stack(workdir / "stack", backend="instant", pg_port=pg_port) as stack,
-        ):
-            result = asyncio.run(measure(stack, args))
+        with bench_postgres(workdir) as pg_port:
+            if pg_port is None:
+                raise SystemExit("needs Debian's PostgreSQL server binaries")
+            with (
+                PostgresProxy(pg_port) as proxy,
+                our_stack(workdir / "stack", backend="instant", pg_port=proxy.port) as stack,
+            ):
+                result = asyncio.run(measure(stack, args, proxy))
     print(f"idle {result['idle']['cpu_cores_total']} cores: {result['idle']['cpu_cores']}")
     print(f"idle {result['idle']['pg_xacts_per_s']} PostgreSQL transactions/s")
     print(f"load: {result['idle']['uptime']}")
     print(f"{result['packs']['pg_xacts_per_image']} PostgreSQL transactions per image")
+    _print_attribution("at rest, per second", result["idle"]["pg_by_application_per_s"])
+    _print_attribution("per image", result["packs"]["pg_by_application_per_image"])
     path = write_result(f"lean_costs_{args.label}", result)
     print(f"wrote {path}")
 

@@ -131,6 +131,12 @@ class PostgresProxy(_Proxy):
         self.round_trips: Counter[str] = Counter()
         self.queries: Counter[str] = Counter()  # of which simple Query messages
         self.logins: Counter[str] = Counter()
+        # Attribution, keyed by the connection's `application_name` (each service sets its
+        # own): round trips, transactions (a BEGIN, or an implicit one: a simple Query or an
+        # extended exchange up to its Sync outside a block) and statements executed by text.
+        self.app_round_trips: Counter[str] = Counter()
+        self.app_transactions: Counter[str] = Counter()
+        self.statements: Counter[tuple[str, str]] = Counter()
 
     def counts(self) -> dict[str, dict[str, int]]:
         with self._lock:
@@ -139,6 +145,49 @@ class PostgresProxy(_Proxy):
                 "simple_queries": dict(self.queries),
                 "connections": dict(self.logins),
             }
+
+    def attribution(self) -> dict[str, Any]:
+        """Round trips, transactions and statements by application (see `__init__`)."""
+        with self._lock:
+            statements: dict[str, dict[str, int]] = {}
+            for (app, text), n in self.statements.items():
+                statements.setdefault(app, {})[text] = n
+            return {
+                "round_trips": dict(self.app_round_trips),
+                "transactions": dict(self.app_transactions),
+                "statements": statements,
+            }
+
+    def _tally(self, app: str, kind: bytes, body: bytes, state: dict[str, Any]) -> None:
+        """Attribute one frontend message of a connection whose application is `app`."""
+        names: dict[bytes, str] = state["names"]
+        with self._lock:
+            if kind in (b"S", b"H", b"Q"):
+                self.app_round_trips[app] += 1
+            if kind == b"P":  # Parse: name, query text
+                name, _, rest = body.partition(b"\x00")
+                names[name] = _statement(rest.split(b"\x00", 1)[0])
+                state["implicit"] = state["implicit"] or not state["block"]
+            elif kind == b"B":  # Bind: portal, statement name
+                _portal, _, rest = body.partition(b"\x00")
+                text = names.get(rest.split(b"\x00", 1)[0], "?")
+                self.statements[(app, text)] += 1
+                state["implicit"] = state["implicit"] or not state["block"]
+            elif kind == b"S":
+                if state["implicit"]:
+                    self.app_transactions[app] += 1
+                state["implicit"] = False
+            elif kind == b"Q":
+                text = _statement(body.split(b"\x00", 1)[0])
+                self.statements[(app, text)] += 1
+                word = text.split(" ", 1)[0].upper().rstrip(";")
+                if word in ("BEGIN", "START"):
+                    state["block"] = True
+                    self.app_transactions[app] += 1
+                elif word in ("COMMIT", "ROLLBACK", "END", "ABORT"):
+                    state["block"] = False
+                elif not state["block"]:
+                    self.app_transactions[app] += 1
 
     def _client_side(self) -> Feed:
         buffer = b""
@@ -168,19 +217,27 @@ class PostgresProxy(_Proxy):
             params = body[8:].split(b"\x00")
             fields = dict(zip(params[0::2], params[1::2], strict=False))
             database = (fields.get(b"database") or fields.get(b"user") or b"?").decode()
+            app = (fields.get(b"application_name") or b"?").decode()
             self._count(self.logins, database)
             break
+        state: dict[str, Any] = {"names": {}, "block": False, "implicit": False}
         while True:  # typed messages: one byte of type, then a length that counts itself
             yield from need(5)
             kind = buffer[:1]
             (length,) = struct.unpack("!i", buffer[1:5])
             yield from need(1 + length)
-            take(1 + length)
+            message = take(1 + length)
+            self._tally(app, kind, message[5:], state)
             if kind in (b"S", b"H"):
                 self._count(self.round_trips, database)
             elif kind == b"Q":
                 self._count(self.round_trips, database)
                 self._count(self.queries, database)
+
+
+def _statement(text: bytes) -> str:
+    """A statement's text on one line, whitespace collapsed, at most 160 characters."""
+    return " ".join(text.decode("utf-8", "replace").split())[:160]
 
 
 class S3Proxy(_Proxy):
