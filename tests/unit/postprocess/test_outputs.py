@@ -6,22 +6,20 @@ import io
 
 from PIL import Image
 
-from imagegen.blobstore import STAGING_PREFIX, InMemoryBlobStore, get_verified, put_staging
+from imagegen.blobstore import STAGING_PREFIX, InMemoryBlobStore, get_verified
 from imagegen.kafka import Record, encode
 from imagegen.kafka.memory import InMemoryBroker
 from imagegen.object_layout import CACHE_CONTROL, rendition_key
-from schemas.images import GenerationRecord, ProcessedImage, RawImage
-from schemas.jobs import ImageIdentity
+from schemas.images import ProcessedImage, RawImage
 from schemas.topics import TopicNames
 from services.postprocess.handlers import Postprocessor
 from services.postprocess.outputs import write_renditions
 from services.postprocess.renditions import RenderedImage
 from services.postprocess.settings import PostprocessSettings
+from tests.unit.image_builders import identity, raw_image
 
 TOPICS = TopicNames("unit")
-IMAGE = ImageIdentity(
-    job_id="j", image_id="i", image_index=0, image_count=1, user_id="u", character_id="c"
-)
+IMAGE = identity()
 FINALS = "users/u/characters/c/images/i/v1/"
 
 
@@ -29,27 +27,6 @@ def _png(colour: tuple[int, int, int]) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (128, 128), colour).save(buf, "PNG")
     return buf.getvalue()
-
-
-async def _raw(blobs: InMemoryBlobStore, data: bytes) -> RawImage:
-    return RawImage(
-        image=IMAGE,
-        blob=await put_staging(blobs, data, "image/png"),
-        width=128,
-        height=128,
-        record=GenerationRecord(
-            backend="fake",
-            model="m",
-            seed=1,
-            steps=1,
-            guidance=1.0,
-            prompt="p",
-            width=128,
-            height=128,
-        ),
-        provider="fake",
-        cost_usd=0.0,
-    )
 
 
 async def _process(blobs: InMemoryBlobStore, raw: RawImage) -> ProcessedImage:
@@ -64,7 +41,7 @@ async def _process(blobs: InMemoryBlobStore, raw: RawImage) -> ProcessedImage:
 
 async def test_renditions_and_original_are_put_once_at_their_final_keys() -> None:
     blobs = InMemoryBlobStore()
-    raw = await _raw(blobs, _png((90, 120, 200)))
+    raw = await raw_image(blobs, _png((90, 120, 200)))
     processed = await _process(blobs, raw)
     keys = {r.name: r.blob.key for r in processed.renditions}
     assert keys == {
@@ -86,10 +63,10 @@ async def test_a_second_copy_is_staged_and_leaves_the_finals_alone() -> None:
     """A generation run again (other bytes) after the first copy reached its final keys:
     the finals keep the first copy; the second is staged for storage to decide on."""
     blobs = InMemoryBlobStore()
-    first = await _process(blobs, await _raw(blobs, _png((90, 120, 200))))
+    first = await _process(blobs, await raw_image(blobs, _png((90, 120, 200))))
     finals = {key: await blobs.get(key) for key in await blobs.list(FINALS)}
 
-    second_raw = await _raw(blobs, _png((200, 60, 60)))
+    second_raw = await raw_image(blobs, _png((200, 60, 60)))
     second = await _process(blobs, second_raw)
     assert {key: await blobs.get(key) for key in await blobs.list(FINALS)} == finals
     assert second.renditions[0].blob == second_raw.blob
@@ -101,7 +78,7 @@ async def test_a_second_copy_is_staged_and_leaves_the_finals_alone() -> None:
 
 async def test_held_back_renditions_are_staged() -> None:
     blobs = InMemoryBlobStore()
-    raw = await _raw(blobs, _png((10, 200, 10)))
+    raw = await raw_image(blobs, _png((10, 200, 10)))
     rendered = [RenderedImage("display", b"jpeg bytes", 128, 128, "jpeg", "image/jpeg")]
     renditions = await write_renditions(blobs, raw, b"unused", rendered, final=False)
     assert [r.blob.key.startswith(STAGING_PREFIX) for r in renditions] == [True, True]
