@@ -12,12 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from imagegen.blobstore import InMemoryBlobStore, get_verified, put_staging
+from imagegen.blobstore import InMemoryBlobStore, get_verified
 from imagegen.errors import ConfigurationError
 from imagegen.kafka import Record, encode
 from imagegen.kafka.memory import InMemoryBroker
-from schemas.images import GenerationRecord, ProcessedImage, RawImage
-from schemas.jobs import ImageIdentity
+from schemas.images import ProcessedImage
 from schemas.requests import JobKind
 from schemas.topics import TopicNames
 from services.postprocess.background import (
@@ -30,6 +29,7 @@ from services.postprocess.consistency import ConsistencyScorer, Embedding, Face
 from services.postprocess.handlers import ConsistencyCheck, Postprocessor
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.variations import InMemoryVariationStore
+from tests.unit.image_builders import identity, raw_image
 
 TOPICS = TopicNames("unit")
 SIZE = 256
@@ -126,33 +126,7 @@ async def _process(
     scored: bool = False,
 ) -> tuple[ProcessedImage, InMemoryBlobStore]:
     broker, blobs = InMemoryBroker(), InMemoryBlobStore()
-    blob = await put_staging(blobs, _png(image), "image/png")
-    raw = RawImage(
-        image=ImageIdentity(
-            job_id="j",
-            image_id="i",
-            image_index=0,
-            image_count=1,
-            user_id="u",
-            character_id="c",
-            kind=kind,
-        ),
-        blob=blob,
-        width=image.width,
-        height=image.height,
-        record=GenerationRecord(
-            backend="fake",
-            model="m",
-            seed=1,
-            steps=1,
-            guidance=1.0,
-            prompt="p",
-            width=image.width,
-            height=image.height,
-        ),
-        provider="fake",
-        cost_usd=0.0,
-    )
+    raw = await raw_image(blobs, _png(image), image=identity(kind=kind))
     consistency = (
         ConsistencyCheck(ConsistencyScorer(RedEncoder(), threshold=0.5), InMemoryVariationStore())
         if scored
