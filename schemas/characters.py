@@ -6,13 +6,27 @@ Jobs are self-contained: a generator never looks a character up, it gets everyth
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
 from schemas.base import Contract
 
 MAX_SEED = 2**32 - 1
+
+Audience = Literal["general", "children"]
+"""Who a character's or a job's images are for: "children" holds them to the image-safety
+check's stricter threshold."""
+_STRICTNESS: dict[str, int] = {"general": 0, "children": 1}
+
+
+def strictest(*audiences: Audience | None) -> Audience:
+    """The strictest of the given audiences (None: not set); "general" when none is set."""
+    chosen: Audience = "general"
+    for audience in audiences:
+        if audience is not None and _STRICTNESS[audience] > _STRICTNESS[chosen]:
+            chosen = audience
+    return chosen
 
 
 class CharacterAttributes(Contract):
@@ -66,6 +80,8 @@ class CharacterSpec(Contract):
     seed: int = Field(ge=0, le=MAX_SEED)
     reference_keys: list[str] = Field(default_factory=list, max_length=8)
     lora: CharacterLora | None = None
+    audience: Audience = "general"
+    """The default audience of the character's jobs (a job may only make it stricter)."""
 
     def appearance_fingerprint(self) -> str:
         """Identifies how the character looks: a changed appearance needs a new reference set.

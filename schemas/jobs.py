@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from schemas.base import Contract, Message, utcnow
-from schemas.characters import CharacterSpec
+from schemas.characters import Audience, CharacterSpec
 from schemas.requests import JobKind, Quality
 from schemas.topics import Tier
 
@@ -38,7 +38,7 @@ class ImageIdentity(Contract):
     """Consistency re-tries: 0 for the first image, n for the n-th new seed variation."""
     story_id: str | None = None
     page_number: int | None = None
-    audience: Literal["general", "children"] = "general"
+    audience: Audience = "general"
     """Who the image is for: "children" holds it to the image-safety check's stricter
     threshold (a job or character option, stamped by the scheduler)."""
     tier: Tier | None = None

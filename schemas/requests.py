@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, TypeAdapter
 
 from schemas.base import Contract, Message, utcnow
-from schemas.characters import MAX_SEED, CharacterSpec
+from schemas.characters import MAX_SEED, Audience, CharacterSpec
 
 MAX_PACK_SIZE = 23
 MAX_REGENERATIONS = 5
@@ -94,6 +94,11 @@ class GenerateImages(Message):
         default="", max_length=2000, description="Kind prompt: what to draw (moderated)."
     )
     negative_prompt: str = Field(default="", max_length=2000)
+    audience: Audience | None = Field(
+        default=None,
+        description="Who the images are for; None: its characters' audiences. The images are"
+        ' held to the strictest of this and every character\'s ("children" is stricter).',
+    )
     requested_at: datetime = Field(default_factory=utcnow)
 
 
@@ -129,6 +134,11 @@ class GenerateScene(Message):
     style: str = "standard"
     quality: Quality = Quality.STANDARD
     model: str | None = None
+    audience: Audience | None = Field(
+        default=None,
+        description="Who the images are for; None: its characters' audiences. The images are"
+        ' held to the strictest of this and every character\'s ("children" is stricter).',
+    )
     requested_at: datetime = Field(default_factory=utcnow)
 
 
@@ -148,6 +158,11 @@ class GenerateStory(Message):
     aspect_ratio: AspectRatio = AspectRatio.WIDE
     quality: Quality = Quality.STANDARD
     model: str | None = None
+    audience: Audience | None = Field(
+        default=None,
+        description="Who the images are for; None: its characters' audiences. The images are"
+        ' held to the strictest of this and every character\'s ("children" is stricter).',
+    )
     requested_at: datetime = Field(default_factory=utcnow)
 
 

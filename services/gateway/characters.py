@@ -23,7 +23,7 @@ import asyncpg
 
 from imagegen.blobstore import BlobStore
 from imagegen.kafka import Publisher
-from schemas.characters import MAX_SEED, CharacterLora, CharacterSpec
+from schemas.characters import MAX_SEED, Audience, CharacterLora, CharacterSpec
 from schemas.events import JobStatus
 from schemas.requests import GenerateImages, JobKind, UserTier
 from services.gateway.models import (
@@ -48,6 +48,7 @@ _RENDITION_ORDER = ("display", "original", "print")
 _COLUMNS = (
     "c.id, c.name, c.description, c.attributes, c.style_modifiers, c.art_style, c.seed,"
     " c.created_at, c.updated_at, c.reference_job_id, c.reference_fingerprint, c.lora,"
+    " c.audience,"
     " j.status AS reference_job_status"
 )
 _FROM = "FROM characters c LEFT JOIN jobs j ON j.id = c.reference_job_id"
@@ -86,6 +87,7 @@ class CharacterRecord:
     photos: list[PhotoRecord] = field(default_factory=list)
     generated_keys: list[str] = field(default_factory=list)
     lora: CharacterLora | None = None
+    audience: Audience = "general"
 
     @property
     def fingerprint(self) -> str:
@@ -126,6 +128,7 @@ def to_spec(character: CharacterRecord, *, with_keys: bool = True) -> CharacterS
         seed=character.seed,
         reference_keys=keys[:MAX_REFERENCE_KEYS],
         lora=character.lora,
+        audience=character.audience,
     )
 
 
@@ -151,6 +154,7 @@ def _record(row: asyncpg.Record) -> CharacterRecord:
         reference_fingerprint=row["reference_fingerprint"],
         reference_job_status=JobStatus(status) if status is not None else None,
         lora=CharacterLora.model_validate_json(row["lora"]) if row["lora"] else None,
+        audience=row["audience"],
     )
 
 
@@ -296,8 +300,8 @@ async def create(
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     row = await db.fetchrow(
         "WITH c AS (INSERT INTO characters (id, user_id, name, description, attributes,"
-        " style_modifiers, art_style, seed, lora)"
-        " VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8, $9::jsonb)"
+        " style_modifiers, art_style, seed, lora, audience)"
+        " VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8, $9::jsonb, $10)"
         " RETURNING *), j AS (SELECT NULL::text AS status)"
         f" SELECT {_COLUMNS} FROM c, j",
         character_id or str(uuid.uuid4()),
@@ -309,6 +313,7 @@ async def create(
         body.art_style,
         seed,
         lora.model_dump_json() if lora is not None else None,
+        body.audience,
     )
     assert row is not None
     return _record(row)
@@ -332,7 +337,7 @@ async def save(conn: asyncpg.Connection, user_id: str, record: CharacterRecord) 
     await conn.execute(
         "UPDATE characters SET name = $3, description = $4, attributes = $5::jsonb,"
         " style_modifiers = $6::jsonb, art_style = $7, seed = $8, lora = $9::jsonb,"
-        " updated_at = now()"
+        " audience = $10, updated_at = now()"
         " WHERE id = $1 AND user_id = $2",
         record.id,
         user_id,
@@ -343,6 +348,7 @@ async def save(conn: asyncpg.Connection, user_id: str, record: CharacterRecord) 
         record.art_style,
         record.seed,
         record.lora.model_dump_json() if record.lora is not None else None,
+        record.audience,
     )
 
 
@@ -373,14 +379,15 @@ async def start_reference_set(
     job_id = str(uuid.uuid4())
     spec = to_spec(record)
     await conn.execute(
-        "INSERT INTO jobs (id, user_id, kind, status, character_id, total)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO jobs (id, user_id, kind, status, character_id, total, audience)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
         job_id,
         user_id,
         JobKind.REFERENCE.value,
         JobStatus.QUEUED.value,
         record.id,
         REFERENCE_SET_SIZE,
+        record.audience,
     )
     await conn.execute(
         "UPDATE characters SET reference_job_id = $2, reference_fingerprint = $3 WHERE id = $1",
@@ -459,6 +466,7 @@ async def view(blobs: BlobStore, record: CharacterRecord, url_ttl: int) -> Chara
         seed=record.seed,
         reference_set=reference_set_view(record),
         lora=lora_view(record.lora),
+        audience=record.audience,
         reference_photos=[await photo_view(blobs, p, url_ttl) for p in record.photos],
         created_at=record.created_at,
         updated_at=record.updated_at,

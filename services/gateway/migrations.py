@@ -234,6 +234,14 @@ _V11 = """
 ALTER TABLE characters ADD COLUMN lora jsonb;
 """
 
+# Who a character's and a job's images are for ("children": the stricter safety threshold).
+_V12 = """
+ALTER TABLE characters ADD COLUMN audience text NOT NULL DEFAULT 'general'
+    CHECK (audience IN ('general', 'children'));
+ALTER TABLE jobs ADD COLUMN audience text NOT NULL DEFAULT 'general'
+    CHECK (audience IN ('general', 'children'));
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
@@ -246,4 +254,5 @@ MIGRATIONS: list[tuple[int, str]] = [
     (9, _V9),
     (10, _V10),
     (11, _V11),
+    (12, _V12),
 ]

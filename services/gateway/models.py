@@ -9,12 +9,12 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from schemas.characters import MAX_SEED, CharacterAttributes
+from schemas.characters import MAX_SEED, Audience, CharacterAttributes
 from schemas.events import JobStatus
 from schemas.jobs import MAX_SCENE_CHARACTERS
 from schemas.requests import MAX_PACK_SIZE, MAX_STORY_PAGES, PhotoGroup, Quality
 from schemas.styles import STYLE_NAMES, known_style
-from services.gateway.models_images import QualityIn
+from services.gateway.models_images import JOB_AUDIENCE_DOC, QualityIn
 from services.gateway.webhooks.models import WebhookIn
 
 _CAMEL = ConfigDict(alias_generator=to_camel, populate_by_name=True)
@@ -37,6 +37,10 @@ ResourceId = Annotated[
     str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$", examples=["3f1c9a52-..."])
 ]
 Modifier = Annotated[str, Field(min_length=1, max_length=100)]
+AUDIENCE_DOC = (
+    'Who the images are for: "general" or "children" (the image-safety check refuses'
+    " suggestive images at a lower score)."
+)
 
 
 def check_text(value: Any) -> Any:
@@ -105,6 +109,7 @@ _CHARACTER_EXAMPLE: dict[str, Any] = {
     },
     "styleModifiers": ["soft light"],
     "artStyle": "storybook",
+    "audience": "children",
 }
 
 
@@ -133,6 +138,9 @@ class CharacterCreate(CleanInput):
     lora_weight: float | None = Field(
         default=None, ge=0.0, le=2.0, description="How strongly the LoRA applies (default 1)."
     )
+    audience: Audience = Field(
+        default="general", description=AUDIENCE_DOC + " The default for its jobs."
+    )
 
 
 class CharacterUpdate(CleanInput):
@@ -158,9 +166,17 @@ class CharacterUpdate(CleanInput):
     )
     lora_trigger_word: str | None = Field(default=None, max_length=100)
     lora_weight: float | None = Field(default=None, ge=0.0, le=2.0)
+    audience: Audience | None = Field(default=None, description=AUDIENCE_DOC)
 
     @field_validator(
-        "name", "description", "attributes", "style_modifiers", "art_style", "seed", mode="before"
+        "name",
+        "description",
+        "attributes",
+        "style_modifiers",
+        "art_style",
+        "seed",
+        "audience",
+        mode="before",
     )
     @classmethod
     def _not_null(cls, value: object) -> object:
@@ -264,6 +280,7 @@ class Character(BaseModel):
     lora: CharacterLoraView | None = Field(
         default=None, description="The character's LoRA weights; null when it has none."
     )
+    audience: Audience = Field(default="general", description=AUDIENCE_DOC)
     created_at: datetime
     updated_at: datetime
 
@@ -483,6 +500,7 @@ class GenerateRequest(CleanInput):
         description="A photo pack (needs 5-8 reference photos of the character): its images"
         " use the group's photo prompts (professional, lifestyle, creative: 9 each; all: 23).",
     )
+    audience: Audience | None = Field(default=None, description=JOB_AUDIENCE_DOC)
     webhook: WebhookIn | None = None
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from schemas.characters import MAX_SEED
+from schemas.characters import MAX_SEED, Audience
 from schemas.events import JobStatus
 from schemas.jobs import MAX_SCENE_CHARACTERS
 from schemas.requests import (
@@ -78,6 +78,12 @@ ImageSize = Literal[
     "512x512", "768x768", "1024x1024", "1024x576", "576x1024", "1024x768", "768x1024"
 ]
 
+JOB_AUDIENCE_DOC = (
+    'Who this job\'s images are for: "general" or "children" (the image-safety check refuses'
+    " suggestive images at a lower score). Default: the strictest of its characters'"
+    ' audiences; a job may make it stricter, never looser (a "general" job of a "children"'
+    " character is a 422)."
+)
 _IN = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 _OUT = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
@@ -154,6 +160,7 @@ class PortraitRequest(BaseModel):
     story_id: Id | None = None
     style: Style
     options: PortraitOptions = Field(default_factory=PortraitOptions)
+    audience: Audience | None = Field(default=None, description=JOB_AUDIENCE_DOC)
     webhook: WebhookIn | None = Field(default=None, description="Signed POSTs as it runs.")
 
 
@@ -193,6 +200,7 @@ class SceneRequest(BaseModel):
     scene_description: str | None = Field(default=None, max_length=2000)
     style: Style
     options: SceneOptions = Field(default_factory=SceneOptions)
+    audience: Audience | None = Field(default=None, description=JOB_AUDIENCE_DOC)
     webhook: WebhookIn | None = Field(default=None, description="Signed POSTs as it runs.")
 
 
@@ -216,6 +224,7 @@ class StoryGenerateRequest(BaseModel):
     include_scene_images: bool = True
     images_per_page: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_PAGE)
     options: SceneOptions = Field(default_factory=SceneOptions)
+    audience: Audience | None = Field(default=None, description=JOB_AUDIENCE_DOC)
     webhook: WebhookIn | None = Field(default=None, description="Signed POSTs as it runs.")
 
 
@@ -435,6 +444,10 @@ class JobOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    audience: Audience = Field(
+        default="general",
+        description='Who its images are for ("children": the stricter image-safety threshold).',
+    )
     queue: QueueStatus | None = Field(
         default=None,
         description="Position in its tier's queue and the wait, while an image of it waits"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from imagegen.blobstore import BlobStore
+from schemas.characters import Audience
 from schemas.events import JobStatus
 from schemas.requests import JobKind
 from services.gateway import gallery, paging, queueing
@@ -38,6 +39,7 @@ async def insert_job(
     page_number: int | None = None,
     image_id: str | None = None,
     style: str | None = None,
+    audience: Audience = "general",
 ) -> None:
     """The job as its request describes it. A row already there is this same job (its id
     comes from an Idempotency-Key claim whose earlier attempt sent the command and died
@@ -45,11 +47,12 @@ async def insert_job(
     fields are filled in, its progress kept. Another user's row with the id is refused."""
     ours = await conn.fetchval(
         "INSERT INTO jobs (id, user_id, kind, status, character_id, total, story_id,"
-        " page_number, image_id, style) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        " page_number, image_id, style, audience)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         " ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind,"
         "  character_id = EXCLUDED.character_id, total = EXCLUDED.total,"
         "  story_id = EXCLUDED.story_id, page_number = EXCLUDED.page_number,"
-        "  image_id = EXCLUDED.image_id, style = EXCLUDED.style"
+        "  image_id = EXCLUDED.image_id, style = EXCLUDED.style, audience = EXCLUDED.audience"
         " WHERE jobs.user_id = EXCLUDED.user_id"
         " RETURNING true",
         job_id,
@@ -62,6 +65,7 @@ async def insert_job(
         page_number,
         image_id,
         style,
+        audience,
     )
     if not ours:
         raise asyncpg.UniqueViolationError(f"job {job_id} exists and is not {user_id}'s")
@@ -138,7 +142,7 @@ async def get_job(
 _JOB_COLUMNS = (
     "id, kind, status, total, completed, failed, running, phase, reason_code, reason,"
     " cost_usd, character_id, story_id, page_number, image_id, created_at, updated_at,"
-    " finished_at"
+    " finished_at, audience"
 )
 
 
@@ -164,6 +168,7 @@ def _job_out(row: asyncpg.Record) -> JobOut:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
+        audience=row["audience"],
     )
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from imagegen.errors import PermanentError
-from schemas.characters import MAX_SEED, CharacterSpec
+from schemas.characters import MAX_SEED, Audience, CharacterSpec, strictest
 from schemas.jobs import (
     MAX_SCENE_CHARACTERS,
     CharacterRegion,
@@ -120,6 +120,18 @@ def tier_for(request: PlannableRequest | RegenerateImage) -> Tier:
     return Tier.STANDARD if isinstance(request, GenerateStory) else Tier.REALTIME
 
 
+def audience_of(request: PlannableRequest) -> Audience:
+    """Who every image of the job is for: the strictest of the job's own setting and its
+    characters' (a character's audience is its jobs' default; a job can only tighten it)."""
+    if isinstance(request, GenerateImages):
+        cast = [request.character]
+    elif isinstance(request, GenerateScene):
+        cast = list(request.characters)
+    else:
+        cast = list(request.story.characters)
+    return strictest(request.audience, *(character.audience for character in cast))
+
+
 def _no_reference_set(_character: CharacterSpec) -> Sequence[str] | None:
     return None
 
@@ -134,6 +146,7 @@ class _Common:
     model: str | None
     steps: int
     guidance: float
+    audience: Audience = "general"
 
 
 @dataclass(frozen=True)
@@ -175,6 +188,7 @@ def _build(common: _Common, drafts: list[_Draft]) -> list[PlannedImage]:
                     kind=d.kind,
                     story_id=d.story_id,
                     page_number=d.page_number,
+                    audience=common.audience,
                 ),
                 tier=common.tier,
                 character=d.character,
@@ -517,6 +531,7 @@ def plan(
         model=request.model,
         steps=steps,
         guidance=guidance,
+        audience=audience_of(request),
     )
     planned = _build(common, drafts)
     if catalogue is None:

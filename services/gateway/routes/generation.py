@@ -18,6 +18,7 @@ from imagegen.kafka import Publisher
 from schemas.jobs import image_id_for
 from schemas.requests import GenerateImages, GenerateScene, GenerateStory, JobKind
 from services.gateway import characters, estimates, gallery, publishing, readmodel, stories
+from services.gateway.audiences import job_audience
 from services.gateway.auth import CurrentUser
 from services.gateway.deps import OffersDep, PoolDep, PublisherDep, SettingsDep
 from services.gateway.idempotency import IdempotencyKey
@@ -112,6 +113,7 @@ async def _record_and_send(
             page_number=image.page_number,
             image_id=image.image_id,
             style=image.style,
+            audience=command.audience or "general",
         )
         await gallery.insert_pending(
             conn,
@@ -163,12 +165,14 @@ async def generate_portrait(
             )
         if body.story_id is not None:
             await _story_or_404(conn, user.user_id, body.story_id)
+        spec = characters.to_spec(character)
         command = GenerateImages(
             job_id=job_id,
             user_id=user.user_id,
             tier=user.tier,
             kind=JobKind.PORTRAIT,
-            character=characters.to_spec(character),
+            character=spec,
+            audience=job_audience(body.audience, [spec], ("body", "audience")),
             image_count=1,
             style=body.style,
             width=width,
@@ -241,13 +245,15 @@ async def generate_scene(
                     f"character {ident} is not one of story {story.id}'s characters",
                 )
         options = body.options
+        specs = [characters.to_spec(cast[i]) for i in body.character_ids]
         command = GenerateScene(
             job_id=job_id,
             user_id=user.user_id,
             tier=user.tier,
             story_id=story.id,
             page_number=page.page_number,
-            characters=[characters.to_spec(cast[i]) for i in body.character_ids],
+            characters=specs,
+            audience=job_audience(body.audience, specs, ("body", "audience")),
             scene_description=body.scene_description or page.scene_description or "",
             page_text=page.text,
             include_text=options.include_text,
@@ -327,6 +333,7 @@ async def generate_story(
             user_id=user.user_id,
             tier=user.tier,
             story=spec,
+            audience=job_audience(body.audience, spec.characters, ("body", "audience")),
             style=body.style,
             include_character_portraits=body.include_character_portraits,
             include_scene_images=body.include_scene_images,
@@ -354,6 +361,7 @@ async def generate_story(
                 total=total,
                 story_id=story_id,
                 style=body.style,
+                audience=command.audience or "general",
             )
             if body.webhook is not None:
                 await webhook_store.register(conn, job_id, user.user_id, body.webhook)

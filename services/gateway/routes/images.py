@@ -154,6 +154,8 @@ async def regenerate(
         parent = gallery.current(rows)
         version = latest + 1
         estimate = await estimates.estimate(conn, user.user_id, 1)
+        # The new version is held to its original's audience (the scheduler copies it).
+        audience = await conn.fetchval("SELECT audience FROM jobs WHERE id = $1", parent["job_id"])
         await readmodel.insert_job(
             conn,
             job_id,
@@ -165,6 +167,7 @@ async def regenerate(
             page_number=parent["page_number"],
             image_id=image_id,
             style=mods.style or parent["style"],
+            audience=audience or "general",
         )
         await gallery.insert_pending(
             conn,

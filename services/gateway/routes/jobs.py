@@ -14,6 +14,7 @@ from schemas.events import JobStatus
 from schemas.jobs import image_id_for
 from schemas.requests import PROMPT_CHARACTER_PREFIX, CancelJob, GenerateImages, JobKind
 from services.gateway import characters, gallery, paging, publishing, readmodel
+from services.gateway.audiences import job_audience
 from services.gateway.auth import CurrentUser, Principal
 from services.gateway.deps import (
     BlobsDep,
@@ -127,12 +128,14 @@ async def _pack_command(
             raise field_error(("body", "image_count"), "required for a pack (1-23)")
         count = PHOTO_GROUP_SIZES[group]
     width, height = _size(body)
+    spec = characters.to_spec(character)
     return GenerateImages(
         job_id=job_id,
         user_id=user.user_id,
         tier=user.tier,
         kind=JobKind.PACK,
-        character=characters.to_spec(character),
+        character=spec,
+        audience=job_audience(body.audience, [spec], ("body", "audience")),
         image_count=count,
         style=body.style or character.art_style,
         width=width,
@@ -165,6 +168,7 @@ def _prompt_command(body: GenerateRequest, user: Principal, job_id: str) -> Gene
         model=body.model,
         prompt=body.prompt,
         negative_prompt=body.negative_prompt or "",
+        audience=body.audience or "general",
     )
 
 
@@ -226,6 +230,7 @@ async def generate(
                 character_id=None if prompt_only else command.character.id,
                 image_id=image_id_for(job_id, 0) if command.image_count == 1 else None,
                 style=command.style,
+                audience=command.audience or "general",
             )
             if body.webhook is not None:
                 await webhook_store.register(conn, job_id, user.user_id, body.webhook)
