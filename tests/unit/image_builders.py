@@ -18,7 +18,7 @@ from schemas.images import GenerationRecord, RawImage
 from schemas.jobs import ImageIdentity
 
 
-def identity(**overrides: Any) -> ImageIdentity:
+def image_identity(**overrides: Any) -> ImageIdentity:
     """Image 0 of one-image job "j" of user "u", character "c"."""
     fields: dict[str, Any] = {
         "job_id": "j",
@@ -56,12 +56,12 @@ async def raw_image(
 ) -> RawImage:
     """`png` staged in `blobs` as a generator's output; its size read from the image.
 
-    `image` defaults to `identity()`, `record` overrides `generation_record`'s fields and
+    `image` defaults to `image_identity()`, `record` overrides `generation_record`'s fields and
     `fields` the message's own (provider "fake", cost 0).
     """
     width, height = Image.open(io.BytesIO(png)).size
     message: dict[str, Any] = {
-        "image": image or identity(),
+        "image": image or image_identity(),
         "blob": await put_staging(blobs, png, "image/png"),
         "width": width,
         "height": height,

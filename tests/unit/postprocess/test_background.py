@@ -29,7 +29,7 @@ from services.postprocess.consistency import ConsistencyScorer, Embedding, Face
 from services.postprocess.handlers import ConsistencyCheck, Postprocessor
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.variations import InMemoryVariationStore
-from tests.unit.image_builders import identity, raw_image
+from tests.unit.image_builders import image_identity, raw_image
 
 TOPICS = TopicNames("unit")
 SIZE = 256
@@ -126,7 +126,7 @@ async def _process(
     scored: bool = False,
 ) -> tuple[ProcessedImage, InMemoryBlobStore]:
     broker, blobs = InMemoryBroker(), InMemoryBlobStore()
-    raw = await raw_image(blobs, _png(image), image=identity(kind=kind))
+    raw = await raw_image(blobs, _png(image), image=image_identity(kind=kind))
     consistency = (
         ConsistencyCheck(ConsistencyScorer(RedEncoder(), threshold=0.5), InMemoryVariationStore())
         if scored

@@ -14,8 +14,7 @@ from imagegen.db import create_pool, migrate
 from imagegen.kafka import Record, encode
 from imagegen.kafka.memory import InMemoryBroker
 from schemas.events import EVENT_ADAPTER, ConsistencyFlagged
-from schemas.images import GenerationRecord, ProcessedImage, RawImage
-from schemas.jobs import ImageIdentity
+from schemas.images import ProcessedImage
 from schemas.topics import TopicNames
 from services.generator.backends.base import CancelToken, GenerationRequest
 from services.generator.backends.demo_faces import DemoFaceBackend
@@ -33,6 +32,7 @@ from services.postprocess.variations import (
     PostgresVariationStore,
     VariationStore,
 )
+from tests.unit.image_builders import image_identity, raw_image
 
 TOPICS = TopicNames("unit")
 THRESHOLD = PostprocessSettings().consistency_threshold
@@ -150,7 +150,7 @@ async def test_inconsistent_image_is_held_back_then_best_variation_kept(
     variations: VariationStore,
 ) -> None:
     broker, blobs = InMemoryBroker(), InMemoryBlobStore()
-    identity = await put_staging(blobs, _png(255), "image/png")  # embedding 1.0
+    reference = await put_staging(blobs, _png(255), "image/png")  # embedding 1.0
     scorer = ConsistencyScorer(ColourEncoder(), threshold=0.9)
     post = Postprocessor(
         PostprocessSettings(consistency_threshold=0.9),
@@ -161,33 +161,12 @@ async def test_inconsistent_image_is_held_back_then_best_variation_kept(
     )
 
     async def deliver(variation: int, red: int) -> None:
-        blob = await put_staging(blobs, _png(red), "image/png")
-        raw = RawImage(
-            image=ImageIdentity(
-                job_id="j",
-                image_id="i",
-                image_index=0,
-                image_count=1,
-                user_id="u",
-                character_id="c",
-                variation=variation,
-            ),
-            blob=blob,
-            width=64,
-            height=64,
-            record=GenerationRecord(
-                backend="fake",
-                model="m",
-                seed=variation,
-                steps=1,
-                guidance=1.0,
-                prompt="p",
-                width=64,
-                height=64,
-            ),
-            provider="fake",
-            cost_usd=0.0,
-            identity_keys=[identity.key],
+        raw = await raw_image(
+            blobs,
+            _png(red),
+            image=image_identity(variation=variation),
+            record={"seed": variation},
+            identity_keys=[reference.key],
             max_variations=2,
         )
         record = Record(
@@ -223,7 +202,7 @@ async def test_inconsistent_image_is_held_back_then_best_variation_kept(
 
 async def test_consistent_image_goes_straight_through() -> None:
     broker, blobs = InMemoryBroker(), InMemoryBlobStore()
-    identity = await put_staging(blobs, _png(255), "image/png")
+    reference = await put_staging(blobs, _png(255), "image/png")
     post = Postprocessor(
         PostprocessSettings(consistency_threshold=0.9),
         blobs,
@@ -233,28 +212,8 @@ async def test_consistent_image_goes_straight_through() -> None:
             ConsistencyScorer(ColourEncoder(), threshold=0.9), InMemoryVariationStore()
         ),
     )
-    blob = await put_staging(blobs, _png(250), "image/png")
-    raw = RawImage(
-        image=ImageIdentity(
-            job_id="j", image_id="i", image_index=0, image_count=1, user_id="u", character_id="c"
-        ),
-        blob=blob,
-        width=64,
-        height=64,
-        record=GenerationRecord(
-            backend="fake",
-            model="m",
-            seed=1,
-            steps=1,
-            guidance=1.0,
-            prompt="p",
-            width=64,
-            height=64,
-        ),
-        provider="fake",
-        cost_usd=0.0,
-        identity_keys=[identity.key, "staging/missing.png"],
-        max_variations=2,
+    raw = await raw_image(
+        blobs, _png(250), identity_keys=[reference.key, "staging/missing.png"], max_variations=2
     )
     await post.on_raw_image(
         Record(topic=TOPICS.images_raw, partition=0, offset=0, key="j", value=encode(raw))

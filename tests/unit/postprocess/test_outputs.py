@@ -16,10 +16,10 @@ from services.postprocess.handlers import Postprocessor
 from services.postprocess.outputs import write_renditions
 from services.postprocess.renditions import RenderedImage
 from services.postprocess.settings import PostprocessSettings
-from tests.unit.image_builders import identity, raw_image
+from tests.unit.image_builders import image_identity, raw_image
 
 TOPICS = TopicNames("unit")
-IMAGE = identity()
+IMAGE = image_identity()
 FINALS = "users/u/characters/c/images/i/v1/"
 
 
