@@ -17,7 +17,7 @@ from schemas.images import ProcessedImage
 from schemas.topics import TopicNames
 from services.storage.layout import CACHE_CONTROL, owner_of, rendition_key
 from services.storage.owners import deleted_event
-from services.storage.records import insert_image, stored_image
+from services.storage.records import admission, insert_image, stored_image
 
 log = logging.getLogger(__name__)
 SOURCE = "imagegen/storage"
@@ -31,35 +31,15 @@ class StorageService:
         self._blobs = blobs
         self._events = EventEmitter(publisher, topics.events, SOURCE)
 
-    async def _deleted(self, msg: ProcessedImage) -> str | None:
-        """Why the image must not be stored: it, or its character or story, was deleted; or
-        the scheduler ended this version unstored ("discarded") and it is not stored yet."""
-        image = msg.image
-        owner_kind, owner_id = owner_of(image)
-        async with transient_as_retryable(), self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT EXISTS (SELECT 1 FROM deleted_images WHERE image_id = $1) AS image,"
-                " EXISTS (SELECT 1 FROM deleted_owners WHERE user_id = $2"
-                "   AND owner_kind = $3 AND owner_id = $4) AS owner,"
-                " EXISTS (SELECT 1 FROM discarded_images d WHERE d.image_id = $1"
-                "   AND d.version = $5 AND NOT EXISTS (SELECT 1 FROM images i"
-                "   WHERE i.image_id = $1 AND i.version = $5)) AS discarded",
-                image.image_id,
-                image.user_id,
-                owner_kind,
-                owner_id,
-                image.version,
-            )
-        if row["image"]:
-            return "image"
-        if row["owner"]:
-            return owner_kind
-        return "discarded" if row["discarded"] else None
-
     async def on_processed_image(self, record: Record) -> None:
         msg = decode(record, ProcessedImage)
         image = msg.image
-        deleted = await self._deleted(msg)
+        owner_kind, owner_id = owner_of(image)
+        async with transient_as_retryable(), self._pool.acquire() as conn:
+            known = await admission(
+                conn, image.image_id, image.version, image.user_id, owner_kind, owner_id
+            )
+        deleted = known.deleted
         if deleted == "discarded":
             # Its job has ended without it: its final objects go, nothing is announced.
             if finals := _final_keys(msg):
@@ -89,8 +69,7 @@ class StorageService:
                 deleted,
             )
             return
-        async with transient_as_retryable(), self._pool.acquire() as conn:
-            data = await stored_image(conn, image.image_id, image.version)
+        data = known.stored
         if data is None:
             data = await self._store(msg)
         else:

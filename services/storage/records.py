@@ -1,9 +1,14 @@
 """Metadata rows of a stored image: the `images` row and, for reference images and
-portraits, the `character_references` row with the face embedding."""
+portraits, the `character_references` row with the face embedding.
+
+A delivery costs two round trips (each its own implicit transaction): `admission` reads
+whether the image may be stored and what was stored already, `insert_image` writes every
+row in one statement."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -11,6 +16,7 @@ from schemas.events import ImageStoredData, StoredRendition
 from schemas.images import ProcessedImage
 from schemas.requests import JobKind
 
+_ADMISSION_FLAGS = frozenset({"deleted_image", "deleted_owner", "discarded"})
 REFERENCE_KINDS = frozenset({JobKind.REFERENCE, JobKind.PORTRAIT})
 """Images that show what a character looks like: its reference set and its portraits."""
 
@@ -26,10 +32,16 @@ _INSERT_IMAGE = (
     " ON CONFLICT (image_id, version) DO NOTHING RETURNING true"
 )
 
-_INSERT_REFERENCE = (
-    "INSERT INTO character_references (image_id, version, user_id, character_id, job_id,"
-    " kind, original_key, keys, style, embedding, encoder)"
-    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) ON CONFLICT (image_id, version) DO NOTHING"
+# One statement, so atomic without BEGIN/COMMIT: the reference row is written only when
+# the image row was ($35: whether the kind has one).
+_INSERT_ROWS = (
+    "WITH inserted AS (" + _INSERT_IMAGE + "),"
+    " reference AS (INSERT INTO character_references (image_id, version, user_id,"
+    " character_id, job_id, kind, original_key, keys, style, embedding, encoder)"
+    " SELECT $1, $2, $5, $6, $3, $7, $36::text, $37::jsonb, $19, $38::double precision[],"
+    " $39::text FROM inserted WHERE $35::boolean"
+    " ON CONFLICT (image_id, version) DO NOTHING)"
+    " SELECT EXISTS (SELECT 1 FROM inserted)"
 )
 
 
@@ -42,6 +54,47 @@ _STORED = (
 )
 
 
+# Why an image must not be stored (it, or its owner, was deleted; or the scheduler ended
+# this version unstored and it is not stored yet), beside what was stored: one round trip.
+_ADMISSION = (
+    "SELECT EXISTS (SELECT 1 FROM deleted_images WHERE image_id = $1) AS deleted_image,"
+    " EXISTS (SELECT 1 FROM deleted_owners WHERE user_id = $3"
+    "   AND owner_kind = $4 AND owner_id = $5) AS deleted_owner,"
+    " EXISTS (SELECT 1 FROM discarded_images d WHERE d.image_id = $1"
+    "   AND d.version = $2) AS discarded,"
+    " s.* FROM (SELECT 1) AS one LEFT JOIN (" + _STORED + ") AS s ON true"
+)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What storage knows of an image version before storing it."""
+
+    deleted: str | None
+    """"image", the owner's kind, "discarded" (ended unstored, not stored), or None."""
+    stored: ImageStoredData | None
+    """What was stored already (see `stored_image`)."""
+
+
+async def admission(
+    conn: asyncpg.Connection,
+    image_id: str,
+    version: int,
+    user_id: str,
+    owner_kind: str,
+    owner_id: str,
+) -> Admission:
+    """Whether the image may be stored, and what was stored of it, in one read."""
+    row = await conn.fetchrow(_ADMISSION, image_id, version, user_id, owner_kind, owner_id)
+    assert row is not None
+    stored = _stored_data(row) if row["image_id"] is not None else None
+    if row["deleted_image"]:
+        return Admission("image", stored)
+    if row["deleted_owner"]:
+        return Admission(owner_kind, stored)
+    return Admission("discarded" if row["discarded"] and stored is None else None, stored)
+
+
 async def stored_image(
     conn: asyncpg.Connection, image_id: str, version: int
 ) -> ImageStoredData | None:
@@ -49,9 +102,11 @@ async def stored_image(
     nothing was. A redelivered copy of the image (a re-run generation: other bytes, other
     cost) is answered with this, never with the copy's own data."""
     row = await conn.fetchrow(_STORED, image_id, version)
-    if row is None:
-        return None
-    fields = dict(row.items())
+    return None if row is None else _stored_data(row)
+
+
+def _stored_data(row: asyncpg.Record) -> ImageStoredData:
+    fields = {k: v for k, v in row.items() if k not in _ADMISSION_FLAGS}
     fields["renditions"] = json.loads(fields["renditions"])
     fields["character_scores"] = json.loads(fields["character_scores"])
     fields["cost_usd"] = float(fields["cost_usd"])
@@ -62,60 +117,49 @@ async def stored_image(
 async def insert_image(
     conn: asyncpg.Connection, msg: ProcessedImage, stored: list[StoredRendition]
 ) -> bool:
-    """Insert the image's rows in one transaction; False when they were already there."""
+    """Insert the image's rows (one statement); False when they were already there."""
     image, record = msg.image, msg.record
     original = next(s for s in stored if s.name == "original")
-    async with conn.transaction():
-        inserted = await conn.fetchval(
-            _INSERT_IMAGE,
-            image.image_id,
-            image.version,
-            image.job_id,
-            image.image_index,
-            image.user_id,
-            image.character_id,
-            image.kind.value,
-            original.width,
-            original.height,
-            original.size_bytes,
-            json.dumps([s.model_dump() for s in stored]),
-            record.model_dump_json(),
-            msg.provider,
-            msg.cost_usd,
-            msg.consistency_score,
-            msg.flagged,
-            image.story_id,
-            image.page_number,
-            msg.style,
-            record.prompt,
-            record.negative_prompt,
-            record.model,
-            record.backend,
-            record.seed,
-            record.quality,
-            record.conditioning,
-            record.scene_description,
-            record.scene_source,
-            image.version - 1 if image.version > 1 else None,
-            msg.timings.model_dump_json(),
-            msg.quality_score,
-            json.dumps(msg.quality_components),
-            json.dumps({cid: s.model_dump() for cid, s in msg.character_scores.items()}),
-            msg.not_scored_reason,
-        )
-        if inserted and image.kind in REFERENCE_KINDS:
-            await conn.execute(
-                _INSERT_REFERENCE,
-                image.image_id,
-                image.version,
-                image.user_id,
-                image.character_id,
-                image.job_id,
-                image.kind.value,
-                original.key,
-                json.dumps({s.name: s.key for s in stored}),
-                msg.style,
-                msg.face_embedding,
-                msg.face_encoder if msg.face_embedding is not None else "",
-            )
+    inserted = await conn.fetchval(
+        _INSERT_ROWS,
+        image.image_id,
+        image.version,
+        image.job_id,
+        image.image_index,
+        image.user_id,
+        image.character_id,
+        image.kind.value,
+        original.width,
+        original.height,
+        original.size_bytes,
+        json.dumps([s.model_dump() for s in stored]),
+        record.model_dump_json(),
+        msg.provider,
+        msg.cost_usd,
+        msg.consistency_score,
+        msg.flagged,
+        image.story_id,
+        image.page_number,
+        msg.style,
+        record.prompt,
+        record.negative_prompt,
+        record.model,
+        record.backend,
+        record.seed,
+        record.quality,
+        record.conditioning,
+        record.scene_description,
+        record.scene_source,
+        image.version - 1 if image.version > 1 else None,
+        msg.timings.model_dump_json(),
+        msg.quality_score,
+        json.dumps(msg.quality_components),
+        json.dumps({cid: s.model_dump() for cid, s in msg.character_scores.items()}),
+        msg.not_scored_reason,
+        image.kind in REFERENCE_KINDS,
+        original.key,
+        json.dumps({s.name: s.key for s in stored}),
+        msg.face_embedding,
+        msg.face_encoder if msg.face_embedding is not None else "",
+    )
     return bool(inserted)
