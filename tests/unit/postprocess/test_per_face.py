@@ -17,8 +17,8 @@ from imagegen.blobstore import InMemoryBlobStore, put_staging
 from imagegen.kafka import Record, encode
 from imagegen.kafka.memory import InMemoryBroker
 from schemas.events import EVENT_ADAPTER, ConsistencyFlagged
-from schemas.images import GenerationRecord, ProcessedImage, RawImage
-from schemas.jobs import CharacterRegion, ImageIdentity
+from schemas.images import ProcessedImage
+from schemas.jobs import CharacterRegion
 from schemas.topics import TopicNames
 from services.generator.backends.base import CancelToken, GenerationRequest
 from services.generator.backends.demo_faces import DemoFaceBackend
@@ -36,6 +36,7 @@ from services.postprocess.consistency import (
 from services.postprocess.handlers import ConsistencyCheck, Postprocessor
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.variations import InMemoryVariationStore
+from tests.unit.image_builders import image_identity, raw_image
 
 TOPICS = TopicNames("unit")
 THRESHOLD = PostprocessSettings().consistency_threshold
@@ -194,30 +195,10 @@ async def _run(*reds: int) -> tuple[list[ProcessedImage], list[ConsistencyFlagge
             ConsistencyScorer(SpotEncoder(), threshold=0.9), InMemoryVariationStore()
         ),
     )
-    raw = RawImage(
-        image=ImageIdentity(
-            job_id="j",
-            image_id="i",
-            image_index=0,
-            image_count=1,
-            user_id="u",
-            character_id="child",
-        ),
-        blob=await put_staging(blobs, _png(*reds), "image/png"),
-        width=64,
-        height=64,
-        record=GenerationRecord(
-            backend="fake",
-            model="m",
-            seed=1,
-            steps=1,
-            guidance=1.0,
-            prompt="p",
-            width=64,
-            height=64,
-        ),
-        provider="fake",
-        cost_usd=0.0,
+    raw = await raw_image(
+        blobs,
+        _png(*reds),
+        image=image_identity(character_id="child"),
         identity_keys=[child.key, grandmother.key],
         layout=[
             CharacterRegion(
