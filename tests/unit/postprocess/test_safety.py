@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagegen.blobstore import InMemoryBlobStore, put_staging
+from imagegen.blobstore import InMemoryBlobStore
 from imagegen.kafka import Record, encode
 from imagegen.kafka.memory import InMemoryBroker
 from imagegen.safety import SafetyCheck, SafetyPolicy, default_model_dir, load_nsfwjs
 from schemas.events import EVENT_ADAPTER, ErrorType, GenerationFailed
-from schemas.images import GenerationRecord, ProcessedImage, RawImage
-from schemas.jobs import ImageIdentity
+from schemas.images import ProcessedImage
 from schemas.topics import TopicNames
 from services.postprocess.handlers import Postprocessor
 from services.postprocess.settings import PostprocessSettings
+from tests.unit.image_builders import image_identity, raw_image
 
 TOPICS = TopicNames("unit")
 REPO = Path(__file__).resolve().parents[3]
@@ -69,36 +69,13 @@ async def _attempts(
     )
     staged = 0
     for attempt in range(1, attempts + 1):
-        blob = await put_staging(blobs, _png(attempt), "image/png")
-        staged = len(blobs.objects)
-        raw = RawImage(
-            image=ImageIdentity(
-                job_id="j",
-                image_id="i",
-                image_index=0,
-                image_count=1,
-                user_id="u",
-                character_id="c",
-                attempt=attempt,
-                audience=audience,
-            ),
-            blob=blob,
-            width=64,
-            height=64,
-            record=GenerationRecord(
-                backend="fake",
-                model="m",
-                seed=attempt,
-                demo=demo,
-                steps=1,
-                guidance=1.0,
-                prompt="p",
-                width=64,
-                height=64,
-            ),
-            provider="fake",
-            cost_usd=0.0,
+        raw = await raw_image(
+            blobs,
+            _png(attempt),
+            image=image_identity(attempt=attempt, audience=audience),
+            record={"seed": attempt, "demo": demo},
         )
+        staged = len(blobs.objects)
         record = Record(
             topic=TOPICS.images_raw, partition=0, offset=attempt, key="j", value=encode(raw)
         )
