@@ -32,9 +32,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
+
+from services.postprocess.upscale import fit_within
 
 WORK_SIDE = 512
 WEIGHTS: dict[str, float] = {"sharpness": 0.5, "contrast": 0.3, "colourfulness": 0.2}
@@ -46,6 +49,7 @@ _CONTRAST_FULL = 64.0
 _COLOURFUL_FULL = 59.0
 
 Floats = NDArray[np.float64]
+Levels = NDArray[np.uint8]
 
 
 @dataclass(frozen=True)
@@ -72,38 +76,46 @@ def working_copy(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         backdrop = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
         rgb = Image.alpha_composite(backdrop, rgba).convert("RGB")
-    else:
+    elif image.mode != "RGB":
         rgb = image.convert("RGB")
+    else:
+        rgb = image  # read only: the reduction below makes a new image
     if max(rgb.size) > WORK_SIDE:
-        rgb = rgb.copy()
-        rgb.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
+        # What `thumbnail((WORK_SIDE, WORK_SIDE), BOX)` does to a loaded image, without
+        # the two full-size copies it needs (it works in place).
+        size = fit_within(rgb.size, WORK_SIDE)
+        rgb = rgb.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
     return rgb
 
 
-def sharpness(grey: Floats) -> float:
+# Integer work throughout (exact), then the statistics in float64 as numpy takes them: the
+# same numbers as float64 arrays gave, at a third of the memory traffic.
+
+
+def sharpness(grey: Levels) -> float:
     if min(grey.shape) < 3:
         return 0.0
-    centre = grey[1:-1, 1:-1]
-    laplacian = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4 * centre
+    # The 4-neighbour Laplacian (ksize=1), exact in 16 bits; the border rows are dropped.
+    laplacian = cv2.Laplacian(grey, cv2.CV_16S, ksize=1)[1:-1, 1:-1]
     variance = float(laplacian.var())
     return _clip01(math.log10(1.0 + variance) / math.log10(1.0 + _SHARP_VARIANCE))
 
 
-def exposure(grey: Floats) -> float:
+def exposure(grey: Levels) -> float:
     clipped = float(np.mean((grey <= _CLIP_LOW) | (grey >= _CLIP_HIGH)))
     return 1.0 - _clip01((clipped - _CLIPPED_FREE) / (_CLIPPED_AT_ZERO - _CLIPPED_FREE))
 
 
-def contrast(grey: Floats) -> float:
+def contrast(grey: Levels) -> float:
     return _clip01(float(grey.std()) / _CONTRAST_FULL)
 
 
-def colourfulness(rgb: Floats) -> float:
-    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+def colourfulness(rgb: Levels) -> float:
+    red, green, blue = (rgb[..., i].astype(np.int16) for i in range(3))
     rg = red - green
-    yb = 0.5 * (red + green) - blue
-    spread = math.hypot(float(rg.std()), float(yb.std()))
-    offset = math.hypot(float(rg.mean()), float(yb.mean()))
+    yb2 = red + green - 2 * blue  # twice yb = (R + G) / 2 - B, still exact in 16 bits
+    spread = math.hypot(float(rg.std()), float(yb2.std()) / 2)
+    offset = math.hypot(float(rg.mean()), float(yb2.mean()) / 2)
     return _clip01((spread + 0.3 * offset) / _COLOURFUL_FULL)
 
 
@@ -114,8 +126,8 @@ class ImageStatsQualityScorer:
 
     def score(self, image: Image.Image) -> Quality:
         rgb_image = working_copy(image)
-        rgb: Floats = np.asarray(rgb_image, dtype=np.float64)
-        grey: Floats = np.asarray(rgb_image.convert("L"), dtype=np.float64)
+        rgb: Levels = np.asarray(rgb_image)
+        grey: Levels = np.asarray(rgb_image.convert("L"))
         components = {
             "sharpness": sharpness(grey),
             "exposure": exposure(grey),
