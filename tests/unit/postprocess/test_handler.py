@@ -6,15 +6,15 @@ import io
 
 from PIL import Image
 
-from imagegen.blobstore import InMemoryBlobStore, get_verified, put_staging
+from imagegen.blobstore import InMemoryBlobStore, get_verified
 from imagegen.kafka import Record, encode
 from imagegen.kafka.memory import InMemoryBroker
 from schemas.events import EVENT_ADAPTER, GenerationFailed
-from schemas.images import GenerationRecord, ProcessedImage, RawImage
-from schemas.jobs import ImageIdentity
+from schemas.images import ProcessedImage
 from schemas.topics import TopicNames
 from services.postprocess.handlers import Postprocessor
 from services.postprocess.settings import PostprocessSettings
+from tests.unit.image_builders import raw_image
 
 TOPICS = TopicNames("unit")
 
@@ -23,28 +23,7 @@ async def _deliver(size: int, text: str | None = None) -> InMemoryBroker:
     broker, blobs = InMemoryBroker(), InMemoryBlobStore()
     buf = io.BytesIO()
     Image.new("RGB", (size, size), (90, 120, 200)).save(buf, "PNG")
-    blob = await put_staging(blobs, buf.getvalue(), "image/png")
-    raw = RawImage(
-        image=ImageIdentity(
-            job_id="j", image_id="i", image_index=0, image_count=1, user_id="u", character_id="c"
-        ),
-        blob=blob,
-        width=size,
-        height=size,
-        record=GenerationRecord(
-            backend="fake",
-            model="m",
-            seed=1,
-            steps=1,
-            guidance=1.0,
-            prompt="p",
-            width=size,
-            height=size,
-        ),
-        provider="fake",
-        cost_usd=0.0,
-        overlay_text=text,
-    )
+    raw = await raw_image(blobs, buf.getvalue(), overlay_text=text)
     post = Postprocessor(PostprocessSettings(), blobs, broker.publisher(), TOPICS)
     await post.on_raw_image(
         Record(topic=TOPICS.images_raw, partition=0, offset=0, key="j", value=encode(raw))

@@ -7,17 +7,17 @@ import io
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from imagegen.blobstore import InMemoryBlobStore, put_staging
+from imagegen.blobstore import InMemoryBlobStore
 from imagegen.kafka import Record, encode
 from imagegen.kafka.memory import InMemoryBroker
-from schemas.images import GenerationRecord, ProcessedImage, RawImage
-from schemas.jobs import ImageIdentity
+from schemas.images import ProcessedImage
 from schemas.topics import TopicNames
 from services.generator.backends.base import CancelToken, GenerationRequest
 from services.generator.backends.demo_faces import DemoFaceBackend
 from services.postprocess.handlers import Postprocessor
 from services.postprocess.quality import WEIGHTS, ImageStatsQualityScorer
 from services.postprocess.settings import PostprocessSettings
+from tests.unit.image_builders import raw_image
 
 TOPICS = TopicNames("unit")
 SCORER = ImageStatsQualityScorer()
@@ -99,29 +99,7 @@ def test_large_transparent_and_palette_images_are_scored() -> None:
 
 async def _process(png: bytes, settings: PostprocessSettings) -> ProcessedImage:
     broker, blobs = InMemoryBroker(), InMemoryBlobStore()
-    blob = await put_staging(blobs, png, "image/png")
-    width, height = Image.open(io.BytesIO(png)).size
-    identity = ImageIdentity(
-        job_id="j", image_id="i", image_index=0, image_count=1, user_id="u", character_id="c"
-    )
-    raw = RawImage(
-        image=identity,
-        blob=blob,
-        width=width,
-        height=height,
-        record=GenerationRecord(
-            backend="demo-faces",
-            model="m",
-            seed=1,
-            steps=1,
-            guidance=1.0,
-            prompt="p",
-            width=width,
-            height=height,
-        ),
-        provider="local",
-        cost_usd=0.0,
-    )
+    raw = await raw_image(blobs, png, record={"backend": "demo-faces"}, provider="local")
     post = Postprocessor(settings, blobs, broker.publisher(), TOPICS)
     await post.on_raw_image(
         Record(topic=TOPICS.images_raw, partition=0, offset=0, key="j", value=encode(raw))
