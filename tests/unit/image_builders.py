@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from imagegen.blobstore import BlobStore, put_staging
-from schemas.images import GenerationRecord, RawImage
+from schemas.images import GenerationRecord, ProcessedImage, RawImage, Rendition
 from schemas.jobs import ImageIdentity
 
 
@@ -70,3 +70,28 @@ async def raw_image(
         "cost_usd": 0.0,
     }
     return RawImage.model_validate(message | fields)
+
+
+async def processed_image(
+    blobs: BlobStore,
+    data: bytes,
+    *,
+    image: ImageIdentity,
+    record: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> ProcessedImage:
+    """`data` staged in `blobs` as a processed image's one rendition, "original" (an 8 x 8
+    PNG by its metadata; the bytes are never read).
+
+    `record` overrides `generation_record`'s fields and `fields` the message's own
+    (provider "fake", cost 0.01).
+    """
+    ref = await put_staging(blobs, data, "image/png")
+    message: dict[str, Any] = {
+        "image": image,
+        "renditions": [Rendition(name="original", blob=ref, width=8, height=8, format="png")],
+        "record": generation_record(8, 8, **(record or {})),
+        "provider": "fake",
+        "cost_usd": 0.01,
+    }
+    return ProcessedImage.model_validate(message | fields)

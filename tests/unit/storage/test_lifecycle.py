@@ -9,19 +9,19 @@ import asyncpg
 import pytest
 from pydantic import BaseModel
 
-from imagegen.blobstore import InMemoryBlobStore, put_staging
+from imagegen.blobstore import InMemoryBlobStore
 from imagegen.db import create_pool, migrate
 from imagegen.events import EventEmitter
 from imagegen.kafka import Record, encode
 from imagegen.kafka.memory import InMemoryBroker
 from schemas.events import EVENT_ADAPTER, EventBase, ImageDeleted, ImageReviewed, ImageStored
-from schemas.images import GenerationRecord, ProcessedImage, Rendition
 from schemas.jobs import ImageIdentity, image_id_for
 from schemas.requests import DeleteImage, ReviewDecision, ReviewImage
 from schemas.topics import TopicNames
 from services.storage.handlers import SOURCE, StorageService
 from services.storage.lifecycle import ImageLifecycle
 from services.storage.migrations import MIGRATIONS
+from tests.unit.image_builders import image_identity, processed_image
 
 TOPICS = TopicNames("unit")
 
@@ -38,32 +38,15 @@ class Storage:
         return [EVENT_ADAPTER.validate_json(r.value) for r in self.broker.records(TOPICS.events)]
 
     async def store(self, job_id: str, version: int = 1, user: str = "u1") -> ImageIdentity:
-        image = ImageIdentity(
+        image = image_identity(
             job_id=job_id,
             image_id=image_id_for("origin-" + job_id.split("/", maxsplit=1)[0], 0),
-            image_index=0,
-            image_count=1,
             user_id=user,
             character_id="c1",
             version=version,
         )
-        ref = await put_staging(self.blobs, f"png-{job_id}-{version}".encode(), "image/png")
-        msg = ProcessedImage(
-            image=image,
-            renditions=[Rendition(name="original", blob=ref, width=8, height=8, format="png")],
-            record=GenerationRecord(
-                backend="fake",
-                model="m",
-                seed=1,
-                steps=1,
-                guidance=1.0,
-                prompt="p",
-                width=8,
-                height=8,
-            ),
-            provider="fake",
-            cost_usd=0.01,
-            style="watercolor",
+        msg = await processed_image(
+            self.blobs, f"png-{job_id}-{version}".encode(), image=image, style="watercolor"
         )
         await self.service.on_processed_image(_record(TOPICS.images_processed, msg))
         return image

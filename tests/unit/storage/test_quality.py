@@ -8,14 +8,13 @@ import json
 import asyncpg
 import pytest
 
-from imagegen.blobstore import InMemoryBlobStore, put_staging
+from imagegen.blobstore import InMemoryBlobStore
 from imagegen.kafka import Record, encode
 from imagegen.kafka.memory import InMemoryBroker
 from schemas.events import EVENT_ADAPTER, ImageStored
-from schemas.images import GenerationRecord, ProcessedImage, Rendition
-from schemas.jobs import ImageIdentity
 from schemas.topics import TopicNames
 from services.storage.handlers import StorageService
+from tests.unit.image_builders import image_identity, processed_image
 
 TOPICS = TopicNames("unit")
 COMPONENTS = {"sharpness": 0.3, "exposure": 1.0, "contrast": 0.59, "colourfulness": 0.48}
@@ -23,32 +22,18 @@ COMPONENTS = {"sharpness": 0.3, "exposure": 1.0, "contrast": 0.59, "colourfulnes
 
 async def _store(storage_pool: asyncpg.Pool, job_id: str, **fields: object) -> ImageStored:
     broker, blobs = InMemoryBroker(), InMemoryBlobStore()
-    ref = await put_staging(blobs, f"png-{job_id}".encode(), "image/png")
-    msg = ProcessedImage(
-        image=ImageIdentity(
-            job_id=job_id,
-            image_id=f"img-{job_id}",
-            image_index=0,
-            image_count=1,
-            user_id="u1",
-            character_id="c1",
+    msg = await processed_image(
+        blobs,
+        f"png-{job_id}".encode(),
+        image=image_identity(
+            job_id=job_id, image_id=f"img-{job_id}", user_id="u1", character_id="c1"
         ),
-        renditions=[Rendition(name="original", blob=ref, width=8, height=8, format="png")],
-        record=GenerationRecord(
-            backend="fake",
-            model="m",
-            seed=1,
-            steps=1,
-            guidance=1.0,
-            prompt="watercolor, Mia on a bridge",
-            negative_prompt="blurry",
-            width=8,
-            height=8,
-            scene_description="Mia crosses a moonlit bridge",
-            scene_source="extractor",
-        ),
-        provider="fake",
-        cost_usd=0.01,
+        record={
+            "prompt": "watercolor, Mia on a bridge",
+            "negative_prompt": "blurry",
+            "scene_description": "Mia crosses a moonlit bridge",
+            "scene_source": "extractor",
+        },
         **fields,
     )
     service = StorageService(storage_pool, blobs, broker.publisher(), TOPICS)
