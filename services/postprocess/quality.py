@@ -48,7 +48,6 @@ _SHARP_VARIANCE = 500.0
 _CONTRAST_FULL = 64.0
 _COLOURFUL_FULL = 59.0
 
-Floats = NDArray[np.float64]
 Levels = NDArray[np.uint8]
 
 

@@ -109,12 +109,13 @@ def enhance(image: Image.Image) -> Image.Image:
 
 def _jpeg(image: Image.Image, quality: int, max_bytes: int) -> bytes:
     rgb = image.convert("RGB")
-    # Huffman optimisation and progressive scans pay off for images sent to browsers; on a
-    # print-size image they cost several times the encode itself.
+    # Huffman optimisation pays off for images sent to browsers (about a tenth smaller for
+    # a fifth more CPU); on a print-size image it costs more than it saves. No progressive
+    # scans: the same pixels, under 3 % smaller, for 2.4x the display encode's CPU.
     web = rgb.width * rgb.height <= 2_000_000
     while True:
         buf = io.BytesIO()
-        rgb.save(buf, "JPEG", quality=quality, optimize=web, progressive=web, dpi=(300, 300))
+        rgb.save(buf, "JPEG", quality=quality, optimize=web, dpi=(300, 300))
         if buf.tell() <= max_bytes or quality <= 60:
             return buf.getvalue()
         quality -= 5  # stay under the size limit rather than fail
@@ -187,7 +188,9 @@ def _thumbnail(display: Image.Image, side: int) -> RenderedImage:
     source = display.convert("RGBA" if has_alpha(display) else "RGB")
     thumb = downscale(source, fit_within(source.size, side))
     buf = io.BytesIO()
-    thumb.save(buf, "WEBP", quality=85, method=4)
+    # Effort 2 of 6: a 256 px thumbnail about 4 % larger (some 200 bytes) than at libwebp's
+    # default 4, for half its encode CPU.
+    thumb.save(buf, "WEBP", quality=85, method=2)
     return RenderedImage(
         "thumbnail", buf.getvalue(), thumb.width, thumb.height, "webp", "image/webp"
     )
