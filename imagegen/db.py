@@ -38,6 +38,24 @@ async def transient_as_retryable() -> AsyncIterator[None]:
         raise RetryableError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
 
 
+def sql_literal(value: str | int | None) -> str:
+    """`value` as an SQL literal, for a statement sent as a simple query beside others (a
+    write and its COMMIT in one round trip). Text is dollar-quoted with a tag that does not
+    occur in it, so no character of it is special whatever the server's string settings."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        raise TypeError("sql_literal: pass booleans as TRUE/FALSE yourself")
+    if isinstance(value, int):
+        return str(value)
+    if "\x00" in value:
+        raise ValueError("sql_literal: text with a NUL character cannot be stored")
+    n = 0
+    while f"$q{n}" in value:  # without its closing `$`: nor may the text end in its prefix
+        n += 1
+    return f"$q{n}${value}$q{n}$"
+
+
 def check_identifier(name: str) -> str:
     if not _IDENT.match(name):
         raise ConfigurationError(f"not a safe SQL identifier: {name!r}")

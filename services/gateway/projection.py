@@ -5,10 +5,15 @@ one) is applied in one transaction, in order: an event already in the log is a r
 and changes nothing; every other one gets its job's next `seq`, is folded into its job and
 image rows, and is appended to the log once, with its final payload. Streams are woken
 only after the commit, once per owner.
+
+Round trips per batch: BEGIN with the log lock (one simple query), the duplicate check,
+one or two statements per event (its job's next seq, which also says whether the job has
+a webhook, and its fold), then the log rows, the NOTIFYs and COMMIT in one simple query.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -16,12 +21,12 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from imagegen.db import transient_as_retryable
+from imagegen.db import sql_literal, transient_as_retryable
 from imagegen.kafka import Record, decode, handling
 from schemas.events import EVENT_ADAPTER, Event, GenerationQueued, ImageStored, JobStatus
 from schemas.requests import JobKind
 from services.gateway.folding import fold_image, fold_job
-from services.gateway.notify import EventSignal, announce
+from services.gateway.notify import CHANNEL, EventSignal
 from services.gateway.webhooks import store as webhook_store
 from services.gateway.webhooks.dispatcher import WebhookDispatcher
 
@@ -32,6 +37,8 @@ log = logging.getLogger(__name__)
 _EVENT_LOG_LOCK = 0x6761_7465_7761_79  # "gateway"
 
 
+_HOOKED = "EXISTS (SELECT 1 FROM webhooks w WHERE w.job_id = jobs.id) AS hooked"
+
 _Row = tuple[str, str | None, str | None, str, int | None, str]
 """An event's log row: event_id, job_id, user_id, type, seq, payload."""
 
@@ -41,6 +48,8 @@ class _Job:
     user_id: str
     status: JobStatus
     seq: int
+    hooked: bool
+    """Whether the job has a webhook (registered with the job, before any of its events)."""
 
 
 class Projection:
@@ -80,34 +89,37 @@ class Projection:
         `records`, when given, are the records they came from (for each one's trace)."""
         owners: dict[str, None] = {}
         hooks: list[str] = []
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _EVENT_LOG_LOCK)
-            seen: set[str] = set(
-                await conn.fetchval(
-                    "SELECT coalesce(array_agg(event_id), '{}') FROM events"
-                    " WHERE event_id = ANY($1::text[])",
-                    [event.id for event in events],
-                )
-            )
-            rows: list[_Row] = []
-            for at, event in enumerate(events):
-                if event.id in seen:
-                    log.info(
-                        "event=duplicate_event_ignored event_id=%s type=%s", event.id, event.type
+        async with self._pool.acquire() as conn:
+            # BEGIN and the lock in one round trip; the rest of the transaction below.
+            await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({_EVENT_LOG_LOCK})")
+            try:
+                seen: set[str] = set(
+                    await conn.fetchval(
+                        "SELECT coalesce(array_agg(event_id), '{}') FROM events"
+                        " WHERE event_id = ANY($1::text[])",
+                        [event.id for event in events],
                     )
-                    continue
-                seen.add(event.id)
-                with handling(records[at]) if records else nullcontext():
-                    await _fold(conn, event, rows, owners, hooks)
-            if rows:
-                # Ids are taken here, in order, under the lock: they become visible in order.
-                await conn.executemany(
-                    "INSERT INTO events (event_id, job_id, user_id, type, seq, payload)"
-                    " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
-                    rows,
                 )
-            for owner in owners:
-                await announce(conn, owner)  # sent at commit: wakes streams on every replica
+                rows: list[_Row] = []
+                for at, event in enumerate(events):
+                    if event.id in seen:
+                        log.info(
+                            "event=duplicate_event_ignored event_id=%s type=%s",
+                            event.id,
+                            event.type,
+                        )
+                        continue
+                    seen.add(event.id)
+                    with handling(records[at]) if records else nullcontext():
+                        await _fold(conn, event, rows, owners, hooks)
+                # Ids are taken in order, under the lock: they become visible in order. The
+                # NOTIFYs are sent at commit: they wake streams on every replica.
+                await conn.execute(_closing(rows, owners))
+            except BaseException:
+                if conn.is_in_transaction() and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.execute("ROLLBACK")
+                raise
         if hooks and self._webhooks is not None:
             self._webhooks.wake()
         return list(owners)
@@ -121,7 +133,7 @@ async def _fold(
     hooks: list[str],
 ) -> None:
     """Fold one new event into its job and image rows; note its log row and its owner."""
-    owner, seq = event.user_id, None
+    owner, seq, job = event.user_id, None, None
     if event.job_id is not None:
         job = await _touch_job(conn, event.job_id, event)
         if job is not None:
@@ -129,7 +141,11 @@ async def _fold(
             await fold_job(conn, event.job_id, job.user_id, job.status, event)
     await fold_image(conn, owner, event)
     # The delivery commits with the projection (or neither does); sent later.
-    if seq is not None and (hook := await webhook_store.enqueue(conn, event)) is not None:
+    if (
+        job is not None
+        and job.hooked
+        and (hook := await webhook_store.enqueue(conn, event)) is not None
+    ):
         hooks.append(hook)
     payload = event.model_copy(update={"seq": seq, "user_id": owner})
     rows.append((event.id, event.job_id, owner, event.type, seq, payload.model_dump_json()))
@@ -142,7 +158,7 @@ async def _touch_job(conn: asyncpg.Connection, job_id: str, event: Event) -> _Jo
     if event.user_id is None:
         row = await conn.fetchrow(
             "UPDATE jobs SET last_seq = last_seq + 1, updated_at = now() WHERE id = $1"
-            " RETURNING user_id, status, last_seq",
+            f" RETURNING user_id, status, last_seq, {_HOOKED}",
             job_id,
         )
     else:
@@ -152,7 +168,7 @@ async def _touch_job(conn: asyncpg.Connection, job_id: str, event: Event) -> _Jo
         row = await conn.fetchrow(
             "INSERT INTO jobs (id, user_id, kind, status, last_seq) VALUES ($1, $2, $3, $4, 1)"
             " ON CONFLICT (id) DO UPDATE SET last_seq = jobs.last_seq + 1, updated_at = now()"
-            " RETURNING user_id, status, last_seq",
+            f" RETURNING user_id, status, last_seq, {_HOOKED}",
             job_id,
             event.user_id,
             kind,
@@ -161,4 +177,29 @@ async def _touch_job(conn: asyncpg.Connection, job_id: str, event: Event) -> _Jo
     if row is None:
         log.warning("event=event_without_owner job_id=%s type=%s", job_id, event.type)
         return None
-    return _Job(user_id=row["user_id"], status=JobStatus(row["status"]), seq=row["last_seq"])
+    return _Job(
+        user_id=row["user_id"],
+        status=JobStatus(row["status"]),
+        seq=row["last_seq"],
+        hooked=row["hooked"],
+    )
+
+
+def _closing(rows: Sequence[_Row], owners: dict[str, None]) -> str:
+    """The log rows in order, a NOTIFY per owner and COMMIT, as one simple query."""
+    parts: list[str] = []
+    if rows:
+        values = ", ".join(
+            f"({', '.join(sql_literal(v) for v in row[:5])}, {sql_literal(row[5])}::jsonb)"
+            for row in rows
+        )
+        parts.append(
+            f"INSERT INTO events (event_id, job_id, user_id, type, seq, payload) VALUES {values}"
+        )
+    if owners:
+        notes = ", ".join(
+            f"pg_notify({sql_literal(CHANNEL)}, {sql_literal(owner)})" for owner in owners
+        )
+        parts.append(f"SELECT {notes}")
+    parts.append("COMMIT")
+    return "; ".join(parts)
