@@ -29,14 +29,14 @@ def install_docs(app: FastAPI) -> None:
 
     @app.get(DOCS_URL, include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "").rstrip("/")
+        page = _Page(app, request)
         return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}",
+            openapi_url=page.openapi_url,
             title=f"{app.title} - API docs",
-            oauth2_redirect_url=f"{root}{redirect_url}",
-            swagger_js_url=f"{root}{_ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{_ASSETS}/favicon-32x32.png",
+            oauth2_redirect_url=page.url(redirect_url),
+            swagger_js_url=page.url(f"{_ASSETS}/swagger-ui-bundle.js"),
+            swagger_css_url=page.url(f"{_ASSETS}/swagger-ui.css"),
+            swagger_favicon_url=page.favicon_url,
         )
 
     @app.get(redirect_url, include_in_schema=False)
@@ -45,11 +45,23 @@ def install_docs(app: FastAPI) -> None:
 
     @app.get(REDOC_URL, include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "").rstrip("/")
+        page = _Page(app, request)
         return get_redoc_html(
-            openapi_url=f"{root}{app.openapi_url}",
+            openapi_url=page.openapi_url,
             title=f"{app.title} - API reference",
-            redoc_js_url=f"{root}{_REDOC_ASSETS}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{_ASSETS}/favicon-32x32.png",
+            redoc_js_url=page.url(f"{_REDOC_ASSETS}/redoc.standalone.js"),
+            redoc_favicon_url=page.favicon_url,
             with_google_fonts=False,
         )
+
+
+class _Page:
+    """What both pages link to, under the path the app is served at (a proxy's prefix)."""
+
+    def __init__(self, app: FastAPI, request: Request) -> None:
+        self._root = str(request.scope.get("root_path", "")).rstrip("/")
+        self.openapi_url = f"{self._root}{app.openapi_url}"
+        self.favicon_url = self.url(f"{_ASSETS}/favicon-32x32.png")
+
+    def url(self, path: str) -> str:
+        return f"{self._root}{path}"

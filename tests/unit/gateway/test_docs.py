@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import httpx
+
 from tests.unit.gateway.conftest import Gateway
 
 
@@ -35,3 +37,21 @@ async def test_redoc_loads_from_the_gateway_itself(gateway: Gateway) -> None:
         served = await gateway.client.get(url)
         assert served.status_code == 200, url
         assert len(served.content) > 500, url
+
+
+async def test_both_pages_link_under_the_proxy_prefix(gateway: Gateway) -> None:
+    """Behind a proxy that serves the gateway under a prefix (ASGI root_path), every link
+    of both pages carries it."""
+    transport = httpx.ASGITransport(app=gateway.app, root_path="/imagegen")
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+        for path in ("/imagegen/docs", "/imagegen/redoc"):
+            page = await client.get(path)
+            assert page.status_code == 200, path
+            assert "/imagegen/openapi.json" in page.text, path
+            assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+            assert assets and all(url.startswith("/imagegen/static/") for url in assets), assets
+            for url in assets:
+                served = await client.get(url)
+                assert served.status_code == 200, url
+        docs = (await client.get("/imagegen/docs")).text
+        assert "/imagegen/docs/oauth2-redirect" in docs
