@@ -19,6 +19,12 @@ A stream whose position lies below the tail (a resume from an old id, a job repl
 its start, a reader slower than the tail's length) reads the log itself until it catches
 up: ids become visible in id order (see the projection), so a position means "everything
 up to here was seen".
+
+The feed also keeps time for all streams, so that no stream needs a timer or a task of
+its own: while any stream is open, one ticker wakes every stream each `tick_s` (the
+streams' periodic re-read and heartbeats hang on it; a tick leaves a fresh tail fresh, so
+it costs no read unless the tail has aged), and when the server is stopping it wakes them
+with `closing` set, so that every stream ends at once instead of holding up the shutdown.
 """
 
 from __future__ import annotations
@@ -29,20 +35,12 @@ from collections import deque
 from dataclasses import dataclass
 
 import asyncpg
-from sse_starlette import ServerSentEvent
 
+from services.gateway import sse
 from services.gateway.notify import EventSignal
 
-
-class SharedMessage(ServerSentEvent):
-    """An SSE message encoded once; every stream that sends it sends the same bytes."""
-
-    def __init__(self, data: str, event: str, id: str) -> None:
-        super().__init__(data=data, event=event, id=id)
-        self._frame = super().encode()
-
-    def encode(self) -> bytes:
-        return self._frame
+CLOSING_CHECK_S = 0.5
+"""How often the ticker asks whether the server is stopping."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,19 +50,17 @@ class FeedEvent:
     id: int
     job_id: str
     type: str
-    message: SharedMessage
+    message: sse.SseMessage
 
-    def with_retry(self, retry_ms: int) -> ServerSentEvent:
+    def with_retry(self, retry_ms: int) -> sse.SseMessage:
         """The message with a reconnection hint (a connection's first message carries it)."""
-        message = self.message
-        return ServerSentEvent(data=message.data, event=self.type, id=message.id, retry=retry_ms)
+        return sse.with_retry(self.message, retry_ms)
 
 
 def _event(row: asyncpg.Record) -> FeedEvent:
     event_id, kind = row["id"], row["type"]
-    return FeedEvent(
-        event_id, row["job_id"], kind, SharedMessage(row["payload"], kind, str(event_id))
-    )
+    message = sse.message(row["payload"], event=kind, id=str(event_id))
+    return FeedEvent(event_id, row["job_id"], kind, message)
 
 
 class _UserTail:
@@ -118,15 +114,28 @@ class EventFeed:
         self._keep = keep
         self._page = page
         self._tails: dict[str, _UserTail] = {}
+        self._tick_s = max_age_s
+        self._ticker: asyncio.Task[None] | None = None
+        self.ticks = 0
+        """Ticks so far: a stream that sees it move knows its wake-up was (also) a tick."""
+        self.closing = False
+        """Set when the server is stopping: every stream ends at its next wake-up."""
+        self.exiting = sse.server_exiting
+        """Whether the server is stopping (uvicorn's flag by default)."""
         self.reads = 0
         """Queries made (tail reads and catch-ups), for tests and benchmarks."""
 
-    def attach(self, user_id: str) -> None:
-        """A stream of the user's opens (its user's tail lives while any stream does)."""
+    def attach(self, user_id: str, tick_s: float | None = None) -> None:
+        """A stream of the user's opens (its user's tail lives while any stream does);
+        it wants a wake-up at least every `tick_s` (the ticker serves the shortest)."""
         tail = self._tails.get(user_id)
         if tail is None:
             tail = self._tails[user_id] = _UserTail()
         tail.streams += 1
+        if tick_s is not None and tick_s < self._tick_s:
+            self._tick_s = tick_s
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick(), name="sse-ticker")
 
     def detach(self, user_id: str) -> None:
         tail = self._tails.get(user_id)
@@ -134,6 +143,34 @@ class EventFeed:
             tail.streams -= 1
             if tail.streams <= 0:
                 del self._tails[user_id]
+        if not self._tails and self._ticker is not None:
+            self._ticker.cancel()  # no stream left to wake
+            self._ticker = None
+
+    async def _tick(self) -> None:
+        """Wake every stream each `tick_s`, and at once when the server starts stopping."""
+        due = time.monotonic() + self._tick_s
+        while self._tails:
+            await asyncio.sleep(max(0.0, min(CLOSING_CHECK_S, due - time.monotonic())))
+            if not self.closing and self.exiting():
+                self.closing = True
+            elif time.monotonic() < due:
+                continue
+            due = time.monotonic() + self._tick_s
+            self.ticks += 1
+            self.wake_all()
+
+    def wake_all(self) -> None:
+        """Wake every open stream. Not a notification of new events: a tail that was fresh
+        stays fresh (nothing was announced between its read and now), so the wake-up costs
+        a read only where the tail has aged past `max_age_s`."""
+        signal = self._signal
+        for user_id, tail in self._tails.items():
+            current = signal.listen(user_id)
+            fresh = tail.snapshot is current and not current.is_set()
+            signal.notify(user_id)
+            if fresh:
+                tail.snapshot = signal.listen(user_id)
 
     @property
     def users(self) -> int:

@@ -10,13 +10,13 @@ the job from its start (or resumes), adds `queue_status` messages while the job 
 its tier's queue, and ends after the job's closing
 `pack_completed`; the user-wide stream is live from the moment of connecting (or resumes
 after `Last-Event-ID`) and runs until the client leaves. Heartbeats are SSE comments
-every `sse_ping_s`.
+after `sse_ping_s` without a message. A stream has no timer of its own: the feed's ticker
+wakes every stream for its re-read and heartbeat, and ends them all at server shutdown;
+the response (sse.py) is a plain send loop.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator
@@ -24,14 +24,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
-from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from imagegen.metrics import instruments
 from schemas.events import JobStatus
-from services.gateway import queueing, readmodel
+from services.gateway import queueing, readmodel, sse
 from services.gateway.auth import StreamUser
 from services.gateway.deps import StateDep
 from services.gateway.problems import responses
+from services.gateway.sse import SseMessage, SseResponse
 from services.gateway.state import GatewayState
 
 router = APIRouter(tags=["events"])
@@ -93,23 +93,18 @@ async def _job_is_over(state: GatewayState, user_id: str, job_id: str) -> bool:
     return job_status.terminal
 
 
-async def follow(
+def follow(
     state: GatewayState, user_id: str, job_id: str | None, after: int, *, queue: bool = False
-) -> AsyncGenerator[ServerSentEvent, None]:
+) -> AsyncGenerator[SseMessage, None]:
     """The user's events (one job's, or all) after id `after`, then live as they arrive;
     with `queue`, a job's stream also says where the job waits (queue_status)."""
-    connections = instruments().sse_connections
-    connections.add(1)
-    try:
-        async for event in _follow(state, user_id, job_id, after, queue):
-            yield event
-    finally:
-        connections.add(-1)
+    # One generator, not one wrapping another: closing it runs every cleanup at once.
+    return _follow(state, user_id, job_id, after, queue)
 
 
 async def _queue_message(
     state: GatewayState, job_id: str, last: str | None
-) -> tuple[ServerSentEvent | None, str | None]:
+) -> tuple[SseMessage | None, str | None]:
     """A queue_status message if the job's queue status differs from `last` (its JSON)."""
     found = await queueing.queue_status(state.pool, job_id)
     queue = None if found is None else found.model_dump(mode="json", by_alias=True)
@@ -118,12 +113,12 @@ async def _queue_message(
     if key == last:
         return None, last
     body = json.dumps({"jobId": job_id, "queue": queue})
-    return ServerSentEvent(data=body, event=QUEUE_EVENT), key
+    return sse.message(body, event=QUEUE_EVENT), key
 
 
 async def _follow(
     state: GatewayState, user_id: str, job_id: str | None, after: int, queue: bool
-) -> AsyncGenerator[ServerSentEvent, None]:
+) -> AsyncGenerator[SseMessage, None]:
     settings = state.settings
     feed = state.feed
     retry: int | None = settings.sse_retry_ms
@@ -132,15 +127,17 @@ async def _follow(
     check_over = True
     ping_s = settings.sse_ping_s
     sent_at = time.monotonic()  # heartbeats go out after this long without a message
-    feed.attach(user_id)
+    connections = instruments().sse_connections
+    connections.add(1)
+    feed.attach(user_id, tick_s=min(settings.sse_poll_s, ping_s))
     try:
-        while True:
+        while not feed.closing:
             # Listen before reading: an event committed after the read still wakes us.
             woken = state.signal.listen(user_id)
             # Ask whether the job is over BEFORE reading: its closing event commits together
             # with its status, so a job found over here has all its events in the read below.
             # A job's status changes with an event of its own, or with time (a cancelled
-            # job's grace): so only on the first pass, after its own events, and at polls.
+            # job's grace): so only on the first pass, after its own events, and at ticks.
             over = job_id is not None and check_over and await _job_is_over(state, user_id, job_id)
             batch, position = await feed.after(user_id, job_id, position)
             for event in batch:
@@ -162,29 +159,20 @@ async def _follow(
                 if message is not None:
                     yield message
                     sent_at = time.monotonic()
-            # Rest until woken or the poll is due, with heartbeats on the way: sent from
-            # here rather than by a task of the response's own (one task less per stream).
-            poll_at = time.monotonic() + settings.sse_poll_s
-            while not woken.is_set() and (now := time.monotonic()) < poll_at:
-                if now - sent_at >= ping_s:
-                    yield ServerSentEvent(comment=f"ping - {datetime.now(UTC)}")
-                    sent_at = now
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(poll_at, sent_at + ping_s) - now):
-                        await woken.wait()
-            check_over = not woken.is_set()
+            if time.monotonic() - sent_at >= ping_s:
+                yield sse.comment(f"ping - {datetime.now(UTC)}")
+                sent_at = time.monotonic()
+            # Rest until new events or the feed's next tick (its re-read and heartbeat).
+            tick = feed.ticks
+            await woken.wait()
+            check_over = feed.ticks != tick
     finally:
         feed.detach(user_id)
+        connections.add(-1)
 
 
-def _response(
-    state: GatewayState, user_id: str, job_id: str | None, after: int
-) -> EventSourceResponse:
-    return EventSourceResponse(
-        follow(state, user_id, job_id, after, queue=job_id is not None),
-        ping=0,  # the stream sends its own heartbeats (see _follow)
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+def _response(state: GatewayState, user_id: str, job_id: str | None, after: int) -> SseResponse:
+    return SseResponse(follow(state, user_id, job_id, after, queue=job_id is not None))
 
 
 _SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -201,11 +189,11 @@ _SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     "/api/v1/jobs/{job_id}/events",
     summary="Follow one job's events (SSE)",
     responses={**_SSE_RESPONSE, **responses(401, 404, 422)},
-    response_class=EventSourceResponse,
+    response_class=SseResponse,
 )
 async def job_events(
     job_id: str, user: StreamUser, state: StateDep, after: ResumeFrom
-) -> EventSourceResponse:
+) -> SseResponse:
     """The job's events so far, then live; ends after the job's `pack_completed`.
 
     Authenticate with a bearer token or `?stream_token=` (from `POST /api/v1/stream-tokens`).
@@ -219,9 +207,9 @@ async def job_events(
     "/api/v1/events",
     summary="Follow all of the caller's events (SSE)",
     responses={**_SSE_RESPONSE, **responses(401, 422)},
-    response_class=EventSourceResponse,
+    response_class=SseResponse,
 )
-async def user_events(user: StreamUser, state: StateDep, after: ResumeFrom) -> EventSourceResponse:
+async def user_events(user: StreamUser, state: StateDep, after: ResumeFrom) -> SseResponse:
     """Every event of every job of the caller from now on (live: no replay of history),
     or after `Last-Event-ID` when resuming; runs until the client disconnects."""
     if after is None:
