@@ -6,6 +6,12 @@ order and deletes them in one transaction. One relay at a time publishes (an adv
 lock), so per-job order holds across scheduler instances. The window for a duplicate is a
 crash between the broker's acknowledgement and the delete commit; consumers drop those by
 their deterministic ids.
+
+A relay pass costs three round trips: BEGIN; the lock and the batch in one statement; the
+delete and COMMIT in one simple query. The relay runs when a commit here staged something
+(`wake`); its timer is a safety net (rows left by a crashed instance), and a pass that
+finds another relay holding the lock retries shortly, since that relay may have begun
+before this instance's rows were committed.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from contextvars import ContextVar
 
 import asyncpg
@@ -30,6 +37,20 @@ log = logging.getLogger(__name__)
 SOURCE = "imagegen/scheduler"
 _RELAY_LOCK = "scheduler.outbox.relay"
 _STAGED: ContextVar[int] = ContextVar("scheduler_outbox_staged", default=0)
+_CONTENDED_RETRY_S = 0.05
+# The try-lock and the read share one statement, so one snapshot, taken just before the
+# lock: a relay that commits its delete in that instant leaves a duplicate of its batch
+# (consumers drop it by id, as after a crash), never a loss or a reordering of new rows.
+_CLAIM = (
+    "WITH lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(hashtext($1)) AS held)"
+    " SELECT lock.held, o.id, o.topic, o.key, o.value, o.headers FROM lock"
+    " LEFT JOIN LATERAL (SELECT id, topic, key, value, headers FROM outbox"
+    " WHERE lock.held ORDER BY id LIMIT $2) AS o ON true ORDER BY o.id"
+)
+# Job traces never change once the job row has one (`remember_trace` writes it in the
+# transaction that creates the job): read once per job, not once per staged message.
+_TRACES: OrderedDict[str, str | None] = OrderedDict()
+_TRACES_MAX = 10_000
 
 
 def staged() -> int:
@@ -82,6 +103,14 @@ async def remember_trace(conn: asyncpg.Connection, job_id: str) -> None:
         await conn.execute(
             "UPDATE jobs SET traceparent = $2 WHERE job_id = $1", job_id, traceparent
         )
+    _remember(job_id, traceparent or None)
+
+
+def _remember(job_id: str, traceparent: str | None) -> None:
+    _TRACES[job_id] = traceparent
+    _TRACES.move_to_end(job_id)
+    while len(_TRACES) > _TRACES_MAX:
+        _TRACES.popitem(last=False)
 
 
 async def job_trace(conn: asyncpg.Connection, job_id: str | None) -> str | None:
@@ -92,9 +121,12 @@ async def job_trace(conn: asyncpg.Connection, job_id: str | None) -> str | None:
     current = current_traceparent()
     if job_id is None:
         return current
-    stored: str | None = await conn.fetchval(
-        "SELECT traceparent FROM jobs WHERE job_id = $1", job_id
-    )
+    if job_id in _TRACES:
+        stored = _TRACES[job_id]
+    else:
+        stored = await conn.fetchval("SELECT traceparent FROM jobs WHERE job_id = $1", job_id)
+        if stored is not None:  # a job not created yet (or without a trace) is read again
+            _remember(job_id, stored)
     if stored is None or (current is not None and same_trace(current, stored)):
         return current
     return stored
@@ -139,44 +171,35 @@ class OutboxRelay:
         while not self._stopping.is_set():
             # Cleared before the pass: a commit that stages during it wakes the next one.
             self._wake.clear()
+            wait = self._interval
             try:
                 # A short batch emptied the table as it was when the pass began.
-                while await self.drain_once() >= self._batch:
+                while (published := await self.drain_once()) >= self._batch:
                     pass
+                if published < 0:
+                    wait = min(wait, _CONTENDED_RETRY_S)
             except RetryableError as exc:
                 log.warning("event=outbox_relay_retry error=%r", str(exc))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+                await asyncio.wait_for(self._wake.wait(), wait)
         # A graceful stop leaves nothing staged behind that this instance could publish.
         with contextlib.suppress(RetryableError):
-            while await self.drain_once():
+            while await self.drain_once() > 0:
                 pass
 
     async def drain_once(self) -> int:
-        """Publish one batch; the number of rows published (0 when idle or another relays)."""
+        """Publish one batch; the number of rows published (0 when idle, -1 when another
+        relay holds the lock)."""
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                if not await conn.fetchval(
-                    "SELECT pg_try_advisory_xact_lock(hashtext($1))", _RELAY_LOCK
-                ):
-                    return 0
-                rows = await conn.fetch(
-                    "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1",
-                    self._batch,
-                )
-                if not rows:
-                    return 0
-                # produce() runs in call order before each first await, so gathering keeps
-                # per-partition order while acknowledgements overlap.
-                await asyncio.gather(
-                    *(
-                        self._publisher.publish(
-                            r["topic"], r["key"], bytes(r["value"]), json.loads(r["headers"])
-                        )
-                        for r in rows
-                    )
-                )
-                await conn.execute("DELETE FROM outbox WHERE id = ANY($1)", [r["id"] for r in rows])
+            async with self._pool.acquire() as conn:
+                await conn.execute("BEGIN")
+                try:
+                    published = await self._publish_batch(conn)
+                except BaseException:
+                    if conn.is_in_transaction() and not conn.is_closed():
+                        with contextlib.suppress(Exception):
+                            await conn.execute("ROLLBACK")
+                    raise
         except (
             OSError,
             asyncpg.PostgresConnectionError,
@@ -187,5 +210,28 @@ class OutboxRelay:
             asyncpg.exceptions.OperatorInterventionError,
         ) as exc:
             raise RetryableError(f"outbox: {exc}") from exc
-        self.published += len(rows)
+        self.published += max(published, 0)
+        return published
+
+    async def _publish_batch(self, conn: asyncpg.Connection) -> int:
+        """Inside BEGIN: claim, publish, then delete and COMMIT in one round trip."""
+        claimed = await conn.fetch(_CLAIM, _RELAY_LOCK, self._batch)
+        rows = [r for r in claimed if r["id"] is not None]
+        if not rows:
+            await conn.execute("COMMIT")
+            return 0 if claimed and claimed[0]["held"] else -1
+        # produce() runs in call order before each first await, so gathering keeps
+        # per-partition order while acknowledgements overlap.
+        await asyncio.gather(
+            *(
+                self._publisher.publish(
+                    r["topic"], r["key"], bytes(r["value"]), json.loads(r["headers"])
+                )
+                for r in rows
+            )
+        )
+        # Ids are integers from the table itself: inlined, the delete and the COMMIT go as
+        # one simple query.
+        ids = ",".join(str(int(r["id"])) for r in rows)
+        await conn.execute(f"DELETE FROM outbox WHERE id IN ({ids}); COMMIT")
         return len(rows)
