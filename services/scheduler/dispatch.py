@@ -26,7 +26,13 @@ from schemas.events import GenerationQueued, GenerationQueuedData, event_id
 from schemas.jobs import CharacterRegion, GenerateImage
 from schemas.requests import UserTier
 from schemas.topics import TopicNames
-from services.scheduler.outbox import SOURCE, stage, stage_event
+from services.scheduler.outbox import (
+    SOURCE,
+    STAGE_ROWS,
+    columns,
+    event_row,
+    staged_row,
+)
 from services.scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -142,49 +148,51 @@ class Dispatcher:
         image = job.image.model_copy(update={"tier": job.tier})
         job = job.model_copy(update={"enqueued_at": utcnow(), "image": image})
         img = job.image
+        queued = GenerationQueued(
+            id=event_id(
+                "generation_queued",
+                img.job_id,
+                img.image_index,
+                img.attempt,
+                img.variation,
+                job.provider,
+            ),
+            source=SOURCE,
+            subject=f"jobs/{img.job_id}/images/{img.image_index}",
+            job_id=img.job_id,
+            user_id=img.user_id,
+            data=GenerationQueuedData(
+                image_id=img.image_id,
+                image_index=img.image_index,
+                image_count=img.image_count,
+                character_id=img.character_id,
+                tier=job.tier.value,
+                attempt=img.attempt,
+                kind=img.kind.value,
+                version=img.version,
+                provider=job.provider,
+                model=job.model,
+                estimated_cost_usd=job.estimated_cost_usd,
+                story_id=img.story_id,
+                page_number=img.page_number,
+            ),
+        )
+        rows = [
+            await staged_row(conn, self._topics.jobs(job.tier), img.job_id, job),
+            await event_row(conn, self._topics.events, queued),
+        ]
+        # The image's row and its two outbox rows (the job, then its queued event) in one
+        # statement.
         await conn.execute(
-            "UPDATE job_images SET status = 'dispatched', message = $3, attempt = $4,"
-            " variation = $5, due_at = NULL, awaiting = NULL, updated_at = now()"
-            " WHERE job_id = $1 AND image_index = $2",
+            "WITH dispatched AS (UPDATE job_images SET status = 'dispatched', message = $7,"
+            " attempt = $8, variation = $9, due_at = NULL, awaiting = NULL, updated_at = now()"
+            " WHERE job_id = $5 AND image_index = $6) " + STAGE_ROWS,
+            *columns(rows),
             img.job_id,
             img.image_index,
             job.model_dump_json(),
             img.attempt,
             img.variation,
-        )
-        await stage(conn, self._topics.jobs(job.tier), img.job_id, job)
-        await stage_event(
-            conn,
-            self._topics.events,
-            GenerationQueued(
-                id=event_id(
-                    "generation_queued",
-                    img.job_id,
-                    img.image_index,
-                    img.attempt,
-                    img.variation,
-                    job.provider,
-                ),
-                source=SOURCE,
-                subject=f"jobs/{img.job_id}/images/{img.image_index}",
-                job_id=img.job_id,
-                user_id=img.user_id,
-                data=GenerationQueuedData(
-                    image_id=img.image_id,
-                    image_index=img.image_index,
-                    image_count=img.image_count,
-                    character_id=img.character_id,
-                    tier=job.tier.value,
-                    attempt=img.attempt,
-                    kind=img.kind.value,
-                    version=img.version,
-                    provider=job.provider,
-                    model=job.model,
-                    estimated_cost_usd=job.estimated_cost_usd,
-                    story_id=img.story_id,
-                    page_number=img.page_number,
-                ),
-            ),
         )
         log.info(
             "event=image_dispatched job_id=%s index=%d attempt=%d variation=%d provider=%s",
@@ -197,10 +205,12 @@ class Dispatcher:
 
     async def activate_waiting(self, conn: asyncpg.Connection, user_id: str, tier: str) -> None:
         """Give free slots of the user's in-flight cap to their oldest queued jobs."""
+        # Created and locked in one statement: a conflicting upsert locks the row it meets.
         await conn.execute(
-            "INSERT INTO users (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user_id
+            "INSERT INTO users (user_id) VALUES ($1)"
+            " ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id",
+            user_id,
         )
-        await conn.execute("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE", user_id)
         running = await conn.fetchval(
             "SELECT count(*) FROM jobs WHERE user_id = $1 AND tier = $2 AND status = 'running'",
             user_id,

@@ -290,8 +290,12 @@ class Scheduler:
             return
         self._track_health(event)
         before = staged()
-        async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
-            await self._apply_event(conn, event)
+        async with transient_as_retryable(), self._pool.acquire() as conn:
+            if _one_statement([event]):
+                await self._apply_event(conn, event)
+            else:
+                async with conn.transaction():
+                    await self._apply_event(conn, event)
         self._wake_relay(before)
 
     async def on_events(self, records: Sequence[Record]) -> None:
@@ -306,10 +310,15 @@ class Scheduler:
         for _, event in wanted:
             self._track_health(event)  # counted once per event id, whatever happens next
         before = staged()
-        async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
-            for record, event in wanted:
-                with handling(record):
-                    await self._apply_event(conn, event)
+        async with transient_as_retryable(), self._pool.acquire() as conn:
+            if _one_statement([event for _, event in wanted]):
+                with handling(wanted[0][0]):
+                    await self._apply_event(conn, wanted[0][1])
+            else:
+                async with conn.transaction():
+                    for record, event in wanted:
+                        with handling(record):
+                            await self._apply_event(conn, event)
         self._wake_relay(before)
 
     def _wake_relay(self, staged_before: int) -> None:
@@ -468,3 +477,9 @@ class Scheduler:
         if msg.image.variation != event.data.variation or variation > msg.max_variations:
             return  # a redelivery, or postprocess forwards this one flagged
         await self._retries.vary(conn, job, row, variation)
+
+
+def _one_statement(events: Sequence[Event]) -> bool:
+    """Whether handling `events` is a single statement, atomic without BEGIN and COMMIT:
+    one `generation_started` (it only moves its image's deadline, `_watch`)."""
+    return len(events) == 1 and isinstance(events[0], GenerationStarted)

@@ -133,11 +133,8 @@ class JobBook:
         counts = await self._counts(conn, job["job_id"])
         if job["status"] == CANCELLING:
             if counts["in_flight"] == 0:
-                noted = await conn.fetchrow(
-                    "SELECT reason FROM jobs WHERE job_id = $1", job["job_id"]
-                )
                 await self.end(
-                    conn, job["job_id"], JobStatus.CANCELLED, CANCELLED_REASON, noted["reason"]
+                    conn, job["job_id"], JobStatus.CANCELLED, CANCELLED_REASON, counts["reason"]
                 )
             return
         if job["image_count"] > 1:
@@ -168,10 +165,7 @@ class JobBook:
                 else JobStatus.PARTIALLY_COMPLETED
             )
             # A reason noted while it ran (an image refused for content policy) ends it.
-            noted = await conn.fetchrow(
-                "SELECT reason_code, reason FROM jobs WHERE job_id = $1", job["job_id"]
-            )
-            await self.end(conn, job["job_id"], final, noted["reason_code"], noted["reason"])
+            await self.end(conn, job["job_id"], final, counts["reason_code"], counts["reason"])
             return
         await self._dispatcher.pump(conn, job)
         if job["story_id"]:
@@ -266,27 +260,25 @@ class JobBook:
         reason: str | None = None,
     ) -> None:
         """The job's one terminal event; frees its slot for the user's next queued job."""
-        was = await conn.fetchval("SELECT status FROM jobs WHERE job_id = $1", job_id)
+        # The status it had comes back with the update (the row locked by the subquery).
         job = await conn.fetchrow(
-            "UPDATE jobs SET status = $2, reason_code = $3, reason = $4,"
-            " finished_at = coalesce(finished_at, now())"
-            " WHERE job_id = $1 RETURNING user_id, tier, topic_tier, image_count, created_at",
+            "UPDATE jobs j SET status = $2, reason_code = $3, reason = $4,"
+            " finished_at = coalesce(j.finished_at, now())"
+            " FROM (SELECT job_id, status FROM jobs WHERE job_id = $1 FOR UPDATE) AS was"
+            " WHERE j.job_id = was.job_id"
+            " RETURNING was.status AS was, j.user_id, j.tier, j.topic_tier, j.image_count,"
+            " j.created_at",
             job_id,
             status.value,
             reason_code,
             reason,
         )
+        was = job["was"]
         instruments().jobs.add(1, {"status": status.value, "tier": job["tier"]})
-        counts = await self._counts(conn, job_id)
-        cost = await conn.fetchval(
-            "SELECT coalesce(sum(actual_usd), 0) FROM generations WHERE job_id = $1", job_id
-        )
+        counts = await self._counts(conn, job_id, ending=True)
+        cost = counts["cost"]
         duration = datetime.now(UTC) - job["created_at"]
-        character_id = await conn.fetchval(
-            "SELECT message->'image'->>'character_id' FROM job_images WHERE job_id = $1"
-            " ORDER BY image_index LIMIT 1",
-            job_id,
-        )
+        character_id = counts["character_id"]
         await stage_event(
             conn,
             self._topics.events,
@@ -322,14 +314,29 @@ class JobBook:
         if was == "running":
             await self._dispatcher.activate_waiting(conn, job["user_id"], job["tier"])
 
-    async def _counts(self, conn: asyncpg.Connection, job_id: str) -> asyncpg.Record:
+    async def _counts(
+        self, conn: asyncpg.Connection, job_id: str, *, ending: bool = False
+    ) -> asyncpg.Record:
+        """The job's images by state, with the reason noted on the job; `ending`: also its
+        actual cost and its first image's character (what its terminal event reports)."""
+        extra = (
+            ", (SELECT coalesce(sum(actual_usd), 0) FROM generations g"
+            "   WHERE g.job_id = $1) AS cost,"
+            " (SELECT message->'image'->>'character_id' FROM job_images f"
+            "   WHERE f.job_id = $1 ORDER BY image_index LIMIT 1) AS character_id"
+            if ending
+            else ""
+        )
         row: asyncpg.Record = await conn.fetchrow(
             "SELECT count(*) FILTER (WHERE status = 'stored') AS stored,"
             " count(*) FILTER (WHERE status = 'failed') AS failed,"
             " count(*) FILTER (WHERE status IN ('dispatched', 'retry_wait')) AS in_flight,"
             " count(*) FILTER (WHERE status IN ('waiting', 'dispatched', 'retry_wait'))"
-            "   AS pending"
-            " FROM job_images WHERE job_id = $1",
+            "   AS pending,"
+            " (SELECT reason_code FROM jobs j WHERE j.job_id = $1) AS reason_code,"
+            " (SELECT reason FROM jobs j WHERE j.job_id = $1) AS reason"
+            + extra
+            + " FROM job_images WHERE job_id = $1",
             job_id,
         )
         return row

@@ -44,6 +44,9 @@ from services.scheduler.settings import SchedulerSettings
 log = logging.getLogger(__name__)
 MICRO = Decimal("0.000001")
 ALERT_THRESHOLDS = (80, 100)
+_GENERATION = (
+    "job_id, image_index, variation, day, user_id, reserved_usd, actual_usd, provider, status"
+)
 _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
 
 
@@ -215,8 +218,7 @@ class Ledger:
     ) -> bool:
         """Book an image's actual cost against its reservation; False if already booked."""
         row = await conn.fetchrow(
-            "SELECT job_id, image_index, variation, day, user_id, reserved_usd, provider, status"
-            " FROM generations WHERE job_id = $1 AND image_index = $2"
+            f"SELECT {_GENERATION} FROM generations WHERE job_id = $1 AND image_index = $2"
             " AND status <> 'settled' AND ($3::bigint IS NULL OR seed = $3)"
             " ORDER BY variation DESC LIMIT 1 FOR UPDATE",
             job_id,
@@ -225,7 +227,14 @@ class Ledger:
         )
         if row is None:
             return False
-        slot = Slot(job_id, image_index, row["variation"])
+        await self._book(conn, row, actual, provider)
+        return True
+
+    async def _book(
+        self, conn: asyncpg.Connection, row: asyncpg.Record, actual: Decimal, provider: str
+    ) -> None:
+        """Settle the (locked) generation `row` at `actual`."""
+        slot = Slot(row["job_id"], row["image_index"], row["variation"])
         provider = provider or row["provider"]
         released = -row["reserved_usd"]
         await self._settled(conn, slot, actual, provider)
@@ -234,7 +243,6 @@ class Ledger:
         )
         await self._totals(conn, row["day"], row["user_id"], released, actual)
         instruments().budget_consumed.add(float(actual), {"provider": provider})
-        return True
 
     async def settle_stored(
         self,
@@ -251,18 +259,23 @@ class Ledger:
         again on redelivery) yields two copies with their own costs. The first
         `generation_completed` settles; the copy that storage keeps may be the other one.
         The stored copy is the one delivered, so its cost is the one booked: an earlier
-        settlement at another cost is restated (entry `restate`, spent only)."""
-        if await self.settle(conn, job_id, image_index, seed, actual, provider):
-            return True
+        settlement at another cost is restated (entry `restate`, spent only).
+
+        One read finds what `settle` would book (an unsettled generation of this seed, the
+        latest variation) or else the settled one to restate, and locks it."""
         row = await conn.fetchrow(
-            "SELECT variation, day, user_id, actual_usd, provider FROM generations"
-            " WHERE job_id = $1 AND image_index = $2 AND status = 'settled' AND seed = $3"
-            " ORDER BY variation DESC LIMIT 1 FOR UPDATE",
+            f"SELECT {_GENERATION} FROM generations WHERE job_id = $1 AND image_index = $2"
+            " AND seed = $3 ORDER BY status = 'settled', variation DESC LIMIT 1 FOR UPDATE",
             job_id,
             image_index,
             seed,
         )
-        if row is None or row["actual_usd"] == actual:
+        if row is None:
+            return False
+        if row["status"] != "settled":
+            await self._book(conn, row, actual, provider)
+            return True
+        if row["actual_usd"] == actual:
             return False
         delta = actual - row["actual_usd"]
         provider = provider or row["provider"]

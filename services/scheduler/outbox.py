@@ -59,6 +59,18 @@ def staged() -> int:
     return _STAGED.get()
 
 
+Staged = tuple[str, str | None, bytes, str]
+"""An outbox row: topic, key, encoded value, headers (JSON)."""
+
+# Rows in order (ids follow it), after any statement of the caller's given as `$5`'s CTE.
+STAGE_ROWS = (
+    "INSERT INTO outbox (topic, key, value, headers)"
+    " SELECT topic, key, value, headers::jsonb"
+    " FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])"
+    " WITH ORDINALITY AS r(topic, key, value, headers, n) ORDER BY n"
+)
+
+
 async def stage(
     conn: asyncpg.Connection,
     topic: str,
@@ -72,28 +84,58 @@ async def stage(
     The row keeps the trace the message belongs to (its job's, see `job_trace`) and the
     time it was queued, so consumers continue that trace and measure the wait from here.
     """
+    row = await staged_row(conn, topic, key, value, traceparent=traceparent)
+    await conn.execute(
+        "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)", *row
+    )
+
+
+async def staged_row(
+    conn: asyncpg.Connection,
+    topic: str,
+    key: str | None,
+    value: BaseModel,
+    *,
+    traceparent: str | None = None,
+) -> Staged:
+    """The outbox row `stage` writes, for a caller that writes several in one statement
+    (`columns` and `STAGE_ROWS`); counted as staged."""
     if traceparent is None:
         traceparent = await job_trace(conn, _job_of(value))
     headers = {ENQUEUED_AT_HEADER: f"{_enqueued_at(value):.6f}"}
     if traceparent:
         headers["traceparent"] = traceparent
     _STAGED.set(_STAGED.get() + 1)
-    await conn.execute(
-        "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)",
-        topic,
-        key,
-        encode(value),
-        json.dumps(headers),
+    return (topic, key, encode(value), json.dumps(headers))
+
+
+async def event_row(conn: asyncpg.Connection, topic: str, event: EventBase) -> Staged:
+    """`stage_event`'s row (see `staged_row`)."""
+    traceparent = await job_trace(conn, event.job_id)
+    stamped = event.model_copy(
+        update={"source": event.source or SOURCE, "traceparent": traceparent}
+    )
+    return await staged_row(
+        conn, topic, event.job_id or event.user_id, stamped, traceparent=traceparent
+    )
+
+
+def columns(rows: list[Staged]) -> tuple[list[str], list[str | None], list[bytes], list[str]]:
+    """Rows as the four arrays `STAGE_ROWS` takes."""
+    return (
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
     )
 
 
 async def stage_event(conn: asyncpg.Connection, topic: str, event: EventBase) -> None:
     """Stage an event keyed by its job id (or user id), stamped with this service's source."""
-    traceparent = await job_trace(conn, event.job_id)
-    stamped = event.model_copy(
-        update={"source": event.source or SOURCE, "traceparent": traceparent}
+    row = await event_row(conn, topic, event)
+    await conn.execute(
+        "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)", *row
     )
-    await stage(conn, topic, event.job_id or event.user_id, stamped, traceparent=traceparent)
 
 
 async def remember_trace(conn: asyncpg.Connection, job_id: str) -> None:
