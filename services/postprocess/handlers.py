@@ -39,8 +39,13 @@ from services.postprocess.consistency import (
 )
 from services.postprocess.outputs import write_renditions
 from services.postprocess.quality import ImageStatsQualityScorer, Quality, QualityScorer
-from services.postprocess.renditions import InvalidImageError, QualityCheckError, render_image
-from services.postprocess.renditions import decode as decode_image
+from services.postprocess.renditions import (
+    InvalidImageError,
+    QualityCheckError,
+    open_image,
+    render_image,
+    validate,
+)
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.variations import VariationStore
 
@@ -83,12 +88,18 @@ class Postprocessor:
         raw = decode(record, RawImage)
         started = time.monotonic()
         data = await get_verified(self._blobs, raw.blob)
-        if await self._refused(raw, data):
+        try:
+            # Decoded once: the safety check, the renditions, the cut-out, the quality score
+            # and the consistency check all read this one image.
+            image = await asyncio.to_thread(open_image, data)
+        except InvalidImageError as exc:
+            await self._report_unusable(raw, exc)
+            return
+        if await self._refused(raw, image):
             return  # never stored: a failed attempt the scheduler sees
         try:
-            # Decoded once: the renditions, the cut-out and the quality score share it.
-            image = await asyncio.to_thread(decode_image, data)
-        except (InvalidImageError, QualityCheckError) as exc:
+            validate(image)
+        except QualityCheckError as exc:
             await self._report_unusable(raw, exc)
             return
         with tracer().start_as_current_span("renditions"):
@@ -108,7 +119,7 @@ class Postprocessor:
             if cutout is not None:
                 rendered.append(cutout)
         with tracer().start_as_current_span("consistency") as span:
-            assessment = await self._assess(raw, data)
+            assessment = await self._assess(raw, image)
             score = assessment.score
             if score is not None:
                 span.set_attribute("imagegen.consistency_distance", score)
@@ -180,17 +191,11 @@ class Postprocessor:
         )
         return True
 
-    async def _refused(self, raw: RawImage, data: bytes) -> bool:
+    async def _refused(self, raw: RawImage, picture: Image.Image) -> bool:
         """The image-safety check, before anything of the image is written: a refused image
         is a failed attempt (ContentPolicyViolation, retryable: a new seed may pass)."""
-        if self._safety is None or raw.record.demo:
-            # The demo backend's GAN draws only DigiFace faces; the classifier misreads 16%
-            # of them as explicit (bench/results/safety_classifier.json), so it is skipped.
+        if self._safety is None:
             return False
-        try:
-            picture = Image.open(io.BytesIO(data))
-        except (OSError, Image.DecompressionBombError):
-            return False  # not an image: the renditions step reports it unusable
         with tracer().start_as_current_span("safety") as span:
             verdict = await asyncio.to_thread(self._safety.check, picture, raw.image.audience)
             span.set_attribute("imagegen.safety_score", verdict.score)
@@ -243,7 +248,7 @@ class Postprocessor:
             )
         )
 
-    async def _assess(self, raw: RawImage, data: bytes) -> Assessment:
+    async def _assess(self, raw: RawImage, image: Image.Image) -> Assessment:
         """Score against the identity images; portraits and reference images are embedded
         even without any (storage keeps their embedding as the character's reference)."""
         cast = cast_of(raw)
@@ -264,7 +269,7 @@ class Postprocessor:
         ]
         if not has_keys:  # a reference image being made: embedded, nothing to score yet
             references = []
-        return await asyncio.to_thread(scorer.assess_cast, Image.open(io.BytesIO(data)), references)
+        return await asyncio.to_thread(scorer.assess_cast, image, references)
 
     async def _consistency_loop(
         self, raw: RawImage, processed: ProcessedImage, score: float, drifted: list[str]
