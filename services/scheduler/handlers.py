@@ -296,7 +296,7 @@ class Scheduler:
             else:
                 async with conn.transaction():
                     await self._apply_event(conn, event)
-        self._wake_relay(before)
+        self._wake_relay(before, [event])
 
     async def on_events(self, records: Sequence[Record]) -> None:
         """`on_event` for several records in one transaction (none when none is wanted)."""
@@ -319,12 +319,15 @@ class Scheduler:
                     for record, event in wanted:
                         with handling(record):
                             await self._apply_event(conn, event)
-        self._wake_relay(before)
+        self._wake_relay(before, [event for _, event in wanted])
 
-    def _wake_relay(self, staged_before: int) -> None:
-        """After a commit: publish what it staged now (nothing staged, no relay pass)."""
+    def _wake_relay(self, staged_before: int, events: Sequence[Event] = ()) -> None:
+        """After a commit: publish what it staged now (nothing staged, no relay pass); and
+        when an attempt failed or was flagged (a retry may now wait), the ticker looks."""
         if staged() > staged_before:
             self.relay.wake()
+        if any(isinstance(e, GenerationFailed | ConsistencyFlagged) for e in events):
+            self.ticker.wake()
 
     @staticmethod
     def _wanted(event: Event) -> bool:

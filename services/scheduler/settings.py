@@ -24,15 +24,19 @@ class SchedulerSettings(ServiceSettings):
     tick_interval_s: float = Field(
         default=1.0,
         gt=0,
-        description="Retry ticker period (retries wait seconds anyway; each tick is a query).",
+        description=(
+            "Retry ticker base period: it sleeps until the next retry is due, and sweeps"
+            " overdue attempts and unused slots every 10 periods."
+        ),
     )
     relay_interval_s: float = Field(
-        default=1.0,
+        default=30.0,
         gt=0,
         description=(
             "Outbox poll period: a safety net, since every commit that stages a message wakes"
-            " the relay at once; this only bounds rows staged by another instance while this"
-            " one relayed. Each poll is a query, idle or not."
+            " the relay at once, and a relay that finds another holding the lock retries"
+            " after 50 ms; this only bounds rows a crashed instance left staged. Each poll is"
+            " a transaction, idle or not."
         ),
     )
     # Overdue attempts (overdue.py): an attempt that went silent is retried, so a message

@@ -2,6 +2,11 @@
 
 Due times live in `job_images.due_at`; every scheduler instance runs one ticker and they
 share the rows with `FOR UPDATE SKIP LOCKED`, so nothing waits on a busy job.
+
+It sleeps until the next retry is due (one read says when), not a fixed period: at rest it
+wakes only for the overdue and slot sweep (every `interval_s * sweep_every`), whose reads
+open no transaction unless they find work. A handler that may have scheduled a retry (an
+attempt failed or was flagged) calls `wake()`.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -42,24 +48,50 @@ class Ticker:
         self._on_staged = on_staged
         self._batch = batch
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look again now: a retry may have been scheduled."""
+        self._wake.set()
 
     async def run(self) -> None:
-        rounds = 0
+        period = self._interval * self._sweep_every
+        next_sweep = time.monotonic() + period
         while not self._stopping.is_set():
+            self._wake.clear()
+            due_in: float | None = self._interval
             try:
-                while await self.tick() >= self._batch:
-                    pass
-                rounds += 1
-                if rounds % self._sweep_every == 0:
-                    await self.expire()
+                due_in = await self.due_in()
+                if due_in is not None and due_in <= 0:
+                    while await self.tick() >= self._batch:
+                        pass
+                    due_in = self._interval  # others may fall due soon after
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + period
+                    if await self.expire():
+                        due_in = min(due_in or self._interval, self._interval)
                     await self.sweep()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RetryableError) as exc:
                 log.warning("event=ticker_retry error=%r", str(exc))
+            wait = next_sweep - time.monotonic()
+            if due_in is not None:
+                wait = min(wait, due_in)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
+                await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
+
+    async def due_in(self) -> float | None:
+        """Seconds until the next retry of a running job falls due (<= 0: due now); None
+        when none waits. One statement, no transaction."""
+        value = await self._pool.fetchval(
+            "SELECT extract(epoch FROM min(i.due_at) - now())::float8"
+            " FROM job_images i JOIN jobs j USING (job_id)"
+            " WHERE i.status = 'retry_wait' AND j.status = 'running'"
+        )
+        return None if value is None else float(value)
 
     async def tick(self) -> int:
         """Dispatch the retries that are due now; how many went."""
@@ -99,17 +131,21 @@ class Ticker:
         return expired
 
     async def sweep(self) -> None:
-        """Safety net: slots and story places that a skipped lock left unused are used now."""
+        """Safety net: slots and story places that a skipped lock left unused are used now.
+        Its reads open no transaction; one is opened only for work they found (what it then
+        does re-checks under its locks)."""
+        users = await self._pool.fetch(
+            "SELECT DISTINCT user_id, tier FROM jobs WHERE status = 'queued' LIMIT 100"
+        )
+        running = await self._pool.fetch(
+            "SELECT DISTINCT i.job_id FROM job_images i JOIN jobs j USING (job_id)"
+            " WHERE i.status = 'waiting' AND j.status = 'running' LIMIT 100"
+        )
+        if not users and not running:
+            return
         async with self._pool.acquire() as conn, conn.transaction():
-            users = await conn.fetch(
-                "SELECT DISTINCT user_id, tier FROM jobs WHERE status = 'queued' LIMIT 100"
-            )
             for u in users:
                 await self._dispatcher.activate_waiting(conn, u["user_id"], u["tier"])
-            running = await conn.fetch(
-                "SELECT DISTINCT i.job_id FROM job_images i JOIN jobs j USING (job_id)"
-                " WHERE i.status = 'waiting' AND j.status = 'running' LIMIT 100"
-            )
             for r in running:
                 job = await self._dispatcher.lock_job(conn, r["job_id"], skip_locked=True)
                 if job is not None:
