@@ -45,6 +45,7 @@ class WebhookDispatcher:
         concurrency: int = 8,
         poll_s: float = 1.0,
         verify: ssl.SSLContext | bool = True,
+        idle_s: float = 30.0,
     ) -> None:
         self._pool = pool
         self._verify = verify
@@ -56,6 +57,11 @@ class WebhookDispatcher:
         self._backoff_max_s = backoff_max_s
         self._concurrency = concurrency
         self._poll_s = poll_s
+        # It sleeps until the next pending delivery falls due (the claim says when), woken
+        # by the projection's enqueues and its own finished sends; at most `idle_s`, a safety
+        # net for deliveries another replica enqueued or left leased when it died.
+        self._idle_s = max(idle_s, poll_s)
+        self._next_s: float | None = None
         # Longer than one attempt can take: a live sender always finishes first.
         self._lease_s = timeout_s * 2 + 30.0
         self._wakeup = asyncio.Event()
@@ -120,25 +126,35 @@ class WebhookDispatcher:
                     if claimed and claimed == free:
                         continue  # more may be due
                     self._wakeup.clear()
+                    wait = self._idle_s if self._next_s is None else self._next_s
+                    if wait <= 0:  # due but locked by another replica, or no room here
+                        wait = self._poll_s
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), self._poll_s)
+                        await asyncio.wait_for(self._wakeup.wait(), min(wait, self._idle_s))
             finally:
                 if self._inflight:
                     await asyncio.gather(*self._inflight, return_exceptions=True)
 
     async def _claim_and_send(self, client: httpx.AsyncClient, limit: int) -> int:
-        rows = await self._pool.fetch(
-            "UPDATE webhook_deliveries d SET attempts = d.attempts + 1,"
+        found = await self._pool.fetch(
+            "WITH claimed AS (UPDATE webhook_deliveries d SET attempts = d.attempts + 1,"
             " next_attempt_at = clock_timestamp() + make_interval(secs => $2)"
             " FROM (SELECT id FROM webhook_deliveries"
             "       WHERE state = 'pending' AND next_attempt_at <= clock_timestamp()"
             "       ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due,"
             "      webhooks w"
             " WHERE d.id = due.id AND w.job_id = d.job_id"
-            " RETURNING d.id, d.job_id, d.url, d.body, d.attempts, w.secret",
+            " RETURNING d.id, d.job_id, d.url, d.body, d.attempts, w.secret),"
+            # When the next pending delivery other than these falls due (seconds, or NULL).
+            " later AS (SELECT extract(epoch FROM min(next_attempt_at) - clock_timestamp())"
+            "   ::float8 AS next_s FROM webhook_deliveries"
+            "   WHERE state = 'pending' AND id NOT IN (SELECT id FROM claimed))"
+            " SELECT later.next_s, c.* FROM later LEFT JOIN claimed c ON true",
             limit,
             self._lease_s,
         )
+        self._next_s = found[0]["next_s"] if found else None
+        rows = [r for r in found if r["id"] is not None]
         for row in rows:
             task = asyncio.create_task(self._send(client, dict(row)), name=f"webhook-{row['id']}")
             self._inflight.add(task)
@@ -183,6 +199,7 @@ class WebhookDispatcher:
         except (OSError, asyncpg.PostgresError) as exc:
             # The lease ends and the delivery is tried again: at least once, never lost.
             log.warning("event=webhook_record_failed delivery_id=%s error=%s", row["id"], exc)
+        self.wake()  # room for another send, and maybe a retry to time
         log.info(
             "event=webhook_attempt delivery_id=%s job_id=%s attempt=%d outcome=%s status=%s"
             " error=%s",
