@@ -87,6 +87,7 @@ async def fold_job(
 ) -> JobStatus:
     """Apply a job's event to its rows; returns the job's new status."""
     delta = _Delta()
+    image_first, image_args = "", list[Any]()
     if isinstance(event, GenerationQueued):
         queued = event.data
         delta.total, delta.character_id = queued.image_count, queued.character_id
@@ -95,13 +96,16 @@ async def fold_job(
         delta.story_id = queued.story_id
         await _queue_image(conn, job_id, user_id, event)
     elif isinstance(event, GenerationStarted):
-        await conn.execute(
-            "UPDATE images SET status = $3 WHERE id = $1 AND job_id = $2 AND status = $4",
+        # Sent with the job's update below: one statement.
+        image_first = (
+            "WITH started AS (UPDATE images SET status = $17"
+            " WHERE id = $16 AND job_id = $1 AND status = $18) "
+        )
+        image_args = [
             event.data.image_id,
-            job_id,
             ImageStatus.GENERATING.value,
             ImageStatus.QUEUED.value,
-        )
+        ]
     elif isinstance(event, ImageStored):
         delta.completed = await _store_image(conn, job_id, user_id, event)
         delta.cost = _money(event.data.cost_usd)
@@ -135,7 +139,7 @@ async def fold_job(
     if ends:
         delta.running = 0
     await conn.execute(
-        "UPDATE jobs SET status = $2,"
+        image_first + "UPDATE jobs SET status = $2,"
         " total = CASE WHEN $3 THEN $4 ELSE GREATEST(total, $4) END,"
         " completed = completed + $5, failed = failed + $6,"
         " character_id = COALESCE(character_id, $7), story_id = COALESCE(story_id, $8),"
@@ -159,6 +163,7 @@ async def fold_job(
         delta.exact_cost,
         delta.cost,
         ends,
+        *image_args,
     )
     if new_status.terminal and (isinstance(event, (PackCompleted, JobCancelled))):
         # Whatever was still pending will not come now; at a cancellation, only what had
@@ -233,41 +238,28 @@ async def _queue_image(
     )
 
 
+_STORE_IMAGE = (
+    "UPDATE images SET status = CASE WHEN status = $3 THEN status ELSE $4 END,"
+    " renditions = $5::jsonb, width = $6, height = $7, size_bytes = $8, seed = $9,"
+    " model = $10, provider = $11, demo = $12, consistency_score = $13, flagged = $14,"
+    " style = CASE WHEN $15 = '' THEN style ELSE $15 END, prompt = $16,"
+    " story_id = COALESCE(story_id, $17), page_number = COALESCE(page_number, $18),"
+    " character_id = COALESCE(character_id, $19), cost_usd = $20, stored_at = now(),"
+    " negative_prompt = $21, scene_description = $22, scene_source = $23,"
+    " quality_score = $24, character_scores = $25::jsonb, not_scored_reason = $26"
+    " FROM (SELECT id AS was_id, version AS was_version, status AS was FROM images"
+    "   WHERE id = $1 AND version = $2 FOR UPDATE) AS old"
+    " WHERE id = old.was_id AND version = old.was_version RETURNING old.was"
+)
+
+
 async def _store_image(
     conn: asyncpg.Connection, job_id: str, user_id: str, event: ImageStored
 ) -> int:
     """Make the version ready with its stored metadata; 1 when it was not ready before."""
     data = event.data
-    before = await conn.fetchval(
-        "SELECT status FROM images WHERE id = $1 AND version = $2 FOR UPDATE",
-        data.image_id,
-        data.version,
-    )
-    if before is None:
-        await conn.execute(
-            "INSERT INTO images (id, version, job_id, user_id, index, kind, status,"
-            " character_id, parent_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            data.image_id,
-            data.version,
-            job_id,
-            user_id,
-            data.image_index,
-            await _kind(conn, data.image_id, data.kind),
-            ImageStatus.QUEUED.value,
-            data.character_id,
-            data.version - 1 if data.version > 1 else None,
-        )
     renditions: dict[str, Any] = {r.name: r.model_dump(exclude={"name"}) for r in data.renditions}
-    await conn.execute(
-        "UPDATE images SET status = CASE WHEN status = $3 THEN status ELSE $4 END,"
-        " renditions = $5::jsonb, width = $6, height = $7, size_bytes = $8, seed = $9,"
-        " model = $10, provider = $11, demo = $12, consistency_score = $13, flagged = $14,"
-        " style = CASE WHEN $15 = '' THEN style ELSE $15 END, prompt = $16,"
-        " story_id = COALESCE(story_id, $17), page_number = COALESCE(page_number, $18),"
-        " character_id = COALESCE(character_id, $19), cost_usd = $20, stored_at = now(),"
-        " negative_prompt = $21, scene_description = $22, scene_source = $23,"
-        " quality_score = $24, character_scores = $25::jsonb, not_scored_reason = $26"
-        " WHERE id = $1 AND version = $2",
+    stored = (
         data.image_id,
         data.version,
         ImageStatus.DELETING.value,
@@ -295,6 +287,23 @@ async def _store_image(
         json.dumps({cid: s.model_dump() for cid, s in data.character_scores.items()}),
         data.not_scored_reason,
     )
+    # The status it had comes back with the update (NULL: no row yet, none updated).
+    before = await conn.fetchval(_STORE_IMAGE, *stored)
+    if before is None:
+        await conn.execute(
+            "INSERT INTO images (id, version, job_id, user_id, index, kind, status,"
+            " character_id, parent_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            data.image_id,
+            data.version,
+            job_id,
+            user_id,
+            data.image_index,
+            await _kind(conn, data.image_id, data.kind),
+            ImageStatus.QUEUED.value,
+            data.character_id,
+            data.version - 1 if data.version > 1 else None,
+        )
+        await conn.fetchval(_STORE_IMAGE, *stored)
     return 0 if before == ImageStatus.COMPLETED.value else 1
 
 

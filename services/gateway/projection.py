@@ -6,9 +6,12 @@ and changes nothing; every other one gets its job's next `seq`, is folded into i
 image rows, and is appended to the log once, with its final payload. Streams are woken
 only after the commit, once per owner.
 
-Round trips per batch: BEGIN with the log lock (one simple query), the duplicate check,
-one or two statements per event (its job's next seq, which also says whether the job has
-a webhook, and its fold), then the log rows, the NOTIFYs and COMMIT in one simple query.
+Round trips per batch: BEGIN with the log lock (one simple query), one or two statements
+per event (its job's next seq, which also says whether the job has a webhook, and its
+fold), then the log rows, the NOTIFYs and COMMIT in one simple query. Duplicates are rare
+(redeliveries): a batch is applied without checking for them first, and one that holds a
+duplicate fails on the log's unique event_id, rolls back whole, and is applied again with
+the check.
 """
 
 from __future__ import annotations
@@ -87,42 +90,62 @@ class Projection:
     ) -> list[str]:
         """Project `events` in order in one transaction; returns the users to wake.
         `records`, when given, are the records they came from (for each one's trace)."""
+        async with self._pool.acquire() as conn:
+            try:
+                owners, hooks = await self._apply(conn, events, records, optimistic=True)
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != "events_event_id_key":
+                    raise
+                # An event already in the log (a redelivery): everything was rolled back;
+                # again, with the duplicate check first.
+                owners, hooks = await self._apply(conn, events, records, optimistic=False)
+        if hooks and self._webhooks is not None:
+            self._webhooks.wake()
+        return list(owners)
+
+    async def _apply(
+        self,
+        conn: asyncpg.Connection,
+        events: Sequence[Event],
+        records: Sequence[Record] | None,
+        *,
+        optimistic: bool,
+    ) -> tuple[dict[str, None], list[str]]:
+        """One transaction. `optimistic`: no duplicate check first; a duplicate then fails
+        the log's unique event_id, which rolls everything back (the caller retries)."""
         owners: dict[str, None] = {}
         hooks: list[str] = []
-        async with self._pool.acquire() as conn:
-            # BEGIN and the lock in one round trip; the rest of the transaction below.
-            await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({_EVENT_LOG_LOCK})")
-            try:
-                seen: set[str] = set(
+        # BEGIN and the lock in one round trip; the rest of the transaction below.
+        await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({_EVENT_LOG_LOCK})")
+        try:
+            seen: set[str] = set()
+            if not optimistic:
+                seen.update(
                     await conn.fetchval(
                         "SELECT coalesce(array_agg(event_id), '{}') FROM events"
                         " WHERE event_id = ANY($1::text[])",
                         [event.id for event in events],
                     )
                 )
-                rows: list[_Row] = []
-                for at, event in enumerate(events):
-                    if event.id in seen:
-                        log.info(
-                            "event=duplicate_event_ignored event_id=%s type=%s",
-                            event.id,
-                            event.type,
-                        )
-                        continue
-                    seen.add(event.id)
-                    with handling(records[at]) if records else nullcontext():
-                        await _fold(conn, event, rows, owners, hooks)
-                # Ids are taken in order, under the lock: they become visible in order. The
-                # NOTIFYs are sent at commit: they wake streams on every replica.
-                await conn.execute(_closing(rows, owners))
-            except BaseException:
-                if conn.is_in_transaction() and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.execute("ROLLBACK")
-                raise
-        if hooks and self._webhooks is not None:
-            self._webhooks.wake()
-        return list(owners)
+            rows: list[_Row] = []
+            for at, event in enumerate(events):
+                if event.id in seen:
+                    log.info(
+                        "event=duplicate_event_ignored event_id=%s type=%s", event.id, event.type
+                    )
+                    continue
+                seen.add(event.id)
+                with handling(records[at]) if records else nullcontext():
+                    await _fold(conn, event, rows, owners, hooks)
+            # Ids are taken in order, under the lock: they become visible in order. The
+            # NOTIFYs are sent at commit: they wake streams on every replica.
+            await conn.execute(_closing(rows, owners))
+        except BaseException:
+            if conn.is_in_transaction() and not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await conn.execute("ROLLBACK")
+            raise
+        return owners, hooks
 
 
 async def _fold(

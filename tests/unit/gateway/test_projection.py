@@ -121,3 +121,19 @@ def test_status_moves_forward_only() -> None:
     assert next_status(JobStatus.RUNNING, ev.cancelled(job, user)) is JobStatus.CANCELLED
     assert next_status(JobStatus.CANCELLED, done) is JobStatus.CANCELLED
     assert next_status(JobStatus.QUEUED, ev.failed(job, user, 0, final=True)) is JobStatus.QUEUED
+
+
+async def test_a_batch_holding_a_logged_event_is_applied_again_without_it(
+    gateway: Gateway, user: str
+) -> None:
+    """The projection applies a batch without a duplicate check first; an event already in
+    the log rolls the batch back, and it is applied again with the check."""
+    job = await gateway.generate(user, 3)
+    first = ev.stored(job, user, 0)
+    await gateway.feed(first)
+    await gateway.feed(first, ev.stored(job, user, 1), first, ev.failed(job, user, 2, final=True))
+    body = await _job(gateway, user, job)
+    assert (body["completed"], body["failed"]) == (2, 1)
+    async with gateway.state.pool.acquire() as conn:
+        logged = await conn.fetch("SELECT seq FROM events WHERE job_id = $1 ORDER BY id", job)
+    assert [r["seq"] for r in logged] == [1, 2, 3]
