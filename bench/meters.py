@@ -177,17 +177,19 @@ class PostgresProxy(_Proxy):
                 if state["implicit"]:
                     self.app_transactions[app] += 1
                 state["implicit"] = False
-            elif kind == b"Q":
-                text = _statement(body.split(b"\x00", 1)[0])
-                self.statements[(app, text)] += 1
-                word = text.split(" ", 1)[0].upper().rstrip(";")
-                if word in ("BEGIN", "START"):
-                    state["block"] = True
+            elif kind == b"Q":  # may hold several statements: "BEGIN; ...", "...; COMMIT"
+                raw = body.split(b"\x00", 1)[0].decode("utf-8", "replace")
+                self.statements[(app, _statement(raw.encode()))] += 1
+                words = raw.replace(";", " ; ").split()
+                first = words[0].upper() if words else ""
+                last = words[-2 if words[-1:] == [";"] else -1].upper() if words else ""
+                if first in ("BEGIN", "START"):
                     self.app_transactions[app] += 1
-                elif word in ("COMMIT", "ROLLBACK", "END", "ABORT"):
-                    state["block"] = False
+                    state["block"] = True
                 elif not state["block"]:
                     self.app_transactions[app] += 1
+                if last in ("COMMIT", "ROLLBACK", "END", "ABORT"):
+                    state["block"] = False
 
     def _client_side(self) -> Feed:
         buffer = b""
