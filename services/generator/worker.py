@@ -156,21 +156,46 @@ class Generator:
             await self._failed(job, provider, type(exc).__name__, str(exc))
             return
         queue_wait_ms = max(0, int((datetime.now(UTC) - job.enqueued_at).total_seconds() * 1000))
-        await self._events.emit(
-            GenerationStarted(
-                **image_envelope(img, "generation_started", img.attempt),
-                data=GenerationStartedData(
-                    image_id=img.image_id,
-                    image_index=img.image_index,
-                    attempt=img.attempt,
-                    backend=backend.name,
-                    model=backend.model,
-                    queue_wait_ms=queue_wait_ms,
-                    provider=provider,
-                    **image_facts(img),
-                ),
+        # Sent without waiting for its acknowledgement: the references and the image do not
+        # depend on it. It is awaited before anything else of the attempt is published (so
+        # the outcome never overtakes it) and before the handler returns (offsets follow).
+        started = asyncio.ensure_future(
+            self._events.emit(
+                GenerationStarted(
+                    **image_envelope(img, "generation_started", img.attempt),
+                    data=GenerationStartedData(
+                        image_id=img.image_id,
+                        image_index=img.image_index,
+                        attempt=img.attempt,
+                        backend=backend.name,
+                        model=backend.model,
+                        queue_wait_ms=queue_wait_ms,
+                        provider=provider,
+                        **image_facts(img),
+                    ),
+                )
             )
         )
+        try:
+            await self._generate(job, provider, backend, queue_wait_ms, started)
+        except BaseException:
+            await asyncio.wait([started])  # never left in flight; the error in hand wins
+            if not started.cancelled():
+                started.exception()
+            raise
+        await started  # already awaited before the outcome was published
+
+    async def _generate(
+        self,
+        job: GenerateImage,
+        provider: str,
+        backend: ImageBackend,
+        queue_wait_ms: int,
+        started: asyncio.Future[None],
+    ) -> None:
+        """The attempt after `generation_started` was sent (`started`, awaited before any
+        further publish)."""
+        img = job.image
         prompt, negative = prompt_for_job(job)
         try:
             fetched: dict[str, bytes] = {}
@@ -178,6 +203,7 @@ class Generator:
             regions = await self._regions(job, fetched)
             loras = await self._loras.for_job(job)
         except PermanentError as exc:  # a reference deleted meanwhile: no attempt can succeed
+            await started
             await self._failed(job, provider, type(exc).__name__, str(exc))
             return
         request = GenerationRequest(
@@ -218,24 +244,28 @@ class Generator:
                 span.set_attribute("batch_size", result.batch_size)
         except GenerationCancelled as exc:
             await reporter.flush()
+            await started
             await self._failed(job, provider, CANCELLED, str(exc))
             return
         except PermanentError as exc:
             await reporter.flush()
+            await started
             await self._failed(job, provider, _error_type(exc), str(exc), retryable=False)
             return
         except Exception as exc:  # a backend crash (OOM, driver): this attempt, not the message
             log.exception("event=generation_error job_id=%s index=%d", img.job_id, img.image_index)
             await reporter.flush()
+            await started
             await self._failed(job, provider, type(exc).__name__, str(exc), retryable=True)
             return
         await reporter.flush()
         if cancelled_late:
             # Finished before the backend saw the cancel: the user asked for no image.
+            await started
             await self._failed(job, provider, CANCELLED, "job cancelled during generation")
             return
         await self._publish_result(
-            job, provider, backend, request, result, prompt, negative, queue_wait_ms
+            job, provider, backend, request, result, prompt, negative, queue_wait_ms, started
         )
 
     async def _publish_result(
@@ -248,9 +278,11 @@ class Generator:
         prompt: str,
         negative: str,
         queue_wait_ms: int,
+        started: asyncio.Future[None],
     ) -> None:
         img = job.image
         blob = await put_staging(self._blobs, result.png, "image/png")
+        await started
         # Self-hosted backends price their busy GPU seconds; API backends (no GPU of ours)
         # report their own price and no GPU seconds.
         cost = result.cost_usd if result.cost_usd is not None else backend.cost_usd(result.seconds)
