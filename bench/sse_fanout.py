@@ -10,7 +10,9 @@ through `--clients`. At each level, after the new streams are open:
   the event's own timestamp (the service that emitted it) to its arrival at the client,
   and the fan-out spread (arrival minus the first arrival of the same event at any
   stream); deliveries missing (an event one stream of the user got and another did not)
-  and streams that failed or closed.
+  and streams that failed or closed;
+- the gateway's garbage-collector pauses while events flowed (count, total and longest per
+  generation: each one stops every stream), from a sitecustomize hook this script writes.
 
 Delivery lag is measured two ways: from the event's append to the log (its row's
 `created_at`, read back from the database after each level: the projection's transaction
@@ -188,7 +190,22 @@ class Fanout:
         await asyncio.gather(*self.streams, return_exceptions=True)
 
 
-async def run(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
+async def gc_pauses(pid: int, folder: Path, timeout: float = 30.0) -> dict[str, Any] | None:
+    """The gateway's garbage-collector pauses since the previous call (None if it did not
+    answer in time): count, total and longest per generation."""
+    path = folder / f"{pid}.gc.json"
+    path.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(0.1)
+    found: dict[str, Any] = json.loads(path.read_text())
+    return {k: [round(v, 1) for v in values] for k, values in found.items()}
+
+
+async def run(stack: OurStack, args: argparse.Namespace, gc_dir: Path) -> dict[str, Any]:
     fan = Fanout(stack, args.users)
     gateway_pid = stack.service_pids()["gateway"]
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=60) as client:
@@ -203,11 +220,13 @@ async def run(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
                 open_s = await fan.grow_to(clients)
                 await asyncio.sleep(2)  # let the gateway settle after the connection storm
                 rss = rss_bytes(gateway_pid)
+                await gc_pauses(gateway_pid, gc_dir)  # count from here
                 level = fan.level = Level()
                 await paced(args.rate, args.duration, fire)
                 await asyncio.sleep(args.settle)
                 fan.level = None
                 result = summarise(fan, level, clients, open_s, rss, rss_before)
+                result["gateway_gc_while_events"] = await gc_pauses(gateway_pid, gc_dir)
                 appended = await level.append_lags(stack.database)
                 result["lag_from_append_ms"] = {
                     q: ms(percentile(appended, int(q[1:]))) for q in ("p50", "p95", "p99")
@@ -221,7 +240,8 @@ async def run(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
                     f"p99 {result['lag_from_append_ms']['p99']} ms "
                     f"(from emission p99 {result['lag_ms']['p99']}), "
                     f"spread p99 {result['spread_ms']['p99']} ms, "
-                    f"{result['deliveries']} deliveries, {result['missing_deliveries']} missing"
+                    f"{result['deliveries']} deliveries, {result['missing_deliveries']} missing; "
+                    f"gateway GC pauses while events flowed: {result['gateway_gc_while_events']}"
                 )
         finally:
             await fan.close()
@@ -261,21 +281,49 @@ def summarise(
 
 
 _HOOK = """
-import json, os, signal, tracemalloc
+import gc, json, os, signal, time, tracemalloc
 
-# Only the gateway traces its allocations (the other services run at full speed).
+# Only the gateway is watched (the other services run at full speed).
 with open("/proc/self/cmdline", "rb") as _own:
     _gateway = b"services.gateway" in _own.read()
+
+
+def _write(name, payload):
+    path = os.path.join(os.environ.get("BENCH_TRACEMALLOC_DIR") or os.environ["BENCH_GC_DIR"], name)
+    with open(path + ".tmp", "w") as out:
+        json.dump(payload, out)
+    os.replace(path + ".tmp", path)
+
+
+if _gateway and os.environ.get("BENCH_GC_DIR"):
+    # The cyclic garbage collector's pauses (each stops the event loop), per generation;
+    # SIGUSR2 writes them and starts counting afresh.
+    _gc = {}
+    _started = [0.0]
+
+    def _reset():
+        _gc.update(count=[0, 0, 0], total_ms=[0.0, 0.0, 0.0], max_ms=[0.0, 0.0, 0.0])
+
+    def _on_gc(phase, info):
+        if phase == "start":
+            _started[0] = time.perf_counter()
+            return
+        took, gen = (time.perf_counter() - _started[0]) * 1000, info["generation"]
+        _gc["count"][gen] += 1
+        _gc["total_ms"][gen] += took
+        _gc["max_ms"][gen] = max(_gc["max_ms"][gen], took)
+
+    def _dump_gc(signum, frame):
+        _write(f"{os.getpid()}.gc.json", {k: list(v) for k, v in _gc.items()})
+        _reset()
+
+    _reset()
+    gc.callbacks.append(_on_gc)
+    signal.signal(signal.SIGUSR2, _dump_gc)
 
 if _gateway and os.environ.get("BENCH_TRACEMALLOC_DIR"):
     tracemalloc.start()
     _last = []
-
-    def _write(name, payload):
-        path = os.path.join(os.environ["BENCH_TRACEMALLOC_DIR"], name)
-        with open(path + ".tmp", "w") as out:
-            json.dump(payload, out)
-        os.replace(path + ".tmp", path)
 
     def _dump(signum, frame):
         # The total first (instant), then the sites that grew (a snapshot of every
@@ -424,8 +472,14 @@ def main() -> None:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     if args.clients:
-        with tempfile.TemporaryDirectory(prefix="bench-sse-") as tmp, our_stack(Path(tmp)) as stack:
-            results.update(asyncio.run(run(stack, args)))
+        with tempfile.TemporaryDirectory(prefix="bench-sse-") as tmp:
+            hook, gc_dir = Path(tmp) / "hook", Path(tmp) / "gc"
+            hook.mkdir()
+            gc_dir.mkdir()
+            (hook / "sitecustomize.py").write_text(_HOOK)
+            env = {"PYTHONPATH": str(hook), "BENCH_GC_DIR": str(gc_dir)}
+            with our_stack(Path(tmp) / "stack", env=env) as stack:
+                results.update(asyncio.run(run(stack, args, gc_dir)))
     else:
         results["levels"] = []
     if args.tracemalloc:

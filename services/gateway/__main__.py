@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
 import uvicorn
+from fastapi import FastAPI
 
 from imagegen import preflight
 from imagegen.telemetry import configure_telemetry
+from services.gateway import heap
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 
@@ -27,8 +30,14 @@ def main() -> None:
         failures.append(error)
         server.should_exit = True
 
+    def build() -> FastAPI:
+        app = create_app(settings, on_fatal=fatal)
+        # Long-lived objects out of the garbage collector's full collections (see heap.py).
+        heap.freeze_long_lived(asyncio.get_running_loop())
+        return app
+
     config = uvicorn.Config(
-        lambda: create_app(settings, on_fatal=fatal),
+        build,
         factory=True,
         host=settings.host,
         port=settings.port,
