@@ -44,6 +44,17 @@ from services.scheduler.settings import SchedulerSettings
 log = logging.getLogger(__name__)
 MICRO = Decimal("0.000001")
 ALERT_THRESHOLDS = (80, 100)
+# The day's row, then the user's day row (locked in that order, as everywhere: the user's
+# update reads the day's, so it runs after it), by given deltas; the day's totals come back.
+_TOTALS = (
+    "day_totals AS (UPDATE budget_days SET reserved_usd = reserved_usd + {reserved},"
+    " spent_usd = spent_usd + {spent} WHERE day = {day}"
+    " RETURNING budget_usd, reserved_usd, spent_usd, alerted),"
+    " user_totals AS (UPDATE user_budget_days u SET reserved_usd = u.reserved_usd + {reserved},"
+    " spent_usd = u.spent_usd + {spent} FROM day_totals"
+    " WHERE u.day = {day} AND u.user_id = {user})"
+    " SELECT budget_usd, reserved_usd, spent_usd, alerted FROM day_totals"
+)
 _GENERATION = (
     "job_id, image_index, variation, day, user_id, reserved_usd, actual_usd, provider, status"
 )
@@ -234,14 +245,27 @@ class Ledger:
         self, conn: asyncpg.Connection, row: asyncpg.Record, actual: Decimal, provider: str
     ) -> None:
         """Settle the (locked) generation `row` at `actual`."""
-        slot = Slot(row["job_id"], row["image_index"], row["variation"])
         provider = provider or row["provider"]
         released = -row["reserved_usd"]
-        await self._settled(conn, slot, actual, provider)
-        await self._entry(
-            conn, row["day"], row["user_id"], slot, "settle", released, actual, provider
+        # The generation, its entry and both day rows in one statement (see `_TOTALS`).
+        day_row = await conn.fetchrow(
+            "WITH settled AS (UPDATE generations SET status = 'settled', actual_usd = $4,"
+            " reserved_usd = 0, provider = $5, updated_at = now()"
+            " WHERE job_id = $1 AND image_index = $2 AND variation = $3),"
+            " entry AS (INSERT INTO ledger_entries (day, user_id, job_id, image_index,"
+            " variation, entry, reserved_delta, spent_delta, provider)"
+            " VALUES ($6, $7, $1, $2, $3, 'settle', $8, $4, $5)), "
+            + _TOTALS.format(day="$6", user="$7", reserved="$8", spent="$4"),
+            row["job_id"],
+            row["image_index"],
+            row["variation"],
+            actual,
+            provider,
+            row["day"],
+            row["user_id"],
+            released,
         )
-        await self._totals(conn, row["day"], row["user_id"], released, actual)
+        await self._after_totals(conn, row["day"], day_row, released + actual)
         instruments().budget_consumed.add(float(actual), {"provider": provider})
 
     async def settle_stored(
@@ -403,21 +427,19 @@ class Ledger:
         spent_delta: Decimal,
     ) -> None:
         row = await conn.fetchrow(
-            "UPDATE budget_days SET reserved_usd = reserved_usd + $2, spent_usd = spent_usd + $3"
-            " WHERE day = $1 RETURNING budget_usd, reserved_usd, spent_usd, alerted",
-            day,
-            reserved_delta,
-            spent_delta,
-        )
-        await conn.execute(
-            "UPDATE user_budget_days SET reserved_usd = reserved_usd + $3,"
-            " spent_usd = spent_usd + $4 WHERE day = $1 AND user_id = $2",
+            "WITH " + _TOTALS.format(day="$1", user="$2", reserved="$3", spent="$4"),
             day,
             user_id,
             reserved_delta,
             spent_delta,
         )
-        if reserved_delta + spent_delta > 0:
+        await self._after_totals(conn, day, row, reserved_delta + spent_delta)
+
+    async def _after_totals(
+        self, conn: asyncpg.Connection, day: date, row: asyncpg.Record | None, added: Decimal
+    ) -> None:
+        """Alerts when money was added (the day's totals after the change in `row`)."""
+        if added > 0 and row is not None:
             await self._alerts(conn, day, row)
 
     async def _alerts(self, conn: asyncpg.Connection, day: date, row: asyncpg.Record) -> None:
