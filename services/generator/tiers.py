@@ -11,7 +11,9 @@ Policy (DECISIONS.md #6)
   Kubernetes each tier has its own Deployment (`generator-realtime`, ...) scaled by KEDA on
   that topic's lag; the weights then apply among the chosen tiers only (one tier: all picks).
 - `WeightedTierConsumer` holds at most ONE message per tier (the tier's head) - the least
-  that tells which tiers have work ready - and never buffers a backlog in Python. A GPU
+  that tells which tiers have work ready - and never buffers a backlog in Python. While a
+  tier has no head, one poll of its consumer is in flight, and the generator waits for
+  whichever tier answers first (no periodic polling of every tier). A GPU
   makes one image at a time, so the consumer loop asks for the next record only when the
   previous one is done.
 - Among the tiers whose head is ready, a smooth weighted round-robin (nginx's algorithm)
@@ -149,7 +151,15 @@ class TierPicker:
 
 
 class WeightedTierConsumer:
-    """A `Consumer` over one consumer per tier that yields records in weighted tier order."""
+    """A `Consumer` over one consumer per tier that yields records in weighted tier order.
+
+    Each tier without a head has one poll of its consumer in flight at a time (up to
+    `tier_poll_s`), kept across calls: `poll` waits for whichever tier answers first, so an
+    idle generator wakes about once per `tier_poll_s` per tier (it used to poll every tier
+    every 0.1 s), and a record that arrives on one tier is picked at once rather than after
+    every other tier's poll has run out. A poll still in flight when its answer is no longer
+    awaited is kept, not lost: what it returns becomes that tier's head next time.
+    """
 
     def __init__(
         self,
@@ -157,30 +167,47 @@ class WeightedTierConsumer:
         topics: Mapping[Tier, str],
         picker: TierPicker,
         *,
-        idle_poll_s: float = 0.1,
+        tier_poll_s: float = 1.0,
     ) -> None:
         self._consumers = dict(consumers)
         self._tier_of = {topics[t]: t for t in consumers}
         self._picker = picker
-        self._idle_poll_s = idle_poll_s
+        # Bounds how long close() waits for the polls in flight.
+        self._tier_poll_s = tier_poll_s
         self._heads: dict[Tier, Record] = {}
+        self._polls: dict[Tier, asyncio.Task[Record | None]] = {}
         self.picked: dict[Tier, int] = dict.fromkeys(consumers, 0)
 
-    async def _fill(self, timeout: float) -> None:
-        """Poll every tier that has no head yet, all at once; keep what arrives."""
-        empty = [t for t in self._consumers if t not in self._heads]
-        if not empty:
-            return
-        records = await asyncio.gather(*(self._consumers[t].poll(timeout) for t in empty))
-        for tier, record in zip(empty, records, strict=True):
+    def _start_polls(self) -> None:
+        """One poll in flight for every tier that has neither a head nor a poll."""
+        for tier, consumer in self._consumers.items():
+            if tier not in self._heads and tier not in self._polls:
+                self._polls[tier] = asyncio.create_task(
+                    consumer.poll(self._tier_poll_s), name=f"tier-poll-{tier.value}"
+                )
+
+    def _harvest(self) -> None:
+        """Keep what the finished polls returned; raise the first poll's error, if any."""
+        for tier, task in list(self._polls.items()):
+            if not task.done():
+                continue
+            del self._polls[tier]
+            record = task.result()  # a fatal client error ends the loop, as a poll's would
             if record is not None:
                 self._heads[tier] = record
 
     async def poll(self, timeout: float) -> Record | None:
-        # Heads that arrived meanwhile count (a realtime job published during a long image).
-        await self._fill(0.0)
+        self._start_polls()
+        # Heads that arrived meanwhile count (a realtime job published during a long image):
+        # a poll that has a record ready finishes within a turn of the event loop.
+        await asyncio.sleep(0)
+        self._harvest()
         if not self._heads:
-            await self._fill(min(timeout, self._idle_poll_s))
+            self._start_polls()
+            await asyncio.wait(
+                self._polls.values(), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            self._harvest()
         if not self._heads:
             return None
         tier = self._picker.pick(set(self._heads))
@@ -193,6 +220,10 @@ class WeightedTierConsumer:
         await self._consumers[self._tier_of[record.topic]].commit(record)
 
     async def close(self) -> None:
-        """Close every tier consumer; unpicked heads stay uncommitted and are redelivered."""
+        """Close every tier consumer once its poll in flight is over; unpicked heads (and
+        whatever those polls return) stay uncommitted and are redelivered."""
+        polls = list(self._polls.values())
+        self._polls.clear()
         self._heads.clear()
+        await asyncio.gather(*polls, return_exceptions=True)
         await asyncio.gather(*(c.close() for c in self._consumers.values()))

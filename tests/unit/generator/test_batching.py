@@ -330,7 +330,7 @@ async def test_the_worker_batches_records_that_arrive_together(sd: DiffusersBack
         consumers,
         {tier: topics.jobs(tier) for tier in Tier},
         TierPicker({Tier.REALTIME: 6, Tier.STANDARD: 3, Tier.ECONOMY: 1}),
-        idle_poll_s=0.01,
+        tier_poll_s=0.01,
     )
     lanes = 6
     generator.batcher.capacity = lanes

@@ -9,9 +9,9 @@ from itertools import pairwise
 import pytest
 
 from imagegen.blobstore import InMemoryBlobStore
-from imagegen.errors import ConfigurationError
+from imagegen.errors import ConfigurationError, FatalClientError
 from imagegen.kafka.memory import InMemoryBroker
-from imagegen.kafka.ports import Consumer
+from imagegen.kafka.ports import Consumer, Record
 from imagegen.settings import KafkaSettings
 from schemas.topics import Tier, TopicNames
 from services.generator.loops import jobs_loop
@@ -97,12 +97,19 @@ def test_settings_refuse_bad_weights_and_impossible_min_share(
         BackendSettings()
 
 
+async def _image_runs() -> None:
+    """Time passes, as while a GPU makes an image: the tier polls in flight see what was
+    published meanwhile (an in-memory poll wakes within a few turns of the event loop)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
 def _consumer(broker: InMemoryBroker, topics: TopicNames) -> WeightedTierConsumer:
     return WeightedTierConsumer(
         {t: broker.consumer(f"g-{t.value}", [topics.jobs(t)]) for t in Tier},
         {t: topics.jobs(t) for t in Tier},
         TierPicker.from_settings("realtime=6,standard=3,economy=1", 0.05),
-        idle_poll_s=0.01,
+        tier_poll_s=0.01,
     )
 
 
@@ -117,6 +124,7 @@ async def test_realtime_overtakes_an_economy_backlog_and_economy_still_moves() -
     await consumer.commit(first)
     for i in range(12):
         await publisher.publish(topics.jobs(R), f"r{i}", b"{}")
+    await _image_runs()
     order = []
     while (record := await consumer.poll(0.01)) is not None:
         order.append(record.topic)
@@ -145,6 +153,109 @@ async def test_unpicked_heads_are_not_committed_and_come_back_after_close() -> N
     redelivered = await again.poll(0.1)
     assert redelivered is not None and redelivered.key == "e"
     assert await again.poll(0.01) is None
+
+
+class _HeldPoll:
+    """A tier consumer whose poll waits until the test hands it a record (or None)."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+        self.closed = False
+        self.committed: list[Record] = []
+        self._answers: asyncio.Queue[Record | None] = asyncio.Queue()
+
+    def answer(self, record: Record | None) -> None:
+        self._answers.put_nowait(record)
+
+    async def poll(self, timeout: float) -> Record | None:
+        self.polls += 1
+        return await self._answers.get()
+
+    async def commit(self, record: Record) -> None:
+        self.committed.append(record)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def _held(tier_poll_s: float = 30.0) -> tuple[WeightedTierConsumer, dict[Tier, _HeldPoll]]:
+    topics = TopicNames("held")
+    tiers = {t: _HeldPoll() for t in Tier}
+    consumer = WeightedTierConsumer(
+        tiers,
+        {t: topics.jobs(t) for t in Tier},
+        TierPicker.from_settings("realtime=6,standard=3,economy=1", 0.05),
+        tier_poll_s=tier_poll_s,
+    )
+    return consumer, tiers
+
+
+def _job_record(tier: Tier, offset: int = 0) -> Record:
+    return Record(TopicNames("held").jobs(tier), 0, offset, "k", b"{}")
+
+
+async def test_a_record_on_one_tier_is_picked_while_the_other_tiers_still_wait() -> None:
+    consumer, tiers = _held()
+    first = asyncio.create_task(consumer.poll(60.0))
+    await asyncio.sleep(0)
+    tiers[E].answer(_job_record(E))
+    # Standard and realtime never answer: the economy record is not held back for them.
+    record = await asyncio.wait_for(first, 10)
+    assert record is not None and record.topic == TopicNames("held").jobs(E)
+    closing = asyncio.create_task(consumer.close())
+    tiers[R].answer(None)
+    tiers[S].answer(None)
+    await asyncio.wait_for(closing, 10)
+    assert all(t.closed for t in tiers.values())
+
+
+async def test_an_idle_tier_is_polled_once_not_again_on_every_call() -> None:
+    consumer, tiers = _held()
+    for _ in range(5):
+        assert await consumer.poll(0.001) is None
+    assert [t.polls for t in tiers.values()] == [1, 1, 1]
+    # A poll that answers after its caller gave up is kept: its record is the next head.
+    tiers[S].answer(_job_record(S, offset=7))
+    record = await consumer.poll(10.0)
+    assert record is not None and record.offset == 7
+    assert tiers[S].polls == 1  # not polled again until its head was picked
+    await consumer.commit(record)
+    assert tiers[S].committed == [record]
+    tiers[R].answer(None)
+    assert await consumer.poll(0.001) is None
+    assert [t.polls for t in tiers.values()] == [2, 2, 1]
+
+
+async def test_close_waits_for_the_polls_in_flight_and_commits_nothing_they_return() -> None:
+    consumer, tiers = _held()
+    assert await consumer.poll(0.001) is None
+    closing = asyncio.create_task(consumer.close())
+    await asyncio.sleep(0)
+    assert not closing.done()  # a consumer is not closed under its own poll
+    for tier in Tier:
+        tiers[tier].answer(_job_record(tier))
+    await asyncio.wait_for(closing, 10)
+    assert all(t.closed and not t.committed for t in tiers.values())
+
+
+async def test_a_tier_poll_error_is_raised_by_poll() -> None:
+    class Broken(_HeldPoll):
+        async def poll(self, timeout: float) -> Record | None:
+            raise FatalClientError("kafka: _FATAL: fenced")
+
+    topics = TopicNames("held")
+    tiers: dict[Tier, Consumer] = {R: Broken(), S: _HeldPoll(), E: _HeldPoll()}
+    consumer = WeightedTierConsumer(
+        tiers, {t: topics.jobs(t) for t in Tier}, TierPicker({R: 6, S: 3, E: 1})
+    )
+    with pytest.raises(FatalClientError, match="fenced"):
+        await consumer.poll(10.0)
+    closing = asyncio.create_task(consumer.close())
+    for tier in (S, E):
+        held = tiers[tier]
+        assert isinstance(held, _HeldPoll)
+        held.answer(None)
+    await asyncio.wait_for(closing, 10)
 
 
 # --- IMAGEGEN_GENERATOR_TIERS: a pod that serves some tiers only -------------------------
