@@ -4,15 +4,22 @@ log context; the app serves `/metrics` itself.
 A pure ASGI middleware (not Starlette's BaseHTTPMiddleware) so streamed responses (SSE)
 pass through untouched. The span is current while the app runs, so whatever the request
 publishes carries its `traceparent` and joins its trace.
+
+An event stream (the requests `streams` picks, which FastAPI's own telemetry must leave
+out) is one request that may last hours: its span ends when the stream is answered, and
+the stream runs on with only the span's context current (its logs keep the trace and span
+ids), so an open stream holds no span and its trace is exported at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagegen.logging_setup import log_context
@@ -38,13 +45,24 @@ class TelemetryMiddleware:
     installed: that one is annotated instead of opening a second, unrelated one.
     """
 
-    def __init__(self, app: ASGIApp, service: str) -> None:
+    def __init__(
+        self, app: ASGIApp, service: str, streams: Callable[[Scope], bool] | None = None
+    ) -> None:
         self.app = app
         self.service = service
+        self.streams = streams
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if (
+            self.streams is not None
+            and self.streams(scope)
+            and not trace.get_current_span().is_recording()
+        ):
+            with log_context(service=self.service):
+                await self._stream(scope, receive, send)
             return
         method: str = scope["method"]
         status = 500  # what the client gets if the app raises before answering
@@ -70,6 +88,64 @@ class TelemetryMiddleware:
                 instruments().requests.add(
                     1, {"route": route, "method": method, "status": str(status)}
                 )
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An event stream: its span ends once the stream is answered (see the docstring)."""
+        method: str = scope["method"]
+        status = 500
+        held = [self._start(scope)]  # the only reference: gone once the span has ended
+        task = asyncio.current_task()
+        tokens = [otel_context.attach(trace.set_span_in_context(held[0]))]
+
+        def finish(error: BaseException | None = None) -> None:
+            if not held:
+                return
+            span, route = held.pop(), _route_of(scope)
+            span.update_name(f"{method} {route}")
+            span.set_attribute("http.route", route)
+            span.set_attribute("http.response.status_code", status)
+            if error is not None:
+                span.record_exception(error)
+            if error is not None or status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+            instruments().requests.add(1, {"route": route, "method": method, "status": str(status)})
+
+        async def send_and_finish(message: Message) -> None:
+            nonlocal status
+            if message["type"] != "http.response.start" or not held:
+                await send(message)
+                return
+            status = int(message["status"])
+            await send(message)
+            ids = NonRecordingSpan(held[0].get_span_context())
+            finish()
+            if asyncio.current_task() is task:  # only then is the request's context ours
+                # The span's ids stay current for the stream's logs, the span itself goes.
+                tokens.append(otel_context.attach(trace.set_span_in_context(ids)))
+
+        try:
+            await self.app(scope, receive, send_and_finish)
+        except BaseException as exc:
+            finish(exc)
+            raise
+        finally:
+            finish()
+            for token in reversed(tokens):
+                otel_context.detach(token)
+
+    def _start(self, scope: Scope) -> Span:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        return tracer().start_span(
+            f"{scope['method']} {scope['path']}",
+            context=propagate.extract(headers),
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": scope["method"],
+                "url.path": scope["path"],
+                SERVICE_ATTRIBUTE: self.service,
+            },
+        )
 
     @contextmanager
     def _span(self, scope: Scope) -> Iterator[tuple[Span, bool]]:

@@ -138,7 +138,13 @@ def create_app(
 
     # docs_url/redoc_url=None: install_docs serves /docs and /redoc from local assets, not a CDN.
     app = FastAPI(
-        title="imagegen gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None
+        title="imagegen gateway",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        # An SSE stream's span is TelemetryMiddleware's: it ends once the stream is answered.
+        telemetry={"exclude": streams.is_event_stream},
     )
     install_docs(app)
     install(app, settings)  # authenticator, moderator, idempotency middleware
@@ -151,7 +157,7 @@ def create_app(
             expose_headers=["Retry-After", "Idempotent-Replayed"],
         )
     # Outermost: the request's span and log context cover every other middleware.
-    app.add_middleware(TelemetryMiddleware, service="gateway")
+    app.add_middleware(TelemetryMiddleware, service="gateway", streams=streams.is_event_stream)
     for module in (
         characters,
         loras,

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
+from starlette.types import Scope
 
 from imagegen.metrics import instruments
 from schemas.events import JobStatus
@@ -173,6 +174,13 @@ async def _follow(
 
 def _response(state: GatewayState, user_id: str, job_id: str | None, after: int) -> SseResponse:
     return SseResponse(follow(state, user_id, job_id, after, queue=job_id is not None))
+
+
+def is_event_stream(scope: Scope) -> bool:
+    """Whether a request asks for one of the streams below (telemetry gives them a span
+    that ends when the stream is answered, not when it closes hours later)."""
+    path: str = scope.get("path", "")
+    return scope.get("method") == "GET" and path.startswith("/api/v1/") and path.endswith("/events")
 
 
 _SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
