@@ -29,9 +29,9 @@ import dlib  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from imagegen.faces import FaceCascade, model_dir, prepare  # noqa: E402
 from services.generator.backends.base import CancelToken, GenerationRequest  # noqa: E402
 from services.generator.backends.demo_faces import DemoFaceBackend  # noqa: E402
-from services.postprocess.consistency import DlibFaceEncoder, _model_dir, prepare  # noqa: E402
 
 
 def demo_seeds(identities: int) -> list[int]:
@@ -65,8 +65,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5)
     args = parser.parse_args()
     hog = dlib.get_frontal_face_detector()
-    cnn = dlib.cnn_face_detection_model_v1(str(_model_dir() / "mmod_human_face_detector.dat"))
-    encoder = DlibFaceEncoder()
+    cnn = dlib.cnn_face_detection_model_v1(str(model_dir() / "mmod_human_face_detector.dat"))
+    cascade = FaceCascade(dlib, model_dir())
 
     def shrunk(px: np.ndarray, side: int) -> np.ndarray:
         return np.asarray(Image.fromarray(px).resize((side, side), Image.Resampling.BILINEAR))
@@ -75,7 +75,7 @@ def main() -> None:
         "hog 0 then 1 upsample (before)": lambda px: hog(px, 0) or hog(px, 1),
         "cnn mmod at 256 px": lambda px: cnn(px, 0),
         "cnn mmod at 160 px": lambda px: cnn(shrunk(px, 160), 0),
-        "cascade hog, cnn, hog x2 (now)": lambda px: encoder._detect(px, 1),
+        "cascade hog, cnn, hog x2 (now)": lambda px: cascade.detect(px, 1),
     }
     seeds = demo_seeds(args.identities)
     found = {name: 0 for name in detectors}

@@ -3,7 +3,8 @@
 Each photo is checked before anything is written: type sniffed from the bytes (JPEG, PNG
 or WebP, whatever the client claims), size, pixel count read from the header before any
 decoding (decompression bombs never get decoded), a full decode, and at least one face
-when a face detector is available (dlib's HOG detector, if dlib imports).
+when a face detector is available (the face cascade postprocess uses, imagegen/faces.py,
+if dlib and its models are installed).
 
 Bytes go to S3 under `references/{user}/{character}/{sha256}.{ext}`, a gateway-owned
 prefix. The objects are written inside the transaction that inserts their rows, under a
@@ -16,19 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import importlib
 import io
 import logging
 import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import quote
 
 import asyncpg
 from PIL import Image, UnidentifiedImageError
 
 from imagegen.blobstore import BlobStore
+from imagegen.faces import FaceCascade, load_cascade
 from imagegen.safety import SafetyCheck
 from schemas.events import ErrorType
 from services.gateway.characters import PhotoRecord
@@ -62,31 +63,25 @@ class FaceDetector(Protocol):
         ...
 
 
-class DlibFaceDetector:
-    """dlib's frontal-face HOG detector (no model file needed)."""
+class CascadeFaceDetector:
+    """The face cascade postprocess scores with (imagegen/faces.py: HOG, then dlib's CNN,
+    then upsampled HOG), on the photo shrunk to at most `_DETECT_SIDE` px: a photo is
+    refused for "no face" only where the scorer would find none either."""
 
-    def __init__(self, dlib: Any) -> None:
-        self._detector = dlib.get_frontal_face_detector()
+    def __init__(self, cascade: FaceCascade) -> None:
+        self._cascade = cascade
 
     def count(self, image: Image.Image) -> int:
-        import numpy as np
-
-        gray = image.convert("L")
-        gray.thumbnail((_DETECT_SIDE, _DETECT_SIDE))
-        pixels = np.asarray(gray)
-        # Small pictures are upsampled once so that faces under ~80 px are found.
-        upsample = 1 if max(gray.size) < 400 else 0
-        return len(self._detector(pixels, upsample))
+        small = image.convert("RGB")
+        small.thumbnail((_DETECT_SIDE, _DETECT_SIDE))
+        return self._cascade.count(small)
 
 
 def load_face_detector() -> FaceDetector | None:
-    """dlib's detector when dlib is installed, else None (then no face is required)."""
-    try:
-        dlib = importlib.import_module("dlib")
-    except ImportError:
-        log.info("event=face_detector_unavailable reason=dlib_not_installed")
-        return None
-    return DlibFaceDetector(dlib)
+    """The cascade when dlib and its face models are installed, else None (then no face
+    is required)."""
+    cascade = load_cascade()
+    return CascadeFaceDetector(cascade) if cascade is not None else None
 
 
 @dataclass(frozen=True)

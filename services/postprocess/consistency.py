@@ -16,32 +16,20 @@ score distributions the threshold was checked against. An image without a detect
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from imagegen.errors import ConfigurationError
+from imagegen.faces import FaceCascade, box_of, model_dir, prepare
 from schemas.images import CharacterScore, RawImage
 
 Embedding = NDArray[np.float64]
-
-# dlib's detectors miss faces below ~40-80 px; small images (the 64 px demo faces) are
-# upscaled first.
-_MIN_SIDE = 256
-# dlib's CNN detector costs ~10-20x HOG per pixel: it runs on at most this long side
-# (a face a sixth of a 1024 px scene is still ~60 px there).
-_CNN_MAX_SIDE = 384
-# HOG upsampled once (4x the pixels) only helps faces under ~80 px: small images only.
-_UPSAMPLE_BELOW = 400
 
 
 @dataclass(frozen=True)
@@ -73,105 +61,36 @@ class FaceEncoder(Protocol):
         ...
 
 
-def _model_dir() -> Path:
-    # Located without importing the package: it imports pkg_resources, which recent
-    # setuptools no longer ships.
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or spec.origin is None:
-        raise ConfigurationError("face_recognition_models is not installed")
-    return Path(spec.origin).parent / "models"
-
-
-def prepare(image: Image.Image) -> Image.Image:
-    """RGB, upscaled so that its short side is at least `_MIN_SIDE`."""
-    rgb = image.convert("RGB")
-    if min(rgb.size) < _MIN_SIDE:
-        scale = _MIN_SIDE / min(rgb.size)
-        rgb = rgb.resize(
-            (round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS
-        )
-    return rgb
-
-
-def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    """True when two boxes are the same face (intersection over union above 0.3)."""
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return union > 0 and inter / union > 0.3
-
-
 class DlibFaceEncoder:
-    """dlib's ResNet face embedding with its 5-point landmark model (offline, CPU).
-
-    Faces are found by dlib's HOG detector at the image's own scale, then by dlib's CNN
-    detector (MMOD, the weights `face_recognition_models` ships) where HOG finds fewer
-    faces than expected, then by HOG upsampled once: HOG alone found a face in 75% of the
-    demo's images and missed every image of some identities; the cascade finds it in
-    more (bench/face_detection.py has the numbers) at the CNN's cost only where HOG missed.
-    """
+    """dlib's ResNet face embedding with its 5-point landmark model (offline, CPU), of the
+    faces the shared cascade finds (imagegen/faces.py: HOG, then dlib's CNN where HOG finds
+    fewer faces than expected, then HOG upsampled on small images)."""
 
     name = "dlib-resnet-v1"
 
     def __init__(self) -> None:
         import dlib  # heavy native import: only when a scorer is built
 
-        models = _model_dir()
-        self._hog: Any = dlib.get_frontal_face_detector()
-        self._cnn: Any = dlib.cnn_face_detection_model_v1(
-            str(models / "mmod_human_face_detector.dat")
-        )
-        self._rectangle: Any = dlib.rectangle
+        models = model_dir()
+        self._cascade = FaceCascade(dlib, models)
         self._landmarks: Any = dlib.shape_predictor(
             str(models / "shape_predictor_5_face_landmarks.dat")
         )
         self._encoder: Any = dlib.face_recognition_model_v1(
             str(models / "dlib_face_recognition_resnet_model_v1.dat")
         )
-        # dlib objects are not documented as thread-safe; images are scored one at a time.
-        self._lock = threading.Lock()
-
-    def _detect(self, pixels: NDArray[np.uint8], expected: int) -> list[Any]:
-        found: list[Any] = list(self._hog(pixels, 0))
-        if len(found) >= expected:
-            return found
-        height, width = pixels.shape[:2]
-        scale = min(1.0, _CNN_MAX_SIDE / max(height, width))
-        small = pixels
-        if scale < 1.0:
-            small = np.asarray(
-                Image.fromarray(pixels).resize((round(width * scale), round(height * scale)))
-            )
-        for hit in self._cnn(small, 0):
-            r = hit.rect
-            box = self._rectangle(
-                round(r.left() / scale),
-                round(r.top() / scale),
-                round(r.right() / scale),
-                round(r.bottom() / scale),
-            )
-            if not any(_overlaps(_box(box), _box(f)) for f in found):
-                found.append(box)
-        if len(found) >= expected:
-            return found
-        if max(height, width) >= _UPSAMPLE_BELOW:
-            return found
-        for box in self._hog(pixels, 1):
-            if not any(_overlaps(_box(box), _box(f)) for f in found):
-                found.append(box)
-        return found
 
     def faces(self, image: Image.Image, expected: int = 1) -> list[Face]:
         rgb = prepare(image)
         factor = image.width / rgb.width
         pixels = np.asarray(rgb, dtype=np.uint8)
         result = []
-        with self._lock:
-            for rect in self._detect(pixels, expected):
+        # One image at a time through the cascade, landmarks and encoder (dlib objects).
+        with self._cascade.lock:
+            for rect in self._cascade.detect(pixels, expected):
                 shape = self._landmarks(pixels, rect)
                 vector = self._encoder.compute_face_descriptor(pixels, shape)
-                x0, y0, x1, y1 = _box(rect)
+                x0, y0, x1, y1 = box_of(rect)
                 result.append(
                     Face(
                         (
@@ -188,10 +107,6 @@ class DlibFaceEncoder:
     def embed(self, image: Image.Image) -> Embedding | None:
         found = self.faces(image)
         return found[0].embedding if found else None
-
-
-def _box(rect: Any) -> tuple[int, int, int, int]:
-    return (int(rect.left()), int(rect.top()), int(rect.right()), int(rect.bottom()))
 
 
 # A character's outcome in one image.
