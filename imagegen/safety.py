@@ -10,17 +10,27 @@ The score checked is the probability that the image is explicit or suggestive (P
 Hentai + Sexy): a page for children is refused at a lower score than a general one.
 Postprocess checks every generated image before it is stored; the gateway checks every
 uploaded reference photo.
+
+Close-up portraits: the network reads a frame filled by a soft, skin-toned face as "porn"
+(16% of the demo's faces scored above the general threshold, 43% above the children's;
+"sexy" never fired, bench/results/safety_classifier.json), so a rule on the classes alone
+cannot clear them. Where a face fills at least `PORTRAIT_FACE_SHARE` of a refused image,
+the image is classified again framed with context (shrunk onto a grey canvas) and refused
+only if that view scores above half the threshold too; demo faces score under 0.03 there.
+Images without such a face are judged on the one view, as before, except the demo
+backend's, which are close-up faces by construction (`close_up`).
 """
 
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import math
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -36,6 +46,14 @@ UNSAFE = ("hentai", "porn", "sexy")
 NSFWJS_VERSION = "4.4.0"
 
 
+PORTRAIT_FACE_SHARE = 0.25
+"""A face box (dlib's: brows to chin) this share of the frame or more makes a close-up."""
+FRAMED_SCALE = 0.5
+"""The framed view: the image at this scale, centred on a grey canvas of its size."""
+FRAMED_CONFIRM = 0.5
+"""A close-up is refused only if its framed view also scores above this x the threshold."""
+
+
 @dataclass(frozen=True)
 class SafetyVerdict:
     """The classifier's probabilities, and whether they refuse the image."""
@@ -45,16 +63,26 @@ class SafetyVerdict:
     threshold: float
     classes: dict[str, float]
     model: str
+    framed_score: float | None = None
+    """A close-up portrait's score framed with context; None: not a close-up, or passed."""
 
     @property
     def refused(self) -> bool:
-        return self.score > self.threshold
+        if self.score <= self.threshold:
+            return False
+        return self.framed_score is None or self.framed_score > self.threshold * FRAMED_CONFIRM
 
     def reason(self) -> str:
         top = max(UNSAFE, key=lambda name: self.classes.get(name, 0.0))
+        framed = (
+            ""
+            if self.framed_score is None
+            else f"; framed with context {self.framed_score:.3f}"
+            f" > {self.threshold * FRAMED_CONFIRM:.2f}"
+        )
         return (
             f"refused by the image-safety classifier ({self.model}): unsafe score"
-            f" {self.score:.3f} > {self.threshold:.2f} (most likely: {top})"
+            f" {self.score:.3f} > {self.threshold:.2f} (most likely: {top}){framed}"
         )
 
 
@@ -77,19 +105,63 @@ class SafetyPolicy:
         return self.children if audience == "children" else self.general
 
 
-class SafetyCheck:
-    """A classifier and the thresholds it is judged by; one image at a time (thread-safe)."""
+class FaceShare(Protocol):
+    """How much of an image its largest face fills (imagegen.faces.FaceCascade)."""
 
-    def __init__(self, classifier: SafetyClassifier, policy: SafetyPolicy | None = None) -> None:
+    def largest_share(self, image: Image.Image) -> float: ...
+
+
+def _unsafe(classes: dict[str, float]) -> float:
+    return round(sum(classes.get(name, 0.0) for name in UNSAFE), 4)
+
+
+def framed(image: Image.Image) -> Image.Image:
+    """The image shrunk to `FRAMED_SCALE` on a mid-grey canvas of its own size."""
+    rgb = image.convert("RGB")
+    canvas = Image.new("RGB", rgb.size, (128, 128, 128))
+    small = rgb.resize(
+        (max(1, round(rgb.width * FRAMED_SCALE)), max(1, round(rgb.height * FRAMED_SCALE)))
+    )
+    canvas.paste(small, ((rgb.width - small.width) // 2, (rgb.height - small.height) // 2))
+    return canvas
+
+
+class SafetyCheck:
+    """A classifier and the thresholds it is judged by; one image at a time (thread-safe).
+
+    With `faces`, an image that would be refused and is a close-up portrait gets a second,
+    framed look (module docstring); without, every image is judged on one view."""
+
+    def __init__(
+        self,
+        classifier: SafetyClassifier,
+        policy: SafetyPolicy | None = None,
+        faces: FaceShare | None = None,
+    ) -> None:
         self.classifier = classifier
         self.policy = policy or SafetyPolicy()
+        self.faces = faces
         self._lock = threading.Lock()
 
-    def check(self, image: Image.Image, audience: str = "general") -> SafetyVerdict:
+    def check(
+        self, image: Image.Image, audience: str = "general", *, close_up: bool = False
+    ) -> SafetyVerdict:
+        """`close_up`: the image is a close-up portrait by construction (the demo backend
+        draws nothing but faces), so a refusal gets the framed look without a face search."""
         with self._lock:
             classes = self.classifier.classify(image)
-        unsafe = round(sum(classes.get(name, 0.0) for name in UNSAFE), 4)
-        return SafetyVerdict(unsafe, self.policy.threshold(audience), classes, self.classifier.name)
+        verdict = SafetyVerdict(
+            _unsafe(classes), self.policy.threshold(audience), classes, self.classifier.name
+        )
+        if not verdict.refused:
+            return verdict
+        if not close_up and (
+            self.faces is None or self.faces.largest_share(image) < PORTRAIT_FACE_SHARE
+        ):
+            return verdict
+        with self._lock:
+            context = self.classifier.classify(framed(image))
+        return replace(verdict, framed_score=_unsafe(context))
 
 
 # --- nsfwjs's MobileNetV2, read from its npm package ----------------------------------
@@ -321,6 +393,21 @@ class NsfwjsClassifier:
 def default_model_dir() -> Path:
     """Where scripts/fetch_safety_model.sh unpacks the package (a cache, like Kafka's jars)."""
     return Path.home() / ".cache" / "imagegen" / f"nsfwjs-{NSFWJS_VERSION}" / "package"
+
+
+def load_classifier(factory: str | None, package: Path | None = None) -> SafetyClassifier:
+    """nsfwjs's classifier (from `package`), or, for tests only, what `factory` builds: a
+    "module:callable" path to a zero-argument callable returning a `SafetyClassifier`, so a
+    test drives a whole stack's refusal path through the classifier's own interface."""
+    if factory is None:
+        return load_nsfwjs(package)
+    module, _, name = factory.partition(":")
+    try:
+        build = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigurationError(f"safety classifier factory {factory!r}: {exc}") from exc
+    classifier: SafetyClassifier = build()
+    return classifier
 
 
 def load_nsfwjs(package: Path | None = None, model: str = "mobilenet_v2") -> NsfwjsClassifier:

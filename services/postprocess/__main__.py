@@ -9,10 +9,11 @@ from contextlib import AsyncExitStack
 from imagegen import preflight
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
+from imagegen.faces import load_cascade
 from imagegen.health import broker_check, database_check, loops_check, object_store_check
 from imagegen.retention import pruning
 from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher, run_until_signalled
-from imagegen.safety import SafetyCheck, SafetyPolicy, load_nsfwjs
+from imagegen.safety import SafetyCheck, SafetyPolicy, load_classifier
 from imagegen.telemetry import configure_telemetry
 from services.postprocess.background import load_background_remover
 from services.postprocess.consistency import ConsistencyScorer, DlibFaceEncoder
@@ -48,9 +49,13 @@ async def serve(settings: PostprocessSettings) -> None:
         )
         safety = None
         if settings.safety_check:
-            classifier = await asyncio.to_thread(load_nsfwjs, settings.safety_model_dir)
+            classifier = await asyncio.to_thread(
+                load_classifier, settings.safety_classifier_factory, settings.safety_model_dir
+            )
             policy = SafetyPolicy(settings.safety_threshold, settings.safety_threshold_children)
-            safety = SafetyCheck(classifier, policy)
+            # Close-up portraits get the classifier's framed second look (imagegen/safety.py).
+            faces = await asyncio.to_thread(load_cascade)
+            safety = SafetyCheck(classifier, policy, faces=faces)
         worker = Postprocessor(
             settings,
             blobs,

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from imagegen.errors import ConfigurationError
 from imagegen.settings import ServiceSettings
 
 
@@ -44,6 +45,12 @@ class PostprocessSettings(ServiceSettings):
         description="The unpacked nsfwjs package; unset: where scripts/fetch_safety_model.sh"
         " puts it (~/.cache/imagegen).",
     )
+    safety_classifier_factory: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description='Tests only (refused with env "prod"): "module:callable" building the'
+        " classifier instead of nsfwjs, to drive the refusal path through its interface.",
+    )
     safety_threshold: float = Field(
         default=0.8, ge=0.0, le=1.0, description="Unsafe scores above this are refused."
     )
@@ -60,3 +67,11 @@ class PostprocessSettings(ServiceSettings):
         description="Images processed at once (consumer lanes); renditions and scoring run"
         " in threads, so about one per core the pod has.",
     )
+
+    @model_validator(mode="after")
+    def _no_test_classifier_in_prod(self) -> PostprocessSettings:
+        if self.env == "prod" and self.safety_classifier_factory is not None:
+            raise ConfigurationError(
+                "IMAGEGEN_SAFETY_CLASSIFIER_FACTORY is for tests; production runs nsfwjs"
+            )
+        return self

@@ -20,6 +20,7 @@ from fastapi import (
 )
 
 from imagegen.errors import ConfigurationError, ImagegenError
+from imagegen.faces import load_cascade
 from imagegen.safety import SafetyCheck, SafetyPolicy, load_nsfwjs
 from services.gateway import characters, references
 from services.gateway.auth import CurrentUser
@@ -67,7 +68,8 @@ def safety_check(request: Request, settings: GatewaySettings) -> SafetyCheck | N
                 "the image-safety check is unavailable; nothing was uploaded",
             ) from exc
         policy = SafetyPolicy(settings.safety_threshold, settings.safety_threshold_children)
-        state.safety_check = SafetyCheck(classifier, policy)
+        # Close-up portraits get the classifier's framed second look (imagegen/safety.py).
+        state.safety_check = SafetyCheck(classifier, policy, faces=load_cascade())
     check: SafetyCheck = state.safety_check
     return check
 
