@@ -8,6 +8,7 @@ is the same whatever order partitions are read in.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -150,8 +151,17 @@ def _stored(fx: Effects, data: dict[str, Any], job: JobState, ts: float) -> None
     if score is not None:
         fx.observe("consistency_score", float(score), unit=1_000_000)
         fx.count("consistency_scored")
+    elif data.get("not_scored_reason"):
+        fx.count("consistency_not_scored", reason=reason_code(data["not_scored_reason"]))
     if data.get("flagged"):
         fx.count("consistency_flagged")
+
+
+def reason_code(reason: object) -> str:
+    """A not-scored reason as a label value ("no face found in the image" ->
+    no_face_found_in_the_image): postprocess writes a handful of fixed sentences."""
+    words = re.findall(r"[a-z0-9]+", str(reason).lower())
+    return "_".join(words)[:80] or UNKNOWN
 
 
 def _pack_completed(fx: Effects, data: dict[str, Any], job: JobState, ts: float) -> None:

@@ -93,6 +93,12 @@ class KpiCollector(Collector):
             "Stored images flagged as unlike their character",
             value=sum(p.get("", 0) for p in g.get("consistency_flagged", {}).values()),
         )
+        yield self._counter(
+            g,
+            "consistency_not_scored",
+            "Stored images due a consistency score that got none, by reason",
+            "reason",
+        )
         yield GaugeMetricFamily(
             P + "concurrent_jobs",
             "Jobs requested and not ended",

@@ -133,6 +133,8 @@ def kpis(counts: Mapping[str, int]) -> dict[str, Any]:
         "consistency": {
             "scored": scored,
             "flagged": _total(g, "consistency_flagged"),
+            "not_scored": _total(g, "consistency_not_scored"),
+            "not_scored_by_reason": _by(g, "consistency_not_scored", "reason"),
             "flag_rate": _ratio(flagged, completed),
             "pass_rate": _ratio(completed - flagged, completed),
             "score": _hist("consistency_score", consistency_parts, 1_000_000),

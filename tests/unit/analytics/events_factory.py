@@ -39,6 +39,7 @@ def job_events(
     cost: float = 0.02,
     score: float = 0.9,
     flagged: set[int] = frozenset(),  # type: ignore[assignment]
+    unscored: dict[int, str] | None = None,
 ) -> list[dict[str, Any]]:
     """A job's events in emission order: queued, started, completed or failed, stored, end."""
     out = []
@@ -147,7 +148,8 @@ def job_events(
                     "provider": provider,
                     "demo": True,
                     "cost_usd": cost,
-                    "consistency_score": score,
+                    "consistency_score": None if i in (unscored or {}) else score,
+                    "not_scored_reason": (unscored or {}).get(i),
                     "flagged": i in flagged,
                 },
                 i,
