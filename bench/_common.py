@@ -33,13 +33,16 @@ if str(REPO) not in sys.path:
 # What the benchmarks change from the defaults of `imagegen up`, for both systems alike:
 # a benchmark user must not hit the per-user rate limit or job-slot cap (they protect a
 # shared service from one user, not what is measured here), and face-consistency scoring
-# is off (the baseline has no equivalent; the instant backend draws no faces).
+# and the image-safety classifier are off (the baseline has neither; the instant backend
+# draws no faces, and its solid frames marked demo would otherwise each get the
+# classifier (0.46-0.56 s of CPU per image in bench/results/safety_classifier.json).
 STACK_ENV = {
     "IMAGEGEN_RATE_LIMITS": json.dumps(
         {t: {"api": 10_000_000, "generate": 10_000_000} for t in ("paid", "free")}
     ),
     "IMAGEGEN_MAX_JOBS_IN_FLIGHT_PAID": "100000",
     "IMAGEGEN_CONSISTENCY_ENABLED": "false",
+    "IMAGEGEN_SAFETY_CHECK": "false",
     "IMAGEGEN_LOG_LEVEL": "WARNING",
 }
 
