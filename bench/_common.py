@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:
 # shared service from one user, not what is measured here), and face-consistency scoring
 # and the image-safety classifier are off (the baseline has neither; the instant backend
 # draws no faces, and its solid frames marked demo would otherwise each get the
-# classifier (0.46-0.56 s of CPU per image in bench/results/safety_classifier.json).
+# classifier: 0.46-0.56 s of CPU per image in bench/results/safety_classifier.json).
 STACK_ENV = {
     "IMAGEGEN_RATE_LIMITS": json.dumps(
         {t: {"api": 10_000_000, "generate": 10_000_000} for t in ("paid", "free")}
