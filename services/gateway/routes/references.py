@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import (
     APIRouter,
@@ -22,6 +22,7 @@ from fastapi import (
 from imagegen.errors import ConfigurationError, ImagegenError
 from imagegen.faces import load_cascade
 from imagegen.safety import SafetyCheck, SafetyPolicy, load_nsfwjs
+from schemas.characters import Audience, strictest
 from services.gateway import characters, references
 from services.gateway.auth import CurrentUser
 from services.gateway.deps import BlobsDep, PoolDep, SettingsDep
@@ -98,14 +99,20 @@ async def upload_reference_photos(
     blobs: BlobsDep,
     settings: SettingsDep,
     audience: Annotated[
-        Literal["general", "children"],
+        Audience | None,
         Form(
             description='Who the character is made for: "children" holds the photos to the'
-            " image-safety check's stricter threshold."
+            " image-safety check's stricter threshold. Default: the character's audience; it"
+            " can only be made stricter here."
         ),
-    ] = "general",
+    ] = None,
 ) -> ReferencePhotoList:
     """All or nothing: one refused photo (named as `photos.<index>`) uploads none."""
+    # A children's character's photos are held to the children's threshold, whatever the form.
+    own = await pool.fetchval(
+        "SELECT audience FROM characters WHERE id = $1 AND user_id = $2", character_id, user.user_id
+    )
+    audience = strictest(audience, own)
     limit = settings.reference_max_photos
     if not 1 <= len(photos) <= limit:
         raise field_error(("body", "photos"), f"send between 1 and {limit} photos")

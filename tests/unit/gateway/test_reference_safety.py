@@ -67,3 +67,19 @@ async def test_children_photos_are_held_to_the_stricter_threshold(
     status, body, _ = await _upload(gateway, user, unsafe=0.5, audience="children")
     assert status == 422, body
     assert "0.500 > 0.40" in body["detail"][0]["msg"]  # type: ignore[index]
+
+
+async def test_a_childrens_character_holds_its_photos_to_the_stricter_threshold(
+    gateway: Gateway, user: str
+) -> None:
+    gateway.app.state.safety_check = SafetyCheck(_Scripted(0.5), SafetyPolicy(0.8, 0.4))
+    gateway.app.state.face_detector = None
+    character = await gateway.create_character(user, audience="children")
+    response = await gateway.client.post(
+        f"/api/v1/characters/{character['id']}/reference-photos",
+        files=_files(FACE_JPEG),
+        data={"audience": "general"},  # cannot loosen the character's own
+        headers=gateway.auth(user),
+    )
+    assert response.status_code == 422, response.text
+    assert "0.500 > 0.40" in response.json()["detail"][0]["msg"]
