@@ -121,7 +121,9 @@ class TelemetryMiddleware:
             ids = NonRecordingSpan(held[0].get_span_context())
             finish()
             if asyncio.current_task() is task:  # only then is the request's context ours
-                # The span's ids stay current for the stream's logs, the span itself goes.
+                # The span's ids stay current for the stream's logs, the span itself goes:
+                # back to the caller's context first (a token keeps the context it replaced).
+                otel_context.detach(tokens.pop())
                 tokens.append(otel_context.attach(trace.set_span_in_context(ids)))
 
         try:
@@ -154,14 +156,5 @@ class TelemetryMiddleware:
         if current.is_recording():
             yield current, False
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        with tracer().start_as_current_span(
-            f"{scope['method']} {scope['path']}",
-            context=propagate.extract(headers),
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": scope["method"],
-                "url.path": scope["path"],
-            },
-        ) as span:
+        with trace.use_span(self._start(scope), end_on_exit=True) as span:
             yield span, True

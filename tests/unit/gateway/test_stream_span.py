@@ -4,10 +4,12 @@ answered, and the stream runs on with only the span's ids current (for its logs)
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.types import Message, Receive, Scope, Send
@@ -44,6 +46,8 @@ class _Streaming:
         self.seen: list[tuple[bool, trace.SpanContext]] = []
         """(recording?, ids) of the current span when answering and while streaming."""
         self.exported_while_streaming = -1
+        self.live_spans = -1
+        self.exported: list[tuple[trace.SpanKind, dict[str, object], object]] = []
         self.spans: InMemorySpanExporter | None = None
 
     def _note(self) -> None:
@@ -57,6 +61,13 @@ class _Streaming:
         self._note()
         assert self.spans is not None
         self.exported_while_streaming = len(self.spans.get_finished_spans())
+        self.exported = [
+            (span.kind, dict(span.attributes or {}), span.get_span_context())
+            for span in self.spans.get_finished_spans()
+        ]
+        self.spans.clear()  # the exporter's reference gone: who else holds a span now?
+        gc.collect()
+        self.live_spans = sum(1 for o in gc.get_objects() if isinstance(o, SdkSpan))
         await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": False})
 
 
@@ -81,12 +92,11 @@ async def test_a_streams_span_ends_when_it_is_answered(spans: InMemorySpanExport
     middleware = TelemetryMiddleware(app, service="gateway", streams=is_event_stream)
     await middleware(_scope("/api/v1/events"), _nothing, _drop)
 
-    (span,) = spans.get_finished_spans()
     assert app.exported_while_streaming == 1  # exported while the stream still ran
-    assert span.kind is trace.SpanKind.SERVER
-    assert span.attributes is not None and span.attributes["http.response.status_code"] == 200
-    context = span.get_span_context()
-    assert context is not None
+    assert app.live_spans == 0  # and no longer held by anyone while it ran on
+    ((kind, attributes, context),) = app.exported
+    assert kind is trace.SpanKind.SERVER and attributes["http.response.status_code"] == 200
+    assert isinstance(context, trace.SpanContext)
     assert format(context.trace_id, "032x") == TRACEPARENT.split("-")[1]  # joins the caller's
     # The stream runs on with the same ids current (its logs), but no live span.
     assert app.seen == [(True, context), (False, context)]
