@@ -16,8 +16,6 @@ from imagegen.kafka.memory import InMemoryBroker
 from schemas.events import EVENT_ADAPTER, ConsistencyFlagged
 from schemas.images import ProcessedImage
 from schemas.topics import TopicNames
-from services.generator.backends.base import CancelToken, GenerationRequest
-from services.generator.backends.demo_faces import DemoFaceBackend
 from services.postprocess.consistency import (
     ConsistencyScorer,
     DlibFaceEncoder,
@@ -33,6 +31,7 @@ from services.postprocess.variations import (
     VariationStore,
 )
 from tests.unit.image_builders import image_identity, raw_image
+from tests.unit.postprocess.demo_images import demo_backend, demo_face
 
 TOPICS = TopicNames("unit")
 THRESHOLD = PostprocessSettings().consistency_threshold
@@ -46,33 +45,18 @@ def encoder() -> DlibFaceEncoder:
 @pytest.fixture(scope="module")
 def faces(encoder: DlibFaceEncoder) -> Iterator[dict[int, list[Image.Image]]]:
     """Three detectable demo faces for each of two identities (demo output)."""
-    backend = DemoFaceBackend()
-    backend.load()
+    backend = demo_backend()
     found: dict[int, list[Image.Image]] = {}
     for identity in (1013, 4052):
         found[identity] = []
         for index in range(24):
-            request = GenerationRequest(
-                prompt="",
-                negative_prompt="",
-                seed=1000 + index * 7919,
-                width=256,
-                height=256,
-                steps=1,
-                guidance=1.0,
-                identity_seed=identity,
-            )
-            image = Image.open(io.BytesIO(backend.generate(request, _quiet, CancelToken()).png))
+            image = demo_face(backend, identity, index, 256)
             if encoder.embed(image) is not None:
                 found[identity].append(image)
             if len(found[identity]) == 3:
                 break
         assert len(found[identity]) == 3, f"too few detectable faces for identity {identity}"
     yield found
-
-
-def _quiet(step: int, total: int) -> None:
-    return None
 
 
 def test_same_identity_is_consistent(

@@ -20,8 +20,6 @@ from schemas.events import EVENT_ADAPTER, ConsistencyFlagged
 from schemas.images import ProcessedImage
 from schemas.jobs import CharacterRegion
 from schemas.topics import TopicNames
-from services.generator.backends.base import CancelToken, GenerationRequest
-from services.generator.backends.demo_faces import DemoFaceBackend
 from services.postprocess.consistency import (
     DRIFTED,
     MISSING,
@@ -37,6 +35,7 @@ from services.postprocess.handlers import ConsistencyCheck, Postprocessor
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.variations import InMemoryVariationStore
 from tests.unit.image_builders import image_identity, raw_image
+from tests.unit.postprocess.demo_images import demo_backend, demo_face
 
 TOPICS = TopicNames("unit")
 THRESHOLD = PostprocessSettings().consistency_threshold
@@ -63,24 +62,12 @@ def encoder() -> DlibFaceEncoder:
 @pytest.fixture(scope="module")
 def faces(encoder: DlibFaceEncoder) -> Iterator[dict[int, list[Image.Image]]]:
     """Three detectable 256 px demo faces of each identity."""
-    backend = DemoFaceBackend()
-    backend.load()
+    backend = demo_backend()
     found: dict[int, list[Image.Image]] = {}
     for identity in (CHILD, GRANDMOTHER, STRANGER):
         found[identity] = []
         for index in range(24):
-            request = GenerationRequest(
-                prompt="",
-                negative_prompt="",
-                seed=1000 + index * 7919,
-                width=256,
-                height=256,
-                steps=1,
-                guidance=1.0,
-                identity_seed=identity,
-            )
-            png = backend.generate(request, lambda step, total: None, CancelToken()).png
-            image = Image.open(io.BytesIO(png)).convert("RGB")
+            image = demo_face(backend, identity, index, 256)
             if encoder.faces(image):
                 found[identity].append(image)
             if len(found[identity]) == 3:

@@ -31,6 +31,7 @@ from schemas.topics import TopicNames
 from services.postprocess.handlers import Postprocessor
 from services.postprocess.settings import PostprocessSettings
 from tests.unit.image_builders import image_identity, raw_image
+from tests.unit.postprocess.demo_images import demo_backend, demo_face
 
 TOPICS = TopicNames("unit")
 REPO = Path(__file__).resolve().parents[3]
@@ -224,26 +225,8 @@ _MISSED = ((649421745, 0),)
 
 
 def _demo_faces(which: tuple[tuple[int, int], ...]) -> list[Image.Image]:
-    from services.generator.backends.base import CancelToken, GenerationRequest
-    from services.generator.backends.demo_faces import DemoFaceBackend
-
-    backend = DemoFaceBackend()
-    backend.load()
-    faces = []
-    for identity, index in which:
-        request = GenerationRequest(
-            prompt="",
-            negative_prompt="",
-            seed=1000 + index * 7919,
-            width=512,
-            height=512,
-            steps=1,
-            guidance=1.0,
-            identity_seed=identity,
-        )
-        png = backend.generate(request, lambda step, total: None, CancelToken()).png
-        faces.append(Image.open(io.BytesIO(png)).convert("RGB"))
-    return faces
+    backend = demo_backend()
+    return [demo_face(backend, identity, index, 512) for identity, index in which]
 
 
 def test_demo_close_ups_refused_on_one_view_pass_with_the_framed_look(
