@@ -1,7 +1,9 @@
 """The web page in real headless Chromium against the real stack (demo backend).
 
 Uses the system's Chromium (Debian's `chromium`; `./dev setup` installs it when it can)
-driven by playwright; playwright never downloads a browser here.
+driven by playwright; playwright never downloads a browser here. The stack is the plain
+demo stack shared with other modules (tests/e2e/conftest.py): the first test is the only
+user of the token `imagegen up` prints, the second signs in as a user of its own.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.browser_support import TIMEOUT_MS, chromium_context
-from tests.e2e.stack import RunningStack, imagegen_up
+from tests.e2e.stack import RunningStack
 
 pytestmark = pytest.mark.e2e
 
@@ -21,9 +23,9 @@ PACK = 6
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    with imagegen_up(tmp_path_factory.mktemp("browser-stack"), ["--backend", "demo"]) as stack:
-        yield stack
+def stack(demo_stack: RunningStack) -> RunningStack:
+    """The plain demo stack this module shares with others (tests/e2e/conftest.py)."""
+    return demo_stack
 
 
 @pytest.fixture

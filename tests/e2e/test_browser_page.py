@@ -1,7 +1,7 @@
 """The web page keeps its place: reloads, cancels, outages and /docs (issue 18), in Chromium.
 
-One stack for the module; each test signs in as its own user so galleries and job lists
-do not mix.
+The plain demo stack shared with other modules (tests/e2e/conftest.py); each test signs
+in as its own user so galleries and job lists do not mix.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.browser_support import TIMEOUT_MS, chromium_context
-from tests.e2e.stack import RunningStack, imagegen_up
+from tests.e2e.stack import RunningStack
 
 pytestmark = pytest.mark.e2e
 
@@ -22,9 +22,9 @@ LONG_PACK = 23  # long enough to still be running after a reload
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    with imagegen_up(tmp_path_factory.mktemp("page-stack"), ["--backend", "demo"]) as stack:
-        yield stack
+def stack(demo_stack: RunningStack) -> RunningStack:
+    """The plain demo stack this module shares with others (tests/e2e/conftest.py)."""
+    return demo_stack
 
 
 @pytest.fixture

@@ -4,24 +4,24 @@ last word, and its counts and cost equal the job's final record (issue 18, bug 1
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
 
-from tests.e2e.stack import RunningStack, imagegen_up, read_sse
+from tests.e2e.stack import RunningStack, read_sse
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    with imagegen_up(tmp_path_factory.mktemp("cancel-stack"), ["--backend", "demo"]) as up:
-        yield up
+def stack(demo_stack: RunningStack) -> RunningStack:
+    """The plain demo stack this module shares with others (tests/e2e/conftest.py)."""
+    return demo_stack
 
 
 def test_cancel_mid_pack_ends_with_a_truthful_last_word(stack: RunningStack) -> None:
-    with stack.client() as client:
+    # A user of its own: the stack is shared (the printed token is test_browser.py's).
+    with stack.client(stack.token_for("cancel-truthful", "paid")) as client:
         character = client.post("/api/v1/characters", json={"name": "Cora"}).json()
         accepted = client.post(
             "/api/generate", json={"character_id": character["id"], "image_count": 23}

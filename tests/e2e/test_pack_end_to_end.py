@@ -20,13 +20,9 @@ from tests.e2e.stack import RunningStack, imagegen_up, read_sse, wait_for_job
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    with imagegen_up(tmp_path_factory.mktemp("demo-stack"), ["--backend", "demo"]) as stack:
-        yield stack
-    # Ctrl-C stopped everything: the supervisor's PID file is gone and it said so.
-    assert stack.proc.returncode == 0, "".join(stack.output[-30:])
-    assert "stopped\n" in stack.output
+# `demo_stack` is the plain demo stack shared with other modules (tests/e2e/conftest.py,
+# which also checks that Ctrl-C stops it cleanly); these tests run as a user of their own.
+USER = "pack-e2e"
 
 
 def create_character(client: httpx.Client, name: str = "Mira") -> dict[str, object]:
@@ -43,7 +39,7 @@ def create_character(client: httpx.Client, name: str = "Mira") -> dict[str, obje
 
 
 def test_five_image_pack_completes_streams_progress_and_downloads(demo_stack: RunningStack) -> None:
-    with demo_stack.client() as client:
+    with demo_stack.client(demo_stack.token_for(USER, "paid")) as client:
         character = create_character(client)
         accepted = client.post(
             "/api/generate", json={"character_id": character["id"], "image_count": 5}
@@ -79,7 +75,7 @@ def test_five_image_pack_completes_streams_progress_and_downloads(demo_stack: Ru
 
 
 def test_another_user_cannot_see_the_job(demo_stack: RunningStack) -> None:
-    with demo_stack.client() as client:
+    with demo_stack.client(demo_stack.token_for(USER, "paid")) as client:
         character = create_character(client, "Owner's")
         job_id = client.post(
             "/api/generate", json={"character_id": character["id"], "image_count": 1}
