@@ -546,6 +546,7 @@ class Job(BaseModel):
     total: int
     created_at: datetime
     finished_at: datetime | None
+    audience: Audience = Field(default="general", description=AUDIENCE_DOC)
     images: list[Image]
 
 

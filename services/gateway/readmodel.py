@@ -135,6 +135,7 @@ async def get_job(
         total=job["total"],
         created_at=job["created_at"],
         finished_at=job["finished_at"],
+        audience=job["audience"],
         images=images,
     )
 

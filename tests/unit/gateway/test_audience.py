@@ -63,6 +63,8 @@ async def test_a_pack_inherits_its_characters_audience(gateway: Gateway, user: s
     assert isinstance(command, GenerateImages)
     assert (command.audience, command.character.audience) == ("children", "children")
     assert (await _job(gateway, user, response.json()["job_id"]))["audience"] == "children"
+    legacy = await gateway.client.get(response.json()["status_url"], headers=gateway.auth(user))
+    assert legacy.json()["audience"] == "children"
 
 
 async def test_a_job_may_make_a_general_character_stricter(gateway: Gateway, user: str) -> None:
