@@ -69,12 +69,13 @@ class CascadeFaceDetector:
     refused for "no face" only where the scorer would find none either."""
 
     def __init__(self, cascade: FaceCascade) -> None:
-        self._cascade = cascade
+        self.cascade = cascade
+        """Shared with the safety check's close-up rule (one set of dlib models loaded)."""
 
     def count(self, image: Image.Image) -> int:
         small = image.convert("RGB")
         small.thumbnail((_DETECT_SIDE, _DETECT_SIDE))
-        return self._cascade.count(small)
+        return self.cascade.count(small)
 
 
 def load_face_detector() -> FaceDetector | None:

@@ -20,7 +20,6 @@ from fastapi import (
 )
 
 from imagegen.errors import ConfigurationError, ImagegenError
-from imagegen.faces import load_cascade
 from imagegen.safety import SafetyCheck, SafetyPolicy, load_nsfwjs
 from schemas.characters import Audience, strictest
 from services.gateway import characters, references
@@ -70,7 +69,8 @@ def safety_check(request: Request, settings: GatewaySettings) -> SafetyCheck | N
             ) from exc
         policy = SafetyPolicy(settings.safety_threshold, settings.safety_threshold_children)
         # Close-up portraits get the classifier's framed second look (imagegen/safety.py).
-        state.safety_check = SafetyCheck(classifier, policy, faces=load_cascade())
+        faces = getattr(face_detector(request), "cascade", None)
+        state.safety_check = SafetyCheck(classifier, policy, faces=faces)
     check: SafetyCheck = state.safety_check
     return check
 
