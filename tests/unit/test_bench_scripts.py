@@ -119,3 +119,40 @@ def test_costs_per_image_subtract_the_idle_rate(meters: Any) -> None:
     assert costs["per_image_raw"] == {"pg_transactions": 16.0, "kafka_messages": 10.0}
     assert costs["idle_per_s"] == {"pg_transactions": 2.0, "kafka_messages": 0.0}
     assert meters.subtract({"a": {"x": 5}, "b": 3}, {"a": {"x": 2}}) == {"a": {"x": 3}, "b": 3}
+
+
+async def test_postgres_proxy_attributes_by_application(
+    meters: Any, database_url: str, pg_dsn_base: str
+) -> None:
+    """Round trips, transactions and statements per `application_name`: an explicit block,
+    an implicit one per Sync outside it, and simple queries holding BEGIN or COMMIT."""
+    database = urlsplit(database_url).path.strip("/")
+    with meters.PostgresProxy(_socket(pg_dsn_base)) as proxy:
+        conn = await asyncpg.connect(
+            host="127.0.0.1",
+            port=proxy.port,
+            user="postgres",
+            database=database,
+            ssl=False,
+            server_settings={"application_name": "imagegen-test"},
+        )
+        try:
+            await conn.execute("CREATE TABLE t (n int)")
+            start = proxy.attribution()
+            async with conn.transaction():  # one transaction: BEGIN, INSERT, COMMIT
+                await conn.execute("INSERT INTO t VALUES ($1)", 1)
+            await conn.fetchval("SELECT count(*) FROM t WHERE n > $1", 0)  # implicit: one
+            await conn.execute("BEGIN; INSERT INTO t VALUES (2)")  # one, two statements
+            await conn.execute("INSERT INTO t VALUES ($1)", 3)  # inside it
+            await conn.execute("INSERT INTO t VALUES (4); COMMIT")
+            await conn.execute("INSERT INTO t VALUES ($1)", 5)  # implicit again
+        finally:
+            await conn.close()
+    since = meters.subtract(proxy.attribution(), start)
+    assert since["transactions"]["imagegen-test"] == 4
+    # BEGIN, INSERT (prepare, execute), COMMIT; count (prepare, execute); the simple
+    # BEGIN query; an execute (its statement prepared); the simple COMMIT query; an execute.
+    assert since["round_trips"]["imagegen-test"] == 10
+    statements = since["statements"]["imagegen-test"]
+    assert statements["INSERT INTO t VALUES ($1)"] == 3
+    assert statements["SELECT count(*) FROM t WHERE n > $1"] == 1
