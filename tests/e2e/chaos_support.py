@@ -119,13 +119,19 @@ def pack_sizes(rng: random.Random, images: int) -> list[int]:
     return sizes
 
 
-def submit_pack(stack: RunningStack, tenant: Tenant, count: int, key: str) -> Submitted:
+def submit_pack(
+    stack: RunningStack, tenant: Tenant, count: int, key: str, size: str | None = None
+) -> Submitted:
+    """A pack of `count`; `size` ("512x512") or the API's default (1024 px)."""
+    body: dict[str, Any] = {"character_id": tenant.character_id, "image_count": count}
+    if size is not None:
+        body["size"] = size
     with stack.client(tenant.token) as client:
         response = call(
             client,
             "POST",
             "/api/generate",
-            json={"character_id": tenant.character_id, "image_count": count},
+            json=body,
             headers={"Idempotency-Key": key},
         )
     assert response.status_code == 202, response.text
@@ -156,14 +162,16 @@ def submit_workload(
     sizes: list[int],
     *,
     portraits: bool = True,
+    image_size: str | None = None,
 ) -> list[Submitted]:
-    """Packs of `sizes` dealt round the tenants, plus a portrait for each paid tenant; every
-    POST carries an Idempotency-Key, so a retry after a gateway crash makes no second job."""
+    """Packs of `sizes` dealt round the tenants (their images `image_size`, default the
+    API's), plus a portrait for each paid tenant; every POST carries an Idempotency-Key, so
+    a retry after a gateway crash makes no second job."""
     run = uuid.uuid4().hex[:8]
     jobs: list[Submitted] = []
     for n, size in enumerate(sizes):
         tenant = tenants[n % len(tenants)]
-        jobs.append(submit_pack(stack, tenant, size, f"{run}-pack-{n}"))
+        jobs.append(submit_pack(stack, tenant, size, f"{run}-pack-{n}", image_size))
     if portraits:
         for tenant in tenants:
             if tenant.tier == "paid":
