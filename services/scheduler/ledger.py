@@ -163,23 +163,30 @@ class Ledger:
                 f"your daily limit of ${limit:.2f} ({tier.value} tier) for {day.isoformat()}"
                 f" is used up (${user_committed:.2f} committed; this job needs ${amount:.2f})",
             )
-        for hold in holds:
+        if holds:
+            # Every hold's generation and its entry, in hold order, in one statement.
             await conn.execute(
-                "INSERT INTO generations (job_id, image_index, variation, seed, day, user_id,"
-                " provider, model, estimated_usd, reserved_usd, status)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, 'reserved')",
-                hold.slot.job_id,
-                hold.slot.image_index,
-                hold.slot.variation,
-                hold.seed,
+                "WITH h AS (SELECT * FROM unnest($3::text[], $4::int[], $5::int[],"
+                " $6::bigint[], $7::text[], $8::text[], $9::numeric[])"
+                " WITH ORDINALITY AS h(job_id, image_index, variation, seed, provider, model,"
+                " amount, n)),"
+                " g AS (INSERT INTO generations (job_id, image_index, variation, seed, day,"
+                " user_id, provider, model, estimated_usd, reserved_usd, status)"
+                " SELECT job_id, image_index, variation, seed, $1, $2, provider, model,"
+                " amount, amount, 'reserved' FROM h ORDER BY n)"
+                " INSERT INTO ledger_entries (day, user_id, job_id, image_index, variation,"
+                " entry, reserved_delta, spent_delta, provider)"
+                " SELECT $1, $2, job_id, image_index, variation, 'reserve', amount, 0, provider"
+                " FROM h ORDER BY n",
                 day,
                 user_id,
-                hold.provider,
-                hold.model,
-                hold.amount,
-            )
-            await self._entry(
-                conn, day, user_id, hold.slot, "reserve", hold.amount, 0, hold.provider
+                [h.slot.job_id for h in holds],
+                [h.slot.image_index for h in holds],
+                [h.slot.variation for h in holds],
+                [h.seed for h in holds],
+                [h.provider for h in holds],
+                [h.model for h in holds],
+                [h.amount for h in holds],
             )
         await self._totals(conn, day, user_id, amount, Decimal(0))
         return None
