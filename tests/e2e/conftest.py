@@ -6,8 +6,9 @@ test that asks for it and stopped as soon as the next test does not (pytest's se
 would keep it running, idle but not free, under every later module's own stack). Modules
 that use it keep to users of their own, except test_browser.py's first test, which signs
 in with the token `imagegen up` prints; so no module's galleries or job lists see another's.
-Starting a stack (Kafka's JVM, SeaweedFS, six services) costs 30-70 s: one stack instead of
-one per module saves that much for each module that shares it.
+Starting and stopping a stack (Kafka's JVM, SeaweedFS, six services) takes about 20 s on a
+quiet machine and over a minute on a busy one: one stack instead of one per module saves
+that for each module that shares it.
 """
 
 from __future__ import annotations
