@@ -88,9 +88,10 @@ class SseResponse(Response):
         self,
         content: AsyncGenerator[SseMessage, None],
         headers: Mapping[str, str] | None = None,
+        status_code: int = 200,  # FastAPI's OpenAPI reads the default from the signature
     ) -> None:
         self.body_iterator = content
-        self.status_code = 200
+        self.status_code = status_code
         self.background = None
         self.init_headers(
             {
@@ -104,7 +105,13 @@ class SseResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         messages = self.body_iterator
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
             if scope.get("method") == "HEAD":
                 await send(_END)
                 return

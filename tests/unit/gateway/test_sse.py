@@ -34,6 +34,13 @@ def test_messages_are_encoded_once_as_sse() -> None:
     assert [m["id"] for m in parsed] == ["42", "42"] and parsed[0]["retry"] == "1000"
 
 
+def test_the_streams_are_in_the_openapi_document(gateway: Gateway) -> None:
+    paths = gateway.app.openapi()["paths"]
+    for path in ("/api/v1/events", "/api/v1/jobs/{job_id}/events"):
+        answer = paths[path]["get"]["responses"]["200"]
+        assert list(answer["content"]) == ["text/event-stream"], path
+
+
 class _Endless:
     """An endless stream of messages that records whether its cleanup ran."""
 
