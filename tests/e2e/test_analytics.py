@@ -204,6 +204,18 @@ def test_page_renders_the_workloads_numbers_in_chromium(
         sync_api.expect(completed).to_have_text(str(totals["completed"]))
         requested = page.locator('#totals [data-kpi="requested"] .value')
         sync_api.expect(requested).to_have_text(str(totals["requested"]))
+        # Images that went unscored (issue 20: no silent gate), with their reasons.
+        unscored = page.locator('#totals [data-kpi="consistency_not_scored"]')
+        consistency = totals["consistency"]
+        sync_api.expect(unscored.locator(".value")).to_have_text(str(consistency["not_scored"]))
+        for reason, count in consistency["not_scored_by_reason"].items():
+            sync_api.expect(unscored.locator(".detail")).to_contain_text(
+                f"{reason.replace('_', ' ')} {count}"
+            )
+        # This workload's characters have no identity images, so nothing is due a score
+        # and the card shows 0: the reasons line is checked on the page's own function.
+        reasons = page.evaluate("notScoredReasons({face_too_small: 1, no_face_found: 3})")
+        assert reasons == "no face found 3, face too small 1", reasons
         promises = page.locator("#promises [data-promise]")
         sync_api.expect(promises).to_have_count(7)
         success = page.locator('#promises [data-promise="success_rate"]')

@@ -44,6 +44,12 @@ function renderPromises(body) {
   }));
 }
 
+// "no face found in the image 3, face too small 1": why images went unscored, most first.
+function notScoredReasons(byReason) {
+  return Object.entries(byReason || {}).sort((a, b) => b[1] - a[1])
+    .map(([reason, count]) => reason.replaceAll("_", " ") + " " + count).join(", ");
+}
+
 function renderTotals(t) {
   const cards = [
     ["requested", t.requested], ["completed", t.completed], ["failed", t.failed],
@@ -51,11 +57,14 @@ function renderTotals(t) {
     ["cost_per_image_usd", fmt(t.cost_per_image_usd, "money")],
     ["concurrent_jobs", t.concurrent_jobs], ["rejected", Object.values(t.rejected).reduce((a, b) => a + b, 0)],
     ["duplicates", t.duplicates],
+    ["consistency_scored", t.consistency.scored], ["consistency_flagged", t.consistency.flagged],
+    ["consistency_not_scored", t.consistency.not_scored, notScoredReasons(t.consistency.not_scored_by_reason)],
   ];
-  document.getElementById("totals").replaceChildren(...cards.map(([name, value]) =>
+  document.getElementById("totals").replaceChildren(...cards.map(([name, value, detail]) =>
     el("div", { class: "card", "data-kpi": name }, [
       el("div", { class: "value" }, [String(value)]),
       el("div", { class: "label" }, [name.replaceAll("_", " ")]),
+      ...(detail ? [el("div", { class: "detail" }, [detail])] : []),
     ])));
   const rows = (id, items, cells) => {
     document.querySelector(`#${id} tbody`).replaceChildren(...items.map((item) =>
