@@ -1,6 +1,7 @@
 """Kafka plumbing: ports, the confluent-kafka adapters, an in-memory fake and the consumer loop."""
 
 from imagegen.kafka.codec import decode, encode
+from imagegen.kafka.deferred import DeferredPublisher
 from imagegen.kafka.ports import BatchConsumer, BatchHandler, Consumer, Handler, Publisher, Record
 from imagegen.kafka.worker import ConsumerLoop, handling
 
@@ -9,6 +10,7 @@ __all__ = [
     "BatchHandler",
     "Consumer",
     "ConsumerLoop",
+    "DeferredPublisher",
     "Handler",
     "Publisher",
     "Record",

@@ -179,6 +179,15 @@ class KafkaPublisher:
         value: BaseModel | bytes,
         headers: dict[str, str] | None = None,
     ) -> None:
+        await (await self.send(topic, key, value, headers))
+
+    async def send(
+        self,
+        topic: str,
+        key: str | None,
+        value: BaseModel | bytes,
+        headers: dict[str, str] | None = None,
+    ) -> asyncio.Future[None]:
         fatal = self.fatal
         if fatal is not None:
             raise fatal
@@ -221,7 +230,7 @@ class KafkaPublisher:
                 await asyncio.sleep(0.01)
             except KafkaException as exc:
                 raise self._failed(exc.args[0]) from exc
-        await done
+        return done
 
     async def ping(self, timeout: float) -> None:
         """Raise unless the cluster answers a metadata request within `timeout` s (and

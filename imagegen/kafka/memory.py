@@ -65,6 +65,9 @@ class InMemoryPublisher:
     def __init__(self, broker: InMemoryBroker) -> None:
         self._broker = broker
         self.closed = False
+        self.failures: list[Exception] = []
+        """Tests queue errors here: each of the next deliveries fails with the next one (the
+        message is not appended), as a broker that refuses or times out a message."""
 
     async def publish(
         self,
@@ -73,10 +76,25 @@ class InMemoryPublisher:
         value: BaseModel | bytes,
         headers: dict[str, str] | None = None,
     ) -> None:
+        await (await self.send(topic, key, value, headers))
+
+    async def send(
+        self,
+        topic: str,
+        key: str | None,
+        value: BaseModel | bytes,
+        headers: dict[str, str] | None = None,
+    ) -> asyncio.Future[None]:
         if self.closed:
             raise RuntimeError("publisher is closed")
+        report: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.failures:
+            report.set_exception(self.failures.pop(0))
+            return report
         all_headers = inject_trace_headers(dict(headers or {}))
         await self._broker.append(topic, key, encode(value), all_headers)
+        report.set_result(None)
+        return report
 
     async def ping(self, timeout: float) -> None:
         if not self._broker.reachable:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -47,6 +48,22 @@ class Publisher(Protocol):
 
     async def close(self) -> None:
         """Flush what is pending and release the client."""
+        ...
+
+
+@runtime_checkable
+class Sender(Publisher, Protocol):
+    """A publisher that can hand a message over without waiting for its delivery report."""
+
+    async def send(
+        self,
+        topic: str,
+        key: str | None,
+        value: BaseModel | bytes,
+        headers: dict[str, str] | None = None,
+    ) -> asyncio.Future[None]:
+        """Queue one message; the future settles with its delivery report (an error fails it).
+        Messages sent one after another keep their order per partition."""
         ...
 
 

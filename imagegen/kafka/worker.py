@@ -24,6 +24,11 @@ Guarantees:
   whether the handler, the commit or the dead-letter publish raised it: the record (and
   its batch) stays uncommitted, the loop stops and `run()` raises it, so that the process
   exits and a fresh one (with fresh clients) gets the records again;
+- publishes a handler makes through a `DeferredPublisher` (imagegen/kafka/deferred.py) are
+  not waited for one by one: the batch's delivery reports are awaited together before its
+  offsets are committed. A failed delivery commits nothing from its record on: those records
+  are handled again, one by one, with every publish awaited, so the failure meets the rules
+  above exactly as if the handler had raised it (a fatal one stops the loop at once);
 - `stop()` stops fetching, lets the in-flight handler finish, commits what of the batch was
   handled (the rest is redelivered to the partition's next owner), and returns.
 """
@@ -39,6 +44,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from imagegen.errors import BrokerAccessError, FatalClientError, PermanentError, RetryableError
+from imagegen.kafka.deferred import Deliveries, collecting
 from imagegen.kafka.ports import BatchConsumer, BatchHandler, Consumer, Handler, Publisher, Record
 from imagegen.logging_setup import log_context
 from imagegen.metrics import instruments
@@ -146,7 +152,7 @@ class ConsumerLoop:
                 records = await self._fetch()
                 if not records:
                     continue
-                handled = await self._handle(records)
+                handled = await self._handle_settled(records)
                 if handled:
                     await self._commit(handled)
         except FatalClientError as exc:
@@ -169,23 +175,64 @@ class ConsumerLoop:
         record = await self._consumer.poll(self._poll_timeout)
         return [] if record is None else [record]
 
-    async def _handle(self, records: Sequence[Record]) -> list[Record]:
+    async def _handle_settled(self, records: Sequence[Record]) -> list[Record]:
+        """Handle `records`, then wait for their deferred deliveries; returns those that may
+        be committed (a prefix, as `_handle`'s)."""
+        units: list[tuple[int, Deliveries]] = []
+        done = await self._handle(records, units)
+        failed_at: int | None = None
+        failure: BaseException | None = None
+        for start, deliveries in units:  # all settled, so that no report is left unread
+            error = await deliveries.settle()
+            if error is None or start >= len(done):
+                continue  # delivered, or from a record given up on (not committed anyway)
+            if isinstance(error, FatalClientError):
+                raise error  # nothing of the batch is committed, as if a handler raised it
+            if failed_at is None or start < failed_at:
+                failed_at, failure = start, error
+        if failed_at is None:
+            return done
+        again = done[failed_at:]
+        log.warning(
+            "event=delivery_failed name=%s topic=%s offset=%d records=%d error=%r",
+            self.name,
+            again[0].topic,
+            again[0].offset,
+            len(again),
+            str(failure) or type(failure).__name__,
+        )
+        self.handled -= len(again)
+        # Idempotent handlers: handled again, each publish awaited, with the usual rules.
+        return done[:failed_at] + await self._handle(again)
+
+    async def _handle(
+        self, records: Sequence[Record], units: list[tuple[int, Deliveries]] | None = None
+    ) -> list[Record]:
         """Handle `records` in order; returns those handled, a prefix of them (shorter only
-        when the loop is stopping)."""
+        when the loop is stopping). With `units`, publishes are deferred: each handler call
+        leaves its delivery reports there, with the index in the result of its first record."""
+
+        def unit() -> Deliveries | None:
+            if units is None:
+                return None
+            deliveries = Deliveries()
+            units.append((len(done), deliveries))
+            return deliveries
+
         done: list[Record] = []
         at = 0
         while at < len(records):
             if done and self._stopping.is_set():
                 break  # the rest is redelivered; the in-flight work is done
             run = self._run_from(records, at)
-            if len(run) > 1 and await self._process_batch(run):
+            if len(run) > 1 and await self._process_batch(run, unit()):
                 done.extend(run)
                 at += len(run)
                 continue
             for record in run:
                 if done and self._stopping.is_set():
                     return done
-                if not await self._process(record):
+                if not await self._process(record, unit()):
                     return done  # given up on while stopping: nothing after it commits
                 done.append(record)
             at += len(run)
@@ -202,12 +249,12 @@ class ConsumerLoop:
             end += 1
         return records[at:end]
 
-    async def _process_batch(self, run: Sequence[Record]) -> bool:
+    async def _process_batch(self, run: Sequence[Record], deliveries: Deliveries | None) -> bool:
         """One try of the topic's batch handler; False (nothing of it stayed) when it raised."""
         handler = self._batch_handlers[run[0].topic]
         token = _CONSUMER.set(self.name)
         try:
-            with log_context(service=self.service):
+            with log_context(service=self.service), collecting(deliveries):
                 await handler(run)
         except FatalClientError:
             raise
@@ -243,17 +290,19 @@ class ConsumerLoop:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff_max)
 
-    async def _process(self, record: Record) -> bool:
-        """Handle one record; True when it may be committed."""
+    async def _process(self, record: Record, deliveries: Deliveries | None = None) -> bool:
+        """Handle one record; True when it may be committed (once `deliveries` are in)."""
         handler = self._handlers.get(record.topic)
         if handler is None:
             await self._dead_letter(record, PermanentError(f"no handler for {record.topic}"), 1)
             return True
         job_id, user_id = ids_of(record.value)
         with log_context(service=self.service, job_id=job_id, user_id=user_id):
-            return await self._attempts(record, handler)
+            return await self._attempts(record, handler, deliveries)
 
-    async def _attempts(self, record: Record, handler: Handler) -> bool:
+    async def _attempts(
+        self, record: Record, handler: Handler, deliveries: Deliveries | None
+    ) -> bool:
         attempt = 0
         delay = self._backoff_initial
         # Time on the topic is measured once, not again on each retry.
@@ -261,14 +310,17 @@ class ConsumerLoop:
         while True:
             attempt += 1
             try:
-                with consume_span(
-                    f"{record.topic} process",
-                    record.headers,
-                    topic=record.topic,
-                    enqueued=enqueued if attempt == 1 else None,
-                    offset=record.offset,
-                    consumer=self.name,
-                    attempt=attempt,
+                with (
+                    consume_span(
+                        f"{record.topic} process",
+                        record.headers,
+                        topic=record.topic,
+                        enqueued=enqueued if attempt == 1 else None,
+                        offset=record.offset,
+                        consumer=self.name,
+                        attempt=attempt,
+                    ),
+                    collecting(deliveries),
                 ):
                     await handler(record)
                 self.handled += 1
