@@ -45,9 +45,10 @@ from schemas.requests import (
 )
 from schemas.topics import TopicNames
 from services.scheduler.catalogue import Catalogue, offered
+from services.scheduler.day_totals import usd
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.jobs import CANCELLING, JobBook
-from services.scheduler.ledger import Ledger, usd
+from services.scheduler.ledger import Ledger
 from services.scheduler.outbox import SOURCE, OutboxRelay, remember_trace, staged
 from services.scheduler.overdue import AWAITING_COMPLETED, AWAITING_STORED, OverdueAttempts
 from services.scheduler.planning import (

@@ -29,10 +29,12 @@ from schemas.events import (
 from schemas.jobs import GenerateImage
 from schemas.requests import DiscardImage, JobKind, UserTier
 from schemas.topics import TopicNames
+from services.scheduler.day_totals import Slot
 from services.scheduler.dispatch import Dispatcher
-from services.scheduler.ledger import Hold, Ledger, Slot
+from services.scheduler.ledger import Ledger
 from services.scheduler.outbox import SOURCE, stage, stage_event
 from services.scheduler.planning import JobPlan
+from services.scheduler.reservations import Hold
 
 log = logging.getLogger(__name__)
 

@@ -23,14 +23,16 @@ from schemas.jobs import GenerateImage
 from schemas.requests import UserTier
 from schemas.topics import TopicNames
 from services.scheduler.attempts import next_attempt, offer_chain
+from services.scheduler.day_totals import Slot
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.give_up import GiveUp
 from services.scheduler.jobs import JobBook
-from services.scheduler.ledger import Hold, Ledger, Slot
+from services.scheduler.ledger import Ledger
 from services.scheduler.planning import on_offer
 from services.scheduler.provider_health import ProviderHealth
 from services.scheduler.refusals import Refusals
 from services.scheduler.rerolls import vary as vary_job
+from services.scheduler.reservations import Hold
 from services.scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)

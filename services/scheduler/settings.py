@@ -103,7 +103,7 @@ class SchedulerSettings(ServiceSettings):
     @field_validator("budget_timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        from services.scheduler.ledger import parse_timezone
+        from services.scheduler.day_totals import parse_timezone
 
         try:
             parse_timezone(value)

@@ -9,7 +9,7 @@ from decimal import Decimal
 from schemas.events import JobStatus
 from schemas.jobs import GenerateImage
 from schemas.requests import CancelJob
-from services.scheduler.ledger import balance
+from services.scheduler.day_totals import balance
 from tests.integration.scheduler.kafka_rig import kafka_rig
 from tests.unit.scheduler.fakes import catalogue_json, failed, fast_settings
 from tests.unit.scheduler.memrig import pack

@@ -19,7 +19,7 @@ from schemas.requests import (
     StorySpec,
     UserTier,
 )
-from services.scheduler.ledger import balance
+from services.scheduler.day_totals import balance
 from tests.unit.scheduler.fakes import catalogue_json, fast_settings
 from tests.unit.scheduler.memrig import memory_rig, pack
 

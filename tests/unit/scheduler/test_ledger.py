@@ -13,8 +13,10 @@ from pydantic import ValidationError
 from imagegen.db import create_pool, migrate
 from schemas.events import EVENT_ADAPTER, BudgetAlert
 from schemas.requests import UserTier
-from services.scheduler.ledger import Hold, Ledger, Slot, balance, budget_day, cost_by_provider
+from services.scheduler.day_totals import Slot, balance, budget_day, cost_by_provider
+from services.scheduler.ledger import Ledger
 from services.scheduler.migrations import MIGRATIONS
+from services.scheduler.reservations import Hold
 from services.scheduler.settings import SchedulerSettings
 
 DAY = date(2026, 3, 1)

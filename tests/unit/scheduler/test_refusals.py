@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from schemas.events import ErrorType, GenerationFailedData, JobStatus
 from schemas.jobs import GenerateImage
-from services.scheduler.ledger import balance
+from services.scheduler.day_totals import balance
 from services.scheduler.provider_health import ProviderHealth, counts_against
 from tests.unit.scheduler.fakes import Outcome, catalogue_json, fast_settings
 from tests.unit.scheduler.memrig import memory_rig, pack
