@@ -12,6 +12,7 @@ from imagegen import preflight
 from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
 from imagegen.health import ReadyFlag, broker_check, database_check, loops_check, object_store_check
+from imagegen.kafka import DeferredPublisher
 from imagegen.retention import pruning
 from imagegen.runtime import health_endpoint, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_telemetry
@@ -50,7 +51,10 @@ async def serve(settings: GeneratorSettings) -> None:
         blobs = await stack.enter_async_context(S3BlobStore(settings.s3))
         publisher = kafka_publisher(settings.kafka, "generator")
         stack.push_async_callback(publisher.close)
-        generator = Generator(settings, providers, blobs, publisher, topics, watch)
+        # The attempt's messages are delivered before the loop commits, not one by one.
+        generator = Generator(
+            settings, providers, blobs, DeferredPublisher(publisher), topics, watch
+        )
         jobs = jobs_loop(settings.kafka, config, generator, publisher)
         control = control_loop(settings.kafka, watch, publisher)
         health.watch("database", database_check(pool))

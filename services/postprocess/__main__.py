@@ -11,6 +11,7 @@ from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
 from imagegen.faces import load_cascade
 from imagegen.health import broker_check, database_check, loops_check, object_store_check
+from imagegen.kafka import DeferredPublisher
 from imagegen.retention import pruning
 from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher, run_until_signalled
 from imagegen.safety import SafetyCheck, SafetyPolicy, load_classifier
@@ -59,7 +60,8 @@ async def serve(settings: PostprocessSettings) -> None:
         worker = Postprocessor(
             settings,
             blobs,
-            publisher,
+            # Its publishes are delivered before the loop commits, not waited for one by one.
+            DeferredPublisher(publisher),
             topics,
             consistency=consistency,
             background=background,

@@ -11,6 +11,7 @@ from imagegen.blobstore import S3BlobStore
 from imagegen.db import create_pool, migrate
 from imagegen.events import EventEmitter
 from imagegen.health import broker_check, database_check, loops_check, object_store_check
+from imagegen.kafka import DeferredPublisher
 from imagegen.retention import REPLAY_WINDOW, AgePruner, pruning
 from imagegen.runtime import consumer_loop, health_endpoint, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_telemetry
@@ -35,7 +36,8 @@ async def serve(settings: StorageSettings) -> None:
         blobs = await stack.enter_async_context(S3BlobStore(settings.s3))
         publisher = kafka_publisher(settings.kafka, "storage")
         stack.push_async_callback(publisher.close)
-        service = StorageService(pool, blobs, publisher, topics)
+        # image_stored is delivered before the loop commits, not waited for in the handler.
+        service = StorageService(pool, blobs, DeferredPublisher(publisher), topics)
         lifecycle = ImageLifecycle(
             pool,
             blobs,
