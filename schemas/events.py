@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, TypeAdapter
 
@@ -372,6 +372,24 @@ class ImageReviewed(EventBase):
 class JobProgress(EventBase):
     type: Literal["job_progress"] = "job_progress"
     data: JobProgressData
+
+
+EventT = TypeVar("EventT", bound=EventBase)
+
+
+def image_event(
+    kind: type[EventT],
+    image: ImageIdentity,
+    *parts: object,
+    data: Contract,
+    source: str = "",
+    id_type: str | None = None,
+) -> EventT:
+    """An event of class `kind` about one image, its envelope built from the image: the id
+    from the event's type (or `id_type`), the job id, image index and `parts`; the subject
+    names the image. An empty `source` is stamped by the emitter."""
+    event_type = id_type or str(kind.model_fields["type"].default)
+    return kind(**{**image_envelope(image, event_type, *parts), "source": source}, data=data)
 
 
 Event = Annotated[

@@ -7,7 +7,7 @@ import concurrent.futures
 import time
 
 from imagegen.events import EventEmitter
-from schemas.events import GenerationProgress, GenerationProgressData, image_envelope
+from schemas.events import GenerationProgress, GenerationProgressData, image_event
 from schemas.jobs import GenerateImage
 
 
@@ -36,8 +36,11 @@ class ProgressReporter:
             return
         self._last = now
         img = self._job.image
-        event = GenerationProgress(
-            **image_envelope(img, "generation_progress", img.attempt, step),
+        event = image_event(
+            GenerationProgress,
+            img,
+            img.attempt,
+            step,
             data=GenerationProgressData(
                 image_id=img.image_id, image_index=img.image_index, step=step, total_steps=total
             ),

@@ -35,7 +35,7 @@ from schemas.events import (
     GenerationFailedData,
     GenerationStarted,
     GenerationStartedData,
-    image_envelope,
+    image_event,
     image_facts,
 )
 from schemas.images import GenerationRecord, RawImage, Timings
@@ -161,8 +161,10 @@ class Generator:
         # the outcome never overtakes it) and before the handler returns (offsets follow).
         started = asyncio.ensure_future(
             self._events.emit(
-                GenerationStarted(
-                    **image_envelope(img, "generation_started", img.attempt),
+                image_event(
+                    GenerationStarted,
+                    img,
+                    img.attempt,
                     data=GenerationStartedData(
                         image_id=img.image_id,
                         image_index=img.image_index,
@@ -331,8 +333,10 @@ class Generator:
         metrics.images.add(1, {"outcome": "completed", "provider": provider})
         metrics.cost.add(cost, {"provider": provider, "model": result.model})
         await self._events.emit(
-            GenerationCompleted(
-                **image_envelope(img, "generation_completed", img.attempt),
+            image_event(
+                GenerationCompleted,
+                img,
+                img.attempt,
                 data=GenerationCompletedData(
                     image_id=img.image_id,
                     image_index=img.image_index,
@@ -394,8 +398,10 @@ class Generator:
         )
         instruments().images.add(1, {"outcome": "failed", "provider": provider})
         await self._events.emit(
-            GenerationFailed(
-                **image_envelope(img, "generation_failed", img.attempt),
+            image_event(
+                GenerationFailed,
+                img,
+                img.attempt,
                 data=GenerationFailedData(
                     image_id=img.image_id,
                     image_index=img.image_index,

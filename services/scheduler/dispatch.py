@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from schemas.base import utcnow
-from schemas.events import GenerationQueued, GenerationQueuedData, event_id
+from schemas.events import GenerationQueued, GenerationQueuedData, image_event
 from schemas.jobs import CharacterRegion, GenerateImage
 from schemas.requests import UserTier
 from schemas.topics import TopicNames
@@ -148,19 +148,13 @@ class Dispatcher:
         image = job.image.model_copy(update={"tier": job.tier})
         job = job.model_copy(update={"enqueued_at": utcnow(), "image": image})
         img = job.image
-        queued = GenerationQueued(
-            id=event_id(
-                "generation_queued",
-                img.job_id,
-                img.image_index,
-                img.attempt,
-                img.variation,
-                job.provider,
-            ),
+        queued = image_event(
+            GenerationQueued,
+            img,
+            img.attempt,
+            img.variation,
+            job.provider,
             source=SOURCE,
-            subject=f"jobs/{img.job_id}/images/{img.image_index}",
-            job_id=img.job_id,
-            user_id=img.user_id,
             data=GenerationQueuedData(
                 image_id=img.image_id,
                 image_index=img.image_index,

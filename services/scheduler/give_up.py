@@ -13,7 +13,7 @@ import logging
 
 import asyncpg
 
-from schemas.events import GenerationFailed, GenerationFailedData, event_id, image_facts
+from schemas.events import GenerationFailed, GenerationFailedData, image_event, image_facts
 from schemas.jobs import GenerateImage
 from schemas.topics import TopicNames
 from services.scheduler.jobs import JobBook
@@ -54,12 +54,11 @@ class GiveUp:
         await stage_event(
             conn,
             self._topics.events,
-            GenerationFailed(
-                id=event_id("generation_failed", img.job_id, img.image_index, "final"),
+            image_event(
+                GenerationFailed,
+                img,
+                "final",
                 source=SOURCE,
-                subject=f"jobs/{img.job_id}/images/{img.image_index}",
-                job_id=img.job_id,
-                user_id=img.user_id,
                 data=GenerationFailedData(
                     image_id=img.image_id,
                     image_index=img.image_index,

@@ -24,7 +24,7 @@ from schemas.events import (
     ErrorType,
     GenerationFailed,
     GenerationFailedData,
-    event_id,
+    image_event,
     image_facts,
 )
 from schemas.jobs import GenerateImage
@@ -98,12 +98,12 @@ class OverdueAttempts:
         await stage_event(
             conn,
             self._topics.events,
-            GenerationFailed(
-                id=event_id("attempt_overdue", img.job_id, img.image_index, img.attempt),
+            image_event(
+                GenerationFailed,
+                img,
+                img.attempt,
                 source=SOURCE,
-                subject=f"jobs/{img.job_id}/images/{img.image_index}",
-                job_id=img.job_id,
-                user_id=img.user_id,
+                id_type="attempt_overdue",
                 data=data,
             ),
         )
