@@ -14,7 +14,7 @@ from imagegen.kafka.membership import instance_id
 from imagegen.telemetry import consume_span
 from schemas.topics import registry
 from services.analytics.changelogs import app_id
-from services.analytics.journal import position, record, replay
+from services.analytics.journal import Entry, Journal
 from services.analytics.memory import MemoryStore
 from services.analytics.settings import AnalyticsSettings
 
@@ -55,37 +55,20 @@ class Counter:
     """The journal table (changelogged) and the views rebuilt from it (in memory)."""
 
     def __init__(self, app: faust.App, partitions: int) -> None:
-        self.journal = app.Table("journal", default=None, partitions=partitions)
-        self.views = MemoryStore()
-        self.replayed = False
-        self.skipped = 0
-        """Records delivered again after a restart whose counts the journal already held."""
+        self.table = app.Table("journal", default=None, partitions=partitions)
+        self.journal = Journal(lambda: self.table.data, self._send)
 
-    def rebuild(self) -> None:
-        """The views from the whole journal (after recovery: every assigned partition)."""
-        views = MemoryStore()
-        for entry in list(self.journal.data.values()):
-            if entry:
-                replay(views, entry)
-        self.views = views
-        self.replayed = True
-        log.info("event=analytics_replayed records=%d", len(self.journal.data))
+    def _send(self, partition: int, key: str, message: Entry) -> None:
+        # The table's own write path minus its current-event lookup: a batch's message
+        # goes to its records' partition, whichever event faust holds as current.
+        self.table.send_changelog(partition, key, message)
 
-    def count(self, partition: int, offset: int, raw: bytes | None, ts: float) -> str:
-        if not self.replayed:
-            self.rebuild()
-        key = position(partition, offset)
-        if self.journal.get(key) is not None:
-            # Counted before a crash or rebalance; its offset was not committed yet.
-            self.skipped += 1
-            return "journalled"
-        outcome, entry = record(self.views, raw, ts)
-        self.journal[key] = entry
-        replay(self.views, entry)
-        return outcome
+    @property
+    def views(self) -> MemoryStore:
+        return self.journal.views
 
     def status(self) -> dict[str, int]:
-        return {"journal_records": len(self.journal.data), "skipped_journalled": self.skipped}
+        return self.journal.status()
 
     # Readers (the HTTP API): every partition is local (one replica, see README).
 
@@ -121,7 +104,9 @@ def create_app(settings: AnalyticsSettings) -> tuple[faust.App, Counter]:
         topic_replication_factor=1,
         broker_commit_interval=settings.analytics_commit_interval_s,
         broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
-        broker_heartbeat_interval=1.0,
+        # A third of the session timeout, as Kafka's clients default: each heartbeat wakes
+        # the process, at rest too.
+        broker_heartbeat_interval=settings.kafka.session_timeout_ms / 3000,
         consumer_auto_offset_reset="earliest",
         # Static membership (the pod's or supervised process's name): a restarted process
         # takes its partitions back at once instead of after a rebalance.
@@ -133,9 +118,9 @@ def create_app(settings: AnalyticsSettings) -> tuple[faust.App, Counter]:
     )
     store = Counter(app, partitions)
 
-    @store.journal.on_recover
+    @store.table.on_recover
     async def _recovered() -> None:
-        store.rebuild()
+        store.journal.rebuild()
 
     source = app.topic(
         topics.events, key_serializer="raw", value_serializer="raw", partitions=partitions
@@ -146,14 +131,24 @@ def create_app(settings: AnalyticsSettings) -> tuple[faust.App, Counter]:
     # past the event that broke it, which would lose that event's counts.
     @app.agent(source, name="count-events", supervisor_strategy=CrashingSupervisor)
     async def count_events(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            # The event's trace (its producer's traceparent header) goes on here.
-            with consume_span("analytics count", _headers(event.message.headers)) as span:
-                message = event.message
-                outcome = store.count(
-                    message.partition, message.offset, event.value, message.timestamp
-                )
-                span.set_attribute("imagegen.analytics.outcome", outcome)
+        # Records come in batches (what arrived within `analytics_batch_s`): one journal
+        # message per partition per batch instead of one per record. take_events acks a
+        # batch's records only after this body, and faust flushes the changelog producer
+        # before it commits their offsets.
+        assert isinstance(stream, faust.Stream)  # take_events is not on StreamT
+        batches = stream.take_events(settings.analytics_batch_records, settings.analytics_batch_s)
+        async for events in batches:
+            try:
+                for event in events:
+                    # The event's trace (its producer's traceparent header) goes on here.
+                    message = event.message
+                    with consume_span("analytics count", _headers(message.headers)) as span:
+                        outcome = store.journal.count(
+                            message.partition, message.offset, event.value, message.timestamp
+                        )
+                        span.set_attribute("imagegen.analytics.outcome", outcome)
+            finally:
+                store.journal.flush()
 
     return app, store
 

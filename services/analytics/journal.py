@@ -5,21 +5,32 @@ offsets on its own clock; a crash between the two left windows short (changes no
 sent, offsets committed: seen with `exactly_once`, whose commit does not wait for the
 table producer) or could count part of an event twice (`at_least_once`: some of an
 event's table changes sent, its offset not committed). So the one changelogged table is
-this journal: one message per record, keyed `<partition>:<offset>`, holding everything
-that record added (observations, its job's new state, its event id). One message is
-written whole or not at all; a redelivered record whose position is in the journal is
-skipped; and the windows, totals, job states and seen ids are rebuilt from the journal
-when the service starts (`replay`), so they equal what was counted before the crash.
+this journal, holding for each record everything it added (observations, its job's new
+state, its event id). The agent counts a batch of records (what the broker handed over
+together, see `Journal.flush`) and writes one message per events partition, keyed
+`<partition>:<offset of its first record>`, listing each record's offset and entry. One
+message is written whole or not at all, and faust's `at_least_once` commits an offset
+only after the batch's messages are flushed; a redelivered record whose position is in
+the journal is skipped; and the windows, totals, job states and seen ids are rebuilt
+from the journal when the service starts (`Journal.rebuild`), so they equal what was
+counted before the crash. Messages of one record each (`{"a", "j", "i"}`, written before
+batches) are still read.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 from services.analytics.memory import MemoryStore
 from services.analytics.pipeline import apply
 
 Entry = dict[str, Any]
+Send = Callable[[int, str, Entry], None]
+"""Writes one journal message (partition, key, value) to the changelog."""
+
+log = logging.getLogger(__name__)
 
 
 class _Recorder:
@@ -65,3 +76,75 @@ def replay(views: MemoryStore, entry: Entry) -> None:
 
 def position(partition: int, offset: int) -> str:
     return f"{partition}:{offset}"
+
+
+def entries(key: str, message: Entry) -> Iterator[tuple[int, int, Entry]]:
+    """(partition, offset, entry) of each record one journal message holds."""
+    partition, _, offset = key.partition(":")
+    if "r" in message:
+        for record_offset, entry in message["r"]:
+            yield int(partition), int(record_offset), entry
+    else:
+        yield int(partition), int(offset), message
+
+
+class Journal:
+    """The views, which records they count, and the batch not yet written.
+
+    `messages` gives the table's local data (the changelog read back at start; asked for
+    when used, as faust makes it lazily); `send` writes one message to the changelog.
+    """
+
+    def __init__(self, messages: Callable[[], MutableMapping[str, Any]], send: Send) -> None:
+        self._messages = messages
+        self._send = send
+        self.views = MemoryStore()
+        self.counted: set[tuple[int, int]] = set()
+        self.skipped = 0
+        """Records delivered again after a restart whose counts the journal already held."""
+        self._pending: dict[int, list[list[Any]]] = {}
+        self.replayed = False
+
+    def rebuild(self) -> None:
+        """The views from every journal message (after recovery: every assigned partition)."""
+        views, counted = MemoryStore(), set()
+        for key, message in list(self._messages().items()):
+            if message:
+                for partition, offset, entry in entries(key, message):
+                    counted.add((partition, offset))
+                    replay(views, entry)
+        self.views, self.counted, self._pending = views, counted, {}
+        self.replayed = True
+        log.info(
+            "event=analytics_replayed messages=%d records=%d", len(self._messages()), len(counted)
+        )
+
+    def count(self, partition: int, offset: int, raw: bytes | None, ts: float) -> str:
+        """Count one record into the views and the pending batch (`flush` writes it)."""
+        if not self.replayed:
+            self.rebuild()
+        if (partition, offset) in self.counted:
+            # Counted before a crash or rebalance; its offset was not committed yet.
+            self.skipped += 1
+            return "journalled"
+        outcome, entry = record(self.views, raw, ts)
+        replay(self.views, entry)
+        self.counted.add((partition, offset))
+        self._pending.setdefault(partition, []).append([offset, entry])
+        return outcome
+
+    def flush(self) -> None:
+        """Write the pending batch: one message per partition. Call it before the batch's
+        offsets may be committed (the agent does, before it takes the next batch)."""
+        pending, self._pending = self._pending, {}
+        for partition, batch in pending.items():
+            key, message = position(partition, batch[0][0]), {"r": batch}
+            self._messages()[key] = message
+            self._send(partition, key, message)
+
+    def status(self) -> dict[str, int]:
+        return {
+            "journal_messages": len(self._messages()),
+            "journal_records": len(self.counted),
+            "skipped_journalled": self.skipped,
+        }

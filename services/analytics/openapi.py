@@ -75,8 +75,9 @@ OPENAPI: dict[str, Any] = {
         "/healthz": _get("Alive"),
         "/readyz": _get(
             "Journal read back, views rebuilt and partitions assigned (503 until then);"
-            " `journal_records`, and `skipped_journalled`: records delivered again after a"
-            " restart that the journal had already counted"
+            " `journal_messages` (one per partition per batch), `journal_records` (records"
+            " counted), and `skipped_journalled`: records delivered again after a restart"
+            " that the journal had already counted"
         ),
     },
 }

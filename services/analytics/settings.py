@@ -33,3 +33,13 @@ class AnalyticsSettings(ServiceSettings):
     analytics_commit_interval_s: float = Field(
         default=1.0, gt=0, description="How often counted offsets (and tables) are committed."
     )
+    analytics_batch_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=30,
+        description="How long events are gathered before they are counted together and"
+        " journalled as one changelog message per partition (the KPIs lag by up to this).",
+    )
+    analytics_batch_records: int = Field(
+        default=1000, ge=1, description="The most events counted as one batch."
+    )

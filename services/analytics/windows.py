@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from faust.windows import HoppingWindow, TumblingWindow
 
@@ -26,9 +27,13 @@ class WindowSpec:
             return TumblingWindow(self.size_s, expires=expires_s)
         return HoppingWindow(self.size_s, self.step_s, expires=expires_s)
 
+    @cached_property
+    def _ranges(self) -> HoppingWindow:
+        return self.faust_window(self.size_s)
+
     def starts(self, ts: float) -> list[float]:
         """Start of every window of this spec that covers `ts` (event time, epoch s)."""
-        return [r[0] for r in self.faust_window(self.size_s).ranges(ts)]
+        return [r[0] for r in self._ranges.ranges(ts)]
 
 
 MINUTE = WindowSpec("minute", 60, 60, "tumbling, one minute")
