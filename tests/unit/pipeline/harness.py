@@ -18,7 +18,7 @@ from PIL import Image
 
 from imagegen.blobstore import InMemoryBlobStore
 from imagegen.db import create_pool, migrate
-from imagegen.kafka import ConsumerLoop, Handler
+from imagegen.kafka import ConsumerLoop, DeferredPublisher, Handler
 from imagegen.kafka.memory import InMemoryBroker
 from schemas.events import EVENT_ADAPTER, EventBase
 from schemas.topics import TopicNames
@@ -142,15 +142,17 @@ async def running_pipeline(
             publisher,
             topics,
         )
+        # As the services wire them: their publishes settle before their loop commits.
+        deferred = DeferredPublisher(publisher)
         generator = Generator(
             GeneratorSettings(progress_interval_s=0),
             providers or backend,
             blobs,
-            publisher,
+            deferred,
             topics,
         )
-        post = Postprocessor(PostprocessSettings(), blobs, publisher, topics)
-        storage = StorageService(store_pool, blobs, publisher, topics)
+        post = Postprocessor(PostprocessSettings(), blobs, deferred, topics)
+        storage = StorageService(store_pool, blobs, deferred, topics)
 
         def loop(name: str, topic_handlers: dict[str, Handler]) -> ConsumerLoop:
             return ConsumerLoop(
