@@ -12,7 +12,6 @@ bench/results/face_detection.json. Not a test: nothing here asserts.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random
@@ -30,8 +29,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from imagegen.faces import FaceCascade, model_dir, prepare  # noqa: E402
-from services.generator.backends.base import CancelToken, GenerationRequest  # noqa: E402
-from services.generator.backends.demo_faces import DemoFaceBackend  # noqa: E402
+from services.generator.backends.demo_faces import DemoFaceBackend, demo_face  # noqa: E402
 
 
 def demo_seeds(identities: int) -> list[int]:
@@ -45,18 +43,7 @@ def demo_faces(seeds: list[int], images: int, size: int) -> Iterator[tuple[int, 
     backend.load()
     for identity in seeds:
         for index in range(images):
-            request = GenerationRequest(
-                prompt="",
-                negative_prompt="",
-                seed=1000 + index * 7919,
-                width=size,
-                height=size,
-                steps=1,
-                guidance=1.0,
-                identity_seed=identity,
-            )
-            png = backend.generate(request, lambda s, t: None, CancelToken()).png
-            yield identity, Image.open(io.BytesIO(png)).convert("RGB")
+            yield identity, demo_face(backend, identity, index, size)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ labelled `demo=True`; DigiFace-1M's licence applies to them.
 from __future__ import annotations
 
 import importlib.util
+import io
 import threading
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -135,6 +136,24 @@ class DemoFaceBackend:
 
     def cost_usd(self, seconds: float) -> float:
         return hourly_cost(seconds, self._price_per_hour)
+
+
+def demo_face(backend: DemoFaceBackend, identity_seed: int, index: int, size: int) -> Image.Image:
+    """Image `index` of a fixed demo pack of the character whose seed is `identity_seed`, an
+    RGB square of `size` px (image i has seed 1000 + 7919 i): the faces the tests and the
+    face benches compare."""
+    request = GenerationRequest(
+        prompt="",
+        negative_prompt="",
+        seed=1000 + index * 7919,
+        width=size,
+        height=size,
+        steps=1,
+        guidance=1.0,
+        identity_seed=identity_seed,
+    )
+    png = backend.generate(request, lambda step, total: None, CancelToken()).png
+    return Image.open(io.BytesIO(png)).convert("RGB")
 
 
 def _to_image(pixels: torch.Tensor) -> Image.Image:

@@ -11,8 +11,9 @@ from PIL import Image
 
 from imagegen.safety import SafetyCheck, default_model_dir
 from services.gateway import references
+from services.generator.backends.demo_faces import demo_face
 from tests.unit.gateway.conftest import Gateway
-from tests.unit.postprocess.demo_images import demo_backend, demo_face
+from tests.unit.postprocess.demo_images import demo_backend
 
 # A demo face (identity seed, pack index) in which dlib's HOG finds no face at any
 # upsampling the gateway used, and the cascade's CNN finds one.

@@ -16,6 +16,7 @@ from imagegen.kafka.memory import InMemoryBroker
 from schemas.events import EVENT_ADAPTER, ConsistencyFlagged
 from schemas.images import ProcessedImage
 from schemas.topics import TopicNames
+from services.generator.backends.demo_faces import demo_face
 from services.postprocess.consistency import (
     ConsistencyScorer,
     DlibFaceEncoder,
@@ -31,7 +32,7 @@ from services.postprocess.variations import (
     VariationStore,
 )
 from tests.unit.image_builders import image_identity, raw_image
-from tests.unit.postprocess.demo_images import demo_backend, demo_face
+from tests.unit.postprocess.demo_images import demo_backend
 
 TOPICS = TopicNames("unit")
 THRESHOLD = PostprocessSettings().consistency_threshold

@@ -20,6 +20,7 @@ from schemas.events import EVENT_ADAPTER, ConsistencyFlagged
 from schemas.images import ProcessedImage
 from schemas.jobs import CharacterRegion
 from schemas.topics import TopicNames
+from services.generator.backends.demo_faces import demo_face
 from services.postprocess.consistency import (
     DRIFTED,
     MISSING,
@@ -35,7 +36,7 @@ from services.postprocess.handlers import ConsistencyCheck, Postprocessor
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.variations import InMemoryVariationStore
 from tests.unit.image_builders import image_identity, raw_image
-from tests.unit.postprocess.demo_images import demo_backend, demo_face
+from tests.unit.postprocess.demo_images import demo_backend
 
 TOPICS = TopicNames("unit")
 THRESHOLD = PostprocessSettings().consistency_threshold

@@ -28,10 +28,11 @@ from imagegen.safety import (
 from schemas.events import EVENT_ADAPTER, ErrorType, GenerationFailed
 from schemas.images import ProcessedImage
 from schemas.topics import TopicNames
+from services.generator.backends.demo_faces import demo_face
 from services.postprocess.handlers import Postprocessor
 from services.postprocess.settings import PostprocessSettings
 from tests.unit.image_builders import image_identity, raw_image
-from tests.unit.postprocess.demo_images import demo_backend, demo_face
+from tests.unit.postprocess.demo_images import demo_backend
 
 TOPICS = TopicNames("unit")
 REPO = Path(__file__).resolve().parents[3]
