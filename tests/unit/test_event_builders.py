@@ -12,22 +12,14 @@ from schemas.events import (
     event_id,
     image_event,
 )
-from schemas.jobs import ImageIdentity
+from tests.unit.image_builders import image_identity
 
-IMAGE = ImageIdentity(
-    job_id="job-1",
-    image_id="img-1",
-    image_index=2,
-    image_count=5,
-    user_id="user-1",
-    character_id="char-1",
-    attempt=3,
-)
+IMAGE = image_identity(image_index=2, image_count=5, attempt=3)
 FAILED = GenerationFailedData(
-    image_id="img-1",
+    image_id="i",
     image_index=2,
     attempt=3,
-    error_type="ProviderError",
+    error_type="E",
     error="boom",
     retryable=False,
     final=True,
@@ -37,11 +29,11 @@ FAILED = GenerationFailedData(
 def test_the_envelope_comes_from_the_image_and_the_id_from_the_class_type_and_parts() -> None:
     event = image_event(GenerationFailed, IMAGE, "final", source="imagegen/scheduler", data=FAILED)
     by_hand = GenerationFailed(
-        id=event_id("generation_failed", "job-1", 2, "final"),
+        id=event_id("generation_failed", "j", 2, "final"),
         source="imagegen/scheduler",
-        subject="jobs/job-1/images/2",
-        job_id="job-1",
-        user_id="user-1",
+        subject="jobs/j/images/2",
+        job_id="j",
+        user_id="u",
         data=FAILED,
         time=event.time,
     )
@@ -52,7 +44,7 @@ def test_the_source_is_left_to_the_emitter_and_the_id_type_may_be_named() -> Non
     event = image_event(GenerationFailed, IMAGE, 3, id_type="attempt_overdue", data=FAILED)
     assert event.source == ""
     assert event.type == "generation_failed"
-    assert event.id == event_id("attempt_overdue", "job-1", 2, 3)
+    assert event.id == event_id("attempt_overdue", "j", 2, 3)
     assert event.id != image_event(GenerationFailed, IMAGE, 3, data=FAILED).id
 
 
