@@ -35,7 +35,7 @@ from schemas.events import (
     ImageStored,
     ImageStoredData,
     StoredRendition,
-    image_envelope,
+    image_event,
 )
 from schemas.jobs import GenerateImage
 from schemas.topics import TopicNames
@@ -65,8 +65,11 @@ def catalogue_json(*offers: tuple[str, str, str]) -> str:
 
 def started(job: GenerateImage) -> GenerationStarted:
     img = job.image
-    return GenerationStarted(
-        **{**image_envelope(img, "generation_started", img.attempt), "source": GEN},
+    return image_event(
+        GenerationStarted,
+        img,
+        img.attempt,
+        source=GEN,
         data=GenerationStartedData(
             image_id=img.image_id,
             image_index=img.image_index,
@@ -80,11 +83,12 @@ def started(job: GenerateImage) -> GenerationStarted:
 
 def completed(job: GenerateImage, cost: Decimal | float) -> GenerationCompleted:
     img = job.image
-    return GenerationCompleted(
-        **{
-            **image_envelope(img, "generation_completed", img.attempt, img.variation),
-            "source": GEN,
-        },
+    return image_event(
+        GenerationCompleted,
+        img,
+        img.attempt,
+        img.variation,
+        source=GEN,
         data=GenerationCompletedData(
             image_id=img.image_id,
             image_index=img.image_index,
@@ -101,8 +105,11 @@ def completed(job: GenerateImage, cost: Decimal | float) -> GenerationCompleted:
 def stored(job: GenerateImage, cost: Decimal | float, *, flagged: bool = False) -> ImageStored:
     img = job.image
     base = f"users/{img.user_id}/images/{img.image_id}/v{img.version}"
-    return ImageStored(
-        **{**image_envelope(img, "image_stored", img.version), "source": "imagegen/storage"},
+    return image_event(
+        ImageStored,
+        img,
+        img.version,
+        source="imagegen/storage",
         data=ImageStoredData(
             image_id=img.image_id,
             image_index=img.image_index,
@@ -139,8 +146,12 @@ def failed(
     job: GenerateImage, *, retryable: bool = True, error_type: str = "Boom"
 ) -> GenerationFailed:
     img = job.image
-    return GenerationFailed(
-        **{**image_envelope(img, "generation_failed", img.attempt, img.variation), "source": GEN},
+    return image_event(
+        GenerationFailed,
+        img,
+        img.attempt,
+        img.variation,
+        source=GEN,
         data=GenerationFailedData(
             image_id=img.image_id,
             image_index=img.image_index,
@@ -156,11 +167,12 @@ def failed(
 
 def flagged(job: GenerateImage, *, final: bool = False) -> ConsistencyFlagged:
     img = job.image
-    return ConsistencyFlagged(
-        **{
-            **image_envelope(img, "consistency_flagged", img.version, img.variation),
-            "source": "imagegen/postprocess",
-        },
+    return image_event(
+        ConsistencyFlagged,
+        img,
+        img.version,
+        img.variation,
+        source="imagegen/postprocess",
         data=ConsistencyFlaggedData(
             image_id=img.image_id,
             image_index=img.image_index,
