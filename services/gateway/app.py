@@ -22,6 +22,7 @@ from imagegen.runtime import kafka_consumer, kafka_publisher
 from imagegen.telemetry_asgi import TelemetryMiddleware
 from services.gateway import cdn
 from services.gateway.docs import install_docs
+from services.gateway.eventfeed import EventFeed
 from services.gateway.migrations import MIGRATIONS, SCHEMA
 from services.gateway.notify import EventSignal, PgEventSignal
 from services.gateway.projection import Projection
@@ -106,7 +107,11 @@ def create_app(
             webhooks = build_dispatcher(pool, settings)
             webhooks.start()
             stack.push_async_callback(webhooks.aclose, settings.shutdown_timeout_s)
-            projection = Projection(pool, wakeups, webhooks)
+            # The streams' view of the log, fed by this process's projection and by every
+            # replica's commit notes.
+            feed = EventFeed(pool, wakeups, max_age_s=settings.sse_poll_s)
+            stack.push_async_callback(feed.aclose)
+            projection = Projection(pool, wakeups, webhooks, feed)
             loop = ConsumerLoop(
                 name=CONSUMER_GROUP,
                 consumer=make_consumer(CONSUMER_GROUP, [topics.events]),
@@ -128,6 +133,7 @@ def create_app(
                 blobs=blobs,
                 publisher=pub,
                 signal=wakeups,
+                feed=feed,
                 consumer_loop=loop,
                 consumer_task=task,
                 cdn_signer=cdn.signer_for(settings),

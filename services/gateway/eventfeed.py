@@ -1,46 +1,70 @@
-"""The event log as the gateway's streams read it: one read per wake for all of a user's
-streams, and each event encoded once for all of them.
+"""The event log as the gateway's streams read it: kept in memory from the commits' notes,
+read from the database only for what this process did not write itself.
 
-Without it every open stream re-read the log on every wake (a user with ten tabs cost ten
-queries per event) and encoded every event itself. Here each user with open streams has
-a `_UserTail`: the newest part of their log, read once per wake by whichever stream asks
-first (the others await that same read) and kept as ready-to-send SSE frames. A stream
-takes from the tail what lies after its own position (its job's events, or all), so a
-stream costs its generator and its position, not a query.
+Each user with open streams has a `_UserTail`: their newest events as ready-to-send SSE
+frames. A stream takes from the tail what lies after its own position (its job's events,
+or all), so a stream costs its generator and its position, not a query, and each event is
+encoded once for every stream.
 
-Freshness is exact, not timed: a tail is fresh while the signal's listen event taken
-before its read is still the current one and unset, i.e. no notification has arrived
-since the read began. Notifications come only after commit, so a fresh tail holds every
-event any stream was told about. The tail also goes stale after `max_age_s`, so that the
-streams' periodic re-read still covers a lost listening connection: then one query per
-user per interval, not one per stream.
+How the tails stay complete. The feed keeps `top`: every tail holds all of its user's
+events with floor < id <= top. Log ids are taken under the projection's log lock, so they
+become visible in id order, and each commit's NOTIFY (notify.py, `CommitNote`) names its
+ids `lo..hi` and `prev`, the newest id committed before them. Notes arrive in commit
+order on the process's one listening connection and are applied one at a time:
 
-A stream whose position lies below the tail (a resume from an old id, a job replayed from
+- hi <= top: already known (a note older than the read that set `top`);
+- prev == top and the rows are this process's own (the projection hands them over before
+  it commits, `expect`): appended without a query;
+- prev == top and none of the note's users has a tail here: nothing to take, top = hi;
+- otherwise (another replica's rows for a user with a tail here, or a gap: notes lost, a
+  writer of an older version): ONE read of (top, hi] for every user with a tail, shared
+  by all their streams (consecutive notes waiting behind it are folded into the same
+  read).
+
+A rolled-back commit leaves a gap in the ids and sends no note: harmless, since the
+chain is `prev`, not `lo - 1`. Streams are woken only after their rows are in the tail.
+
+Freshness. While the listening connection stays up (its `epoch` unchanged since the last
+read), the chain of notes is exact: a tail serves without a query (a read every
+`live_max_age_s` is only a backstop). Without a note source (no listener, or a
+reconnect: notes sent meanwhile are lost) the feed falls back to what it did before
+notes carried ids: a tail is fresh while no notification has arrived for its user since
+the last read began and the read is younger than `max_age_s`; otherwise the next stream
+to ask reads (top, newest] for everyone, once.
+
+A stream whose position lies below its tail (a resume from an old id, a job replayed from
 its start, a reader slower than the tail's length) reads the log itself until it catches
-up: ids become visible in id order (see the projection), so a position means "everything
-up to here was seen".
+up: a position means "everything up to here was seen".
 
 The feed also keeps time for all streams, so that no stream needs a timer or a task of
 its own: while any stream is open, one ticker wakes every stream each `tick_s` (the
-streams' periodic re-read and heartbeats hang on it; a tick leaves a fresh tail fresh, so
-it costs no read unless the tail has aged), and when the server is stopping it wakes them
-with `closing` set, so that every stream ends at once instead of holding up the shutdown.
+streams' periodic re-read and heartbeats hang on it; a tick costs no read unless the
+tail has aged), and when the server is stopping it wakes them with `closing` set, so
+that every stream ends at once instead of holding up the shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
 from services.gateway import sse
-from services.gateway.notify import EventSignal
+from services.gateway.notify import CommitNote, CommitNotes, EventSignal
+
+log = logging.getLogger(__name__)
 
 CLOSING_CHECK_S = 0.5
 """How often the ticker asks whether the server is stopping."""
+
+_EXPECTED_MAX = 64
+"""Commits of this process's awaiting their note (older ones were lost or rolled back)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,47 +81,67 @@ class FeedEvent:
         return sse.with_retry(self.message, retry_ms)
 
 
-def _event(row: asyncpg.Record) -> FeedEvent:
-    event_id, kind = row["id"], row["type"]
-    message = sse.message(row["payload"], event=kind, id=str(event_id))
-    return FeedEvent(event_id, row["job_id"], kind, message)
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    """A log row as the projection writes it (its id comes from the commit's note)."""
+
+    job_id: str | None
+    user_id: str | None
+    type: str
+    payload: str
+
+
+def _event(event_id: int, job_id: str | None, kind: str, payload: str) -> FeedEvent:
+    message = sse.message(payload, event=kind, id=str(event_id))
+    return FeedEvent(event_id, job_id or "", kind, message)
 
 
 class _UserTail:
     """The newest events of one user's log: every event with floor < id <= top."""
 
-    __slots__ = ("complete", "events", "floor", "read_at", "reading", "snapshot", "streams", "top")
+    __slots__ = ("events", "floor", "snapshot", "streams", "top")
 
-    def __init__(self) -> None:
+    def __init__(self, top: int) -> None:
         self.events: deque[FeedEvent] = deque()
-        self.floor = -1  # below any id: nothing read yet
-        self.top = -1
+        self.floor = top
+        self.top = top  # the feed's top when this tail is current; -1: not yet
         self.snapshot: asyncio.Event | None = None
-        self.read_at = 0.0
-        self.complete = False
-        self.reading: asyncio.Task[None] | None = None
         self.streams = 0
 
 
-_TAIL_READ = (
-    "SELECT id, job_id, type, payload FROM events WHERE user_id = $1 AND id > $2"
-    " ORDER BY id LIMIT $3"
+# The log's newest id and, in the same snapshot, the rows after `$1` (up to `$2`, or the
+# newest) of the users `$3`. One row with NULL event columns when there are none.
+_READ = (
+    "SELECT newest.top, e.id, e.job_id, e.user_id, e.type, e.payload"
+    " FROM (SELECT coalesce(max(id), 0) AS top FROM events) AS newest"
+    " LEFT JOIN LATERAL (SELECT id, job_id, user_id, type, payload FROM events"
+    "  WHERE id > $1 AND id <= coalesce($2, newest.top) AND user_id = ANY($3::text[])"
+    "  ORDER BY id LIMIT $4) AS e ON true"
 )
-_NEWEST = "SELECT coalesce(max(id), 0) FROM events WHERE user_id = $1"
+_NEWEST = "SELECT coalesce(max(id), 0) FROM events"
 # A stream behind the tail: its events after its position, and the log's newest id in
 # the same snapshot (how far the answer covers when it is not a full page). One row with
 # NULL event columns when nothing follows the position.
 _CATCH_UP = (
     "SELECT newest.top, e.id, e.job_id, e.type, e.payload"
-    " FROM (SELECT coalesce(max(id), 0) AS top FROM events WHERE user_id = $1) AS newest"
+    " FROM (SELECT coalesce(max(id), 0) AS top FROM events) AS newest"
     " LEFT JOIN LATERAL (SELECT id, job_id, type, payload FROM events"
     "  WHERE user_id = $1 AND id > $2 AND ($4::text IS NULL OR job_id = $4)"
     "  ORDER BY id LIMIT $3) AS e ON true"
 )
 
 
+class _Sync:
+    """A queued request for a read up to the log's newest id."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Its askers may all have left: a failure is then nobody's to report.
+        self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
 class EventFeed:
-    """Reads users' event logs for their streams (see the module docstring)."""
+    """Keeps users' event logs for their streams (see the module docstring)."""
 
     def __init__(
         self,
@@ -105,15 +149,26 @@ class EventFeed:
         signal: EventSignal,
         *,
         max_age_s: float,
+        live_max_age_s: float = 60.0,
         keep: int = 32,
         page: int = 200,
     ) -> None:
         self._pool = pool
         self._signal = signal
+        self._notes = signal if isinstance(signal, CommitNotes) else None
         self._max_age_s = max_age_s
+        self._live_max_age_s = max(live_max_age_s, max_age_s)
         self._keep = keep
         self._page = page
         self._tails: dict[str, _UserTail] = {}
+        self._top: int | None = None  # None: not read since the first stream opened
+        self._epoch: int | None = None  # the note source's epoch at the last read
+        self._read_at = 0.0
+        self._queue: deque[CommitNote | _Sync] = deque()
+        self._sync: _Sync | None = None  # queued, not started: later askers share it
+        self._worker: asyncio.Task[None] | None = None
+        self._expected: OrderedDict[str, list[LogRow]] = OrderedDict()
+        self._generation = 0  # moves when the feed stops keeping tails (no stream left)
         self._tick_s = max_age_s
         self._ticker: asyncio.Task[None] | None = None
         self.ticks = 0
@@ -124,13 +179,21 @@ class EventFeed:
         """Whether the server is stopping (uvicorn's flag by default)."""
         self.reads = 0
         """Queries made (tail reads and catch-ups), for tests and benchmarks."""
+        self.pushed = 0
+        """Events taken in from this process's own commits, without a query."""
+
+    # -- streams ---------------------------------------------------------------------
 
     def attach(self, user_id: str, tick_s: float | None = None) -> None:
         """A stream of the user's opens (its user's tail lives while any stream does);
         it wants a wake-up at least every `tick_s` (the ticker serves the shortest)."""
+        if not self._tails and self._notes is not None:
+            self._notes.subscribe(self._on_note)
         tail = self._tails.get(user_id)
         if tail is None:
-            tail = self._tails[user_id] = _UserTail()
+            # Complete for (top, top] at once; a read in flight that did not ask for this
+            # user resets it to its own top (see `_advance`).
+            tail = self._tails[user_id] = _UserTail(-1 if self._top is None else self._top)
         tail.streams += 1
         if tick_s is not None and tick_s < self._tick_s:
             self._tick_s = tick_s
@@ -143,9 +206,16 @@ class EventFeed:
             tail.streams -= 1
             if tail.streams <= 0:
                 del self._tails[user_id]
-        if not self._tails and self._ticker is not None:
-            self._ticker.cancel()  # no stream left to wake
-            self._ticker = None
+        if not self._tails:
+            if self._notes is not None:
+                self._notes.unsubscribe(self._on_note)
+            # Nothing is kept: the next stream starts from a fresh read.
+            self._top, self._epoch = None, None
+            self._generation += 1
+            self._expected.clear()
+            if self._ticker is not None:
+                self._ticker.cancel()  # no stream left to wake
+                self._ticker = None
 
     async def _tick(self) -> None:
         """Wake every stream each `tick_s`, and at once when the server starts stopping."""
@@ -163,7 +233,7 @@ class EventFeed:
     def wake_all(self) -> None:
         """Wake every open stream. Not a notification of new events: a tail that was fresh
         stays fresh (nothing was announced between its read and now), so the wake-up costs
-        a read only where the tail has aged past `max_age_s`."""
+        a read only where the tail has aged."""
         signal = self._signal
         for user_id, tail in self._tails.items():
             current = signal.listen(user_id)
@@ -177,9 +247,9 @@ class EventFeed:
         return len(self._tails)
 
     async def newest_id(self, user_id: str) -> int:
-        """The id of the user's newest logged event (0 for none): where a live stream starts."""
+        """The log's newest id (0 for none): where a live stream of `user_id` starts."""
         self.reads += 1
-        return int(await self._pool.fetchval(_NEWEST, user_id))
+        return int(await self._pool.fetchval(_NEWEST))
 
     async def after(
         self, user_id: str, job_id: str | None, position: int
@@ -192,57 +262,235 @@ class EventFeed:
         if tail is None:  # a caller that did not attach: no sharing, still exact
             return await self._catch_up(user_id, job_id, position)
         while True:
-            if position < tail.floor:
-                return await self._catch_up(user_id, job_id, position)  # a fresh read too
-            current = self._signal.listen(user_id)
-            if (
-                tail.snapshot is current
-                and not current.is_set()
-                and tail.complete
-                and time.monotonic() - tail.read_at < self._max_age_s
-            ):
-                found = [
-                    e
-                    for e in tail.events
-                    if e.id > position and (job_id is None or e.job_id == job_id)
-                ]
-                return found, max(position, tail.top)
-            if tail.reading is None:
-                tail.reading = asyncio.ensure_future(self._refresh(user_id, tail))
-            # Shielded: the stream that started the read may leave; the others still wait.
-            await asyncio.shield(tail.reading)
+            if self._top is not None and tail.top == self._top and self._fresh(user_id, tail):
+                break
+            await self._read_all()
+            tail = self._tails.get(user_id) or tail
+        if position < tail.floor:
+            floor = tail.floor
+            found, reached = await self._catch_up(user_id, job_id, position)
+            # Not a full page: every event of the user's up to the tail's floor was in it
+            # (those ids were committed before this read began).
+            return found, reached if len(found) == self._page else max(reached, floor)
+        found = [
+            e for e in tail.events if e.id > position and (job_id is None or e.job_id == job_id)
+        ]
+        return found, max(position, tail.top)
 
-    async def _refresh(self, user_id: str, tail: _UserTail) -> None:
-        try:
-            snapshot = self._signal.listen(user_id)  # before the read: see `after`
-            started = time.monotonic()
-            self.reads += 1
-            if tail.floor < 0:
-                newest = int(await self._pool.fetchval(_NEWEST, user_id))
-                tail.floor = tail.top = newest
-                complete = True
-            else:
-                rows = await self._pool.fetch(_TAIL_READ, user_id, tail.top, self._page)
-                for row in rows:
-                    tail.events.append(_event(row))
-                if rows:
-                    tail.top = tail.events[-1].id
-                # Kept: this read's events (every stream of the user is about to take them)
-                # and a few before; a stream further behind reads for itself.
-                while len(tail.events) > max(self._keep, len(rows)):
-                    tail.floor = tail.events.popleft().id
-                complete = len(rows) < self._page
-            tail.snapshot, tail.read_at, tail.complete = snapshot, started, complete
-        finally:
-            tail.reading = None
+    def _fresh(self, user_id: str, tail: _UserTail) -> bool:
+        age = time.monotonic() - self._read_at
+        epoch = None if self._notes is None else self._notes.epoch
+        if epoch is not None and epoch == self._epoch:
+            return age < self._live_max_age_s  # every commit's note reaches us in order
+        current = self._signal.listen(user_id)
+        return tail.snapshot is current and not current.is_set() and age < self._max_age_s
+
+    async def _read_all(self) -> None:
+        """Read up to the log's newest id for every tail: one read, shared by all askers."""
+        if self._sync is None:
+            self._sync = _Sync()
+            self._queue.append(self._sync)
+            self._kick()
+        # Shielded: the stream that asked may leave; the others still wait.
+        await asyncio.shield(self._sync.done)
 
     async def _catch_up(
         self, user_id: str, job_id: str | None, position: int
     ) -> tuple[list[FeedEvent], int]:
         self.reads += 1
         rows = await self._pool.fetch(_CATCH_UP, user_id, position, self._page, job_id)
-        events = [_event(row) for row in rows if row["id"] is not None]
+        events = [
+            _event(row["id"], row["job_id"], row["type"], row["payload"])
+            for row in rows
+            if row["id"] is not None
+        ]
         if len(events) == self._page:
             return events, events[-1].id
         # Not a full page: everything of the stream's up to the log's newest id is here.
         return events, max(position, int(rows[0]["top"]))
+
+    # -- the projection's side ---------------------------------------------------------
+
+    def expect(self, token: str, rows: Sequence[LogRow]) -> None:
+        """This process is about to commit `rows` (in id order) under `token`: kept until
+        the commit's note names their ids, so that no stream here reads them back."""
+        if self._notes is None or self._notes.epoch is None or not self._tails:
+            return
+        self._expected[token] = list(rows)
+        while len(self._expected) > _EXPECTED_MAX:
+            self._expected.popitem(last=False)
+
+    def forget(self, token: str) -> None:
+        """The commit `expect`ed under `token` did not happen."""
+        self._expected.pop(token, None)
+
+    def committed(self, token: str, users: Sequence[str]) -> None:
+        """The commit `expect`ed under `token` happened. With a note source its note wakes
+        the streams (once the rows are in); without one, wake the users here."""
+        if self._notes is not None and self._notes.epoch is not None:
+            return
+        self._expected.pop(token, None)
+        for user in users:
+            self._signal.notify(user)
+
+    # -- notes and reads, one at a time -------------------------------------------------
+
+    def _on_note(self, note: CommitNote) -> None:
+        self._queue.append(note)
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name="event-feed")
+
+    async def _work(self) -> None:
+        while self._queue:
+            item = self._queue.popleft()
+            if isinstance(item, _Sync):
+                if self._sync is item:
+                    self._sync = None  # from now on, askers need a read that starts later
+                try:
+                    await self._read(None)
+                except asyncio.CancelledError:
+                    item.done.cancel()
+                    raise
+                except Exception as exc:
+                    log.warning("event=event_feed_read_failed error=%r", exc)
+                    self._epoch = None  # unsure of what was missed: read again next time
+                    item.done.set_exception(exc)
+                else:
+                    item.done.set_result(None)
+                continue
+            try:
+                await self._apply(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event=event_feed_read_failed error=%r", exc)
+                self._epoch = None
+                self._wake(item.users)
+
+    async def _apply(self, note: CommitNote) -> None:
+        pending = self._take_expected(note.token)
+        if not note.ranged:
+            # Ids unknown (a writer of an older version): the next ask reads.
+            self._epoch = None
+            self._wake(note.users)
+            return
+        assert note.prev is not None and note.lo is not None and note.hi is not None
+        top = self._top
+        if top is None or not self._tails:
+            self._wake(note.users)  # nothing kept yet: the streams' next ask reads
+            return
+        if note.hi <= top:
+            return
+        if note.prev == top:
+            current = {id(tail) for tail in self._tails.values()}
+            if pending is not None and len(pending) == note.hi - note.lo + 1:
+                self.pushed += len(pending)
+                self._advance(note.hi, list(enumerate(pending, note.lo)), current, note.users)
+                return
+            if note.users is not None and not any(u in self._tails for u in note.users):
+                self._advance(note.hi, [], current, note.users)
+                return
+        # Another process's rows, or a gap: one read, for the notes queued behind too.
+        hi = note.hi
+        while self._queue and isinstance(ahead := self._queue[0], CommitNote) and ahead.ranged:
+            self._queue.popleft()
+            self._take_expected(ahead.token)
+            assert ahead.hi is not None
+            hi = max(hi, ahead.hi)
+        await self._read(hi)
+
+    def _take_expected(self, token: str | None) -> list[LogRow] | None:
+        if token is None or token not in self._expected:
+            return None
+        # Notes come in commit order: this process's commits before this one are done.
+        while True:
+            key, value = self._expected.popitem(last=False)
+            if key == token:
+                return value
+
+    async def _read(self, upto: int | None) -> None:
+        """Read (top, upto] (or up to the newest id) for every user with a tail."""
+        generation = self._generation
+        users = list(self._tails)
+        known = {id(tail) for tail in self._tails.values()}
+        for user, tail in self._tails.items():
+            tail.snapshot = self._signal.listen(user)  # before the read: see `_fresh`
+        epoch = None if self._notes is None else self._notes.epoch
+        started = time.monotonic()
+        self.reads += 1
+        since = -1 if self._top is None else self._top
+        fetched = await self._pool.fetch(
+            _READ, since, upto, users if since >= 0 else [], self._page
+        )
+        if generation != self._generation:
+            return  # every stream left meanwhile: notes may have been missed since
+        rows = [
+            (int(r["id"]), LogRow(r["job_id"], r["user_id"], r["type"], r["payload"]))
+            for r in fetched
+            if r["id"] is not None
+        ]
+        reached = int(fetched[0]["top"]) if upto is None else max(upto, since)
+        if len(rows) == self._page:
+            # Too far behind to keep: every tail starts afresh; streams read for themselves.
+            rows, known = [], set()
+        self._epoch, self._read_at = epoch, started
+        self._advance(reached, rows, known, None)
+
+    def _advance(
+        self,
+        top: int,
+        rows: list[tuple[int, LogRow]],
+        known: set[int],
+        users: tuple[str, ...] | None,
+    ) -> None:
+        """The log is known up to `top`: each tail that was current before and is in
+        `known` (the tails the rows were gathered for) takes its rows; any other starts
+        again, empty, at `top` (its streams read what lies below for themselves)."""
+        before = self._top
+        current = {
+            user
+            for user, tail in self._tails.items()
+            if before is not None and tail.top == before and id(tail) in known
+        }
+        woken: set[str] = set(users or ())
+        added: dict[str, int] = {}
+        for event_id, row in rows:
+            if row.user_id in current:
+                tail = self._tails[row.user_id]
+                tail.events.append(_event(event_id, row.job_id, row.type, row.payload))
+                added[row.user_id] = added.get(row.user_id, 0) + 1
+        for user, tail in self._tails.items():
+            if user in current:
+                # Kept: the new events (every stream of the user is about to take them)
+                # and a few before; a stream further behind reads for itself.
+                while len(tail.events) > max(self._keep, added.get(user, 0)):
+                    tail.floor = tail.events.popleft().id
+            else:
+                tail.events.clear()
+                tail.floor = top
+                woken.add(user)
+            tail.top = top
+        self._top = top
+        self._wake(tuple(woken | added.keys()))
+
+    def _wake(self, users: tuple[str, ...] | None) -> None:
+        if users is None:
+            for user in list(self._tails):
+                self._signal.notify(user)
+            return
+        for user in users:
+            self._signal.notify(user)
+
+    async def aclose(self) -> None:
+        """Stop the worker (the app's lifespan, at shutdown)."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        for item in self._queue:
+            if isinstance(item, _Sync):
+                item.done.cancel()
+        self._queue.clear()

@@ -1,20 +1,25 @@
 """Wake-ups for event streams when the projection commits new events, on every replica.
 
 A stream reads the event log, then waits on its user's signal before reading again.
-The projection calls `announce` inside its transaction: PostgreSQL delivers a NOTIFY only
-when the transaction commits, so a woken stream always finds the new rows. Each gateway
-process holds ONE listening connection (`PgEventSignal`) and fans notifications out in
-memory to its streams (`LocalEventSignal`); the streams' periodic re-read is only a
-safety net for a lost listening connection.
+Each projection commit sends one NOTIFY (a `CommitNote`: the log ids it appended, the
+newest id committed before them, the users they belong to); PostgreSQL delivers it only
+when the transaction commits, and delivers notifications in commit order. Each gateway
+process holds ONE listening connection (`PgEventSignal`): the notes go to its event feed
+(eventfeed.py), which takes the rows in and then wakes the users' streams (or, without a
+feed listening, straight to the streams: `LocalEventSignal`). The streams' periodic
+re-read is only a safety net for a lost listening connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
 import asyncpg
 
@@ -22,6 +27,78 @@ log = logging.getLogger(__name__)
 
 # NOTIFY is scoped to one database: every gateway replica on it shares this channel.
 CHANNEL = "gateway_events"
+
+
+# A note names at most this many bytes of user ids (NOTIFY payloads stop at 8000 bytes);
+# a commit for more users says "any user" instead.
+NOTE_USERS_MAX_BYTES = 6000
+
+
+@dataclass(frozen=True, slots=True)
+class CommitNote:
+    """What one projection commit appended to the event log.
+
+    The rows have ids `lo`..`hi` (taken under the log lock, so in commit order) and
+    `prev` is the newest id committed before them: a reader that knows the log up to
+    `prev` knows it up to `hi` with these rows. Ids can have gaps (a rolled-back append
+    still uses up its ids), which is why the chain is `prev`, not `lo - 1`.
+    """
+
+    users: tuple[str, ...] | None
+    """The owners of the rows; None: unknown (any user)."""
+    prev: int | None = None
+    lo: int | None = None
+    hi: int | None = None
+    token: str | None = None
+    """Names the commit for the process that made it (its rows are in its memory)."""
+
+    @property
+    def ranged(self) -> bool:
+        """Whether the note says which ids it covers (a bare user id does not)."""
+        return self.prev is not None and self.lo is not None and self.hi is not None
+
+
+def note_header(token: str, users: list[str]) -> str:
+    """The part of a commit's note known before commit (JSON); SQL adds prev/lo/hi."""
+    named: list[str] | None = users
+    if len(json.dumps(users)) > NOTE_USERS_MAX_BYTES:
+        named = None
+    return json.dumps({"t": token, "u": named}, separators=(",", ":"))
+
+
+def parse_note(payload: str) -> CommitNote:
+    """A notification's payload: a commit note, or a bare user id (an older writer)."""
+    if payload.startswith("{"):
+        try:
+            data = json.loads(payload)
+            users = data.get("u")
+            return CommitNote(
+                users=None if users is None else tuple(str(u) for u in users),
+                prev=int(data["prev"]),
+                lo=int(data["lo"]),
+                hi=int(data["hi"]),
+                token=str(data["t"]) if data.get("t") is not None else None,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("event=unreadable_commit_note payload=%.200r", payload)
+            return CommitNote(users=None)
+    return CommitNote(users=(payload,))
+
+
+@runtime_checkable
+class CommitNotes(Protocol):
+    """A source of every commit's note, in commit order, while `epoch` is not None."""
+
+    @property
+    def epoch(self) -> int | None:
+        """Changes at every (re)connect; None while notes may be missed (not listening)."""
+        ...
+
+    def subscribe(self, callback: Callable[[CommitNote], None]) -> None:
+        """Hand every note to `callback` (which then wakes the streams itself)."""
+        ...
+
+    def unsubscribe(self, callback: Callable[[CommitNote], None]) -> None: ...
 
 
 class EventSignal(Protocol):
@@ -64,15 +141,6 @@ class LocalEventSignal:
         return len(self._events)
 
 
-async def announce(conn: asyncpg.Connection, user_id: str) -> None:
-    """Inside the committing transaction: wake `user_id`'s streams on every replica.
-
-    PostgreSQL sends it at commit (never for a rollback) and folds duplicates within one
-    transaction, so calling it once per appended event costs nothing extra.
-    """
-    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, user_id)
-
-
 class PgEventSignal:
     """LISTENs on one connection per process and wakes this process's streams.
 
@@ -95,6 +163,7 @@ class PgEventSignal:
         self._check_s = check_s
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._subscribers: list[Callable[[CommitNote], None]] = []
         self.notifications = 0
         self.connects = 0
 
@@ -107,6 +176,17 @@ class PgEventSignal:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def epoch(self) -> int | None:
+        return self.connects if self.connected else None
+
+    def subscribe(self, callback: Callable[[CommitNote], None]) -> None:
+        self._subscribers.append(callback)
+
+    def unsubscribe(self, callback: Callable[[CommitNote], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(callback)
 
     async def wait_connected(self, timeout: float) -> bool:
         """True once the LISTEN is in place (within `timeout` seconds)."""
@@ -135,8 +215,17 @@ class PgEventSignal:
 
     def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         self.notifications += 1
-        if isinstance(payload, str) and payload:
-            self._local.notify(payload)
+        if not isinstance(payload, str) or not payload:
+            return
+        note = parse_note(payload)
+        if self._subscribers:
+            for callback in list(self._subscribers):
+                callback(note)  # the feed wakes the streams once it has the rows
+        elif note.users is None:
+            self._local.notify_all()
+        else:
+            for user in note.users:
+                self._local.notify(user)
 
     async def _run(self) -> None:
         while True:

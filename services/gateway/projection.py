@@ -3,12 +3,15 @@
 A batch of events (what the consumer loop handed over together; one event is a batch of
 one) is applied in one transaction, in order: an event already in the log is a redelivery
 and changes nothing; every other one gets its job's next `seq`, is folded into its job and
-image rows, and is appended to the log once, with its final payload. Streams are woken
-only after the commit, once per owner.
+image rows, and is appended to the log once, with its final payload. The commit sends one
+NOTIFY naming the log ids it appended, the id committed before them and the owners
+(notify.py, `CommitNote`); this process's event feed is handed the rows before the commit,
+so its streams get them from memory once the note names their ids, and other replicas
+read only what they did not write.
 
 Round trips per batch: BEGIN with the log lock (one simple query), one or two statements
 per event (its job's next seq, which also says whether the job has a webhook, and its
-fold), then the log rows, the NOTIFYs and COMMIT in one simple query. Duplicates are rare
+fold), then the log rows, the NOTIFY and COMMIT in one simple query. Duplicates are rare
 (redeliveries): a batch is applied without checking for them first, and one that holds a
 duplicate fails on the log's unique event_id, rolls back whole, and is applied again with
 the check.
@@ -17,7 +20,9 @@ the check.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import secrets
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -28,8 +33,9 @@ from imagegen.db import sql_literal, transient_as_retryable
 from imagegen.kafka import Record, decode, handling
 from schemas.events import EVENT_ADAPTER, Event, GenerationQueued, ImageStored, JobStatus
 from schemas.requests import JobKind
+from services.gateway.eventfeed import EventFeed, LogRow
 from services.gateway.folding import fold_image, fold_job
-from services.gateway.notify import CHANNEL, EventSignal
+from services.gateway.notify import CHANNEL, EventSignal, note_header
 from services.gateway.webhooks import store as webhook_store
 from services.gateway.webhooks.dispatcher import WebhookDispatcher
 
@@ -57,48 +63,59 @@ class _Job:
 
 class Projection:
     def __init__(
-        self, pool: asyncpg.Pool, signal: EventSignal, webhooks: WebhookDispatcher | None = None
+        self,
+        pool: asyncpg.Pool,
+        signal: EventSignal,
+        webhooks: WebhookDispatcher | None = None,
+        feed: EventFeed | None = None,
     ) -> None:
         self._pool = pool
         self._signal = signal
         self._webhooks = webhooks
+        self._feed = feed
+        # Names this process's commits in their notes (see EventFeed.expect).
+        self._tokens = (f"{secrets.token_hex(4)}.{n}" for n in itertools.count())
 
     async def handle(self, record: Record) -> None:
         """The consumer loop's handler for the events topic (one record, in its own span)."""
         event = decode(record, EVENT_ADAPTER)
         async with transient_as_retryable():
-            owners = await self.apply_all([event])
-        for owner in owners:
-            self._signal.notify(owner)
+            await self.apply_all([event])
 
     async def handle_batch(self, records: Sequence[Record]) -> None:
         """The consumer loop's batch handler: all of `records` in one transaction, each in
         its own trace's span."""
         events = [decode(record, EVENT_ADAPTER) for record in records]
         async with transient_as_retryable():
-            owners = await self.apply_all(events, records)
-        for owner in owners:
-            self._signal.notify(owner)
+            await self.apply_all(events, records)
 
     async def apply(self, event: Event) -> str | None:
-        """Project one event; returns the user to wake, None for a duplicate or ownerless one."""
+        """Project one event; returns its owner, None for a duplicate or ownerless one."""
         owners = await self.apply_all([event])
         return owners[0] if owners else None
 
     async def apply_all(
         self, events: Sequence[Event], records: Sequence[Record] | None = None
     ) -> list[str]:
-        """Project `events` in order in one transaction; returns the users to wake.
-        `records`, when given, are the records they came from (for each one's trace)."""
+        """Project `events` in order in one transaction and wake their owners' streams;
+        returns the owners. `records`, when given, are the records they came from (for
+        each one's trace)."""
+        token = next(self._tokens)
         async with self._pool.acquire() as conn:
             try:
-                owners, hooks = await self._apply(conn, events, records, optimistic=True)
+                owners, hooks = await self._apply(conn, events, records, token, optimistic=True)
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != "events_event_id_key":
                     raise
                 # An event already in the log (a redelivery): everything was rolled back;
                 # again, with the duplicate check first.
-                owners, hooks = await self._apply(conn, events, records, optimistic=False)
+                token = next(self._tokens)
+                owners, hooks = await self._apply(conn, events, records, token, optimistic=False)
+        if self._feed is not None:
+            self._feed.committed(token, list(owners))
+        else:
+            for owner in owners:
+                self._signal.notify(owner)
         if hooks and self._webhooks is not None:
             self._webhooks.wake()
         return list(owners)
@@ -108,6 +125,7 @@ class Projection:
         conn: asyncpg.Connection,
         events: Sequence[Event],
         records: Sequence[Record] | None,
+        token: str,
         *,
         optimistic: bool,
     ) -> tuple[dict[str, None], list[str]]:
@@ -138,9 +156,13 @@ class Projection:
                 with handling(records[at]) if records else nullcontext():
                     await _fold(conn, event, rows, owners, hooks)
             # Ids are taken in order, under the lock: they become visible in order. The
-            # NOTIFYs are sent at commit: they wake streams on every replica.
-            await conn.execute(_closing(rows, owners))
+            # NOTIFY is sent at commit: it wakes streams on every replica.
+            if self._feed is not None and rows:
+                self._feed.expect(token, [LogRow(r[1], r[2], r[3], r[5]) for r in rows])
+            await conn.execute(_closing(rows, owners, token))
         except BaseException:
+            if self._feed is not None:
+                self._feed.forget(token)
             if conn.is_in_transaction() and not conn.is_closed():
                 with contextlib.suppress(Exception):
                     await conn.execute("ROLLBACK")
@@ -208,21 +230,23 @@ async def _touch_job(conn: asyncpg.Connection, job_id: str, event: Event) -> _Jo
     )
 
 
-def _closing(rows: Sequence[_Row], owners: dict[str, None]) -> str:
-    """The log rows in order, a NOTIFY per owner and COMMIT, as one simple query."""
-    parts: list[str] = []
-    if rows:
-        values = ", ".join(
-            f"({', '.join(sql_literal(v) for v in row[:5])}, {sql_literal(row[5])}::jsonb)"
-            for row in rows
-        )
-        parts.append(
-            f"INSERT INTO events (event_id, job_id, user_id, type, seq, payload) VALUES {values}"
-        )
-    if owners:
-        notes = ", ".join(
-            f"pg_notify({sql_literal(CHANNEL)}, {sql_literal(owner)})" for owner in owners
-        )
-        parts.append(f"SELECT {notes}")
-    parts.append("COMMIT")
-    return "; ".join(parts)
+def _closing(rows: Sequence[_Row], owners: dict[str, None], token: str) -> str:
+    """The log rows in order, the commit's note and COMMIT, as one simple query.
+
+    The note's `prev` is the log's newest id before these rows: the statement's snapshot
+    does not see its own inserts, and every earlier append has committed (the lock).
+    """
+    if not rows:
+        return "COMMIT"
+    values = ", ".join(
+        f"({', '.join(sql_literal(v) for v in row[:5])}, {sql_literal(row[5])}::jsonb)"
+        for row in rows
+    )
+    header = sql_literal(note_header(token, list(owners)))
+    return (
+        "WITH logged AS (INSERT INTO events (event_id, job_id, user_id, type, seq, payload)"
+        f" VALUES {values} RETURNING id)"
+        f" SELECT pg_notify({sql_literal(CHANNEL)}, ({header}::jsonb || jsonb_build_object("
+        "'prev', (SELECT coalesce(max(id), 0) FROM events), 'lo', min(id), 'hi', max(id)"
+        "))::text) FROM logged; COMMIT"
+    )

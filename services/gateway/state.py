@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 
 import asyncpg
 
@@ -23,14 +22,11 @@ class GatewayState:
     blobs: BlobStore
     publisher: Publisher
     signal: EventSignal
+    feed: EventFeed
+    """The event log as the SSE streams read it (kept from the commits' notes)."""
     consumer_loop: ConsumerLoop
     consumer_task: asyncio.Task[None]
     cdn_signer: Callable[[str], str] | None = None
-
-    @cached_property
-    def feed(self) -> EventFeed:
-        """The event log as the SSE streams read it (one read per wake per user)."""
-        return EventFeed(self.pool, self.signal, max_age_s=self.settings.sse_poll_s)
 
     @property
     def consumer_running(self) -> bool:

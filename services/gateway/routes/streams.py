@@ -3,9 +3,11 @@
 Each message's id is the event's row id in the log (appended in id order, see the
 projection), so a client that reconnects with the last id it saw gets exactly what
 follows, in order, from any replica and after any restart. Streams wake on the
-projection's NOTIFY (see notify.py) and re-read the log every `sse_poll_s` as a safety
-net; they read it through the gateway's `EventFeed` (eventfeed.py): one query per wake for
-all of a user's streams, each event encoded once for all of them. A job's stream replays
+projection's NOTIFY (see notify.py); they read the log through the gateway's `EventFeed`
+(eventfeed.py), which keeps each user's newest events in memory from the commits' notes
+(this replica's own rows without a query, another replica's with one read shared by every
+stream) and re-reads every `sse_poll_s` only while it has no listening connection; each
+event is encoded once for all streams. A job's stream replays
 the job from its start (or resumes), adds `queue_status` messages while the job waits in
 its tier's queue, and ends after the job's closing
 `pack_completed`; the user-wide stream is live from the moment of connecting (or resumes
