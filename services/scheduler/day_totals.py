@@ -24,16 +24,17 @@ from services.scheduler.settings import SchedulerSettings
 MICRO = Decimal("0.000001")
 ALERT_THRESHOLDS = (80, 100)
 # The day's row, then the user's day row (locked in that order, as everywhere: the user's
-# update reads the day's, so it runs after it), by given deltas; the day's totals come back.
-TOTALS = (
+# update reads the day's, so it runs after it), by given deltas; the day's totals come back
+# (`TOTALS`; `TOTALS_CTES` for a statement that selects them with more).
+TOTALS_CTES = (
     "day_totals AS (UPDATE budget_days SET reserved_usd = reserved_usd + {reserved},"
     " spent_usd = spent_usd + {spent} WHERE day = {day}"
     " RETURNING budget_usd, reserved_usd, spent_usd, alerted),"
     " user_totals AS (UPDATE user_budget_days u SET reserved_usd = u.reserved_usd + {reserved},"
     " spent_usd = u.spent_usd + {spent} FROM day_totals"
     " WHERE u.day = {day} AND u.user_id = {user})"
-    " SELECT budget_usd, reserved_usd, spent_usd, alerted FROM day_totals"
 )
+TOTALS = TOTALS_CTES + " SELECT budget_usd, reserved_usd, spent_usd, alerted FROM day_totals"
 _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
 
 

@@ -14,11 +14,10 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
 
 import asyncpg
 
-from imagegen.db import transient_as_retryable
+from imagegen.db import sql_literal, transient_as_retryable
 from imagegen.errors import NotFoundError, PermanentError
 from imagegen.kafka import Publisher, Record, decode, handling
 from schemas.events import (
@@ -67,6 +66,7 @@ from services.scheduler.scenes import SceneFacts
 from services.scheduler.scenes_llm import SceneResolver, build_scene_resolver
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.ticker import Ticker
+from services.scheduler.transactions import begun
 
 log = logging.getLogger(__name__)
 MAX_VERSION = MAX_REGENERATIONS + 1
@@ -292,11 +292,7 @@ class Scheduler:
         self._track_health(event)
         before = staged()
         async with transient_as_retryable(), self._pool.acquire() as conn:
-            if _one_statement([event]):
-                await self._apply_event(conn, event)
-            else:
-                async with conn.transaction():
-                    await self._apply_event(conn, event)
+            await self._apply_alone(conn, event)
         self._wake_relay(before, [event])
 
     async def on_events(self, records: Sequence[Record]) -> None:
@@ -312,9 +308,9 @@ class Scheduler:
             self._track_health(event)  # counted once per event id, whatever happens next
         before = staged()
         async with transient_as_retryable(), self._pool.acquire() as conn:
-            if _one_statement([event for _, event in wanted]):
+            if len(wanted) == 1:
                 with handling(wanted[0][0]):
-                    await self._apply_event(conn, wanted[0][1])
+                    await self._apply_alone(conn, wanted[0][1])
             else:
                 async with conn.transaction():
                     for record, event in wanted:
@@ -341,6 +337,19 @@ class Scheduler:
             event, GenerationStarted | GenerationCompleted | ImageStored | GenerationFailed
         )
 
+    async def _apply_alone(self, conn: asyncpg.Connection, event: Event) -> None:
+        """`_apply_event` in a transaction of its own, in as few round trips as it allows:
+        a `generation_started` is one statement (atomic without BEGIN and COMMIT); a
+        `generation_completed` sends its first statement with BEGIN."""
+        if isinstance(event, GenerationStarted):
+            await self._apply_event(conn, event)
+        elif isinstance(event, GenerationCompleted):
+            async with begun(conn, self._completed_watch(event)):
+                await self._settle(conn, event)
+        else:
+            async with conn.transaction():
+                await self._apply_event(conn, event)
+
     async def _apply_event(self, conn: asyncpg.Connection, event: Event) -> None:
         assert event.job_id is not None
         if isinstance(event, GenerationStarted):
@@ -354,22 +363,9 @@ class Scheduler:
             )
         elif isinstance(event, GenerationCompleted):
             # Before the ledger's locks, as every path takes the image before the ledger.
-            await self._watch(
-                conn,
-                event.job_id,
-                event.data.image_index,
-                None,  # a completion names no attempt: the current one is meant
-                AWAITING_STORED,
-                self._settings.attempt_store_deadline_s,
-            )
-            await self.ledger.settle(
-                conn,
-                event.job_id,
-                event.data.image_index,
-                event.data.seed,
-                usd(event.data.cost_usd),
-                event.data.provider or event.data.backend,
-            )
+            if watch := self._completed_watch(event):
+                await conn.execute(watch)
+            await self._settle(conn, event)
         elif isinstance(event, ImageStored):
             await self._stored(conn, event)
         elif isinstance(event, GenerationFailed):
@@ -388,19 +384,31 @@ class Scheduler:
     ) -> None:
         """Give the dispatched image's attempt `deadline_s` to reach `awaiting`
         (`OverdueAttempts.fail` fails it after that); never back from awaiting storage."""
-        if deadline_s <= 0:
-            return
-        await conn.execute(
-            "UPDATE job_images SET due_at = now() + $5, awaiting = $4"
-            " WHERE job_id = $1 AND image_index = $2 AND status = 'dispatched'"
-            " AND ($3::integer IS NULL OR attempt = $3)"
-            " AND (awaiting IS DISTINCT FROM $6 OR $4 = $6)",
-            job_id,
-            index,
-            attempt,
-            awaiting,
-            timedelta(seconds=deadline_s),
+        statement = _watch_statement(job_id, index, attempt, awaiting, deadline_s)
+        if statement:
+            await conn.execute(statement)
+
+    def _completed_watch(self, event: GenerationCompleted) -> str:
+        """A completed image now waits for storage (a completion names no attempt: the
+        current one is meant)."""
+        assert event.job_id is not None
+        return _watch_statement(
+            event.job_id,
+            event.data.image_index,
+            None,
             AWAITING_STORED,
+            self._settings.attempt_store_deadline_s,
+        )
+
+    async def _settle(self, conn: asyncpg.Connection, event: GenerationCompleted) -> None:
+        assert event.job_id is not None
+        await self.ledger.settle(
+            conn,
+            event.job_id,
+            event.data.image_index,
+            event.data.seed,
+            usd(event.data.cost_usd),
+            event.data.provider or event.data.backend,
         )
 
     def _track_health(self, event: object) -> None:
@@ -483,7 +491,22 @@ class Scheduler:
         await self._retries.vary(conn, job, row, variation)
 
 
-def _one_statement(events: Sequence[Event]) -> bool:
-    """Whether handling `events` is a single statement, atomic without BEGIN and COMMIT:
-    one `generation_started` (it only moves its image's deadline, `_watch`)."""
-    return len(events) == 1 and isinstance(events[0], GenerationStarted)
+def _watch_statement(
+    job_id: str, index: int, attempt: int | None, awaiting: str, deadline_s: float
+) -> str:
+    """`Scheduler._watch`'s update as a simple query (literals: it may follow BEGIN in one
+    round trip); empty when no deadline is kept."""
+    if deadline_s <= 0:
+        return ""
+    return (
+        "UPDATE job_images SET due_at = now() + make_interval(secs =>"
+        f" {sql_literal(repr(float(deadline_s)))}::float8), awaiting = {sql_literal(awaiting)}"
+        f" WHERE job_id = {sql_literal(job_id)} AND image_index = {int(index)}"
+        " AND status = 'dispatched'"
+        + ("" if attempt is None else f" AND attempt = {int(attempt)}")
+        + (
+            ""
+            if awaiting == AWAITING_STORED
+            else f" AND awaiting IS DISTINCT FROM {sql_literal(AWAITING_STORED)}"
+        )
+    )

@@ -169,7 +169,8 @@ class JobBook:
             # A reason noted while it ran (an image refused for content policy) ends it.
             await self.end(conn, job["job_id"], final, counts["reason_code"], counts["reason"])
             return
-        await self._dispatcher.pump(conn, job)
+        if counts["waiting"]:  # nothing waits: no image can go now (no read of them all)
+            await self._dispatcher.pump(conn, job)
         if job["story_id"]:
             await self._dispatcher.pump_story(conn, job["story_id"], job["job_id"])
 
@@ -335,6 +336,7 @@ class JobBook:
             " count(*) FILTER (WHERE status IN ('dispatched', 'retry_wait')) AS in_flight,"
             " count(*) FILTER (WHERE status IN ('waiting', 'dispatched', 'retry_wait'))"
             "   AS pending,"
+            " count(*) FILTER (WHERE status = 'waiting') AS waiting,"
             " (SELECT reason_code FROM jobs j WHERE j.job_id = $1) AS reason_code,"
             " (SELECT reason FROM jobs j WHERE j.job_id = $1) AS reason"
             + extra

@@ -14,11 +14,42 @@ from decimal import Decimal
 import asyncpg
 
 from imagegen.metrics import instruments
-from services.scheduler.day_totals import TOTALS, DayTotals, Slot
+from services.scheduler.day_totals import TOTALS_CTES, DayTotals, Slot
 
 log = logging.getLogger(__name__)
 _GENERATION = (
     "job_id, image_index, variation, day, user_id, reserved_usd, actual_usd, provider, status"
+)
+# Which generation a settlement books (`$3` is the key): the latest unsettled variation of a
+# seed (any seed when NULL), or one given variation that is not settled yet.
+_UNSETTLED_OF_SEED = (
+    "status <> 'settled' AND ($3::bigint IS NULL OR seed = $3) ORDER BY variation DESC LIMIT 1"
+)
+_UNSETTLED_VARIATION = "status <> 'settled' AND variation = $3"
+# The pick locked first (then the day row, then the user's: the order every change takes),
+# its settlement, its entry and both day rows; the reservation it held and the day's totals
+# come back. Nothing when the pick finds nothing.
+_SETTLE = (
+    "WITH g AS MATERIALIZED (SELECT job_id, image_index, variation, day, user_id,"
+    " reserved_usd, coalesce(nullif($5::text, ''), provider) AS provider FROM generations"
+    " WHERE job_id = $1 AND image_index = $2 AND {pick} FOR UPDATE),"
+    " settled AS (UPDATE generations s SET status = 'settled', actual_usd = $4,"
+    " reserved_usd = 0, provider = g.provider, updated_at = now() FROM g"
+    " WHERE s.job_id = g.job_id AND s.image_index = g.image_index"
+    " AND s.variation = g.variation),"
+    " entry AS (INSERT INTO ledger_entries (day, user_id, job_id, image_index, variation,"
+    " entry, reserved_delta, spent_delta, provider) SELECT day, user_id, job_id, image_index,"
+    " variation, 'settle', -reserved_usd, $4, provider FROM g), "
+    + TOTALS_CTES.format(
+        day="(SELECT day FROM g)",
+        user="(SELECT user_id FROM g)",
+        reserved="(SELECT -reserved_usd FROM g)",
+        spent="$4",
+    )
+    .replace("{", "{{")
+    .replace("}", "}}")
+    + " SELECT g.day, g.reserved_usd AS held, g.provider, d.budget_usd, d.reserved_usd,"
+    " d.spent_usd, d.alerted FROM g LEFT JOIN day_totals d ON true"
 )
 
 
@@ -38,18 +69,9 @@ class Settlements:
         provider: str,
     ) -> bool:
         """Book an image's actual cost against its reservation; False if already booked."""
-        row = await conn.fetchrow(
-            f"SELECT {_GENERATION} FROM generations WHERE job_id = $1 AND image_index = $2"
-            " AND status <> 'settled' AND ($3::bigint IS NULL OR seed = $3)"
-            " ORDER BY variation DESC LIMIT 1 FOR UPDATE",
-            job_id,
-            image_index,
-            seed,
+        return await self._book(
+            conn, job_id, image_index, _UNSETTLED_OF_SEED, seed, actual, provider
         )
-        if row is None:
-            return False
-        await self._book(conn, row, actual, provider)
-        return True
 
     async def settle_stored(
         self,
@@ -80,8 +102,9 @@ class Settlements:
         if row is None:
             return False
         if row["status"] != "settled":
-            await self._book(conn, row, actual, provider)
-            return True
+            return await self._book(
+                conn, job_id, image_index, _UNSETTLED_VARIATION, row["variation"], actual, provider
+            )
         if row["actual_usd"] == actual:
             return False
         delta = actual - row["actual_usd"]
@@ -112,28 +135,25 @@ class Settlements:
         return True
 
     async def _book(
-        self, conn: asyncpg.Connection, row: asyncpg.Record, actual: Decimal, provider: str
-    ) -> None:
-        """Settle the (locked) generation `row` at `actual`."""
-        provider = provider or row["provider"]
-        released = -row["reserved_usd"]
-        # The generation, its entry and both day rows in one statement (see `TOTALS`).
-        day_row = await conn.fetchrow(
-            "WITH settled AS (UPDATE generations SET status = 'settled', actual_usd = $4,"
-            " reserved_usd = 0, provider = $5, updated_at = now()"
-            " WHERE job_id = $1 AND image_index = $2 AND variation = $3),"
-            " entry AS (INSERT INTO ledger_entries (day, user_id, job_id, image_index,"
-            " variation, entry, reserved_delta, spent_delta, provider)"
-            " VALUES ($6, $7, $1, $2, $3, 'settle', $8, $4, $5)), "
-            + TOTALS.format(day="$6", user="$7", reserved="$8", spent="$4"),
-            row["job_id"],
-            row["image_index"],
-            row["variation"],
-            actual,
-            provider,
-            row["day"],
-            row["user_id"],
-            released,
+        self,
+        conn: asyncpg.Connection,
+        job_id: str,
+        image_index: int,
+        pick: str,
+        key: int | None,
+        actual: Decimal,
+        provider: str,
+    ) -> bool:
+        """Settle the generation that `pick` (with `key` as `$3`) finds at `actual`: it is
+        locked, settled, its entry written and both day rows moved in one statement."""
+        row = await conn.fetchrow(
+            _SETTLE.format(pick=pick), job_id, image_index, key, actual, provider
         )
-        await self._totals.after(conn, row["day"], day_row, released + actual)
-        instruments().budget_consumed.add(float(actual), {"provider": provider})
+        if row is None:
+            return False
+        held: Decimal = row["held"]
+        # No day row (never so for a reservation made here): no totals to raise alerts on.
+        totals = row if row["budget_usd"] is not None else None
+        await self._totals.after(conn, row["day"], totals, actual - held)
+        instruments().budget_consumed.add(float(actual), {"provider": row["provider"]})
+        return True
