@@ -252,14 +252,17 @@ class EventFeed:
         return int(await self._pool.fetchval(_NEWEST))
 
     async def after(
-        self, user_id: str, job_id: str | None, position: int
+        self, user_id: str, job_id: str | None, position: int, *, exact: bool = False
     ) -> tuple[list[FeedEvent], int]:
         """The user's events (the job's, or all) with ids above `position`, in id order,
         and the new position: every such event up to it is in the answer. Call it after
         taking the signal's listen event, as a stream does, and an event announced
-        before that call is in the answer or below the position it starts from."""
+        before that call is in the answer or below the position it starts from.
+
+        `exact`: every event committed before the call is in the answer, announced or not
+        (a read of the log: the tail may not have a commit's note yet)."""
         tail = self._tails.get(user_id)
-        if tail is None:  # a caller that did not attach: no sharing, still exact
+        if tail is None or exact:  # no sharing, still exact
             return await self._catch_up(user_id, job_id, position)
         while True:
             if self._top is not None and tail.top == self._top and self._fresh(user_id, tail):

@@ -138,11 +138,12 @@ async def _follow(
             # Listen before reading: an event committed after the read still wakes us.
             woken = state.signal.listen(user_id)
             # Ask whether the job is over BEFORE reading: its closing event commits together
-            # with its status, so a job found over here has all its events in the read below.
+            # with its status, so a job found over here has all its events in the read below
+            # (an exact one: the feed may not have the commit's note yet).
             # A job's status changes with an event of its own, or with time (a cancelled
             # job's grace): so only on the first pass, after its own events, and at ticks.
             over = job_id is not None and check_over and await _job_is_over(state, user_id, job_id)
-            batch, position = await feed.after(user_id, job_id, position)
+            batch, position = await feed.after(user_id, job_id, position, exact=over)
             for event in batch:
                 if retry is not None:
                     yield event.with_retry(retry)  # said once per connection

@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import asyncpg
+import pytest
 
 from schemas.events import EventBase
 from services.gateway.migrations import SCHEMA
@@ -181,6 +182,33 @@ async def test_a_replica_whose_listener_was_lost_still_gets_what_it_missed(
             await _until(got, len(events))
             logged = await _logged(gateway_db_url, user, start)
             assert _seen(got) == logged
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await stream.aclose()
+
+
+async def test_a_job_found_over_ends_its_stream_with_every_event_even_before_the_note(
+    gateway_db_url: str, user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's stream asks the job's status, then reads: its closing event committed with
+    the status, so the read must be the log's, not a tail still waiting for the note."""
+    async with running_gateway(gateway_db_url, sse_ping_s=0.05) as gateway:
+        feed = gateway.state.feed
+        held: list[object] = []
+        monkeypatch.setattr(feed, "_on_note", held.append)  # the notes never arrive
+        job = await gateway.generate(user, 1)
+        got: list[SseMessage] = []
+        stream = follow(gateway.state, user, job, 0)
+        task = asyncio.create_task(_collect(stream, got))
+        try:
+            await asyncio.sleep(0.2)
+            events = ev.pack(job, user, 1)
+            await gateway.feed(*events)
+            await asyncio.wait_for(task, 10)  # the stream ends after pack_completed
+            sent = [m.event for m in got if m.event is not None]  # not the heartbeats
+            assert sent == [e.model_dump()["type"] for e in events]
+            assert held  # the notes were sent, and held back
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
