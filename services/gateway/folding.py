@@ -20,10 +20,12 @@ from schemas.events import (
     Event,
     GenerationFailed,
     GenerationQueued,
+    GenerationQueuedData,
     GenerationStarted,
     ImageDeleted,
     ImageReviewed,
     ImageStored,
+    ImageStoredData,
     JobCancelled,
     JobProgress,
     JobStatus,
@@ -82,10 +84,60 @@ def _money(value: float) -> Decimal:
     return Decimal(str(value))
 
 
-async def fold_job(
-    conn: asyncpg.Connection, job_id: str, user_id: str, status: JobStatus, event: Event
-) -> JobStatus:
-    """Apply a job's event to its rows; returns the job's new status."""
+@dataclass(frozen=True, slots=True)
+class FoldedJob:
+    """The job row after an event was folded into it."""
+
+    user_id: str
+    status: JobStatus
+    seq: int
+    """The event's per-job sequence number."""
+    hooked: bool
+    """Whether the job has a webhook (registered with the job, before any of its events)."""
+
+
+_STATUSES = [status.value for status in JobStatus]
+_STATUS_LIST = "ARRAY[" + ", ".join(f"'{status}'" for status in _STATUSES) + "]"
+
+# The job's next seq and the event's changes in one statement. The new status per current
+# status comes from `next_status` (as $2, one entry per JobStatus in declaration order);
+# $15 lists the current statuses at which this event ends the job. SET sees the old row.
+_FOLD_JOB = (
+    "UPDATE jobs SET last_seq = last_seq + 1, updated_at = now(),"
+    f" status = coalesce(($2::text[])[array_position({_STATUS_LIST}, status)], status),"
+    " total = CASE WHEN $3 THEN $4 ELSE GREATEST(total, $4) END,"
+    " completed = completed + $5, failed = failed + $6,"
+    " character_id = COALESCE(character_id, $7), story_id = COALESCE(story_id, $8),"
+    " running = CASE WHEN status = ANY($15::text[]) THEN 0 ELSE COALESCE($9, running) END,"
+    " phase = COALESCE($10, phase),"
+    " reason_code = COALESCE($11, reason_code), reason = COALESCE($12, reason),"
+    " cost_usd = CASE WHEN $13 THEN $14 ELSE cost_usd + $14 END,"
+    " finished_at = CASE WHEN status = ANY($15::text[]) THEN COALESCE(finished_at, now())"
+    "  ELSE finished_at END"
+    " WHERE id = $1 RETURNING user_id, status, last_seq,"
+    " EXISTS (SELECT 1 FROM webhooks w WHERE w.job_id = jobs.id) AS hooked"
+)
+
+
+def _ends(status: JobStatus, event: Event) -> bool:
+    """Whether the event, at this status, ends the job. A cancelled job's images in flight
+    still finish (and count) before its closing pack_completed: only that event ends it
+    (README, "Cancelling")."""
+    new_status = next_status(status, event)
+    return new_status.terminal and (
+        new_status is not JobStatus.CANCELLED or isinstance(event, PackCompleted)
+    )
+
+
+async def fold_job(conn: asyncpg.Connection, job_id: str, event: Event) -> FoldedJob | None:
+    """Apply a job's event to its rows and take the job's next seq; creates the job row
+    when the gateway has none (and the event names its owner). None: no owner known."""
+    owner = event.user_id
+    if owner is None:
+        owner = await conn.fetchval("SELECT user_id FROM jobs WHERE id = $1", job_id)
+        if owner is None:
+            log.warning("event=event_without_owner job_id=%s type=%s", job_id, event.type)
+            return None
     delta = _Delta()
     image_first, image_args = "", list[Any]()
     if isinstance(event, GenerationQueued):
@@ -94,7 +146,7 @@ async def fold_job(
         if queued.character_id.startswith(PROMPT_CHARACTER_PREFIX):
             delta.character_id = None  # a prompt-only job's stand-in, not a character
         delta.story_id = queued.story_id
-        await _queue_image(conn, job_id, user_id, event)
+        await _insert_image(conn, job_id, owner, queued, queued.tier)
     elif isinstance(event, GenerationStarted):
         # Sent with the job's update below: one statement.
         image_first = (
@@ -107,7 +159,7 @@ async def fold_job(
             ImageStatus.QUEUED.value,
         ]
     elif isinstance(event, ImageStored):
-        delta.completed = await _store_image(conn, job_id, user_id, event)
+        delta.completed = await _store_image(conn, job_id, owner, event)
         delta.cost = _money(event.data.cost_usd)
     elif isinstance(event, GenerationFailed) and event.data.final:
         delta.failed = await _fail_image(conn, job_id, event)
@@ -130,26 +182,9 @@ async def fold_job(
         delta.total, delta.exact_total = done.image_count, done.image_count > 0
         delta.reason_code, delta.reason = done.reason_code, done.reason
         delta.cost, delta.exact_cost = _money(done.cost_usd), done.cost_usd > 0
-    new_status = next_status(status, event)
-    # A cancelled job's images in flight still finish (and count) before its closing
-    # pack_completed: only that event ends it (README, "Cancelling").
-    ends = new_status.terminal and (
-        new_status is not JobStatus.CANCELLED or isinstance(event, PackCompleted)
-    )
-    if ends:
-        delta.running = 0
-    await conn.execute(
-        image_first + "UPDATE jobs SET status = $2,"
-        " total = CASE WHEN $3 THEN $4 ELSE GREATEST(total, $4) END,"
-        " completed = completed + $5, failed = failed + $6,"
-        " character_id = COALESCE(character_id, $7), story_id = COALESCE(story_id, $8),"
-        " running = COALESCE($9, running), phase = COALESCE($10, phase),"
-        " reason_code = COALESCE($11, reason_code), reason = COALESCE($12, reason),"
-        " cost_usd = CASE WHEN $13 THEN $14 ELSE cost_usd + $14 END,"
-        " finished_at = CASE WHEN $15 THEN COALESCE(finished_at, now()) ELSE finished_at END"
-        " WHERE id = $1",
+    args = (
         job_id,
-        new_status.value,
+        [next_status(status, event).value for status in JobStatus],
         delta.exact_total,
         delta.total,
         delta.completed,
@@ -162,13 +197,36 @@ async def fold_job(
         delta.reason,
         delta.exact_cost,
         delta.cost,
-        ends,
+        [status.value for status in JobStatus if _ends(status, event)],
         *image_args,
     )
-    if new_status.terminal and (isinstance(event, (PackCompleted, JobCancelled))):
+    row = await conn.fetchrow(image_first + _FOLD_JOB, *args)
+    if row is None:
+        # A job the gateway has no row for (its POST went elsewhere): created, then folded.
+        kind = JobKind.PACK.value
+        if isinstance(event, (ImageStored, GenerationQueued)):
+            kind = event.data.kind
+        await conn.execute(
+            "INSERT INTO jobs (id, user_id, kind, status) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (id) DO NOTHING",
+            job_id,
+            owner,
+            kind,
+            JobStatus.ACCEPTED.value,
+        )
+        row = await conn.fetchrow(image_first + _FOLD_JOB, *args)
+        assert row is not None
+    job = FoldedJob(
+        user_id=row["user_id"],
+        status=JobStatus(row["status"]),
+        seq=row["last_seq"],
+        hooked=row["hooked"],
+    )
+    if job.status.terminal and (isinstance(event, (PackCompleted, JobCancelled))):
         # Whatever was still pending will not come now; at a cancellation, only what had
         # not started (running images report their outcome before pack_completed).
-        ended = ImageStatus.CANCELLED if new_status is JobStatus.CANCELLED else ImageStatus.FAILED
+        cancelled = job.status is JobStatus.CANCELLED
+        ended = ImageStatus.CANCELLED if cancelled else ImageStatus.FAILED
         pending = [ImageStatus.QUEUED.value] if isinstance(event, JobCancelled) else None
         await conn.execute(
             "UPDATE images SET status = $2 WHERE job_id = $1 AND status = ANY($3::text[])",
@@ -176,7 +234,7 @@ async def fold_job(
             ended.value,
             pending or list(PENDING_STATUSES),
         )
-    return new_status
+    return job
 
 
 async def fold_image(conn: asyncpg.Connection, owner: str | None, event: Event) -> None:
@@ -213,14 +271,20 @@ async def _kind(conn: asyncpg.Connection, image_id: str, kind: str) -> str:
     return str(first) if first is not None else JobKind.PORTRAIT.value
 
 
-async def _queue_image(
-    conn: asyncpg.Connection, job_id: str, user_id: str, event: GenerationQueued
+async def _insert_image(
+    conn: asyncpg.Connection,
+    job_id: str,
+    user_id: str,
+    data: GenerationQueuedData | ImageStoredData,
+    tier: str | None,
 ) -> None:
-    data = event.data
+    """The image version's row, queued; a known one only gains its tier if it had none.
+    Its owner is the job's (the event's user where the gateway has no job row yet)."""
     await conn.execute(
         "INSERT INTO images (id, version, job_id, user_id, index, kind, status, character_id,"
         " story_id, page_number, parent_version, tier)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        " VALUES ($1, $2, $3, COALESCE((SELECT user_id FROM jobs WHERE id = $3), $4),"
+        " $5, $6, $7, $8, $9, $10, $11, $12)"
         " ON CONFLICT (id, version) DO UPDATE SET tier = EXCLUDED.tier"
         " WHERE images.tier IS NULL",
         data.image_id,
@@ -234,7 +298,7 @@ async def _queue_image(
         data.story_id,
         data.page_number,
         data.version - 1 if data.version > 1 else None,
-        data.tier,
+        tier,
     )
 
 
@@ -290,19 +354,7 @@ async def _store_image(
     # The status it had comes back with the update (NULL: no row yet, none updated).
     before = await conn.fetchval(_STORE_IMAGE, *stored)
     if before is None:
-        await conn.execute(
-            "INSERT INTO images (id, version, job_id, user_id, index, kind, status,"
-            " character_id, parent_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            data.image_id,
-            data.version,
-            job_id,
-            user_id,
-            data.image_index,
-            await _kind(conn, data.image_id, data.kind),
-            ImageStatus.QUEUED.value,
-            data.character_id,
-            data.version - 1 if data.version > 1 else None,
-        )
+        await _insert_image(conn, job_id, user_id, data, None)
         await conn.fetchval(_STORE_IMAGE, *stored)
     return 0 if before == ImageStatus.COMPLETED.value else 1
 

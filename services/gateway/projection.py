@@ -9,9 +9,10 @@ NOTIFY naming the log ids it appended, the id committed before them and the owne
 so its streams get them from memory once the note names their ids, and other replicas
 read only what they did not write.
 
-Round trips per batch: BEGIN with the log lock (one simple query), one or two statements
-per event (its job's next seq, which also says whether the job has a webhook, and its
-fold), then the log rows, the NOTIFY and COMMIT in one simple query. Duplicates are rare
+Round trips per batch: BEGIN with the log lock (one simple query), per event one statement
+for its job (its next seq, the fold, and whether the job has a webhook) and one for its
+image where it changes one (folding.py), then the log rows, the NOTIFY and COMMIT in one
+simple query. Duplicates are rare
 (redeliveries): a batch is applied without checking for them first, and one that holds a
 duplicate fails on the log's unique event_id, rolls back whole, and is applied again with
 the check.
@@ -25,14 +26,12 @@ import logging
 import secrets
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import asyncpg
 
 from imagegen.db import sql_literal, transient_as_retryable
 from imagegen.kafka import Record, decode, handling
-from schemas.events import EVENT_ADAPTER, Event, GenerationQueued, ImageStored, JobStatus
-from schemas.requests import JobKind
+from schemas.events import EVENT_ADAPTER, Event
 from services.gateway.eventfeed import EventFeed, LogRow
 from services.gateway.folding import fold_image, fold_job
 from services.gateway.notify import CHANNEL, EventSignal, note_header
@@ -45,20 +44,8 @@ log = logging.getLogger(__name__)
 # order: a stream that has read up to id N can never later miss an id below N.
 _EVENT_LOG_LOCK = 0x6761_7465_7761_79  # "gateway"
 
-
-_HOOKED = "EXISTS (SELECT 1 FROM webhooks w WHERE w.job_id = jobs.id) AS hooked"
-
 _Row = tuple[str, str | None, str | None, str, int | None, str]
 """An event's log row: event_id, job_id, user_id, type, seq, payload."""
-
-
-@dataclass
-class _Job:
-    user_id: str
-    status: JobStatus
-    seq: int
-    hooked: bool
-    """Whether the job has a webhook (registered with the job, before any of its events)."""
 
 
 class Projection:
@@ -180,10 +167,9 @@ async def _fold(
     """Fold one new event into its job and image rows; note its log row and its owner."""
     owner, seq, job = event.user_id, None, None
     if event.job_id is not None:
-        job = await _touch_job(conn, event.job_id, event)
+        job = await fold_job(conn, event.job_id, event)
         if job is not None:
             owner, seq = job.user_id, job.seq
-            await fold_job(conn, event.job_id, job.user_id, job.status, event)
     await fold_image(conn, owner, event)
     # The delivery commits with the projection (or neither does); sent later.
     if (
@@ -196,38 +182,6 @@ async def _fold(
     rows.append((event.id, event.job_id, owner, event.type, seq, payload.model_dump_json()))
     if owner is not None:
         owners[owner] = None
-
-
-async def _touch_job(conn: asyncpg.Connection, job_id: str, event: Event) -> _Job | None:
-    """Take the job's next seq, creating the row when the gateway has none for it."""
-    if event.user_id is None:
-        row = await conn.fetchrow(
-            "UPDATE jobs SET last_seq = last_seq + 1, updated_at = now() WHERE id = $1"
-            f" RETURNING user_id, status, last_seq, {_HOOKED}",
-            job_id,
-        )
-    else:
-        kind = JobKind.PACK.value
-        if isinstance(event, (ImageStored, GenerationQueued)):
-            kind = event.data.kind
-        row = await conn.fetchrow(
-            "INSERT INTO jobs (id, user_id, kind, status, last_seq) VALUES ($1, $2, $3, $4, 1)"
-            " ON CONFLICT (id) DO UPDATE SET last_seq = jobs.last_seq + 1, updated_at = now()"
-            f" RETURNING user_id, status, last_seq, {_HOOKED}",
-            job_id,
-            event.user_id,
-            kind,
-            JobStatus.ACCEPTED.value,
-        )
-    if row is None:
-        log.warning("event=event_without_owner job_id=%s type=%s", job_id, event.type)
-        return None
-    return _Job(
-        user_id=row["user_id"],
-        status=JobStatus(row["status"]),
-        seq=row["last_seq"],
-        hooked=row["hooked"],
-    )
 
 
 def _closing(rows: Sequence[_Row], owners: dict[str, None], token: str) -> str:

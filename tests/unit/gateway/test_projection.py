@@ -4,8 +4,8 @@ import uuid
 
 import pytest
 
-from schemas.events import JobStatus
-from services.gateway.folding import next_status
+from schemas.events import Event, JobStatus, PackCompleted
+from services.gateway.folding import fold_job, next_status
 from tests.unit.gateway import factories as ev
 from tests.unit.gateway.conftest import Gateway
 
@@ -137,3 +137,49 @@ async def test_a_batch_holding_a_logged_event_is_applied_again_without_it(
     async with gateway.state.pool.acquire() as conn:
         logged = await conn.fetch("SELECT seq FROM events WHERE job_id = $1 ORDER BY id", job)
     assert [r["seq"] for r in logged] == [1, 2, 3]
+
+
+async def test_the_one_statement_fold_moves_the_status_as_next_status_says(
+    gateway: Gateway, user: str
+) -> None:
+    """The job's seq and fold are one statement, the new status picked in SQL from
+    `next_status`'s answer for every status the job may have: checked for each of them."""
+    job = await gateway.generate(user, 2)
+    events: list[Event] = [
+        ev.queued(job, user, 0, 2),
+        ev.started(job, user, 0),
+        ev.stored(job, user, 0),
+        ev.failed(job, user, 1, final=True),
+        ev.cancelled(job, user),
+        ev.pack_completed(job, user, 2, 1, 1, JobStatus.PARTIALLY_COMPLETED),
+        ev.pack_completed(job, user, 2, 0, 0, JobStatus.CANCELLED),
+    ]
+    async with gateway.state.pool.acquire() as conn:
+        seq = await conn.fetchval("SELECT last_seq FROM jobs WHERE id = $1", job)
+        for status in JobStatus:
+            for event in events:
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    await conn.execute(
+                        "UPDATE jobs SET status = $2, running = 3, finished_at = NULL"
+                        " WHERE id = $1",
+                        job,
+                        status.value,
+                    )
+                    folded = await fold_job(conn, job, event)
+                    row = await conn.fetchrow(
+                        "SELECT status, running, finished_at IS NOT NULL AS finished"
+                        " FROM jobs WHERE id = $1",
+                        job,
+                    )
+                finally:
+                    await transaction.rollback()
+                expected = next_status(status, event)
+                ends = expected.terminal and (
+                    expected is not JobStatus.CANCELLED or isinstance(event, PackCompleted)
+                )
+                assert folded is not None and folded.status is expected, (status, event.type)
+                assert folded.seq == seq + 1 and folded.user_id == user
+                assert row["status"] == expected.value
+                assert row["finished"] is ends and (row["running"] == 0) is ends
