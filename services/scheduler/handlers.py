@@ -65,10 +65,18 @@ from services.scheduler.retries import Retries
 from services.scheduler.scenes import SceneFacts
 from services.scheduler.scenes_llm import SceneResolver, build_scene_resolver
 from services.scheduler.settings import SchedulerSettings
+from services.scheduler.settlements import STORED_COPY
 from services.scheduler.ticker import Ticker
 from services.scheduler.transactions import begun
 
 log = logging.getLogger(__name__)
+# The job, its image and the generation the stored copy settles (`STORED_COPY`), each locked
+# and whole (their row types), in the order every path takes them, in one read.
+_STORED_LOCKS = (
+    "SELECT (SELECT j FROM jobs j WHERE job_id = $1 FOR UPDATE) AS job,"
+    " (SELECT i FROM job_images i WHERE job_id = $1 AND image_index = $2 FOR UPDATE) AS image,"
+    " (" + STORED_COPY.format(job="$1", index="$2", seed="$3") + ") AS generation"
+)
 MAX_VERSION = MAX_REGENERATIONS + 1
 _OURS = (GenerateImages, GenerateScene, GenerateStory, RegenerateImage, CancelJob)
 """The requests the scheduler acts on; deletes and reviews belong to storage."""
@@ -439,26 +447,22 @@ class Scheduler:
     async def _stored(self, conn: asyncpg.Connection, event: ImageStored) -> None:
         assert event.job_id is not None
         data = event.data
+        locked = await conn.fetchrow(_STORED_LOCKS, event.job_id, data.image_index, data.seed)
+        job, row = locked["job"], locked["image"]
         # The cost is booked even when the job is gone (cancelled): the money was spent.
-        await self.ledger.settle_stored(
-            conn, event.job_id, data.image_index, data.seed, usd(data.cost_usd), data.provider
+        await self.ledger.settle_stored_copy(
+            conn, locked["generation"], usd(data.cost_usd), data.provider
         )
-        current = await self._current(conn, event.job_id, data.image_index)
-        if current is None:
+        if job is None or job["status"] not in ("running", CANCELLING):
+            return  # unknown or ended: late outcomes change nothing
+        if row is None or row["status"] != "dispatched":
             return
-        job, row = current
         keys = {r.name: r.key for r in data.renditions}
-        await conn.execute(
-            "UPDATE job_images SET status = 'stored', stored_keys = $3, updated_at = now()"
-            " WHERE job_id = $1 AND image_index = $2",
-            event.job_id,
-            data.image_index,
-            json.dumps(keys),
-        )
+        counts = await self._book.store(conn, event.job_id, data.image_index, json.dumps(keys))
         msg = GenerateImage.model_validate_json(row["message"])
         if msg.image.kind is JobKind.REFERENCE:
             await record_reference_set(conn, job["job_id"], msg.character)
-        await self._book.image_settled(conn, job, row["phase"])
+        await self._book.image_settled(conn, job, row["phase"], counts)
 
     async def _failed(self, conn: asyncpg.Connection, event: GenerationFailed) -> None:
         assert event.job_id is not None

@@ -128,11 +128,34 @@ class JobBook:
             plan.estimate,
         )
 
+    async def store(
+        self, conn: asyncpg.Connection, job_id: str, index: int, keys: str
+    ) -> asyncpg.Record:
+        """The job's dispatched image `index` (both rows locked) is stored under `keys`; the
+        job's counts after it come back (for `image_settled`) from the same statement."""
+        counts: asyncpg.Record = await conn.fetchrow(
+            "WITH stored AS (UPDATE job_images SET status = 'stored', stored_keys = $3,"
+            " updated_at = now() WHERE job_id = $1 AND image_index = $2) "
+            # The counts read the rows as they were before the update: the stored one is
+            # counted as it is now.
+            + _counts_query("CASE WHEN image_index = $2 THEN 'stored' ELSE status END"),
+            job_id,
+            index,
+            keys,
+        )
+        return counts
+
     async def image_settled(
-        self, conn: asyncpg.Connection, job: asyncpg.Record, phase: str
+        self,
+        conn: asyncpg.Connection,
+        job: asyncpg.Record,
+        phase: str,
+        counts: asyncpg.Record | None = None,
     ) -> None:
-        """After an image is stored or failed: progress, dependents, maybe the job's end."""
-        counts = await self._counts(conn, job["job_id"])
+        """After an image is stored or failed: progress, dependents, maybe the job's end
+        (`counts`: the job's counts when the caller has them already)."""
+        if counts is None:
+            counts = await self._counts(conn, job["job_id"])
         if job["status"] == CANCELLING:
             if counts["in_flight"] == 0:
                 await self.end(
@@ -330,17 +353,22 @@ class JobBook:
             if ending
             else ""
         )
-        row: asyncpg.Record = await conn.fetchrow(
-            "SELECT count(*) FILTER (WHERE status = 'stored') AS stored,"
-            " count(*) FILTER (WHERE status = 'failed') AS failed,"
-            " count(*) FILTER (WHERE status IN ('dispatched', 'retry_wait')) AS in_flight,"
-            " count(*) FILTER (WHERE status IN ('waiting', 'dispatched', 'retry_wait'))"
-            "   AS pending,"
-            " count(*) FILTER (WHERE status = 'waiting') AS waiting,"
-            " (SELECT reason_code FROM jobs j WHERE j.job_id = $1) AS reason_code,"
-            " (SELECT reason FROM jobs j WHERE j.job_id = $1) AS reason"
-            + extra
-            + " FROM job_images WHERE job_id = $1",
-            job_id,
-        )
+        row: asyncpg.Record = await conn.fetchrow(_counts_query("status", extra), job_id)
         return row
+
+
+def _counts_query(status: str, extra: str = "") -> str:
+    """`JobBook._counts`'s query over job `$1`'s images, with `status` the expression that
+    says each image's status."""
+    return (
+        f"SELECT count(*) FILTER (WHERE {status} = 'stored') AS stored,"
+        f" count(*) FILTER (WHERE {status} = 'failed') AS failed,"
+        f" count(*) FILTER (WHERE {status} IN ('dispatched', 'retry_wait')) AS in_flight,"
+        f" count(*) FILTER (WHERE {status} IN ('waiting', 'dispatched', 'retry_wait'))"
+        "   AS pending,"
+        f" count(*) FILTER (WHERE {status} = 'waiting') AS waiting,"
+        " (SELECT reason_code FROM jobs j WHERE j.job_id = $1) AS reason_code,"
+        " (SELECT reason FROM jobs j WHERE j.job_id = $1) AS reason"
+        + extra
+        + " FROM job_images WHERE job_id = $1"
+    )

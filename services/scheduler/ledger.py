@@ -50,6 +50,7 @@ class Ledger:
         self.release = reservations.release
         self.settle = settlements.settle
         self.settle_stored = settlements.settle_stored
+        self.settle_stored_copy = settlements.settle_stored_copy
 
     def today(self, now: datetime | None = None) -> date:
         return budget_day(now or datetime.now(UTC), self._settings.budget_timezone)

@@ -17,8 +17,11 @@ from imagegen.metrics import instruments
 from services.scheduler.day_totals import TOTALS_CTES, DayTotals, Slot
 
 log = logging.getLogger(__name__)
-_GENERATION = (
-    "job_id, image_index, variation, day, user_id, reserved_usd, actual_usd, provider, status"
+# The generation a stored copy of seed `{seed}` settles or restates, locked, as one value
+# (the `generations` row type).
+STORED_COPY = (
+    "SELECT g FROM generations g WHERE job_id = {job} AND image_index = {index}"
+    " AND seed = {seed} ORDER BY status = 'settled', variation DESC LIMIT 1 FOR UPDATE"
 )
 # Which generation a settlement books (`$3` is the key): the latest unsettled variation of a
 # seed (any seed when NULL), or one given variation that is not settled yet.
@@ -91,16 +94,25 @@ class Settlements:
         settlement at another cost is restated (entry `restate`, spent only).
 
         One read finds what `settle` would book (an unsettled generation of this seed, the
-        latest variation) or else the settled one to restate, and locks it."""
-        row = await conn.fetchrow(
-            f"SELECT {_GENERATION} FROM generations WHERE job_id = $1 AND image_index = $2"
-            " AND seed = $3 ORDER BY status = 'settled', variation DESC LIMIT 1 FOR UPDATE",
-            job_id,
-            image_index,
-            seed,
+        latest variation) or else the settled one to restate, and locks it (`STORED_COPY`,
+        which a caller may fold into a read of its own and hand to `settle_stored_copy`)."""
+        row = await conn.fetchval(
+            STORED_COPY.format(job="$1", index="$2", seed="$3"), job_id, image_index, seed
         )
+        return await self.settle_stored_copy(conn, row, actual, provider)
+
+    async def settle_stored_copy(
+        self,
+        conn: asyncpg.Connection,
+        row: asyncpg.Record | None,
+        actual: Decimal,
+        provider: str,
+    ) -> bool:
+        """`settle_stored` with the generation `STORED_COPY` found (and locked) given."""
         if row is None:
             return False
+        job_id: str = row["job_id"]
+        image_index: int = row["image_index"]
         if row["status"] != "settled":
             return await self._book(
                 conn, job_id, image_index, _UNSETTLED_VARIATION, row["variation"], actual, provider
