@@ -180,15 +180,16 @@ class ConsumerLoop:
         be committed (a prefix, as `_handle`'s)."""
         units: list[tuple[int, Deliveries]] = []
         done = await self._handle(records, units)
-        failed_at: int | None = None
-        failure: BaseException | None = None
-        for start, deliveries in units:  # all settled, so that no report is left unread
-            error = await deliveries.settle()
-            if error is None or start >= len(done):
-                continue  # delivered, or from a record given up on (not committed anyway)
+        # Every unit settled, so that no report is left unread.
+        settled = [(start, await deliveries.settle()) for start, deliveries in units]
+        for _, error in settled:
             if isinstance(error, FatalClientError):
                 raise error  # nothing of the batch is committed, as if a handler raised it
-            if failed_at is None or start < failed_at:
+        failed_at: int | None = None
+        failure: BaseException | None = None
+        for start, error in settled:
+            # Skipped: delivered, or from a record given up on (not committed anyway).
+            if error is not None and start < len(done) and (failed_at is None or start < failed_at):
                 failed_at, failure = start, error
         if failed_at is None:
             return done
