@@ -31,6 +31,7 @@ from services.scheduler.outbox import (
     STAGE_ROWS,
     columns,
     event_row,
+    pending,
     staged_row,
 )
 from services.scheduler.settings import SchedulerSettings
@@ -175,8 +176,9 @@ class Dispatcher:
             await staged_row(conn, self._topics.jobs(job.tier), img.job_id, job),
             await event_row(conn, self._topics.events, queued),
         ]
-        # The image's row and its two outbox rows (the job, then its queued event) in one
-        # statement.
+        # The image's row and its two outbox rows (the job, then its queued event), after any
+        # rows staged before them and not written yet, in one statement.
+        rows = [*pending(), *rows]
         await conn.execute(
             "WITH dispatched AS (UPDATE job_images SET status = 'dispatched', message = $7,"
             " attempt = $8, variation = $9, due_at = NULL, awaiting = NULL, updated_at = now()"

@@ -48,7 +48,7 @@ from services.scheduler.day_totals import usd
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.jobs import CANCELLING, JobBook
 from services.scheduler.ledger import Ledger
-from services.scheduler.outbox import SOURCE, OutboxRelay, remember_trace, staged
+from services.scheduler.outbox import SOURCE, OutboxRelay, remember_trace, staged, transaction
 from services.scheduler.overdue import AWAITING_COMPLETED, AWAITING_STORED, OverdueAttempts
 from services.scheduler.planning import (
     JobPlan,
@@ -67,7 +67,6 @@ from services.scheduler.scenes_llm import SceneResolver, build_scene_resolver
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.settlements import STORED_COPY
 from services.scheduler.ticker import Ticker
-from services.scheduler.transactions import begun
 
 log = logging.getLogger(__name__)
 # The job, its image and the generation the stored copy settles (`STORED_COPY`), each locked
@@ -134,7 +133,7 @@ class Scheduler:
             return  # deletes and reviews belong to storage
         readings = await self._read_scenes(request)
         before = staged()
-        async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
+        async with transient_as_retryable(), self._pool.acquire() as conn, transaction(conn):
             await self._apply_request(conn, request, readings)
         self._wake_relay(before)
 
@@ -149,7 +148,7 @@ class Scheduler:
             return
         readings = [await self._read_scenes(request) for _, request in ours]
         before = staged()
-        async with transient_as_retryable(), self._pool.acquire() as conn, conn.transaction():
+        async with transient_as_retryable(), self._pool.acquire() as conn, transaction(conn):
             for (record, request), read in zip(ours, readings, strict=True):
                 with handling(record):
                     await self._apply_request(conn, request, read)
@@ -320,7 +319,7 @@ class Scheduler:
                 with handling(wanted[0][0]):
                     await self._apply_alone(conn, wanted[0][1])
             else:
-                async with conn.transaction():
+                async with transaction(conn):
                     for record, event in wanted:
                         with handling(record):
                             await self._apply_event(conn, event)
@@ -352,10 +351,10 @@ class Scheduler:
         if isinstance(event, GenerationStarted):
             await self._apply_event(conn, event)
         elif isinstance(event, GenerationCompleted):
-            async with begun(conn, self._completed_watch(event)):
+            async with transaction(conn, self._completed_watch(event)):
                 await self._settle(conn, event)
         else:
-            async with conn.transaction():
+            async with transaction(conn):
                 await self._apply_event(conn, event)
 
     async def _apply_event(self, conn: asyncpg.Connection, event: Event) -> None:

@@ -7,6 +7,11 @@ lock), so per-job order holds across scheduler instances. The window for a dupli
 crash between the broker's acknowledgement and the delete commit; consumers drop those by
 their deterministic ids.
 
+In the handlers' transactions (`transaction`) a staged row costs no round trip of its own:
+it waits for the next statement that writes outbox rows (dispatch's, which writes the
+waiting ones first, so ids keep the order of staging) or else goes with COMMIT, as literals
+in one simple query. Elsewhere (the ticker) `stage` inserts at once.
+
 A relay pass costs three round trips: BEGIN; the lock and the batch in one statement; the
 delete and COMMIT in one simple query. The relay runs when a commit here staged something
 (`wake`); its timer is a safety net (rows left by a crashed instance), and a pass that
@@ -22,22 +27,26 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
 
 import asyncpg
 from pydantic import BaseModel
 
+from imagegen.db import sql_literal
 from imagegen.errors import RetryableError
 from imagegen.kafka import Publisher, encode
 from imagegen.telemetry import ENQUEUED_AT_HEADER, current_traceparent, same_trace
 from schemas.events import EventBase
 from schemas.jobs import GenerateImage
+from services.scheduler.transactions import begun
 
 log = logging.getLogger(__name__)
 SOURCE = "imagegen/scheduler"
 _RELAY_LOCK = "scheduler.outbox.relay"
 _STAGED: ContextVar[int] = ContextVar("scheduler_outbox_staged", default=0)
 _CONTENDED_RETRY_S = 0.05
+_HEX = "\\x"  # bytea's hex input format
 # The try-lock and the read share one statement, so one snapshot, taken just before the
 # lock: a relay that commits its delete in that instant leaves a duplicate of its batch
 # (consumers drop it by id, as after a crash), never a loss or a reordering of new rows.
@@ -51,6 +60,9 @@ _CLAIM = (
 # transaction that creates the job): read once per job, not once per staged message.
 _TRACES: OrderedDict[str, str | None] = OrderedDict()
 _TRACES_MAX = 10_000
+
+
+_PENDING: ContextVar[list[Staged] | None] = ContextVar("scheduler_outbox_pending", default=None)
 
 
 def staged() -> int:
@@ -84,10 +96,7 @@ async def stage(
     The row keeps the trace the message belongs to (its job's, see `job_trace`) and the
     time it was queued, so consumers continue that trace and measure the wait from here.
     """
-    row = await staged_row(conn, topic, key, value, traceparent=traceparent)
-    await conn.execute(
-        "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)", *row
-    )
+    await _write(conn, await staged_row(conn, topic, key, value, traceparent=traceparent))
 
 
 async def staged_row(
@@ -132,10 +141,57 @@ def columns(rows: list[Staged]) -> tuple[list[str], list[str | None], list[bytes
 
 async def stage_event(conn: asyncpg.Connection, topic: str, event: EventBase) -> None:
     """Stage an event keyed by its job id (or user id), stamped with this service's source."""
-    row = await event_row(conn, topic, event)
+    await _write(conn, await event_row(conn, topic, event))
+
+
+async def _write(conn: asyncpg.Connection, row: Staged) -> None:
+    """Insert `row` now, or, inside `transaction`, with the next statement that stages rows
+    (`pending`) or else with its COMMIT."""
+    pending = _PENDING.get()
+    if pending is not None:
+        pending.append(row)
+        return
     await conn.execute(
         "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)", *row
     )
+
+
+def pending() -> list[Staged]:
+    """The rows staged in this `transaction` and not written yet, taken: a statement that
+    writes outbox rows writes these first, so ids keep the order of staging."""
+    rows = _PENDING.get()
+    if not rows:
+        return []
+    taken = list(rows)
+    rows.clear()
+    return taken
+
+
+@contextlib.asynccontextmanager
+async def transaction(conn: asyncpg.Connection, first: str = "") -> AsyncIterator[None]:
+    """A transaction (`first`: its first statement, literals only, sent with BEGIN) whose
+    staged rows are written in order by the next statement that writes outbox rows, the
+    last of them with COMMIT in one round trip: staging costs no round trip of its own."""
+    rows: list[Staged] = []
+    token = _PENDING.set(rows)
+    try:
+        async with begun(conn, first):
+            yield
+            await conn.execute(_closing(rows))
+    finally:
+        _PENDING.reset(token)
+
+
+def _closing(rows: list[Staged]) -> str:
+    """The rows (as literals) and COMMIT, as one simple query."""
+    if not rows:
+        return "COMMIT"
+    values = ", ".join(
+        f"({sql_literal(topic)}, {sql_literal(key)}, {sql_literal(_HEX + value.hex())}::bytea,"
+        f" {sql_literal(headers)}::jsonb)"
+        for topic, key, value, headers in rows
+    )
+    return f"INSERT INTO outbox (topic, key, value, headers) VALUES {values}; COMMIT"
 
 
 async def remember_trace(conn: asyncpg.Connection, job_id: str) -> None:

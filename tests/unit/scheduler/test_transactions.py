@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from pydantic import BaseModel
 
 from imagegen.db import create_pool, migrate
+from imagegen.telemetry import ENQUEUED_AT_HEADER
 from services.scheduler.handlers import _watch_statement
 from services.scheduler.migrations import MIGRATIONS
+from services.scheduler.outbox import STAGE_ROWS, columns, pending, stage, staged_row, transaction
 from services.scheduler.overdue import AWAITING_COMPLETED, AWAITING_STORED
 from services.scheduler.transactions import begun
 
@@ -117,3 +121,62 @@ async def test_the_watch_never_goes_back_from_awaiting_storage(pool: asyncpg.Poo
         awaiting, left = await _deadline(conn)
         assert awaiting == AWAITING_STORED and left is not None and left > 50
     assert _watch_statement(ODD_JOB, 0, None, AWAITING_STORED, 0) == "", "no deadline kept"
+
+
+class Note(BaseModel):
+    text: str
+
+
+# Text that would end a literal spliced in raw: quotes, a dollar tag, a backslash, non-ASCII.
+ODD_TEXT = "it's $q0$ \\x00 \\ é ✓"
+
+
+async def outbox(conn: asyncpg.Connection) -> list[tuple[str, str | None, bytes, str]]:
+    rows = await conn.fetch("SELECT topic, key, value, headers::text FROM outbox ORDER BY id")
+    return [(r["topic"], r["key"], bytes(r["value"]), r["headers"]) for r in rows]
+
+
+async def test_staged_rows_are_written_in_staging_order_with_the_commit(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        async with transaction(conn, "INSERT INTO users VALUES ('a')"):
+            await stage(conn, "t", "k1", Note(text=ODD_TEXT), traceparent="")
+            # A statement that writes rows of its own writes the pending ones first.
+            rows = [*pending(), await staged_row(conn, "t", None, Note(text="2"), traceparent="")]
+            await conn.execute(STAGE_ROWS, *columns(rows))
+            await stage(conn, "t", "k3", Note(text="3"), traceparent="")
+            await stage(conn, "u", "k4", Note(text="4"), traceparent="")
+            async with pool.acquire() as other:
+                assert [r[1] for r in await outbox(other)] == [], "nothing visible before COMMIT"
+        assert not conn.is_in_transaction()
+        written = await outbox(conn)
+    assert [(topic, key) for topic, key, _, _ in written] == [
+        ("t", "k1"),
+        ("t", None),
+        ("t", "k3"),
+        ("u", "k4"),
+    ]
+    assert [Note.model_validate_json(value).text for _, _, value, _ in written] == [
+        ODD_TEXT,
+        "2",
+        "3",
+        "4",
+    ]
+    assert written[0][2] == Note(text=ODD_TEXT).model_dump_json().encode(), "bytes as staged"
+    assert all(ENQUEUED_AT_HEADER in json.loads(headers) for *_, headers in written)
+
+
+async def test_a_rolled_back_transaction_writes_none_of_its_staged_rows(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        with pytest.raises(RuntimeError):
+            async with transaction(conn):
+                await stage(conn, "t", "k", Note(text="lost"), traceparent="")
+                raise RuntimeError("handler failed")
+        assert await outbox(conn) == []
+        # Outside a transaction a row is written at once, as before.
+        await stage(conn, "t", "k", Note(text="now"), traceparent="")
+        assert len(await outbox(conn)) == 1
+        assert pending() == []
