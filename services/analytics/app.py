@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import faust
 from mode import CrashingSupervisor
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind
 
 from imagegen.kafka.membership import instance_id
-from imagegen.telemetry import consume_span
+from imagegen.telemetry import tracer
 from schemas.topics import registry
 from services.analytics.changelogs import app_id
 from services.analytics.journal import Entry, Journal
@@ -131,26 +135,49 @@ def create_app(settings: AnalyticsSettings) -> tuple[faust.App, Counter]:
     # past the event that broke it, which would lose that event's counts.
     @app.agent(source, name="count-events", supervisor_strategy=CrashingSupervisor)
     async def count_events(stream: faust.StreamT[bytes]) -> None:
-        # Records come in batches (what arrived within `analytics_batch_s`): one journal
+        # Records come in batches (what arrived within `analytics_batch_s`, 1 s): one journal
         # message per partition per batch instead of one per record. take_events acks a
         # batch's records only after this body, and faust flushes the changelog producer
         # before it commits their offsets.
         assert isinstance(stream, faust.Stream)  # take_events is not on StreamT
         batches = stream.take_events(settings.analytics_batch_records, settings.analytics_batch_s)
         async for events in batches:
-            try:
-                for event in events:
-                    # The event's trace (its producer's traceparent header) goes on here.
-                    message = event.message
-                    with consume_span("analytics count", _headers(message.headers)) as span:
+            with batch_span(events) as span:
+                outcomes: dict[str, int] = {}
+                try:
+                    for event in events:
+                        message = event.message
                         outcome = store.journal.count(
                             message.partition, message.offset, event.value, message.timestamp
                         )
-                        span.set_attribute("imagegen.analytics.outcome", outcome)
-            finally:
-                store.journal.flush()
+                        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                finally:
+                    store.journal.flush()
+                    for outcome, n in outcomes.items():
+                        span.set_attribute(f"imagegen.analytics.{outcome}", n)
 
     return app, store
+
+
+@contextmanager
+def batch_span(events: Sequence[faust.EventT[bytes]]) -> Iterator[Span]:
+    """One consumer span per batch, linked to each event's trace (its producer's
+    traceparent header), as OpenTelemetry's messaging conventions do for batches: a span
+    per event cost more CPU than counting the event."""
+    links = []
+    for event in events:
+        context = trace.get_current_span(
+            propagate.extract(_headers(event.message.headers))
+        ).get_span_context()
+        if context.is_valid:
+            links.append(trace.Link(context))
+    with tracer().start_as_current_span(
+        "analytics count",
+        kind=SpanKind.CONSUMER,
+        links=links,
+        attributes={"messaging.batch.message_count": len(events)},
+    ) as span:
+        yield span
 
 
 def _headers(raw: Any) -> dict[str, str]:

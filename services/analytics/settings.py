@@ -34,7 +34,7 @@ class AnalyticsSettings(ServiceSettings):
         default=1.0, gt=0, description="How often counted offsets (and tables) are committed."
     )
     analytics_batch_s: float = Field(
-        default=0.5,
+        default=1.0,
         gt=0,
         le=30,
         description="How long events are gathered before they are counted together and"
