@@ -38,7 +38,7 @@ from services.postprocess.consistency import (
     cast_of,
     character_scores,
 )
-from services.postprocess.outputs import write_renditions
+from services.postprocess.outputs import ask_final_exists, write_renditions
 from services.postprocess.quality import ImageStatsQualityScorer, Quality, QualityScorer
 from services.postprocess.renditions import (
     InvalidImageError,
@@ -103,6 +103,8 @@ class Postprocessor:
         except QualityCheckError as exc:
             await self._report_unusable(raw, exc)
             return
+        # Asked now: the HEAD request overlaps the rendering instead of following it.
+        final_exists = ask_final_exists(self._blobs, raw)
         with tracer().start_as_current_span("renditions"):
             rendered, quality = await asyncio.gather(
                 asyncio.to_thread(
@@ -128,7 +130,12 @@ class Postprocessor:
             elif assessment.not_scored_reason is not None:
                 _report_unscored(raw, assessment.not_scored_reason)
         renditions = await write_renditions(
-            self._blobs, raw, data, rendered, final=not self._held_back(raw, score)
+            self._blobs,
+            raw,
+            data,
+            rendered,
+            final=not self._held_back(raw, score),
+            final_exists=final_exists,
         )
         elapsed_ms = int((time.monotonic() - started) * 1000)
         processed = ProcessedImage(

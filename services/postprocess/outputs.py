@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable
 
 from imagegen.blobstore import BlobStore, put_staging
 from imagegen.object_layout import CACHE_CONTROL, rendition_key
@@ -40,6 +41,16 @@ async def _put_final(blobs: BlobStore, key: str, data: bytes, content_type: str)
     return BlobRef(key=key, size=len(data), sha256=digest, content_type=content_type)
 
 
+def ask_final_exists(blobs: BlobStore, raw: RawImage) -> asyncio.Future[bool]:
+    """Whether the image's final original is written already (a redelivery), asked in a task
+    of its own: started before rendering, its request overlaps the CPU work instead of
+    following it. Its error is read by whoever awaits it (a handler that failed first, or
+    staged the image, never does)."""
+    task = asyncio.ensure_future(blobs.exists(rendition_key(raw.image, "original", "png")))
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return task
+
+
 async def write_renditions(
     blobs: BlobStore,
     raw: RawImage,
@@ -47,12 +58,16 @@ async def write_renditions(
     rendered: list[RenderedImage],
     *,
     final: bool,
+    final_exists: Awaitable[bool] | None = None,
 ) -> list[Rendition]:
     """Write `rendered` (and the original, when final) and return the renditions' claim
-    checks, the original first. `final=False` stages them (the image is held back)."""
+    checks, the original first. `final=False` stages them (the image is held back).
+    `final_exists`: `ask_final_exists`'s answer, when the caller asked it beforehand."""
     image = raw.image
     original_key = rendition_key(image, "original", "png")
-    if final and await blobs.exists(original_key):
+    if final_exists is None:
+        final_exists = blobs.exists(original_key) if final else None
+    if final and final_exists is not None and await final_exists:
         log.info(
             "event=renditions_staged reason=final_exists image_id=%s version=%d",
             image.image_id,
