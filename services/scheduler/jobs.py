@@ -98,24 +98,23 @@ class JobBook:
         if refusal is not None:
             await self.end(conn, plan.job_id, JobStatus.FAILED, refusal.reason_code, refusal.reason)
             return
-        await conn.executemany(
+        # Every image in one statement (arrays by column; `depends_on` as array literals,
+        # since arrays of arrays must be rectangular).
+        await conn.execute(
             "INSERT INTO job_images (job_id, image_index, image_id, status, message, version,"
             " offers, depends_on, phase, story_id)"
-            " VALUES ($1, $2, $3, 'waiting', $4, $5, $6, $7, $8, $9)",
-            [
-                (
-                    plan.job_id,
-                    i.index,
-                    i.job.image.image_id,
-                    i.job.model_dump_json(),
-                    i.job.image.version,
-                    json.dumps([o.to_json() for o in i.chain]),
-                    list(i.depends_on),
-                    i.phase,
-                    i.job.image.story_id,
-                )
-                for i in plan.images
-            ],
+            " SELECT $1, i, id, 'waiting', m::jsonb, v, o::jsonb, d::integer[], p, s"
+            " FROM unnest($2::integer[], $3::text[], $4::text[], $5::integer[], $6::text[],"
+            " $7::text[], $8::text[], $9::text[]) AS r(i, id, m, v, o, d, p, s)",
+            plan.job_id,
+            [i.index for i in plan.images],
+            [i.job.image.image_id for i in plan.images],
+            [i.job.model_dump_json() for i in plan.images],
+            [i.job.image.version for i in plan.images],
+            [json.dumps([o.to_json() for o in i.chain]) for i in plan.images],
+            ["{" + ",".join(str(int(d)) for d in i.depends_on) + "}" for i in plan.images],
+            [i.phase for i in plan.images],
+            [i.job.image.story_id for i in plan.images],
         )
         await conn.execute("UPDATE jobs SET status = 'queued' WHERE job_id = $1", plan.job_id)
         instruments().jobs.add(1, {"status": "queued", "tier": plan.user_tier.value})
