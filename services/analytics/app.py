@@ -18,6 +18,7 @@ from imagegen.kafka.membership import instance_id
 from imagegen.telemetry import tracer
 from schemas.topics import registry
 from services.analytics.changelogs import app_id
+from services.analytics.fetching import FetchingApp
 from services.analytics.journal import Entry, Journal
 from services.analytics.memory import MemoryStore
 from services.analytics.settings import AnalyticsSettings
@@ -94,7 +95,7 @@ def events_partitions(settings: AnalyticsSettings) -> int:
 def create_app(settings: AnalyticsSettings) -> tuple[faust.App, Counter]:
     topics = settings.kafka.topics
     partitions = events_partitions(settings)
-    app = faust.App(
+    app = FetchingApp(
         app_id(settings.kafka.namespace),
         broker=f"kafka://{settings.kafka.bootstrap.replace(',', ';kafka://')}",
         store="memory://",
@@ -120,6 +121,7 @@ def create_app(settings: AnalyticsSettings) -> tuple[faust.App, Counter]:
         table_cleanup_interval=60.0,
         **_faust_config(settings),
     )
+    app.fetch_min_bytes = settings.analytics_fetch_min_bytes
     store = Counter(app, partitions)
 
     @store.table.on_recover

@@ -43,3 +43,9 @@ class AnalyticsSettings(ServiceSettings):
     analytics_batch_records: int = Field(
         default=1000, ge=1, description="The most events counted as one batch."
     )
+    analytics_fetch_min_bytes: int = Field(
+        default=64 * 1024,
+        ge=1,
+        description="The broker answers the consumer's fetch once this many bytes of events"
+        " are there, or after 1.5 s (faust's fetch wait): fewer, fuller fetches.",
+    )
