@@ -26,8 +26,9 @@ def app_id(namespace: str) -> str:
 
 
 def changelog_specs(settings: AnalyticsSettings, partitions: int) -> list[TopicSpec]:
-    """The journal's changelog: compacted (one message per record position, never
-    rewritten) and deleted after the retention, like the windows it rebuilds."""
+    """The journal's changelog: compacted (one message per batch of records of one
+    partition, keyed by its first record's position, never rewritten) and deleted after
+    the retention, like the windows it rebuilds."""
     prefix = app_id(settings.kafka.namespace)
     retention_ms = str(settings.analytics_retention_s * 1000)
     return [
@@ -36,7 +37,7 @@ def changelog_specs(settings: AnalyticsSettings, partitions: int) -> list[TopicS
             name=f"{prefix}-{JOURNAL}-changelog",
             partitions=partitions,
             configs={"cleanup.policy": "compact,delete", "retention.ms": retention_ms},
-            key="<partition>:<offset> of an events record",
+            key="<partition>:<offset> of the first events record of a batch",
             description="What each record of the events topic added to the analytics KPIs.",
         )
     ]
