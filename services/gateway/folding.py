@@ -146,7 +146,9 @@ async def fold_job(conn: asyncpg.Connection, job_id: str, event: Event) -> Folde
         if queued.character_id.startswith(PROMPT_CHARACTER_PREFIX):
             delta.character_id = None  # a prompt-only job's stand-in, not a character
         delta.story_id = queued.story_id
-        await _insert_image(conn, job_id, owner, queued, queued.tier)
+        # Sent with the job's update below: one statement.
+        image_first = f"WITH queued AS ({_image_insert(16)}) "
+        image_args = await _image_row(conn, job_id, owner, queued, queued.tier)
     elif isinstance(event, GenerationStarted):
         # Sent with the job's update below: one statement.
         image_first = (
@@ -271,22 +273,30 @@ async def _kind(conn: asyncpg.Connection, image_id: str, kind: str) -> str:
     return str(first) if first is not None else JobKind.PORTRAIT.value
 
 
-async def _insert_image(
+def _image_insert(first: int) -> str:
+    """The image version's row, queued (a known one only gains its tier if it had none),
+    with its parameters numbered from `first` (see `_image_row`). Its owner is the job's
+    (the event's user where the gateway has no job row yet)."""
+    n = [f"${first + i}" for i in range(12)]
+    return (
+        "INSERT INTO images (id, version, job_id, user_id, index, kind, status, character_id,"
+        " story_id, page_number, parent_version, tier)"
+        f" VALUES ({n[0]}, {n[1]}, {n[2]}, COALESCE((SELECT user_id FROM jobs WHERE id = {n[2]}),"
+        f" {n[3]}), {', '.join(n[4:])})"
+        " ON CONFLICT (id, version) DO UPDATE SET tier = EXCLUDED.tier"
+        " WHERE images.tier IS NULL"
+    )
+
+
+async def _image_row(
     conn: asyncpg.Connection,
     job_id: str,
     user_id: str,
     data: GenerationQueuedData | ImageStoredData,
     tier: str | None,
-) -> None:
-    """The image version's row, queued; a known one only gains its tier if it had none.
-    Its owner is the job's (the event's user where the gateway has no job row yet)."""
-    await conn.execute(
-        "INSERT INTO images (id, version, job_id, user_id, index, kind, status, character_id,"
-        " story_id, page_number, parent_version, tier)"
-        " VALUES ($1, $2, $3, COALESCE((SELECT user_id FROM jobs WHERE id = $3), $4),"
-        " $5, $6, $7, $8, $9, $10, $11, $12)"
-        " ON CONFLICT (id, version) DO UPDATE SET tier = EXCLUDED.tier"
-        " WHERE images.tier IS NULL",
+) -> list[Any]:
+    """The parameters of `_image_insert`."""
+    return [
         data.image_id,
         data.version,
         job_id,
@@ -299,7 +309,7 @@ async def _insert_image(
         data.page_number,
         data.version - 1 if data.version > 1 else None,
         tier,
-    )
+    ]
 
 
 _STORE_IMAGE = (
@@ -354,7 +364,7 @@ async def _store_image(
     # The status it had comes back with the update (NULL: no row yet, none updated).
     before = await conn.fetchval(_STORE_IMAGE, *stored)
     if before is None:
-        await _insert_image(conn, job_id, user_id, data, None)
+        await conn.execute(_image_insert(1), *await _image_row(conn, job_id, user_id, data, None))
         await conn.fetchval(_STORE_IMAGE, *stored)
     return 0 if before == ImageStatus.COMPLETED.value else 1
 

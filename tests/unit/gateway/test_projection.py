@@ -84,6 +84,14 @@ async def test_events_for_an_unknown_job_create_it(gateway: Gateway, user: str) 
     )
     body = await _job(gateway, user, job)
     assert (body["status"], body["total"], body["kind"]) == ("running", 2, "pack")
+    async with gateway.state.pool.acquire() as conn:
+        seqs = await conn.fetch("SELECT seq FROM events WHERE job_id = $1 ORDER BY id", job)
+        owners = await conn.fetch("SELECT user_id, status FROM images WHERE job_id = $1", job)
+    assert [r["seq"] for r in seqs] == [1, 2, 3]
+    assert sorted((r["user_id"], r["status"]) for r in owners) == [
+        (user, "generating"),
+        (user, "queued"),
+    ]
     # An event without a user for a job nobody owns is logged but shown to no one.
     await gateway.feed(ev.stored(str(uuid.uuid4()), None, 0))
 
