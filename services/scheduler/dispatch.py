@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 SETTLED = ("stored", "failed", "cancelled")
 IN_FLIGHT = ("dispatched", "retry_wait")
 _PREFERRED_RENDITIONS = ("display", "original", "print", "thumbnail")
+# What a handler knows of a job it holds (`lock_job`).
+_JOB_COLUMNS = "job_id, user_id, tier, kind, image_count, status, story_id, created_at"
 
 
 def best_key(stored_keys: Any) -> str | None:
@@ -87,8 +89,7 @@ class Dispatcher:
     ) -> asyncpg.Record | None:
         skip = " SKIP LOCKED" if skip_locked else ""
         row: asyncpg.Record | None = await conn.fetchrow(
-            "SELECT job_id, user_id, tier, kind, image_count, status, story_id, created_at"
-            f" FROM jobs WHERE job_id = $1 FOR UPDATE{skip}",
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = $1 FOR UPDATE{skip}",
             job_id,
         )
         return row
@@ -216,22 +217,20 @@ class Dispatcher:
         if free <= 0:
             return
         # SKIP LOCKED: a queued job another transaction holds is activated by it or the sweep.
-        queued = await conn.fetch(
-            "SELECT job_id FROM jobs WHERE user_id = $1 AND tier = $2 AND status = 'queued'"
-            " ORDER BY created_at, job_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+        # Taken, locked and set running in one statement; dispatched oldest first.
+        activated = await conn.fetch(
+            "UPDATE jobs j SET status = 'running', activated_at = now()"
+            " FROM (SELECT job_id FROM jobs WHERE user_id = $1 AND tier = $2"
+            " AND status = 'queued' ORDER BY created_at, job_id LIMIT $3"
+            " FOR UPDATE SKIP LOCKED) AS q WHERE j.job_id = q.job_id"
+            " RETURNING " + ", ".join(f"j.{c}" for c in _JOB_COLUMNS.split(", ")),
             user_id,
             tier,
             free,
         )
-        for row in queued:
-            await conn.execute(
-                "UPDATE jobs SET status = 'running', activated_at = now() WHERE job_id = $1",
-                row["job_id"],
-            )
-            job = await self.lock_job(conn, row["job_id"])
-            assert job is not None
+        for job in sorted(activated, key=lambda r: (r["created_at"], r["job_id"])):
             await self.pump(conn, job)
-            log.info("event=job_activated job_id=%s user_id=%s", row["job_id"], user_id)
+            log.info("event=job_activated job_id=%s user_id=%s", job["job_id"], user_id)
 
     async def pump_story(self, conn: asyncpg.Connection, story_id: str, but: str) -> None:
         """A place of the story freed: let its other running jobs use it."""

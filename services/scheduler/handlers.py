@@ -48,7 +48,7 @@ from services.scheduler.day_totals import usd
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.jobs import CANCELLING, JobBook
 from services.scheduler.ledger import Ledger
-from services.scheduler.outbox import SOURCE, OutboxRelay, remember_trace, staged, transaction
+from services.scheduler.outbox import SOURCE, OutboxRelay, staged, transaction
 from services.scheduler.overdue import AWAITING_COMPLETED, AWAITING_STORED, OverdueAttempts
 from services.scheduler.planning import (
     JobPlan,
@@ -190,7 +190,6 @@ class Scheduler:
             story_id=story_of(request),
         ):
             return  # a redelivery: the job was handled already
-        await remember_trace(conn, request.job_id)
         try:
             references = await load_reference_sets(conn, request.user_id, characters_of(request))
             plan = plan_request(
@@ -218,7 +217,6 @@ class Scheduler:
             request_json=request.model_dump_json(),
         ):
             return
-        await remember_trace(conn, request.job_id)
         rows = await conn.fetch(
             "SELECT i.message, i.version, i.status FROM job_images i JOIN jobs j USING (job_id)"
             " WHERE i.image_id = $1 AND j.user_id = $2 AND i.job_id <> $3"

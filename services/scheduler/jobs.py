@@ -32,7 +32,13 @@ from schemas.topics import TopicNames
 from services.scheduler.day_totals import Slot
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.ledger import Ledger
-from services.scheduler.outbox import SOURCE, stage, stage_event
+from services.scheduler.outbox import (
+    SOURCE,
+    new_job_trace,
+    remember_trace,
+    stage,
+    stage_event,
+)
 from services.scheduler.planning import JobPlan
 from services.scheduler.reservations import Hold
 
@@ -60,10 +66,12 @@ class JobBook:
         request_json: str,
         story_id: str | None = None,
     ) -> bool:
-        """Write the job row; False when it exists already (a redelivered request)."""
+        """Write the job row, with the trace it was created in; False when it exists already
+        (a redelivered request)."""
+        traceparent = new_job_trace()
         inserted = await conn.fetchval(
-            "INSERT INTO jobs (job_id, user_id, tier, kind, image_count, status, request, story_id)"
-            " VALUES ($1, $2, $3, $4, 0, 'accepted', $5, $6)"
+            "INSERT INTO jobs (job_id, user_id, tier, kind, image_count, status, request,"
+            " story_id, traceparent) VALUES ($1, $2, $3, $4, 0, 'accepted', $5, $6, $7)"
             " ON CONFLICT (job_id) DO NOTHING RETURNING true",
             job_id,
             user_id,
@@ -71,19 +79,21 @@ class JobBook:
             kind.value,
             request_json,
             story_id,
+            traceparent,
         )
+        if inserted:
+            remember_trace(job_id, traceparent)
         return bool(inserted)
 
     async def admit(self, conn: asyncpg.Connection, plan: JobPlan) -> None:
         """Reserve the plan's whole estimate (or end the job), store its images, take a slot."""
         day = self._ledger.today()
-        await conn.execute(
-            "UPDATE jobs SET image_count = $2, topic_tier = $3, budget_day = $4 WHERE job_id = $1",
-            plan.job_id,
-            len(plan.images),
-            plan.topic_tier.value,
-            day,
+        # What the job is, with its status (queued when admitted, else as it ends).
+        planned = (
+            "UPDATE jobs SET image_count = $2, topic_tier = $3, budget_day = $4{status}"
+            " WHERE job_id = $1"
         )
+        facts = (plan.job_id, len(plan.images), plan.topic_tier.value, day)
         holds = [
             Hold(
                 Slot(plan.job_id, i.index, 0),
@@ -96,6 +106,7 @@ class JobBook:
         ]
         refusal = await self._ledger.reserve(conn, day, plan.user_id, plan.user_tier, holds)
         if refusal is not None:
+            await conn.execute(planned.format(status=""), *facts)
             await self.end(conn, plan.job_id, JobStatus.FAILED, refusal.reason_code, refusal.reason)
             return
         # Every image in one statement (arrays by column; `depends_on` as array literals,
@@ -116,7 +127,7 @@ class JobBook:
             [i.phase for i in plan.images],
             [i.job.image.story_id for i in plan.images],
         )
-        await conn.execute("UPDATE jobs SET status = 'queued' WHERE job_id = $1", plan.job_id)
+        await conn.execute(planned.format(status=", status = 'queued'"), *facts)
         instruments().jobs.add(1, {"status": "queued", "tier": plan.user_tier.value})
         await self._dispatcher.activate_waiting(conn, plan.user_id, plan.user_tier.value)
         log.info(
@@ -285,14 +296,17 @@ class JobBook:
         reason: str | None = None,
     ) -> None:
         """The job's one terminal event; frees its slot for the user's next queued job."""
-        # The status it had comes back with the update (the row locked by the subquery).
+        # The status it had comes back with the update (the row locked by the subquery), and
+        # the counts its event reports (every caller holds the job's lock already, so they
+        # are read as of now).
         job = await conn.fetchrow(
-            "UPDATE jobs j SET status = $2, reason_code = $3, reason = $4,"
+            "WITH counts AS (" + _counts_query("status", _ENDING) + ")"
+            " UPDATE jobs j SET status = $2, reason_code = $3, reason = $4,"
             " finished_at = coalesce(j.finished_at, now())"
-            " FROM (SELECT job_id, status FROM jobs WHERE job_id = $1 FOR UPDATE) AS was"
-            " WHERE j.job_id = was.job_id"
+            " FROM (SELECT job_id, status FROM jobs WHERE job_id = $1 FOR UPDATE) AS was,"
+            " counts WHERE j.job_id = was.job_id"
             " RETURNING was.status AS was, j.user_id, j.tier, j.topic_tier, j.image_count,"
-            " j.created_at",
+            " j.created_at, counts.stored, counts.failed, counts.cost, counts.character_id",
             job_id,
             status.value,
             reason_code,
@@ -300,7 +314,7 @@ class JobBook:
         )
         was = job["was"]
         instruments().jobs.add(1, {"status": status.value, "tier": job["tier"]})
-        counts = await self._counts(conn, job_id, ending=True)
+        counts = job
         cost = counts["cost"]
         duration = datetime.now(UTC) - job["created_at"]
         character_id = counts["character_id"]
@@ -339,21 +353,20 @@ class JobBook:
         if was == "running":
             await self._dispatcher.activate_waiting(conn, job["user_id"], job["tier"])
 
-    async def _counts(
-        self, conn: asyncpg.Connection, job_id: str, *, ending: bool = False
-    ) -> asyncpg.Record:
-        """The job's images by state, with the reason noted on the job; `ending`: also its
-        actual cost and its first image's character (what its terminal event reports)."""
-        extra = (
-            ", (SELECT coalesce(sum(actual_usd), 0) FROM generations g"
-            "   WHERE g.job_id = $1) AS cost,"
-            " (SELECT message->'image'->>'character_id' FROM job_images f"
-            "   WHERE f.job_id = $1 ORDER BY image_index LIMIT 1) AS character_id"
-            if ending
-            else ""
-        )
-        row: asyncpg.Record = await conn.fetchrow(_counts_query("status", extra), job_id)
+    async def _counts(self, conn: asyncpg.Connection, job_id: str) -> asyncpg.Record:
+        """The job's images by state, with the reason noted on the job."""
+        row: asyncpg.Record = await conn.fetchrow(_counts_query("status"), job_id)
         return row
+
+
+# What a job's terminal event reports beside its counts: its actual cost and its first
+# image's character.
+_ENDING = (
+    ", (SELECT coalesce(sum(actual_usd), 0) FROM generations g"
+    "   WHERE g.job_id = $1) AS cost,"
+    " (SELECT message->'image'->>'character_id' FROM job_images f"
+    "   WHERE f.job_id = $1 ORDER BY image_index LIMIT 1) AS character_id"
+)
 
 
 def _counts_query(status: str, extra: str = "") -> str:

@@ -194,17 +194,13 @@ def _closing(rows: list[Staged]) -> str:
     return f"INSERT INTO outbox (topic, key, value, headers) VALUES {values}; COMMIT"
 
 
-async def remember_trace(conn: asyncpg.Connection, job_id: str) -> None:
-    """Keep the current trace (the request that created the job) with the job."""
-    traceparent = current_traceparent()
-    if traceparent:
-        await conn.execute(
-            "UPDATE jobs SET traceparent = $2 WHERE job_id = $1", job_id, traceparent
-        )
-    _remember(job_id, traceparent or None)
+def new_job_trace() -> str | None:
+    """The trace a job created now keeps with its row: the current one (its request's)."""
+    return current_traceparent() or None
 
 
-def _remember(job_id: str, traceparent: str | None) -> None:
+def remember_trace(job_id: str, traceparent: str | None) -> None:
+    """Cache the trace a job's row keeps (`new_job_trace`, written with the row)."""
     _TRACES[job_id] = traceparent
     _TRACES.move_to_end(job_id)
     while len(_TRACES) > _TRACES_MAX:
@@ -224,7 +220,7 @@ async def job_trace(conn: asyncpg.Connection, job_id: str | None) -> str | None:
     else:
         stored = await conn.fetchval("SELECT traceparent FROM jobs WHERE job_id = $1", job_id)
         if stored is not None:  # a job not created yet (or without a trace) is read again
-            _remember(job_id, stored)
+            remember_trace(job_id, stored)
     if stored is None or (current is not None and same_trace(current, stored)):
         return current
     return stored
