@@ -317,10 +317,12 @@ class Scheduler:
                 with handling(wanted[0][0]):
                     await self._apply_alone(conn, wanted[0][1])
             else:
-                async with transaction(conn):
-                    for record, event in wanted:
+                # The first event's first statement, if it has one of literals, goes with BEGIN.
+                lead = self._lead(wanted[0][1])
+                async with transaction(conn, lead):
+                    for at, (record, event) in enumerate(wanted):
                         with handling(record):
-                            await self._apply_event(conn, event)
+                            await self._apply_event(conn, event, lead_sent=at == 0)
         self._wake_relay(before, [event for _, event in wanted])
 
     def _wake_relay(self, staged_before: int, events: Sequence[Event] = ()) -> None:
@@ -344,77 +346,60 @@ class Scheduler:
 
     async def _apply_alone(self, conn: asyncpg.Connection, event: Event) -> None:
         """`_apply_event` in a transaction of its own, in as few round trips as it allows:
-        a `generation_started` is one statement (atomic without BEGIN and COMMIT); a
-        `generation_completed` sends its first statement with BEGIN."""
+        a `generation_started` is one statement (atomic without BEGIN and COMMIT); else the
+        event's first statement goes with BEGIN where it has one (`_lead`)."""
         if isinstance(event, GenerationStarted):
             await self._apply_event(conn, event)
-        elif isinstance(event, GenerationCompleted):
-            async with transaction(conn, self._completed_watch(event)):
-                await self._settle(conn, event)
         else:
-            async with transaction(conn):
-                await self._apply_event(conn, event)
+            async with transaction(conn, self._lead(event)):
+                await self._apply_event(conn, event, lead_sent=True)
 
-    async def _apply_event(self, conn: asyncpg.Connection, event: Event) -> None:
+    def _lead(self, event: Event) -> str:
+        """The first statement of `_apply_event` for `event` when it is one of literals, which
+        may travel with BEGIN (the deadline update of a start or a completion); else empty."""
         assert event.job_id is not None
         if isinstance(event, GenerationStarted):
-            await self._watch(
-                conn,
+            return _watch_statement(
                 event.job_id,
                 event.data.image_index,
                 event.data.attempt,
                 AWAITING_COMPLETED,
                 self._settings.attempt_run_deadline_s,
             )
-        elif isinstance(event, GenerationCompleted):
-            # Before the ledger's locks, as every path takes the image before the ledger.
-            if watch := self._completed_watch(event):
-                await conn.execute(watch)
-            await self._settle(conn, event)
+        if isinstance(event, GenerationCompleted):
+            # A completion names no attempt: the current one is meant.
+            return _watch_statement(
+                event.job_id,
+                event.data.image_index,
+                None,
+                AWAITING_STORED,
+                self._settings.attempt_store_deadline_s,
+            )
+        return ""
+
+    async def _apply_event(
+        self, conn: asyncpg.Connection, event: Event, *, lead_sent: bool = False
+    ) -> None:
+        """Apply one event (`lead_sent`: its `_lead` statement was sent already)."""
+        assert event.job_id is not None
+        if not lead_sent and (lead := self._lead(event)):
+            # For a completion, before the ledger's locks: every path takes the image first.
+            await conn.execute(lead)
+        if isinstance(event, GenerationCompleted):
+            await self.ledger.settle(
+                conn,
+                event.job_id,
+                event.data.image_index,
+                event.data.seed,
+                usd(event.data.cost_usd),
+                event.data.provider or event.data.backend,
+            )
         elif isinstance(event, ImageStored):
             await self._stored(conn, event)
         elif isinstance(event, GenerationFailed):
             await self._failed(conn, event)
         elif isinstance(event, ConsistencyFlagged) and not event.data.final:
             await self._flagged(conn, event)
-
-    async def _watch(
-        self,
-        conn: asyncpg.Connection,
-        job_id: str,
-        index: int,
-        attempt: int | None,
-        awaiting: str,
-        deadline_s: float,
-    ) -> None:
-        """Give the dispatched image's attempt `deadline_s` to reach `awaiting`
-        (`OverdueAttempts.fail` fails it after that); never back from awaiting storage."""
-        statement = _watch_statement(job_id, index, attempt, awaiting, deadline_s)
-        if statement:
-            await conn.execute(statement)
-
-    def _completed_watch(self, event: GenerationCompleted) -> str:
-        """A completed image now waits for storage (a completion names no attempt: the
-        current one is meant)."""
-        assert event.job_id is not None
-        return _watch_statement(
-            event.job_id,
-            event.data.image_index,
-            None,
-            AWAITING_STORED,
-            self._settings.attempt_store_deadline_s,
-        )
-
-    async def _settle(self, conn: asyncpg.Connection, event: GenerationCompleted) -> None:
-        assert event.job_id is not None
-        await self.ledger.settle(
-            conn,
-            event.job_id,
-            event.data.image_index,
-            event.data.seed,
-            usd(event.data.cost_usd),
-            event.data.provider or event.data.backend,
-        )
 
     def _track_health(self, event: object) -> None:
         """Attempt outcomes feed provider health (counted once per event id)."""
@@ -495,8 +480,10 @@ class Scheduler:
 def _watch_statement(
     job_id: str, index: int, attempt: int | None, awaiting: str, deadline_s: float
 ) -> str:
-    """`Scheduler._watch`'s update as a simple query (literals: it may follow BEGIN in one
-    round trip); empty when no deadline is kept."""
+    """Give the dispatched image's attempt `deadline_s` to reach `awaiting`
+    (`OverdueAttempts.fail` fails it after that), never back from awaiting storage: an
+    update as a simple query (literals: it may follow BEGIN in one round trip); empty when
+    no deadline is kept."""
     if deadline_s <= 0:
         return ""
     return (
