@@ -32,6 +32,10 @@ Send = Callable[[int, str, Entry], None]
 
 log = logging.getLogger(__name__)
 
+MESSAGE_RECORDS = 200
+"""The most records in one journal message: an entry is up to ~2 KB (a big pack's job
+state), and a message must stay well under the topic's 1 MiB `max.message.bytes`."""
+
 
 class _Recorder:
     """A `KpiStore` that reads the views and writes into one journal entry."""
@@ -138,9 +142,11 @@ class Journal:
         offsets may be committed (the agent does, before it takes the next batch)."""
         pending, self._pending = self._pending, {}
         for partition, batch in pending.items():
-            key, message = position(partition, batch[0][0]), {"r": batch}
-            self._messages()[key] = message
-            self._send(partition, key, message)
+            for start in range(0, len(batch), MESSAGE_RECORDS):
+                part = batch[start : start + MESSAGE_RECORDS]
+                key, message = position(partition, part[0][0]), {"r": part}
+                self._messages()[key] = message
+                self._send(partition, key, message)
 
     def status(self) -> dict[str, int]:
         return {

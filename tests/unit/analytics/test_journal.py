@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.analytics.journal import Entry, Journal, position, record, replay
+from services.analytics.journal import (
+    MESSAGE_RECORDS,
+    Entry,
+    Journal,
+    position,
+    record,
+    replay,
+)
 from services.analytics.memory import MemoryStore
 from services.analytics.pipeline import apply
 from tests.unit.analytics.events_factory import BASE, encoded, job_events
@@ -160,3 +167,26 @@ def test_messages_of_one_record_each_are_still_read() -> None:
     outcomes = _count(journal, records)
     assert outcomes[:6] == ["journalled"] * 6
     _same(journal.views, _direct(records))
+
+
+def test_a_big_batch_of_one_partition_is_split_into_messages_of_bounded_size() -> None:
+    records = [
+        (3, offset, raw)
+        for offset, raw in enumerate(
+            raw
+            for j in range(90)
+            for raw in encoded(job_events(f"j{j}", "carol", "standard", images=1))
+        )
+    ]
+    assert len(records) > 2 * MESSAGE_RECORDS
+    changelog = _Changelog()
+    local: dict[str, Any] = {}
+    journal = Journal(lambda: local, changelog.send)
+    _count(journal, records)
+    assert list(local) == [key for _, key, _ in changelog.sent]
+    keys = [key for _, key, _ in changelog.sent]
+    assert keys == [f"3:{o}" for o in range(0, len(records), MESSAGE_RECORDS)]
+    assert all(len(m["r"]) <= MESSAGE_RECORDS for _, _, m in changelog.sent)
+    restored = Journal(changelog.read_back, changelog.send)
+    restored.rebuild()
+    _same(restored.views, _direct(records))
