@@ -14,7 +14,7 @@ from decimal import Decimal
 import asyncpg
 
 from schemas.requests import UserTier
-from services.scheduler.day_totals import DayTotals, Refusal, Slot
+from services.scheduler.day_totals import TOTALS, DayTotals, Refusal, Slot
 from services.scheduler.settings import SchedulerSettings
 
 
@@ -48,28 +48,29 @@ class Reservations:
         amount = sum((h.amount for h in holds), Decimal(0))
         budget = self._settings.daily_budget_usd
         limit = self._settings.user_daily_limit(tier)
-        global_row = await conn.fetchrow(
-            "INSERT INTO budget_days (day, budget_usd) VALUES ($1, $2)"
+        # Both day rows created if need be and locked, the day's first (the user's upsert
+        # reads from the day's, so it runs after it), in one statement.
+        rows = await conn.fetchrow(
+            "WITH d AS (INSERT INTO budget_days (day, budget_usd) VALUES ($1, $2)"
             " ON CONFLICT (day) DO UPDATE SET budget_usd = EXCLUDED.budget_usd"
-            " RETURNING reserved_usd, spent_usd",
+            " RETURNING day, reserved_usd + spent_usd AS committed),"
+            " u AS (INSERT INTO user_budget_days (day, user_id) SELECT day, $3 FROM d"
+            " ON CONFLICT (day, user_id) DO UPDATE SET user_id = EXCLUDED.user_id"
+            " RETURNING reserved_usd + spent_usd AS committed)"
+            " SELECT d.committed AS global_committed, u.committed AS user_committed"
+            " FROM d, u",
             day,
             budget,
-        )
-        user_row = await conn.fetchrow(
-            "INSERT INTO user_budget_days (day, user_id) VALUES ($1, $2)"
-            " ON CONFLICT (day, user_id) DO UPDATE SET user_id = EXCLUDED.user_id"
-            " RETURNING reserved_usd, spent_usd",
-            day,
             user_id,
         )
-        committed = global_row["reserved_usd"] + global_row["spent_usd"]
+        committed = rows["global_committed"]
         if committed + amount > budget:
             return Refusal(
                 "budget_exceeded",
                 f"the daily budget of ${budget:.2f} for {day.isoformat()} is used up"
                 f" (${committed:.2f} committed; this job needs ${amount:.2f})",
             )
-        user_committed = user_row["reserved_usd"] + user_row["spent_usd"]
+        user_committed = rows["user_committed"]
         if user_committed + amount > limit:
             return Refusal(
                 "user_budget_exceeded",
@@ -77,8 +78,9 @@ class Reservations:
                 f" is used up (${user_committed:.2f} committed; this job needs ${amount:.2f})",
             )
         if holds:
-            # Every hold's generation and its entry, in hold order, in one statement.
-            await conn.execute(
+            # Every hold's generation and its entry, in hold order, and both day rows' totals
+            # (see `TOTALS`), in one statement.
+            totals = await conn.fetchrow(
                 "WITH h AS (SELECT * FROM unnest($3::text[], $4::int[], $5::int[],"
                 " $6::bigint[], $7::text[], $8::text[], $9::numeric[])"
                 " WITH ORDINALITY AS h(job_id, image_index, variation, seed, provider, model,"
@@ -86,11 +88,12 @@ class Reservations:
                 " g AS (INSERT INTO generations (job_id, image_index, variation, seed, day,"
                 " user_id, provider, model, estimated_usd, reserved_usd, status)"
                 " SELECT job_id, image_index, variation, seed, $1, $2, provider, model,"
-                " amount, amount, 'reserved' FROM h ORDER BY n)"
-                " INSERT INTO ledger_entries (day, user_id, job_id, image_index, variation,"
+                " amount, amount, 'reserved' FROM h ORDER BY n),"
+                " e AS (INSERT INTO ledger_entries (day, user_id, job_id, image_index, variation,"
                 " entry, reserved_delta, spent_delta, provider)"
                 " SELECT $1, $2, job_id, image_index, variation, 'reserve', amount, 0, provider"
-                " FROM h ORDER BY n",
+                " FROM h ORDER BY n), "
+                + TOTALS.format(day="$1", user="$2", reserved="$10::numeric", spent="0"),
                 day,
                 user_id,
                 [h.slot.job_id for h in holds],
@@ -100,8 +103,9 @@ class Reservations:
                 [h.provider for h in holds],
                 [h.model for h in holds],
                 [h.amount for h in holds],
+                amount,
             )
-        await self._totals.add(conn, day, user_id, amount, Decimal(0))
+            await self._totals.after(conn, day, totals, amount)
         return None
 
     async def adjust(
