@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -10,27 +9,15 @@ import asyncpg
 import pytest
 from pydantic import ValidationError
 
-from imagegen.db import create_pool, migrate
 from schemas.events import EVENT_ADAPTER, BudgetAlert
 from schemas.requests import UserTier
 from services.scheduler.day_totals import Slot, balance, budget_day, cost_by_provider
 from services.scheduler.ledger import Ledger
-from services.scheduler.migrations import MIGRATIONS
 from services.scheduler.reservations import Hold
 from services.scheduler.settings import SchedulerSettings
 
 DAY = date(2026, 3, 1)
 PAID = UserTier.PAID
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, "scheduler")
-    await migrate(pool, "scheduler", MIGRATIONS)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 def ledger(budget: str = "10", user_limit: str = "10") -> Ledger:

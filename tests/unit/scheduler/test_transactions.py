@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 from pydantic import BaseModel
 
-from imagegen.db import create_pool, migrate
 from imagegen.telemetry import ENQUEUED_AT_HEADER
 from services.scheduler.handlers import _watch_statement
-from services.scheduler.migrations import MIGRATIONS
 from services.scheduler.outbox import STAGE_ROWS, columns, pending, stage, staged_row, transaction
 from services.scheduler.overdue import AWAITING_COMPLETED, AWAITING_STORED
 from services.scheduler.transactions import begun
 
 # A job id that would end an ordinary or a dollar-quoted literal if it were spliced in raw.
 ODD_JOB = "o'neil $q0$ \\ end"
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, "scheduler")
-    await migrate(pool, "scheduler", MIGRATIONS)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def users(conn: asyncpg.Connection) -> list[str]:
