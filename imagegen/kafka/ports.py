@@ -34,7 +34,9 @@ it raises, none of its effects stay and the loop handles the records one by one 
 
 
 class Publisher(Protocol):
-    """Publishes messages; `publish` returns once the broker has the message durably."""
+    """Publishes messages; `publish` returns once the broker has the message durably (a
+    `DeferredPublisher` inside a consumer loop's handler: once it is queued, and the loop
+    waits for its delivery before committing)."""
 
     async def publish(
         self,

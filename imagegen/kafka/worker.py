@@ -6,7 +6,8 @@ have already arrived, never waiting for more. A batch is handled in delivery ord
 offsets are committed together, once, after its records were handled.
 
 Guarantees:
-- an offset is committed only after its handler returned, i.e. after its effects are durable;
+- an offset is committed only after its handler returned and the deliveries of what it
+  published were reported, i.e. after its effects are durable;
   a batch commits, per partition, its last handled record, and never a record after one
   that was not handled;
 - records are handled in delivery order, so each partition's (each key's) order holds;
