@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -173,3 +174,28 @@ def test_day_boundary_follows_the_configured_zone() -> None:
 def test_unknown_timezone_is_refused_naming_the_setting() -> None:
     with pytest.raises(ValidationError, match=r"budget_timezone|IMAGEGEN_BUDGET_TIMEZONE"):
         SchedulerSettings(budget_timezone="Mars/Olympus_Mons")
+
+
+async def test_two_settlements_of_one_image_at_once_book_it_once(pool: asyncpg.Pool) -> None:
+    """The settlement's one statement locks the generation and re-checks it: a second
+    settlement that waited for the first's lock finds it settled and books nothing."""
+    book = ledger()
+    async with pool.acquire() as conn, conn.transaction():
+        assert await book.reserve(conn, DAY, "u1", PAID, holds("j", "0.1")) is None
+    async with pool.acquire() as first, pool.acquire() as second:
+        await first.execute("BEGIN")
+        assert await book.settle(first, "j", 0, 100, Decimal("0.07"), "p")
+        waiting = asyncio.create_task(book.settle(second, "j", 0, 100, Decimal("0.09"), "p"))
+        second_pid = second.get_server_pid()
+        # The second settlement is blocked on the generation's lock before the first commits
+        # (asked on a third connection: a transaction keeps its first view of the activity).
+        while not await pool.fetchval(
+            "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", second_pid
+        ):
+            assert not waiting.done(), "the second settlement did not wait for the lock"
+            await asyncio.sleep(0.01)
+        await first.execute("COMMIT")
+        assert not await waiting, "booked twice"
+        b = await balance(first, DAY)
+    assert b["spent_usd"] == Decimal("0.07") == b["entries_spent"] == b["actual"]
+    assert b["reserved_usd"] == 0 == b["outstanding"]
