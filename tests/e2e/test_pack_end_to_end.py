@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import os
 import signal
@@ -68,7 +69,9 @@ def test_five_image_pack_completes_streams_progress_and_downloads(demo_stack: Ru
                 assert body.status_code == 200
                 with Image.open(io.BytesIO(body.content)) as pic:
                     assert pic.width > 0
-                    seen_pixels.add(pic.tobytes()[:4096]) if url == image["url"] else None
+                    if url == image["url"]:  # the whole picture: demo faces of one
+                        # character can share their first rows (background)
+                        seen_pixels.add(hashlib.sha256(pic.tobytes()).hexdigest())
             tampered = image["url"].replace("X-Amz-Signature=", "X-Amz-Signature=0")
             assert httpx.get(tampered, timeout=30).status_code == 403
         assert len(seen_pixels) == 5, "each image of the pack differs"
