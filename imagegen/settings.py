@@ -55,8 +55,9 @@ class KafkaSettings(BaseSettings):
             " about 3x the CPU of 2000 ms with 11 consumers); the price is that a partition"
             " newly assigned while a fetch is held waits for it to return. Tansu holds a"
             " fetch for up to about half the wait even when a message arrives, which makes"
-            " it most of each hop's latency (the local stack sets 100 ms on Tansu only: see"
-            " bench/broker_hop.py)."
+            " it most of each hop's latency (the local stack sets 100 ms on Tansu, see"
+            " bench/broker_hop.py, and 10 s on Apache Kafka, where every member is a static"
+            " one that takes its partitions back on restart: imagegen/stack/local.py)."
         ),
     )
 

@@ -35,6 +35,13 @@ BROKER_BUCKET = "tansu"
 TANSU_FETCH_WAIT_MS = 100
 """Consumers' `fetch.wait.max.ms` on Tansu: ~40 ms a hop (p50) for ~2% of a core per idle
 consumer; bench/broker_hop.py measures the trade-off."""
+KAFKA_CLIENT_TIMINGS = {
+    "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": "10000",
+    "IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS": "15000",
+}
+"""The local stack's consumers on Apache Kafka: an idle consumer fetches once per wait and
+heartbeats every third of its session, the two requests that make most of the broker's
+idle work; the production defaults (2 s, 6 s) are for groups of several replicas."""
 
 
 @dataclass(frozen=True)
@@ -76,13 +83,29 @@ def choose_broker(requested: str) -> tuple[str, str]:
     return "kafka", f"Apache Kafka {KAFKA_VERSION} (KRaft)"
 
 
-def _fetch_wait(kind: str) -> dict[str, str]:
-    """Apache Kafka answers a waiting fetch on arrival, so the default wait only bounds idle
-    polling; Tansu holds a fetch for up to about half the wait (500 ms cost ~100-230 ms a hop)."""
-    chosen = os.environ.get("IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS")
-    if chosen:
-        return {"IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": chosen}
-    return {"IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": str(TANSU_FETCH_WAIT_MS)} if kind == "tansu" else {}
+def _client_timings(kind: str) -> dict[str, str]:
+    """Consumers' fetch wait and session timeout, unless the caller's environment sets them.
+
+    Apache Kafka answers a waiting fetch as soon as a record arrives, so there a long wait
+    only spaces out an idle consumer's fetches; what it delays is a partition handed over
+    from another member of the group while a fetch is held (librdkafka has one fetch in
+    flight per broker: up to about twice the wait, measured). Here every member is a static
+    one (`<service>-0`) that takes its partitions back on restart without a handover, and
+    one process runs each service, so the stack waits 10 s; a handover is left only where
+    one process has several members of a group (the generator's tier consumers) while they
+    join at start-up. A 15 s session (heartbeats every 5 s) decides how long a dead member
+    that never returns keeps its partitions, which no other process would take. Tansu
+    holds a fetch for up to about half the wait even when a message arrives (500 ms cost
+    ~100-230 ms a hop), so it keeps 100 ms and the 6 s session its joins need.
+    """
+    chosen = {
+        key: value
+        for key in ("IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS", "IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS")
+        if (value := os.environ.get(key))
+    }
+    if kind == "tansu":
+        return {"IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": str(TANSU_FETCH_WAIT_MS), **chosen}
+    return {**KAFKA_CLIENT_TIMINGS, **chosen}
 
 
 def _broker_url(options: StackOptions) -> str:
@@ -235,7 +258,7 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
                 "IMAGEGEN_DATABASE_URL": database_url,
                 "IMAGEGEN_KAFKA_BOOTSTRAP": bootstrap,
                 "IMAGEGEN_KAFKA_NAMESPACE": options.namespace,
-                **_fetch_wait(kind),
+                **_client_timings(kind),
                 "IMAGEGEN_S3_ENDPOINT": s3.endpoint,
                 "IMAGEGEN_S3_BUCKET": IMAGE_BUCKET,
                 "IMAGEGEN_S3_REGION": s3.region,

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from imagegen.errors import ConfigurationError
+from imagegen.settings import KafkaSettings
 from imagegen.stack import StackError
-from imagegen.stack.local import choose_broker
+from imagegen.stack.local import _client_timings, choose_broker
 
 
 def _no_java(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -45,3 +46,31 @@ def test_tansu_is_taken_when_asked_for() -> None:
 def test_an_unknown_broker_is_named() -> None:
     with pytest.raises(ConfigurationError, match="'redpanda'"):
         choose_broker("redpanda")
+
+
+def test_the_stack_spaces_out_idle_requests_on_apache_kafka_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS", raising=False)
+    monkeypatch.delenv("IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS", raising=False)
+    assert _client_timings("kafka") == {
+        "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": "10000",
+        "IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS": "15000",
+    }
+    # Tansu holds a fetch for half the wait even when a message arrives: it keeps 100 ms,
+    # and the default 6 s session its joins need.
+    assert _client_timings("tansu") == {"IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": "100"}
+    for key, value in _client_timings("kafka").items():  # names the services read
+        monkeypatch.setenv(key, value)
+    settings = KafkaSettings()
+    assert (settings.fetch_wait_max_ms, settings.session_timeout_ms) == (10000, 15000)
+
+
+def test_the_callers_timings_win_on_either_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS", "500")
+    monkeypatch.setenv("IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS", "6000")
+    for kind in ("kafka", "tansu"):
+        assert _client_timings(kind) == {
+            "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": "500",
+            "IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        }
