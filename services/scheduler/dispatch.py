@@ -42,7 +42,7 @@ SETTLED = ("stored", "failed", "cancelled")
 IN_FLIGHT = ("dispatched", "retry_wait")
 _PREFERRED_RENDITIONS = ("display", "original", "print", "thumbnail")
 # What a handler knows of a job it holds (`lock_job`).
-_JOB_COLUMNS = "job_id, user_id, tier, kind, image_count, status, story_id, created_at"
+JOB_COLUMNS = "job_id, user_id, tier, kind, image_count, status, story_id, created_at"
 
 
 def best_key(stored_keys: Any) -> str | None:
@@ -89,7 +89,7 @@ class Dispatcher:
     ) -> asyncpg.Record | None:
         skip = " SKIP LOCKED" if skip_locked else ""
         row: asyncpg.Record | None = await conn.fetchrow(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = $1 FOR UPDATE{skip}",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1 FOR UPDATE{skip}",
             job_id,
         )
         return row
@@ -223,7 +223,7 @@ class Dispatcher:
             " FROM (SELECT job_id FROM jobs WHERE user_id = $1 AND tier = $2"
             " AND status = 'queued' ORDER BY created_at, job_id LIMIT $3"
             " FOR UPDATE SKIP LOCKED) AS q WHERE j.job_id = q.job_id"
-            " RETURNING " + ", ".join(f"j.{c}" for c in _JOB_COLUMNS.split(", ")),
+            " RETURNING " + ", ".join(f"j.{c}" for c in JOB_COLUMNS.split(", ")),
             user_id,
             tier,
             free,

@@ -46,7 +46,7 @@ from schemas.topics import TopicNames
 from services.scheduler.catalogue import Catalogue, offered
 from services.scheduler.day_totals import usd
 from services.scheduler.dispatch import Dispatcher
-from services.scheduler.jobs import CANCELLING, JobBook
+from services.scheduler.jobs import CANCELLING, JobBook, lock_statement
 from services.scheduler.ledger import Ledger
 from services.scheduler.outbox import SOURCE, OutboxRelay, staged, transaction
 from services.scheduler.overdue import AWAITING_COMPLETED, AWAITING_STORED, OverdueAttempts
@@ -65,17 +65,9 @@ from services.scheduler.retries import Retries
 from services.scheduler.scenes import SceneFacts
 from services.scheduler.scenes_llm import SceneResolver, build_scene_resolver
 from services.scheduler.settings import SchedulerSettings
-from services.scheduler.settlements import STORED_COPY
 from services.scheduler.ticker import Ticker
 
 log = logging.getLogger(__name__)
-# The job, its image and the generation the stored copy settles (`STORED_COPY`), each locked
-# and whole (their row types), in the order every path takes them, in one read.
-_STORED_LOCKS = (
-    "SELECT (SELECT j FROM jobs j WHERE job_id = $1 FOR UPDATE) AS job,"
-    " (SELECT i FROM job_images i WHERE job_id = $1 AND image_index = $2 FOR UPDATE) AS image,"
-    " (" + STORED_COPY.format(job="$1", index="$2", seed="$3") + ") AS generation"
-)
 MAX_VERSION = MAX_REGENERATIONS + 1
 _OURS = (GenerateImages, GenerateScene, GenerateStory, RegenerateImage, CancelJob)
 """The requests the scheduler acts on; deletes and reviews belong to storage."""
@@ -356,7 +348,8 @@ class Scheduler:
 
     def _lead(self, event: Event) -> str:
         """The first statement of `_apply_event` for `event` when it is one of literals, which
-        may travel with BEGIN (the deadline update of a start or a completion); else empty."""
+        may travel with BEGIN (the deadline update of a start or a completion, the job's lock
+        for a stored image); else empty."""
         assert event.job_id is not None
         if isinstance(event, GenerationStarted):
             return _watch_statement(
@@ -366,6 +359,8 @@ class Scheduler:
                 AWAITING_COMPLETED,
                 self._settings.attempt_run_deadline_s,
             )
+        if isinstance(event, ImageStored):
+            return lock_statement(event.job_id)
         if isinstance(event, GenerationCompleted):
             # A completion names no attempt: the current one is meant.
             return _watch_statement(
@@ -427,24 +422,27 @@ class Scheduler:
         return job, row
 
     async def _stored(self, conn: asyncpg.Connection, event: ImageStored) -> None:
+        """After `_lead` locked the job: store the image (`JobBook.store`), book its cost,
+        then progress, dependents or the job's end."""
         assert event.job_id is not None
         data = event.data
-        locked = await conn.fetchrow(_STORED_LOCKS, event.job_id, data.image_index, data.seed)
-        job, row = locked["job"], locked["image"]
+        cost = usd(data.cost_usd)
+        keys = json.dumps({r.name: r.key for r in data.renditions})
+        row = await self._book.store(conn, event.job_id, data.image_index, data.seed, keys)
         # The cost is booked even when the job is gone (cancelled): the money was spent.
-        await self.ledger.settle_stored_copy(
-            conn, locked["generation"], usd(data.cost_usd), data.provider
-        )
-        if job is None or job["status"] not in ("running", CANCELLING):
-            return  # unknown or ended: late outcomes change nothing
-        if row is None or row["status"] != "dispatched":
+        if row is None:
+            await self.ledger.settle_stored(
+                conn, event.job_id, data.image_index, data.seed, cost, data.provider
+            )
             return
-        keys = {r.name: r.key for r in data.renditions}
-        counts = await self._book.store(conn, event.job_id, data.image_index, json.dumps(keys))
+        await self.ledger.settle_stored_copy(conn, row["generation"], cost, data.provider)
+        if not row["stored_now"]:
+            return  # not dispatched (a redelivery), or the job ended: nothing more
         msg = GenerateImage.model_validate_json(row["message"])
         if msg.image.kind is JobKind.REFERENCE:
-            await record_reference_set(conn, job["job_id"], msg.character)
-        await self._book.image_settled(conn, job, row["phase"], counts)
+            await record_reference_set(conn, event.job_id, msg.character)
+        # The row holds the job's columns and its counts after the store.
+        await self._book.image_settled(conn, row, row["phase"], row)
 
     async def _failed(self, conn: asyncpg.Connection, event: GenerationFailed) -> None:
         assert event.job_id is not None

@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import asyncpg
 
+from imagegen.db import sql_literal
 from imagegen.metrics import instruments
 from imagegen.object_layout import image_prefix
 from schemas.events import (
@@ -30,7 +31,7 @@ from schemas.jobs import GenerateImage
 from schemas.requests import DiscardImage, JobKind, UserTier
 from schemas.topics import TopicNames
 from services.scheduler.day_totals import Slot
-from services.scheduler.dispatch import Dispatcher
+from services.scheduler.dispatch import JOB_COLUMNS, Dispatcher
 from services.scheduler.ledger import Ledger
 from services.scheduler.outbox import (
     SOURCE,
@@ -41,6 +42,7 @@ from services.scheduler.outbox import (
 )
 from services.scheduler.planning import JobPlan
 from services.scheduler.reservations import Hold
+from services.scheduler.settlements import STORED_COPY
 
 log = logging.getLogger(__name__)
 
@@ -139,21 +141,20 @@ class JobBook:
         )
 
     async def store(
-        self, conn: asyncpg.Connection, job_id: str, index: int, keys: str
-    ) -> asyncpg.Record:
-        """The job's dispatched image `index` (both rows locked) is stored under `keys`; the
-        job's counts after it come back (for `image_settled`) from the same statement."""
-        counts: asyncpg.Record = await conn.fetchrow(
-            "WITH stored AS (UPDATE job_images SET status = 'stored', stored_keys = $3,"
-            " updated_at = now() WHERE job_id = $1 AND image_index = $2) "
-            # The counts read the rows as they were before the update: the stored one is
-            # counted as it is now.
-            + _counts_query("CASE WHEN image_index = $2 THEN 'stored' ELSE status END"),
-            job_id,
-            index,
-            keys,
-        )
-        return counts
+        self, conn: asyncpg.Connection, job_id: str, index: int, seed: int, keys: str
+    ) -> asyncpg.Record | None:
+        """With the job's row locked already (`lock_statement`), in one statement: image
+        `index` and the generation its stored copy of `seed` settles (`STORED_COPY`) locked,
+        the image stored under `keys` if it is dispatched and the job running or
+        cancelling, and the job's counts after that. The row holds the job's columns (as
+        `Dispatcher.lock_job`), the image's `image_status`, `message` and `phase`, the
+        `generation` (its row type, or None), `stored_now`, and the counts (`_counts`); None
+        when there is no such job.
+
+        One snapshot serves: taken after the job's lock, it sees every status change of the
+        job's images (all are made under that lock), so the counts are exact."""
+        row: asyncpg.Record | None = await conn.fetchrow(_STORE, job_id, index, seed, keys)
+        return row
 
     async def image_settled(
         self,
@@ -359,6 +360,11 @@ class JobBook:
         return row
 
 
+def lock_statement(job_id: str) -> str:
+    """Lock the job's row, as a simple query (literals: it may travel with BEGIN)."""
+    return f"SELECT 1 FROM jobs WHERE job_id = {sql_literal(job_id)} FOR UPDATE"
+
+
 # What a job's terminal event reports beside its counts: its actual cost and its first
 # image's character.
 _ENDING = (
@@ -384,3 +390,22 @@ def _counts_query(status: str, extra: str = "") -> str:
         + extra
         + " FROM job_images WHERE job_id = $1"
     )
+
+
+# `JobBook.store`: the image locked first, then (in the select list) the generation; the
+# update re-checks the image's latest version; the counts see the stored image as stored.
+_STORE = (
+    "WITH i AS MATERIALIZED (SELECT status, message, phase FROM job_images"
+    " WHERE job_id = $1 AND image_index = $2 FOR UPDATE),"
+    f" j AS MATERIALIZED (SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1),"
+    " s AS (UPDATE job_images u SET status = 'stored', stored_keys = $4, updated_at = now()"
+    " FROM i, j WHERE u.job_id = $1 AND u.image_index = $2 AND u.status = 'dispatched'"
+    " AND j.status IN ('running', 'cancelling') RETURNING u.image_index)"
+    " SELECT j.*, i.status AS image_status, i.message, i.phase,"
+    " (" + STORED_COPY.format(job="$1", index="$2", seed="$3") + ") AS generation,"
+    " EXISTS (SELECT 1 FROM s) AS stored_now, c.* FROM j LEFT JOIN i ON true, ("
+    + _counts_query(
+        "CASE WHEN image_index = $2 AND EXISTS (SELECT 1 FROM s) THEN 'stored' ELSE status END"
+    )
+    + ") AS c"
+)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -67,3 +68,37 @@ async def test_a_batch_led_by_a_completion_commits_or_rolls_back_as_one(
         )
         assert await state(rig.pool, first) == (AWAITING_STORED, True, "settled")
         assert await state(rig.pool, second) == (AWAITING_COMPLETED, True, "reserved")
+
+
+async def ledger_of(pool: asyncpg.Pool, job: GenerateImage) -> tuple[Any, ...]:
+    """The image's generation cost, the job's status and end, its entries, and the day."""
+    row = await pool.fetchrow(
+        "SELECT g.actual_usd, j.status, j.finished_at,"
+        " (SELECT count(*) FROM ledger_entries e WHERE e.job_id = j.job_id) AS entries,"
+        " d.spent_usd, d.reserved_usd"
+        " FROM jobs j JOIN generations g USING (job_id) JOIN budget_days d ON d.day = g.day"
+        " WHERE j.job_id = $1",
+        job.image.job_id,
+    )
+    assert row is not None
+    return tuple(row.values())
+
+
+async def test_a_stored_copy_at_another_cost_restates_it_once_and_ends_the_job(
+    database_url: str,
+) -> None:
+    async with memory_rig(database_url, fast_settings()) as m:
+        rig = m.rig
+        request = pack(1)
+        await rig.submit(request, request.user_id)
+        (job,) = await dispatched(rig, 1)
+        await rig.scheduler.on_events([record(rig, completed(job, Decimal("0.5")), 1)])
+        # The stored copy is another run of the attempt: its cost is the one booked.
+        await rig.scheduler.on_events([record(rig, stored(job, Decimal("0.7")), 2)])
+        after = await ledger_of(rig.pool, job)
+        cost, status, finished, entries, spent, reserved = after
+        assert (cost, status, spent, reserved) == (Decimal("0.7"), "completed", cost, 0)
+        assert finished is not None and entries == 3, "reserve, settle, restate"
+        # Redelivered: the image is stored and the job ended already; nothing changes.
+        await rig.scheduler.on_events([record(rig, stored(job, Decimal("0.7")), 2)])
+        assert await ledger_of(rig.pool, job) == after
