@@ -126,22 +126,28 @@ async def test_streams_on_two_replicas_get_every_commit_once_in_order(
             for name in ("a-user", "b-user", "b-user-2"):
                 assert _seen(got[name]) == logged, name
             assert _seen(got["a-job"]) == job_events
-            # A last event: what arrives next is it, nothing twice.
-            closing = ev.progress(jobs[0], user, 1, 9)
-            await a.feed(closing)
-            for name in ("a-user", "b-user", "b-user-2"):
-                await _until(got[name], len(logged) + 1)
-                assert len(got[name]) == len(logged) + 1
-                assert got[name][-1].event == closing.model_dump()["type"]
-            # Each replica's own commits came from memory; it read only the other's
-            # (at most once per commit, shared by its streams).
+            # A last event from each replica, once every feed has taken in all before: what
+            # arrives next is it, nothing twice, and each came from its replica's memory.
+            pushed = {"a": a.state.feed.pushed, "b": b.state.feed.pushed}
+            for n, replica in enumerate((a, b), start=1):
+                closing = ev.progress(jobs[0], user, 1, 10 + n)
+                await replica.feed(closing)
+                for name in ("a-user", "b-user", "b-user-2"):
+                    await _until(got[name], len(logged) + n)
+                    assert len(got[name]) == len(logged) + n
+                    assert _seen(got[name])[-1][1] == "generation_progress"
+            assert a.state.feed.pushed == pushed["a"] + 1
+            assert b.state.feed.pushed == pushed["b"] + 1
+            # Each replica read only the other's commits (at most once per commit, shared
+            # by its streams).
             own = {
                 "a": sum(1 for replica, _ in plan if replica is a) + 1,
-                "b": sum(1 for replica, _ in plan if replica is b),
+                "b": sum(1 for replica, _ in plan if replica is b) + 1,
             }
-            assert a.state.feed.pushed >= 1 and b.state.feed.pushed >= 1
-            assert a.state.feed.reads - reads["a"] <= own["b"]
-            assert b.state.feed.reads - reads["b"] <= own["a"]
+            # Slack: a's job stream reads the log once when it finds its job over, and on a
+            # loaded machine the streams' first reads may fall after the count began.
+            assert a.state.feed.reads - reads["a"] <= own["b"] + 3
+            assert b.state.feed.reads - reads["b"] <= own["a"] + 3
         finally:
             for task in tasks:
                 task.cancel()
