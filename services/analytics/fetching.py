@@ -8,10 +8,13 @@ with bench/analytics_cost.py: ~2 ms CPU per event when events come one by one, ~
 when they come together). The KPIs need no sub-second freshness, so this consumer asks
 the broker to answer once `fetch_min_bytes` are there, or after those 1.5 s.
 
-faust has no setting for it: the app builds a transport whose consumer thread sets the
-value on the aiokafka consumer it creates, before that consumer starts (aiokafka keeps
-its constructor's `fetch_min_bytes` as `_fetch_min_bytes` and hands it to its fetcher
-at start).
+At rest the same consumer's fetch routine woke every 200 ms (aiokafka's
+`consumer_timeout_ms`) while its long-polling fetch was out: once a second is enough.
+
+faust has no setting for either: the app builds a transport whose consumer thread sets
+them on the aiokafka consumer it creates, before that consumer starts (aiokafka keeps
+its constructor's `fetch_min_bytes` and `consumer_timeout_ms` as `_fetch_min_bytes` and
+`_consumer_timeout` and hands them to its fetcher at start).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import faust
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TransportT
 
+FETCHER_WAKE_S = 1.0
+
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: driver.Transport) -> Any:
@@ -29,6 +34,9 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         app = self.app
         if isinstance(app, FetchingApp):
             consumer._fetch_min_bytes = app.fetch_min_bytes
+            # aiokafka's `consumer_timeout_ms` (200): how often its fetch routine wakes
+            # while a fetch is out, idle too; a new partition is fetched this much later.
+            consumer._consumer_timeout = FETCHER_WAKE_S
         return consumer
 
 
