@@ -208,26 +208,23 @@ class Dispatcher:
             " ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id",
             user_id,
         )
-        running = await conn.fetchval(
-            "SELECT count(*) FROM jobs WHERE user_id = $1 AND tier = $2 AND status = 'running'",
-            user_id,
-            tier,
-        )
-        free = self._settings.max_jobs_in_flight(UserTier(tier)) - running
-        if free <= 0:
-            return
-        # SKIP LOCKED: a queued job another transaction holds is activated by it or the sweep.
-        # Taken, locked and set running in one statement; dispatched oldest first.
+        # The free slots (the cap less the running jobs, counted after the user's lock, so
+        # every slot decision before is seen) go to the oldest queued jobs, taken, locked
+        # and set running in one statement. SKIP LOCKED: a queued job another transaction
+        # holds is activated by it or the sweep.
         activated = await conn.fetch(
             "UPDATE jobs j SET status = 'running', activated_at = now()"
             " FROM (SELECT job_id FROM jobs WHERE user_id = $1 AND tier = $2"
-            " AND status = 'queued' ORDER BY created_at, job_id LIMIT $3"
+            " AND status = 'queued' ORDER BY created_at, job_id"
+            " LIMIT greatest(0, $3 - (SELECT count(*) FROM jobs WHERE user_id = $1"
+            " AND tier = $2 AND status = 'running'))"
             " FOR UPDATE SKIP LOCKED) AS q WHERE j.job_id = q.job_id"
             " RETURNING " + ", ".join(f"j.{c}" for c in JOB_COLUMNS.split(", ")),
             user_id,
             tier,
-            free,
+            self._settings.max_jobs_in_flight(UserTier(tier)),
         )
+        # Dispatched oldest first.
         for job in sorted(activated, key=lambda r: (r["created_at"], r["job_id"])):
             await self.pump(conn, job)
             log.info("event=job_activated job_id=%s user_id=%s", job["job_id"], user_id)
