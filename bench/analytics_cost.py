@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,6 +199,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
             log.close()
+    shutil.rmtree(work, ignore_errors=True)
 
     result: dict[str, Any] = {
         "label": args.label,
