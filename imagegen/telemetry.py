@@ -135,8 +135,19 @@ def metrics_exposition(registry: CollectorRegistry = REGISTRY) -> bytes:
     return generate_latest(registry)
 
 
+_kept_tracer: list[trace.Tracer] = []
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(_TRACER_NAME)
+    """The process's tracer, kept once the SDK provider is installed: the API builds a new
+    one on every call (an instrumentation scope and a lookup each), which every span paid.
+    Before the provider is installed the API's proxy is returned and not kept."""
+    if _kept_tracer:
+        return _kept_tracer[0]
+    found = trace.get_tracer(_TRACER_NAME)
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        _kept_tracer.append(found)
+    return found
 
 
 def inject_trace_headers(headers: dict[str, str]) -> dict[str, str]:

@@ -209,3 +209,29 @@ def test_otlp_export_only_when_an_endpoint_is_configured(configured: bool) -> No
     finally:
         server.shutdown()
     assert sorted(set(paths)) == (["/v1/metrics", "/v1/traces"] if configured else [])
+
+
+def test_the_tracer_is_kept_once_the_provider_is_installed() -> None:
+    """A fresh process: before the provider, the API's proxy (not kept); after it, one tracer
+    whose spans reach a processor added to the provider afterwards."""
+    script = """
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from imagegen.telemetry import configure_tracing, tracer
+early = tracer()
+provider = configure_tracing("probe")
+first, second = tracer(), tracer()
+assert early is not first and first is second, (early, first, second)
+exporter = InMemorySpanExporter()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+with first.start_as_current_span("kept"):
+    pass
+with early.start_as_current_span("proxied"):
+    pass
+print(sorted(s.name for s in exporter.get_finished_spans()))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['kept', 'proxied']"
