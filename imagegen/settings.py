@@ -56,7 +56,7 @@ class KafkaSettings(BaseSettings):
             " newly assigned while a fetch is held waits for it to return. Tansu holds a"
             " fetch for up to about half the wait even when a message arrives, which makes"
             " it most of each hop's latency (the local stack sets 100 ms on Tansu, see"
-            " bench/broker_hop.py, and 10 s on Apache Kafka, where every member is a static"
+            " bench/broker_hop.py, and 5 s on Apache Kafka, where every member is a static"
             " one that takes its partitions back on restart: imagegen/stack/local.py)."
         ),
     )

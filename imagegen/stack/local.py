@@ -36,12 +36,12 @@ TANSU_FETCH_WAIT_MS = 100
 """Consumers' `fetch.wait.max.ms` on Tansu: ~40 ms a hop (p50) for ~2% of a core per idle
 consumer; bench/broker_hop.py measures the trade-off."""
 KAFKA_CLIENT_TIMINGS = {
-    "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": "10000",
+    "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": "5000",
     "IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS": "15000",
 }
 """The local stack's consumers on Apache Kafka: an idle consumer fetches once per wait and
 heartbeats every third of its session, the two requests that make most of the broker's
-idle work; the production defaults (2 s, 6 s) are for groups of several replicas."""
+request work at rest; the production defaults (2 s, 6 s) are for groups of several replicas."""
 
 
 @dataclass(frozen=True)
@@ -90,13 +90,17 @@ def _client_timings(kind: str) -> dict[str, str]:
     only spaces out an idle consumer's fetches; what it delays is a partition handed over
     from another member of the group while a fetch is held (librdkafka has one fetch in
     flight per broker: up to about twice the wait, measured). Here every member is a static
-    one (`<service>-0`) that takes its partitions back on restart without a handover, and
-    one process runs each service, so the stack waits 10 s; a handover is left only where
-    one process has several members of a group (the generator's tier consumers) while they
-    join at start-up. A 15 s session (heartbeats every 5 s) decides how long a dead member
-    that never returns keeps its partitions, which no other process would take. Tansu
-    holds a fetch for up to about half the wait even when a message arrives (500 ms cost
-    ~100-230 ms a hop), so it keeps 100 ms and the 6 s session its joins need.
+    one (`<service>-0`) that takes its partitions back on restart, and one process runs
+    each service; still, some restarted services resume about one wait later (chaos test,
+    CHAOS_SEED=130323413: the Kafka part of the gateway's resume 1.0 s at a 2 s wait, 6.0 s
+    at 5 s, 10.8 s at 10 s; most services ~1 s at any wait), and the generator's tier
+    consumers, three members of one group, hand over while they join at start-up. 5 s
+    takes most of the idle saving of 10 s (bench/lean_costs.py: the broker at rest 0.041
+    cores at 2 s, 0.028 at 5 s, 0.024 at 10 s) for half the delay. The 15 s session
+    (heartbeats every 5 s) decides how long a dead member that never returns keeps its
+    partitions, which no other process would take. Tansu holds a fetch for up to about
+    half the wait even when a message arrives (500 ms cost ~100-230 ms a hop), so it keeps
+    100 ms and the 6 s session its joins need.
     """
     chosen = {
         key: value

@@ -54,7 +54,7 @@ def test_the_stack_spaces_out_idle_requests_on_apache_kafka_only(
     monkeypatch.delenv("IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS", raising=False)
     monkeypatch.delenv("IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS", raising=False)
     assert _client_timings("kafka") == {
-        "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": "10000",
+        "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": "5000",
         "IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS": "15000",
     }
     # Tansu holds a fetch for half the wait even when a message arrives: it keeps 100 ms,
@@ -63,7 +63,7 @@ def test_the_stack_spaces_out_idle_requests_on_apache_kafka_only(
     for key, value in _client_timings("kafka").items():  # names the services read
         monkeypatch.setenv(key, value)
     settings = KafkaSettings()
-    assert (settings.fetch_wait_max_ms, settings.session_timeout_ms) == (10000, 15000)
+    assert (settings.fetch_wait_max_ms, settings.session_timeout_ms) == (5000, 15000)
 
 
 def test_the_callers_timings_win_on_either_broker(monkeypatch: pytest.MonkeyPatch) -> None:
