@@ -5,29 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
 
-import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import Span as SdkSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.types import Message, Receive, Scope, Send
 
-from imagegen.telemetry import configure_tracing
 from imagegen.telemetry_asgi import TelemetryMiddleware
 from services.gateway.routes.streams import is_event_stream
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    provider = configure_tracing("tests")
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield exporter
-    exporter.shutdown()  # the processor stays installed but exports nothing more
 
 
 def _scope(path: str) -> Scope:

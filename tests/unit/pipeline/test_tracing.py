@@ -5,19 +5,17 @@ storage, and the events back to the gateway's projection, all under the request'
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-import pytest
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from imagegen.health import HealthServer
 from imagegen.settings import KafkaSettings
-from imagegen.telemetry import SERVICE_ATTRIBUTE, configure_metrics, configure_tracing
+from imagegen.telemetry import SERVICE_ATTRIBUTE, configure_metrics
 from schemas.events import JobStatus, PackCompleted
 from schemas.requests import UserTier
 from schemas.topics import Tier
@@ -40,15 +38,6 @@ class FailsFirstCall(FakeBackend):
             self.calls.append(request.seed)
             raise RuntimeError("first call fails")
         return super().generate(request, on_progress, cancel)
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    provider = configure_tracing("tests")
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield exporter
-    exporter.shutdown()  # the processor stays installed but exports nothing more
 
 
 @asynccontextmanager
