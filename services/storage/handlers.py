@@ -1,4 +1,8 @@
-"""images.processed -> final objects + metadata row -> image_stored. Idempotent end to end."""
+"""images.processed -> final objects + metadata row -> image_stored. Idempotent end to end.
+
+PostgreSQL per delivery: one statement when postprocess wrote every rendition to its final
+key (may it be stored, what was stored, and the rows written if so: `admit_and_insert`);
+otherwise the admission read, the copies, then the insert."""
 
 from __future__ import annotations
 
@@ -13,11 +17,11 @@ from imagegen.events import EventEmitter
 from imagegen.kafka import Publisher, Record, decode
 from imagegen.telemetry import tracer
 from schemas.events import ImageStored, ImageStoredData, StoredRendition, event_id, image_facts
-from schemas.images import ProcessedImage
+from schemas.images import ProcessedImage, Rendition
 from schemas.topics import TopicNames
 from services.storage.layout import CACHE_CONTROL, owner_of, rendition_key
 from services.storage.owners import deleted_event
-from services.storage.records import admission, insert_image, stored_image
+from services.storage.records import admission, admit_and_insert, insert_image, stored_image
 
 log = logging.getLogger(__name__)
 SOURCE = "imagegen/storage"
@@ -35,10 +39,18 @@ class StorageService:
         msg = decode(record, ProcessedImage)
         image = msg.image
         owner_kind, owner_id = owner_of(image)
+        stored = _stored_renditions(msg)
+        staged = [
+            (r, s) for r, s in zip(msg.renditions, stored, strict=True) if r.blob.key != s.key
+        ]
         async with transient_as_retryable(), self._pool.acquire() as conn:
-            known = await admission(
-                conn, image.image_id, image.version, image.user_id, owner_kind, owner_id
-            )
+            if staged:
+                known = await admission(
+                    conn, image.image_id, image.version, image.user_id, owner_kind, owner_id
+                )
+            else:
+                # Nothing to copy: may it be stored, and store it, in one round trip.
+                known = await admit_and_insert(conn, msg, stored, owner_kind, owner_id)
         deleted = known.deleted
         if deleted == "discarded":
             # Its job has ended without it: its final objects go, nothing is announced.
@@ -70,8 +82,10 @@ class StorageService:
             )
             return
         data = known.stored
-        if data is None:
-            data = await self._store(msg)
+        if known.inserted:
+            data = _new_data(msg, stored)
+        elif data is None:
+            data = await self._store(msg, stored, staged)
         else:
             # A second copy (a generation run again after a crash): what was stored stays,
             # bytes and cost alike, and the event repeats it.
@@ -90,25 +104,15 @@ class StorageService:
             )
         )
 
-    async def _store(self, msg: ProcessedImage) -> ImageStoredData:
+    async def _store(
+        self,
+        msg: ProcessedImage,
+        stored: list[StoredRendition],
+        staged: list[tuple[Rendition, StoredRendition]],
+    ) -> ImageStoredData:
         """Copy staged renditions to their final keys (those postprocess wrote there
         already need nothing), then write the rows."""
         image = msg.image
-        stored = [
-            StoredRendition(
-                name=r.name,
-                key=rendition_key(image, r.name, r.format),
-                size_bytes=r.blob.size,
-                width=r.width,
-                height=r.height,
-                format=r.format,
-                content_type=r.blob.content_type,
-            )
-            for r in msg.renditions
-        ]
-        staged = [
-            (r, s) for r, s in zip(msg.renditions, stored, strict=True) if r.blob.key != s.key
-        ]
         # Copies are idempotent (same source, same destination), so a redelivery may redo them.
         with tracer().start_as_current_span("upload", attributes={"copies": len(staged)}):
             await asyncio.gather(
@@ -119,44 +123,68 @@ class StorageService:
                     for r, s in staged
                 )
             )
-        original = next(s for s in stored if s.name == "original")
         async with transient_as_retryable(), self._pool.acquire() as conn:
-            if not await insert_image(conn, msg, stored):
+            # Without staged renditions the rows were tried already, by `admit_and_insert`.
+            if not staged or not await insert_image(conn, msg, stored):
                 # Another instance stored a copy in between (only while a rebalance hands the
                 # partition over): its row wins. The final objects hold whichever copy was
                 # copied last; both are renders of the same request.
                 data = await stored_image(conn, image.image_id, image.version)
                 if data is not None:
                     return data
-        return ImageStoredData(
-            image_id=image.image_id,
-            image_index=image.image_index,
-            character_id=image.character_id,
-            kind=image.kind.value,
-            version=image.version,
-            size_bytes=original.size_bytes,
-            width=original.width,
-            height=original.height,
-            renditions=stored,
-            seed=msg.record.seed,
-            model=msg.record.model,
-            backend=msg.record.backend,
-            provider=msg.provider,
-            demo=msg.record.demo,
-            cost_usd=msg.cost_usd,
-            consistency_score=msg.consistency_score,
-            character_scores=msg.character_scores,
-            not_scored_reason=msg.not_scored_reason,
-            quality_score=msg.quality_score,
-            flagged=msg.flagged,
-            story_id=image.story_id,
-            page_number=image.page_number,
-            style=msg.style,
-            prompt=msg.record.prompt,
-            negative_prompt=msg.record.negative_prompt,
-            scene_description=msg.record.scene_description,
-            scene_source=msg.record.scene_source,
+        return _new_data(msg, stored)
+
+
+def _stored_renditions(msg: ProcessedImage) -> list[StoredRendition]:
+    """Where each rendition is kept for good."""
+    image = msg.image
+    return [
+        StoredRendition(
+            name=r.name,
+            key=rendition_key(image, r.name, r.format),
+            size_bytes=r.blob.size,
+            width=r.width,
+            height=r.height,
+            format=r.format,
+            content_type=r.blob.content_type,
         )
+        for r in msg.renditions
+    ]
+
+
+def _new_data(msg: ProcessedImage, stored: list[StoredRendition]) -> ImageStoredData:
+    """What `image_stored` says of an image this delivery stored."""
+    image = msg.image
+    original = next(s for s in stored if s.name == "original")
+    return ImageStoredData(
+        image_id=image.image_id,
+        image_index=image.image_index,
+        character_id=image.character_id,
+        kind=image.kind.value,
+        version=image.version,
+        size_bytes=original.size_bytes,
+        width=original.width,
+        height=original.height,
+        renditions=stored,
+        seed=msg.record.seed,
+        model=msg.record.model,
+        backend=msg.record.backend,
+        provider=msg.provider,
+        demo=msg.record.demo,
+        cost_usd=msg.cost_usd,
+        consistency_score=msg.consistency_score,
+        character_scores=msg.character_scores,
+        not_scored_reason=msg.not_scored_reason,
+        quality_score=msg.quality_score,
+        flagged=msg.flagged,
+        story_id=image.story_id,
+        page_number=image.page_number,
+        style=msg.style,
+        prompt=msg.record.prompt,
+        negative_prompt=msg.record.negative_prompt,
+        scene_description=msg.record.scene_description,
+        scene_source=msg.record.scene_source,
+    )
 
 
 def _final_keys(msg: ProcessedImage) -> list[str]:

@@ -1,9 +1,12 @@
 """Metadata rows of a stored image: the `images` row and, for reference images and
 portraits, the `character_references` row with the face embedding.
 
-A delivery costs two round trips (each its own implicit transaction): `admission` reads
-whether the image may be stored and what was stored already, `insert_image` writes every
-row in one statement."""
+A delivery whose renditions all sit at their final keys (postprocess wrote them there)
+costs one round trip: `admit_and_insert` reads whether the image may be stored and what was
+stored already, and writes every row only when it may, in one statement (one implicit
+transaction). One with staged renditions costs two: `admission` first (the copies to the
+final keys must not run for an image that may not be stored, nor overwrite one stored
+already), then `insert_image`."""
 
 from __future__ import annotations
 
@@ -16,32 +19,38 @@ from schemas.events import ImageStoredData, StoredRendition
 from schemas.images import ProcessedImage
 from schemas.requests import JobKind
 
-_ADMISSION_FLAGS = frozenset({"deleted_image", "deleted_owner", "discarded"})
+_ADMISSION_FLAGS = frozenset({"deleted_image", "deleted_owner", "discarded", "inserted"})
 REFERENCE_KINDS = frozenset({JobKind.REFERENCE, JobKind.PORTRAIT})
 """Images that show what a character looks like: its reference set and its portraits."""
 
-_INSERT_IMAGE = (
-    "INSERT INTO images (image_id, version, job_id, image_index, user_id, character_id,"
+_IMAGE_COLUMNS = (
+    "images (image_id, version, job_id, image_index, user_id, character_id,"
     " kind, width, height, size_bytes, renditions, generation, provider, cost_usd,"
     " consistency_score, flagged, story_id, page_number, style, prompt, negative_prompt,"
     " model, backend, seed, quality, conditioning, scene_description, scene_source,"
     " parent_version, timings, quality_score, quality_components, character_scores,"
     " not_scored_reason)"
-    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,"
-    " $23,$24,$25,$26,$27,$28,$29,$30,$31,$32,$33,$34)"
-    " ON CONFLICT (image_id, version) DO NOTHING RETURNING true"
 )
+_IMAGE_VALUES = ",".join(f"${n}" for n in range(1, 35))
+_ON_CONFLICT = " ON CONFLICT (image_id, version) DO NOTHING RETURNING true"
+_INSERT_IMAGE = "INSERT INTO " + _IMAGE_COLUMNS + " VALUES (" + _IMAGE_VALUES + ")" + _ON_CONFLICT
 
-# One statement, so atomic without BEGIN/COMMIT: the reference row is written only when
-# the image row was ($35: whether the kind has one).
-_INSERT_ROWS = (
-    "WITH inserted AS (" + _INSERT_IMAGE + "),"
+# The reference row is written only when the image row was ($35: whether the kind has one).
+_INSERT_REFERENCE = (
     " reference AS (INSERT INTO character_references (image_id, version, user_id,"
     " character_id, job_id, kind, original_key, keys, style, embedding, encoder)"
     " SELECT $1, $2, $5, $6, $3, $7, $36::text, $37::jsonb, $19, $38::double precision[],"
     " $39::text FROM inserted WHERE $35::boolean"
     " ON CONFLICT (image_id, version) DO NOTHING)"
-    " SELECT EXISTS (SELECT 1 FROM inserted)"
+)
+
+# One statement, so atomic without BEGIN/COMMIT.
+_INSERT_ROWS = (
+    "WITH inserted AS ("
+    + _INSERT_IMAGE
+    + "),"
+    + _INSERT_REFERENCE
+    + " SELECT EXISTS (SELECT 1 FROM inserted)"
 )
 
 
@@ -66,6 +75,26 @@ _ADMISSION = (
 )
 
 
+# Admission and insert in one statement: the rows are written only when no admission flag
+# is set (a discarded version stored already conflicts anyway). Every part of a statement
+# reads one snapshot, so `s` is what was stored before it. $40, $41: the owner's kind, id.
+_ADMIT_AND_INSERT = (
+    "WITH flags AS (SELECT"
+    " EXISTS (SELECT 1 FROM deleted_images WHERE image_id = $1) AS deleted_image,"
+    " EXISTS (SELECT 1 FROM deleted_owners WHERE user_id = $5"
+    "   AND owner_kind = $40 AND owner_id = $41) AS deleted_owner,"
+    " EXISTS (SELECT 1 FROM discarded_images d WHERE d.image_id = $1"
+    "   AND d.version = $2) AS discarded),"
+    " inserted AS (INSERT INTO " + _IMAGE_COLUMNS + " SELECT " + _IMAGE_VALUES + " FROM flags"
+    " WHERE NOT (deleted_image OR deleted_owner OR discarded)"
+    + _ON_CONFLICT
+    + "),"
+    + _INSERT_REFERENCE
+    + " SELECT flags.*, EXISTS (SELECT 1 FROM inserted) AS inserted, s.*"
+    " FROM flags LEFT JOIN (" + _STORED + ") AS s ON true"
+)
+
+
 @dataclass(frozen=True)
 class Admission:
     """What storage knows of an image version before storing it."""
@@ -74,6 +103,8 @@ class Admission:
     """"image", the owner's kind, "discarded" (ended unstored, not stored), or None."""
     stored: ImageStoredData | None
     """What was stored already (see `stored_image`)."""
+    inserted: bool = False
+    """Whether this statement wrote the rows (`admit_and_insert` only)."""
 
 
 async def admission(
@@ -87,12 +118,31 @@ async def admission(
     """Whether the image may be stored, and what was stored of it, in one read."""
     row = await conn.fetchrow(_ADMISSION, image_id, version, user_id, owner_kind, owner_id)
     assert row is not None
+    return _verdict(row, owner_kind, inserted=False)
+
+
+async def admit_and_insert(
+    conn: asyncpg.Connection,
+    msg: ProcessedImage,
+    stored: list[StoredRendition],
+    owner_kind: str,
+    owner_id: str,
+) -> Admission:
+    """`admission`, and the rows inserted when it admits the image, in one statement.
+    Only for an image whose renditions are at their final keys already."""
+    row = await conn.fetchrow(_ADMIT_AND_INSERT, *_insert_args(msg, stored), owner_kind, owner_id)
+    assert row is not None
+    return _verdict(row, owner_kind, inserted=row["inserted"])
+
+
+def _verdict(row: asyncpg.Record, owner_kind: str, *, inserted: bool) -> Admission:
     stored = _stored_data(row) if row["image_id"] is not None else None
     if row["deleted_image"]:
         return Admission("image", stored)
     if row["deleted_owner"]:
         return Admission(owner_kind, stored)
-    return Admission("discarded" if row["discarded"] and stored is None else None, stored)
+    deleted = "discarded" if row["discarded"] and stored is None else None
+    return Admission(deleted, stored, inserted)
 
 
 async def stored_image(
@@ -118,10 +168,14 @@ async def insert_image(
     conn: asyncpg.Connection, msg: ProcessedImage, stored: list[StoredRendition]
 ) -> bool:
     """Insert the image's rows (one statement); False when they were already there."""
+    return bool(await conn.fetchval(_INSERT_ROWS, *_insert_args(msg, stored)))
+
+
+def _insert_args(msg: ProcessedImage, stored: list[StoredRendition]) -> tuple[object, ...]:
+    """$1-$39 of the insert statements."""
     image, record = msg.image, msg.record
     original = next(s for s in stored if s.name == "original")
-    inserted = await conn.fetchval(
-        _INSERT_ROWS,
+    return (
         image.image_id,
         image.version,
         image.job_id,
@@ -162,4 +216,3 @@ async def insert_image(
         msg.face_embedding,
         msg.face_encoder if msg.face_embedding is not None else "",
     )
-    return bool(inserted)

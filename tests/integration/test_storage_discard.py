@@ -33,27 +33,35 @@ def _identity(image_id: str, version: int = 1) -> ImageIdentity:
     )
 
 
-async def _arrive(storage: Storage, image: ImageIdentity) -> list[str]:
-    """A processed image whose renditions postprocess wrote to their final keys."""
-    renditions, keys = [], []
+async def at_final_keys(
+    storage: Storage, image: ImageIdentity, cost: float = 0.01
+) -> ProcessedImage:
+    """A processed image whose renditions postprocess wrote to their final keys (a
+    reference image carries a face embedding)."""
+    renditions = []
     for name, fmt in (("original", "png"), ("display", "jpeg"), ("thumbnail", "webp")):
         key = rendition_key(image, name, fmt)
         body = f"{name}:{uuid.uuid4()}".encode()
         await storage.blobs.put(key, body, f"image/{fmt}")
         blob = BlobRef(key=key, size=len(body), content_type=f"image/{fmt}", sha256="0" * 64)
         renditions.append(Rendition(name=name, blob=blob, width=8, height=8, format=fmt))
-        keys.append(key)
-    msg = ProcessedImage(
+    return ProcessedImage(
         image=image,
         renditions=renditions,
         record=GenerationRecord(
             backend="b", model="m", seed=1, steps=1, guidance=1.0, prompt="p", width=8, height=8
         ),
         provider="fake",
-        cost_usd=0.01,
+        cost_usd=cost,
+        face_embedding=[0.1, 0.2] if image.kind is JobKind.REFERENCE else None,
+        face_encoder="test",
     )
+
+
+async def _arrive(storage: Storage, image: ImageIdentity) -> list[str]:
+    msg = await at_final_keys(storage, image)
     await storage.service.on_processed_image(_record(msg))
-    return keys
+    return [r.blob.key for r in msg.renditions]
 
 
 def _stored(storage: Storage) -> list[tuple[str, int]]:
