@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -35,6 +36,7 @@ from services.scheduler.outbox import (
     staged_row,
 )
 from services.scheduler.settings import SchedulerSettings
+from services.scheduler.transactions import note_user_locked, user_locked
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,12 @@ IN_FLIGHT = ("dispatched", "retry_wait")
 _PREFERRED_RENDITIONS = ("display", "original", "print", "thumbnail")
 # What a handler knows of a job it holds (`lock_job`).
 JOB_COLUMNS = "job_id, user_id, tier, kind, image_count, status, story_id, created_at"
+# The user's row, created and locked in one statement (a conflicting upsert locks the row it
+# meets): slot decisions for the user are made under it, each counting after taking it.
+LOCK_USER = (
+    "INSERT INTO users (user_id) VALUES ($1)"
+    " ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id"
+)
 
 
 def best_key(stored_keys: Any) -> str | None:
@@ -57,7 +65,7 @@ def best_key(stored_keys: Any) -> str | None:
 
 
 def with_dependency_keys(
-    job: GenerateImage, stored: list[tuple[asyncpg.Record, str]]
+    job: GenerateImage, stored: Sequence[tuple[Mapping[str, Any], str]]
 ) -> list[CharacterRegion]:
     """The job's regions, each given the stored images it waited for of its own character
     (a scene's portraits): one character's portrait never conditions another's region."""
@@ -94,15 +102,23 @@ class Dispatcher:
         )
         return row
 
-    async def pump(self, conn: asyncpg.Connection, job: asyncpg.Record) -> int:
-        """Dispatch every image of a running job that may go now; how many went."""
+    async def pump(
+        self,
+        conn: asyncpg.Connection,
+        job: Mapping[str, Any],
+        rows: Sequence[Mapping[str, Any]] | None = None,
+    ) -> int:
+        """Dispatch every image of a running job that may go now; how many went (`rows`: the
+        job's images when the caller has them as they are, as a job admitted in this
+        transaction does; else read)."""
         if job["status"] != "running":
             return 0
-        rows = await conn.fetch(
-            "SELECT image_index, status, depends_on, stored_keys, story_id, message"
-            " FROM job_images WHERE job_id = $1 ORDER BY image_index",
-            job["job_id"],
-        )
+        if rows is None:
+            rows = await conn.fetch(
+                "SELECT image_index, status, depends_on, stored_keys, story_id, message"
+                " FROM job_images WHERE job_id = $1 ORDER BY image_index",
+                job["job_id"],
+            )
         waiting = [r for r in rows if r["status"] == "waiting"]
         if not waiting:
             return 0
@@ -200,14 +216,19 @@ class Dispatcher:
             job.provider,
         )
 
-    async def activate_waiting(self, conn: asyncpg.Connection, user_id: str, tier: str) -> None:
-        """Give free slots of the user's in-flight cap to their oldest queued jobs."""
-        # Created and locked in one statement: a conflicting upsert locks the row it meets.
-        await conn.execute(
-            "INSERT INTO users (user_id) VALUES ($1)"
-            " ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id",
-            user_id,
-        )
+    async def activate_waiting(
+        self,
+        conn: asyncpg.Connection,
+        user_id: str,
+        tier: str,
+        admitted: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    ) -> None:
+        """Give free slots of the user's in-flight cap to their oldest queued jobs
+        (`admitted`: the images of jobs admitted in this transaction, by job id, which need
+        no read when they are activated)."""
+        if not user_locked(user_id):  # else an earlier statement of this transaction did
+            await conn.execute(LOCK_USER, user_id)
+            note_user_locked(user_id)
         # The free slots (the cap less the running jobs, counted after the user's lock, so
         # every slot decision before is seen) go to the oldest queued jobs, taken, locked
         # and set running in one statement. SKIP LOCKED: a queued job another transaction
@@ -226,7 +247,7 @@ class Dispatcher:
         )
         # Dispatched oldest first.
         for job in sorted(activated, key=lambda r: (r["created_at"], r["job_id"])):
-            await self.pump(conn, job)
+            await self.pump(conn, job, (admitted or {}).get(job["job_id"]))
             log.info("event=job_activated job_id=%s user_id=%s", job["job_id"], user_id)
 
     async def pump_story(self, conn: asyncpg.Connection, story_id: str, but: str) -> None:

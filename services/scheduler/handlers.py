@@ -46,7 +46,7 @@ from schemas.topics import TopicNames
 from services.scheduler.catalogue import Catalogue, offered
 from services.scheduler.day_totals import usd
 from services.scheduler.dispatch import Dispatcher
-from services.scheduler.jobs import CANCELLING, JobBook, lock_statement
+from services.scheduler.jobs import CANCELLING, JobBook, NewJob, lock_statement
 from services.scheduler.ledger import Ledger
 from services.scheduler.outbox import SOURCE, OutboxRelay, staged, transaction
 from services.scheduler.overdue import AWAITING_COMPLETED, AWAITING_STORED, OverdueAttempts
@@ -125,8 +125,15 @@ class Scheduler:
             return  # deletes and reviews belong to storage
         readings = await self._read_scenes(request)
         before = staged()
-        async with transient_as_retryable(), self._pool.acquire() as conn, transaction(conn):
-            await self._apply_request(conn, request, readings)
+        # A new job's row goes with BEGIN (its status says whether it was new).
+        job = _new_job(request)
+        lead = job.statement() if job is not None else ""
+        async with (
+            transient_as_retryable(),
+            self._pool.acquire() as conn,
+            transaction(conn, lead) as status,
+        ):
+            await self._apply_request(conn, request, readings, status if lead else None, job)
         self._wake_relay(before)
 
     async def on_requests(self, records: Sequence[Record]) -> None:
@@ -147,12 +154,23 @@ class Scheduler:
         self._wake_relay(before)
 
     async def _apply_request(
-        self, conn: asyncpg.Connection, request: Request, readings: dict[int, SceneFacts]
+        self,
+        conn: asyncpg.Connection,
+        request: Request,
+        readings: dict[int, SceneFacts],
+        sent: str | None = None,
+        job: NewJob | None = None,
     ) -> None:
-        if isinstance(request, GenerateImages | GenerateScene | GenerateStory):
-            await self._schedule(conn, request, readings)
-        elif isinstance(request, RegenerateImage):
-            await self._regenerate(conn, request)
+        """Apply one request (`sent`: the status of `job`'s insert, sent already)."""
+        if isinstance(request, GenerateImages | GenerateScene | GenerateStory | RegenerateImage):
+            new = job or _new_job(request)
+            assert new is not None
+            if not await self._book.insert(conn, new, sent=sent):
+                return  # a redelivery: the job was handled already
+            if isinstance(request, RegenerateImage):
+                await self._regenerate(conn, request)
+            else:
+                await self._schedule(conn, request, readings)
         elif isinstance(request, CancelJob):
             await self._cancel(conn, request)
 
@@ -172,16 +190,7 @@ class Scheduler:
         request: GenerateImages | GenerateScene | GenerateStory,
         readings: dict[int, SceneFacts] | None = None,
     ) -> None:
-        if not await self._book.insert(
-            conn,
-            job_id=request.job_id,
-            user_id=request.user_id,
-            tier=request.tier,
-            kind=kind_of(request),
-            request_json=request.model_dump_json(),
-            story_id=story_of(request),
-        ):
-            return  # a redelivery: the job was handled already
+        """After the job's row is written: plan it and admit it, or end it failed."""
         try:
             references = await load_reference_sets(conn, request.user_id, characters_of(request))
             plan = plan_request(
@@ -200,15 +209,7 @@ class Scheduler:
         await self._book.admit(conn, plan)
 
     async def _regenerate(self, conn: asyncpg.Connection, request: RegenerateImage) -> None:
-        if not await self._book.insert(
-            conn,
-            job_id=request.job_id,
-            user_id=request.user_id,
-            tier=request.tier,
-            kind=JobKind.REGENERATE,
-            request_json=request.model_dump_json(),
-        ):
-            return
+        """After the job's row is written: the image's next version, or the job failed."""
         rows = await conn.fetch(
             "SELECT i.message, i.version, i.status FROM job_images i JOIN jobs j USING (job_id)"
             " WHERE i.image_id = $1 AND j.user_id = $2 AND i.job_id <> $3"
@@ -473,6 +474,28 @@ class Scheduler:
         if msg.image.variation != event.data.variation or variation > msg.max_variations:
             return  # a redelivery, or postprocess forwards this one flagged
         await self._retries.vary(conn, job, row, variation)
+
+
+def _new_job(request: Request) -> NewJob | None:
+    """The job row a request creates (None for one that creates no job)."""
+    if isinstance(request, RegenerateImage):
+        return NewJob(
+            request.job_id,
+            request.user_id,
+            request.tier,
+            JobKind.REGENERATE,
+            request.model_dump_json(),
+        )
+    if isinstance(request, GenerateImages | GenerateScene | GenerateStory):
+        return NewJob(
+            request.job_id,
+            request.user_id,
+            request.tier,
+            kind_of(request),
+            request.model_dump_json(),
+            story_of(request),
+        )
+    return None
 
 
 def _watch_statement(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -31,7 +32,7 @@ from schemas.jobs import GenerateImage
 from schemas.requests import DiscardImage, JobKind, UserTier
 from schemas.topics import TopicNames
 from services.scheduler.day_totals import Slot
-from services.scheduler.dispatch import JOB_COLUMNS, Dispatcher
+from services.scheduler.dispatch import JOB_COLUMNS, LOCK_USER, Dispatcher
 from services.scheduler.ledger import Ledger
 from services.scheduler.outbox import (
     SOURCE,
@@ -43,6 +44,7 @@ from services.scheduler.outbox import (
 from services.scheduler.planning import JobPlan
 from services.scheduler.reservations import Hold
 from services.scheduler.settlements import STORED_COPY
+from services.scheduler.transactions import note_user_locked
 
 log = logging.getLogger(__name__)
 
@@ -58,34 +60,29 @@ class JobBook:
         self._dispatcher = dispatcher
 
     async def insert(
-        self,
-        conn: asyncpg.Connection,
-        *,
-        job_id: str,
-        user_id: str,
-        tier: UserTier,
-        kind: JobKind,
-        request_json: str,
-        story_id: str | None = None,
+        self, conn: asyncpg.Connection, job: NewJob, *, sent: str | None = None
     ) -> bool:
         """Write the job row, with the trace it was created in; False when it exists already
-        (a redelivered request)."""
-        traceparent = new_job_trace()
-        inserted = await conn.fetchval(
-            "INSERT INTO jobs (job_id, user_id, tier, kind, image_count, status, request,"
-            " story_id, traceparent) VALUES ($1, $2, $3, $4, 0, 'accepted', $5, $6, $7)"
-            " ON CONFLICT (job_id) DO NOTHING RETURNING true",
-            job_id,
-            user_id,
-            tier.value,
-            kind.value,
-            request_json,
-            story_id,
-            traceparent,
-        )
+        (a redelivered request). `sent`: the status of `job.statement()` when the caller sent
+        it already (with BEGIN)."""
+        if sent is not None:
+            inserted = sent == _INSERTED_ONE
+        else:
+            inserted = bool(
+                await conn.fetchval(
+                    _INSERT_JOB.format(*(f"${n}" for n in range(1, 8))) + " RETURNING true",
+                    job.job_id,
+                    job.user_id,
+                    job.tier.value,
+                    job.kind.value,
+                    job.request_json,
+                    job.story_id,
+                    job.traceparent,
+                )
+            )
         if inserted:
-            remember_trace(job_id, traceparent)
-        return bool(inserted)
+            remember_trace(job.job_id, job.traceparent)
+        return inserted
 
     async def admit(self, conn: asyncpg.Connection, plan: JobPlan) -> None:
         """Reserve the plan's whole estimate (or end the job), store its images, take a slot."""
@@ -111,27 +108,47 @@ class JobBook:
             await conn.execute(planned.format(status=""), *facts)
             await self.end(conn, plan.job_id, JobStatus.FAILED, refusal.reason_code, refusal.reason)
             return
-        # Every image in one statement (arrays by column; `depends_on` as array literals,
-        # since arrays of arrays must be rectangular).
+        # In one statement: every image (arrays by column; `depends_on` as array literals,
+        # since arrays of arrays must be rectangular), the job queued, and the user's row
+        # locked for the slot decision that follows (a statement of its own: it counts the
+        # running jobs after this lock).
+        messages = [i.job.model_dump_json() for i in plan.images]
         await conn.execute(
-            "INSERT INTO job_images (job_id, image_index, image_id, status, message, version,"
+            "WITH q AS (" + planned.format(status=", status = 'queued'") + "),"
+            " u AS (" + LOCK_USER.replace("$1", "$13") + ")"
+            " INSERT INTO job_images (job_id, image_index, image_id, status, message, version,"
             " offers, depends_on, phase, story_id)"
             " SELECT $1, i, id, 'waiting', m::jsonb, v, o::jsonb, d::integer[], p, s"
-            " FROM unnest($2::integer[], $3::text[], $4::text[], $5::integer[], $6::text[],"
-            " $7::text[], $8::text[], $9::text[]) AS r(i, id, m, v, o, d, p, s)",
-            plan.job_id,
+            " FROM unnest($5::integer[], $6::text[], $7::text[], $8::integer[], $9::text[],"
+            " $10::text[], $11::text[], $12::text[]) AS r(i, id, m, v, o, d, p, s)",
+            *facts,
             [i.index for i in plan.images],
             [i.job.image.image_id for i in plan.images],
-            [i.job.model_dump_json() for i in plan.images],
+            messages,
             [i.job.image.version for i in plan.images],
             [json.dumps([o.to_json() for o in i.chain]) for i in plan.images],
             ["{" + ",".join(str(int(d)) for d in i.depends_on) + "}" for i in plan.images],
             [i.phase for i in plan.images],
             [i.job.image.story_id for i in plan.images],
+            plan.user_id,
         )
-        await conn.execute(planned.format(status=", status = 'queued'"), *facts)
+        note_user_locked(plan.user_id)
         instruments().jobs.add(1, {"status": "queued", "tier": plan.user_tier.value})
-        await self._dispatcher.activate_waiting(conn, plan.user_id, plan.user_tier.value)
+        # The images as just written: activating this job reads none of them back.
+        images = [
+            {
+                "image_index": i.index,
+                "status": "waiting",
+                "depends_on": list(i.depends_on),
+                "stored_keys": None,
+                "story_id": i.job.image.story_id,
+                "message": message,
+            }
+            for i, message in zip(plan.images, messages, strict=True)
+        ]
+        await self._dispatcher.activate_waiting(
+            conn, plan.user_id, plan.user_tier.value, {plan.job_id: images}
+        )
         log.info(
             "event=job_admitted job_id=%s user_id=%s images=%d estimate_usd=%s",
             plan.job_id,
@@ -300,20 +317,28 @@ class JobBook:
         # The status it had comes back with the update (the row locked by the subquery), and
         # the counts its event reports (every caller holds the job's lock already, so they
         # are read as of now).
+        # A job that held a slot frees it: the user's row is locked in this statement too,
+        # for `activate_waiting` below (which counts after the lock, in a statement of its own).
         job = await conn.fetchrow(
-            "WITH counts AS (" + _counts_query("status", _ENDING) + ")"
+            "WITH counts AS (" + _counts_query("status", _ENDING) + "),"
+            " u AS (INSERT INTO users (user_id) SELECT user_id FROM jobs"
+            " WHERE job_id = $1 AND status = 'running'"
+            " ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id RETURNING user_id)"
             " UPDATE jobs j SET status = $2, reason_code = $3, reason = $4,"
             " finished_at = coalesce(j.finished_at, now())"
             " FROM (SELECT job_id, status FROM jobs WHERE job_id = $1 FOR UPDATE) AS was,"
             " counts WHERE j.job_id = was.job_id"
             " RETURNING was.status AS was, j.user_id, j.tier, j.topic_tier, j.image_count,"
-            " j.created_at, counts.stored, counts.failed, counts.cost, counts.character_id",
+            " j.created_at, counts.stored, counts.failed, counts.cost, counts.character_id,"
+            " EXISTS (SELECT 1 FROM u) AS user_locked",
             job_id,
             status.value,
             reason_code,
             reason,
         )
         was = job["was"]
+        if job["user_locked"]:
+            note_user_locked(job["user_id"])
         instruments().jobs.add(1, {"status": status.value, "tier": job["tier"]})
         counts = job
         cost = counts["cost"]
@@ -358,6 +383,44 @@ class JobBook:
         """The job's images by state, with the reason noted on the job."""
         row: asyncpg.Record = await conn.fetchrow(_counts_query("status"), job_id)
         return row
+
+
+_INSERT_JOB = (
+    "INSERT INTO jobs (job_id, user_id, tier, kind, request, story_id, traceparent,"
+    " image_count, status) VALUES ({}, {}, {}, {}, {}, {}, {}, 0, 'accepted')"
+    " ON CONFLICT (job_id) DO NOTHING"
+)
+_INSERTED_ONE = "INSERT 0 1"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job row to write (`JobBook.insert`), with the trace it is created in."""
+
+    job_id: str
+    user_id: str
+    tier: UserTier
+    kind: JobKind
+    request_json: str
+    story_id: str | None = None
+    traceparent: str | None = field(default_factory=new_job_trace)
+
+    def statement(self) -> str:
+        """The insert as a simple query (literals: it may travel with BEGIN, and its status
+        says whether it wrote the row); empty when a value cannot be a literal."""
+        values = (
+            self.job_id,
+            self.user_id,
+            self.tier.value,
+            self.kind.value,
+            self.request_json,
+            self.story_id,
+            self.traceparent,
+        )
+        try:
+            return _INSERT_JOB.format(*(sql_literal(v) for v in values))
+        except ValueError:
+            return ""  # the parameterised insert reports it
 
 
 def lock_statement(job_id: str) -> str:

@@ -39,7 +39,7 @@ from imagegen.kafka import Publisher, encode
 from imagegen.telemetry import ENQUEUED_AT_HEADER, current_traceparent, same_trace
 from schemas.events import EventBase
 from schemas.jobs import GenerateImage
-from services.scheduler.transactions import begun
+from services.scheduler.transactions import begun, tracking_user_locks
 
 log = logging.getLogger(__name__)
 SOURCE = "imagegen/scheduler"
@@ -168,16 +168,18 @@ def pending() -> list[Staged]:
 
 
 @contextlib.asynccontextmanager
-async def transaction(conn: asyncpg.Connection, first: str = "") -> AsyncIterator[None]:
-    """A transaction (`first`: its first statement, literals only, sent with BEGIN) whose
-    staged rows are written in order by the next statement that writes outbox rows, the
-    last of them with COMMIT in one round trip: staging costs no round trip of its own."""
+async def transaction(conn: asyncpg.Connection, first: str = "") -> AsyncIterator[str]:
+    """A transaction (`first`: its first statement, literals only, sent with BEGIN; yields
+    its status) whose staged rows are written in order by the next statement that writes
+    outbox rows, the last of them with COMMIT in one round trip: staging costs no round trip
+    of its own. It remembers the users whose row it locked (`transactions.user_locked`)."""
     rows: list[Staged] = []
     token = _PENDING.set(rows)
     try:
-        async with begun(conn, first):
-            yield
-            await conn.execute(_closing(rows))
+        with tracking_user_locks():
+            async with begun(conn, first) as status:
+                yield status
+                await conn.execute(_closing(rows))
     finally:
         _PENDING.reset(token)
 

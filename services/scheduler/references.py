@@ -22,6 +22,8 @@ async def load_reference_sets(
 ) -> dict[str, list[str]]:
     """Stored keys of the built reference sets of `characters`, by appearance fingerprint."""
     prints = [c.appearance_fingerprint() for c in characters]
+    if not prints:
+        return {}
     rows = await conn.fetch(
         "SELECT fingerprint, keys FROM reference_sets WHERE user_id = $1 AND fingerprint = ANY($2)",
         user_id,
