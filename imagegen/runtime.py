@@ -47,10 +47,18 @@ def kafka_publisher(
     )
 
 
-def kafka_consumer(settings: KafkaSettings, group: str, topics: list[str]) -> KafkaConsumer:
+def kafka_consumer(
+    settings: KafkaSettings,
+    group: str,
+    topics: list[str],
+    previous_groups: dict[str, str] | None = None,
+) -> KafkaConsumer:
+    """A member of `<ns>.<group>` on `topics`; `previous_groups` (topic -> group name): topics
+    it took over from another group of the namespace (imagegen/kafka/handover.py)."""
+    ns = settings.namespace
     return KafkaConsumer(
         settings.bootstrap,
-        group_id=f"{settings.namespace}.{group}",
+        group_id=f"{ns}.{group}",
         topics=topics,
         client_id=f"{settings.client_id}-{group}",
         session_timeout_ms=settings.session_timeout_ms,
@@ -58,6 +66,7 @@ def kafka_consumer(settings: KafkaSettings, group: str, topics: list[str]) -> Ka
         commit_interval_ms=settings.commit_interval_ms,
         group_instance_id=instance_id(settings.instance_id, group),
         extra=consumer_config(settings),
+        previous_groups={t: f"{ns}.{g}" for t, g in (previous_groups or {}).items()} or None,
     )
 
 
@@ -68,12 +77,16 @@ def consumer_loop(
     publisher: Publisher,
     *,
     lanes: int = 1,
+    ordered: frozenset[str] = frozenset(),
     batch_handlers: dict[str, BatchHandler] | None = None,
+    previous_groups: dict[str, str] | None = None,
 ) -> ConsumerLoop:
     """A consumer loop on the real broker that dead-letters to the namespace's topic;
-    with `lanes` > 1, that many records at once (see imagegen/kafka/lanes.py); with
-    `batch_handlers`, records handed over together are handled together (one lane only)."""
-    consumer = kafka_consumer(settings, group, list(handlers))
+    with `lanes` > 1, that many records at once (see imagegen/kafka/lanes.py), except that
+    the records of an `ordered` topic's partition are handled one after another; with
+    `batch_handlers`, records handed over together are handled together (one lane only).
+    `previous_groups`: topics this loop's group took over from another group (by name)."""
+    consumer = kafka_consumer(settings, group, list(handlers), previous_groups)
     if lanes > 1:
         return laned_loop(
             group,
@@ -82,6 +95,7 @@ def consumer_loop(
             lanes,
             dead_letters=publisher,
             dead_letter_topic=settings.topics.dead_letter,
+            ordered=ordered,
         )
     return ConsumerLoop(
         name=group,

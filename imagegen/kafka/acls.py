@@ -54,6 +54,8 @@ def service_access(namespace: str = DEFAULT_NAMESPACE) -> dict[str, ServiceAcces
         ServiceAccess("gateway", (t.events,), (t.requests,), groups("gateway")),
         # services/scheduler/__main__.py; dispatch.py stages jobs.<tier> and events,
         # jobs.py a copy of job_cancelled on control and discard_image on requests.
+        # One consumer, group `scheduler`; `scheduler-outcomes` (events, before the merge)
+        # stays readable for the handover of its offsets (imagegen/kafka/handover.py).
         ServiceAccess(
             "scheduler",
             (t.requests, t.events),
@@ -70,6 +72,8 @@ def service_access(namespace: str = DEFAULT_NAMESPACE) -> dict[str, ServiceAcces
         ServiceAccess(
             "postprocess", (t.images_raw,), (t.images_processed, t.events), groups("postprocess")
         ),
+        # services/storage/__main__.py: one consumer, group `storage`; `storage-requests`
+        # (requests, before the merge) stays readable for the handover of its offsets.
         ServiceAccess(
             "storage",
             (t.images_processed, t.requests),

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from imagegen.errors import FatalClientError, PermanentError, RetryableError
 from imagegen.kafka.access import ACCESS
 from imagegen.kafka.codec import encode
+from imagegen.kafka.handover import Handover
 from imagegen.kafka.ports import Record
 from imagegen.telemetry import inject_trace_headers
 
@@ -316,7 +317,10 @@ class KafkaConsumer:
         commit_interval_ms: int = 1000,
         group_instance_id: str | None = None,
         extra: dict[str, Any] | None = None,
+        previous_groups: dict[str, str] | None = None,
     ) -> None:
+        """`previous_groups` (topic -> group id): topics this group took over from another
+        group, started where that group left off (imagegen/kafka/handover.py)."""
         self._interval_ms = commit_interval_ms
         self._group = group_id
         self._static = bool(group_instance_id)
@@ -343,7 +347,11 @@ class KafkaConsumer:
             config["group.instance.id"] = group_instance_id
         config.update(extra or {})
         self._consumer = _Consumer(config)
-        self._consumer.subscribe(topics)
+        self.handover = Handover(config, previous_groups) if previous_groups else None
+        if self.handover is None:
+            self._consumer.subscribe(topics)
+        else:
+            self._consumer.subscribe(topics, on_assign=self.handover.on_assign)
         self._lock = threading.Lock()  # polls, synchronous commits and close, one at a time
         # Storing an offset is safe beside a poll (which holds `_lock` for its whole
         # timeout) but not beside close: lanes store while another lane polls.

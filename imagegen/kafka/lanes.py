@@ -8,8 +8,11 @@ after the effects are durable). The generator's lanes meet in its `MicroBatcher`
 several images can wait to be batched.
 
 Records of one partition are handled concurrently, so lanes suit handlers whose records
-are independent of each other's order (each is one image, idempotent by its id); a topic
-whose handling depends on partition order keeps a single `ConsumerLoop`.
+are independent of each other's order (each is one image, idempotent by its id). A topic
+whose handling depends on partition order is named `ordered`: a lane that polls one of
+its records waits until the record before it in its partition is done (the other lanes
+go on with other records), so one consumer serves both kinds (storage: images on lanes,
+its requests in order).
 
 Offsets: Kafka commits a position, i.e. everything before it in the partition. Lanes
 finish out of order, so `SharedConsumer` commits a record only once every record before it
@@ -34,9 +37,14 @@ _Partition = tuple[str, int]
 class SharedConsumer:
     """One consumer behind several lanes: polls one at a time, commits in order, closes once."""
 
-    def __init__(self, inner: Consumer, lanes: int) -> None:
+    def __init__(self, inner: Consumer, lanes: int, ordered: frozenset[str] = frozenset()) -> None:
         self._inner = inner
         self._open = lanes
+        self._ordered = ordered
+        # Per partition of an ordered topic: settled when its latest polled record is done.
+        self._last: dict[_Partition, asyncio.Future[None]] = {}
+        self._turns: dict[tuple[str, int, int], asyncio.Future[None]] = {}
+        self._stopped = asyncio.Event()
         self._poll_lock = asyncio.Lock()
         self._commit_lock = asyncio.Lock()
         self._in_flight: dict[_Partition, deque[int]] = {}
@@ -46,17 +54,44 @@ class SharedConsumer:
     def lane(self) -> Consumer:
         return _Lane(self)
 
+    def stop(self) -> None:
+        """Release lanes waiting for their turn: their records stay unhandled (uncommitted)."""
+        self._stopped.set()
+
     async def poll(self, timeout: float) -> Record | None:
         async with self._poll_lock:
             record = await self._inner.poll(timeout)
-            if record is not None:
-                # Noted under the lock: delivery order is partition order.
-                where = (record.topic, record.partition)
-                self._in_flight.setdefault(where, deque()).append(record.offset)
-            return record
+            if record is None:
+                return None
+            # Noted under the lock: delivery order is partition order.
+            where = (record.topic, record.partition)
+            self._in_flight.setdefault(where, deque()).append(record.offset)
+            if record.topic not in self._ordered:
+                return record
+            before = self._last.get(where)
+            turn = asyncio.get_running_loop().create_future()
+            self._last[where] = self._turns[(*where, record.offset)] = turn
+        if before is not None and not before.done() and not await self._wait(before):
+            return None  # stopping: never handled, so neither it nor what follows commits
+        return record
+
+    async def _wait(self, before: asyncio.Future[None]) -> bool:
+        """Wait for the record before; False when the lanes stop first."""
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
+        waiting: set[asyncio.Future[Any]] = {before, stopped}
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        return before.done()
 
     async def commit(self, record: Record) -> None:
         where = (record.topic, record.partition)
+        turn = self._turns.pop((*where, record.offset), None)
+        if turn is not None and not turn.done():
+            turn.set_result(None)
+        if self._last.get(where) is turn:
+            self._last.pop(where, None)
         done = self._done.setdefault(where, {})
         done[record.offset] = record
         in_flight = self._in_flight.get(where, deque())
@@ -110,7 +145,9 @@ class LaneGroup(ConsumerLoop):
         dead_letter_topic: str,
         backoff_initial: float,
         poll_timeout: float,
+        shared: SharedConsumer | None = None,
     ) -> None:
+        self._shared = shared
         super().__init__(
             name=name,
             consumer=consumer,
@@ -124,6 +161,8 @@ class LaneGroup(ConsumerLoop):
 
     def stop(self) -> None:
         super().stop()
+        if self._shared is not None:
+            self._shared.stop()
         for lane in self.others:
             lane.stop()
 
@@ -164,9 +203,11 @@ def laned_loop(
     dead_letter_topic: str,
     backoff_initial: float = 0.2,
     poll_timeout: float = 0.5,
+    ordered: frozenset[str] = frozenset(),
 ) -> LaneGroup:
-    """`lanes` consumer loops over `consumer`, run and stopped as one."""
-    shared = SharedConsumer(consumer, lanes)
+    """`lanes` consumer loops over `consumer`, run and stopped as one; the records of each
+    partition of an `ordered` topic are handled one after another."""
+    shared = SharedConsumer(consumer, lanes, ordered)
 
     def options(index: int) -> dict[str, Any]:
         return {
@@ -181,4 +222,4 @@ def laned_loop(
 
     # Every lane's dead letters name the group (the first lane's name), not the lane.
     others = [ConsumerLoop(**options(index), group=name) for index in range(1, lanes)]
-    return LaneGroup(others, **options(0))
+    return LaneGroup(others, **options(0), shared=shared)

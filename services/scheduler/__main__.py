@@ -31,20 +31,20 @@ async def serve(settings: SchedulerSettings) -> None:
         stack.push_async_callback(publisher.close)
         scheduler = Scheduler(settings, pool, publisher, topics)
         stack.push_async_callback(scheduler.scenes.aclose)  # the LLM client's connections
+        # One consumer for both topics: requests and the events that close jobs. Its group
+        # is `scheduler`, which read requests before; events were read by
+        # `scheduler-outcomes`, whose offsets it takes over (imagegen/kafka/handover.py).
         loops = [
             consumer_loop(
                 settings.kafka,
                 "scheduler",
-                {topics.requests: scheduler.on_request},
+                {topics.requests: scheduler.on_request, topics.events: scheduler.on_event},
                 publisher,
-                batch_handlers={topics.requests: scheduler.on_requests},
-            ),
-            consumer_loop(
-                settings.kafka,
-                "scheduler-outcomes",
-                {topics.events: scheduler.on_event},
-                publisher,
-                batch_handlers={topics.events: scheduler.on_events},
+                batch_handlers={
+                    topics.requests: scheduler.on_requests,
+                    topics.events: scheduler.on_events,
+                },
+                previous_groups={topics.events: "scheduler-outcomes"},
             ),
         ]
         health.watch("database", database_check(pool))

@@ -44,19 +44,21 @@ async def serve(settings: StorageSettings) -> None:
             EventEmitter(publisher, topics.events, SOURCE),
             retain_deleted_stories=settings.retain_deleted_stories,
         )
+        # One consumer for both topics: images on lanes, requests (deletes, reviews) in
+        # order. Its group is `storage`, which read images before; requests were read by
+        # `storage-requests`, whose offsets it takes over (imagegen/kafka/handover.py).
         loops = [
             consumer_loop(
                 settings.kafka,
                 "storage",
-                {topics.images_processed: service.on_processed_image},
+                {
+                    topics.images_processed: service.on_processed_image,
+                    topics.requests: lifecycle.on_request,
+                },
                 publisher,
                 lanes=settings.storage_concurrency,
-            ),
-            consumer_loop(
-                settings.kafka,
-                "storage-requests",
-                {topics.requests: lifecycle.on_request},
-                publisher,
+                ordered=frozenset({topics.requests}),
+                previous_groups={topics.requests: "storage-requests"},
             ),
         ]
         health.watch("database", database_check(pool))

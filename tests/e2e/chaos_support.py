@@ -274,13 +274,13 @@ class Kill:
 
 STAGE_GROUPS = {
     "gateway": "gateway",
-    "scheduler": "scheduler-outcomes",
+    "scheduler": "scheduler",
     "generator": "generator",
     "postprocess": "postprocess",
     "storage": "storage",
 }
-"""The consumer group whose progress is each service's stage: the one its work flows
-through during a run (the scheduler's `requests` group is idle once all is submitted)."""
+"""The consumer group whose progress is each service's stage: each service runs one
+(the scheduler's reads events too, so it moves on after every request is submitted)."""
 
 
 def committed(bootstrap: str, group: str, timeout: float = 5.0) -> int:

@@ -133,11 +133,11 @@ POISON = (UNDECODABLE, SCHEMA_INVALID)
 def consumers_of(names: TopicNames) -> dict[str, set[str]]:
     """The consumer groups reading each topic (as `x-failed-by` names them)."""
     return {
-        names.requests: {"scheduler", "storage-requests"},
+        names.requests: {"scheduler", "storage"},
         **{names.jobs(t): {"generator"} for t in Tier},
         names.images_raw: {"postprocess"},
         names.images_processed: {"storage"},
-        names.events: {"gateway", "scheduler-outcomes"},
+        names.events: {"gateway", "scheduler"},
         # generator-control reads only cancels there and passes over anything else.
         names.control: set(),
     }

@@ -43,13 +43,13 @@ PRODUCED = {
     T.events: len(EVENTS),
 }
 DELIVERED = {
-    f"{NS}.scheduler": {T.requests: 1},
-    f"{NS}.storage-requests": {T.requests: 1},  # deletes and reviews are among the requests
+    # One consumer per process: the scheduler's on requests and events, storage's on
+    # images and requests (deletes and reviews are among the requests).
+    f"{NS}.scheduler": {T.requests: 1, T.events: len(EVENTS)},
     f"{NS}.generator": {T.jobs(Tier.REALTIME): 1},
     f"{NS}.postprocess": {T.images_raw: 1},
-    f"{NS}.storage": {T.images_processed: 1},
+    f"{NS}.storage": {T.images_processed: 1, T.requests: 1},
     f"{NS}.gateway": {T.events: len(EVENTS)},
-    f"{NS}.scheduler-outcomes": {T.events: len(EVENTS)},
 }
 DELIVERIES_PER_IMAGE = 17  # issue 16's ceiling; 29 before (events to four groups)
 ANALYTICS = (f"{NS}.analytics",)  # its group and its `imagegen.analytics-*` changelog topics
@@ -89,5 +89,5 @@ def test_one_image_costs_ten_messages_and_seventeen_deliveries(stack: RunningSta
     # Nobody but these groups reads anything: generator-control idles on the empty control
     # topic, and no group of storage or the generators is on the events topic.
     on_events = {g for g, per in counted.delivered.items() if per.get(T.events)}
-    assert on_events == {f"{NS}.gateway", f"{NS}.scheduler-outcomes"}
+    assert on_events == {f"{NS}.gateway", f"{NS}.scheduler"}
     assert counted.produced.get(T.control, 0) == 0

@@ -14,6 +14,9 @@ _TOUCH = re.compile(
     r"\b_?topics\.(jobs|all_jobs|events|control|requests|images_raw|images_processed|dead_letter)\b"
 )
 _LOOP_GROUP = re.compile(r"consumer_loop\(\s*settings\.kafka,\s*\"([\w-]+)\"")
+# Groups whose offsets a merged consumer takes over (imagegen/kafka/handover.py): read, so
+# granted, though never joined.
+_PREVIOUS_GROUP = re.compile(r"previous_groups=\{[^}]*:\s*\"([\w-]+)\"")
 
 
 def _source(service: str) -> str:
@@ -32,7 +35,7 @@ def _topics_touched(service: str, names: TopicNames) -> set[str]:
 
 def _groups_in_code(service: str) -> set[str]:
     text = _source(service)
-    groups = set(_LOOP_GROUP.findall(text))
+    groups = set(_LOOP_GROUP.findall(text)) | set(_PREVIOUS_GROUP.findall(text))
     if service == "gateway":
         from services.gateway.app import CONSUMER_GROUP
 

@@ -111,3 +111,96 @@ async def test_dead_letters_of_every_lane_name_the_consumer_group() -> None:
     assert min(lane.dead_lettered for lane in loop.lanes) >= 1
     failed_by = {DeadLetterHeaders.from_headers(r.headers).failed_by for r in broker.records(DLQ)}
     assert failed_by == {"w"}
+
+
+ORDERED = "ordered"
+
+
+async def test_an_ordered_topic_is_handled_in_partition_order_while_other_lanes_go_on() -> None:
+    broker = InMemoryBroker(partitions=1)
+    publisher = broker.publisher()
+    for i in range(3):
+        await publisher.publish(ORDERED, "user", f"r{i}".encode())
+    for i in range(3):
+        await publisher.publish(IN, "image", f"i{i}".encode())
+    first_running = asyncio.Event()
+    release_first = asyncio.Event()
+    images_done: list[bytes] = []
+    order: list[bytes] = []
+    running_ordered = 0
+    peak_ordered = 0
+
+    async def on_ordered(record: Record) -> None:
+        nonlocal running_ordered, peak_ordered
+        running_ordered += 1
+        peak_ordered = max(peak_ordered, running_ordered)
+        if record.value == b"r0":
+            first_running.set()
+            await asyncio.wait_for(release_first.wait(), 5)
+        order.append(record.value)
+        running_ordered -= 1
+
+    async def on_image(record: Record) -> None:
+        images_done.append(record.value)
+
+    loop = laned_loop(
+        "w",
+        broker.consumer("w", [ORDERED, IN]),
+        {ORDERED: on_ordered, IN: on_image},
+        4,
+        dead_letters=publisher,
+        dead_letter_topic=DLQ,
+        poll_timeout=0.01,
+        ordered=frozenset({ORDERED}),
+    )
+    task = asyncio.create_task(loop.run())
+    async with asyncio.timeout(10):
+        await first_running.wait()
+        # r1 and r2 wait for r0; the images pass them on the free lanes.
+        while len(images_done) < 3:
+            await asyncio.sleep(0.01)
+        assert order == []
+        release_first.set()
+        while len(order) < 3:
+            await asyncio.sleep(0.01)
+    loop.stop()
+    await task
+    assert order == [b"r0", b"r1", b"r2"]
+    assert peak_ordered == 1
+    assert broker.committed[("w", ORDERED, 0)] == 3
+    assert broker.committed[("w", IN, 0)] == 3
+
+
+async def test_stopping_releases_a_lane_waiting_for_its_turn_without_committing_its_record() -> (
+    None
+):
+    broker = InMemoryBroker(partitions=1)
+    publisher = broker.publisher()
+    for i in range(2):
+        await publisher.publish(ORDERED, "user", f"r{i}".encode())
+    started = asyncio.Event()
+    handled: list[bytes] = []
+
+    async def on_ordered(record: Record) -> None:
+        started.set()
+        await asyncio.sleep(0.2)
+        handled.append(record.value)
+
+    loop = laned_loop(
+        "w",
+        broker.consumer("w", [ORDERED]),
+        {ORDERED: on_ordered},
+        2,
+        dead_letters=publisher,
+        dead_letter_topic=DLQ,
+        poll_timeout=0.01,
+        ordered=frozenset({ORDERED}),
+    )
+    task = asyncio.create_task(loop.run())
+    async with asyncio.timeout(10):
+        await started.wait()
+        await asyncio.sleep(0.05)  # r1 polled by the other lane, waiting for r0
+        loop.stop()
+        await task
+    assert handled == [b"r0"]
+    assert broker.committed[("w", ORDERED, 0)] == 1  # r1 is redelivered, not committed

@@ -166,8 +166,11 @@ async def running_pipeline(
             )
 
         loops = [
-            loop("scheduler", {topics.requests: scheduler.on_request}),
-            loop("scheduler-outcomes", {topics.events: scheduler.on_event}),
+            # One consumer for both of the scheduler's topics, as services/scheduler runs it.
+            loop(
+                "scheduler",
+                {topics.requests: scheduler.on_request, topics.events: scheduler.on_event},
+            ),
             loop("generator", {t: generator.on_job for t in topics.all_jobs()}),
             loop("postprocess", {topics.images_raw: post.on_raw_image}),
             loop("storage", {topics.images_processed: storage.on_processed_image}),

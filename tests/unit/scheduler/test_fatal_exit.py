@@ -35,6 +35,7 @@ async def test_a_fatal_error_in_the_relay_stops_the_consumers_and_ends_serve(
         publisher: Publisher,
         *,
         batch_handlers: dict[str, BatchHandler] | None = None,
+        previous_groups: dict[str, str] | None = None,  # the real broker's concern
     ) -> ConsumerLoop:
         loop = ConsumerLoop(
             name=group,
