@@ -52,6 +52,19 @@ _COLUMNS = (
     " j.status AS reference_job_status"
 )
 _FROM = "FROM characters c LEFT JOIN jobs j ON j.id = c.reference_job_id"
+# A character's photos and its generated reference set's renditions, in the same statement
+# as the character (one round trip): JSON arrays, NULL when empty. A portrait's job builds
+# the set too: only its reference images are the set, and only once the job succeeded.
+_DETAILS = (
+    ", (SELECT json_agg(json_build_object('id', p.id, 'key', p.key, 'content_type',"
+    " p.content_type, 'size_bytes', p.size_bytes, 'width', p.width, 'height', p.height,"
+    " 'faces', p.faces, 'created_at', p.created_at) ORDER BY p.created_at, p.id)"
+    " FROM reference_photos p WHERE p.character_id = c.id) AS photos,"
+    " (SELECT json_agg(i.renditions ORDER BY i.index) FROM images i"
+    " JOIN jobs rj ON rj.id = i.job_id WHERE i.job_id = c.reference_job_id"
+    f" AND j.status IN ('{JobStatus.COMPLETED.value}', '{JobStatus.PARTIALLY_COMPLETED.value}')"
+    " AND (rj.kind = 'reference' OR i.kind = 'reference')) AS generated"
+)
 
 Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
 
@@ -155,62 +168,22 @@ def _record(row: asyncpg.Record) -> CharacterRecord:
         reference_job_status=JobStatus(status) if status is not None else None,
         lora=CharacterLora.model_validate_json(row["lora"]) if row["lora"] else None,
         audience=row["audience"],
+        photos=_photos(row.get("photos")),
+        generated_keys=_generated(row.get("generated")),
     )
 
 
-async def _with_details(db: Db, records: list[CharacterRecord]) -> list[CharacterRecord]:
-    """Attach photos and generated reference keys, two queries for any number of records."""
-    if not records:
-        return records
-    photo_rows = await db.fetch(
-        "SELECT id, character_id, key, content_type, size_bytes, width, height, faces,"
-        " created_at FROM reference_photos WHERE character_id = ANY($1::text[])"
-        " ORDER BY created_at, id",
-        [r.id for r in records],
-    )
-    photos: dict[str, list[PhotoRecord]] = {}
-    for row in photo_rows:
-        photos.setdefault(row["character_id"], []).append(
-            PhotoRecord(
-                id=row["id"],
-                key=row["key"],
-                content_type=row["content_type"],
-                size_bytes=row["size_bytes"],
-                width=row["width"],
-                height=row["height"],
-                faces=row["faces"],
-                created_at=row["created_at"],
-            )
-        )
-    done = [r.reference_job_id for r in records if r.reference_job_id and _succeeded(r)]
-    generated: dict[str, list[str]] = {}
-    if done:
-        image_rows = await db.fetch(
-            # A portrait's job builds the set too: only its reference images are the set.
-            "SELECT i.job_id, i.renditions FROM images i JOIN jobs j ON j.id = i.job_id"
-            " WHERE i.job_id = ANY($1::text[]) AND (j.kind = 'reference' OR i.kind = 'reference')"
-            " ORDER BY i.job_id, i.index",
-            done,
-        )
-        for row in image_rows:
-            key = _rendition_key(json.loads(row["renditions"]))
-            if key is not None:
-                generated.setdefault(row["job_id"], []).append(key)
+def _photos(column: str | None) -> list[PhotoRecord]:
+    photos = json.loads(column) if column is not None else []
     return [
-        _replace(r, photos.get(r.id, []), generated.get(r.reference_job_id or "", []))
-        for r in records
+        PhotoRecord(**{**photo, "created_at": datetime.fromisoformat(photo["created_at"])})
+        for photo in photos
     ]
 
 
-def _succeeded(record: CharacterRecord) -> bool:
-    return record.reference_job_status in (JobStatus.COMPLETED, JobStatus.PARTIALLY_COMPLETED)
-
-
-def _replace(
-    record: CharacterRecord, photos: list[PhotoRecord], generated: list[str]
-) -> CharacterRecord:
-    fields = {**record.__dict__, "photos": photos, "generated_keys": generated}
-    return CharacterRecord(**fields)
+def _generated(column: str | None) -> list[str]:
+    renditions = json.loads(column) if column is not None else []
+    return [key for r in renditions if (key := _rendition_key(r)) is not None]
 
 
 def _rendition_key(renditions: dict[str, dict[str, object]]) -> str | None:
@@ -241,21 +214,21 @@ async def note_reference_build(
 async def get(db: Db, user_id: str, character_id: str) -> CharacterRecord | None:
     """The user's character, or None (also when it belongs to someone else)."""
     row = await db.fetchrow(
-        f"SELECT {_COLUMNS} {_FROM} WHERE c.id = $1 AND c.user_id = $2", character_id, user_id
+        f"SELECT {_COLUMNS}{_DETAILS} {_FROM} WHERE c.id = $1 AND c.user_id = $2",
+        character_id,
+        user_id,
     )
-    if row is None:
-        return None
-    return (await _with_details(db, [_record(row)]))[0]
+    return _record(row) if row is not None else None
 
 
 async def get_many(db: Db, user_id: str, ids: list[str]) -> dict[str, CharacterRecord]:
     """The user's characters among `ids` (others' and unknown ids are simply absent)."""
     rows = await db.fetch(
-        f"SELECT {_COLUMNS} {_FROM} WHERE c.id = ANY($1::text[]) AND c.user_id = $2",
+        f"SELECT {_COLUMNS}{_DETAILS} {_FROM} WHERE c.id = ANY($1::text[]) AND c.user_id = $2",
         ids,
         user_id,
     )
-    return {r.id: r for r in await _with_details(db, [_record(row) for row in rows])}
+    return {row["id"]: _record(row) for row in rows}
 
 
 async def existing_ids(db: Db, user_id: str, ids: list[str]) -> set[str]:
@@ -272,20 +245,21 @@ async def list_for(
     """Newest first; `after` is the (created_at, id) of the previous page's last row."""
     if after is None:
         rows = await db.fetch(
-            f"SELECT {_COLUMNS} {_FROM} WHERE c.user_id = $1"
+            f"SELECT {_COLUMNS}{_DETAILS} {_FROM} WHERE c.user_id = $1"
             " ORDER BY c.created_at DESC, c.id DESC LIMIT $2",
             user_id,
             limit,
         )
     else:
         rows = await db.fetch(
-            f"SELECT {_COLUMNS} {_FROM} WHERE c.user_id = $1 AND (c.created_at, c.id) < ($3, $4)"
+            f"SELECT {_COLUMNS}{_DETAILS} {_FROM} WHERE c.user_id = $1"
+            " AND (c.created_at, c.id) < ($3, $4)"
             " ORDER BY c.created_at DESC, c.id DESC LIMIT $2",
             user_id,
             limit,
             *after,
         )
-    return await _with_details(db, [_record(row) for row in rows])
+    return [_record(row) for row in rows]
 
 
 async def create(
