@@ -205,7 +205,9 @@ async def generate(
     require_acceptable(body.webhook, settings)
     job_id = job.job_id
     base = settings.public_base_url.rstrip("/")
-    async with pool.acquire() as conn:
+    # The character is read in the job's own transaction (one transaction per request, its
+    # read a single statement): a refusal (404, 422) rolls back having written nothing.
+    async with pool.acquire() as conn, conn.transaction():
         if body.character_id is not None:
             command = await _pack_command(body, conn, user, job_id)
         else:
@@ -220,22 +222,21 @@ async def generate(
             events_url=urls(settings, job_id)[1],
         )
         prompt_only = command.kind is JobKind.PROMPT
-        async with conn.transaction():
-            await readmodel.insert_job(
-                conn,
-                job_id,
-                user.user_id,
-                kind=command.kind,
-                total=command.image_count,
-                character_id=None if prompt_only else command.character.id,
-                image_id=image_id_for(job_id, 0) if command.image_count == 1 else None,
-                style=command.style,
-                audience=command.audience or "general",
-            )
-            if body.webhook is not None:
-                await webhook_store.register(conn, job_id, user.user_id, body.webhook)
-            await job.record(conn, accepted)
-            await publishing.send(publisher, settings, user.user_id, command)
+        await readmodel.insert_job(
+            conn,
+            job_id,
+            user.user_id,
+            kind=command.kind,
+            total=command.image_count,
+            character_id=None if prompt_only else command.character.id,
+            image_id=image_id_for(job_id, 0) if command.image_count == 1 else None,
+            style=command.style,
+            audience=command.audience or "general",
+        )
+        if body.webhook is not None:
+            await webhook_store.register(conn, job_id, user.user_id, body.webhook)
+        await job.record(conn, accepted)
+        await publishing.send(publisher, settings, user.user_id, command)
     log.info(
         "event=job_accepted job_id=%s user_id=%s kind=%s images=%d",
         job_id,
