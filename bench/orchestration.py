@@ -38,7 +38,11 @@ outside the system (bench/meters.py):
 The proxies run in this process (their CPU is the benchmark client's): `--no-proxies`
 takes them out of the path for latency figures free of them (then no round trips or S3
 requests are counted). The idle figure comes first, after the warm-up: a quiet `--idle`
-seconds (a minute by default) with the users' streams open.
+seconds (a minute by default) with the users' streams open. A second one, "at rest", comes
+last: `--rest-after` seconds after the burst has drained, the same `--idle` seconds again.
+The first still holds start-up work that fades (the broker's JIT compiler is busy for
+minutes after start: about 0.01 cores of Kafka's idle figure); the second is what a stack
+that has served traffic costs while nobody uses it (`--rest-after 0` skips it).
 
 Writes bench/results/orchestration.json (orchestration_quick.json for --quick) and
 bench/results/latency.png, and prints one table: the baseline, the previous run of
@@ -332,6 +336,11 @@ async def measure(target: Target, args: argparse.Namespace) -> dict[str, Any]:
                 costs = per_image(load, idle_counts, stored)
                 costs["groups_behind_at_reading"] = meters.behind
                 print(f"[{target.name}] per image: {costs['per_image']}")
+            rest = None
+            if args.rest_after > 0:
+                await asyncio.sleep(args.rest_after)
+                rest = await session.idle(args.idle)
+                _print_idle(target.name + " at rest", rest)
         finally:
             await session.close()
     sustained = [
@@ -343,6 +352,7 @@ async def measure(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     ]
     return {
         "idle": idle,
+        "idle_at_rest": rest,
         "steps": steps,
         "burst": burst,
         "max_sustained_offered_images_per_s": max(sustained, default=None),
@@ -564,6 +574,9 @@ def _rows(system: dict[str, Any]) -> dict[str, Any]:
     rows["burst drain images/s"] = system.get("burst_drain_images_per_s")
     rows["CPU ms/image burst"] = burst.get("cpu_ms_per_image_total")
     rows["idle CPU, cores"] = (system.get("idle") or {}).get("cpu_cores_total")
+    rows["idle CPU at rest after the load, cores"] = (system.get("idle_at_rest") or {}).get(
+        "cpu_cores_total"
+    )
     per = ((system.get("costs") or {}).get("per_image")) or {}
     for key, label in (
         ("kafka_messages", "Kafka messages/image"),
@@ -649,7 +662,15 @@ def table(results: dict[str, Any], previous: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-QUICK = {"rates": "2", "duration": 8.0, "burst": 20, "warmup": 4, "idle": 15.0, "users": 2}
+QUICK = {
+    "rates": "2",
+    "duration": 8.0,
+    "burst": 20,
+    "warmup": 4,
+    "idle": 15.0,
+    "users": 2,
+    "rest_after": 0.0,
+}
 """--quick: one rate, a small burst, a short idle: about two minutes for both systems."""
 
 
@@ -666,13 +687,19 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=120, help="images in the burst step")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up images per system")
     parser.add_argument("--idle", type=float, default=60.0, help="idle measurement, s")
+    parser.add_argument(
+        "--rest-after",
+        type=float,
+        default=60.0,
+        help="seconds after the burst before the at-rest idle measurement (0: none)",
+    )
     parser.add_argument("--users", type=int, default=4, help="users (one SSE stream each)")
     parser.add_argument("--drain", type=float, default=120.0, help="max wait per step, s")
     parser.add_argument(
         "--quick",
         action="store_true",
         help="a short run (about two minutes): "
-        + ", ".join(f"--{k} {v}" for k, v in QUICK.items()),
+        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()),
     )
     parser.add_argument(
         "--no-proxies",
