@@ -1,7 +1,9 @@
-"""PostgreSQL plumbing: one schema per service, versioned migrations, retryable error mapping."""
+"""PostgreSQL plumbing: one schema per service, versioned migrations, retryable error mapping,
+and transactions whose BEGIN and COMMIT ride in statements (`begun`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -54,6 +56,28 @@ def sql_literal(value: str | int | None) -> str:
     while f"$q{n}" in value:  # without its closing `$`: nor may the text end in its prefix
         n += 1
     return f"$q{n}${value}$q{n}$"
+
+
+@asynccontextmanager
+async def begun(conn: asyncpg.Connection, first: str = "") -> AsyncIterator[str]:
+    """A transaction opened with `first` (literals only) in the same round trip as BEGIN;
+    yields the status of `first` (such as `INSERT 0 1`), or of BEGIN.
+
+    asyncpg's `Connection.transaction()` sends BEGIN and COMMIT as queries of their own; a
+    statement sent as a simple query (no parameters: literals from `sql_literal`) may carry
+    them instead. The body may end the transaction itself (`...; COMMIT`); one still open
+    at the end is committed, and one the body (or `first`) failed is rolled back before
+    the error goes on."""
+    try:
+        status: str = await conn.execute(f"BEGIN; {first}" if first else "BEGIN")
+        yield status
+        if conn.is_in_transaction():
+            await conn.execute("COMMIT")
+    except BaseException:
+        if conn.is_in_transaction() and not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+        raise
 
 
 def check_identifier(name: str) -> str:

@@ -20,7 +20,6 @@ the check.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import secrets
@@ -29,7 +28,7 @@ from contextlib import nullcontext
 
 import asyncpg
 
-from imagegen.db import sql_literal, transient_as_retryable
+from imagegen.db import begun, sql_literal, transient_as_retryable
 from imagegen.kafka import Record, decode, handling
 from schemas.events import EVENT_ADAPTER, Event
 from services.gateway.eventfeed import EventFeed, LogRow
@@ -120,39 +119,39 @@ class Projection:
         the log's unique event_id, which rolls everything back (the caller retries)."""
         owners: dict[str, None] = {}
         hooks: list[str] = []
-        # BEGIN and the lock in one round trip; the rest of the transaction below.
-        await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({_EVENT_LOG_LOCK})")
+        # BEGIN and the lock in one round trip; the rest of the transaction below, its
+        # COMMIT with the log rows (a failure rolls it back).
         try:
-            seen: set[str] = set()
-            if not optimistic:
-                seen.update(
-                    await conn.fetchval(
-                        "SELECT coalesce(array_agg(event_id), '{}') FROM events"
-                        " WHERE event_id = ANY($1::text[])",
-                        [event.id for event in events],
+            async with begun(conn, f"SELECT pg_advisory_xact_lock({_EVENT_LOG_LOCK})"):
+                seen: set[str] = set()
+                if not optimistic:
+                    seen.update(
+                        await conn.fetchval(
+                            "SELECT coalesce(array_agg(event_id), '{}') FROM events"
+                            " WHERE event_id = ANY($1::text[])",
+                            [event.id for event in events],
+                        )
                     )
-                )
-            rows: list[_Row] = []
-            for at, event in enumerate(events):
-                if event.id in seen:
-                    log.info(
-                        "event=duplicate_event_ignored event_id=%s type=%s", event.id, event.type
-                    )
-                    continue
-                seen.add(event.id)
-                with handling(records[at]) if records else nullcontext():
-                    await _fold(conn, event, rows, owners, hooks)
-            # Ids are taken in order, under the lock: they become visible in order. The
-            # NOTIFY is sent at commit: it wakes streams on every replica.
-            if self._feed is not None and rows:
-                self._feed.expect(token, [LogRow(r[1], r[2], r[3], r[5]) for r in rows])
-            await conn.execute(_closing(rows, owners, token))
+                rows: list[_Row] = []
+                for at, event in enumerate(events):
+                    if event.id in seen:
+                        log.info(
+                            "event=duplicate_event_ignored event_id=%s type=%s",
+                            event.id,
+                            event.type,
+                        )
+                        continue
+                    seen.add(event.id)
+                    with handling(records[at]) if records else nullcontext():
+                        await _fold(conn, event, rows, owners, hooks)
+                # Ids are taken in order, under the lock: they become visible in order. The
+                # NOTIFY is sent at commit: it wakes streams on every replica.
+                if self._feed is not None and rows:
+                    self._feed.expect(token, [LogRow(r[1], r[2], r[3], r[5]) for r in rows])
+                await conn.execute(_closing(rows, owners, token))
         except BaseException:
             if self._feed is not None:
                 self._feed.forget(token)
-            if conn.is_in_transaction() and not conn.is_closed():
-                with contextlib.suppress(Exception):
-                    await conn.execute("ROLLBACK")
             raise
         return owners, hooks
 

@@ -36,7 +36,7 @@ from services.scheduler.outbox import (
     staged_row,
 )
 from services.scheduler.settings import SchedulerSettings
-from services.scheduler.transactions import note_user_locked, user_locked
+from services.scheduler.user_locks import note_user_locked, user_locked
 
 log = logging.getLogger(__name__)
 

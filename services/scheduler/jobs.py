@@ -44,7 +44,7 @@ from services.scheduler.outbox import (
 from services.scheduler.planning import JobPlan
 from services.scheduler.reservations import Hold
 from services.scheduler.settlements import STORED_COPY
-from services.scheduler.transactions import note_user_locked
+from services.scheduler.user_locks import note_user_locked
 
 log = logging.getLogger(__name__)
 

@@ -33,13 +33,13 @@ from contextvars import ContextVar
 import asyncpg
 from pydantic import BaseModel
 
-from imagegen.db import sql_literal
+from imagegen.db import begun, sql_literal
 from imagegen.errors import RetryableError
 from imagegen.kafka import Publisher, encode
 from imagegen.telemetry import ENQUEUED_AT_HEADER, current_traceparent, same_trace
 from schemas.events import EventBase
 from schemas.jobs import GenerateImage
-from services.scheduler.transactions import begun, tracking_user_locks
+from services.scheduler.user_locks import tracking_user_locks
 
 log = logging.getLogger(__name__)
 SOURCE = "imagegen/scheduler"
