@@ -56,7 +56,7 @@ async def test_a_batch_led_by_a_completion_commits_or_rolls_back_as_one(
 
         # The completion's deadline update went with BEGIN; the batch fails after it.
         with monkeypatch.context() as patch:
-            patch.setattr(rig.scheduler, "_stored", broken)
+            patch.setattr(rig.scheduler.outcomes, "_stored", broken)
             with pytest.raises(RuntimeError):
                 await rig.scheduler.on_events(
                     [record(rig, completed(first, 0.5), 1), record(rig, stored(second, 1), 2)]

@@ -10,8 +10,8 @@ from pydantic import BaseModel
 
 from imagegen.db import begun
 from imagegen.telemetry import ENQUEUED_AT_HEADER
-from services.scheduler.handlers import _watch_statement
 from services.scheduler.outbox import STAGE_ROWS, columns, pending, stage, staged_row, transaction
+from services.scheduler.outcomes import _watch_statement
 from services.scheduler.overdue import AWAITING_COMPLETED, AWAITING_STORED
 
 # A job id that would end an ordinary or a dollar-quoted literal if it were spliced in raw.
