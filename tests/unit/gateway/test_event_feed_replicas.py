@@ -20,6 +20,7 @@ from services.gateway.routes.streams import follow
 from services.gateway.sse import SseMessage
 from tests.unit.gateway import factories as ev
 from tests.unit.gateway.conftest import running_gateway
+from tests.unit.gateway.listen_support import drop_listeners
 
 # No safety-net re-read within a test (sse_poll_s): only the commits' notes can deliver.
 QUIET_S = 3600.0
@@ -175,15 +176,7 @@ async def test_a_replica_whose_listener_was_lost_still_gets_what_it_missed(
             await _until(got, 1)
             # b's listening connection goes; what a commits meanwhile sends notes b
             # never hears. b's reconnect wakes its streams, and the feed reads the gap.
-            admin = await asyncpg.connect(gateway_db_url)
-            try:
-                await admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE application_name = 'imagegen-gateway-listen'"
-                    " AND datname = current_database()"
-                )
-            finally:
-                await admin.close()
+            await drop_listeners(gateway_db_url)
             await a.feed(*events[1:])
             await _until(got, len(events))
             logged = await _logged(gateway_db_url, user, start)

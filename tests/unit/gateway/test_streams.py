@@ -21,6 +21,7 @@ from services.gateway.routes.streams import QUEUE_EVENT, follow
 from services.gateway.settings import GatewaySettings
 from tests.unit.gateway import factories as ev
 from tests.unit.gateway.conftest import Gateway, gateway_settings, running_gateway
+from tests.unit.gateway.listen_support import drop_listeners
 
 TYPES_OF_A_TWO_PACK = [
     "generation_queued",
@@ -187,11 +188,7 @@ async def test_listener_reconnects_and_wakes_every_stream(gateway_db_url: str) -
         woken = signal.listen("someone")
         admin = await asyncpg.connect(gateway_db_url)
         try:
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = 'imagegen-gateway-listen'"
-                " AND datname = current_database()"
-            )
+            await drop_listeners(gateway_db_url, admin)
             # Notifications sent while it was away are lost: the reconnect wakes everyone.
             await asyncio.wait_for(woken.wait(), 10)
             assert signal.connects >= 2
