@@ -392,6 +392,27 @@ def image_event(
     return kind(**{**image_envelope(image, event_type, *parts), "source": source}, data=data)
 
 
+def job_event(
+    kind: type[EventT],
+    job_id: str,
+    user_id: str,
+    *parts: object,
+    data: Contract,
+    source: str = "",
+) -> EventT:
+    """An event of class `kind` about a whole job: its id from the event's type, the job id
+    and `parts`; the subject names the job. An empty `source` is stamped by the emitter."""
+    event_type = str(kind.model_fields["type"].default)
+    return kind(
+        id=event_id(event_type, job_id, *parts),
+        source=source,
+        subject=f"jobs/{job_id}",
+        job_id=job_id,
+        user_id=user_id,
+        data=data,
+    )
+
+
 Event = Annotated[
     GenerationQueued
     | GenerationStarted

@@ -26,7 +26,7 @@ from schemas.events import (
     JobStatus,
     PackCompleted,
     PackCompletedData,
-    event_id,
+    job_event,
 )
 from schemas.jobs import GenerateImage
 from schemas.requests import DiscardImage, JobKind, UserTier
@@ -194,12 +194,13 @@ class JobBook:
             await stage_event(
                 conn,
                 self._topics.events,
-                JobProgress(
-                    id=event_id("job_progress", job["job_id"], counts["stored"], counts["failed"]),
+                job_event(
+                    JobProgress,
+                    job["job_id"],
+                    job["user_id"],
+                    counts["stored"],
+                    counts["failed"],
                     source=SOURCE,
-                    subject=f"jobs/{job['job_id']}",
-                    job_id=job["job_id"],
-                    user_id=job["user_id"],
                     data=JobProgressData(
                         total=job["image_count"],
                         completed=counts["stored"],
@@ -235,12 +236,11 @@ class JobBook:
             job["job_id"],
         )
         released = await self._ledger.release(conn, job["job_id"])
-        cancelled = JobCancelled(
-            id=event_id("job_cancelled", job["job_id"]),
+        cancelled = job_event(
+            JobCancelled,
+            job["job_id"],
+            job["user_id"],
             source=SOURCE,
-            subject=f"jobs/{job['job_id']}",
-            job_id=job["job_id"],
-            user_id=job["user_id"],
             data=JobCancelledData(reason=reason, released_usd=float(released)),
         )
         await stage_event(conn, self._topics.events, cancelled)
@@ -347,12 +347,11 @@ class JobBook:
         await stage_event(
             conn,
             self._topics.events,
-            PackCompleted(
-                id=event_id("pack_completed", job_id),
+            job_event(
+                PackCompleted,
+                job_id,
+                job["user_id"],
                 source=SOURCE,
-                subject=f"jobs/{job_id}",
-                job_id=job_id,
-                user_id=job["user_id"],
                 data=PackCompletedData(
                     status=status,
                     image_count=job["image_count"],
