@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-import asyncpg
+from imagegen.pg_listen import PgListener
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,9 @@ class LocalEventSignal:
 class PgEventSignal:
     """LISTENs on one connection per process and wakes this process's streams.
 
-    Use as an async context manager. The connection is (re)opened in the background:
-    while it is down streams fall back to their periodic re-read, and every reconnect
-    wakes all streams, since notifications sent meanwhile are lost.
+    Use as an async context manager. The connection is (re)opened in the background
+    (`PgListener`): while it is down streams fall back to their periodic re-read, and every
+    reconnect wakes all streams, since notifications sent meanwhile are lost.
     """
 
     def __init__(
@@ -157,15 +157,18 @@ class PgEventSignal:
         reconnect_s: float = 1.0,
         check_s: float = 15.0,
     ) -> None:
-        self._dsn = dsn
         self._local = local or LocalEventSignal()
-        self._reconnect_s = reconnect_s
-        self._check_s = check_s
-        self._task: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
+        self._listener = PgListener(
+            dsn,
+            CHANNEL,
+            self._on_notification,
+            application_name="imagegen-gateway-listen",
+            on_connected=self._local.notify_all,
+            reconnect_s=reconnect_s,
+            check_s=check_s,
+        )
         self._subscribers: list[Callable[[CommitNote], None]] = []
         self.notifications = 0
-        self.connects = 0
 
     def listen(self, user_id: str) -> asyncio.Event:
         return self._local.listen(user_id)
@@ -175,7 +178,11 @@ class PgEventSignal:
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return self._listener.live
+
+    @property
+    def connects(self) -> int:
+        return self._listener.connects
 
     @property
     def epoch(self) -> int | None:
@@ -190,15 +197,10 @@ class PgEventSignal:
 
     async def wait_connected(self, timeout: float) -> bool:
         """True once the LISTEN is in place (within `timeout` seconds)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), timeout)
-        return self.connected
+        return await self._listener.wait_live(timeout)
 
     async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run(), name="gateway-event-listener")
-        # Best effort: a database that is slow to answer must not block start-up, the
-        # streams' re-read covers the gap until the listener connects.
-        await self.wait_connected(5.0)
+        await self._listener.__aenter__()
         return self
 
     async def __aexit__(
@@ -207,15 +209,11 @@ class PgEventSignal:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._listener.__aexit__(exc_type, exc, tb)
 
-    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+    def _on_notification(self, payload: str) -> None:
         self.notifications += 1
-        if not isinstance(payload, str) or not payload:
+        if not payload:
             return
         note = parse_note(payload)
         if self._subscribers:
@@ -226,38 +224,3 @@ class PgEventSignal:
         else:
             for user in note.users:
                 self._local.notify(user)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._listen_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("event=event_listener_down error=%r", exc)
-            finally:
-                self._connected.clear()
-            await asyncio.sleep(self._reconnect_s)
-
-    async def _listen_once(self) -> None:
-        """LISTEN on a fresh connection until it ends; a periodic query detects a silent loss."""
-        conn = await asyncpg.connect(
-            self._dsn, server_settings={"application_name": "imagegen-gateway-listen"}
-        )
-        try:
-            lost = asyncio.Event()
-            conn.add_termination_listener(lambda _conn: lost.set())
-            await conn.add_listener(CHANNEL, self._on_notification)
-            self.connects += 1
-            self._connected.set()
-            log.info("event=event_listener_connected channel=%s", CHANNEL)
-            self._local.notify_all()
-            while not lost.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), self._check_s)
-                if not lost.is_set():
-                    await asyncio.wait_for(conn.fetchval("SELECT 1"), 5.0)
-        finally:
-            if not conn.is_closed():
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), 2.0)
