@@ -12,6 +12,9 @@
   own control consumer sees the cancel, otherwise by polling the store every
   `cancel_poll_s` for the one running job. Backends check the token between diffusion
   steps and stop at the next one.
+- `ListenedCancellationStore` (cancel_feed.py) answers both from an in-memory copy of the
+  table kept by LISTEN/NOTIFY, reading the table only while that copy is not live: no
+  PostgreSQL round trip per image (why that is as good as the read: its docstring).
 """
 
 from __future__ import annotations
