@@ -1,7 +1,9 @@
 """Generation requests: a character portrait, a story scene, or a whole story.
 
-Each request writes its job row (and, where the image id is known up front, a queued
-image row) and publishes its command in one transaction: all of it or nothing (503).
+Each request reads what it needs (character, story, the estimate's history), writes its job
+row (and, where the image id is known up front, a queued image row) and publishes its
+command in one transaction: all of it or nothing (a refusal, or a 503). One transaction per
+request, beside the rate limits' one statement.
 """
 
 from __future__ import annotations
@@ -96,41 +98,40 @@ async def _record_and_send(
     job: NewJob,
     webhook: WebhookIn | None = None,
 ) -> ImageJobAccepted:
-    """Job row, pending image row, the Idempotency-Key's answer and the command in one
-    transaction: if the publish fails, nothing is recorded (a 503), so a retry starts clean.
-    Returns the answer."""
+    """Job row, pending image row, the Idempotency-Key's answer and the command, in the
+    caller's (open) transaction: if the publish fails, nothing is recorded (a 503), so a
+    retry starts clean. Returns the answer."""
     estimate = await estimates.estimate(conn, command.user_id, 1)
     accepted = _accepted(settings, command.job_id, image.image_id, estimate)
-    async with conn.transaction():
-        await readmodel.insert_job(
-            conn,
-            command.job_id,
-            command.user_id,
-            kind=image.kind,
-            total=1,
-            character_id=image.character_id,
-            story_id=image.story_id,
-            page_number=image.page_number,
-            image_id=image.image_id,
-            style=image.style,
-            audience=command.audience or "general",
-        )
-        await gallery.insert_pending(
-            conn,
-            image_id=image.image_id,
-            version=1,
-            job_id=command.job_id,
-            user_id=command.user_id,
-            kind=image.kind.value,
-            style=image.style,
-            character_id=image.character_id,
-            story_id=image.story_id,
-            page_number=image.page_number,
-        )
-        if webhook is not None:
-            await webhook_store.register(conn, command.job_id, command.user_id, webhook)
-        await job.record(conn, accepted)
-        await publishing.send(publisher, settings, command.user_id, command)
+    await readmodel.insert_job(
+        conn,
+        command.job_id,
+        command.user_id,
+        kind=image.kind,
+        total=1,
+        character_id=image.character_id,
+        story_id=image.story_id,
+        page_number=image.page_number,
+        image_id=image.image_id,
+        style=image.style,
+        audience=command.audience or "general",
+    )
+    await gallery.insert_pending(
+        conn,
+        image_id=image.image_id,
+        version=1,
+        job_id=command.job_id,
+        user_id=command.user_id,
+        kind=image.kind.value,
+        style=image.style,
+        character_id=image.character_id,
+        story_id=image.story_id,
+        page_number=image.page_number,
+    )
+    if webhook is not None:
+        await webhook_store.register(conn, command.job_id, command.user_id, webhook)
+    await job.record(conn, accepted)
+    await publishing.send(publisher, settings, command.user_id, command)
     return accepted
 
 
@@ -157,7 +158,7 @@ async def generate_portrait(
     job_id = job.job_id
     image_id = image_id_for(job_id, 0)
     width, height = parse_size(body.options.size)
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         character = await characters.get(conn, user.user_id, body.character_id)
         if character is None:
             raise HTTPException(
@@ -181,19 +182,18 @@ async def generate_portrait(
             model=body.options.model,
             story_id=body.story_id,
         )
-        async with conn.transaction():
-            # Named as the set's builder in the job's own transaction: a failed publish
-            # (503) rolls both back.
-            await characters.note_reference_build(conn, character, job_id)
-            accepted = await _record_and_send(
-                conn,
-                publisher,
-                settings,
-                command,
-                _OneImage(JobKind.PORTRAIT, image_id, body.style, character.id, body.story_id),
-                job,
-                body.webhook,
-            )
+        # Named as the set's builder in the job's own transaction: a failed publish (503)
+        # rolls both back.
+        await characters.note_reference_build(conn, character, job_id)
+        accepted = await _record_and_send(
+            conn,
+            publisher,
+            settings,
+            command,
+            _OneImage(JobKind.PORTRAIT, image_id, body.style, character.id, body.story_id),
+            job,
+            body.webhook,
+        )
     log.info("event=portrait_accepted job_id=%s user_id=%s", job_id, user.user_id)
     return accepted
 
@@ -222,7 +222,7 @@ async def generate_scene(
     require_acceptable(body.webhook, settings)
     job_id = job.job_id
     image_id = image_id_for(job_id, 0)
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         story = await _story_or_404(conn, user.user_id, body.story_id)
         page = next((p for p in story.pages if p.page_number == body.page_number), None)
         if page is None:
@@ -313,7 +313,7 @@ async def generate_story(
         )
     require_acceptable(body.webhook, settings)
     job_id = job.job_id
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         await _story_or_404(conn, user.user_id, story_id)
         try:
             spec = await stories.load_spec(conn, user.user_id, story_id)
@@ -352,20 +352,19 @@ async def generate_story(
             status_url=status_url,
             events_url=events_url,
         )
-        async with conn.transaction():
-            await readmodel.insert_job(
-                conn,
-                job_id,
-                user.user_id,
-                kind=JobKind.STORY,
-                total=total,
-                story_id=story_id,
-                style=body.style,
-                audience=command.audience or "general",
-            )
-            if body.webhook is not None:
-                await webhook_store.register(conn, job_id, user.user_id, body.webhook)
-            await job.record(conn, accepted)
-            await publishing.send(publisher, settings, user.user_id, command)
+        await readmodel.insert_job(
+            conn,
+            job_id,
+            user.user_id,
+            kind=JobKind.STORY,
+            total=total,
+            story_id=story_id,
+            style=body.style,
+            audience=command.audience or "general",
+        )
+        if body.webhook is not None:
+            await webhook_store.register(conn, job_id, user.user_id, body.webhook)
+        await job.record(conn, accepted)
+        await publishing.send(publisher, settings, user.user_id, command)
     log.info("event=story_accepted job_id=%s story_id=%s images=%d", job_id, story_id, total)
     return accepted

@@ -84,3 +84,21 @@ async def test_an_unknown_character_rolls_back_and_sends_nothing(
         "SELECT sum(count) FROM rate_limit_windows WHERE user_id = $1", user
     )
     assert counted == 2
+
+
+async def test_a_portrait_post_is_one_rate_limit_statement_and_one_transaction(
+    gateway: Gateway, user: str
+) -> None:
+    character = await gateway.create_character(user)
+    async with _logged(gateway) as pool:
+        response = await gateway.client.post(
+            "/api/v1/images/characters",
+            json={"characterId": character["id"], "style": "storybook"},
+            headers=gateway.auth(user),
+        )
+    assert response.status_code == 202, response.text
+    verbs = [q.split()[0].rstrip(";").upper() for q in pool.queries]
+    # The character, the reference-set note, the estimate and the rows: all in between.
+    assert verbs[:2] == ["WITH", "BEGIN"] and verbs[-1] == "COMMIT", pool.queries
+    assert verbs.count("BEGIN") == 1 and len(verbs) > 4
+    assert "rate_limit_windows" in pool.queries[0]
