@@ -26,6 +26,7 @@ from services.scheduler.handlers import Scheduler
 from services.scheduler.jobs import NewJob
 from services.scheduler.migrations import MIGRATIONS
 from services.scheduler.outbox import transaction
+from services.scheduler.user_locks import note_user_locked, tracking_user_locks, user_locked
 from tests.unit.scheduler.fakes import completed, fast_settings, started, stored
 
 # Text that would end an ordinary or a dollar-quoted literal, or look like a parameter.
@@ -225,3 +226,40 @@ async def test_a_new_job_row_is_written_once_however_it_is_sent(
 def test_a_job_whose_text_cannot_be_a_literal_is_not_sent_with_begin() -> None:
     job = NewJob("j", "u", UserTier.PAID, JobKind.PACK, "{}", "nul\x00here")
     assert job.statement() == ""
+
+
+async def test_requests_handed_over_together_lock_their_user_once_and_queue_in_order(
+    rig: Rig,
+) -> None:
+    first, second = one_image(), one_image()
+    records = [
+        Record(rig.topics.requests, 0, at, r.user_id, encode(r))
+        for at, r in enumerate((first, second))
+    ]
+    await rig.scheduler.on_requests(records)
+    sent = await rig.statements()
+    assert sum(s.startswith("BEGIN") for s in sent) == 1, "one transaction for the batch"
+    assert locks_the_user_alone(sent) == 0
+    assert await rig.status(first.job_id) == "running"
+    assert await rig.status(second.job_id) == "queued"  # the free tier's one slot is taken
+    # Redelivered together: nothing changes.
+    await rig.scheduler.on_requests(records)
+    assert await rig.status(second.job_id) == "queued"
+    assert (
+        await rig.pool.fetchval(
+            "SELECT count(*) FROM job_images WHERE job_id = ANY($1)", [first.job_id, second.job_id]
+        )
+        == 2
+    )
+
+
+def test_a_noted_user_lock_lasts_as_long_as_its_transaction() -> None:
+    note_user_locked("alice")  # outside a transaction: nothing is noted
+    assert not user_locked("alice")
+    with pytest.raises(RuntimeError), tracking_user_locks():
+        note_user_locked("alice")
+        assert user_locked("alice") and not user_locked("bob")
+        raise RuntimeError("the transaction failed")
+    assert not user_locked("alice"), "nothing outlives the transaction that noted it"
+    with tracking_user_locks():
+        assert not user_locked("alice")
