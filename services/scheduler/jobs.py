@@ -134,7 +134,9 @@ class JobBook:
         )
         note_user_locked(plan.user_id)
         instruments().jobs.add(1, {"status": "queued", "tier": plan.user_tier.value})
-        # The images as just written: activating this job reads none of them back.
+        # The images as just written, in index order as `pump` reads them: activating this
+        # job reads none of them back.
+        written = sorted(zip(plan.images, messages, strict=True), key=lambda im: im[0].index)
         images = [
             {
                 "image_index": i.index,
@@ -144,7 +146,7 @@ class JobBook:
                 "story_id": i.job.image.story_id,
                 "message": message,
             }
-            for i, message in zip(plan.images, messages, strict=True)
+            for i, message in written
         ]
         await self._dispatcher.activate_waiting(
             conn, plan.user_id, plan.user_tier.value, {plan.job_id: images}
