@@ -88,10 +88,11 @@ class SharedConsumer:
     async def commit(self, record: Record) -> None:
         where = (record.topic, record.partition)
         turn = self._turns.pop((*where, record.offset), None)
-        if turn is not None and not turn.done():
-            turn.set_result(None)
-        if self._last.get(where) is turn:
-            self._last.pop(where, None)
+        if turn is not None:
+            if not turn.done():
+                turn.set_result(None)
+            if self._last.get(where) is turn:
+                del self._last[where]
         done = self._done.setdefault(where, {})
         done[record.offset] = record
         in_flight = self._in_flight.get(where, deque())
