@@ -43,14 +43,15 @@ class StorageService:
         staged = [
             (r, s) for r, s in zip(msg.renditions, stored, strict=True) if r.blob.key != s.key
         ]
-        async with transient_as_retryable(), self._pool.acquire() as conn:
-            if staged:
-                known = await admission(
-                    conn, image.image_id, image.version, image.user_id, owner_kind, owner_id
-                )
-            else:
-                # Nothing to copy: may it be stored, and store it, in one round trip.
-                known = await admit_and_insert(conn, msg, stored, owner_kind, owner_id)
+        with tracer().start_as_current_span("record", attributes={"staged": len(staged)}):
+            async with transient_as_retryable(), self._pool.acquire() as conn:
+                if staged:
+                    known = await admission(
+                        conn, image.image_id, image.version, image.user_id, owner_kind, owner_id
+                    )
+                else:
+                    # Nothing to copy: may it be stored, and store it, in one round trip.
+                    known = await admit_and_insert(conn, msg, stored, owner_kind, owner_id)
         deleted = known.deleted
         if deleted == "discarded":
             # Its job has ended without it: its final objects go, nothing is announced.
