@@ -119,3 +119,21 @@ class PgListener:
             if not conn.is_closed():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), 2.0)
+
+
+class Listening:
+    """Base of an object whose async context is its `listener`'s (entered: listening)."""
+
+    listener: PgListener
+
+    async def __aenter__(self) -> Self:
+        await self.listener.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.listener.__aexit__(exc_type, exc, tb)

@@ -18,10 +18,9 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from imagegen.pg_listen import PgListener
+from imagegen.pg_listen import Listening, PgListener
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ class LocalEventSignal:
         return len(self._events)
 
 
-class PgEventSignal:
+class PgEventSignal(Listening):
     """LISTENs on one connection per process and wakes this process's streams.
 
     Use as an async context manager. The connection is (re)opened in the background
@@ -158,7 +157,7 @@ class PgEventSignal:
         check_s: float = 15.0,
     ) -> None:
         self._local = local or LocalEventSignal()
-        self._listener = PgListener(
+        self.listener = PgListener(
             dsn,
             CHANNEL,
             self._on_notification,
@@ -178,11 +177,11 @@ class PgEventSignal:
 
     @property
     def connected(self) -> bool:
-        return self._listener.live
+        return self.listener.live
 
     @property
     def connects(self) -> int:
-        return self._listener.connects
+        return self.listener.connects
 
     @property
     def epoch(self) -> int | None:
@@ -197,19 +196,7 @@ class PgEventSignal:
 
     async def wait_connected(self, timeout: float) -> bool:
         """True once the LISTEN is in place (within `timeout` seconds)."""
-        return await self._listener.wait_live(timeout)
-
-    async def __aenter__(self) -> Self:
-        await self._listener.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._listener.__aexit__(exc_type, exc, tb)
+        return await self.listener.wait_live(timeout)
 
     def _on_notification(self, payload: str) -> None:
         self.notifications += 1

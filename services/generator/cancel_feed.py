@@ -24,13 +24,11 @@ Why it gives the same answers as reading the table before each image:
 from __future__ import annotations
 
 import time
-from types import TracebackType
-from typing import Self
 
 import asyncpg
 
 from imagegen.db import transient_as_retryable
-from imagegen.pg_listen import PgListener
+from imagegen.pg_listen import Listening, PgListener
 from imagegen.retention import REPLAY_WINDOW
 from services.generator.cancellation import PgCancellationStore
 from services.generator.migrations import SCHEMA
@@ -38,7 +36,7 @@ from services.generator.migrations import SCHEMA
 CHANNEL = "generator_cancelled_jobs"
 
 
-class ListenedCancellationStore(PgCancellationStore):
+class ListenedCancellationStore(Listening, PgCancellationStore):
     """`PgCancellationStore` answered from memory while its LISTEN is live. Use as an
     async context manager (the lifespan opens and closes the LISTEN connection)."""
 
@@ -100,15 +98,3 @@ class ListenedCancellationStore(PgCancellationStore):
         )
         for row in rows:
             self._seen.setdefault(row["job_id"], row["at"])
-
-    async def __aenter__(self) -> Self:
-        await self.listener.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.listener.__aexit__(exc_type, exc, tb)
