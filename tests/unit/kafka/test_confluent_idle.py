@@ -1,0 +1,44 @@
+"""The producer's poller at rest: it waits for a send instead of polling, each send wakes it
+(its delivery report is served), and close ends it without waiting out the idle poll."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from imagegen.kafka import confluent
+from imagegen.kafka.confluent import KafkaPublisher
+from tests.unit.kafka.mock_cluster import MockCluster, mock_cluster
+
+
+@pytest.fixture
+def cluster() -> Iterator[MockCluster]:
+    try:
+        with mock_cluster() as found:
+            yield found
+    except LookupError as exc:
+        pytest.skip(f"librdkafka mock cluster unavailable: {exc}")
+
+
+async def test_an_idle_publisher_delivers_each_publish_and_closes_at_once(
+    cluster: MockCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No idle poll within the test: only the wakes can serve a report or end the thread.
+    monkeypatch.setattr(confluent, "IDLE_POLL_S", 3600.0)
+    publisher = KafkaPublisher(cluster.bootstrap, "idle-test")
+    closed = False
+    try:
+        for i in range(3):
+            # Each publish finds the poller waiting at rest (nothing in flight after the
+            # one before): only the send's wake gets its delivery report served.
+            await asyncio.wait_for(publisher.publish("t", "k", f"m{i}".encode()), 10)
+            assert len(publisher._producer) == 0
+        await publisher.close()
+        closed = True
+        # close() joins the poller for at most 2 s: only its wake lets the thread end.
+        assert not publisher._poller.is_alive()
+    finally:
+        if not closed:
+            await publisher.close()
