@@ -58,6 +58,17 @@ async def _old_layout(settings: KafkaSettings, group: str, topic: str) -> None:
         await consumer.close()
 
 
+def _merged(settings: KafkaSettings) -> KafkaConsumer:
+    """The scheduler's consumer as it runs now: both topics, events taken over."""
+    topics = settings.topics
+    return kafka_consumer(
+        settings,
+        "scheduler",
+        [topics.requests, topics.events],
+        previous_groups={topics.events: "scheduler-outcomes"},
+    )
+
+
 async def test_a_merged_group_takes_over_the_old_groups_offsets_then_keeps_its_own(
     kafka_bootstrap: str, topic_namespace: str
 ) -> None:
@@ -71,12 +82,7 @@ async def test_a_merged_group_takes_over_the_old_groups_offsets_then_keeps_its_o
     await _old_layout(settings, "scheduler", topics.requests)
     await _old_layout(settings, "scheduler-outcomes", topics.events)
 
-    merged = kafka_consumer(
-        settings,
-        "scheduler",
-        [topics.requests, topics.events],
-        previous_groups={topics.events: "scheduler-outcomes"},
-    )
+    merged = _merged(settings)
     try:
         # What the old groups left: offset 2 of every partition of both topics. A marker
         # after it in every partition bounds the read: anything redone comes before it.
@@ -99,12 +105,7 @@ async def test_a_merged_group_takes_over_the_old_groups_offsets_then_keeps_its_o
     assert taken == {(topics.events, p, left) for p in range(PARTITIONS)}
 
     # Started again, the merged group resumes from its own offsets: no second handover.
-    again = kafka_consumer(
-        settings,
-        "scheduler",
-        [topics.requests, topics.events],
-        previous_groups={topics.events: "scheduler-outcomes"},
-    )
+    again = _merged(settings)
     try:
         _produce(kafka_bootstrap, topics.events, "after", 1)
         seen = await _read(again, PARTITIONS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError
 from imagegen.errors import FatalClientError, PermanentError, RetryableError
 from imagegen.kafka.access import ACCESS
 from imagegen.kafka.confluent import KafkaConsumer, KafkaPublisher, _error
-from tests.unit.kafka.mock_cluster import MockCluster, mock_cluster
+from tests.unit.kafka.mock_cluster import MockCluster
 
 
 @pytest.mark.parametrize(
@@ -79,15 +79,6 @@ async def test_consumer_poll_raises_on_the_fatal_error_librdkafka_returns() -> N
         assert await consumer.poll(0.01) is None
     finally:
         await consumer.close()
-
-
-@pytest.fixture
-def cluster() -> Iterator[MockCluster]:
-    try:
-        with mock_cluster() as found:
-            yield found
-    except LookupError as exc:
-        pytest.skip(f"librdkafka mock cluster unavailable: {exc}")
 
 
 @pytest.fixture(params=["plain", "watched"])

@@ -4,22 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
 from imagegen.kafka import confluent
 from imagegen.kafka.confluent import KafkaPublisher
-from tests.unit.kafka.mock_cluster import MockCluster, mock_cluster
-
-
-@pytest.fixture
-def cluster() -> Iterator[MockCluster]:
-    try:
-        with mock_cluster() as found:
-            yield found
-    except LookupError as exc:
-        pytest.skip(f"librdkafka mock cluster unavailable: {exc}")
+from tests.unit.kafka.mock_cluster import MockCluster
 
 
 async def test_an_idle_publisher_delivers_each_publish_and_closes_at_once(
