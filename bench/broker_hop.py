@@ -53,22 +53,20 @@ S3_KEYS = ("bench", "bench-secret")
 BUCKET = "tansu"
 
 
-def stack_consumers(topics: TopicNames) -> list[tuple[str, str]]:
-    """(group, topic) of every consumer `imagegen up` runs, one replica of each service.
+def stack_consumers(topics: TopicNames) -> list[tuple[str, tuple[str, ...]]]:
+    """(group, topics) of every consumer `imagegen up` runs, one replica of each service.
 
-    gateway 1 (services/gateway/app.py), scheduler 2, storage 2, postprocess 1
-    (services/*/__main__.py), generator 3 tier consumers + 1 cancel control on the control
-    topic (services/generator/loops.py): 10.
+    gateway 1 (services/gateway/app.py), scheduler 1 and storage 1 (each on two topics),
+    postprocess 1 (services/*/__main__.py), generator 3 tier consumers + 1 cancel control on
+    the control topic (services/generator/loops.py): 8.
     """
     return [
-        ("gateway", topics.events),
-        ("scheduler", topics.requests),
-        ("scheduler-outcomes", topics.events),
-        ("storage", topics.images_processed),
-        ("storage-requests", topics.requests),
-        ("postprocess", topics.images_raw),
-        *(("generator", topics.jobs(tier)) for tier in Tier),
-        ("generator-control", topics.control),
+        ("gateway", (topics.events,)),
+        ("scheduler", (topics.requests, topics.events)),
+        ("storage", (topics.images_processed, topics.requests)),
+        ("postprocess", (topics.images_raw,)),
+        *(("generator", (topics.jobs(tier),)) for tier in Tier),
+        ("generator-control", (topics.control,)),
     ]
 
 
@@ -166,7 +164,7 @@ def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
 
 async def idle(
     bootstrap: str,
-    pairs: list[tuple[str, str]],
+    pairs: list[tuple[str, tuple[str, ...]]],
     wait_ms: int,
     procs: dict[str, psutil.Process],
     args: argparse.Namespace,
@@ -176,11 +174,11 @@ async def idle(
         KafkaConsumer(
             bootstrap,
             f"{group}-{wait_ms}",
-            [topic],
+            list(topics),
             client_id=f"bench-idle-{group}",
             fetch_wait_max_ms=wait_ms,
         )
-        for group, topic in pairs
+        for group, topics in pairs
     ]
     seen = [False] * len(consumers)
     stop = asyncio.Event()
@@ -193,7 +191,7 @@ async def idle(
     tasks = [asyncio.create_task(run(i, c)) for i, c in enumerate(consumers)]
     try:
         if consumers:
-            probe_every_partition(bootstrap, {topic for _, topic in pairs})
+            probe_every_partition(bootstrap, {t for _, topics in pairs for t in topics})
             deadline = time.monotonic() + 60
             while not all(seen):
                 if time.monotonic() > deadline:
@@ -292,7 +290,7 @@ def main() -> None:
         parser.error("--messages must be >= 1, --consumers >= 0, --idle-seconds > 0")
     stack = stack_consumers(TopicNames())
     print(
-        f"the local stack runs {len(stack)} consumers (gateway 1, scheduler 2, storage 3, "
+        f"the local stack runs {len(stack)} consumers (gateway 1, scheduler 1, storage 1, "
         f"postprocess 1, generator 4); idle is measured with {args.consumers}"
     )
     results: dict[str, Any] = {
