@@ -95,6 +95,7 @@ def consumer_loop(
             lanes,
             dead_letters=publisher,
             dead_letter_topic=settings.topics.dead_letter,
+            poll_timeout=settings.poll_timeout_ms / 1000,
             ordered=ordered,
         )
     return ConsumerLoop(
@@ -103,6 +104,7 @@ def consumer_loop(
         handlers=handlers,
         dead_letters=publisher,
         dead_letter_topic=settings.topics.dead_letter,
+        poll_timeout=settings.poll_timeout_ms / 1000,
         batch_handlers=batch_handlers,
     )
 

@@ -60,6 +60,17 @@ class KafkaSettings(BaseSettings):
             " one that takes its partitions back on restart: imagegen/stack/local.py)."
         ),
     )
+    poll_timeout_ms: int = Field(
+        default=1000,
+        ge=10,
+        description=(
+            "How long a consumer loop's poll waits for a record before it loops again (a"
+            " record is handed over as soon as it arrives, so this is no latency): each"
+            " empty round costs the process a thread hand-off and a loop turn at rest,"
+            " and it bounds how long a stop waits for the poll in flight. The local stack"
+            " sets 2 s (imagegen/stack/local.py)."
+        ),
+    )
 
     security_protocol: SecurityProtocol = Field(
         default="PLAINTEXT",

@@ -62,21 +62,24 @@ def jobs_loop(
     *,
     backoff_initial: float = 0.2,
     consumer_for: Callable[[Tier], Consumer] | None = None,
-    poll_timeout: float = 0.5,
+    poll_timeout: float | None = None,
 ) -> LaneGroup:
     """Images from this pod's tier topics (`IMAGEGEN_GENERATOR_TIERS`) in weighted tier order.
 
     `consumer_for` builds one tier's consumer (default: a member of `<ns>.generator` on the
     real broker); a tier this pod does not serve gets no consumer, so none of its records
-    is ever fetched here.
+    is ever fetched here. `poll_timeout` (default: the settings' poll timeout) bounds each
+    lane's and each tier's poll.
     """
     topics = settings.topics
+    wait = settings.poll_timeout_ms / 1000 if poll_timeout is None else poll_timeout
     tiers = config.tier_list()
     make = consumer_for or (lambda tier: tier_consumer(settings, tier))
     weighted = WeightedTierConsumer(
         {tier: make(tier) for tier in tiers},
         {tier: topics.jobs(tier) for tier in tiers},
         TierPicker.from_settings(config.tier_weights, config.tier_min_share, tiers),
+        tier_poll_s=wait,
     )
     lanes = lanes_for(
         config,
@@ -99,7 +102,7 @@ def jobs_loop(
         dead_letters=publisher,
         dead_letter_topic=topics.dead_letter,
         backoff_initial=backoff_initial,
-        poll_timeout=poll_timeout,
+        poll_timeout=wait,
     )
 
 
