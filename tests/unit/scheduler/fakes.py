@@ -18,7 +18,7 @@ from typing import Any, Literal
 import asyncpg
 
 from imagegen.db import create_pool, migrate
-from imagegen.kafka import BatchHandler, Consumer, ConsumerLoop, Handler, Publisher, Record
+from imagegen.kafka import Consumer, ConsumerLoop, Handler, Publisher, Record
 from imagegen.kafka.codec import decode
 from schemas.base import Message
 from schemas.events import (
@@ -329,32 +329,27 @@ async def scheduler_rig(
             first_pool = first_pool or pool
             scheduler = Scheduler(settings, pool, publisher, topics)
             schedulers.append(scheduler)
-            # As the service runs them: records handed over together share a transaction.
-            groups: list[tuple[str, dict[str, Handler], dict[str, BatchHandler]]] = [
-                (
-                    "scheduler",
-                    {topics.requests: scheduler.on_request},
-                    {topics.requests: scheduler.on_requests},
-                ),
-                (
-                    "scheduler-outcomes",
-                    {topics.events: scheduler.on_event},
-                    {topics.events: scheduler.on_events},
-                ),
-            ]
-            for group, handlers, batch_handlers in groups:
-                loops.append(
-                    ConsumerLoop(
-                        name=group,
-                        consumer=consumer_for(group, list(handlers)),
-                        handlers=handlers,
-                        batch_handlers=batch_handlers,
-                        dead_letters=publisher,
-                        dead_letter_topic=topics.dead_letter,
-                        backoff_initial=0.01,
-                        poll_timeout=0.05,
-                    )
+            # As the service runs it (services/scheduler/__main__.py): one consumer on both
+            # topics; records handed over together share a transaction.
+            handlers: dict[str, Handler] = {
+                topics.requests: scheduler.on_request,
+                topics.events: scheduler.on_event,
+            }
+            loops.append(
+                ConsumerLoop(
+                    name="scheduler",
+                    consumer=consumer_for("scheduler", list(handlers)),
+                    handlers=handlers,
+                    batch_handlers={
+                        topics.requests: scheduler.on_requests,
+                        topics.events: scheduler.on_events,
+                    },
+                    dead_letters=publisher,
+                    dead_letter_topic=topics.dead_letter,
+                    backoff_initial=0.01,
+                    poll_timeout=0.05,
                 )
+            )
         tasks += [asyncio.create_task(lp.run()) for lp in loops]
         tasks += [asyncio.create_task(s.run_background()) for s in schedulers]
         assert first_pool is not None
