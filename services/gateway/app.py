@@ -120,7 +120,7 @@ def create_app(
                 batch_handlers={topics.events: projection.handle_batch},
                 dead_letters=pub,
                 dead_letter_topic=topics.dead_letter,
-                poll_timeout=settings.consumer_poll_s,
+                poll_timeout=settings.consumer_poll_s or settings.kafka.poll_timeout_ms / 1000,
             )
             task = asyncio.create_task(loop.run(), name="gateway-events-consumer")
             if on_fatal is not None:

@@ -41,7 +41,12 @@ class GatewaySettings(ServiceSettings):
     # Browsers reconnect a dropped EventSource after this many milliseconds.
     sse_retry_ms: int = Field(default=1000, ge=100, le=60_000)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
-    consumer_poll_s: float = Field(default=0.5, gt=0)
+    consumer_poll_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="The events consumer's poll timeout; unset: IMAGEGEN_KAFKA_POLL_TIMEOUT_MS,"
+        " as every other service's consumer loop.",
+    )
 
     # --- auth: HS256 with jwt_secret always; RS256/ES256 via a JWKS URL when set.
     jwks_url: str | None = None
