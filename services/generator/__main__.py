@@ -16,8 +16,7 @@ from imagegen.kafka import DeferredPublisher
 from imagegen.retention import pruning
 from imagegen.runtime import health_endpoint, kafka_publisher, run_until_signalled
 from imagegen.telemetry import configure_telemetry
-from services.generator.cancel_feed import ListenedCancellationStore
-from services.generator.cancellation import CancelWatch
+from services.generator.cancellation import CancelWatch, PgCancellationStore
 from services.generator.loops import control_loop, jobs_loop
 from services.generator.migrations import MIGRATIONS, SCHEMA
 from services.generator.providers import build_providers
@@ -46,10 +45,7 @@ async def serve(settings: GeneratorSettings) -> None:
         pool = await create_pool(settings.database_url, SCHEMA)
         stack.push_async_callback(pool.close)
         await migrate(pool, SCHEMA, MIGRATIONS)
-        # Cancels answered from memory, kept by LISTEN (one connection of its own).
-        cancels = await stack.enter_async_context(
-            ListenedCancellationStore(pool, settings.database_url)
-        )
+        cancels = PgCancellationStore(pool)
         await stack.enter_async_context(pruning(cancels.pruner()))
         watch = CancelWatch(cancels, config.cancel_poll_s)
         blobs = await stack.enter_async_context(S3BlobStore(settings.s3))
