@@ -336,6 +336,29 @@ def wait_resumed(
     return None
 
 
+def keep_busy(
+    stack: RunningStack,
+    tenants: list[Tenant],
+    busy: Callable[[], bool],
+    progress: Callable[[], int],
+    submitted: int,
+    pending: int = 12,
+) -> list[Submitted]:
+    """While `busy()`, tops the work up with 5-image packs of the paid tenants whenever
+    fewer than `pending` images are left to store: a kill made after a stage's resume wait
+    then still falls mid-run, however quickly the machine drains the first workload."""
+    payers = [t for t in tenants if t.tier == "paid"] or tenants
+    run = uuid.uuid4().hex[:8]
+    extra: list[Submitted] = []
+    while busy():
+        if submitted - progress() < pending:
+            tenant = payers[len(extra) % len(payers)]
+            extra.append(submit_pack(stack, tenant, 5, f"{run}-top-up-{len(extra)}"))
+            submitted += 5
+        time.sleep(0.2)
+    return extra
+
+
 def kill_moments(rng: random.Random, images: int, count: int) -> list[int]:
     """When to kill, as numbers of images stored: random, distinct, within the first 80 %."""
     return sorted(rng.sample(range(1, max(int(images * 0.8), count + 1)), count))
@@ -362,6 +385,9 @@ class Killer:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="killer", daemon=True)
         self._thread.start()
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def join(self, timeout: float = 600) -> list[Kill]:
         assert self._thread is not None

@@ -36,6 +36,7 @@ from tests.e2e.chaos_support import (
     assert_consistent,
     count_images,
     describe_kills,
+    keep_busy,
     kill_moments,
     make_tenants,
     pack_sizes,
@@ -80,9 +81,15 @@ def test_sigkill_each_service_in_turn_loses_nothing(
     moments = kill_moments(rng, sum(sizes) + paid * PORTRAIT_IMAGES, len(victims))
     before = stored_rows(chaos_stack)
     started = time.monotonic()
-    killer = Killer(chaos_stack, victims, moments, lambda: stored_rows(chaos_stack) - before, rng)
+
+    def progress() -> int:
+        return stored_rows(chaos_stack) - before
+
+    killer = Killer(chaos_stack, victims, moments, progress, rng)
     killer.start()
     jobs = submit_workload(chaos_stack, tenants, sizes)
+    workload = sum(j.images for j in jobs) + paid * (PORTRAIT_IMAGES - 1)
+    jobs += keep_busy(chaos_stack, tenants, killer.running, progress, workload)
     kills = killer.join()
     final = wait_terminal(chaos_stack, tenants, jobs, timeout=240)
     duration = time.monotonic() - started
