@@ -50,6 +50,8 @@ class PgListener:
         self._live = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.connects = 0
+        self.pid: int | None = None
+        """The server process of the connection while it is live."""
 
     @property
     def live(self) -> bool:
@@ -105,6 +107,7 @@ class PgListener:
             if self._on_live is not None:
                 await self._on_live(conn)
             self.connects += 1
+            self.pid = conn.get_server_pid()
             self._live.set()
             log.info("event=listener_connected channel=%s", self._channel)
             if self._on_connected is not None:
@@ -116,6 +119,7 @@ class PgListener:
                     await asyncio.wait_for(conn.fetchval("SELECT 1"), 5.0)
         finally:
             self._live.clear()
+            self.pid = None
             if not conn.is_closed():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), 2.0)

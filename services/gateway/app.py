@@ -136,6 +136,7 @@ def create_app(
                 feed=feed,
                 consumer_loop=loop,
                 consumer_task=task,
+                projection=projection,
                 cdn_signer=cdn.signer_for(settings),
             )
             log.info("event=gateway_started port=%d env=%s", settings.port, settings.env)

@@ -8,16 +8,18 @@ encoded once for every stream.
 
 How the tails stay complete. The feed keeps `top`: every tail holds all of its user's
 events with floor < id <= top. Log ids are taken under the projection's log lock, so they
-become visible in id order, and each commit's NOTIFY (notify.py, `CommitNote`) names its
-ids `lo..hi` and `prev`, the newest id committed before them. Notes arrive in commit
-order on the process's one listening connection and are applied one at a time:
+become visible in id order, and each commit's note (notify.py, `CommitNote`) names its
+ids `lo..hi` and `prev`, the newest id committed before them. Notes of this process's
+commits come from its projection (`committed`), other replicas' in commit order on the
+process's one listening connection; they are applied one at a time, in arrival order:
 
 - hi <= top: already known (a note older than the read that set `top`);
 - prev == top and the rows are this process's own (the projection hands them over before
   it commits, `expect`): appended without a query;
 - prev == top and none of the note's users has a tail here: nothing to take, top = hi;
 - otherwise (another replica's rows for a user with a tail here, or a gap: notes lost, a
-  writer of an older version): ONE read of (top, hi] for every user with a tail, shared
+  writer of an older version, another replica's NOTIFY still on its way behind this
+  process's own later note): ONE read of (top, hi] for every user with a tail, shared
   by all their streams (consecutive notes waiting behind it are folded into the same
   read).
 
@@ -317,7 +319,7 @@ class EventFeed:
     def expect(self, token: str, rows: Sequence[LogRow]) -> None:
         """This process is about to commit `rows` (in id order) under `token`: kept until
         the commit's note names their ids, so that no stream here reads them back."""
-        if self._notes is None or self._notes.epoch is None or not self._tails:
+        if self._notes is None or not self._tails:
             return
         self._expected[token] = list(rows)
         while len(self._expected) > _EXPECTED_MAX:
@@ -327,14 +329,17 @@ class EventFeed:
         """The commit `expect`ed under `token` did not happen."""
         self._expected.pop(token, None)
 
-    def committed(self, token: str, users: Sequence[str]) -> None:
-        """The commit `expect`ed under `token` happened. With a note source its note wakes
-        the streams (once the rows are in); without one, wake the users here."""
-        if self._notes is not None and self._notes.epoch is not None:
+    def committed(self, note: CommitNote) -> None:
+        """This process's commit of `note` happened (its rows were `expect`ed under its
+        token): taken in like a note from the listener, in order with theirs (a copy that
+        also comes by NOTIFY finds its ids known and changes nothing); without a note
+        source, its users are woken here."""
+        if self._notes is not None and self._tails:
+            self._on_note(note)
             return
-        self._expected.pop(token, None)
-        for user in users:
-            self._signal.notify(user)
+        if note.token is not None:
+            self._expected.pop(note.token, None)
+        self._wake(note.users)
 
     # -- notes and reads, one at a time -------------------------------------------------
 

@@ -1,13 +1,23 @@
 """Wake-ups for event streams when the projection commits new events, on every replica.
 
 A stream reads the event log, then waits on its user's signal before reading again.
-Each projection commit sends one NOTIFY (a `CommitNote`: the log ids it appended, the
-newest id committed before them, the users they belong to); PostgreSQL delivers it only
-when the transaction commits, and delivers notifications in commit order. Each gateway
-process holds ONE listening connection (`PgEventSignal`): the notes go to its event feed
-(eventfeed.py), which takes the rows in and then wakes the users' streams (or, without a
-feed listening, straight to the streams: `LocalEventSignal`). The streams' periodic
-re-read is only a safety net for a lost listening connection.
+Each projection commit makes one `CommitNote` (the log ids it appended, the newest id
+committed before them, the users they belong to). The committing process hands it to its
+own event feed; other replicas get it as a NOTIFY, which PostgreSQL delivers only when the
+transaction commits, in commit order. Each gateway process holds ONE listening connection
+(`PgEventSignal`): the notes go to its event feed (eventfeed.py), which takes the rows in
+and then wakes the users' streams (or, without a feed listening, straight to the streams:
+`LocalEventSignal`). The streams' periodic re-read is only a safety net for a lost
+listening connection.
+
+A commit sends its NOTIFY only while another replica's listening connection is connected
+(`LISTENER_NAME` in pg_stat_activity, read in the commit's last statement): PostgreSQL
+signals every listening connection of the database on each NOTIFY, and each then reads the
+queue in a transaction of its own, so a replica alone would pay a transaction per commit to
+tell only itself. A replica whose listener has just connected takes the log lock once
+before it counts as listening: any commit that looked for listeners before it connected has
+committed by then, so the feed's next read sees it, and every later commit sees the
+listener and notifies.
 """
 
 from __future__ import annotations
@@ -20,12 +30,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import asyncpg
+
 from imagegen.pg_listen import Listening, PgListener
 
 log = logging.getLogger(__name__)
 
 # NOTIFY is scoped to one database: every gateway replica on it shares this channel.
 CHANNEL = "gateway_events"
+
+LISTENER_NAME = "imagegen-gateway-listen"
+"""The application_name of every replica's listening connection: a commit sends its note
+only while some other replica's is connected (projection.py)."""
+
+EVENT_LOG_LOCK = 0x6761_7465_7761_79  # "gateway"
+"""Appends to the event log are serialised under this transaction lock (across replicas
+too), so that log ids become visible in id order."""
 
 
 # A note names at most this many bytes of user ids (NOTIFY payloads stop at 8000 bytes);
@@ -161,7 +181,8 @@ class PgEventSignal(Listening):
             dsn,
             CHANNEL,
             self._on_notification,
-            application_name="imagegen-gateway-listen",
+            application_name=LISTENER_NAME,
+            on_live=_after_earlier_appends,
             on_connected=self._local.notify_all,
             reconnect_s=reconnect_s,
             check_s=check_s,
@@ -187,6 +208,11 @@ class PgEventSignal(Listening):
     def epoch(self) -> int | None:
         return self.connects if self.connected else None
 
+    @property
+    def listener_pid(self) -> int | None:
+        """The server process of this replica's listening connection (None while down)."""
+        return self.listener.pid
+
     def subscribe(self, callback: Callable[[CommitNote], None]) -> None:
         self._subscribers.append(callback)
 
@@ -211,3 +237,10 @@ class PgEventSignal(Listening):
         else:
             for user in note.users:
                 self._local.notify(user)
+
+
+async def _after_earlier_appends(conn: asyncpg.Connection) -> None:
+    """Wait out the appends in progress (they may have looked for listeners before this
+    one connected, and so send no note here): take the log lock once, after LISTEN."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENT_LOG_LOCK)

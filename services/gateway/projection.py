@@ -3,19 +3,18 @@
 A batch of events (what the consumer loop handed over together; one event is a batch of
 one) is applied in one transaction, in order: an event already in the log is a redelivery
 and changes nothing; every other one gets its job's next `seq`, is folded into its job and
-image rows, and is appended to the log once, with its final payload. The commit sends one
-NOTIFY naming the log ids it appended, the id committed before them and the owners
-(notify.py, `CommitNote`); this process's event feed is handed the rows before the commit,
-so its streams get them from memory once the note names their ids, and other replicas
-read only what they did not write.
+image rows, and is appended to the log once, with its final payload. The commit's note
+(notify.py, `CommitNote`: the log ids it appended, the id committed before them and the
+owners) goes to this process's event feed, which was handed the rows before the commit,
+so its streams get them from memory; other replicas get the note as a NOTIFY (sent only
+while one is listening) and read only what they did not write.
 
 Round trips per batch: BEGIN with the log lock (one simple query), per event one statement
 for its job (its next seq, the fold, and whether the job has a webhook) and one for its
-image where it changes one (folding.py), then the log rows, the NOTIFY and COMMIT in one
-simple query. Duplicates are rare
-(redeliveries): a batch is applied without checking for them first, and one that holds a
-duplicate fails on the log's unique event_id, rolls back whole, and is applied again with
-the check.
+image where it changes one (folding.py), then one for the log rows, the note and the
+NOTIFY, and COMMIT. Duplicates are rare (redeliveries): a batch is applied without
+checking for them first, and one that holds a duplicate fails on the log's unique
+event_id, rolls back whole, and is applied again with the check.
 """
 
 from __future__ import annotations
@@ -28,20 +27,44 @@ from contextlib import nullcontext
 
 import asyncpg
 
-from imagegen.db import begun, sql_literal, transient_as_retryable
+from imagegen.db import begun, transient_as_retryable
 from imagegen.kafka import Record, decode, handling
 from schemas.events import EVENT_ADAPTER, Event
 from services.gateway.eventfeed import EventFeed, LogRow
 from services.gateway.folding import fold_image, fold_job
-from services.gateway.notify import CHANNEL, EventSignal, note_header
+from services.gateway.notify import (
+    CHANNEL,
+    EVENT_LOG_LOCK,
+    LISTENER_NAME,
+    CommitNote,
+    EventSignal,
+    PgEventSignal,
+    note_header,
+)
 from services.gateway.webhooks import store as webhook_store
 from services.gateway.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
-# Appends are serialised (across replicas too) so that event ids become visible in id
-# order: a stream that has read up to id N can never later miss an id below N.
-_EVENT_LOG_LOCK = 0x6761_7465_7761_79  # "gateway"
+# The log rows in order (ids are taken in it, under the log lock, so they become visible
+# in id order: a stream that has read up to id N can never later miss an id below N), and
+# the commit's note. `prev` is the log's newest id before these rows: the statement's
+# snapshot does not see its own inserts, and every earlier append has committed (the
+# lock). The note goes out as a NOTIFY only while another replica's listener ($8: name,
+# $9: this replica's own listener's pid) is connected.
+_CLOSING = (
+    "WITH logged AS (INSERT INTO events (event_id, job_id, user_id, type, seq, payload)"
+    " SELECT event_id, job_id, user_id, type, seq, payload::jsonb"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[])"
+    " WITH ORDINALITY AS r(event_id, job_id, user_id, type, seq, payload, n) ORDER BY n"
+    " RETURNING id),"
+    " note AS (SELECT (SELECT coalesce(max(id), 0) FROM events) AS prev,"
+    " min(id) AS lo, max(id) AS hi FROM logged)"
+    " SELECT prev, lo, hi, (SELECT count(*) FROM (SELECT pg_notify($10, ($7::jsonb"
+    " || jsonb_build_object('prev', prev, 'lo', lo, 'hi', hi))::text)"
+    " WHERE EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+    " AND application_name = $8 AND pid <> $9)) AS sent) AS notified FROM note"
+)
 
 _Row = tuple[str, str | None, str | None, str, int | None, str]
 """An event's log row: event_id, job_id, user_id, type, seq, payload."""
@@ -58,7 +81,7 @@ class Projection:
         self._pool = pool
         self._signal = signal
         self._webhooks = webhooks
-        self._feed = feed
+        self.feed = feed
         # Names this process's commits in their notes (see EventFeed.expect).
         self._tokens = (f"{secrets.token_hex(4)}.{n}" for n in itertools.count())
 
@@ -89,16 +112,20 @@ class Projection:
         token = next(self._tokens)
         async with self._pool.acquire() as conn:
             try:
-                owners, hooks = await self._apply(conn, events, records, token, optimistic=True)
+                owners, hooks, note = await self._apply(
+                    conn, events, records, token, optimistic=True
+                )
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != "events_event_id_key":
                     raise
                 # An event already in the log (a redelivery): everything was rolled back;
                 # again, with the duplicate check first.
                 token = next(self._tokens)
-                owners, hooks = await self._apply(conn, events, records, token, optimistic=False)
-        if self._feed is not None:
-            self._feed.committed(token, list(owners))
+                owners, hooks, note = await self._apply(
+                    conn, events, records, token, optimistic=False
+                )
+        if self.feed is not None and note is not None:
+            self.feed.committed(note)
         else:
             for owner in owners:
                 self._signal.notify(owner)
@@ -114,15 +141,16 @@ class Projection:
         token: str,
         *,
         optimistic: bool,
-    ) -> tuple[dict[str, None], list[str]]:
-        """One transaction. `optimistic`: no duplicate check first; a duplicate then fails
-        the log's unique event_id, which rolls everything back (the caller retries)."""
+    ) -> tuple[dict[str, None], list[str], CommitNote | None]:
+        """One transaction; its note (None: nothing appended). `optimistic`: no duplicate
+        check first; a duplicate then fails the log's unique event_id, which rolls
+        everything back (the caller retries)."""
         owners: dict[str, None] = {}
         hooks: list[str] = []
-        # BEGIN and the lock in one round trip; the rest of the transaction below, its
-        # COMMIT with the log rows (a failure rolls it back).
+        note: CommitNote | None = None
+        # BEGIN and the lock in one round trip (a failure below rolls it back).
         try:
-            async with begun(conn, f"SELECT pg_advisory_xact_lock({_EVENT_LOG_LOCK})"):
+            async with begun(conn, f"SELECT pg_advisory_xact_lock({EVENT_LOG_LOCK})"):
                 seen: set[str] = set()
                 if not optimistic:
                     seen.update(
@@ -144,16 +172,37 @@ class Projection:
                     seen.add(event.id)
                     with handling(records[at]) if records else nullcontext():
                         await _fold(conn, event, rows, owners, hooks)
-                # Ids are taken in order, under the lock: they become visible in order. The
-                # NOTIFY is sent at commit: it wakes streams on every replica.
-                if self._feed is not None and rows:
-                    self._feed.expect(token, [LogRow(r[1], r[2], r[3], r[5]) for r in rows])
-                await conn.execute(_closing(rows, owners, token))
+                if rows:
+                    if self.feed is not None:
+                        self.feed.expect(token, [LogRow(r[1], r[2], r[3], r[5]) for r in rows])
+                    note = await self._append(conn, rows, list(owners), token)
         except BaseException:
-            if self._feed is not None:
-                self._feed.forget(token)
+            if self.feed is not None:
+                self.feed.forget(token)
             raise
-        return owners, hooks
+        return owners, hooks, note
+
+    async def _append(
+        self, conn: asyncpg.Connection, rows: Sequence[_Row], owners: list[str], token: str
+    ) -> CommitNote:
+        """The log rows and the note (see `_CLOSING`); COMMIT is `begun`'s."""
+        own = self._signal.listener_pid if isinstance(self._signal, PgEventSignal) else None
+        written = await conn.fetchrow(
+            _CLOSING,
+            *([row[i] for row in rows] for i in range(6)),
+            note_header(token, owners),
+            LISTENER_NAME,
+            own or 0,
+            CHANNEL,
+        )
+        assert written is not None
+        return CommitNote(
+            users=tuple(owners),
+            prev=int(written["prev"]),
+            lo=int(written["lo"]),
+            hi=int(written["hi"]),
+            token=token,
+        )
 
 
 async def _fold(
@@ -181,25 +230,3 @@ async def _fold(
     rows.append((event.id, event.job_id, owner, event.type, seq, payload.model_dump_json()))
     if owner is not None:
         owners[owner] = None
-
-
-def _closing(rows: Sequence[_Row], owners: dict[str, None], token: str) -> str:
-    """The log rows in order, the commit's note and COMMIT, as one simple query.
-
-    The note's `prev` is the log's newest id before these rows: the statement's snapshot
-    does not see its own inserts, and every earlier append has committed (the lock).
-    """
-    if not rows:
-        return "COMMIT"
-    values = ", ".join(
-        f"({', '.join(sql_literal(v) for v in row[:5])}, {sql_literal(row[5])}::jsonb)"
-        for row in rows
-    )
-    header = sql_literal(note_header(token, list(owners)))
-    return (
-        "WITH logged AS (INSERT INTO events (event_id, job_id, user_id, type, seq, payload)"
-        f" VALUES {values} RETURNING id)"
-        f" SELECT pg_notify({sql_literal(CHANNEL)}, ({header}::jsonb || jsonb_build_object("
-        "'prev', (SELECT coalesce(max(id), 0) FROM events), 'lo', min(id), 'hi', max(id)"
-        "))::text) FROM logged; COMMIT"
-    )

@@ -11,6 +11,7 @@ import asyncpg
 from imagegen.blobstore import BlobStore
 from imagegen.kafka import ConsumerLoop, Publisher
 from services.gateway.eventfeed import EventFeed
+from services.gateway.projection import Projection
 from services.gateway.notify import EventSignal
 from services.gateway.settings import GatewaySettings
 
@@ -26,6 +27,8 @@ class GatewayState:
     """The event log as the SSE streams read it (kept from the commits' notes)."""
     consumer_loop: ConsumerLoop
     consumer_task: asyncio.Task[None]
+    projection: Projection
+    """Projects the events topic; hands its commits' notes to `feed`."""
     cdn_signer: Callable[[str], str] | None = None
 
     @property

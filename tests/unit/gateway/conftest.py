@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from schemas.requests import UserTier
 from schemas.topics import TopicNames
 from services.gateway.app import create_app
 from services.gateway.auth import issue_token
+from services.gateway.eventfeed import EventFeed
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import GatewayState
 
@@ -54,6 +56,13 @@ class Gateway:
     def state(self) -> GatewayState:
         state: GatewayState = self.app.state.gateway
         return state
+
+    def use_feed(self, **options: Any) -> EventFeed:
+        """A new event feed with `options` (EventFeed's), for the streams and the projection."""
+        state = self.state
+        feed = EventFeed(state.pool, state.signal, **options)
+        state.feed = state.projection.feed = feed
+        return feed
 
     def token(self, user: str, tier: UserTier = UserTier.PAID, ttl: int = 600) -> str:
         return issue_token(self.settings.jwt_secret, user, tier, ttl)

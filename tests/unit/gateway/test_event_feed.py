@@ -8,7 +8,6 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from services.gateway.eventfeed import EventFeed
 from services.gateway.routes.streams import follow
 from tests.unit.gateway import factories as ev
 from tests.unit.gateway.conftest import Gateway
@@ -32,7 +31,7 @@ async def test_one_read_per_wake_serves_every_stream_of_the_user(
     job = await gateway.generate(user, 1)
     state = gateway.state
     # Fresh until a wake-up (no re-read at the streams' 0.5 s polls): reads are counted.
-    state.__dict__["feed"] = EventFeed(state.pool, state.signal, max_age_s=3600)
+    gateway.use_feed(max_age_s=3600)
     newest = await state.feed.newest_id(user)
     streams = [follow(state, user, None, newest) for _ in range(STREAMS)]
     pending = [asyncio.ensure_future(anext(s)) for s in streams]
@@ -50,10 +49,10 @@ async def test_one_read_per_wake_serves_every_stream_of_the_user(
             if i > 0:
                 assert len({id(m) for m in got}) == 1
             pending = [asyncio.ensure_future(anext(s)) for s in streams]
-        # Each event wakes the streams twice (the in-process wake-up and the database's
-        # NOTIFY), and each wake-up costs at most one read for all ten streams; a read per
+        # Each event wakes the streams once (the projection hands its commit's note to the
+        # feed), and a wake-up costs at most one read for all ten streams; a read per
         # stream would be ten per wake-up.
-        assert state.feed.reads - reads <= 2 * len(events)
+        assert state.feed.reads - reads <= len(events)
     finally:
         for p in pending:
             p.cancel()
@@ -100,7 +99,7 @@ async def test_a_stream_behind_the_shared_tail_catches_up_exactly(
     """A tiny tail and page: resuming from the log's start reads page by page, in order,
     every event once, then joins the live tail."""
     state = gateway.state
-    state.__dict__["feed"] = EventFeed(state.pool, state.signal, max_age_s=2.0, keep=2, page=3)
+    gateway.use_feed(max_age_s=2.0, keep=2, page=3)
     jobs = [await gateway.generate(user, 2) for _ in range(2)]
     for job in jobs:
         await gateway.feed(*ev.pack(job, user, 2))

@@ -15,7 +15,7 @@ import pytest
 
 from schemas.events import EventBase
 from services.gateway.migrations import SCHEMA
-from services.gateway.projection import _EVENT_LOG_LOCK
+from services.gateway.notify import EVENT_LOG_LOCK, PgEventSignal
 from services.gateway.routes.streams import follow
 from services.gateway.sse import SseMessage
 from tests.unit.gateway import factories as ev
@@ -48,7 +48,7 @@ async def _rolled_back_append(dsn: str, job: str, user: str) -> None:
     conn = await _connect(dsn)
     try:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _EVENT_LOG_LOCK)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENT_LOG_LOCK)
             await conn.execute(
                 "INSERT INTO events (event_id, job_id, user_id, type, payload)"
                 " VALUES ($1, $2, $3, 'job_progress', '{}')",
@@ -212,3 +212,66 @@ async def test_a_job_found_over_ends_its_stream_with_every_event_even_before_the
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await stream.aclose()
+
+
+async def test_a_replica_alone_sends_no_notify_until_another_one_listens(
+    gateway_db_url: str, user: str
+) -> None:
+    """Alone, a replica's commits reach its own streams from memory and send no NOTIFY
+    (each would cost every listening connection a transaction); once a second replica
+    listens, its streams get every commit of the first."""
+    async with running_gateway(gateway_db_url, sse_poll_s=QUIET_S, sse_ping_s=QUIET_S) as a:
+        signal = a.state.signal
+        assert isinstance(signal, PgEventSignal)
+        job = await a.generate(user, 2)
+        start = await a.state.feed.newest_id(user)
+        got: dict[str, list[SseMessage]] = {"a": [], "b": []}
+        streams = [follow(a.state, user, None, start)]
+        tasks = [asyncio.create_task(_collect(streams[0], got["a"]))]
+        try:
+            await asyncio.sleep(0.2)
+            events = ev.pack(job, user, 2)
+            reads, heard = a.state.feed.reads, signal.notifications
+            await a.feed(*events[:3])
+            await _until(got["a"], 3)
+            assert signal.notifications == heard  # no NOTIFY, not even to itself
+            assert a.state.feed.reads == reads  # its own rows came from memory
+            async with running_gateway(gateway_db_url, sse_poll_s=QUIET_S, sse_ping_s=QUIET_S) as b:
+                streams.append(follow(b.state, user, None, start))
+                tasks.append(asyncio.create_task(_collect(streams[1], got["b"])))
+                await _until(got["b"], 3)  # the log up to now, read
+                await a.feed(*events[3:])
+                logged = await _logged(gateway_db_url, user, start)
+                await _until(got["a"], len(logged))
+                await _until(got["b"], len(logged))
+                assert _seen(got["a"]) == _seen(got["b"]) == logged
+                assert signal.notifications > heard  # a's own, now that b listens
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for stream in streams:
+                await stream.aclose()
+
+
+async def test_a_new_listener_waits_out_an_append_in_progress(gateway_db_url: str) -> None:
+    """An append that looked for listeners before this one connected sends it no note: the
+    listener counts as live only once that append has committed (the log lock)."""
+    holder = await _connect(gateway_db_url)
+    committed = asyncio.Event()
+
+    async def append_commits_later() -> None:
+        await asyncio.sleep(1.0)
+        await holder.execute("COMMIT")
+        committed.set()
+
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", EVENT_LOG_LOCK)
+        later = asyncio.create_task(append_commits_later())
+        async with PgEventSignal(gateway_db_url) as signal:  # waits up to 5 s to be live
+            assert signal.connected
+            assert committed.is_set()  # not live before the append was over
+        await later
+    finally:
+        await holder.close()

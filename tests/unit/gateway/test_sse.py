@@ -12,7 +12,6 @@ import pytest
 from starlette.types import Message
 
 from services.gateway import sse
-from services.gateway.eventfeed import EventFeed
 from services.gateway.routes.streams import follow
 from tests.unit.gateway import factories as ev
 from tests.unit.gateway.conftest import Gateway
@@ -142,7 +141,7 @@ async def test_a_slow_reader_stalls_neither_others_nor_the_feed_and_catches_up(
     position, not the events; the others get every event at once; once read again it
     catches up from the log, in order, every event once."""
     state = gateway.state
-    state.__dict__["feed"] = EventFeed(state.pool, state.signal, max_age_s=2.0, keep=2, page=3)
+    gateway.use_feed(max_age_s=2.0, keep=2, page=3)
     newest = await state.feed.newest_id(user)
     fast, slow = follow(state, user, None, newest), follow(state, user, None, newest)
     first_slow = asyncio.ensure_future(anext(slow))  # it takes one message, then stalls
@@ -167,7 +166,7 @@ async def test_a_slow_reader_stalls_neither_others_nor_the_feed_and_catches_up(
 
 async def test_ticks_wake_streams_without_reading_a_fresh_tail(gateway: Gateway, user: str) -> None:
     state = gateway.state
-    state.__dict__["feed"] = feed = EventFeed(state.pool, state.signal, max_age_s=3600)
+    feed = gateway.use_feed(max_age_s=3600)
     stream = follow(state, user, None, await feed.newest_id(user))
     waiting = asyncio.ensure_future(anext(stream))
     try:
@@ -186,7 +185,7 @@ async def test_ticks_wake_streams_without_reading_a_fresh_tail(gateway: Gateway,
 
 async def test_server_shutdown_ends_every_stream_at_once(gateway: Gateway, user: str) -> None:
     state = gateway.state
-    state.__dict__["feed"] = feed = EventFeed(state.pool, state.signal, max_age_s=3600)
+    feed = gateway.use_feed(max_age_s=3600)
     stopping = False
     feed.exiting = lambda: stopping
     job = await gateway.generate(user, 1)
