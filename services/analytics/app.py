@@ -21,6 +21,7 @@ from services.analytics.changelogs import app_id
 from services.analytics.fetching import FetchingApp
 from services.analytics.journal import Entry, Journal
 from services.analytics.memory import MemoryStore
+from services.analytics.monitor import QuietMonitor
 from services.analytics.settings import AnalyticsSettings
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,11 @@ def create_app(settings: AnalyticsSettings) -> tuple[faust.App, Counter]:
         web_enabled=False,
         autodiscover=False,
         table_cleanup_interval=60.0,
+        monitor=QuietMonitor(),
         **_faust_config(settings),
     )
     app.fetch_min_bytes = settings.analytics_fetch_min_bytes
+    app.fetch_max_wait_ms = settings.kafka.fetch_wait_max_ms
     store = Counter(app, partitions)
 
     @store.table.on_recover

@@ -11,10 +11,18 @@ the broker to answer once `fetch_min_bytes` are there, or after those 1.5 s.
 At rest the same consumer's fetch routine woke every 200 ms (aiokafka's
 `consumer_timeout_ms`) while its long-polling fetch was out: once a second is enough.
 
-faust has no setting for either: the app builds a transport whose consumer thread sets
-them on the aiokafka consumer it creates, before that consumer starts (aiokafka keeps
-its constructor's `fetch_min_bytes` and `consumer_timeout_ms` as `_fetch_min_bytes` and
-`_consumer_timeout` and hands them to its fetcher at start).
+The fetch wait itself is the service's `IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS`, as every other
+consumer's (faust fixes 1.5 s): at rest each wait is one fetch request to the broker and
+one wake of the consumer thread, so the local stack's 5 s makes ~0.2 fetches a second
+instead of ~0.7. What it delays is only the KPIs at a trickle (fewer than
+`fetch_min_bytes` of events waiting): they lag by up to the wait plus `analytics_batch_s`;
+no image and no other consumer waits for this one.
+
+faust has no setting for any of them: the app builds a transport whose consumer thread
+sets them on the aiokafka consumer it creates, before that consumer starts (aiokafka keeps
+its constructor's `fetch_min_bytes`, `fetch_max_wait_ms` and `consumer_timeout_ms` as
+`_fetch_min_bytes`, `_fetch_max_wait_ms` and `_consumer_timeout` and hands them to its
+fetcher at start).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         app = self.app
         if isinstance(app, FetchingApp):
             consumer._fetch_min_bytes = app.fetch_min_bytes
+            consumer._fetch_max_wait_ms = app.fetch_max_wait_ms
             # aiokafka's `consumer_timeout_ms` (200): how often its fetch routine wakes
             # while a fetch is out, idle too; a new partition is fetched this much later.
             consumer._consumer_timeout = FETCHER_WAKE_S
@@ -50,9 +59,11 @@ class _Transport(driver.Transport):
 
 
 class FetchingApp(faust.App):
-    """A faust app whose worker consumer fetches at least `fetch_min_bytes` at a time."""
+    """A faust app whose worker consumer fetches at least `fetch_min_bytes` at a time, the
+    broker holding each fetch up to `fetch_max_wait_ms`."""
 
     fetch_min_bytes = 1
+    fetch_max_wait_ms = 1500
 
     def _new_transport(self) -> TransportT:
         return _Transport(self.conf.broker_consumer, self)

@@ -31,7 +31,12 @@ class AnalyticsSettings(ServiceSettings):
         " restart, and a redelivered event older than this counts again.",
     )
     analytics_commit_interval_s: float = Field(
-        default=1.0, gt=0, description="How often counted offsets (and tables) are committed."
+        default=5.0,
+        gt=0,
+        description="How often counted offsets (and tables) are committed. faust's commit"
+        " timer and its livelock check (every 2.5 intervals, one loop turn per assigned"
+        " partition) run at rest too; a longer interval only means more records read again"
+        " after a crash, which the journal counts once (it keeps each record's position).",
     )
     analytics_batch_s: float = Field(
         default=1.0,
@@ -47,5 +52,5 @@ class AnalyticsSettings(ServiceSettings):
         default=64 * 1024,
         ge=1,
         description="The broker answers the consumer's fetch once this many bytes of events"
-        " are there, or after 1.5 s (faust's fetch wait): fewer, fuller fetches.",
+        " are there, or after IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS: fewer, fuller fetches.",
     )

@@ -6,21 +6,47 @@ import asyncio
 
 from services.analytics.app import create_app
 from services.analytics.fetching import FETCHER_WAKE_S
+from services.analytics.monitor import QuietMonitor
 from services.analytics.settings import AnalyticsSettings
 
 
 def test_the_worker_consumer_is_built_with_fuller_fetches_and_fewer_wakes() -> None:
     settings = AnalyticsSettings(analytics_fetch_min_bytes=12345)
     settings.kafka.bootstrap = "127.0.0.1:9"  # never connected: the consumer is only built
+    settings.kafka.fetch_wait_max_ms = 4321
 
-    async def build() -> tuple[int, float]:
+    async def build() -> tuple[int, int, float]:
         app, _ = create_app(settings)
         app.finalize()
         thread = app.consumer._thread  # type: ignore[attr-defined]  # faust's aiokafka thread
         consumer = thread._create_worker_consumer(app.transport)
         try:
-            return int(consumer._fetch_min_bytes), float(consumer._consumer_timeout)
+            return (
+                int(consumer._fetch_min_bytes),
+                int(consumer._fetch_max_wait_ms),
+                float(consumer._consumer_timeout),
+            )
         finally:
             await consumer.stop()
 
-    assert asyncio.run(build()) == (12345, FETCHER_WAKE_S)
+    assert asyncio.run(build()) == (12345, 4321, FETCHER_WAKE_S)
+
+
+def test_the_app_monitor_runs_no_timer_at_rest() -> None:
+    """faust's own Monitor keeps a task that wakes every second; the app's runs none."""
+    settings = AnalyticsSettings()
+    settings.kafka.bootstrap = "127.0.0.1:9"
+
+    async def tasks_left_running() -> list[str]:
+        app, _ = create_app(settings)
+        monitor = app.monitor
+        assert isinstance(monitor, QuietMonitor)
+        await monitor.start()
+        await asyncio.sleep(0.05)
+        try:
+            current = asyncio.current_task()
+            return [str(t) for t in asyncio.all_tasks() if t is not current and not t.done()]
+        finally:
+            await monitor.stop()
+
+    assert asyncio.run(tasks_left_running()) == []
