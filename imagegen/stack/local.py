@@ -321,8 +321,8 @@ def run_stack(options: StackOptions, *, on_ready: list[object] | None = None) ->
             for hook in on_ready or []:
                 hook(gateway_url, token)  # type: ignore[operator]
             print("ready; Ctrl-C stops everything", flush=True)
-            while True:
-                time.sleep(1)
+            while True:  # the supervisor's thread does the watching; this waits for a signal
+                signal.pause()
     except _Stop as stop:
         print(f"stopping ({stop})…", flush=True)
         return 0
