@@ -1,38 +1,10 @@
 """The event log as the gateway's streams read it: kept in memory from the commits' notes,
 read from the database only for what this process did not write itself.
 
-Each user with open streams has a `_UserTail`: their newest events as ready-to-send SSE
-frames. A stream takes from the tail what lies after its own position (its job's events,
-or all), so a stream costs its generator and its position, not a query, and each event is
-encoded once for every stream.
-
-How the tails stay complete. The feed keeps `top`: every tail holds all of its user's
-events with floor < id <= top. Log ids are taken under the projection's log lock, so they
-become visible in id order, and each commit's note (notify.py, `CommitNote`) names its
-ids `lo..hi` and `prev`, the newest id committed before them. Notes of this process's
-commits come from its projection (`committed`), other replicas' in commit order on the
-process's one listening connection; they are applied one at a time, in arrival order:
-
-- hi <= top: already known (a note older than the read that set `top`);
-- prev == top and the rows are this process's own (the projection hands them over before
-  it commits, `expect`): appended without a query;
-- prev == top and none of the note's users has a tail here: nothing to take, top = hi;
-- otherwise (another replica's rows for a user with a tail here, or a gap: notes lost, a
-  writer of an older version, another replica's NOTIFY still on its way behind this
-  process's own later note): ONE read of (top, hi] for every user with a tail, shared
-  by all their streams (consecutive notes waiting behind it are folded into the same
-  read).
-
-A rolled-back commit leaves a gap in the ids and sends no note: harmless, since the
-chain is `prev`, not `lo - 1`. Streams are woken only after their rows are in the tail.
-
-Freshness. While the listening connection stays up (its `epoch` unchanged since the last
-read), the chain of notes is exact: a tail serves without a query (a read every
-`live_max_age_s` is only a backstop). Without a note source (no listener, or a
-reconnect: notes sent meanwhile are lost) the feed falls back to what it did before
-notes carried ids: a tail is fresh while no notification has arrived for its user since
-the last read began and the read is younger than `max_age_s`; otherwise the next stream
-to ask reads (top, newest] for everyone, once.
+Each user with open streams has a tail (tails.py): their newest events as ready-to-send
+SSE frames, kept complete from the commits' notes. A stream takes from the tail what lies
+after its own position (its job's events, or all), so a stream costs its generator and
+its position, not a query, and each event is encoded once for every stream.
 
 A stream whose position lies below its tail (a resume from an old id, a job replayed from
 its start, a reader slower than the tail's length) reads the log itself until it catches
@@ -48,78 +20,20 @@ that every stream ends at once instead of holding up the shutdown.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
-from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import asyncpg
 
 from services.gateway import sse
-from services.gateway.notify import CommitNote, CommitNotes, EventSignal
+from services.gateway.notify import CommitNote, EventSignal
+from services.gateway.tails import FeedEvent, LogRow, Tails, feed_event
 
-log = logging.getLogger(__name__)
+__all__ = ["EventFeed", "FeedEvent", "LogRow"]
 
 CLOSING_CHECK_S = 0.5
 """How often the ticker asks whether the server is stopping."""
 
-_EXPECTED_MAX = 64
-"""Commits of this process's awaiting their note (older ones were lost or rolled back)."""
-
-
-@dataclass(frozen=True, slots=True)
-class FeedEvent:
-    """One logged event with its SSE message, shared by every stream that sends it."""
-
-    id: int
-    job_id: str
-    type: str
-    message: sse.SseMessage
-
-    def with_retry(self, retry_ms: int) -> sse.SseMessage:
-        """The message with a reconnection hint (a connection's first message carries it)."""
-        return sse.with_retry(self.message, retry_ms)
-
-
-@dataclass(frozen=True, slots=True)
-class LogRow:
-    """A log row as the projection writes it (its id comes from the commit's note)."""
-
-    job_id: str | None
-    user_id: str | None
-    type: str
-    payload: str
-
-
-def _event(event_id: int, job_id: str | None, kind: str, payload: str) -> FeedEvent:
-    message = sse.message(payload, event=kind, id=str(event_id))
-    return FeedEvent(event_id, job_id or "", kind, message)
-
-
-class _UserTail:
-    """The newest events of one user's log: every event with floor < id <= top."""
-
-    __slots__ = ("events", "floor", "snapshot", "streams", "top")
-
-    def __init__(self, top: int) -> None:
-        self.events: deque[FeedEvent] = deque()
-        self.floor = top
-        self.top = top  # the feed's top when this tail is current; -1: not yet
-        self.snapshot: asyncio.Event | None = None
-        self.streams = 0
-
-
-# The log's newest id and, in the same snapshot, the rows after `$1` (up to `$2`, or the
-# newest) of the users `$3`. One row with NULL event columns when there are none.
-_READ = (
-    "SELECT newest.top, e.id, e.job_id, e.user_id, e.type, e.payload"
-    " FROM (SELECT coalesce(max(id), 0) AS top FROM events) AS newest"
-    " LEFT JOIN LATERAL (SELECT id, job_id, user_id, type, payload FROM events"
-    "  WHERE id > $1 AND id <= coalesce($2, newest.top) AND user_id = ANY($3::text[])"
-    "  ORDER BY id LIMIT $4) AS e ON true"
-)
 _NEWEST = "SELECT coalesce(max(id), 0) FROM events"
 # A stream behind the tail: its events after its position, and the log's newest id in
 # the same snapshot (how far the answer covers when it is not a full page). One row with
@@ -131,15 +45,6 @@ _CATCH_UP = (
     "  WHERE user_id = $1 AND id > $2 AND ($4::text IS NULL OR job_id = $4)"
     "  ORDER BY id LIMIT $3) AS e ON true"
 )
-
-
-class _Sync:
-    """A queued request for a read up to the log's newest id."""
-
-    def __init__(self) -> None:
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Its askers may all have left: a failure is then nobody's to report.
-        self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 class EventFeed:
@@ -157,72 +62,50 @@ class EventFeed:
     ) -> None:
         self._pool = pool
         self._signal = signal
-        self._notes = signal if isinstance(signal, CommitNotes) else None
-        self._max_age_s = max_age_s
-        self._live_max_age_s = max(live_max_age_s, max_age_s)
-        self._keep = keep
-        self._page = page
-        self._tails: dict[str, _UserTail] = {}
-        self._top: int | None = None  # None: not read since the first stream opened
-        self._epoch: int | None = None  # the note source's epoch at the last read
-        self._read_at = 0.0
-        self._queue: deque[CommitNote | _Sync] = deque()
-        self._sync: _Sync | None = None  # queued, not started: later askers share it
-        self._worker: asyncio.Task[None] | None = None
-        self._expected: OrderedDict[str, list[LogRow]] = OrderedDict()
-        self._generation = 0  # moves when the feed stops keeping tails (no stream left)
+        self.tails = Tails(
+            pool, signal, max_age_s=max_age_s, live_max_age_s=live_max_age_s, keep=keep, page=page
+        )
         self._tick_s = max_age_s
         self._ticker: asyncio.Task[None] | None = None
+        self._catch_ups = 0
         self.ticks = 0
         """Ticks so far: a stream that sees it move knows its wake-up was (also) a tick."""
         self.closing = False
         """Set when the server is stopping: every stream ends at its next wake-up."""
         self.exiting = sse.server_exiting
         """Whether the server is stopping (uvicorn's flag by default)."""
-        self.reads = 0
+
+    @property
+    def reads(self) -> int:
         """Queries made (tail reads and catch-ups), for tests and benchmarks."""
-        self.pushed = 0
+        return self.tails.reads + self._catch_ups
+
+    @property
+    def pushed(self) -> int:
         """Events taken in from this process's own commits, without a query."""
+        return self.tails.pushed
 
     # -- streams ---------------------------------------------------------------------
 
     def attach(self, user_id: str, tick_s: float | None = None) -> None:
-        """A stream of the user's opens (its user's tail lives while any stream does);
-        it wants a wake-up at least every `tick_s` (the ticker serves the shortest)."""
-        if not self._tails and self._notes is not None:
-            self._notes.subscribe(self._on_note)
-        tail = self._tails.get(user_id)
-        if tail is None:
-            # Complete for (top, top] at once; a read in flight that did not ask for this
-            # user resets it to its own top (see `_advance`).
-            tail = self._tails[user_id] = _UserTail(-1 if self._top is None else self._top)
-        tail.streams += 1
+        """A stream of the user's opens; it wants a wake-up at least every `tick_s` (the
+        ticker serves the shortest)."""
+        self.tails.open(user_id)
         if tick_s is not None and tick_s < self._tick_s:
             self._tick_s = tick_s
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.create_task(self._tick(), name="sse-ticker")
 
     def detach(self, user_id: str) -> None:
-        tail = self._tails.get(user_id)
-        if tail is not None:
-            tail.streams -= 1
-            if tail.streams <= 0:
-                del self._tails[user_id]
-        if not self._tails:
-            if self._notes is not None:
-                self._notes.unsubscribe(self._on_note)
-            # Nothing is kept: the next stream starts from a fresh read.
-            self._top, self._epoch = None, None
-            self._generation += 1
-            self._expected.clear()
-            if self._ticker is not None:
-                self._ticker.cancel()  # no stream left to wake
-                self._ticker = None
+        self.tails.close(user_id)
+        if not self.tails.by_user and self._ticker is not None:
+            self._ticker.cancel()  # no stream left to wake
+            self._ticker = None
 
     async def _tick(self) -> None:
         """Wake every stream each `tick_s`, and at once when the server starts stopping."""
         due = time.monotonic() + self._tick_s
-        while self._tails:
+        while self.tails.by_user:
             await asyncio.sleep(max(0.0, min(CLOSING_CHECK_S, due - time.monotonic())))
             if not self.closing and self.exiting():
                 self.closing = True
@@ -237,7 +120,7 @@ class EventFeed:
         stays fresh (nothing was announced between its read and now), so the wake-up costs
         a read only where the tail has aged."""
         signal = self._signal
-        for user_id, tail in self._tails.items():
+        for user_id, tail in self.tails.by_user.items():
             current = signal.listen(user_id)
             fresh = tail.snapshot is current and not current.is_set()
             signal.notify(user_id)
@@ -246,11 +129,11 @@ class EventFeed:
 
     @property
     def users(self) -> int:
-        return len(self._tails)
+        return len(self.tails.by_user)
 
     async def newest_id(self, user_id: str) -> int:
         """The log's newest id (0 for none): where a live stream of `user_id` starts."""
-        self.reads += 1
+        self._catch_ups += 1
         return int(await self._pool.fetchval(_NEWEST))
 
     async def after(
@@ -263,242 +146,51 @@ class EventFeed:
 
         `exact`: every event committed before the call is in the answer, announced or not
         (a read of the log: the tail may not have a commit's note yet)."""
-        tail = self._tails.get(user_id)
+        tails = self.tails
+        tail = tails.by_user.get(user_id)
         if tail is None or exact:  # no sharing, still exact
             return await self._catch_up(user_id, job_id, position)
-        while True:
-            if self._top is not None and tail.top == self._top and self._fresh(user_id, tail):
-                break
-            await self._read_all()
-            tail = self._tails.get(user_id) or tail
+        while not tails.current(user_id, tail):
+            await tails.read_all()
+            tail = tails.by_user.get(user_id) or tail
         if position < tail.floor:
             floor = tail.floor
             found, reached = await self._catch_up(user_id, job_id, position)
             # Not a full page: every event of the user's up to the tail's floor was in it
             # (those ids were committed before this read began).
-            return found, reached if len(found) == self._page else max(reached, floor)
+            return found, reached if len(found) == tails.page else max(reached, floor)
         found = [
             e for e in tail.events if e.id > position and (job_id is None or e.job_id == job_id)
         ]
         return found, max(position, tail.top)
 
-    def _fresh(self, user_id: str, tail: _UserTail) -> bool:
-        age = time.monotonic() - self._read_at
-        epoch = None if self._notes is None else self._notes.epoch
-        if epoch is not None and epoch == self._epoch:
-            return age < self._live_max_age_s  # every commit's note reaches us in order
-        current = self._signal.listen(user_id)
-        return tail.snapshot is current and not current.is_set() and age < self._max_age_s
-
-    async def _read_all(self) -> None:
-        """Read up to the log's newest id for every tail: one read, shared by all askers."""
-        if self._sync is None:
-            self._sync = _Sync()
-            self._queue.append(self._sync)
-            self._kick()
-        # Shielded: the stream that asked may leave; the others still wait.
-        await asyncio.shield(self._sync.done)
-
     async def _catch_up(
         self, user_id: str, job_id: str | None, position: int
     ) -> tuple[list[FeedEvent], int]:
-        self.reads += 1
-        rows = await self._pool.fetch(_CATCH_UP, user_id, position, self._page, job_id)
+        self._catch_ups += 1
+        page = self.tails.page
+        rows = await self._pool.fetch(_CATCH_UP, user_id, position, page, job_id)
         events = [
-            _event(row["id"], row["job_id"], row["type"], row["payload"])
+            feed_event(row["id"], row["job_id"], row["type"], row["payload"])
             for row in rows
             if row["id"] is not None
         ]
-        if len(events) == self._page:
+        if len(events) == page:
             return events, events[-1].id
         # Not a full page: everything of the stream's up to the log's newest id is here.
         return events, max(position, int(rows[0]["top"]))
 
-    # -- the projection's side ---------------------------------------------------------
+    # -- the projection's side (tails.py) ------------------------------------------------
 
     def expect(self, token: str, rows: Sequence[LogRow]) -> None:
-        """This process is about to commit `rows` (in id order) under `token`: kept until
-        the commit's note names their ids, so that no stream here reads them back."""
-        if self._notes is None or not self._tails:
-            return
-        self._expected[token] = list(rows)
-        while len(self._expected) > _EXPECTED_MAX:
-            self._expected.popitem(last=False)
+        self.tails.expect(token, rows)
 
     def forget(self, token: str) -> None:
-        """The commit `expect`ed under `token` did not happen."""
-        self._expected.pop(token, None)
+        self.tails.forget(token)
 
     def committed(self, note: CommitNote) -> None:
-        """This process's commit of `note` happened (its rows were `expect`ed under its
-        token): taken in like a note from the listener, in order with theirs (a copy that
-        also comes by NOTIFY finds its ids known and changes nothing); without a note
-        source, its users are woken here."""
-        if self._notes is not None and self._tails:
-            self._on_note(note)
-            return
-        if note.token is not None:
-            self._expected.pop(note.token, None)
-        self._wake(note.users)
-
-    # -- notes and reads, one at a time -------------------------------------------------
-
-    def _on_note(self, note: CommitNote) -> None:
-        self._queue.append(note)
-        self._kick()
-
-    def _kick(self) -> None:
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._work(), name="event-feed")
-
-    async def _work(self) -> None:
-        while self._queue:
-            item = self._queue.popleft()
-            if isinstance(item, _Sync):
-                if self._sync is item:
-                    self._sync = None  # from now on, askers need a read that starts later
-                try:
-                    await self._read(None)
-                except asyncio.CancelledError:
-                    item.done.cancel()
-                    raise
-                except Exception as exc:
-                    log.warning("event=event_feed_read_failed error=%r", exc)
-                    self._epoch = None  # unsure of what was missed: read again next time
-                    item.done.set_exception(exc)
-                else:
-                    item.done.set_result(None)
-                continue
-            try:
-                await self._apply(item)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("event=event_feed_read_failed error=%r", exc)
-                self._epoch = None
-                self._wake(item.users)
-
-    async def _apply(self, note: CommitNote) -> None:
-        pending = self._take_expected(note.token)
-        if not note.ranged:
-            # Ids unknown (a writer of an older version): the next ask reads.
-            self._epoch = None
-            self._wake(note.users)
-            return
-        assert note.prev is not None and note.lo is not None and note.hi is not None
-        top = self._top
-        if top is None or not self._tails:
-            self._wake(note.users)  # nothing kept yet: the streams' next ask reads
-            return
-        if note.hi <= top:
-            return
-        if note.prev == top:
-            current = {id(tail) for tail in self._tails.values()}
-            if pending is not None and len(pending) == note.hi - note.lo + 1:
-                self.pushed += len(pending)
-                self._advance(note.hi, list(enumerate(pending, note.lo)), current, note.users)
-                return
-            if note.users is not None and not any(u in self._tails for u in note.users):
-                self._advance(note.hi, [], current, note.users)
-                return
-        # Another process's rows, or a gap: one read, for the notes queued behind too.
-        hi = note.hi
-        while self._queue and isinstance(ahead := self._queue[0], CommitNote) and ahead.ranged:
-            self._queue.popleft()
-            self._take_expected(ahead.token)
-            assert ahead.hi is not None
-            hi = max(hi, ahead.hi)
-        await self._read(hi)
-
-    def _take_expected(self, token: str | None) -> list[LogRow] | None:
-        if token is None or token not in self._expected:
-            return None
-        # Notes come in commit order: this process's commits before this one are done.
-        while True:
-            key, value = self._expected.popitem(last=False)
-            if key == token:
-                return value
-
-    async def _read(self, upto: int | None) -> None:
-        """Read (top, upto] (or up to the newest id) for every user with a tail."""
-        generation = self._generation
-        users = list(self._tails)
-        known = {id(tail) for tail in self._tails.values()}
-        for user, tail in self._tails.items():
-            tail.snapshot = self._signal.listen(user)  # before the read: see `_fresh`
-        epoch = None if self._notes is None else self._notes.epoch
-        started = time.monotonic()
-        self.reads += 1
-        since = -1 if self._top is None else self._top
-        fetched = await self._pool.fetch(
-            _READ, since, upto, users if since >= 0 else [], self._page
-        )
-        if generation != self._generation:
-            return  # every stream left meanwhile: notes may have been missed since
-        rows = [
-            (int(r["id"]), LogRow(r["job_id"], r["user_id"], r["type"], r["payload"]))
-            for r in fetched
-            if r["id"] is not None
-        ]
-        reached = int(fetched[0]["top"]) if upto is None else max(upto, since)
-        if len(rows) == self._page:
-            # Too far behind to keep: every tail starts afresh; streams read for themselves.
-            rows, known = [], set()
-        self._epoch, self._read_at = epoch, started
-        self._advance(reached, rows, known, None)
-
-    def _advance(
-        self,
-        top: int,
-        rows: list[tuple[int, LogRow]],
-        known: set[int],
-        users: tuple[str, ...] | None,
-    ) -> None:
-        """The log is known up to `top`: each tail that was current before and is in
-        `known` (the tails the rows were gathered for) takes its rows; any other starts
-        again, empty, at `top` (its streams read what lies below for themselves)."""
-        before = self._top
-        current = {
-            user
-            for user, tail in self._tails.items()
-            if before is not None and tail.top == before and id(tail) in known
-        }
-        woken: set[str] = set(users or ())
-        added: dict[str, int] = {}
-        for event_id, row in rows:
-            if row.user_id in current:
-                tail = self._tails[row.user_id]
-                tail.events.append(_event(event_id, row.job_id, row.type, row.payload))
-                added[row.user_id] = added.get(row.user_id, 0) + 1
-        for user, tail in self._tails.items():
-            if user in current:
-                # Kept: the new events (every stream of the user is about to take them)
-                # and a few before; a stream further behind reads for itself.
-                while len(tail.events) > max(self._keep, added.get(user, 0)):
-                    tail.floor = tail.events.popleft().id
-            else:
-                tail.events.clear()
-                tail.floor = top
-                woken.add(user)
-            tail.top = top
-        self._top = top
-        self._wake(tuple(woken | added.keys()))
-
-    def _wake(self, users: tuple[str, ...] | None) -> None:
-        if users is None:
-            for user in list(self._tails):
-                self._signal.notify(user)
-            return
-        for user in users:
-            self._signal.notify(user)
+        self.tails.committed(note)
 
     async def aclose(self) -> None:
         """Stop the worker (the app's lifespan, at shutdown)."""
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        for item in self._queue:
-            if isinstance(item, _Sync):
-                item.done.cancel()
-        self._queue.clear()
+        await self.tails.aclose()

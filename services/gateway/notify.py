@@ -5,7 +5,7 @@ Each projection commit makes one `CommitNote` (the log ids it appended, the newe
 committed before them, the users they belong to). The committing process hands it to its
 own event feed; other replicas get it as a NOTIFY, which PostgreSQL delivers only when the
 transaction commits, in commit order. Each gateway process holds ONE listening connection
-(`PgEventSignal`): the notes go to its event feed (eventfeed.py), which takes the rows in
+(`PgEventSignal`): the notes go to its event feed (eventfeed.py, tails.py), which takes the rows in
 and then wakes the users' streams (or, without a feed listening, straight to the streams:
 `LocalEventSignal`). The streams' periodic re-read is only a safety net for a lost
 listening connection.

@@ -11,8 +11,8 @@ import asyncpg
 from imagegen.blobstore import BlobStore
 from imagegen.kafka import ConsumerLoop, Publisher
 from services.gateway.eventfeed import EventFeed
-from services.gateway.projection import Projection
 from services.gateway.notify import EventSignal
+from services.gateway.projection import Projection
 from services.gateway.settings import GatewaySettings
 
 

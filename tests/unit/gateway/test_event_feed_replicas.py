@@ -1,6 +1,6 @@
 """Two gateway replicas on one real PostgreSQL, each projecting its own share of the events:
 every stream on either replica gets every event of its user once, in log order, with its
-own replica's commits taken from memory and the other's read (services/gateway/eventfeed.py).
+own replica's commits taken from memory and the other's read (services/gateway/tails.py).
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ async def test_a_job_found_over_ends_its_stream_with_every_event_even_before_the
     async with running_gateway(gateway_db_url, sse_ping_s=0.05) as gateway:
         feed = gateway.state.feed
         held: list[object] = []
-        monkeypatch.setattr(feed, "_on_note", held.append)  # the notes never arrive
+        monkeypatch.setattr(feed.tails, "on_note", held.append)  # the notes never arrive
         job = await gateway.generate(user, 1)
         got: list[SseMessage] = []
         stream = follow(gateway.state, user, job, 0)
