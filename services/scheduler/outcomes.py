@@ -194,20 +194,22 @@ class Outcomes:
             self.health.success(event.data.provider or event.data.backend, event_id=event.id)
 
     async def _current(
-        self, conn: asyncpg.Connection, job_id: str, index: int
-    ) -> tuple[asyncpg.Record, asyncpg.Record] | None:
-        """The running job and its dispatched image, locked; None if the outcome is stale."""
-        job = await self._dispatcher.lock_job(conn, job_id)
+        self, conn: asyncpg.Connection, event: GenerationFailed | ConsistencyFlagged
+    ) -> tuple[asyncpg.Record, asyncpg.Record, GenerateImage] | None:
+        """The running job of `event`'s image, the image's row (both locked) and the
+        message of its attempt in flight; None if the outcome is stale."""
+        assert event.job_id is not None
+        job = await self._dispatcher.lock_job(conn, event.job_id)
         if job is None or job["status"] not in ("running", CANCELLING):
             return None  # unknown or ended: late outcomes change nothing
         row = await conn.fetchrow(
             "SELECT * FROM job_images WHERE job_id = $1 AND image_index = $2 FOR UPDATE",
-            job_id,
-            index,
+            event.job_id,
+            event.data.image_index,
         )
         if row is None or row["status"] != "dispatched":
             return None
-        return job, row
+        return job, row, GenerateImage.model_validate_json(row["message"])
 
     async def _stored(self, conn: asyncpg.Connection, event: ImageStored) -> None:
         """After `_lead` locked the job: store the image (`JobBook.store`), book its cost,
@@ -233,12 +235,10 @@ class Outcomes:
         await self._book.image_settled(conn, row, row["phase"], row)
 
     async def _failed(self, conn: asyncpg.Connection, event: GenerationFailed) -> None:
-        assert event.job_id is not None
-        current = await self._current(conn, event.job_id, event.data.image_index)
+        current = await self._current(conn, event)
         if current is None:
             return
-        job, row = current
-        msg = GenerateImage.model_validate_json(row["message"])
+        job, row, msg = current
         if msg.image.attempt != event.data.attempt:
             return  # an earlier attempt's failure, redelivered
         if job["status"] == CANCELLING:
@@ -247,12 +247,10 @@ class Outcomes:
         await self._retries.failed(conn, job, row, event.data)
 
     async def _flagged(self, conn: asyncpg.Connection, event: ConsistencyFlagged) -> None:
-        assert event.job_id is not None
-        current = await self._current(conn, event.job_id, event.data.image_index)
+        current = await self._current(conn, event)
         if current is None:
             return
-        job, row = current
-        msg = GenerateImage.model_validate_json(row["message"])
+        job, row, msg = current
         variation = event.data.variation + 1
         if job["status"] == CANCELLING and msg.image.variation == event.data.variation:
             # A non-final flag is not stored; no variation starts for a cancelled job.
