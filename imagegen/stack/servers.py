@@ -22,6 +22,14 @@ from imagegen.stack.s3 import ensure_bucket, s3_client
 # SeaweedFS serves gRPC on the HTTP port + 10000 by convention, and some of its parts
 # (the mini worker dialling the admin server) assume it whatever the flags say.
 _GRPC_OFFSET = 10000
+WEED_GOMAXPROCS = "1"
+"""One Go scheduler thread for `weed mini` (unless GOMAXPROCS is set): at rest its ~50
+goroutines' timers (sentry's 100 ms ticker, log-buffer and leveldb timers, gRPC
+keep-alives) woke two threads that handed work to each other; with one, 115 -> 80 wakes/s
+and 0.0041-0.0048 -> 0.0031 cores (30 s, 2-core machine, load ~1.5). Not slower where it
+works: 300 KB PUT+GET, sequential p50 17.2/18.3 -> 15.2/14.6 ms, 4 at once p50
+57.2/62.0 -> 56.2/45.8 ms (two paired runs, load 1.9-3.4): the Python clients, not weed's
+Go code, are what a request waits for here."""
 
 
 class SeaweedFS(ServerProcess):
@@ -89,7 +97,8 @@ class SeaweedFS(ServerProcess):
 
     def environment(self) -> Mapping[str, str]:
         # weed mini makes these the S3 admin identity.
-        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        keys = {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        return {**keys, "GOMAXPROCS": os.environ.get("GOMAXPROCS", WEED_GOMAXPROCS)}
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
