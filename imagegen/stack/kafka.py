@@ -223,16 +223,12 @@ class ApacheKafka(ServerProcess):
         listeners: Sequence[Listener] = (),
         properties: Mapping[str, str] | None = None,
         heap_mb: int = 512,
-        fast_start: bool = False,
     ) -> None:
         super().__init__(port, Path(log_dir or data_dir))
         self.data_dir = Path(data_dir)
         self.listeners = list(listeners)
         self.properties = dict(properties or {})
         self.heap_mb = heap_mb
-        self.fast_start = fast_start
-        """Only the quick JIT tier and no class-data sharing warm-up: starts ~1/3 faster,
-        costs CPU per message later; for tests, not for benchmarks."""
 
     @property
     def bootstrap(self) -> str:
@@ -277,11 +273,15 @@ class ApacheKafka(ServerProcess):
             "-XX:+UseSerialGC",
             # No hsperfdata file: its sampler wakes 20 times a second (jps/jstat go blind).
             "-XX:-UsePerfData",
+            # The quick JIT tier only. A local broker's load comes in minutes-long runs, and
+            # C2 kept compiling through them: at 1 image/s its compiler threads were half of
+            # the broker's CPU per image (28-45 ms), in a 120-image burst 15 ms, more than
+            # C1's slower code costs (request threads 12.7 -> 17.7 ms per image in the
+            # burst, no change at 1/s); it also starts ~1/3 faster (bench/broker_cpu.py).
+            "-XX:TieredStopAtLevel=1",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={log4j}",
         ]
-        if self.fast_start:
-            jvm.append("-XX:TieredStopAtLevel=1")
         return [*jvm, "-cp", f"{jars}/*", *args]
 
     def command(self) -> Sequence[str]:

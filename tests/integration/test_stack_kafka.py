@@ -57,13 +57,13 @@ def _consume_all(bootstrap: str, topic: str, count: int) -> list[bytes]:
 def test_acknowledged_messages_survive_sigkill_and_restart(tmp_path: Path) -> None:
     port, topic = free_port(), "durable.v1"
     values = [f"m{i}".encode() for i in range(50)]
-    broker = ApacheKafka(port, tmp_path / "kafka", fast_start=True)
+    broker = ApacheKafka(port, tmp_path / "kafka")
     with broker:
         create_topics(broker.bootstrap, specs=[_spec(topic)])
         _produce(broker.bootstrap, topic, values)
         broker.kill()  # as a crash would: no clean shutdown, no flush
 
-    with ApacheKafka(port, tmp_path / "kafka", fast_start=True) as again:
+    with ApacheKafka(port, tmp_path / "kafka") as again:
         metadata = AdminClient({"bootstrap.servers": again.bootstrap}).list_topics(timeout=10)
         assert len(metadata.topics[topic].partitions) == 2
         assert _consume_all(again.bootstrap, topic, len(values)) == values
