@@ -26,13 +26,16 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = 6000
     client_id: str = "imagegen"
     commit_interval_ms: int = Field(
-        default=1000,
+        default=5000,
         ge=0,
         description=(
             "Handled records' offsets are committed this often (and on rebalance and"
             " shutdown) rather than one synchronous commit per record; a crash redelivers"
             " at most this much handled work, which handlers absorb (they are idempotent)."
-            " 0: commit each record synchronously."
+            " 0: commit each record synchronously. 5 s is the Kafka clients' own default:"
+            " at a trickle every consumer that handled a record commits once per interval,"
+            " and each commit is a write to __consumer_offsets; at 1 image/s, 1 s cost the"
+            " local broker ~15 ms of CPU per image more than 5 s (bench/broker_cpu.py)."
         ),
     )
     instance_id: str = Field(

@@ -330,7 +330,7 @@ class KafkaConsumer:
         client_id: str = "imagegen",
         session_timeout_ms: int = 6000,
         fetch_wait_max_ms: int = 2000,
-        commit_interval_ms: int = 1000,
+        commit_interval_ms: int = 5000,
         group_instance_id: str | None = None,
         extra: dict[str, Any] | None = None,
         previous_groups: dict[str, str] | None = None,
