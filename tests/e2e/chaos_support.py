@@ -324,7 +324,8 @@ def wait_resumed(
     """Seconds from `since` (monotonic) until `group` commits past `before`; None on timeout.
 
     Commits are what a stage does once its handler's effects are durable, so this is the
-    first record handled after the kill, to within the commit interval (1 s)."""
+    first record handled after the kill, to within the commit interval
+    (`IMAGEGEN_KAFKA_COMMIT_INTERVAL_MS`, 5 s)."""
     deadline = since + timeout
     while time.monotonic() < deadline:
         try:
