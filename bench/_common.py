@@ -414,6 +414,25 @@ async def sse_follow(
         writer.close()
 
 
+async def character_and_stream(
+    client: Any, gateway: str, token: str, on_event: OnEvent
+) -> tuple[str, asyncio.Task[None]]:
+    """A new character of the token's user (its id) and that user's event stream, open
+    (a task running `sse_follow` on /api/v1/events); `client`: an httpx.AsyncClient on
+    `gateway`."""
+    response = await client.post(
+        "/api/v1/characters",
+        json={"name": "Mira", "attributes": {"hairColour": "red"}, "artStyle": "realistic"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    response.raise_for_status()
+    opened = asyncio.Event()
+    url = gateway + "/api/v1/events"
+    stream = asyncio.create_task(sse_follow(url, token, on_event, on_open=opened.set))
+    await asyncio.wait_for(opened.wait(), 60)
+    return str(response.json()["id"]), stream
+
+
 async def paced(
     rate: float, duration: float, fire: Callable[[int], Coroutine[Any, Any, None]]
 ) -> int:

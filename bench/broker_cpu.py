@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import CpuMeter, OurStack, SseEvent, our_stack, paced, sse_follow, write_result
+from _common import (
+    CpuMeter,
+    OurStack,
+    SseEvent,
+    character_and_stream,
+    our_stack,
+    paced,
+    write_result,
+)
 from idle_threads import _kind, _threads
 
 IMAGE_SIZE = 768
@@ -86,17 +94,7 @@ async def measure(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
 
     threads = ThreadMeter(_broker_pid())
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=60) as client:
-        response = await client.post(
-            "/api/v1/characters",
-            json={"name": "Mira", "attributes": {"hairColour": "red"}, "artStyle": "realistic"},
-            headers=auth,
-        )
-        response.raise_for_status()
-        character = response.json()["id"]
-        opened = asyncio.Event()
-        url = stack.gateway + "/api/v1/events"
-        stream = asyncio.create_task(sse_follow(url, token, on_event, on_open=opened.set))
-        await asyncio.wait_for(opened.wait(), 60)
+        character, stream = await character_and_stream(client, stack.gateway, token, on_event)
         posted: dict[str, float] = {}
 
         async def fire(_: int) -> None:

@@ -35,8 +35,8 @@ from _common import (
     OurStack,
     SseEvent,
     bench_postgres,
+    character_and_stream,
     our_stack,
-    sse_follow,
     write_result,
 )
 from meters import PostgresProxy, subtract
@@ -109,17 +109,7 @@ async def measure(
             stored[job_id] = stored.get(job_id, 0) + 1
 
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=60) as client:
-        response = await client.post(
-            "/api/v1/characters",
-            json={"name": "Mira", "attributes": {"hairColour": "red"}, "artStyle": "realistic"},
-            headers=auth,
-        )
-        response.raise_for_status()
-        character = response.json()["id"]
-        opened = asyncio.Event()
-        url = stack.gateway + "/api/v1/events"
-        stream = asyncio.create_task(sse_follow(url, token, on_event, on_open=opened.set))
-        await asyncio.wait_for(opened.wait(), 60)
+        character, stream = await character_and_stream(client, stack.gateway, token, on_event)
 
         async def pack(count: int) -> None:
             posted = await client.post(
