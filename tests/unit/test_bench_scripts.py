@@ -16,7 +16,18 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-@pytest.mark.parametrize("script", ["orchestration.py", "sse_fanout.py", "first_event.py"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "orchestration.py",
+        "sse_fanout.py",
+        "first_event.py",
+        "lean_costs.py",
+        "broker_cpu.py",
+        "idle_threads.py",
+        "idle_wakes.py",
+    ],
+)
 def test_bench_script_help(script: str) -> None:
     out = subprocess.run(
         [sys.executable, str(BENCH / script), "--help"],
