@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import secrets
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import Span as SdkSpan
@@ -14,7 +15,10 @@ from starlette.types import Message, Receive, Scope, Send
 from imagegen.telemetry_asgi import TelemetryMiddleware
 from services.gateway.routes.streams import is_event_stream
 
-TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+# A trace of this module's own: spans other tests left alive in the process (a background
+# task, an exporter's queue) are not this test's to count.
+TRACEPARENT = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+TRACE_ID = int(TRACEPARENT.split("-")[1], 16)
 
 
 def _scope(path: str) -> Scope:
@@ -54,7 +58,11 @@ class _Streaming:
         ]
         self.spans.clear()  # the exporter's reference gone: who else holds a span now?
         gc.collect()
-        self.live_spans = sum(1 for o in gc.get_objects() if isinstance(o, SdkSpan))
+        self.live_spans = sum(
+            1
+            for o in gc.get_objects()
+            if isinstance(o, SdkSpan) and o.get_span_context().trace_id == TRACE_ID
+        )
         await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": False})
 
 

@@ -202,7 +202,8 @@ def _scene_request(text: str, description: str = "") -> GenerateScene:
 async def test_resolver_falls_back_and_cools_down_after_a_failure(
     chat: ChatServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    resolver = SceneResolver(_reader(chat, timeout_s=0.5), cooldown_s=60.0)
+    # A timeout long enough for a loaded machine: the 500 must be what fails the call.
+    resolver = SceneResolver(_reader(chat, timeout_s=10.0), cooldown_s=60.0)
     try:
         chat.fail_next(500)
         with caplog.at_level(logging.WARNING, logger="services.scheduler.scenes_llm"):
