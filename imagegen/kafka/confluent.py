@@ -364,30 +364,46 @@ class KafkaConsumer:
         config.update(extra or {})
         self._consumer = _Consumer(config)
         self.handover = Handover(config, previous_groups) if previous_groups else None
+        # Revoked partitions' offsets are committed as the revocation ends: what was handled
+        # but is still queued is stored first (the callback runs inside a poll, on its thread).
+        revoked = self._on_revoke
         if self.handover is None:
-            self._consumer.subscribe(topics)
+            self._consumer.subscribe(topics, on_revoke=revoked)
         else:
-            self._consumer.subscribe(topics, on_assign=self.handover.on_assign)
-        self._lock = threading.Lock()  # polls, synchronous commits and close, one at a time
-        # Storing an offset is safe beside a poll (which holds `_lock` for its whole
-        # timeout) but not beside close: lanes store while another lane polls.
-        self._store_lock = threading.Lock()
+            self._consumer.subscribe(topics, on_assign=self.handover.on_assign, on_revoke=revoked)
+        # Every call into librdkafka's consumer is made holding this. confluent-kafka lets one
+        # thread at a time into a consumer: a call beside a poll in flight spins on 1 ms
+        # sleeps (holding its thread, the event loop's for a store) until the poll returns,
+        # which at a trickle is the poll's whole timeout.
+        self._lock = threading.Lock()
+        # Handled records whose offsets are not stored yet: stored at once where nobody
+        # polls, else by the polling thread around its poll (`_store_queued`).
+        self._queued: list[Message] = []
+        self._queue_lock = threading.Lock()
         self._closed = False
 
     def _poll(self, timeout: float) -> Message | None:
         with self._lock:
-            return self._consumer.poll(timeout)
+            self._store_queued()
+            try:
+                return self._consumer.poll(timeout)
+            finally:
+                self._store_queued()  # what lanes handled while this poll waited
 
     def _poll_batch(self, max_records: int, timeout: float) -> list[Message]:
         with self._lock:
-            first = self._consumer.poll(timeout)
-            if first is None:
-                return []
-            if max_records <= 1:
-                return [first]
-            # consume() waits its whole timeout for a full batch: with 0 it only takes what
-            # has arrived already, so a lone record is never held back.
-            return [first, *self._consumer.consume(max_records - 1, 0)]
+            self._store_queued()
+            try:
+                first = self._consumer.poll(timeout)
+                if first is None:
+                    return []
+                if max_records <= 1:
+                    return [first]
+                # consume() waits its whole timeout for a full batch: with 0 it only takes
+                # what has arrived already, so a lone record is never held back.
+                return [first, *self._consumer.consume(max_records - 1, 0)]
+            finally:
+                self._store_queued()
 
     async def poll(self, timeout: float) -> Record | None:
         msg = await asyncio.to_thread(self._poll, timeout)
@@ -419,19 +435,23 @@ class KafkaConsumer:
         with self._lock:
             self._consumer.commit(offsets=offsets, asynchronous=False)
 
-    def _store(self, msg: Message) -> None:
-        with self._store_lock:
-            if self._closed:
-                return
+    def _store_queued(self) -> None:
+        """Store the queued offsets; the caller holds `_lock` (or runs inside a poll)."""
+        with self._queue_lock:
+            queued, self._queued = self._queued, []
+        if self._closed:
+            return  # close() stored what was queued before it closed
+        for msg in queued:
             try:
                 self._consumer.store_offsets(message=msg)
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
-                if err.code() not in _NOT_OURS:
-                    raise
                 # Revoked while in flight: its new owner gets it again (handlers are
-                # idempotent), and the commit is not ours to make.
-                log.warning(
+                # idempotent), and the commit is not ours to make. Anything else leaves the
+                # offset unstored: redelivered, never skipped.
+                level = logging.WARNING if err.code() in _NOT_OURS else logging.ERROR
+                log.log(
+                    level,
                     "event=offset_not_stored topic=%s partition=%s offset=%s error=%s",
                     msg.topic(),
                     msg.partition(),
@@ -439,18 +459,29 @@ class KafkaConsumer:
                     err.name(),
                 )
 
+    def _on_revoke(self, _consumer: _Consumer, _partitions: list[TopicPartition]) -> None:
+        self._store_queued()
+
     async def commit(self, record: Record) -> None:
         await self.commit_batch([record])
 
     async def commit_batch(self, records: Sequence[Record]) -> None:
-        try:
-            if self._interval_ms > 0:
-                for record in records:  # local only: the periodic commit sends them
-                    self._store(record.native)
-            elif records:
+        if self._interval_ms > 0:
+            # Local only (the periodic commit sends them), and never a wait for a poll in
+            # flight: stored now if nobody polls, else by the polling thread.
+            with self._queue_lock:
+                self._queued.extend(record.native for record in records)
+            if self._lock.acquire(blocking=False):
+                try:
+                    self._store_queued()
+                finally:
+                    self._lock.release()
+            return
+        if records:
+            try:
                 await asyncio.to_thread(self._commit, [r.native for r in records])
-        except KafkaException as exc:
-            raise _error(exc.args[0]) from exc
+            except KafkaException as exc:
+                raise _error(exc.args[0]) from exc
 
     def _leave(self, timeout: float = 5.0) -> None:
         """Leave the group now. A static member's close() does not (KIP-345), which would
@@ -465,7 +496,8 @@ class KafkaConsumer:
         def _close() -> None:
             # With auto commit on, close() commits the stored offsets first (and so does the
             # unassign that an unsubscribe makes).
-            with self._lock, self._store_lock, contextlib.suppress(KafkaException, RuntimeError):
+            with self._lock, contextlib.suppress(KafkaException, RuntimeError):
+                self._store_queued()
                 self._closed = True
                 if self._static:
                     self._leave()

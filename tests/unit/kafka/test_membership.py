@@ -22,7 +22,7 @@ class _Recorder:
     def __init__(self, config: dict[str, Any]) -> None:
         self.configs.append(config)
 
-    def subscribe(self, topics: list[str]) -> None:
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         pass
 
 
