@@ -103,6 +103,11 @@ def machine() -> dict[str, Any]:
     }
 
 
+def uptime() -> str:
+    """`uptime`'s line (load averages): what the machine was doing beside a measurement."""
+    return subprocess.run(["uptime"], check=False, capture_output=True, text=True).stdout.strip()
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     payload.setdefault("machine", {})["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     RESULTS.mkdir(parents=True, exist_ok=True)

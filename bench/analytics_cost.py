@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import uptime
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -59,10 +60,6 @@ EVENTS_PER_IMAGE = 5
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], check=False, capture_output=True, text=True).stdout.strip()
 
 
 def records(images: int) -> list[tuple[str, bytes]]:

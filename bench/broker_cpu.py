@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -35,15 +34,12 @@ from _common import (
     character_and_stream,
     our_stack,
     paced,
+    uptime,
     write_result,
 )
 from idle_threads import _kind, _threads
 
 IMAGE_SIZE = 768
-
-
-def _uptime() -> str:
-    return subprocess.run(["uptime"], check=False, capture_output=True, text=True).stdout.strip()
 
 
 def _broker_pid() -> int:
@@ -130,7 +126,7 @@ async def measure(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
             idle_cpu = _scaled(cpu.seconds(), idle_s)
             idle_threads = _scaled(threads.seconds(), idle_s)
             idle_machine = cpu.others()
-            idle_uptime = await asyncio.to_thread(_uptime)
+            idle_load = await asyncio.to_thread(uptime)
 
             posted.clear()
             cpu.restart()
@@ -142,7 +138,7 @@ async def measure(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
             busy_cpu = cpu.seconds()
             busy_threads = threads.seconds()
             busy_machine = cpu.others()
-            busy_uptime = await asyncio.to_thread(_uptime)
+            busy_load = await asyncio.to_thread(uptime)
             paced_posted = dict(posted)
 
             burst: dict[str, Any] | None = None
@@ -162,7 +158,7 @@ async def measure(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
                     "cpu": cpu.seconds(),
                     "threads": threads.seconds(),
                     "machine": cpu.others(),
-                    "uptime": await asyncio.to_thread(_uptime),
+                    "uptime": await asyncio.to_thread(uptime),
                 }
         finally:
             stream.cancel()
@@ -196,7 +192,7 @@ async def measure(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
             "cores_total": round(sum(idle_cpu.values()), 4),
             "broker_threads_cores": idle_threads,
             "machine": idle_machine,
-            "uptime": idle_uptime,
+            "uptime": idle_load,
         },
         "paced": {
             "rate": args.rate,
@@ -207,7 +203,7 @@ async def measure(stack: OurStack, args: argparse.Namespace) -> dict[str, Any]:
             "per_image": per_image(busy_cpu, idle_cpu),
             "broker_threads": per_image(busy_threads, idle_threads),
             "machine": busy_machine,
-            "uptime": busy_uptime,
+            "uptime": busy_load,
         },
         "burst": burst,
     }

@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import _process_name, machine, our_stack, write_result
+from _common import _process_name, machine, our_stack, uptime, write_result
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -102,15 +101,14 @@ def main() -> None:
     ):
         time.sleep(args.settle)
         table = sample(os.getpid(), args.idle)
-        load = subprocess.run(["uptime"], check=False, capture_output=True, text=True)
-    uptime = load.stdout.strip()
+        load = uptime()
     for proc, kinds in table.items():
         total = sum(kinds.values())
         print(f"{proc:28s} {total:.4f} cores  " + " ".join(f"{k}={v}" for k, v in kinds.items()))
-    print("uptime:", uptime)
+    print("uptime:", load)
     path = write_result(
         f"idle_threads-{args.label}",
-        {"idle_s": args.idle, "cores": table, "uptime": uptime, "machine": machine()},
+        {"idle_s": args.idle, "cores": table, "uptime": load, "machine": machine()},
     )
     print("written", path)
 

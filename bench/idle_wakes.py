@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import machine, write_result
+from _common import machine, uptime, write_result
 
 Snapshot = dict[str, tuple[str, int, int]]
 """thread id -> (thread name, ns on CPU, voluntary context switches)."""
@@ -94,14 +93,14 @@ def main() -> None:
     args = parser.parse_args()
     pids = _stack_pids(args.data_dir.resolve())
     table = sample(pids, args.idle)
-    uptime = subprocess.run(["uptime"], check=False, capture_output=True, text=True).stdout
+    load = uptime()
     for name, row in table.items():
         print(f"{name:12s} {row['cores']:.5f} cores  {row['wakes_per_s']:6.1f} wakes/s")
     print(f"total {sum(row['cores'] for row in table.values()):.5f} cores")
-    print("uptime:", uptime.strip())
+    print("uptime:", load)
     path = write_result(
         f"idle_wakes-{args.label}",
-        {"idle_s": args.idle, "processes": table, "uptime": uptime.strip(), "machine": machine()},
+        {"idle_s": args.idle, "processes": table, "uptime": load, "machine": machine()},
     )
     print("written", path)
 

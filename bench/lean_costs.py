@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from _common import (
     bench_postgres,
     character_and_stream,
     our_stack,
+    uptime,
     write_result,
 )
 from meters import PostgresProxy, subtract
@@ -44,10 +44,6 @@ from meters import PostgresProxy, subtract
 # PostgreSQL flushes a backend's counters when it goes idle, at most once a second and
 # otherwise within 10 s: a reading is taken this long after the work it should include.
 STATS_SETTLE_S = 11.0
-
-
-def _uptime() -> str:
-    return subprocess.run(["uptime"], check=False, capture_output=True, text=True).stdout.strip()
 
 
 async def xact_commits(dsn: str) -> int:
@@ -136,7 +132,7 @@ async def measure(
             idle_s = time.monotonic() - started
             idle_cpu = cpu.seconds()
             machine = cpu.others()
-            uptime = await asyncio.to_thread(_uptime)
+            load = await asyncio.to_thread(uptime)
             idle_xacts = await xact_commits(dsn) - before - 1  # less this reading's own
             idle_rate = idle_xacts / idle_s
             idle_table = _attribution(proxy, mark, idle_s)
@@ -162,7 +158,7 @@ async def measure(
             "cpu_cores": {name: round(s / idle_s, 4) for name, s in idle_cpu.items()},
             "cpu_cores_total": round(sum(idle_cpu.values()) / idle_s, 4),
             "machine": machine,
-            "uptime": uptime,
+            "uptime": load,
             "pg_xacts_per_s": round(idle_rate, 2),
             "pg_by_application_per_s": idle_table,
         },
