@@ -26,6 +26,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
         "broker_cpu.py",
         "idle_threads.py",
         "idle_wakes.py",
+        "trickle_threads.py",
     ],
 )
 def test_bench_script_help(script: str) -> None:
