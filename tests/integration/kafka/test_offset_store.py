@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 
 from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import TopicPartition
@@ -36,12 +37,27 @@ def _committed(bootstrap: str, group: str, record: Record) -> int:
         reader.close()
 
 
-async def _first(consumer: KafkaConsumer) -> Record:
+async def _first(publisher: KafkaPublisher, consumer: KafkaConsumer, topic: str) -> Record:
+    """A record published now, as `consumer` gets it."""
+    await publisher.publish(topic, "k", Ping(n=1))
     async with asyncio.timeout(30):
         while True:
             record = await consumer.poll(0.5)
             if record is not None:
                 return record
+
+
+async def _polling(consumer: KafkaConsumer, poll: Awaitable[object]) -> asyncio.Task[object]:
+    """`poll` running, once it holds the consumer (a poll in flight, as another lane's)."""
+
+    async def run() -> object:
+        return await poll
+
+    task = asyncio.create_task(run())
+    async with asyncio.timeout(10):
+        while not consumer._lock.locked():
+            await asyncio.sleep(0.005)
+    return task
 
 
 async def _until_committed(bootstrap: str, group: str, record: Record) -> None:
@@ -58,18 +74,14 @@ async def test_a_commit_beside_a_poll_in_flight_does_not_wait_for_it_and_still_l
     publisher = KafkaPublisher(kafka_bootstrap, "test")
     consumer = KafkaConsumer(kafka_bootstrap, group, [topics.requests], commit_interval_ms=200)
     try:
-        await publisher.publish(topics.requests, "k", Ping(n=1))
-        record = await _first(consumer)
+        record = await _first(publisher, consumer, topics.requests)
         poll_returned: list[float] = []
 
         def another_lane_polls() -> None:  # nothing more arrives: waits its whole timeout
             consumer._poll(3.0)
             poll_returned.append(time.monotonic())
 
-        polling = asyncio.create_task(asyncio.to_thread(another_lane_polls))
-        async with asyncio.timeout(10):
-            while not consumer._lock.locked():
-                await asyncio.sleep(0.005)
+        polling = await _polling(consumer, asyncio.to_thread(another_lane_polls))
         await consumer.commit(record)
         committed_at = time.monotonic()
         await polling
@@ -91,12 +103,8 @@ async def test_offsets_queued_during_a_poll_are_committed_when_that_poll_revokes
     first = KafkaConsumer(kafka_bootstrap, group, [topics.requests], commit_interval_ms=600_000)
     second: KafkaConsumer | None = None
     try:
-        await publisher.publish(topics.requests, "k", Ping(n=1))
-        record = await _first(first)
-        polling = asyncio.create_task(first.poll(15.0))  # serves the rebalance below
-        async with asyncio.timeout(10):
-            while not first._lock.locked():
-                await asyncio.sleep(0.005)
+        record = await _first(publisher, first, topics.requests)
+        polling = await _polling(first, first.poll(15.0))  # serves the rebalance below
         await first.commit(record)  # queued: the poll in flight holds the consumer
         second = KafkaConsumer(kafka_bootstrap, group, [topics.requests])
         joined = asyncio.create_task(second.poll(15.0))
