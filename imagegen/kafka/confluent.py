@@ -383,12 +383,8 @@ class KafkaConsumer:
         self._closed = False
 
     def _poll(self, timeout: float) -> Message | None:
-        with self._lock:
-            self._store_queued()
-            try:
-                return self._consumer.poll(timeout)
-            finally:
-                self._store_queued()  # what lanes handled while this poll waited
+        msgs = self._poll_batch(1, timeout)
+        return msgs[0] if msgs else None
 
     def _poll_batch(self, max_records: int, timeout: float) -> list[Message]:
         with self._lock:
@@ -403,7 +399,7 @@ class KafkaConsumer:
                 # what has arrived already, so a lone record is never held back.
                 return [first, *self._consumer.consume(max_records - 1, 0)]
             finally:
-                self._store_queued()
+                self._store_queued()  # what lanes handled while this poll waited
 
     async def poll(self, timeout: float) -> Record | None:
         msg = await asyncio.to_thread(self._poll, timeout)
