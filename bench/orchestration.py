@@ -9,7 +9,12 @@ one PostgreSQL server that the benchmark starts for both. `--broker` picks image
 Apache Kafka, Tansu with its log in SeaweedFS, or Tansu with its log in memory
 (comma-separated for several). For each system:
 
-- warm-up images (not counted);
+- warm-up: `--warmup` images at 2/s (150 by default), not counted in the steps; their CPU
+  per image is kept apart (`warmup`), since it holds start-up work: a broker started
+  minutes ago still compiles its request paths (Kafka's JIT compiler thread took ~7 ms a
+  second of a 1 image/s trickle after 8 s of warm-up, none after 150 s, and the broker's
+  CPU at that trickle fell from 44-58 to 30 ms a second: bench/trickle_threads.py), and
+  the first of the steps (1 image/s) would carry it;
 - idle: `--idle` seconds with the users' streams open and nothing posted: CPU per process;
 - open-loop steps: one-image packs POSTed at a steady offered rate (images/s) for
   `--duration` seconds, spread over `--users` users whose event streams (SSE) are open;
@@ -310,6 +315,7 @@ async def measure(target: Target, args: argparse.Namespace) -> dict[str, Any]:
             warm = await session.step(2.0, args.warmup / 2.0, args.drain)
             if warm["missing_after_drain"]:
                 raise RuntimeError(f"{target.name}: warm-up images never stored: {warm}")
+            _print_step(target.name + " warm-up", warm)
             await asyncio.sleep(2)  # let the warm-up's commits and flushes settle
             meters = target.meters
             if meters is not None:
@@ -351,6 +357,7 @@ async def measure(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         and (s["achieved_images_per_s"] or 0) >= 0.95 * s["offered_images_per_s"]
     ]
     return {
+        "warmup": warm,
         "idle": idle,
         "idle_at_rest": rest,
         "steps": steps,
@@ -573,6 +580,7 @@ def _rows(system: dict[str, Any]) -> dict[str, Any]:
     burst = system.get("burst") or {}
     rows["burst drain images/s"] = system.get("burst_drain_images_per_s")
     rows["CPU ms/image burst"] = burst.get("cpu_ms_per_image_total")
+    rows["CPU ms/image warm-up (2/s)"] = (system.get("warmup") or {}).get("cpu_ms_per_image_total")
     rows["idle CPU, cores"] = (system.get("idle") or {}).get("cpu_cores_total")
     rows["idle CPU at rest after the load, cores"] = (system.get("idle_at_rest") or {}).get(
         "cpu_cores_total"
@@ -685,7 +693,7 @@ def main() -> None:
     parser.add_argument("--rates", default="1,2,4,8", help="offered images/s, comma-separated")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per rate")
     parser.add_argument("--burst", type=int, default=120, help="images in the burst step")
-    parser.add_argument("--warmup", type=int, default=10, help="warm-up images per system")
+    parser.add_argument("--warmup", type=int, default=150, help="warm-up images per system, at 2/s")
     parser.add_argument("--idle", type=float, default=60.0, help="idle measurement, s")
     parser.add_argument(
         "--rest-after",

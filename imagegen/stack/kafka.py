@@ -78,8 +78,20 @@ SINGLE_NODE_PROPERTIES: Mapping[str, str] = {
     "group.initial.rebalance.delay.ms": "0",
     # Topics come from the registry with their partitions and configs, never from first use.
     "auto.create.topics.enable": "false",
-    "num.network.threads": "2",
-    "num.io.threads": "4",
+    # Threads that wake on their own at rest. Each network thread polls its selector every
+    # 300 ms and each request handler its queue as often, and the controller's listener runs
+    # a second set of both (its handler pool is `num.io.threads` too): 2 + 4 of each were
+    # ~0.004 cores of an idle broker, all of them waking whether there was work or not. One
+    # node serving one local stack (a few hundred requests a second at most) needs one
+    # network thread and two handlers; the group coordinator's event processors (4 by
+    # default) likewise one.
+    "num.network.threads": "1",
+    "num.io.threads": "2",
+    "group.coordinator.threads": "1",
+    # The broker half heartbeats to the controller half of the same process (every 2 s by
+    # default); the session must outlast several heartbeats, as its default 9 s does 2 s.
+    "broker.heartbeat.interval.ms": "5000",
+    "broker.session.timeout.ms": "20000",
     "background.threads": "2",
     "num.recovery.threads.per.data.dir": "1",
     "log.cleaner.threads": "1",
@@ -266,10 +278,17 @@ class ApacheKafka(ServerProcess):
 
     def _java(self, java: Path, jars: Path, *args: str) -> list[str]:
         log4j = self.data_dir / "config" / "log4j2.properties"
+        young_mb = min(128, self.heap_mb // 4)
         jvm = [
             str(java),
             f"-Xmx{self.heap_mb}m",
-            "-Xms64m",
+            # A young generation of 128 MB from the start (it began at ~21 MB and grew only
+            # slowly): every young collection is a pause on the VM thread whose cost goes
+            # with what survives, not with the young generation's size, so fewer of them
+            # cost less. At a 1 image/s trickle: VM thread 3.2 -> 0.7 ms a second, the
+            # broker 30.5 -> 24.9 (bench/trickle_threads.py, 150 s warm-up).
+            f"-Xms{min(self.heap_mb, young_mb + 64)}m",
+            f"-Xmn{young_mb}m",
             "-XX:+UseSerialGC",
             # No hsperfdata file: its sampler wakes 20 times a second (jps/jstat go blind).
             "-XX:-UsePerfData",
@@ -279,6 +298,10 @@ class ApacheKafka(ServerProcess):
             # C1's slower code costs (request threads 12.7 -> 17.7 ms per image in the
             # burst, no change at 1/s); it also starts ~1/3 faster (bench/broker_cpu.py).
             "-XX:TieredStopAtLevel=1",
+            # The monitor deflation thread looks for idle monitors every 250 ms by default
+            # (4 wake-ups a second at rest); a broker's monitors are few and long-lived.
+            "-XX:+UnlockDiagnosticVMOptions",
+            "-XX:AsyncDeflationInterval=2000",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={log4j}",
         ]
