@@ -46,8 +46,11 @@ requests are counted). The idle figure comes first, after the warm-up: a quiet `
 seconds (a minute by default) with the users' streams open. A second one, "at rest", comes
 last: `--rest-after` seconds after the burst has drained, the same `--idle` seconds again.
 The first still holds start-up work that fades (the broker's JIT compiler is busy for
-minutes after start: about 0.01 cores of Kafka's idle figure); the second is what a stack
-that has served traffic costs while nobody uses it (`--rest-after 0` skips it).
+minutes after start: about 0.01 cores of Kafka's idle figure after a 10-image warm-up,
+0.002 after 150); the second is what a stack that has served traffic costs while nobody
+uses it (`--rest-after 0` skips it). SeaweedFS (`weed mini`) spends ~2 s of CPU once, 5-6
+minutes after it starts (likely its admin server's maintenance; no flag turns that off): with the
+default settings the at-rest window falls on it.
 
 Writes bench/results/orchestration.json (orchestration_quick.json for --quick) and
 bench/results/latency.png, and prints one table: the baseline, the previous run of
