@@ -23,15 +23,30 @@ sets them on the aiokafka consumer it creates, before that consumer starts (aiok
 its constructor's `fetch_min_bytes`, `fetch_max_wait_ms` and `consumer_timeout_ms` as
 `_fetch_min_bytes`, `_fetch_max_wait_ms` and `_consumer_timeout` and hands them to its
 fetcher at start).
+
+The same transport closes a hole through which a restart lost events (found by
+tests/e2e/test_analytics.py, which failed about one CI run in three):
+- faust hands its consumer thread its *live* set of active partitions for each fetch.
+  When the table recovery ends it pauses the changelog partitions while the event
+  partitions are still paused from the assignment, so the set is empty for a moment, and
+  aiokafka reads an empty set as "every partition": a fetch already waiting returned the
+  events topic's records, faust dropped them as not active, and aiokafka's position had
+  moved past them. Each fetch now gets a copy of the set taken when it was asked for.
+- faust then seeks every stream partition back to its committed offset, but aiokafka
+  seeks only where that offset is above 0: a partition the killed process had read but
+  not committed yet kept the position of the dropped records, and their counts were lost.
+  A stream partition with no committed offset now goes back to where the reset policy
+  starts (the log's beginning here), and one committed at 0 to 0.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as driver
-from faust.types import TransportT
+from faust.types import TP, TransportT
 
 FETCHER_WAKE_S = 1.0
 
@@ -48,10 +63,44 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
             consumer._consumer_timeout = FETCHER_WAKE_S
         return consumer
 
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed: Mapping[TP, int] = await self.call_thread(self._seek_stream_partitions)
+        return committed
+
+    async def _seek_stream_partitions(self) -> dict[TP, int | None]:
+        """Every assigned stream partition to its committed offset, or where the reset
+        policy starts when it has none; changelog partitions as aiokafka would (faust
+        commits none, and their recovery seeks them itself)."""
+        consumer = self._ensure_consumer()
+        committed: dict[TP, int | None] = {}
+        uncommitted = []
+        for tp in consumer.assignment():
+            offset = await consumer.committed(tp)
+            committed[tp] = offset
+            if self.consumer._is_changelog_tp(tp):
+                if offset:
+                    consumer.seek(tp, offset)
+            elif offset is not None and offset >= 0:
+                consumer.seek(tp, offset)
+            else:
+                uncommitted.append(tp)
+        if uncommitted:
+            if self.app.conf.consumer_auto_offset_reset == "latest":
+                await consumer.seek_to_end(*uncommitted)
+            else:
+                await consumer.seek_to_beginning(*uncommitted)
+        return committed  # None: none yet, as faust reads it
+
 
 class _Consumer(driver.Consumer):
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        # A copy: faust changes the set while the fetch waits, and an empty set means
+        # every partition to aiokafka (see the module's docstring).
+        snapshot = None if active_partitions is None else set(active_partitions)
+        return await super()._getmany(snapshot, timeout)
 
 
 class _Transport(driver.Transport):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from faust.types import TP
+
 from services.analytics.app import create_app
 from services.analytics.fetching import FETCHER_WAKE_S
 from services.analytics.monitor import QuietMonitor
@@ -50,3 +52,32 @@ def test_the_app_monitor_runs_no_timer_at_rest() -> None:
             await monitor.stop()
 
     assert asyncio.run(tasks_left_running()) == []
+
+
+def test_each_fetch_gets_the_active_partitions_as_they_were_when_it_was_asked_for() -> None:
+    """faust changes its live set of active partitions while a fetch waits (the table
+    recovery pausing its changelogs empties it for a moment), and aiokafka reads an empty
+    set as every partition: the fetch must keep the set it was asked with."""
+    settings = AnalyticsSettings()
+    settings.kafka.bootstrap = "127.0.0.1:9"
+    live = {TP("imagegen.events.v1", 0), TP("imagegen.events.v1", 1)}
+    seen: list[set[TP]] = []
+
+    async def fetch() -> None:
+        app, _ = create_app(settings)
+        app.finalize()
+        consumer = app.consumer
+
+        async def thread_getmany(active: set[TP], timeout: float) -> dict[TP, list[object]]:
+            await asyncio.sleep(0.01)  # the fetch waits; meanwhile faust pauses everything
+            seen.append(set(active))
+            return {}
+
+        consumer._thread.getmany = thread_getmany  # type: ignore[attr-defined]
+        pending = asyncio.create_task(consumer._getmany(live, 1.0))  # type: ignore[attr-defined]
+        await asyncio.sleep(0)
+        live.clear()
+        await pending
+
+    asyncio.run(fetch())
+    assert seen == [{TP("imagegen.events.v1", 0), TP("imagegen.events.v1", 1)}]
