@@ -1,10 +1,11 @@
 """Analytics on the real stack (Apache Kafka): recovery after SIGKILL, recount, the page.
 
 One stack for the module. A workload across users and tiers runs; the analytics service is
-SIGKILLed once it has counted part of it and the supervisor restarts it; when every job has
-ended, each window's counts must equal a recount of the events topic from its beginning
-(the same pure pipeline over a `MemoryStore`): nothing lost, nothing counted twice. Then
-Chromium shows the page with the workload's numbers.
+SIGKILLed once it has counted part of the first half, the second half is posted as it dies,
+and the supervisor restarts it; when every job has ended, each window's counts must equal
+a recount of the events topic from its beginning (the same pure pipeline over a
+`MemoryStore`): nothing lost, nothing counted twice. Then Chromium shows the page with the
+workload's numbers.
 """
 
 from __future__ import annotations
@@ -141,16 +142,19 @@ def test_sigkill_mid_run_then_every_window_equals_a_recount(
 ) -> None:
     _wait_ready(stack)
     tenants = make_tenants(stack, ["paid", "free", "paid", "free"], "an")
-    jobs = submit_workload(stack, tenants, [5, 5, 5, 5], portraits=False)
+    jobs = submit_workload(stack, tenants[:2], [5, 5], portraits=False)
     _bad_records(stack)
-    # Kill once part of the workload is counted (and before all of it is).
+    # Kill once part of the first half is counted; the second half is posted at once, so
+    # its records (on partitions with no committed offset yet, most of them) arrive while
+    # the service restarts and recovers its table: where a restart used to lose records.
     deadline = time.monotonic() + 180
-    while _counted(stack) < 80 and time.monotonic() < deadline:
+    while _counted(stack) < 30 and time.monotonic() < deadline:
         time.sleep(0.2)
     counted_before = _counted(stack)
     pid = stack.service_pids()["analytics"]
     os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
+    jobs += submit_workload(stack, tenants[2:], [5, 5], portraits=False)
     wait_restarted(stack, "analytics", pid)
     _wait_ready(stack)
     ready_s = time.monotonic() - killed_at
