@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from imagegen.stack.kafka import delete_topics
 from services.analytics.app import create_app
 from services.analytics.settings import AnalyticsSettings
 
@@ -79,7 +80,10 @@ def test_every_stream_partition_goes_back_to_its_committed_offset_or_the_start(
             thread._consumer = None
             await consumer.stop()
 
-    positions, committed = asyncio.run(positions_after_seek())
+    try:
+        positions, committed = asyncio.run(positions_after_seek())
+    finally:
+        delete_topics(kafka_bootstrap, [topic])
     assert committed == {0: 2, 1: 0, 2: None}
     # aiokafka's seek_to_committed leaves partitions 1 and 2 at 4: their records were gone.
     assert positions == {0: 2, 1: 0, 2: 0}
