@@ -204,3 +204,49 @@ async def test_stopping_releases_a_lane_waiting_for_its_turn_without_committing_
         await task
     assert handled == [b"r0"]
     assert broker.committed[("w", ORDERED, 0)] == 1  # r1 is redelivered, not committed
+
+
+class _Silent:
+    """A consumer that gets nothing (a fenced one): each poll waits out its timeout."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+        self.closed = False
+
+    async def poll(self, timeout: float) -> Record | None:
+        self.polls += 1
+        await asyncio.sleep(timeout)
+        return None
+
+    async def commit(self, record: Record) -> None:
+        raise AssertionError("nothing was polled, so nothing is committed")
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_once_the_lanes_stop_no_lane_queued_behind_the_poll_in_flight_polls_again() -> None:
+    silent = _Silent()
+    broker = InMemoryBroker(partitions=1)
+
+    async def handle(record: Record) -> None:
+        raise AssertionError("nothing to handle")
+
+    loop = laned_loop(
+        "w",
+        silent,
+        {IN: handle},
+        8,
+        dead_letters=broker.publisher(),
+        dead_letter_topic=DLQ,
+        poll_timeout=0.2,
+    )
+    task = asyncio.create_task(loop.run())
+    async with asyncio.timeout(10):
+        while silent.polls == 0:
+            await asyncio.sleep(0.01)
+        # One lane polls; the other seven wait for the poll lock.
+        loop.stop()
+        await task
+    assert silent.polls == 1  # the one in flight; each lane behind it used to poll in turn
+    assert silent.closed
