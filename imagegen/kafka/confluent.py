@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,19 +32,64 @@ from imagegen.telemetry import inject_trace_headers
 log = logging.getLogger(__name__)
 
 
+_DIGITS = re.compile(r"\d+")
+
+
 class ClientLog:
     """librdkafka's own log lines, through our logging (one format: JSON in production,
     with the service's name) instead of raw text on stderr. A broker it cannot reach
     (FAIL: connection refused or closed) is logged as a warning, since the client
-    reconnects by itself; the rest keep librdkafka's level."""
+    reconnects by itself; the rest keep librdkafka's level.
 
-    def __init__(self, name: str = "imagegen.kafka.client") -> None:
+    A broker that stays down is said once per `quiet_s` per client and failure: a
+    consumer tries its bootstrap connection again every `reconnect.backoff.ms / 2` for as
+    long as the broker is away (the backoff does not grow there), and each try was a line
+    (a 17 s broker restart: 1,382 warnings in the generator's log). The next line said
+    counts the ones left out."""
+
+    def __init__(
+        self,
+        name: str = "imagegen.kafka.client",
+        *,
+        quiet_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._log = logging.getLogger(name)
+        self._quiet_s = quiet_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        # (client, failure) -> when it was last said, and how many went unsaid since.
+        self._said: dict[tuple[str, str], tuple[float, int]] = {}
 
     def log(self, level: int, msg: str, *args: object) -> None:
-        if level > logging.WARNING and args and args[0] == "FAIL":
-            level = logging.WARNING
+        if args and args[0] == "FAIL":
+            level = min(level, logging.WARNING)
+            left_out = self._left_out(args)
+            if left_out is None:
+                return
+            if left_out:
+                msg += " (%d more like it in the last %.0f s)"
+                args = (*args, left_out, self._quiet_s)
         self._log.log(level, msg, *args)
+
+    def _left_out(self, args: tuple[object, ...]) -> int | None:
+        """None: say nothing (the same failure was said less than `quiet_s` ago); else how
+        many like it went unsaid before this one."""
+        client = str(args[1]) if len(args) > 1 else ""
+        text = str(args[2]) if len(args) > 2 else ""
+        # The same failure of the same connection: the line but its numbers (the time in
+        # state, the port, the broker id), so "Disconnected" still shows beside "refused".
+        key = (client, _DIGITS.sub("", text))
+        now = self._clock()
+        with self._lock:
+            said = self._said.get(key)
+            if said is not None and now - said[0] < self._quiet_s:
+                self._said[key] = (said[0], said[1] + 1)
+                return None
+            if len(self._said) > 1024:  # clients come and go (consumers replaced on a fence)
+                self._said.clear()
+            self._said[key] = (now, 0)
+            return said[1] if said is not None else 0
 
 
 CLIENT_LOG = ClientLog()
