@@ -427,6 +427,8 @@ class KafkaConsumer:
         self._queued: list[Message] = []
         self._queue_lock = threading.Lock()
         self._closed = False
+        # Set once poll() returned a fatal error (a static member fenced by a newer one).
+        self._fatal = False
 
     def _poll(self, timeout: float) -> Message | None:
         msgs = self._poll_batch(1, timeout)
@@ -467,6 +469,7 @@ class KafkaConsumer:
             if ACCESS.note(err, group=self._group) is None:  # else logged, and readiness says
                 log.warning("event=consumer_error error=%s", err)
             if _is_fatal(err):  # e.g. a static member fenced; returned as _FATAL, not fatal()
+                self._fatal = True
                 raise _error(err)
             return None
         ACCESS.succeeded(topic=msg.topic(), group=self._group)
@@ -541,7 +544,10 @@ class KafkaConsumer:
             with self._lock, contextlib.suppress(KafkaException, RuntimeError):
                 self._store_queued()
                 self._closed = True
-                if self._static:
+                # A fenced member is no longer ours to leave (the newer instance holds it),
+                # and its assignment never empties: the leave waited its whole 5 s, which
+                # every consumer replaced after a broker restart paid.
+                if self._static and not self._fatal:
                     self._leave()
                 self._consumer.close()
 

@@ -81,6 +81,22 @@ async def test_consumer_poll_raises_on_the_fatal_error_librdkafka_returns() -> N
         await consumer.close()
 
 
+@pytest.mark.parametrize("fenced", [False, True])
+async def test_a_static_member_leaves_the_group_on_close_unless_it_was_fenced(
+    fenced: bool,
+) -> None:
+    consumer = KafkaConsumer("127.0.0.1:9", "g", ["t"], group_instance_id="p-g")
+    left: list[float] = []
+    consumer._leave = lambda timeout=5.0: left.append(timeout)  # type: ignore[method-assign]
+    if fenced:
+        fatal = _ErrorMessage(KafkaError(KafkaError._FATAL, "Fatal error: fenced"))
+        consumer._poll = lambda timeout: fatal  # type: ignore[assignment,method-assign,return-value]
+        with pytest.raises(FatalClientError):
+            await consumer.poll(0.01)
+    await consumer.close()
+    assert left == ([] if fenced else [5.0])
+
+
 @pytest.fixture(params=["plain", "watched"])
 async def fenced(
     cluster: MockCluster, request: pytest.FixtureRequest
