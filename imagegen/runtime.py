@@ -62,6 +62,7 @@ def kafka_consumer(
         topics=topics,
         client_id=f"{settings.client_id}-{group}",
         session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_ms(),
         fetch_wait_max_ms=settings.fetch_wait_max_ms,
         commit_interval_ms=settings.commit_interval_ms,
         group_instance_id=instance_id(settings.instance_id, group),

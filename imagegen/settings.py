@@ -24,6 +24,18 @@ class KafkaSettings(BaseSettings):
     bootstrap: str = "127.0.0.1:9092"
     namespace: str = DEFAULT_NAMESPACE
     session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "How often a consumer heartbeats to its group coordinator; unset: a third of the"
+            " session timeout, as Kafka's clients default. A heartbeat is also how a member"
+            " learns of a rebalance, so this bounds how long a join waits for the others;"
+            " the session is how long the coordinator can be away before the member gives"
+            " up on it (librdkafka then rejoins as a new member, and a static member's next"
+            " offset commit is fenced: its process restarts)."
+        ),
+    )
     client_id: str = "imagegen"
     commit_interval_ms: int = Field(
         default=5000,
@@ -101,6 +113,21 @@ class KafkaSettings(BaseSettings):
         return TopicNames(self.namespace)
 
     @model_validator(mode="after")
+    def _heartbeats_within_the_session(self) -> KafkaSettings:
+        beat = self.heartbeat_interval_ms
+        if beat is not None and beat >= self.session_timeout_ms:
+            raise ConfigurationError(
+                f"IMAGEGEN_KAFKA_HEARTBEAT_INTERVAL_MS ({beat}) must be below"
+                f" IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS ({self.session_timeout_ms}): a member"
+                " heartbeats several times a session"
+            )
+        return self
+
+    def heartbeat_ms(self) -> int:
+        """The heartbeat interval consumers use: the one set, else a third of the session."""
+        return self.heartbeat_interval_ms or heartbeat_default(self.session_timeout_ms)
+
+    @model_validator(mode="after")
     def _security_complete(self) -> KafkaSettings:
         """Refuse settings that cannot connect, naming the variable to set (not a librdkafka
         error at the first poll, or a client that retries an impossible handshake for ever)."""
@@ -141,6 +168,11 @@ class KafkaSettings(BaseSettings):
         if self.ssl_key_password is not None and not has_key:
             raise ConfigurationError("IMAGEGEN_KAFKA_SSL_KEY_PASSWORD is set but no key is")
         return self
+
+
+def heartbeat_default(session_timeout_ms: int) -> int:
+    """A third of the session, as Kafka's clients default (at least 500 ms)."""
+    return max(session_timeout_ms // 3, 500)
 
 
 def _env(field: str) -> str:

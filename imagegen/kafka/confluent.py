@@ -27,6 +27,7 @@ from imagegen.kafka.access import ACCESS
 from imagegen.kafka.codec import encode
 from imagegen.kafka.handover import Handover
 from imagegen.kafka.ports import Record
+from imagegen.settings import heartbeat_default
 from imagegen.telemetry import inject_trace_headers
 
 log = logging.getLogger(__name__)
@@ -375,6 +376,7 @@ class KafkaConsumer:
         *,
         client_id: str = "imagegen",
         session_timeout_ms: int = 6000,
+        heartbeat_interval_ms: int | None = None,
         fetch_wait_max_ms: int = 2000,
         commit_interval_ms: int = 5000,
         group_instance_id: str | None = None,
@@ -399,7 +401,7 @@ class KafkaConsumer:
             # Never "latest": a new group must see what was produced before it joined.
             "auto.offset.reset": "earliest",
             "session.timeout.ms": session_timeout_ms,
-            "heartbeat.interval.ms": max(session_timeout_ms // 3, 500),
+            "heartbeat.interval.ms": heartbeat_interval_ms or heartbeat_default(session_timeout_ms),
             "max.poll.interval.ms": 600_000,
             "fetch.wait.max.ms": fetch_wait_max_ms,
             "logger": CLIENT_LOG,

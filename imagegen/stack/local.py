@@ -37,7 +37,8 @@ TANSU_FETCH_WAIT_MS = 100
 consumer; bench/broker_hop.py measures the trade-off."""
 KAFKA_CLIENT_TIMINGS = {
     "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": "5000",
-    "IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS": "15000",
+    "IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS": "30000",
+    "IMAGEGEN_KAFKA_HEARTBEAT_INTERVAL_MS": "5000",
 }
 LOCAL_POLL_TIMEOUT_MS = "2000"
 """Consumer loops' poll timeout here (1 s by default): each empty poll round costs a thread
@@ -91,7 +92,8 @@ def choose_broker(requested: str) -> tuple[str, str]:
 
 
 def _client_timings(kind: str) -> dict[str, str]:
-    """Consumers' fetch wait and session timeout, unless the caller's environment sets them.
+    """Consumers' fetch wait, session and heartbeats, unless the caller's environment sets
+    them.
 
     Apache Kafka answers a waiting fetch as soon as a record arrives, so there a long wait
     only spaces out an idle consumer's fetches; what it delays is a partition handed over
@@ -103,9 +105,17 @@ def _client_timings(kind: str) -> dict[str, str]:
     at 5 s, 10.8 s at 10 s; most services ~1 s at any wait), and the generator's tier
     consumers, three members of one group, hand over while they join at start-up. 5 s
     takes most of the idle saving of 10 s (bench/lean_costs.py: the broker at rest 0.041
-    cores at 2 s, 0.028 at 5 s, 0.024 at 10 s) for half the delay. The 15 s session
-    (heartbeats every 5 s) decides how long a dead member that never returns keeps its
-    partitions, which no other process would take. Tansu holds a fetch for up to about
+    cores at 2 s, 0.028 at 5 s, 0.024 at 10 s) for half the delay.
+
+    The session outlasts a restart of the one broker (13-17 s after a SIGKILL): with a
+    15 s session the members gave up on the coordinator while it was away, rejoined as new
+    members on its return, and their next offset commit was fenced (librdkafka's fatal
+    FENCED_INSTANCE_ID), so every service's process restarted (chaos test: first image
+    stored 26-43 s after the kill). At 30 s they carry on as they were. Heartbeats stay
+    every 5 s, since a heartbeat is also how a member hears of a rebalance (the generator's
+    tier consumers join one another at start-up). The session also decides how long a dead
+    member that never returns keeps its partitions (the supervisor restarts it, and it
+    takes them back at once). Tansu holds a fetch for up to about
     half the wait even when a message arrives (500 ms cost ~100-230 ms a hop), so it keeps
     100 ms and the 6 s session its joins need.
     """
@@ -114,6 +124,7 @@ def _client_timings(kind: str) -> dict[str, str]:
         for key in (
             "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS",
             "IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS",
+            "IMAGEGEN_KAFKA_HEARTBEAT_INTERVAL_MS",
             "IMAGEGEN_KAFKA_POLL_TIMEOUT_MS",
         )
         if (value := os.environ.get(key))
@@ -121,7 +132,12 @@ def _client_timings(kind: str) -> dict[str, str]:
     poll = {"IMAGEGEN_KAFKA_POLL_TIMEOUT_MS": LOCAL_POLL_TIMEOUT_MS}
     if kind == "tansu":
         return {"IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": str(TANSU_FETCH_WAIT_MS), **poll, **chosen}
-    return {**KAFKA_CLIENT_TIMINGS, **poll, **chosen}
+    ours = dict(KAFKA_CLIENT_TIMINGS)
+    if "IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS" in chosen:
+        # A session of the caller's: heartbeats at a third of it unless they chose those too
+        # (ours could outlast a shorter one).
+        ours.pop("IMAGEGEN_KAFKA_HEARTBEAT_INTERVAL_MS")
+    return {**ours, **poll, **chosen}
 
 
 def _broker_url(options: StackOptions) -> str:

@@ -110,9 +110,9 @@ def create_app(settings: AnalyticsSettings) -> tuple[faust.App, Counter]:
         topic_replication_factor=1,
         broker_commit_interval=settings.analytics_commit_interval_s,
         broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
-        # A third of the session timeout, as Kafka's clients default: each heartbeat wakes
-        # the process, at rest too.
-        broker_heartbeat_interval=settings.kafka.session_timeout_ms / 3000,
+        # As every consumer's (a third of the session unless set): each heartbeat wakes the
+        # process, at rest too.
+        broker_heartbeat_interval=settings.kafka.heartbeat_ms() / 1000,
         consumer_auto_offset_reset="earliest",
         # Static membership (the pod's or supervised process's name): a restarted process
         # takes its partitions back at once instead of after a rebalance.

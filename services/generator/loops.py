@@ -46,6 +46,7 @@ def tier_consumer(settings: KafkaSettings, tier: Tier) -> KafkaConsumer:
         topics=[settings.topics.jobs(tier)],
         client_id=f"{settings.client_id}-{JOBS_GROUP}-{tier.value}",
         session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_ms(),
         fetch_wait_max_ms=settings.fetch_wait_max_ms,
         commit_interval_ms=settings.commit_interval_ms,
         # One consumer per tier in the same group: the tier keeps their ids apart.

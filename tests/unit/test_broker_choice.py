@@ -53,10 +53,12 @@ def test_the_stack_spaces_out_idle_requests_on_apache_kafka_only(
 ) -> None:
     monkeypatch.delenv("IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS", raising=False)
     monkeypatch.delenv("IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS", raising=False)
+    monkeypatch.delenv("IMAGEGEN_KAFKA_HEARTBEAT_INTERVAL_MS", raising=False)
     monkeypatch.delenv("IMAGEGEN_KAFKA_POLL_TIMEOUT_MS", raising=False)
     assert _client_timings("kafka") == {
         "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": "5000",
-        "IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS": "15000",
+        "IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS": "30000",
+        "IMAGEGEN_KAFKA_HEARTBEAT_INTERVAL_MS": "5000",
         "IMAGEGEN_KAFKA_POLL_TIMEOUT_MS": "2000",
     }
     # Tansu holds a fetch for half the wait even when a message arrives: it keeps 100 ms,
@@ -68,7 +70,8 @@ def test_the_stack_spaces_out_idle_requests_on_apache_kafka_only(
     for key, value in _client_timings("kafka").items():  # names the services read
         monkeypatch.setenv(key, value)
     settings = KafkaSettings()
-    assert (settings.fetch_wait_max_ms, settings.session_timeout_ms) == (5000, 15000)
+    assert (settings.fetch_wait_max_ms, settings.session_timeout_ms) == (5000, 30000)
+    assert settings.heartbeat_ms() == 5000
     assert settings.poll_timeout_ms == 2000
 
 
@@ -82,3 +85,26 @@ def test_the_callers_timings_win_on_either_broker(monkeypatch: pytest.MonkeyPatc
             "IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS": "6000",
             "IMAGEGEN_KAFKA_POLL_TIMEOUT_MS": "1000",
         }
+
+
+def test_a_callers_session_takes_heartbeats_at_a_third_of_it_unless_they_chose_those(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("IMAGEGEN_KAFKA_HEARTBEAT_INTERVAL_MS", raising=False)
+    monkeypatch.setenv("IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS", "4000")
+    timings = _client_timings("kafka")
+    assert "IMAGEGEN_KAFKA_HEARTBEAT_INTERVAL_MS" not in timings
+    for key, value in timings.items():
+        monkeypatch.setenv(key, value)
+    assert KafkaSettings().heartbeat_ms() == 1333
+    monkeypatch.setenv("IMAGEGEN_KAFKA_HEARTBEAT_INTERVAL_MS", "1000")
+    assert _client_timings("kafka")["IMAGEGEN_KAFKA_HEARTBEAT_INTERVAL_MS"] == "1000"
+
+
+def test_heartbeats_as_long_as_the_session_are_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS", "6000")
+    monkeypatch.setenv("IMAGEGEN_KAFKA_HEARTBEAT_INTERVAL_MS", "6000")
+    with pytest.raises(ConfigurationError, match="IMAGEGEN_KAFKA_HEARTBEAT_INTERVAL_MS"):
+        KafkaSettings()

@@ -58,6 +58,18 @@ def test_every_consumer_of_a_process_has_its_own_stable_id(configs: list[dict[st
     assert configs[again]["group.instance.id"] == "storage-0-storage"
 
 
+def test_every_consumer_heartbeats_as_set_else_at_a_third_of_its_session(
+    configs: list[dict[str, Any]],
+) -> None:
+    set_ = KafkaSettings(session_timeout_ms=30000, heartbeat_interval_ms=5000)
+    default = KafkaSettings(session_timeout_ms=9000)
+    for settings in (set_, default):
+        kafka_consumer(settings, "storage", ["t1"])
+        tier_consumer(settings, Tier.STANDARD)
+    beats = [(c["session.timeout.ms"], c["heartbeat.interval.ms"]) for c in configs]
+    assert beats == [(30000, 5000), (30000, 5000), (9000, 3000), (9000, 3000)]
+
+
 def test_without_an_instance_id_membership_stays_dynamic(configs: list[dict[str, Any]]) -> None:
     kafka_consumer(KafkaSettings(), "storage", ["t1"])
     assert "group.instance.id" not in configs[0]
