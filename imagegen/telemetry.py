@@ -115,20 +115,14 @@ class _QuietTracer(trace.Tracer):
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: Attributes = None,
         links: Sequence[Link] | None = (),
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
+        *args: Any,
+        **kwargs: Any,
     ) -> Span:
+        """The SDK's span while the provider exports (the start time and exception options
+        in `args`/`kwargs` are its), else the ids alone."""
         if self._provider.exporting:
             return self._recording.start_span(
-                name,
-                context,
-                kind,
-                attributes,
-                links,
-                start_time,
-                record_exception,
-                set_status_on_exception,
+                name, context, kind, attributes, links, *args, **kwargs
             )
         return NonRecordingSpan(self._span_context(name, context, kind, attributes, links))
 
