@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import asyncpg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from imagegen.blobstore import InMemoryBlobStore
 from imagegen.db import create_pool, migrate
@@ -140,21 +141,48 @@ async def wait_until(condition: object, timeout: float = 60) -> None:
         await asyncio.sleep(0.02)
 
 
+def _tiers_settled(kafka: KafkaSettings) -> bool:
+    """Whether the generator's group is stable with one member per tier, each assigned."""
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    group = f"{kafka.namespace}.generator"
+    try:
+        found = admin.describe_consumer_groups([group])[group].result(10)
+    except KafkaException:  # e.g. NOT_COORDINATOR while the group is being set up: ask again
+        return False
+    return (
+        found.state == ConsumerGroupState.STABLE
+        and len(found.members) == len(Tier)
+        and all(m.assignment.topic_partitions for m in found.members)
+    )
+
+
 async def test_realtime_job_overtakes_an_economy_backlog_and_every_economy_job_completes(
     kafka_bootstrap: str, topic_namespace: str, database_url: str
 ) -> None:
     economy = [make_job(Tier.ECONOMY, seed=1000 + i) for i in range(ECONOMY_BACKLOG)]
     realtime = make_job(Tier.REALTIME, seed=1)
+    probe = make_job(Tier.REALTIME, seed=2)
     async with generator_on_broker(kafka_bootstrap, topic_namespace, database_url) as gen:
+        # The tiers' consumers join one group one after another, and a consumer's first
+        # fetch may hold only the partitions ready at that moment: until the group is
+        # stable and the realtime consumer has handed over a job, the order below would
+        # measure who joined first (in one CI run the paid job came last), not the tiers.
+        deadline = time.monotonic() + 60
+        while not await asyncio.to_thread(_tiers_settled, gen.settings):
+            assert time.monotonic() < deadline, "the generator's tier consumers never settled"
+            await asyncio.sleep(0.1)
+        await gen.publish(probe)
+        await wait_until(lambda: len(gen.backend.calls) >= 1)
         for job in economy:
             await gen.publish(job)
         # The backlog is queued and being worked on before the paid job arrives.
-        await wait_until(lambda: len(gen.backend.calls) >= 1)
+        await wait_until(lambda: len(gen.backend.calls) >= 2)
         await gen.publish(realtime)
-        await wait_until(lambda: len(gen.backend.calls) >= ECONOMY_BACKLOG + 1)
-        outcomes = await read_events(gen.settings, ECONOMY_BACKLOG + 1)
+        await wait_until(lambda: len(gen.backend.calls) >= ECONOMY_BACKLOG + 2)
+        outcomes = await read_events(gen.settings, ECONOMY_BACKLOG + 2)
     order = gen.started_jobs()
-    assert sorted(order) == sorted(str(j.seed) for j in [*economy, realtime]), "each ran once"
+    expected = [*economy, realtime, probe]
+    assert sorted(order) == sorted(str(j.seed) for j in expected), "each ran once"
     economy_after_realtime = len(order) - 1 - order.index("1")
     assert economy_after_realtime >= 1, f"the paid job ran after every free one: {order}"
     completed = {e.job_id for e in outcomes if e.type == "generation_completed"}  # type: ignore[attr-defined]
@@ -162,7 +190,7 @@ async def test_realtime_job_overtakes_an_economy_backlog_and_every_economy_job_c
     assert realtime.image.job_id in completed
     # Every offset was committed after its image, in each tier's own group.
     assert committed_total(gen.settings, Tier.ECONOMY) == ECONOMY_BACKLOG
-    assert committed_total(gen.settings, Tier.REALTIME) == 1
+    assert committed_total(gen.settings, Tier.REALTIME) == 2
 
 
 def committed_total(kafka: KafkaSettings, tier: Tier) -> int:
