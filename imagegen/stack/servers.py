@@ -22,6 +22,8 @@ from imagegen.stack.s3 import ensure_bucket, s3_client
 # SeaweedFS serves gRPC on the HTTP port + 10000 by convention, and some of its parts
 # (the mini worker dialling the admin server) assume it whatever the flags say.
 _GRPC_OFFSET = 10000
+WEED_MAX_VOLUMES = 200
+"""Volumes `weed mini` may create, whatever the disk's free space (see `SeaweedFS.command`)."""
 WEED_GOMAXPROCS = "1"
 """One Go scheduler thread for `weed mini` (unless GOMAXPROCS is set): at rest its ~50
 goroutines' timers (sentry's 100 ms ticker, log-buffer and leveldb timers, gRPC
@@ -86,6 +88,12 @@ class SeaweedFS(ServerProcess):
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.telemetry=false",
+            # Each bucket is a collection with volumes of its own, and mini allows as many
+            # volumes as fit in the disk's free space at start (11 with 11.4 GiB free): a
+            # 12th bucket written to then failed every PUT with "No writable volumes and no
+            # free volumes left" (an S3 InternalError). Volumes are not preallocated, so a
+            # fixed count reserves nothing; a full disk still refuses writes.
+            f"-volume.max={WEED_MAX_VOLUMES}",
         ]
         s3_grpc = self.port + _GRPC_OFFSET
         if s3_grpc > 65535 or port_in_use(s3_grpc):

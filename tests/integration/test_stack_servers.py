@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import uuid
@@ -165,3 +166,18 @@ def test_wait_for_port_fails_fast_when_process_dies(tmp_path: Path) -> None:
 def test_missing_binary_is_a_stack_error() -> None:
     with pytest.raises(StackError, match="no-such-binary-xyz binary not found"):
         find_binary("no-such-binary-xyz", "install it")
+
+
+def test_more_buckets_than_free_gibibytes_all_take_writes(tmp_path: Path) -> None:
+    """weed mini sizes its volume count by the disk's free space (one per GiB here), and each
+    bucket needs volumes of its own: the 12th bucket on a disk with 11 GiB free refused
+    every PUT until the stack set the count itself."""
+    free_gib = shutil.disk_usage(tmp_path).free // 2**30
+    count = min(int(free_gib) + 3, 60)
+    with SeaweedFS(tmp_path / "s3", free_port(), "k", "s", log_dir=tmp_path) as server:
+        client = s3_client(server.endpoint, "k", "s", server.region)
+        for n in range(count):
+            bucket = f"many-{n}"
+            ensure_bucket(server.endpoint, bucket, "k", "s", server.region)
+            client.put_object(Bucket=bucket, Key="one.txt", Body=b"x")
+        assert client.get_object(Bucket=f"many-{count - 1}", Key="one.txt")["Body"].read() == b"x"
