@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from imagegen.stack import StackError
-from imagegen.stack.kafka import ApacheKafka, java_binary, kafka_jars
+from imagegen.stack.kafka import KAFKA_TIMER_SLACK_MS, ApacheKafka, java_binary, kafka_jars
 from imagegen.stack.ports import free_port
 from imagegen.stack.topics import create_topics
 from schemas.topics import TopicSpec, registry
@@ -54,16 +54,31 @@ def _consume_all(bootstrap: str, topic: str, count: int) -> list[bytes]:
     return got
 
 
-def test_acknowledged_messages_survive_sigkill_and_restart(tmp_path: Path) -> None:
+def _slack_of_every_thread(pid: int) -> set[int]:
+    return {
+        int(Path(f"/proc/{tid}/timerslack_ns").read_text())
+        for tid in os.listdir(f"/proc/{pid}/task")
+    }
+
+
+def test_acknowledged_messages_survive_sigkill_and_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     port, topic = free_port(), "durable.v1"
     values = [f"m{i}".encode() for i in range(50)]
     broker = ApacheKafka(port, tmp_path / "kafka")
     with broker:
+        assert broker.pid is not None
+        # Every thread the JVM started has the broker's timer slack (20 ms by default).
+        assert _slack_of_every_thread(broker.pid) == {KAFKA_TIMER_SLACK_MS * 1_000_000}
         create_topics(broker.bootstrap, specs=[_spec(topic)])
         _produce(broker.bootstrap, topic, values)
         broker.kill()  # as a crash would: no clean shutdown, no flush
 
+    monkeypatch.setenv("IMAGEGEN_KAFKA_TIMER_SLACK_MS", "5")
     with ApacheKafka(port, tmp_path / "kafka") as again:
+        assert again.pid is not None
+        assert _slack_of_every_thread(again.pid) == {5_000_000}
         metadata = AdminClient({"bootstrap.servers": again.bootstrap}).list_topics(timeout=10)
         assert len(metadata.topics[topic].partitions) == 2
         assert _consume_all(again.bootstrap, topic, len(values)) == values
