@@ -245,8 +245,8 @@ class Session:
         cpu = self.cpu.seconds()
         return {
             "seconds": round(elapsed, 1),
-            "cpu_cores": {name: round(s / elapsed, 3) for name, s in cpu.items()},
-            "cpu_cores_total": round(sum(cpu.values()) / elapsed, 3),
+            "cpu_cores": {name: round(s / elapsed, 4) for name, s in cpu.items()},
+            "cpu_cores_total": round(sum(cpu.values()) / elapsed, 4),
             "machine": self.cpu.others(),
         }
 
