@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -44,11 +45,11 @@ def timer_slack(nanoseconds: int | None) -> Iterator[None]:
     falling close together are served together; a wake-up by I/O or by another thread is
     never delayed. None, or a system without prctl: nothing changes.
     """
-    libc = _libc() if nanoseconds is not None else None
-    previous = libc.prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0) if libc is not None else -1
-    if libc is None or previous < 0:
+    libc = _libc()
+    if nanoseconds is None or libc is None:
         yield
         return
+    previous = libc.prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0)
     libc.prctl(_PR_SET_TIMERSLACK, nanoseconds, 0, 0, 0)
     try:
         yield
@@ -56,6 +57,7 @@ def timer_slack(nanoseconds: int | None) -> Iterator[None]:
         libc.prctl(_PR_SET_TIMERSLACK, previous, 0, 0, 0)
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
