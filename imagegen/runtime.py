@@ -68,6 +68,7 @@ def kafka_consumer(
         group_instance_id=instance_id(settings.instance_id, group),
         extra=consumer_config(settings),
         previous_groups={t: f"{ns}.{g}" for t, g in (previous_groups or {}).items()} or None,
+        wakeup=settings.poll_wakeup,
     )
 
 

@@ -81,9 +81,20 @@ class KafkaSettings(BaseSettings):
         description=(
             "How long a consumer loop's poll waits for a record before it loops again (a"
             " record is handed over as soon as it arrives, so this is no latency): each"
-            " empty round costs the process a thread hand-off and a loop turn at rest,"
-            " and it bounds how long a stop waits for the poll in flight. The local stack"
-            " sets 2 s (imagegen/stack/local.py)."
+            " empty round costs the process a loop turn at rest (and a thread hand-off"
+            " where the poll blocks in a thread, see poll_wakeup), and it bounds how long"
+            " a stop waits for the poll in flight. The local stack sets 2 s"
+            " (imagegen/stack/local.py)."
+        ),
+    )
+    poll_wakeup: bool = Field(
+        default=True,
+        description=(
+            "Consumers wait for records on the event loop, woken by librdkafka through a"
+            " pipe when something arrives (imagegen/kafka/wakeup.py), instead of in a thread"
+            " blocked in each poll, which confluent-kafka wakes every 200 ms to look for"
+            " signals. false: the thread (also where this librdkafka build does not allow"
+            " the pipe)."
         ),
     )
 

@@ -27,6 +27,7 @@ from imagegen.kafka.access import ACCESS
 from imagegen.kafka.codec import encode
 from imagegen.kafka.handover import Handover
 from imagegen.kafka.ports import Record
+from imagegen.kafka.wakeup import attach
 from imagegen.settings import heartbeat_default
 from imagegen.telemetry import inject_trace_headers
 
@@ -382,9 +383,13 @@ class KafkaConsumer:
         group_instance_id: str | None = None,
         extra: dict[str, Any] | None = None,
         previous_groups: dict[str, str] | None = None,
+        wakeup: bool = True,
     ) -> None:
         """`previous_groups` (topic -> group id): topics this group took over from another
-        group, started where that group left off (imagegen/kafka/handover.py)."""
+        group, started where that group left off (imagegen/kafka/handover.py). `wakeup`:
+        polls are served on the event loop when librdkafka says a record (or a rebalance)
+        is waiting (imagegen/kafka/wakeup.py); False, or where that cannot be set up: a
+        thread blocks in each poll."""
         self._interval_ms = commit_interval_ms
         self._group = group_id
         self._static = bool(group_instance_id)
@@ -411,6 +416,7 @@ class KafkaConsumer:
             config["group.instance.id"] = group_instance_id
         config.update(extra or {})
         self._consumer = _Consumer(config)
+        self._wakeup = attach(self._consumer, config) if wakeup else None
         self.handover = Handover(config, previous_groups) if previous_groups else None
         # Revoked partitions' offsets are committed as the revocation ends: what was handled
         # but is still queued is stored first (the callback runs inside a poll, on its thread).
@@ -432,31 +438,54 @@ class KafkaConsumer:
         # Set once poll() returned a fatal error (a static member fenced by a newer one).
         self._fatal = False
 
-    def _poll(self, timeout: float) -> Message | None:
-        msgs = self._poll_batch(1, timeout)
-        return msgs[0] if msgs else None
-
     def _poll_batch(self, max_records: int, timeout: float) -> list[Message]:
         with self._lock:
-            self._store_queued()
-            try:
-                first = self._consumer.poll(timeout)
-                if first is None:
-                    return []
-                if max_records <= 1:
-                    return [first]
-                # consume() waits its whole timeout for a full batch: with 0 it only takes
-                # what has arrived already, so a lone record is never held back.
-                return [first, *self._consumer.consume(max_records - 1, 0)]
-            finally:
-                self._store_queued()  # what lanes handled while this poll waited
+            return self._take(max_records, timeout)
+
+    def _take(self, max_records: int, timeout: float) -> list[Message]:
+        """Up to `max_records` records, waiting up to `timeout` for the first; the caller
+        holds `_lock`."""
+        self._store_queued()
+        try:
+            first = self._consumer.poll(timeout)
+            if first is None:
+                return []
+            if max_records <= 1:
+                return [first]
+            # consume() waits its whole timeout for a full batch: with 0 it only takes
+            # what has arrived already, so a lone record is never held back.
+            return [first, *self._consumer.consume(max_records - 1, 0)]
+        finally:
+            self._store_queued()  # what lanes handled while this poll waited
+
+    async def _next(self, max_records: int, timeout: float) -> list[Message]:
+        wakeup = self._wakeup
+        deadline = time.monotonic() + timeout
+        while True:
+            if wakeup is None or wakeup.closed:
+                left = max(0.0, deadline - time.monotonic())
+                return await asyncio.to_thread(self._poll_batch, max_records, left)
+            wakeup.clear()
+            # Without waiting, on the loop: rebalance callbacks run here too (a handover's
+            # offset lookup blocks the loop for its round trip, once per assignment).
+            if self._lock.acquire(blocking=False):
+                try:
+                    msgs = self._take(max_records, 0)
+                finally:
+                    self._lock.release()
+            else:  # a commit or the close holds the consumer: never wait for it on the loop
+                msgs = await asyncio.to_thread(self._poll_batch, max_records, 0)
+            left = deadline - time.monotonic()
+            if msgs or left <= 0:
+                return msgs
+            await wakeup.wait(left)
 
     async def poll(self, timeout: float) -> Record | None:
-        msg = await asyncio.to_thread(self._poll, timeout)
-        return None if msg is None else self._accept(msg)
+        records = await self.poll_batch(1, timeout)
+        return records[0] if records else None
 
     async def poll_batch(self, max_records: int, timeout: float) -> list[Record]:
-        msgs = await asyncio.to_thread(self._poll_batch, max_records, timeout)
+        msgs = await self._next(max_records, timeout)
         # A fatal error raises here, before any record of the batch is handed over: none of
         # them is handled, none committed, and the next owner gets them all again.
         accepted = [self._accept(msg) for msg in msgs]
@@ -540,6 +569,9 @@ class KafkaConsumer:
             self._consumer.poll(0.05)  # nothing is assigned: nothing is delivered
 
     async def close(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.close()  # first: librdkafka's close needs its queue back
+
         def _close() -> None:
             # With auto commit on, close() commits the stored offsets first (and so does the
             # unassign that an unsubscribe makes).

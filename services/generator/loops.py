@@ -52,6 +52,7 @@ def tier_consumer(settings: KafkaSettings, tier: Tier) -> KafkaConsumer:
         # One consumer per tier in the same group: the tier keeps their ids apart.
         group_instance_id=instance_id(settings.instance_id, JOBS_GROUP, tier.value),
         extra={**consumer_config(settings), **_SMALL_PREFETCH},
+        wakeup=settings.poll_wakeup,
     )
 
 

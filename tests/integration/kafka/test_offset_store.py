@@ -4,7 +4,9 @@ confluent-kafka lets one thread at a time into a consumer: a call made while ano
 polls waits (spinning on 1 ms sleeps) until that poll returns. Lanes (storage, postprocess,
 the generator) commit on the event loop while another lane polls, so a store made there
 froze the event loop for up to the poll's whole timeout. The adapter queues such stores for
-the polling thread instead; these tests pin that down and that nothing queued is lost.
+the polling thread instead; these tests pin that down and that nothing queued is lost, for
+a poll blocked in a thread (where the loop's wake-up pipe is unavailable, and beside a
+commit or close) and for one waiting on the loop for that pipe.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable
 
+import pytest
 from confluent_kafka import Consumer as RawConsumer
 from confluent_kafka import TopicPartition
 from pydantic import BaseModel
@@ -78,7 +81,7 @@ async def test_a_commit_beside_a_poll_in_flight_does_not_wait_for_it_and_still_l
         poll_returned: list[float] = []
 
         def another_lane_polls() -> None:  # nothing more arrives: waits its whole timeout
-            consumer._poll(3.0)
+            consumer._poll_batch(1, 3.0)
             poll_returned.append(time.monotonic())
 
         polling = await _polling(consumer, asyncio.to_thread(another_lane_polls))
@@ -93,19 +96,27 @@ async def test_a_commit_beside_a_poll_in_flight_does_not_wait_for_it_and_still_l
         await publisher.close()
 
 
+@pytest.mark.parametrize("wakeup", [False, True], ids=["thread-poll", "loop-wakeup"])
 async def test_offsets_queued_during_a_poll_are_committed_when_that_poll_revokes_them(
-    kafka_bootstrap: str, topic_namespace: str
+    kafka_bootstrap: str, topic_namespace: str, wakeup: bool
 ) -> None:
     topics = TopicNames(topic_namespace)
-    group = f"{topic_namespace}.revoke"
+    group = f"{topic_namespace}.revoke{int(wakeup)}"
     publisher = KafkaPublisher(kafka_bootstrap, "test")
     # No periodic commit within the test: only the revocation's commit can land the offset.
-    first = KafkaConsumer(kafka_bootstrap, group, [topics.requests], commit_interval_ms=600_000)
+    first = KafkaConsumer(
+        kafka_bootstrap, group, [topics.requests], commit_interval_ms=600_000, wakeup=wakeup
+    )
+    assert (first._wakeup is not None) is wakeup
     second: KafkaConsumer | None = None
     try:
         record = await _first(publisher, first, topics.requests)
-        polling = await _polling(first, first.poll(15.0))  # serves the rebalance below
-        await first.commit(record)  # queued: the poll in flight holds the consumer
+        if wakeup:  # waits on the loop, holding nothing: the store below is made at once
+            polling: asyncio.Task[object] = asyncio.create_task(first.poll(15.0))
+            await asyncio.sleep(0.2)
+        else:
+            polling = await _polling(first, first.poll(15.0))  # serves the rebalance below
+        await first.commit(record)  # queued where the poll in flight holds the consumer
         second = KafkaConsumer(kafka_bootstrap, group, [topics.requests])
         joined = asyncio.create_task(second.poll(15.0))
         await _until_committed(kafka_bootstrap, group, record)

@@ -71,11 +71,11 @@ async def test_consumer_poll_raises_on_the_fatal_error_librdkafka_returns() -> N
     consumer = KafkaConsumer("127.0.0.1:9", "g", ["t"])
     try:
         fatal = _ErrorMessage(KafkaError(KafkaError._FATAL, "Fatal error: fenced"))
-        consumer._poll = lambda timeout: fatal  # type: ignore[assignment,method-assign,return-value]
+        consumer._take = lambda max_records, timeout: [fatal]  # type: ignore[method-assign,list-item]
         with pytest.raises(FatalClientError, match="fenced"):
             await consumer.poll(0.01)
         transient = _ErrorMessage(KafkaError(KafkaError._TRANSPORT, "broker down"))
-        consumer._poll = lambda timeout: transient  # type: ignore[assignment,method-assign,return-value]
+        consumer._take = lambda max_records, timeout: [transient]  # type: ignore[method-assign,list-item]
         assert await consumer.poll(0.01) is None
     finally:
         await consumer.close()
@@ -90,7 +90,7 @@ async def test_a_static_member_leaves_the_group_on_close_unless_it_was_fenced(
     consumer._leave = lambda timeout=5.0: left.append(timeout)  # type: ignore[method-assign]
     if fenced:
         fatal = _ErrorMessage(KafkaError(KafkaError._FATAL, "Fatal error: fenced"))
-        consumer._poll = lambda timeout: fatal  # type: ignore[assignment,method-assign,return-value]
+        consumer._take = lambda max_records, timeout: [fatal]  # type: ignore[method-assign,list-item]
         with pytest.raises(FatalClientError):
             await consumer.poll(0.01)
     await consumer.close()
