@@ -44,6 +44,7 @@ def kafka_publisher(
         client_id=f"{settings.client_id}-{service}",
         extra=watched_config(settings),
         on_fatal=on_fatal,
+        wakeup=settings.poll_wakeup,
     )
 
 

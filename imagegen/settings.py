@@ -90,11 +90,12 @@ class KafkaSettings(BaseSettings):
     poll_wakeup: bool = Field(
         default=True,
         description=(
-            "Consumers wait for records on the event loop, woken by librdkafka through a"
-            " pipe when something arrives (imagegen/kafka/wakeup.py), instead of in a thread"
-            " blocked in each poll, which confluent-kafka wakes every 200 ms to look for"
-            " signals. false: the thread (also where this librdkafka build does not allow"
-            " the pipe)."
+            "Consumers wait for records, and producers for delivery reports, on the event"
+            " loop, woken by librdkafka through a pipe when something arrives"
+            " (imagegen/kafka/wakeup.py), instead of in a thread blocked in a poll (which"
+            " confluent-kafka wakes every 200 ms to look for signals) and a thread hand-off"
+            " per record. false: the threads (also where this librdkafka build does not"
+            " allow the pipe)."
         ),
     )
 

@@ -150,7 +150,8 @@ def _error(err: KafkaError, topic: str | None = None) -> Exception:
 
 
 class KafkaPublisher:
-    """Idempotent producer; a background thread serves delivery callbacks.
+    """Idempotent producer; delivery reports are served on the event loop when librdkafka
+    wakes it (imagegen/kafka/wakeup.py), else by a background thread.
 
     After a fatal error librdkafka's producer never works again: the publisher keeps the
     first one, fails every publish (and ping) with it at once from then on, and calls
@@ -164,6 +165,7 @@ class KafkaPublisher:
         extra: dict[str, Any] | None = None,
         *,
         on_fatal: Callable[[FatalClientError], None] | None = None,
+        wakeup: bool = True,
     ) -> None:
         config: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
@@ -186,10 +188,39 @@ class KafkaPublisher:
         self._fatal_lock = threading.Lock()
         self._running = True
         self._wake = threading.Event()  # set by each send and by close
+        self._poller: threading.Thread | None = None
+        # Delivery reports and client errors are served on the loop, woken by librdkafka
+        # through a pipe (imagegen/kafka/wakeup.py); without it, by a thread.
+        self._wakeup = attach(self._producer, config) if wakeup else None
+        self._watching: asyncio.AbstractEventLoop | None = None
+        if self._wakeup is None:
+            self._start_poller()
+        else:
+            with contextlib.suppress(RuntimeError):  # else from the first send or ping
+                self._watch(asyncio.get_running_loop())
+
+    def _start_poller(self) -> None:
         self._poller = threading.Thread(
             target=self._poll_forever, name="kafka-producer", daemon=True
         )
         self._poller.start()
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve the producer's queue on `loop` (the caller's) when librdkafka wakes it."""
+        if self._watching is loop or self._poller is not None or self._wakeup is None:
+            return
+        if self._watching is not None and not self._watching.is_closed():
+            # Sends from a second loop while the first lives: a thread serves them all.
+            self._start_poller()
+            return
+        self._watching = loop
+        self._wakeup.watch(loop, self._serve)
+
+    def _serve(self) -> None:
+        """Delivery reports and errors that woke the loop: each settles its send here."""
+        if self._wakeup is not None:
+            self._wakeup.clear()
+        self._poll_once(0)
 
     def _poll_forever(self) -> None:
         while self._running:
@@ -203,18 +234,21 @@ class KafkaPublisher:
             # callback (a login refused at rest reaches readiness within that).
             if not busy and self._wake.wait(IDLE_POLL_S):
                 continue
-            try:
-                # Returns as soon as a delivery report is due; the timeout only bounds how
-                # long close() waits for this thread.
-                self._producer.poll(0.5 if busy else 0)
-            except KafkaException as exc:
-                # poll() raises the fatal error. Uncaught, it ended this thread, and every
-                # publish then waited for ever for a delivery report nobody served.
-                err = exc.args[0]
-                if _is_fatal(err):
-                    self._failed(err)
-                else:
-                    log.warning("event=producer_error error=%s", err)
+            # Returns as soon as a delivery report is due; the timeout only bounds how long
+            # close() waits for this thread.
+            self._poll_once(0.5 if busy else 0)
+
+    def _poll_once(self, timeout: float) -> None:
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as exc:
+            # poll() raises the fatal error. Uncaught, it ended the poller thread, and every
+            # publish then waited for ever for a delivery report nobody served.
+            err = exc.args[0]
+            if _is_fatal(err):
+                self._failed(err)
+            else:
+                log.warning("event=producer_error error=%s", err)
 
     @property
     def fatal(self) -> FatalClientError | None:
@@ -276,6 +310,9 @@ class KafkaPublisher:
                 else:
                     done.set_exception(failure)
 
+            if _running_loop() is loop:  # served on the loop, which the pipe woke
+                settle()
+                return
             # A loop closed meanwhile has nobody waiting; the poller must not die of it.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(settle)
@@ -297,7 +334,10 @@ class KafkaPublisher:
                 await asyncio.sleep(0.01)
             except KafkaException as exc:
                 raise self._failed(exc.args[0]) from exc
-        self._wake.set()  # the poller serves its delivery report
+        if self._poller is not None:
+            self._wake.set()  # the poller serves its delivery report
+        else:
+            self._watch(loop)
         return done
 
     async def ping(self, timeout: float) -> None:
@@ -306,6 +346,7 @@ class KafkaPublisher:
         fatal = self.fatal
         if fatal is not None:
             raise fatal
+        self._watch(asyncio.get_running_loop())  # a refused login at rest is heard
         try:
             await asyncio.to_thread(self._producer.list_topics, None, timeout)
         except KafkaException as exc:
@@ -314,11 +355,21 @@ class KafkaPublisher:
 
     async def close(self) -> None:
         remaining = await asyncio.to_thread(self._producer.flush, 10.0)
+        if self._wakeup is not None:
+            self._wakeup.close()
         self._running = False
         self._wake.set()
-        await asyncio.to_thread(self._poller.join, 2.0)
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join, 2.0)
         if remaining:
             log.warning("event=producer_close_unflushed remaining=%d", remaining)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _text(raw: str | bytes | None) -> str:
@@ -462,9 +513,10 @@ class KafkaConsumer:
         wakeup = self._wakeup
         deadline = time.monotonic() + timeout
         while True:
-            if wakeup is None or wakeup.closed:
-                left = max(0.0, deadline - time.monotonic())
-                return await asyncio.to_thread(self._poll_batch, max_records, left)
+            if wakeup is None:
+                return await asyncio.to_thread(self._poll_batch, max_records, timeout)
+            if wakeup.closed:  # closing: one last look, which waits for no record
+                return await asyncio.to_thread(self._poll_batch, max_records, 0)
             wakeup.clear()
             # Without waiting, on the loop: rebalance callbacks run here too (a handover's
             # offset lookup blocks the loop for its round trip, once per assignment).

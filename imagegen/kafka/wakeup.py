@@ -25,6 +25,7 @@ import ctypes
 import functools
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,9 @@ def _librdkafka() -> ctypes.CDLL | None:
         return None
     lib.rd_kafka_name.argtypes = [ctypes.c_void_p]
     lib.rd_kafka_name.restype = ctypes.c_char_p
-    lib.rd_kafka_queue_get_consumer.argtypes = [ctypes.c_void_p]
-    lib.rd_kafka_queue_get_consumer.restype = ctypes.c_void_p
+    for get_queue in (lib.rd_kafka_queue_get_consumer, lib.rd_kafka_queue_get_main):
+        get_queue.argtypes = [ctypes.c_void_p]
+        get_queue.restype = ctypes.c_void_p
     lib.rd_kafka_queue_io_event_enable.argtypes = [
         ctypes.c_void_p,
         ctypes.c_int,
@@ -73,21 +75,25 @@ def _mapped_files() -> set[str]:
     return {line.split(maxsplit=5)[5] for line in lines if line.count(" ") >= 5 and "/" in line}
 
 
-def _handle(consumer: confluent_kafka.Consumer) -> int | None:
-    """The consumer's `rd_kafka_t *`, read where confluent-kafka's `Handle` struct keeps it."""
-    if type(consumer) is not confluent_kafka.Consumer:
+Client = confluent_kafka.Consumer | confluent_kafka.Producer
+
+
+def _handle(client: Client) -> int | None:
+    """The client's `rd_kafka_t *`, read where confluent-kafka's `Handle` struct keeps it."""
+    if type(client) not in (confluent_kafka.Consumer, confluent_kafka.Producer):
         return None
-    address = ctypes.c_void_p.from_address(id(consumer) + object.__basicsize__).value
+    address = ctypes.c_void_p.from_address(id(client) + object.__basicsize__).value
     return address or None
 
 
 class QueueWakeup:
-    """A pipe that librdkafka writes to when a consumer's queue stops being empty.
+    """A pipe that librdkafka writes to when a client's queue stops being empty.
 
-    Use: `clear()`, then poll without blocking until the poll returns nothing, then
+    A consumer: `clear()`, then poll without blocking until the poll returns nothing, then
     `await wait(timeout)`. An arrival after the clear either comes out of that poll or
     leaves a byte in the pipe, so the wait never sleeps through it. librdkafka writes at
-    most once between two polls of the queue (each poll re-arms it).
+    most once between two polls of the queue (each poll re-arms it). A producer: `watch()`
+    calls back on the loop, which clears and polls, whenever the pipe is readable.
     """
 
     def __init__(self, lib: ctypes.CDLL, queue: int) -> None:
@@ -131,6 +137,15 @@ class QueueWakeup:
             if not self._waiters:
                 self._unwatch()
 
+    def watch(self, loop: asyncio.AbstractEventLoop, serve: Callable[[], None]) -> None:
+        """Call `serve` on `loop` (whose thread this must run on) each time the pipe is
+        readable, until close(); `serve` must clear() the pipe."""
+        if self._queue is None:
+            return
+        self._unwatch()
+        self._loop = loop
+        loop.add_reader(self._read, serve)
+
     def _wake_all(self) -> None:
         # The bytes stay for the next clear(); the reader goes, so they cannot spin the loop.
         waiters, self._waiters = self._waiters, set()
@@ -166,23 +181,28 @@ def _settle(done: asyncio.Future[None]) -> None:
         done.set_result(None)
 
 
-def attach(consumer: confluent_kafka.Consumer, config: dict[str, Any]) -> QueueWakeup | None:
-    """A wake-up pipe on `consumer`'s queue, or None where it cannot be made safely."""
+def attach(client: Client, config: dict[str, Any]) -> QueueWakeup | None:
+    """A wake-up pipe on the queue a consumer's poll() (or a producer's) serves, or None
+    where it cannot be made safely."""
     try:
         lib = _librdkafka()
     except OSError as exc:
         log.info("event=poll_wakeup_unavailable reason=%r", str(exc))
         return None
-    handle = _handle(consumer) if lib is not None else None
+    handle = _handle(client) if lib is not None else None
     if lib is None or handle is None:
         log.info("event=poll_wakeup_unavailable reason=unknown_build")
         return None
-    # librdkafka names a client `<client.id>#consumer-<n>`: anything else is not a handle.
+    consumer = isinstance(client, confluent_kafka.Consumer)
+    # librdkafka names a client `<client.id>#<consumer|producer>-<n>`: anything else is not
+    # a handle.
+    role = "consumer" if consumer else "producer"
     name = (lib.rd_kafka_name(handle) or b"").decode(errors="replace")
-    if not name.startswith(f"{config.get('client.id', 'rdkafka')}#consumer-"):
+    if not name.startswith(f"{config.get('client.id', 'rdkafka')}#{role}-"):
         log.info("event=poll_wakeup_unavailable reason=handle_mismatch")
         return None
-    queue = lib.rd_kafka_queue_get_consumer(handle)
+    get_queue = lib.rd_kafka_queue_get_consumer if consumer else lib.rd_kafka_queue_get_main
+    queue = get_queue(handle)
     if not queue:
         return None
     return QueueWakeup(lib, queue)

@@ -33,27 +33,30 @@ class Bus:
     kind: str = "memory"
 
 
-@pytest.fixture(params=["memory", "kafka", "tansu"])
+@pytest.fixture(params=["memory", "kafka", "kafka-threads", "tansu"])
 async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
+    """kafka: clients woken through librdkafka's queue pipe (the default); kafka-threads:
+    the same clients polling from threads (IMAGEGEN_KAFKA_POLL_WAKEUP=false)."""
     if request.param == "memory":
         broker = InMemoryBroker()
         yield Bus(
             broker.publisher(), broker.consumer, TopicNames(f"m{uuid.uuid4().hex[:8]}"), "memory"
         )
         return
-    if request.param == "kafka":
+    if request.param.startswith("kafka"):
         bootstrap: str = request.getfixturevalue("kafka_bootstrap")
         namespace: str = request.getfixturevalue("topic_namespace")
     else:
         bootstrap = request.getfixturevalue("tansu_bootstrap")
         namespace = f"t{uuid.uuid4().hex[:8]}"
         create_topics(bootstrap, namespace)
-    publisher = KafkaPublisher(bootstrap, "test")
+    wakeup = request.param != "kafka-threads"
+    publisher = KafkaPublisher(bootstrap, "test", wakeup=wakeup)
 
     def consumer(group: str, topics: list[str]) -> Consumer:
-        return KafkaConsumer(bootstrap, f"{namespace}.{group}", topics)
+        return KafkaConsumer(bootstrap, f"{namespace}.{group}", topics, wakeup=wakeup)
 
-    yield Bus(publisher, consumer, TopicNames(namespace), request.param)
+    yield Bus(publisher, consumer, TopicNames(namespace), request.param.split("-")[0])
     await publisher.close()
 
 

@@ -1,5 +1,7 @@
-"""The producer's poller at rest: it waits for a send instead of polling, each send wakes it
-(its delivery report is served), and close ends it without waiting out the idle poll."""
+"""The producer at rest. Its poller thread (IMAGEGEN_KAFKA_POLL_WAKEUP=false) waits for a send
+instead of polling, each send wakes it (its delivery report is served), and close ends it
+without waiting out the idle poll; with librdkafka's wake-up pipe (the default) there is no
+thread, and each report wakes the loop through the pipe."""
 
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ from imagegen.kafka.confluent import KafkaPublisher
 from tests.unit.kafka.mock_cluster import MockCluster
 
 
+@pytest.mark.parametrize("wakeup", [False, True], ids=["thread-poll", "loop-wakeup"])
 async def test_an_idle_publisher_delivers_each_publish_and_closes_at_once(
-    cluster: MockCluster, monkeypatch: pytest.MonkeyPatch
+    cluster: MockCluster, monkeypatch: pytest.MonkeyPatch, wakeup: bool
 ) -> None:
     # No idle poll within the test: only the wakes can serve a report or end the thread.
     monkeypatch.setattr(confluent, "IDLE_POLL_S", 3600.0)
-    publisher = KafkaPublisher(cluster.bootstrap, "idle-test")
+    publisher = KafkaPublisher(cluster.bootstrap, "idle-test", wakeup=wakeup)
+    assert (publisher._poller is None) is wakeup
     closed = False
     try:
         for i in range(3):
@@ -29,8 +33,12 @@ async def test_an_idle_publisher_delivers_each_publish_and_closes_at_once(
             await _drained(publisher)
         await publisher.close()
         closed = True
-        # close() joins the poller for at most 2 s: only its wake lets the thread end.
-        assert not publisher._poller.is_alive()
+        if publisher._poller is not None:
+            # close() joins the poller for at most 2 s: only its wake lets the thread end.
+            assert not publisher._poller.is_alive()
+        else:
+            assert publisher._wakeup is not None
+            assert publisher._wakeup.closed
     finally:
         if not closed:
             await publisher.close()

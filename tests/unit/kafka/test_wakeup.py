@@ -1,0 +1,76 @@
+"""librdkafka's queue wake-up pipe (imagegen/kafka/wakeup.py) on this build of
+confluent-kafka, with no broker: what the clients do when nobody answers still goes
+through the pipe (Apache Kafka behind it: tests/integration/kafka)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import confluent_kafka
+import pytest
+
+from imagegen.errors import PermanentError, RetryableError
+from imagegen.kafka.confluent import KafkaConsumer, KafkaPublisher
+from imagegen.kafka.wakeup import attach
+
+NOBODY = "127.0.0.1:9"  # refused at once
+
+
+@pytest.mark.parametrize("kind", ["consumer", "producer"])
+def test_this_build_s_clients_get_a_pipe_on_the_queue_their_poll_serves(kind: str) -> None:
+    config = {"bootstrap.servers": NOBODY, "client.id": "wake-test", "group.id": "g"}
+    client = confluent_kafka.Consumer(config) if kind == "consumer" else None
+    producer = confluent_kafka.Producer(config) if client is None else None
+    wakeup = attach(client or producer, config)  # type: ignore[arg-type]
+    assert wakeup is not None
+    wakeup.close()
+    assert wakeup.closed
+    wakeup.clear()  # its descriptors are gone: never read another file's bytes
+    if client is not None:
+        client.close()  # does not wait: the queue was given back
+
+
+def test_a_handle_that_librdkafka_names_otherwise_is_refused() -> None:
+    # What a moved struct field would look like: a pointer to some other client.
+    config = {"bootstrap.servers": NOBODY, "client.id": "one", "group.id": "g"}
+    consumer = confluent_kafka.Consumer(config)
+    try:
+        assert attach(consumer, {**config, "client.id": "another"}) is None
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("wakeup", [True, False], ids=["loop-wakeup", "thread-poll"])
+async def test_a_delivery_report_settles_its_publish(wakeup: bool) -> None:
+    # Nobody to deliver to: librdkafka reports the message timed out, through the pipe
+    # (or the poller thread), and the publish fails with it instead of waiting for ever.
+    publisher = KafkaPublisher(
+        NOBODY,
+        "wake-test",
+        {"message.timeout.ms": 300, "delivery.timeout.ms": 300},
+        wakeup=wakeup,
+    )
+    try:
+        assert (publisher._poller is None) is wakeup
+        async with asyncio.timeout(20):
+            with pytest.raises((RetryableError, PermanentError), match="MSG_TIMED_OUT"):
+                await publisher.publish("t", "k", b"x")
+    finally:
+        await publisher.close()
+
+
+async def test_a_consumer_waiting_on_the_loop_returns_at_its_timeout_and_close_ends_it() -> None:
+    consumer = KafkaConsumer(NOBODY, "g", ["t"])
+    assert consumer._wakeup is not None
+    try:
+        async with asyncio.timeout(10):
+            assert await consumer.poll(0.3) is None
+        waiting = asyncio.create_task(consumer.poll(60))
+        await asyncio.sleep(0.2)
+        assert not consumer._lock.locked()  # nothing blocks in a poll meanwhile
+    finally:
+        async with asyncio.timeout(10):
+            await consumer.close()
+    async with asyncio.timeout(10):  # the close ended the wait: no minute-long poll left
+        with pytest.raises(RuntimeError, match="closed"):
+            await waiting
