@@ -112,9 +112,14 @@ class QueueWakeup:
         """Empty the pipe (before a poll that will see whatever the bytes announced)."""
         if self._queue is None:
             return  # its descriptors are closed, and their numbers may be another's now
+        emptied = False
         with contextlib.suppress(BlockingIOError, OSError):
             while os.read(self._read, 256):
-                pass
+                emptied = True
+        if emptied and self._waiters:
+            # Bytes meant for a wait in flight (a second poller of the same consumer): it
+            # looks again too, or it would sleep through what they announced.
+            self._wake_all()
 
     async def wait(self, timeout: float) -> None:
         """Until librdkafka writes to the pipe, `timeout` passes, or this is closed."""

@@ -5,6 +5,7 @@ through the pipe (Apache Kafka behind it: tests/integration/kafka)."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import confluent_kafka
 import pytest
@@ -74,3 +75,20 @@ async def test_a_consumer_waiting_on_the_loop_returns_at_its_timeout_and_close_e
     async with asyncio.timeout(10):  # the close ended the wait: no minute-long poll left
         with pytest.raises(RuntimeError, match="closed"):
             await waiting
+
+
+async def test_a_second_poller_emptying_the_pipe_wakes_the_first() -> None:
+    # The bytes a wait in flight is waiting for may be read by another caller's clear(): the
+    # wait returns then too, instead of sleeping through the records they announced.
+    producer = confluent_kafka.Producer({"bootstrap.servers": NOBODY, "client.id": "two"})
+    wakeup = attach(producer, {"client.id": "two"})
+    assert wakeup is not None
+    try:
+        first = asyncio.create_task(wakeup.wait(30))
+        await asyncio.sleep(0)  # waiting, its reader on the pipe
+        os.write(wakeup._write, b"!")  # what librdkafka writes
+        wakeup.clear()  # before the loop saw the pipe readable
+        async with asyncio.timeout(5):
+            await first
+    finally:
+        wakeup.close()
