@@ -218,9 +218,16 @@ class KafkaPublisher:
 
     def _serve(self) -> None:
         """Delivery reports and errors that woke the loop: each settles its send here."""
-        if self._wakeup is not None:
-            self._wakeup.clear()
-        self._poll_once(0)
+        if self._wakeup is None:
+            return
+        self._wakeup.clear()
+        try:
+            self._poll_once(0)
+        except Exception:
+            # A callback that raised stops librdkafka serving the rest, which stay queued:
+            # with nothing written for them, only a poll of ours gets them out.
+            log.exception("event=producer_callback_failed")
+            self._wakeup.nudge()
 
     def _poll_forever(self) -> None:
         while self._running:

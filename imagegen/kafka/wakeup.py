@@ -101,12 +101,23 @@ class QueueWakeup:
         self._queue: int | None = queue
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         lib.rd_kafka_queue_io_event_enable(queue, self._write, b"!", 1)
+        # librdkafka writes only when the queue goes from empty to not: what it queued
+        # before this (a log line of the client's first connection attempt) would leave it
+        # non-empty with nothing written, and nothing would ever be written after. The
+        # first wait (or watch) polls at once.
+        self.nudge()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: set[asyncio.Future[None]] = set()
 
     @property
     def closed(self) -> bool:
         return self._queue is None
+
+    def nudge(self) -> None:
+        """Have the next wait (or watch) poll, as if librdkafka had written."""
+        if self._queue is not None:
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._write, b"!")
 
     def clear(self) -> None:
         """Empty the pipe (before a poll that will see whatever the bytes announced)."""

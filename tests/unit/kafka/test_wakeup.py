@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import confluent_kafka
 import pytest
 
 from imagegen.errors import PermanentError, RetryableError
+from imagegen.kafka import confluent, wakeup
 from imagegen.kafka.confluent import KafkaConsumer, KafkaPublisher
 from imagegen.kafka.wakeup import attach
 
@@ -92,3 +94,31 @@ async def test_a_second_poller_emptying_the_pipe_wakes_the_first() -> None:
             await first
     finally:
         wakeup.close()
+
+
+async def test_what_a_client_queued_before_its_pipe_existed_is_still_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first connection attempt's log line can be queued before the pipe is set up.
+    # librdkafka writes only when its queue stops being empty, so it would never write for
+    # that queue again: every delivery report after it waited for ever.
+    attach_now = wakeup.attach
+
+    def attach_late(client: confluent_kafka.Producer, config: dict[str, object]) -> object:
+        deadline = time.monotonic() + 10
+        while len(client) == 0:  # the refused connection's log line, queued
+            assert time.monotonic() < deadline, "nothing queued"
+            time.sleep(0.01)
+        return attach_now(client, config)
+
+    monkeypatch.setattr(confluent, "attach", attach_late)
+    publisher = KafkaPublisher(
+        NOBODY, "late", {"message.timeout.ms": 300, "delivery.timeout.ms": 300}
+    )
+    try:
+        assert publisher._wakeup is not None
+        async with asyncio.timeout(10):
+            with pytest.raises((RetryableError, PermanentError), match="MSG_TIMED_OUT"):
+                await publisher.publish("t", "k", b"x")
+    finally:
+        await publisher.close()
