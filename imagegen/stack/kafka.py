@@ -103,17 +103,27 @@ SINGLE_NODE_PROPERTIES: Mapping[str, str] = {
     # it is alive and caught up (KIP-835); one combined node has nobody to tell, and the
     # appends were about a third of an idle broker's CPU.
     "metadata.max.idle.interval.ms": "0",
+    # The group coordinator holds each offset commit (and group change) up to this long to
+    # write it with others, on a timer - which the broker's timer slack below makes up to
+    # 200 ms later. A local broker's commits are a few a second: each is written at once
+    # (a synchronous commit: 24 -> 2.7 ms p50 at 20 ms of slack, bench/kafka_slack.py).
+    "group.coordinator.append.linger.ms": "0",
 }
 
 
-# Timer slack of the broker's process (see imagegen.stack.process.timer_slack). At rest a
-# broker's ~60 threads wake on their own timers about 170 times a second: two threads tick
-# ~200 Yammer meters each 5 s apart, a dozen purgatory reapers tick every 200 ms, and so
-# on. With 20 ms of slack a thread whose timers fall due close together serves them in
-# one wake-up. Records never wait for it: produce, fetch and their replies are I/O
-# wake-ups, and a long-poll fetch that ends without data ends at most 20 ms later.
-# `IMAGEGEN_KAFKA_TIMER_SLACK_MS` overrides it (0: the system's default, 50 us).
-KAFKA_TIMER_SLACK_MS = 20
+# Timer slack of the broker's process (see imagegen.stack.process.timer_slack): the kernel
+# may fire each of its threads' timers up to this late. At rest the broker is mostly timers:
+# a dozen purgatory reapers tick every 200 ms and the request threads poll their queues
+# every 300 ms, whether there is work or not, and two threads tick ~200 metrics meters
+# each 5 s apart. With 200 ms those ticks come about half as often, and timers falling due
+# close together are served in one wake-up: the idle broker with 12 consumers fetching
+# 15.5 -> 8-11 ms of CPU a second (156 -> 110 wake-ups) against 20 ms (bench/kafka_slack.py).
+# A record never waits for it: produce, the delayed fetch it completes and the fetch's reply
+# are woken by I/O (a hop's p50 3.4-4.3 ms either way); what does wait are timeouts (a
+# long-poll fetch that finds nothing ends up to 200 ms later) and the group coordinator's
+# append linger, which SINGLE_NODE_PROPERTIES turns off. 500 ms made some produce requests
+# wait ~425 ms. `IMAGEGEN_KAFKA_TIMER_SLACK_MS` overrides it (0: the system's 50 us).
+KAFKA_TIMER_SLACK_MS = 200
 
 
 def kafka_timer_slack_ns() -> int | None:

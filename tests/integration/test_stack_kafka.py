@@ -69,7 +69,7 @@ def test_acknowledged_messages_survive_sigkill_and_restart(
     broker = ApacheKafka(port, tmp_path / "kafka")
     with broker:
         assert broker.pid is not None
-        # Every thread the JVM started has the broker's timer slack (20 ms by default).
+        # Every thread the JVM started has the broker's timer slack (200 ms by default).
         assert _slack_of_every_thread(broker.pid) == {KAFKA_TIMER_SLACK_MS * 1_000_000}
         create_topics(broker.bootstrap, specs=[_spec(topic)])
         _produce(broker.bootstrap, topic, values)
