@@ -193,6 +193,7 @@ class KafkaPublisher:
         # through a pipe (imagegen/kafka/wakeup.py); without it, by a thread.
         self._wakeup = attach(self._producer, config) if wakeup else None
         self._watching: asyncio.AbstractEventLoop | None = None
+        self._backstop: asyncio.TimerHandle | None = None
         if self._wakeup is None:
             self._start_poller()
         else:
@@ -215,6 +216,18 @@ class KafkaPublisher:
             return
         self._watching = loop
         self._wakeup.watch(loop, self._serve)
+
+    def _arm_backstop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A poll every IDLE_POLL_S while messages are in flight, whatever the pipe says: a
+        wake-up lost for any reason delays their reports by that much, never for ever."""
+        if self._backstop is None and self._wakeup is not None and not self._wakeup.closed:
+            self._backstop = loop.call_later(IDLE_POLL_S, self._backstop_poll, loop)
+
+    def _backstop_poll(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._backstop = None
+        self._serve()
+        if len(self._producer) > 0:
+            self._arm_backstop(loop)
 
     def _serve(self) -> None:
         """Delivery reports and errors that woke the loop: each settles its send here."""
@@ -345,6 +358,7 @@ class KafkaPublisher:
             self._wake.set()  # the poller serves its delivery report
         else:
             self._watch(loop)
+            self._arm_backstop(loop)
         return done
 
     async def ping(self, timeout: float) -> None:
@@ -362,6 +376,9 @@ class KafkaPublisher:
 
     async def close(self) -> None:
         remaining = await asyncio.to_thread(self._producer.flush, 10.0)
+        if self._backstop is not None:
+            self._backstop.cancel()
+            self._backstop = None
         if self._wakeup is not None:
             self._wakeup.close()
         self._running = False

@@ -14,7 +14,7 @@ that confluent-kafka itself loaded, with the client handle (`rd_kafka_t *`) read
 `Consumer` object (the first field after the object header, in every 2.x release). The
 handle is checked before use: librdkafka must name it after the consumer's `client.id`.
 Where any of that does not hold (another build, a layout that moved), `attach` returns
-None and the consumer polls from a thread as before.
+None and the client polls from a thread as before.
 """
 
 from __future__ import annotations
@@ -140,6 +140,7 @@ class QueueWakeup:
         if self._loop is not loop:
             self._unwatch()
             self._loop = loop
+            _evict(loop, self._read)
         if not self._waiters:
             loop.add_reader(self._read, self._wake_all)
         done: asyncio.Future[None] = loop.create_future()
@@ -160,6 +161,7 @@ class QueueWakeup:
             return
         self._unwatch()
         self._loop = loop
+        _evict(loop, self._read)
         loop.add_reader(self._read, serve)
 
     def _wake_all(self) -> None:
@@ -190,6 +192,13 @@ class QueueWakeup:
         for fd in (self._read, self._write):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _evict(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Forget a registration the loop may still hold for this descriptor's number, left by a
+    descriptor closed without being unregistered: asyncio would take ours for a change of
+    that one's callback and never add the new descriptor to epoll (no wake-up, ever)."""
+    loop.remove_reader(fd)
 
 
 def _settle(done: asyncio.Future[None]) -> None:

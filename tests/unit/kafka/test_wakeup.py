@@ -122,3 +122,46 @@ async def test_what_a_client_queued_before_its_pipe_existed_is_still_served(
                 await publisher.publish("t", "k", b"x")
     finally:
         await publisher.close()
+
+
+async def test_a_producer_whose_pipe_never_wakes_it_still_settles_its_publishes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Whatever loses a wake-up (nothing watches the pipe here), a poll every IDLE_POLL_S
+    # while messages are in flight serves their reports: late, never for ever.
+    monkeypatch.setattr(confluent, "IDLE_POLL_S", 0.5)
+    monkeypatch.setattr(wakeup.QueueWakeup, "watch", lambda self, loop, serve: None)
+    publisher = KafkaPublisher(
+        NOBODY, "deaf", {"message.timeout.ms": 300, "delivery.timeout.ms": 300}
+    )
+    try:
+        assert publisher._poller is None
+        async with asyncio.timeout(10):
+            with pytest.raises((RetryableError, PermanentError), match="MSG_TIMED_OUT"):
+                await publisher.publish("t", "k", b"x")
+    finally:
+        await publisher.close()
+    assert publisher._backstop is None
+
+
+async def test_a_registration_left_by_a_closed_descriptor_does_not_swallow_the_pipe() -> None:
+    # A descriptor closed while its reader was still registered leaves asyncio holding its
+    # number; a pipe given that number next must still be watched for real.
+    loop = asyncio.get_running_loop()
+    config = {"bootstrap.servers": NOBODY, "client.id": "reuse", "socket.timeout.ms": 60000}
+    producer = confluent_kafka.Producer(config)
+    stale_read, stale_write = os.pipe()
+    loop.add_reader(stale_read, lambda: None)
+    os.close(stale_read)  # still registered: asyncio keeps the number
+    os.close(stale_write)
+    queue_wakeup = attach(producer, config)  # its pipe takes the lowest free numbers
+    assert queue_wakeup is not None
+    try:
+        if queue_wakeup._read != stale_read:
+            pytest.skip("a librdkafka thread took the number first")
+        woken = asyncio.Event()
+        queue_wakeup.watch(loop, woken.set)
+        async with asyncio.timeout(5):
+            await woken.wait()  # the byte the pipe starts with
+    finally:
+        queue_wakeup.close()
