@@ -9,7 +9,23 @@ when they come together). The KPIs need no sub-second freshness, so this consume
 the broker to answer once `fetch_min_bytes` are there, or after those 1.5 s.
 
 At rest the same consumer's fetch routine woke every 200 ms (aiokafka's
-`consumer_timeout_ms`) while its long-polling fetch was out: once a second is enough.
+`consumer_timeout_ms`) while its long-polling fetch was out. Whatever it must act on wakes
+it anyway (a fetch returning, a new assignment, a resumed partition, a seek, records taken,
+a backoff ending), so it looks on its own only every 5 s.
+
+Two more wake-ups a second at rest came from the consumer thread itself, which faust's
+`mode` library gives a keepalive task (every 1 s, "so that the method queue is served")
+and a watchdog (every 1.1 s, each also waking the main loop). Calls reach the thread with
+`call_soon_threadsafe`, which wakes its loop by itself, so the keepalive does nothing the
+loop does not already do: it runs no timer here, and the watchdog looks every 10 s.
+faust's fetch loop asks the thread for records with a 1 s timeout, so at rest each second
+was a hand-off to the thread, a timer there and a hand-off back: outside a rebalance and
+the table recovery after it, a fetch waits up to `STREAM_FETCH_WAIT_S` (records end it at
+once, whenever they come). During them it keeps faust's 1 s: each fetch asks for the
+partitions active when it was asked for, so the events partitions that the recovery resumes
+are fetched within a second of it ending. The price: when a later rebalance starts (another
+replica joins or leaves), a fetch already waiting for the old partitions holds the new ones
+back by up to that wait.
 
 The fetch wait itself is the service's `IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS`, as every other
 consumer's (faust fixes 1.5 s): at rest each wait is one fetch request to the broker and
@@ -41,14 +57,20 @@ tests/e2e/test_analytics.py, which failed about one CI run in three):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, TransportT
+from mode import Service
 
-FETCHER_WAKE_S = 1.0
+FETCHER_WAKE_S = 5.0
+STREAM_FETCH_WAIT_S = 5.0
+"""How long one fetch for the events partitions may wait for records (faust asks for 1 s)."""
+WATCHDOG_S = 10.0
+"""How often the consumer thread's watchdog looks (mode's: 1.1 s), and it warns after 3x."""
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
@@ -59,9 +81,24 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
             consumer._fetch_min_bytes = app.fetch_min_bytes
             consumer._fetch_max_wait_ms = app.fetch_max_wait_ms
             # aiokafka's `consumer_timeout_ms` (200): how often its fetch routine wakes
-            # while a fetch is out, idle too; a new partition is fetched this much later.
+            # while a fetch is out, idle too (see the module's docstring).
             consumer._consumer_timeout = FETCHER_WAKE_S
         return consumer
+
+    @Service.task
+    async def _thread_keepalive(self) -> None:
+        """mode's keepalive woke the thread every second; its queue wakes it by itself."""
+
+    async def _keepalive2(self) -> None:
+        """mode's watchdog for a thread loop that stops turning, every `WATCHDOG_S`: it
+        warns when the loop was held 3 times that long, and leaves the main loop alone."""
+        last = time.monotonic()
+        while not self.should_stop:
+            await self.sleep(WATCHDOG_S)
+            now = time.monotonic()
+            if now - last > 3 * WATCHDOG_S:
+                self.log.warning("The consumer thread's loop was held %.1f s", now - last)
+            last = now
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed: Mapping[TP, int] = await self.call_thread(self._seek_stream_partitions)
@@ -100,6 +137,9 @@ class _Consumer(driver.Consumer):
         # A copy: faust changes the set while the fetch waits, and an empty set means
         # every partition to aiokafka (see the module's docstring).
         snapshot = None if active_partitions is None else set(active_partitions)
+        app = self.app
+        if not (app.rebalancing or app.in_recovery):
+            timeout = max(timeout, STREAM_FETCH_WAIT_S)
         return await super()._getmany(snapshot, timeout)
 
 

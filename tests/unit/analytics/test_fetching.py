@@ -7,7 +7,7 @@ import asyncio
 from faust.types import TP
 
 from services.analytics.app import create_app
-from services.analytics.fetching import FETCHER_WAKE_S
+from services.analytics.fetching import FETCHER_WAKE_S, STREAM_FETCH_WAIT_S
 from services.analytics.monitor import QuietMonitor
 from services.analytics.settings import AnalyticsSettings
 
@@ -81,3 +81,49 @@ def test_each_fetch_gets_the_active_partitions_as_they_were_when_it_was_asked_fo
 
     asyncio.run(fetch())
     assert seen == [{TP("imagegen.events.v1", 0), TP("imagegen.events.v1", 1)}]
+
+
+def _fetch_timeout(*, rebalancing: bool, in_recovery: bool) -> float:
+    settings = AnalyticsSettings()
+    settings.kafka.bootstrap = "127.0.0.1:9"
+    asked: list[float] = []
+
+    async def fetch() -> None:
+        app, _ = create_app(settings)
+        app.finalize()
+        app.rebalancing = rebalancing
+        app.in_recovery = in_recovery
+
+        async def thread_getmany(active: set[TP], timeout: float) -> dict[TP, list[object]]:
+            asked.append(timeout)
+            return {}
+
+        app.consumer._thread.getmany = thread_getmany  # type: ignore[attr-defined]
+        await app.consumer._getmany({TP("imagegen.events.v1", 0)}, 1.0)  # type: ignore[attr-defined]
+
+    asyncio.run(fetch())
+    return asked[0]
+
+
+def test_a_fetch_waits_longer_for_records_outside_a_rebalance_and_its_recovery() -> None:
+    """faust asks for records with a 1 s timeout, a hand-off to the consumer thread and back
+    every second at rest; outside a rebalance a fetch may wait STREAM_FETCH_WAIT_S (records
+    end it at once), during one faust's 1 s stands so resumed partitions are fetched soon."""
+    assert _fetch_timeout(rebalancing=False, in_recovery=False) == STREAM_FETCH_WAIT_S
+    assert _fetch_timeout(rebalancing=True, in_recovery=False) == 1.0
+    assert _fetch_timeout(rebalancing=False, in_recovery=True) == 1.0
+
+
+def test_the_consumer_thread_keeps_no_keepalive_timer() -> None:
+    """mode gives the consumer thread a task that wakes it every second; here it returns."""
+    settings = AnalyticsSettings()
+    settings.kafka.bootstrap = "127.0.0.1:9"
+
+    async def run_keepalive() -> None:
+        app, _ = create_app(settings)
+        app.finalize()
+        thread = app.consumer._thread  # type: ignore[attr-defined]
+        tasks = {task.fun.__name__: task for task in thread._get_tasks()}
+        await asyncio.wait_for(tasks["_thread_keepalive"](thread), timeout=1.0)
+
+    asyncio.run(run_keepalive())
