@@ -82,9 +82,9 @@ class KafkaSettings(BaseSettings):
             "How long a consumer loop's poll waits for a record before it loops again (a"
             " record is handed over as soon as it arrives, so this is no latency): each"
             " empty round costs the process a loop turn at rest (and a thread hand-off"
-            " where the poll blocks in a thread, see poll_wakeup), and it bounds how long"
-            " a stop waits for the poll in flight. The local stack sets 2 s"
-            " (imagegen/stack/local.py)."
+            " where the poll blocks in a thread, see poll_wakeup). A stop ends the poll in"
+            " flight: at once on the event loop, within 2 s where it blocks in a thread."
+            " The local stack sets 10 s (imagegen/stack/local.py)."
         ),
     )
     poll_wakeup: bool = Field(

@@ -441,6 +441,11 @@ _NOT_OURS = frozenset({KafkaError._STATE, KafkaError._UNKNOWN_PARTITION})
 """store_offsets errors for a partition no longer assigned to this member."""
 
 
+THREAD_POLL_S = 2.0
+"""The longest one poll blocks a thread (without the wake-up pipe): a longer poll timeout
+is waited in pieces, so that `interrupt` ends it within this."""
+
+
 class KafkaConsumer:
     """A group member that only commits what the caller says is durably handled."""
 
@@ -512,6 +517,8 @@ class KafkaConsumer:
         self._closed = False
         # Set once poll() returned a fatal error (a static member fenced by a newer one).
         self._fatal = False
+        # Set by interrupt(): the poll in flight (or the next) returns what it has.
+        self._interrupted = False
 
     def _poll_batch(self, max_records: int, timeout: float) -> list[Message]:
         with self._lock:
@@ -533,12 +540,28 @@ class KafkaConsumer:
         finally:
             self._store_queued()  # what lanes handled while this poll waited
 
+    def interrupt(self) -> None:
+        """End the poll in flight (or the next): on the event loop at once; a poll blocked
+        in a thread (no wake-up pipe) at the end of its current `THREAD_POLL_S`."""
+        self._interrupted = True
+        if self._wakeup is not None:
+            self._wakeup.nudge()
+
+    def _was_interrupted(self) -> bool:
+        interrupted, self._interrupted = self._interrupted, False
+        return interrupted
+
     async def _next(self, max_records: int, timeout: float) -> list[Message]:
         wakeup = self._wakeup
         deadline = time.monotonic() + timeout
         while True:
             if wakeup is None:
-                return await asyncio.to_thread(self._poll_batch, max_records, timeout)
+                # In pieces, so that an interrupt is seen within one.
+                piece = min(max(deadline - time.monotonic(), 0), THREAD_POLL_S)
+                msgs = await asyncio.to_thread(self._poll_batch, max_records, piece)
+                if msgs or time.monotonic() >= deadline or self._was_interrupted():
+                    return msgs
+                continue
             if wakeup.closed:  # closing: one last look, which waits for no record
                 return await asyncio.to_thread(self._poll_batch, max_records, 0)
             wakeup.clear()
@@ -552,7 +575,7 @@ class KafkaConsumer:
             else:  # a commit or the close holds the consumer: never wait for it on the loop
                 msgs = await asyncio.to_thread(self._poll_batch, max_records, 0)
             left = deadline - time.monotonic()
-            if msgs or left <= 0:
+            if msgs or left <= 0 or self._was_interrupted():
                 return msgs
             await wakeup.wait(left)
 

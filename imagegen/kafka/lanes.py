@@ -29,7 +29,7 @@ from collections import deque
 from typing import Any
 
 from imagegen.kafka import ConsumerLoop
-from imagegen.kafka.ports import Consumer, Handler, Publisher, Record
+from imagegen.kafka.ports import Consumer, Handler, Interruptible, Publisher, Record
 
 _Partition = tuple[str, int]
 
@@ -55,8 +55,14 @@ class SharedConsumer:
         return _Lane(self)
 
     def stop(self) -> None:
-        """Release lanes waiting for their turn: their records stay unhandled (uncommitted)."""
+        """Release lanes waiting for their turn: their records stay unhandled (uncommitted);
+        the poll in flight ends now where the consumer can end it."""
         self._stopped.set()
+        self.interrupt()
+
+    def interrupt(self) -> None:
+        if isinstance(self._inner, Interruptible):
+            self._inner.interrupt()
 
     async def poll(self, timeout: float) -> Record | None:
         async with self._poll_lock:
@@ -128,6 +134,9 @@ class _Lane:
 
     async def poll(self, timeout: float) -> Record | None:
         return await self._shared.poll(timeout)
+
+    def interrupt(self) -> None:
+        self._shared.interrupt()
 
     async def commit(self, record: Record) -> None:
         await self._shared.commit(record)

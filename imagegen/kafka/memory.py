@@ -60,6 +60,10 @@ class InMemoryBroker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
 
+    async def _wake_all(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
 
 class InMemoryPublisher:
     def __init__(self, broker: InMemoryBroker) -> None:
@@ -112,6 +116,15 @@ class InMemoryConsumer:
         self._group = group_id
         self._topics = topics
         self._positions: dict[tuple[str, int], int] = {}
+        self._interrupted = False
+        self._wakes: set[asyncio.Task[None]] = set()
+
+    def interrupt(self) -> None:
+        """End the poll in flight (or the next), as the Kafka adapter's does."""
+        self._interrupted = True
+        wake = asyncio.get_running_loop().create_task(self._broker._wake_all())
+        self._wakes.add(wake)
+        wake.add_done_callback(self._wakes.discard)
 
     def _next(self) -> Record | None:
         for topic in self._topics:
@@ -125,10 +138,13 @@ class InMemoryConsumer:
         return None
 
     async def poll(self, timeout: float) -> Record | None:
-        record = self._next()
-        if record is None:
-            await self._broker.wait_for_change(timeout)
-            record = self._next()
+        deadline = time.monotonic() + timeout
+        while (record := self._next()) is None:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._interrupted:
+                break
+            await self._broker.wait_for_change(left)
+        self._interrupted = False
         return record
 
     async def poll_batch(self, max_records: int, timeout: float) -> list[Record]:

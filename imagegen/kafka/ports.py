@@ -87,6 +87,16 @@ class Consumer(Protocol):
 
 
 @runtime_checkable
+class Interruptible(Protocol):
+    """A consumer whose poll in flight can be ended early (`ConsumerLoop.stop` asks)."""
+
+    def interrupt(self) -> None:
+        """End the poll in flight, or the next one if none is: it returns at once with what
+        it has, maybe nothing. So a loop's stop needs no short poll timeout."""
+        ...
+
+
+@runtime_checkable
 class BatchConsumer(Consumer, Protocol):
     """A consumer that hands over what the broker delivered together, and commits it at once."""
 

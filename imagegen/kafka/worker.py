@@ -46,7 +46,15 @@ from datetime import UTC, datetime
 
 from imagegen.errors import BrokerAccessError, FatalClientError, PermanentError, RetryableError
 from imagegen.kafka.deferred import Deliveries, collecting
-from imagegen.kafka.ports import BatchConsumer, BatchHandler, Consumer, Handler, Publisher, Record
+from imagegen.kafka.ports import (
+    BatchConsumer,
+    BatchHandler,
+    Consumer,
+    Handler,
+    Interruptible,
+    Publisher,
+    Record,
+)
 from imagegen.logging_setup import log_context
 from imagegen.metrics import instruments
 from imagegen.telemetry import consume_span, enqueued_at
@@ -139,8 +147,11 @@ class ConsumerLoop:
         self.dead_lettered = 0
 
     def stop(self) -> None:
-        """Ask the loop to stop after the message in flight."""
+        """Ask the loop to stop after the message in flight; a poll waiting for one ends
+        now where the consumer can end it (so long poll timeouts cost no stop time)."""
         self._stopping.set()
+        if isinstance(self._consumer, Interruptible):
+            self._consumer.interrupt()
 
     @property
     def stopping(self) -> bool:

@@ -40,13 +40,14 @@ KAFKA_CLIENT_TIMINGS = {
     "IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS": "30000",
     "IMAGEGEN_KAFKA_HEARTBEAT_INTERVAL_MS": "5000",
 }
-LOCAL_POLL_TIMEOUT_MS = "2000"
-"""Consumer loops' poll timeout here (1 s by default): each empty poll round costs a thread
-hand-off and a loop turn. The Python services at rest (perf stat per thread, 30 s): 0.0119
-cores at 0.5-1 s, 0.0091 at 2 s, 0.0077 at 5 s. The price is a stop that waits for the poll
-in flight, and the supervisor stops the services one after another: 2 s keeps most of the
-saving for at most 2 s a service (at 5 s, a run of two e2e tests on their own stacks took
-~50 s longer, which stops one after another explain)."""
+LOCAL_POLL_TIMEOUT_MS = "10000"
+"""Consumer loops' poll timeout here (1 s by default): each empty poll round costs a loop
+turn at rest (a thread hand-off too where polls block in a thread). The Python services at
+rest (perf stat per thread, 30 s, polls in threads): 0.0119 cores at 0.5-1 s, 0.0091 at
+2 s, 0.0077 at 5 s. A stop no longer waits for the poll in flight (`ConsumerLoop.stop`
+interrupts it: on the event loop at once, in a thread within `THREAD_POLL_S`, 2 s), so
+10 s costs no stop time; at 5 s without the interrupt, a run of two e2e tests on their own
+stacks took ~50 s longer (the supervisor stops the services one after another)."""
 """The local stack's consumers on Apache Kafka: an idle consumer fetches once per wait and
 heartbeats every third of its session, the two requests that make most of the broker's
 request work at rest; the production defaults (2 s, 6 s) are for groups of several replicas."""

@@ -42,7 +42,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from imagegen.errors import ConfigurationError
-from imagegen.kafka.ports import Consumer, Record
+from imagegen.kafka.ports import Consumer, Interruptible, Record
 from schemas.topics import Tier
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class WeightedTierConsumer:
         self._consumers = dict(consumers)
         self._tier_of = {topics[t]: t for t in consumers}
         self._picker = picker
-        # Bounds how long close() waits for the polls in flight.
+        # Bounds how long close() waits for the polls in flight (unless interrupted first).
         self._tier_poll_s = tier_poll_s
         self._heads: dict[Tier, Record] = {}
         self._polls: dict[Tier, asyncio.Task[Record | None]] = {}
@@ -215,6 +215,12 @@ class WeightedTierConsumer:
         record = self._heads.pop(tier)
         log.debug("event=tier_picked tier=%s waiting=%s", tier.value, sorted(self._heads))
         return record
+
+    def interrupt(self) -> None:
+        """End every tier's poll in flight (a stop): `poll` then returns what came, if any."""
+        for consumer in self._consumers.values():
+            if isinstance(consumer, Interruptible):
+                consumer.interrupt()
 
     async def commit(self, record: Record) -> None:
         await self._consumers[self._tier_of[record.topic]].commit(record)

@@ -59,20 +59,20 @@ def test_the_stack_spaces_out_idle_requests_on_apache_kafka_only(
         "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": "5000",
         "IMAGEGEN_KAFKA_SESSION_TIMEOUT_MS": "30000",
         "IMAGEGEN_KAFKA_HEARTBEAT_INTERVAL_MS": "5000",
-        "IMAGEGEN_KAFKA_POLL_TIMEOUT_MS": "2000",
+        "IMAGEGEN_KAFKA_POLL_TIMEOUT_MS": "10000",
     }
     # Tansu holds a fetch for half the wait even when a message arrives: it keeps 100 ms,
     # and the default 6 s session its joins need. The loops' poll timeout is the client's.
     assert _client_timings("tansu") == {
         "IMAGEGEN_KAFKA_FETCH_WAIT_MAX_MS": "100",
-        "IMAGEGEN_KAFKA_POLL_TIMEOUT_MS": "2000",
+        "IMAGEGEN_KAFKA_POLL_TIMEOUT_MS": "10000",
     }
     for key, value in _client_timings("kafka").items():  # names the services read
         monkeypatch.setenv(key, value)
     settings = KafkaSettings()
     assert (settings.fetch_wait_max_ms, settings.session_timeout_ms) == (5000, 30000)
     assert settings.heartbeat_ms() == 5000
-    assert settings.poll_timeout_ms == 2000
+    assert settings.poll_timeout_ms == 10000
 
 
 def test_the_callers_timings_win_on_either_broker(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -230,6 +230,32 @@ async def test_stop_drains_the_in_flight_message_and_commits_it(bus: Bus) -> Non
     assert later == [2]
 
 
+async def test_a_stop_ends_a_poll_that_waits_long_for_records(bus: Bus) -> None:
+    """The local stack polls for 10 s at a time (fewer loop turns at rest): a stop must not
+    wait that poll out. Here a poll of a minute; on the wake-up pipe the stop ends it at
+    once, from a thread within the 2 s piece the thread blocks for."""
+    handled: list[int] = []
+    await bus.publisher.publish(bus.topics.requests, "k", Ping(n=1))
+    loop = make_loop(bus, "g", lambda r: handled.append(decode(r, Ping).n), poll_timeout=60.0)
+    task = asyncio.create_task(loop.run())
+    async with asyncio.timeout(30):
+        while not handled:
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.5)  # the next poll is waiting now
+    stopped_at = asyncio.get_running_loop().time()
+    loop.stop()
+    await asyncio.wait_for(task, 30)
+    assert asyncio.get_running_loop().time() - stopped_at < 15  # not the minute
+    assert handled == [1]
+    # Nothing was taken by the interrupted poll: what comes next is the next member's.
+    await bus.publisher.publish(bus.topics.requests, "k", Ping(n=2))
+    later: list[int] = []
+    await run_until(
+        make_loop(bus, "g", lambda r: later.append(decode(r, Ping).n)), lambda: len(later) == 1
+    )
+    assert later == [2]
+
+
 # --- batches ---------------------------------------------------------------------------------
 
 

@@ -238,6 +238,22 @@ async def test_close_waits_for_the_polls_in_flight_and_commits_nothing_they_retu
     assert all(t.closed and not t.committed for t in tiers.values())
 
 
+async def test_an_interrupt_ends_every_tier_poll_so_a_stop_waits_for_none() -> None:
+    broker = InMemoryBroker()
+    topics = TopicNames("interrupted")
+    consumer = WeightedTierConsumer(
+        {t: broker.consumer(f"g-{t.value}", [topics.jobs(t)]) for t in Tier},
+        {t: topics.jobs(t) for t in Tier},
+        TierPicker.from_settings("realtime=6,standard=3,economy=1", 0.05),
+        tier_poll_s=60.0,
+    )
+    polling = asyncio.create_task(consumer.poll(60.0))
+    await asyncio.sleep(0.05)
+    consumer.interrupt()
+    assert await asyncio.wait_for(polling, 10) is None
+    await asyncio.wait_for(consumer.close(), 10)  # no tier poll left to wait out
+
+
 async def test_a_tier_poll_error_is_raised_by_poll() -> None:
     class Broken(_HeldPoll):
         async def poll(self, timeout: float) -> Record | None:

@@ -250,3 +250,24 @@ async def test_once_the_lanes_stop_no_lane_queued_behind_the_poll_in_flight_poll
         await task
     assert silent.polls == 1  # the one in flight; each lane behind it used to poll in turn
     assert silent.closed
+
+
+async def test_a_stop_ends_the_shared_poll_in_flight_instead_of_waiting_it_out() -> None:
+    broker = InMemoryBroker(partitions=1)
+
+    async def handle(record: Record) -> None:
+        raise AssertionError("nothing to handle")
+
+    loop = laned_loop(
+        "w",
+        broker.consumer("w", [IN]),
+        {IN: handle},
+        4,
+        dead_letters=broker.publisher(),
+        dead_letter_topic=DLQ,
+        poll_timeout=60.0,
+    )
+    task = asyncio.create_task(loop.run())
+    await asyncio.sleep(0.05)  # one lane polls, the others wait behind it
+    loop.stop()
+    await asyncio.wait_for(task, 10)  # not the minute
