@@ -122,7 +122,11 @@ class InMemoryConsumer:
     def interrupt(self) -> None:
         """End the poll in flight (or the next), as the Kafka adapter's does."""
         self._interrupted = True
-        wake = asyncio.get_running_loop().create_task(self._broker._wake_all())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop running: no poll waits, and the next one sees the flag
+        wake = loop.create_task(self._broker._wake_all())
         self._wakes.add(wake)
         wake.add_done_callback(self._wakes.discard)
 
