@@ -165,3 +165,7 @@ async def test_a_registration_left_by_a_closed_descriptor_does_not_swallow_the_p
             await woken.wait()  # the byte the pipe starts with
     finally:
         queue_wakeup.close()
+        # The event loop is the whole session's: a stale registration left behind (when the
+        # pipe got another number) swallowed the next descriptor given that number, and a
+        # later test's PostgreSQL connection then waited its whole 60 s connect timeout.
+        loop.remove_reader(stale_read)
