@@ -33,12 +33,26 @@ def port_in_use(port: int, host: str = LOOPBACK) -> bool:
     return False
 
 
+# Ports `free_port` chooses from: below Linux's ephemeral range (32768+), where outgoing
+# connections get their local ports, and apart from `free_port_with_offset`'s pairs
+# (20000-22767 and 30000-32767). A port from bind(0) is an ephemeral one: a client
+# connection opened before the server bound it could take it (a stack's gateway then
+# failed to bind its port for minutes, "address already in use").
+_FREE_PORTS = (23000, 29999)
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """A loopback port nothing listens on now, never returned before by this process."""
-    for _ in range(100):
+    low, high = _FREE_PORTS
+    for _ in range(200):
+        port = random.randint(low, high)
+        if port not in _handed_out and not port_in_use(port, host):
+            _handed_out.add(port)
+            return port
+    for _ in range(100):  # that range is full: whatever the kernel gives
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
-            port: int = sock.getsockname()[1]
+            port = int(sock.getsockname()[1])
         if port not in _handed_out:
             _handed_out.add(port)
             return port
