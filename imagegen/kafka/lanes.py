@@ -29,7 +29,7 @@ from collections import deque
 from typing import Any
 
 from imagegen.kafka import ConsumerLoop
-from imagegen.kafka.ports import Consumer, Handler, Interruptible, Publisher, Record
+from imagegen.kafka.ports import Consumer, Handler, Publisher, Record, interrupt_poll
 
 _Partition = tuple[str, int]
 
@@ -55,14 +55,12 @@ class SharedConsumer:
         return _Lane(self)
 
     def stop(self) -> None:
-        """Release lanes waiting for their turn: their records stay unhandled (uncommitted);
-        the poll in flight ends now where the consumer can end it."""
+        """Release lanes waiting for their turn: their records stay unhandled (uncommitted).
+        Each lane's own stop interrupts the poll in flight (`_Lane.interrupt`)."""
         self._stopped.set()
-        self.interrupt()
 
     def interrupt(self) -> None:
-        if isinstance(self._inner, Interruptible):
-            self._inner.interrupt()
+        interrupt_poll(self._inner)
 
     async def poll(self, timeout: float) -> Record | None:
         async with self._poll_lock:

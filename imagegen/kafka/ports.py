@@ -96,6 +96,12 @@ class Interruptible(Protocol):
         ...
 
 
+def interrupt_poll(consumer: object) -> None:
+    """`interrupt` the consumer's poll where it can be; a no-op for one that cannot."""
+    if isinstance(consumer, Interruptible):
+        consumer.interrupt()
+
+
 @runtime_checkable
 class BatchConsumer(Consumer, Protocol):
     """A consumer that hands over what the broker delivered together, and commits it at once."""

@@ -51,9 +51,9 @@ from imagegen.kafka.ports import (
     BatchHandler,
     Consumer,
     Handler,
-    Interruptible,
     Publisher,
     Record,
+    interrupt_poll,
 )
 from imagegen.logging_setup import log_context
 from imagegen.metrics import instruments
@@ -150,8 +150,7 @@ class ConsumerLoop:
         """Ask the loop to stop after the message in flight; a poll waiting for one ends
         now where the consumer can end it (so long poll timeouts cost no stop time)."""
         self._stopping.set()
-        if isinstance(self._consumer, Interruptible):
-            self._consumer.interrupt()
+        interrupt_poll(self._consumer)
 
     @property
     def stopping(self) -> bool:

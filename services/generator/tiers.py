@@ -42,7 +42,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from imagegen.errors import ConfigurationError
-from imagegen.kafka.ports import Consumer, Interruptible, Record
+from imagegen.kafka.ports import Consumer, Record, interrupt_poll
 from schemas.topics import Tier
 
 log = logging.getLogger(__name__)
@@ -219,8 +219,7 @@ class WeightedTierConsumer:
     def interrupt(self) -> None:
         """End every tier's poll in flight (a stop): `poll` then returns what came, if any."""
         for consumer in self._consumers.values():
-            if isinstance(consumer, Interruptible):
-                consumer.interrupt()
+            interrupt_poll(consumer)
 
     async def commit(self, record: Record) -> None:
         await self._consumers[self._tier_of[record.topic]].commit(record)
